@@ -1,0 +1,32 @@
+# One-command set-up on a machine with only python3 and make.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test check bench venv clean
+
+$(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/starlette/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -e ".[dev]" -e integrations/langchain -e integrations/starlette
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/quickstart.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+check: $(STAMP)
+	$(PY) -m ruff check toolguard integrations tests examples benchmarks
+	$(PY) -m ruff format --check toolguard integrations
+	$(PY) -m mypy --strict toolguard integrations/langchain/toolguard_langchain integrations/starlette/toolguard_starlette
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_overhead.py
+
+clean:
+	rm -rf $(VENV) .toolguard build *.egg-info

@@ -1,0 +1,393 @@
+"""The configuration: pydantic models, loading from YAML/TOML/JSON or a dict, ``${ENV}``.
+
+Every model is frozen and forbids unknown keys. Problems are collected and reported together
+with their location (``intents.process-job.allow.write[0]``) in one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "AnomalyRule",
+    "Budget",
+    "GuardConfig",
+    "IdentityConfig",
+    "IdentityLimits",
+    "IntentConfig",
+    "IssuerConfig",
+    "ToolRule",
+    "load_config",
+    "parse_duration",
+]
+
+Operation = str
+"""An operation class such as ``read``, ``write``, ``delete``; any lowercase word is accepted."""
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_OPERATION = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``5m``, ``15m``, ``24h``, ``7d``, ``250ms`` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 30s, 5m or 24h, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 30s, 5m or 24h, got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class IssuerConfig(_Model):
+    """Who signs the per-call credentials, for whom, and for how long."""
+
+    name: str = "toolguard-local"
+    """The ``iss`` claim; verifiers compare it exactly."""
+    audience: str = "toolguard"
+    """The default ``aud`` claim: the downstream service that accepts the credentials."""
+    key_file: str = ".toolguard/signing-key.pem"
+    """PEM private key; created with mode 0600 on first use (relative to the config file)."""
+    key: str | None = None
+    """The PEM private key itself, typically ``${TOOLGUARD_SIGNING_KEY}``; wins over key_file."""
+    algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
+    """Signature algorithm of new keys."""
+    ttl: Duration = 300.0
+    """Lifetime of one call's credential; never past the task's deadline."""
+    max_ttl: Duration | None = None
+    """Verifiers reject lifetimes (exp - iat) above this; defaults to ``ttl``."""
+    leeway: float = Field(default=5.0, ge=0, le=60)
+    """Clock skew verifiers tolerate, in seconds (0 to 60)."""
+
+    @property
+    def effective_max_ttl(self) -> float:
+        return self.max_ttl if self.max_ttl is not None else self.ttl
+
+
+class AnomalyRule(_Model):
+    """Automatic revocation when an identity misbehaves."""
+
+    revoke_when_rate_exceeds: float | None = None
+    """Revoke the identity's tasks when its attempted calls per minute exceed this multiple of its
+    per-minute limit (``5x`` or ``5``)."""
+
+    @field_validator("revoke_when_rate_exceeds", mode="before")
+    @classmethod
+    def _multiple(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower().endswith("x"):
+            return float(v.strip()[:-1])
+        return v
+
+
+class IdentityLimits(_Model):
+    """Identity-wide limits, shared by every task of the identity and every process."""
+
+    requests_per_minute: int | None = Field(default=None, ge=0)
+    writes_per_minute: int | None = Field(default=None, ge=0)
+    """Counts ``write`` and ``delete`` calls in any rolling 60 seconds."""
+    deletes_per_minute: int | None = Field(default=None, ge=0)
+    requests_per_day: int | None = Field(default=None, ge=0)
+    """Resets at 00:00 UTC."""
+    cost_per_day: float | None = Field(default=None, ge=0)
+    on_anomaly: AnomalyRule | None = None
+
+
+class IdentityConfig(_Model):
+    """A non-human actor and the ceiling of what any of its intents may allow."""
+
+    owner: str | None = None
+    purpose: str | None = None
+    allow: dict[Operation, list[str]] = Field(default_factory=dict)
+    """The ceiling: ``operation -> resource patterns``. An intent can only narrow it."""
+    limits: IdentityLimits = Field(default_factory=IdentityLimits)
+    disabled: bool = False
+    """A disabled identity starts no task (see also ``toolguard revoke --identity --disable``)."""
+
+    @field_validator("allow")
+    @classmethod
+    def _ops(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        return _check_allow(v)
+
+
+class ToolRule(_Model):
+    """How a call of one tool maps to an operation and resources."""
+
+    operation: Operation
+    resource: str | list[str]
+    """Template(s) filled from the call's arguments: ``"{key}"``, ``"mailto:{to}"``."""
+    kind: Literal["plain", "path", "url"] = "plain"
+    """``path`` normalizes and refuses ``..`` escapes; ``url`` normalizes scheme and host."""
+    cost: float = Field(default=0.0, ge=0)
+    """Fixed cost of one call (reserved before it runs)."""
+    cost_arg: str | None = None
+    """Take the cost estimate from this argument of the call."""
+    audience: str | None = None
+    """The ``aud`` of this tool's credentials, if not the issuer's default."""
+    redact: list[str] = Field(default_factory=list)
+    """Extra argument names whose values are redacted in the audit trail."""
+
+    @field_validator("operation")
+    @classmethod
+    def _op(cls, v: str) -> str:
+        if not _OPERATION.match(v):
+            raise ValueError(f"operation {v!r} must be a lowercase word such as read, write, delete")
+        return v
+
+    @property
+    def resources(self) -> tuple[str, ...]:
+        return (self.resource,) if isinstance(self.resource, str) else tuple(self.resource)
+
+
+class Budget(_Model):
+    """Task-level budget of one intent."""
+
+    max_calls: int | None = Field(default=None, ge=0)
+    max_cost: float | None = Field(default=None, ge=0)
+    per_tool: dict[str, int] = Field(default_factory=dict)
+    per_operation: dict[Operation, int] = Field(default_factory=dict)
+
+
+class IntentConfig(_Model):
+    """A declared task shape; ``{placeholders}`` are bound when a task starts."""
+
+    identity: str
+    purpose: str | None = None
+    tools: list[str]
+    allow: dict[Operation, list[str]] = Field(default_factory=dict)
+    budget: Budget = Field(default_factory=Budget)
+    ttl: Duration = 900.0
+    audience: str | None = None
+
+    @field_validator("allow")
+    @classmethod
+    def _ops(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        return _check_allow(v)
+
+
+class GuardConfig(_Model):
+    """The whole configuration of a :class:`toolguard.Guard`."""
+
+    store: str | None = None
+    """SQLite audit database; default ``$TOOLGUARD_DB`` or ``./.toolguard/audit.db``."""
+    durability: Literal["normal", "full"] = "normal"
+    """``normal`` survives process crashes; ``full`` also survives power loss (slower)."""
+    busy_timeout: Duration = 5.0
+    """How long a call waits for the database lock before failing closed with AuditError."""
+    checkpoints: str | None = None
+    """JSON-lines file of signed chain checkpoints; default ``<store>.checkpoints``."""
+    max_arg_chars: int = Field(default=2000, ge=16)
+    """Audit arguments: longer string values are cut to this many characters."""
+    redact_keys: list[str] = Field(default_factory=list)
+    """Argument names redacted in the audit trail, in addition to the built-in secret names."""
+    issuer: IssuerConfig = Field(default_factory=IssuerConfig)
+    identities: dict[str, IdentityConfig] = Field(default_factory=dict)
+    tools: dict[str, ToolRule] = Field(default_factory=dict)
+    intents: dict[str, IntentConfig] = Field(default_factory=dict)
+    base_dir: str | None = Field(default=None, exclude=True)
+    """Directory relative paths are resolved against (the config file's); set by the loader."""
+
+    @model_validator(mode="after")
+    def _references(self) -> GuardConfig:
+        problems: list[tuple[str, str]] = []
+        for name, intent in self.intents.items():
+            if intent.identity not in self.identities:
+                problems.append(
+                    (
+                        f"intents.{name}.identity",
+                        f"identity {intent.identity!r} is not defined; add it under identities:",
+                    )
+                )
+            for i, tool in enumerate(intent.tools):
+                if tool not in self.tools:
+                    problems.append(
+                        (
+                            f"intents.{name}.tools[{i}]",
+                            f"tool {tool!r} has no rule under tools:; add one with an operation "
+                            "and a resource",
+                        )
+                    )
+            for tool in intent.budget.per_tool:
+                if tool not in intent.tools:
+                    problems.append(
+                        (
+                            f"intents.{name}.budget.per_tool.{tool}",
+                            f"tool {tool!r} is not among the intent's tools",
+                        )
+                    )
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    def resolve_path(self, path: str) -> Path:
+        """A config path made absolute against the config file's directory."""
+        p = Path(os.path.expanduser(path))
+        if not p.is_absolute() and self.base_dir:
+            p = Path(self.base_dir) / p
+        return p
+
+    @property
+    def store_path(self) -> Path:
+        if self.store:
+            return self.resolve_path(self.store)
+        return Path(os.environ.get("TOOLGUARD_DB", ".toolguard/audit.db"))
+
+    @property
+    def checkpoints_path(self) -> Path:
+        if self.checkpoints:
+            return self.resolve_path(self.checkpoints)
+        return Path(str(self.store_path) + ".checkpoints")
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema of the config file, for editors."""
+        schema = cls.model_json_schema()
+        schema.get("properties", {}).pop("base_dir", None)
+        return schema
+
+
+class _Problems(ValueError):
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in problems))
+        self.problems = problems
+
+
+def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
+    for op, patterns in v.items():
+        if not _OPERATION.match(op):
+            raise ValueError(f"operation {op!r} must be a lowercase word such as read, write, delete")
+        for pattern in patterns:
+            if not pattern or any(ord(c) < 32 or ord(c) == 127 for c in pattern):
+                raise ValueError(f"pattern {pattern!r} is empty or has control characters")
+    return v
+
+
+def _substitute_env(value: Any, loc: str, problems: list[tuple[str, str]]) -> Any:
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                problems.append((loc, f"environment variable {name} is not set; export it"))
+                return ""
+            return os.environ[name]
+
+        return _ENV.sub(repl, value)
+    if isinstance(value, Mapping):
+        return {k: _substitute_env(v, _join(loc, str(k)), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(v, f"{loc}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _join(loc: str, key: str) -> str:
+    return f"{loc}.{key}" if loc else key
+
+
+def _format_loc(parts: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[_check_allow()]",) or "[" in str(part) and "(" in str(part):
+            continue
+        else:
+            out = _join(out, str(part))
+    return out
+
+
+def _read_file(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}", source=str(path)) from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover - Python 3.10
+                import tomli as tomllib
+            return tomllib.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as exc:  # each parser has its own error type; all mean "not parseable"
+        raise ConfigError(f"config file {path} is not valid {suffix.lstrip('.') or 'YAML'}: {exc}", source=str(path)) from None
+
+
+def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | GuardConfig) -> GuardConfig:
+    """Load and validate a config from a file path (YAML, TOML, JSON), a mapping, or a model.
+
+    Raises :class:`ConfigError` listing every problem with its location.
+    """
+    if isinstance(source, GuardConfig):
+        return source
+    origin: str | None = None
+    base_dir: str | None = None
+    if isinstance(source, Mapping):
+        data: Any = dict(source)
+    else:
+        path = Path(source)
+        origin = str(path)
+        base_dir = str(path.resolve().parent)
+        data = _read_file(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError.from_problems([("", "the config must be a mapping of keys to values")], source=origin)
+    problems: list[tuple[str, str]] = []
+    data = _substitute_env(data, "", problems)
+    if base_dir is not None and "base_dir" not in data:
+        data["base_dir"] = base_dir
+    try:
+        config = GuardConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            ctx_err = err.get("ctx", {}).get("error")
+            if isinstance(ctx_err, _Problems):
+                problems.extend(ctx_err.problems)
+                continue
+            loc = _format_loc(tuple(err["loc"]))
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; remove it or check its spelling"
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            problems.append((loc, msg))
+    if problems:
+        raise ConfigError.from_problems(problems, source=origin)
+    return config

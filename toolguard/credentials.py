@@ -1,0 +1,705 @@
+"""Just-in-time credentials: :class:`Credential`, :class:`Issuer` and :class:`Verifier`.
+
+Every allowed tool call gets its own short-lived JWT (DESIGN §7)::
+
+    header  {"alg": "EdDSA" | "ES256", "typ": "at+jwt", "kid": <RFC 7638 thumbprint>}
+    claims  iss sub aud iat nbf exp jti task_id intent tool op res [act]
+
+The :class:`Issuer` builds the claims; the :class:`Credential` signs them lazily, once, the first
+time its ``token`` is read (signing is most of the cost of a guarded call, and many tools never
+read their token). Signing uses the ``cryptography`` key object directly, not ``jwt.encode``.
+
+The :class:`Verifier` is for downstream services. It raises a :class:`CredentialError` subclass
+on any doubt and never anything else: :class:`CredentialInvalid` (shape, header, signature,
+claims, lifetime, ``iat`` in the future), :class:`CredentialExpired` (past ``exp``, or before
+``nbf``), :class:`CredentialRevoked` (revoked, replayed, or the revocation store failed: fail
+closed) and :class:`ScopeMismatch` (valid, but not for this tool / operation / resource). Cheap
+header checks run before the signature check; claims are parsed only after it. Messages never
+contain the token. Key management lives in :mod:`toolguard.keys`, re-exported here.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NoReturn, Protocol
+
+from toolguard.errors import (
+    ConfigError,
+    CredentialError,
+    CredentialExpired,
+    CredentialInvalid,
+    CredentialRevoked,
+    ScopeMismatch,
+)
+from toolguard.keys import (
+    ALGORITHMS,
+    KeyRing,
+    PublicKeys,
+    PublicKeySource,
+    SigningKey,
+    b64url_decode,
+    b64url_encode,
+    verify_signature,
+)
+
+__all__ = [
+    "REQUIRED_CLAIMS",
+    "Credential",
+    "Issuer",
+    "KeyRing",
+    "PublicKeySource",
+    "PublicKeys",
+    "RevocationSource",
+    "SigningKey",
+    "Verifier",
+    "new_jti",
+]
+
+#: Claims every toolguard credential carries; the verifier rejects a token missing any of them.
+REQUIRED_CLAIMS = (
+    "iss", "sub", "aud", "iat", "nbf", "exp", "jti", "task_id", "intent", "tool", "op", "res",
+)  # fmt: skip
+_STRING_CLAIMS = ("iss", "sub", "aud", "jti", "task_id", "intent", "tool", "op")
+_MAX_TOKEN = 8 * 1024
+_MAX_KID = 128
+_MAX_ACT_DEPTH = 16
+_REPLAY_SLACK = 60.0  # seconds a replay entry outlives its token, against clock steps back
+_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+# Headers that would let the token choose its own key or change how it is processed.
+_FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64", "zip", "enc", "cty")
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_PUBLISH = threading.Lock()
+
+
+def new_jti() -> str:
+    """A fresh credential id: 128 random bits, base64url (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, MappingProxyType):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
+
+
+class Credential:
+    """The JIT credential of one tool call: handed to the tool, never to the model.
+
+    Immutable; equal (and hashed) by ``jti``. ``token`` is signed on first access and cached;
+    ``repr``/``str`` never show it, and a credential cannot be pickled. ``jit`` is false for
+    credentials that wrap a ready token (e.g. a static secret from a broker, see
+    :meth:`from_token`).
+    """
+
+    __slots__ = (
+        "_payload", "_signer", "_token", "claims", "expires_at", "identity", "intent",
+        "issued_at", "jit", "jti", "operation", "resources", "task_id", "tool",
+    )  # fmt: skip
+
+    jti: str
+    task_id: str
+    identity: str
+    intent: str
+    tool: str
+    operation: str
+    resources: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+    claims: Mapping[str, Any]
+    jit: bool
+    _payload: dict[str, Any]
+    _signer: SigningKey | None
+    _token: str | None
+
+    def __init__(
+        self,
+        *,
+        jti: str,
+        task_id: str,
+        identity: str,
+        intent: str,
+        tool: str,
+        operation: str,
+        resources: Sequence[str],
+        issued_at: float,
+        expires_at: float,
+        claims: Mapping[str, Any] | None = None,
+        signer: SigningKey | None = None,
+        token: str | None = None,
+        jit: bool = True,
+    ) -> None:
+        if (signer is None) == (token is None):
+            raise CredentialError("a Credential needs exactly one of signer= or token=")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise CredentialError("token= must be a non-empty string")
+        payload = _freeze(dict(claims or {}))
+        fields = {
+            "jti": jti, "task_id": task_id, "identity": identity, "intent": intent,
+            "tool": tool, "operation": operation, "resources": tuple(resources),
+            "issued_at": float(issued_at), "expires_at": float(expires_at),
+            "claims": MappingProxyType(payload), "jit": jit, "_payload": payload,
+            "_signer": signer, "_token": token,
+        }  # fmt: skip
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_token(
+        cls,
+        token: str,
+        *,
+        jti: str,
+        task_id: str,
+        identity: str,
+        intent: str,
+        tool: str,
+        operation: str,
+        resources: Sequence[str],
+        issued_at: float,
+        expires_at: float,
+        claims: Mapping[str, Any] | None = None,
+        jit: bool = False,
+    ) -> Credential:
+        """A credential around a ready token (a broker's, or a static secret: ``jit=False``)."""
+        return cls(
+            jti=jti, task_id=task_id, identity=identity, intent=intent, tool=tool,
+            operation=operation, resources=resources, issued_at=issued_at,
+            expires_at=expires_at, claims=claims, token=token, jit=jit,
+        )  # fmt: skip
+
+    @property
+    def token(self) -> str:
+        """The signed JWT (compact form). Signed on first access; always the same string."""
+        token = self._token
+        if token is not None:
+            return token
+        signer = self._signer
+        assert signer is not None  # exactly one of signer/token is set
+        body = b64url_encode(_ENCODER.encode(self._payload).encode("utf-8"))
+        signing_input = f"{signer.header_segment}.{body}"
+        signed = f"{signing_input}.{b64url_encode(signer.sign(signing_input.encode('ascii')))}"
+        with _PUBLISH:  # a racing thread may have signed too: everyone returns the first token
+            if self._token is None:
+                object.__setattr__(self, "_token", signed)
+            token = self._token
+        assert token is not None
+        return token
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Credential is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Credential is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Credential):
+            return NotImplemented
+        return self.jti == other.jti
+
+    def __hash__(self) -> int:
+        return hash(self.jti)
+
+    def __copy__(self) -> Credential:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Credential:
+        return self
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a Credential cannot be pickled; pass its token to where it is needed")
+
+    def __repr__(self) -> str:
+        return (
+            f"Credential(jti={self.jti!r}, tool={self.tool!r}, operation={self.operation!r}, "
+            f"resources={self.resources!r}, expires_at={self.expires_at!r}, jit={self.jit!r})"
+        )
+
+    __str__ = __repr__
+
+
+def _freeze(value: Any) -> Any:
+    """A read-only deep copy of JSON-like data (mappings -> MappingProxyType, lists -> tuples)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise CredentialError(f"claim values must be JSON data, not {type(value).__name__}")
+
+
+class Issuer:
+    """Mints the credential of one call: claims now, signature on first use of ``token``."""
+
+    __slots__ = ("audience", "keys", "name", "ttl")
+
+    name: str
+    audience: str
+    keys: KeyRing
+    ttl: float
+
+    def __init__(self, *, name: str, audience: str, keys: KeyRing, ttl: float = 300.0) -> None:
+        if not _nonempty(name) or not _nonempty(audience):
+            raise ConfigError("issuer name and audience must be non-empty strings")
+        if not isinstance(keys, KeyRing):
+            raise ConfigError("keys must be a KeyRing (it holds the private signing key)")
+        if not _is_time(ttl) or ttl < 1:
+            raise ConfigError("issuer ttl must be a number of seconds, at least 1")
+        for attr, value in (("name", name), ("audience", audience), ("keys", keys), ("ttl", ttl)):
+            object.__setattr__(self, attr, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Issuer is immutable")
+
+    def mint(
+        self,
+        *,
+        jti: str,
+        task_id: str,
+        identity: str,
+        intent: str,
+        tool: str,
+        operation: str,
+        resources: Sequence[str],
+        now: float,
+        deadline: float | None = None,
+        audience: str | None = None,
+        act: Mapping[str, Any] | None = None,
+    ) -> Credential:
+        """The credential for one call; ``exp`` is ``now + ttl`` capped by the task ``deadline``.
+
+        Raises :class:`CredentialError` if the deadline has passed or an argument is malformed.
+        """
+        if isinstance(resources, str) or not all(type(r) is str for r in resources):
+            raise CredentialError(
+                "resources must be a sequence of strings (not one string)", tool=tool
+            )
+        aud = self.audience if audience is None else audience
+        for value in (jti, task_id, identity, intent, tool, operation, aud):
+            if type(value) is not str or not value:
+                raise CredentialError(
+                    "jti, task_id, identity, intent, tool, operation and audience must be "
+                    "non-empty strings",
+                    tool=tool if isinstance(tool, str) else None,
+                )
+        end = now + self.ttl if deadline is None else min(now + self.ttl, deadline)
+        exp = int(end)
+        if exp <= now:
+            raise CredentialError(
+                f"task deadline passed; no credential is minted for '{tool}'. "
+                "Start a new task to continue",
+                tool=tool,
+                task_id=task_id,
+            )
+        iat = math.floor(now)
+        res = tuple(resources)
+        payload: dict[str, Any] = {
+            "iss": self.name, "sub": identity, "aud": aud, "iat": iat, "nbf": iat, "exp": exp,
+            "jti": jti, "task_id": task_id, "intent": intent, "tool": tool, "op": operation,
+            "res": res,
+        }  # fmt: skip
+        if act is not None:
+            payload["act"] = _freeze(act)
+        cred = object.__new__(Credential)
+        fields: tuple[tuple[str, object], ...] = (
+            ("jti", jti), ("task_id", task_id), ("identity", identity), ("intent", intent),
+            ("tool", tool), ("operation", operation), ("resources", res),
+            ("issued_at", float(iat)), ("expires_at", float(exp)),
+            ("claims", MappingProxyType(payload)), ("jit", True), ("_payload", payload),
+            ("_signer", self.keys.active), ("_token", None),
+        )  # fmt: skip
+        for slot, item in fields:
+            object.__setattr__(cred, slot, item)
+        return cred
+
+    def verifier(
+        self,
+        *,
+        audience: str | None = None,
+        max_ttl: float | None = None,
+        leeway: float = 5.0,
+        revocations: RevocationSource | None = None,
+        single_use: bool = False,
+    ) -> Verifier:
+        """A :class:`Verifier` for this issuer's tokens, pinned to its keys' algorithms."""
+        algorithms = sorted({alg for alg, _ in self.keys.public_keys().values()})
+        return Verifier(
+            issuer=self.name, audience=self.audience if audience is None else audience,
+            keys=self.keys, algorithms=algorithms,
+            max_ttl=self.ttl if max_ttl is None else max_ttl, leeway=leeway,
+            revocations=revocations, single_use=single_use,
+        )  # fmt: skip
+
+
+class RevocationSource(Protocol):
+    """Where a verifier asks whether a credential was revoked (e.g. the audit store).
+
+    Return ``None`` if nothing applies, else the reason. ``chain`` lists the task ids of the
+    delegating tasks from the ``act`` claims, parent first; ``issued_at`` is the token's ``iat``
+    (an identity revocation covers the credentials issued before it). Any exception fails
+    closed.
+    """
+
+    def revoked_reason(
+        self, *, jti: str, task_id: str, identity: str, chain: Sequence[str], issued_at: float
+    ) -> str | None:
+        """The revocation reason for this credential, or ``None``."""
+        ...
+
+
+class Verifier:
+    """Verifies toolguard credentials in a downstream service; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        keys: PublicKeySource,
+        algorithms: Sequence[str] = ("EdDSA",),
+        max_ttl: float = 300.0,
+        leeway: float = 5.0,
+        revocations: RevocationSource | None = None,
+        single_use: bool = False,
+        clock: Callable[[], float] = time.time,
+        replay_cache_size: int = 100_000,
+    ) -> None:
+        if not _nonempty(issuer) or not _nonempty(audience):
+            raise ConfigError("verifier issuer and audience must be non-empty strings")
+        if isinstance(algorithms, str) or not algorithms or set(algorithms) - set(ALGORITHMS):
+            raise ConfigError(
+                f"algorithms must be a non-empty list drawn from {', '.join(ALGORITHMS)}"
+            )
+        if not _is_time(max_ttl) or max_ttl <= 0:
+            raise ConfigError("max_ttl must be a positive number of seconds")
+        if not _is_time(leeway) or not 0 <= leeway <= 60:
+            raise ConfigError("leeway must be between 0 and 60 seconds")
+        if type(replay_cache_size) is not int or replay_cache_size < 1:
+            raise ConfigError("replay_cache_size must be a positive integer")
+        available = {alg for alg, _ in keys.public_keys().values()}
+        if available and not available & set(algorithms):
+            raise ConfigError(
+                f"the verifier's keys are {', '.join(sorted(available))} but algorithms="
+                f"{list(algorithms)}; pin the algorithm of your keys"
+            )
+        self.issuer = issuer
+        self.audience = audience
+        self.keys = keys
+        self.algorithms = frozenset(algorithms)
+        self.max_ttl = float(max_ttl)
+        self.leeway = float(leeway)
+        self.revocations = revocations
+        self.single_use = single_use
+        self._clock = clock
+        self._replay_cap = replay_cache_size
+        self._seen: dict[str, float] = {}
+        self._expiries: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_jwks(
+        cls,
+        jwks: Mapping[str, Any] | str,
+        *,
+        issuer: str,
+        audience: str,
+        algorithms: Sequence[str] = ("EdDSA",),
+        max_ttl: float = 300.0,
+        leeway: float = 5.0,
+        revocations: RevocationSource | None = None,
+        single_use: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> Verifier:
+        """A verifier whose keys come from a JWKS document, or the path of a JWKS JSON file."""
+        return cls(
+            issuer=issuer, audience=audience, keys=PublicKeys.from_jwks(jwks),
+            algorithms=algorithms, max_ttl=max_ttl, leeway=leeway, revocations=revocations,
+            single_use=single_use, clock=clock,
+        )  # fmt: skip
+
+    def verify(
+        self,
+        token: str,
+        *,
+        operation: str | None = None,
+        resource: str | None = None,
+        tool: str | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """The claims of ``token`` if it is valid for this call; else a CredentialError.
+
+        ``operation``, ``resource`` and ``tool``, when given, must be covered by the token's
+        ``op``, ``res`` (exact match of one entry) and ``tool``.
+        """
+        try:
+            return self._verify(token, operation, resource, tool, now)
+        except CredentialError:
+            raise
+        except Exception as exc:  # last resort: whatever went wrong, the token is rejected
+            raise CredentialInvalid(
+                "credential could not be verified and is rejected", rule="credential"
+            ) from exc
+
+    # -- the checks, cheapest first ---------------------------------------------------------
+
+    def _verify(
+        self,
+        token: object,
+        operation: str | None,
+        resource: str | None,
+        tool: str | None,
+        now: float | None,
+    ) -> dict[str, Any]:
+        if not isinstance(token, str):
+            _invalid(f"credential must be a string, not {type(token).__name__}", "shape")
+        if not token or len(token) > _MAX_TOKEN:
+            _invalid(f"credential must be 1 to {_MAX_TOKEN} characters long", "shape")
+        if not _TOKEN_SHAPE.fullmatch(token):
+            _invalid("credential is not a compact JWS (three base64url segments)", "shape")
+        head, body, sig = token.split(".")
+        header = _decode_json(head, "header")
+        alg, public_key = self._key_for(header)
+        signing_input = token[: len(head) + 1 + len(body)].encode("ascii")
+        if not verify_signature(alg, public_key, _decode(sig, "signature"), signing_input):
+            _invalid("credential signature is not valid", "signature")
+        claims = _decode_json(body, "claims")
+        self._check_claims(claims)
+        now = self._clock() if now is None else now
+        self._check_times(claims, now)
+        self._check_scope(claims, operation, resource, tool)
+        if self.revocations is not None:
+            self._check_revoked(claims)
+        if self.single_use:
+            self._check_replay(claims, now)
+        return claims
+
+    def _key_for(self, header: dict[str, Any]) -> tuple[str, Any]:
+        for name in _FORBIDDEN_HEADERS:
+            if name in header:
+                _invalid(f"credential header '{name}' is not accepted", f"header.{name}")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg.lower() == "none":
+            _invalid("unsigned credentials (alg 'none' or missing) are never accepted", "alg")
+        if alg not in self.algorithms:
+            _invalid(
+                f"credential algorithm {alg[:16]!r} is not allowed; this verifier accepts "
+                f"{', '.join(sorted(self.algorithms))}",
+                "alg",
+            )
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in _TYPES:
+            _invalid("credential 'typ' must be 'at+jwt' (RFC 9068)", "typ")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID:
+            _invalid(f"credential 'kid' must be a string of 1 to {_MAX_KID} characters", "kid")
+        entry = self.keys.public_keys().get(kid)
+        if entry is None:
+            _invalid(
+                f"credential key id {kid[:48]!r} is unknown; if the issuer rotated its key, "
+                "refresh this verifier's JWKS",
+                "kid",
+            )
+        key_alg, public_key = entry
+        if key_alg != alg:
+            _invalid(f"credential algorithm {alg} does not match its key ({key_alg})", "alg")
+        return alg, public_key
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        missing = [name for name in REQUIRED_CLAIMS if name not in claims]
+        if missing:
+            _invalid(f"credential lacks required claim(s) {', '.join(missing)}", "claims")
+        for name in _STRING_CLAIMS:
+            if not _nonempty(claims[name]):
+                _invalid(f"credential claim '{name}' must be a non-empty string", f"claims.{name}")
+        for name in ("iat", "nbf", "exp"):
+            if not _is_time(claims[name]):
+                _invalid(f"credential claim '{name}' must be a number", f"claims.{name}")
+        res = claims["res"]
+        if not isinstance(res, list) or not all(isinstance(r, str) for r in res):
+            _invalid("credential claim 'res' must be a list of strings", "claims.res")
+        if claims["iss"] != self.issuer:
+            _invalid("credential was not issued by the expected issuer", "claims.iss")
+        if claims["aud"] != self.audience:
+            _invalid("credential is not for this audience (aud must be one string)", "claims.aud")
+        _act_chain(claims)  # validates the shape of 'act' if present
+
+    def _check_times(self, claims: dict[str, Any], now: float) -> None:
+        iat, nbf, exp = claims["iat"], claims["nbf"], claims["exp"]
+        fields = {"tool": claims["tool"], "task_id": claims["task_id"]}
+        if exp <= iat or exp - iat > self.max_ttl:
+            raise CredentialInvalid(
+                f"credential lifetime must be positive and at most {self.max_ttl:g}s",
+                rule="credential.lifetime", **fields,
+            )  # fmt: skip
+        if now >= exp + self.leeway:
+            raise CredentialExpired(
+                "credential has expired; each call gets a fresh one, do not keep tokens",
+                rule="credential.exp", **fields,
+            )  # fmt: skip
+        if nbf > now + self.leeway:
+            raise CredentialExpired(
+                "credential is not valid yet (nbf); check the issuer's and this host's clocks",
+                rule="credential.nbf", **fields,
+            )  # fmt: skip
+        if iat > now + self.leeway:
+            raise CredentialInvalid(
+                "credential was issued in the future (iat); check the clocks",
+                rule="credential.iat", **fields,
+            )  # fmt: skip
+
+    def _check_scope(
+        self,
+        claims: dict[str, Any],
+        operation: str | None,
+        resource: str | None,
+        tool: str | None,
+    ) -> None:
+        got_tool, task_id = claims["tool"], claims["task_id"]
+        if tool is not None and tool != got_tool:
+            raise ScopeMismatch(
+                f"credential is for tool '{got_tool}', not '{tool}'",
+                tool=got_tool, task_id=task_id, rule="credential.tool",
+            )  # fmt: skip
+        if operation is not None and operation != claims["op"]:
+            raise ScopeMismatch(
+                f"credential is for operation '{claims['op']}', not '{operation}'",
+                tool=got_tool, task_id=task_id, rule="credential.op",
+            )  # fmt: skip
+        if resource is not None and resource not in claims["res"]:
+            raise ScopeMismatch(
+                f"credential does not cover resource '{resource}'",
+                tool=got_tool, task_id=task_id, rule="credential.res",
+            )  # fmt: skip
+
+    def _check_revoked(self, claims: dict[str, Any]) -> None:
+        assert self.revocations is not None
+        fields = {"tool": claims["tool"], "task_id": claims["task_id"]}
+        try:
+            reason = self.revocations.revoked_reason(
+                jti=claims["jti"],
+                task_id=claims["task_id"],
+                identity=claims["sub"],
+                chain=_act_chain(claims),
+                issued_at=claims["iat"],
+            )
+        except Exception as exc:
+            raise CredentialRevoked(
+                "revocation store unavailable; rejecting (fail closed)",
+                rule="credential.revocation", **fields,
+            ) from exc  # fmt: skip
+        if reason is not None:
+            why = str(reason)[:200] or "no reason given"
+            raise CredentialRevoked(
+                f"credential was revoked: {why}", rule="credential.revoked", **fields
+            )
+
+    def _check_replay(self, claims: dict[str, Any], now: float) -> None:
+        jti, fields = claims["jti"], {"tool": claims["tool"], "task_id": claims["task_id"]}
+        with self._lock:
+            heap, seen = self._expiries, self._seen
+            while heap and heap[0][0] <= now:
+                _, old = heapq.heappop(heap)
+                seen.pop(old, None)
+            if jti in seen:
+                raise CredentialRevoked(
+                    "credential was already used (replayed); it is single-use",
+                    rule="credential.replay", **fields,
+                )  # fmt: skip
+            if len(seen) >= self._replay_cap:
+                raise CredentialRevoked(
+                    "replay cache is full; rejecting (fail closed). Raise replay_cache_size",
+                    rule="credential.replay", **fields,
+                )  # fmt: skip
+            forget_at = claims["exp"] + self.leeway + _REPLAY_SLACK
+            seen[jti] = forget_at
+            heapq.heappush(heap, (forget_at, jti))
+
+    def __repr__(self) -> str:
+        return (
+            f"Verifier(issuer={self.issuer!r}, audience={self.audience!r}, "
+            f"algorithms={sorted(self.algorithms)!r})"
+        )
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _invalid(message: str, rule: str) -> NoReturn:
+    raise CredentialInvalid(message, rule=f"credential.{rule}")
+
+
+def _nonempty(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _is_time(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def _decode(segment: str, what: str) -> bytes:
+    try:
+        return b64url_decode(segment)
+    except ValueError as exc:
+        raise CredentialInvalid(
+            f"credential {what} is not valid base64url", rule=f"credential.{what}"
+        ) from exc
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member name")
+    return result
+
+
+def _no_constants(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decode_json(segment: str, what: str) -> dict[str, Any]:
+    raw = _decode(segment, what)
+    try:
+        value = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants
+        )
+    except (ValueError, RecursionError) as exc:
+        raise CredentialInvalid(
+            f"credential {what} is not JSON without duplicate names", rule=f"credential.{what}"
+        ) from exc
+    if not isinstance(value, dict):
+        _invalid(f"credential {what} must be a JSON object", what)
+    return value
+
+
+def _act_chain(claims: Mapping[str, Any]) -> list[str]:
+    """Task ids of the delegating tasks in the nested ``act`` claims, parent first."""
+    chain: list[str] = []
+    act = claims.get("act")
+    while act is not None:
+        if (
+            not isinstance(act, dict)
+            or not _nonempty(act.get("sub"))
+            or not _nonempty(act.get("task_id"))
+            or len(chain) >= _MAX_ACT_DEPTH
+        ):
+            _invalid(
+                f"credential claim 'act' must nest objects with 'sub' and 'task_id' "
+                f"(at most {_MAX_ACT_DEPTH} deep)",
+                "claims.act",
+            )
+        chain.append(act["task_id"])
+        act = act.get("act")
+    return chain

@@ -1,0 +1,495 @@
+"""``Guard``: the pipeline of every guarded call, shared by every entry point.
+
+authorize: find the task -> derive the call -> ``policy.decide`` -> one store transaction
+(revocations, budgets, the ``request`` event, the jti) -> mint the credential.
+finish: queue the ``outcome`` event (it rides in the next transaction).
+Sync and async callers share this code; nothing here awaits.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, overload, runtime_checkable
+
+from .budget import Spend, day_key, plan
+from .config import GuardConfig, load_config
+from .context import permit_var, task_var
+from .credentials import Credential, Issuer, KeyRing, Verifier, new_jti
+from .errors import ConfigError, NoActiveTask, PolicyDenied
+from .intent import Call, Policy
+from .policy import Decision, decide, derive_call
+from .redaction import Redactor
+from .store import PendingOutcome, Store
+
+if TYPE_CHECKING:
+    from langchain_core.tools import BaseTool
+
+    from .audit import AuditLog
+    from .task import TaskSession
+    from .tools import GuardedTool
+
+__all__ = ["CredentialProvider", "Guard", "Permit", "StoreRevocations"]
+
+
+@runtime_checkable
+class CredentialProvider(Protocol):
+    """Mints the credential of one allowed call: the built-in :class:`Issuer`, an external
+    token broker (:mod:`toolguard.brokers`), or a static secret for legacy APIs.
+
+    A provider may also define ``end_task(task_id: str, jtis: Sequence[str]) -> None``, called
+    when a task ends, to revoke what it issued. Any exception from ``mint`` denies the call
+    (fail closed, audited).
+    """
+
+    def mint(
+        self,
+        *,
+        jti: str,
+        task_id: str,
+        identity: str,
+        intent: str,
+        tool: str,
+        operation: str,
+        resources: Sequence[str],
+        now: float,
+        deadline: float | None = None,
+        audience: str | None = None,
+        act: Mapping[str, Any] | None = None,
+    ) -> Credential: ...
+
+OnDeny = Literal["message", "raise"]
+
+@dataclass(slots=True)
+class Permit:
+    """An allowed call in flight: its call, credential and the budget it reserved."""
+
+    session: TaskSession
+    call: Call
+    credential: Credential
+    spends: tuple[Spend, ...]
+    started: float
+    started_perf: float
+    actual_cost: float | None = None
+    token: contextvars.Token[Permit | None] | None = field(default=None, repr=False)
+
+    def __enter__(self) -> Credential:
+        self.token = permit_var.set(self)
+        return self.credential
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            try:
+                permit_var.reset(self.token)
+            except ValueError:  # pragma: no cover - exited in another context
+                permit_var.set(None)
+            self.token = None
+
+
+class Guard:
+    """The guard: config, policy, store, keys, issuer; one per process and config.
+
+    Build it with ``Guard.from_config("toolguard.yaml")``, a mapping, or a ``GuardConfig``.
+    """
+
+    def __init__(
+        self,
+        config: GuardConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        providers: Mapping[str, CredentialProvider] | None = None,
+    ) -> None:
+        """``providers`` maps tool names to the credential provider of their calls (an external
+        broker, a static secret); every other tool gets credentials from the built-in issuer."""
+        self.config = load_config(config if config is not None else {})
+        self.clock = clock
+        self.policy = Policy(self.config)
+        self.store = Store(
+            self.config.store_path,
+            durability=self.config.durability,
+            busy_timeout=self.config.busy_timeout,
+            clock=clock,
+        )
+        issuer_cfg = self.config.issuer
+        if issuer_cfg.key:
+            self.keys = KeyRing.from_pem(issuer_cfg.key)
+        else:
+            self.keys = KeyRing.load(
+                self.config.resolve_path(issuer_cfg.key_file), algorithm=issuer_cfg.algorithm
+            )
+        self.issuer = Issuer(
+            name=issuer_cfg.name, audience=issuer_cfg.audience, keys=self.keys, ttl=issuer_cfg.ttl
+        )
+        self.redactor = Redactor(
+            extra_keys=self.config.redact_keys, max_chars=self.config.max_arg_chars
+        )
+        self._redactors = {
+            name: self.redactor.with_keys(rule.redact) for name, rule in self.config.tools.items()
+        }
+        self._audit: AuditLog | None = None
+        self.providers: dict[str, CredentialProvider] = dict(providers or {})
+        unknown = sorted(set(self.providers) - set(self.config.tools))
+        if unknown:
+            raise ConfigError(f"providers given for tools without a rule under tools: {unknown}")
+
+    @classmethod
+    def from_config(
+        cls,
+        source: GuardConfig | Mapping[str, Any] | str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> Guard:
+        """A guard from a config file (YAML, TOML, JSON), a mapping, or a ``GuardConfig``."""
+        return cls(source, clock=clock)
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def audit(self) -> AuditLog:
+        """The audit trail: ``guard.audit.events(task_id=...)``, ``verify()``, ..."""
+        if self._audit is None:
+            from .audit import AuditLog
+
+            self._audit = AuditLog(self.store, keys=self.keys, checkpoints=self.config.checkpoints_path)
+        return self._audit
+
+    def task(self, intent: str, /, **params: Any) -> TaskSession:
+        """A task of ``intent`` with its template parameters; use as a (async) context manager."""
+        from .task import TaskSession
+
+        return TaskSession(self, self.policy.bind(intent, params))
+
+    @overload
+    def wrap(self, tools: BaseTool, *, on_deny: OnDeny = "message") -> GuardedTool: ...
+
+    @overload
+    def wrap(
+        self, tools: Sequence[BaseTool], *, on_deny: OnDeny = "message"
+    ) -> list[GuardedTool]: ...
+
+    def wrap(
+        self, tools: BaseTool | Sequence[BaseTool], *, on_deny: OnDeny = "message"
+    ) -> GuardedTool | list[GuardedTool]:
+        """Guard LangChain tools: one tool in, one out; a list in, a list out."""
+        from .tools import guard as _guard
+
+        return _guard(tools, self, on_deny=on_deny)
+
+    def verifier(
+        self,
+        *,
+        audience: str | None = None,
+        single_use: bool = False,
+        algorithms: Sequence[str] | None = None,
+    ) -> Verifier:
+        """A verifier for downstream services sharing this guard's keys and store."""
+        cfg = self.config.issuer
+        return Verifier(
+            issuer=cfg.name,
+            audience=audience or cfg.audience,
+            keys=self.keys,
+            algorithms=tuple(algorithms or (cfg.algorithm,)),
+            max_ttl=cfg.effective_max_ttl,
+            leeway=cfg.leeway,
+            revocations=StoreRevocations(self.store),
+            single_use=single_use,
+            clock=self.clock,
+        )
+
+    def revoke(
+        self,
+        *,
+        task_id: str | None = None,
+        identity: str | None = None,
+        jti: str | None = None,
+        reason: str = "revoked",
+        disable: bool = False,
+        by: str = "api",
+    ) -> list[str]:
+        """Revoke a task (and its children), an identity, or one credential; returns the ids
+        of the active tasks this ended. Verifiers sharing the store reject at once."""
+        given = [(s, v) for s, v in (("task", task_id), ("identity", identity), ("jti", jti)) if v]
+        if len(given) != 1:
+            raise ValueError("revoke exactly one of task_id=, identity= or jti=")
+        if disable and identity is None:
+            raise ValueError("disable=True goes with identity=")
+        scope, value = given[0]
+        now = self.clock()
+        event = self._event(
+            "revoke",
+            now,
+            task_id=value if scope == "task" else None,
+            identity=value if scope == "identity" else None,
+            jti=value if scope == "jti" else None,
+            decision="revoke",
+            reason=reason + (" (identity disabled)" if disable else ""),
+            rule=f"revoke.{scope}",
+        )
+        return self.store.revoke(
+            scope=scope, value=str(value), reason=reason, by=by, now=now, disable=disable,
+            event=event,
+        )
+
+    def enable(self, identity: str, *, reason: str = "re-enabled") -> None:
+        """Allow a disabled identity to start tasks again."""
+        now = self.clock()
+        event = self._event("enable", now, identity=identity, reason=reason, rule="identity.enable")
+        self.store.set_identity_enabled(identity, reason=reason, now=now, event=event)
+
+    def close(self) -> None:
+        """Write pending outcomes and close the store's connections."""
+        self.store.close()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the pipeline -----------------------------------------------------------------------
+
+    def authorize(
+        self, tool: str, args: Mapping[str, Any], *, correlation_id: str | None = None
+    ) -> Permit:
+        """Decide, audit and mint for one call. Raises :class:`PolicyDenied` (audited) or
+        :class:`AuditError` (nothing ran); otherwise the caller must run the tool and
+        :meth:`finish` the permit."""
+        cid = correlation_id or uuid.uuid4().hex
+        session = task_var.get()
+        now = self.clock()
+        if session is None:
+            self._audit_denial(None, tool, args, cid, now, NoActiveTask(tool=tool))
+        derived = derive_call(self.policy.tools, tool, args, cid)
+        if isinstance(derived, Decision):
+            self._deny(session, tool, args, cid, now, derived, None)
+        call = derived
+        bound = session.bound
+        decision = decide(bound, call, ended=session.ended_reason, now=now, deadline=session.deadline)
+        if not decision.allowed:
+            self._deny(session, tool, args, cid, now, decision, call)
+        spends = plan(bound, session.task_id, call)
+        jti = new_jti()
+        args_json, args_sha = self._redactors.get(tool, self.redactor)(args)
+        expires = min(now + self.issuer.ttl, session.deadline)
+        event = {
+            "ts": now,
+            "task_id": session.task_id,
+            "identity": bound.identity,
+            "intent": bound.intent,
+            "kind": "request",
+            "tool": tool,
+            "operation": call.operation,
+            "resources": _json_list(call.resources),
+            "decision": "allow",
+            "reason": None,
+            "rule": "allow",
+            "jti": jti,
+            "correlation_id": cid,
+            "args": args_json,
+            "args_sha256": args_sha,
+            "cost": call.cost or None,
+        }
+
+        def denied_event(error: PolicyDenied) -> dict[str, Any]:
+            return {**event, "kind": "denied", "decision": "deny", "reason": error.reason,
+                    "rule": error.rule, "jti": None}
+
+        denial = self.store.record_call(
+            chain=session.chain,
+            identity=bound.identity,
+            task_started_at=session.started_at,
+            spends=spends,
+            event=event,
+            credential=(jti, session.task_id, bound.identity, tool, call.operation, now, expires, 1),
+            now=now,
+            on_denied=denied_event,
+        )
+        if denial is not None:
+            raise denial.error
+        provider = self.providers.get(tool, self.issuer)
+        try:
+            credential = provider.mint(
+                jti=jti,
+                task_id=session.task_id,
+                identity=bound.identity,
+                intent=bound.intent,
+                tool=tool,
+                operation=call.operation,
+                resources=call.resources,
+                now=now,
+                deadline=session.deadline,
+                audience=self.policy.tools[tool].rule.audience or bound.audience,
+                act=session.act,
+            )
+        except Exception as exc:  # any provider failure denies the call (fail closed)
+            self._mint_failed(session, call, jti, spends, now, exc)
+        return Permit(session, call, credential, spends, now, time.perf_counter())
+
+    def finish(self, permit: Permit, *, error: BaseException | None = None) -> None:
+        """Record a call's outcome (queued for the next transaction) and settle its cost."""
+        duration_ms = (time.perf_counter() - permit.started_perf) * 1000.0
+        call = permit.call
+        settle: tuple[tuple[str, str, float], ...] = ()
+        cost = call.cost
+        if permit.actual_cost is not None and permit.actual_cost != call.cost:
+            delta = permit.actual_cost - call.cost
+            cost = permit.actual_cost
+            day = day_key(permit.started)
+            settle = tuple(
+                (s.scope, day if s.kind == "day" else "", delta)
+                for s in permit.spends
+                if s.label in ("max_cost", "cost_per_day")
+            )
+        session = permit.session
+        self.store.queue_outcome(
+            PendingOutcome(
+                {
+                    "ts": self.clock(),
+                    "task_id": session.task_id,
+                    "identity": session.bound.identity,
+                    "intent": session.bound.intent,
+                    "kind": "outcome",
+                    "tool": call.tool,
+                    "operation": call.operation,
+                    "resources": _json_list(call.resources),
+                    "jti": permit.credential.jti,
+                    "correlation_id": call.correlation_id,
+                    "outcome": "ok" if error is None else "error",
+                    "error": None if error is None else _describe(error),
+                    "duration_ms": round(duration_ms, 3),
+                    "cost": cost or None,
+                },
+                settle,
+            )
+        )
+
+    def _mint_failed(
+        self,
+        session: TaskSession,
+        call: Call,
+        jti: str,
+        spends: Sequence[Spend],
+        now: float,
+        exc: Exception,
+    ) -> NoReturn:
+        reason = f"no credential could be obtained for this call ({_describe(exc)}); it did not run"
+        day = day_key(now)
+        refund = tuple(
+            (s.scope, day if s.kind == "day" else "", -s.amount) for s in spends if s.kind != "rolling"
+        )
+        self.store.queue_outcome(
+            PendingOutcome(
+                self._event(
+                    "outcome",
+                    self.clock(),
+                    task_id=session.task_id,
+                    identity=session.bound.identity,
+                    intent=session.bound.intent,
+                    tool=call.tool,
+                    operation=call.operation,
+                    resources=_json_list(call.resources),
+                    jti=jti,
+                    correlation_id=call.correlation_id,
+                    decision="deny",
+                    reason=reason,
+                    rule="credentials.provider",
+                    outcome="not-run",
+                ),
+                refund,
+            )
+        )
+        self.store.flush()
+        raise PolicyDenied(reason, tool=call.tool, task_id=session.task_id, rule="credentials.provider") from exc
+
+    def _on_task_end(self, session: TaskSession, jtis: Sequence[str]) -> None:
+        """Let providers revoke what they issued for the task (brokers)."""
+        for provider in {id(p): p for p in self.providers.values()}.values():
+            end_task = getattr(provider, "end_task", None)
+            if end_task is not None:
+                end_task(session.task_id, jtis)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _deny(
+        self,
+        session: TaskSession,
+        tool: str,
+        args: Mapping[str, Any],
+        cid: str,
+        now: float,
+        decision: Decision,
+        call: Call | None,
+    ) -> NoReturn:
+        error = PolicyDenied(decision.reason, tool=tool, task_id=session.task_id, rule=decision.rule)
+        self._audit_denial(session, tool, args, cid, now, error, call)
+
+    def _audit_denial(
+        self,
+        session: TaskSession | None,
+        tool: str,
+        args: Mapping[str, Any],
+        cid: str,
+        now: float,
+        error: PolicyDenied,
+        call: Call | None = None,
+    ) -> NoReturn:
+        args_json, args_sha = self._redactors.get(tool, self.redactor)(args)
+        self.store.append(
+            self._event(
+                "denied",
+                now,
+                task_id=session.task_id if session else None,
+                identity=session.bound.identity if session else None,
+                intent=session.bound.intent if session else None,
+                tool=tool,
+                operation=call.operation if call else None,
+                resources=_json_list(call.resources) if call else None,
+                decision="deny",
+                reason=error.reason,
+                rule=error.rule,
+                correlation_id=cid,
+                args=args_json,
+                args_sha256=args_sha,
+            )
+        )
+        raise error
+
+    @staticmethod
+    def _event(kind: str, now: float, **fields: Any) -> dict[str, Any]:
+        return {"ts": now, "kind": kind, **fields}
+
+
+class StoreRevocations:
+    """The store's revocations, as a verifier's revocation source (fail closed on errors)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def revoked_reason(
+        self, *, jti: str, task_id: str, identity: str, chain: Sequence[str], issued_at: float = 0.0
+    ) -> str | None:
+        return self.store.revoked_reason(
+            jti=jti, task_id=task_id, identity=identity, chain=chain, issued_at=issued_at
+        )
+
+
+def _json_list(values: Sequence[str]) -> str:
+    import json
+
+    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
+
+
+def _describe(error: BaseException) -> str:
+    """A one-line description of a tool's error, with any issued token scrubbed."""
+    from .redaction import REDACTED, _JWT
+
+    text = f"{type(error).__name__}: {error}"[:500]
+    return _JWT.sub(REDACTED, text)
+
+
+

@@ -1,0 +1,163 @@
+"""The exception tree of toolguard.
+
+Every error toolguard raises is a :class:`ToolGuardError`::
+
+    ToolGuardError
+    ├── ConfigError            the config (or a task's parameters) is wrong; fix it before running
+    ├── PolicyDenied           a call (or a task start) is not allowed by the declared intent
+    │   ├── BudgetExceeded     ... because a budget scope has no room left
+    │   └── NoActiveTask       ... because no task is active in this context
+    ├── CredentialError        a credential could not be minted or was rejected
+    │   ├── CredentialInvalid  signature, header, claims or shape are wrong
+    │   ├── CredentialExpired  past ``exp`` (or before ``nbf``)
+    │   ├── CredentialRevoked  its task, identity or jti was revoked
+    │   └── ScopeMismatch      valid, but not for this operation / resource / tool
+    └── AuditError             the audit trail could not be written: the tool did not run
+
+Each exception carries structured fields (``tool``, ``task_id``, ``rule``; budgets add
+``scope``, ``limit``, ``used`` and ``retry_after``) and builds its message from them.
+"""
+
+from typing import Any
+
+__all__ = [
+    "AuditError",
+    "BudgetExceeded",
+    "ConfigError",
+    "CredentialError",
+    "CredentialExpired",
+    "CredentialInvalid",
+    "CredentialRevoked",
+    "NoActiveTask",
+    "PolicyDenied",
+    "ScopeMismatch",
+    "ToolGuardError",
+]
+
+
+class ToolGuardError(Exception):
+    """Root of every error raised by toolguard."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tool: str | None = None,
+        task_id: str | None = None,
+        rule: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tool = tool
+        self.task_id = task_id
+        self.rule = rule
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ToolGuardError):
+    """The configuration is invalid; ``problems`` lists every ``(location, message)``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: list[tuple[str, str]] | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.problems: list[tuple[str, str]] = problems or []
+        self.source = source
+
+    @classmethod
+    def from_problems(cls, problems: list[tuple[str, str]], *, source: str | None = None) -> "ConfigError":
+        where = f" in {source}" if source else ""
+        lines = [f"{len(problems)} problem(s){where}:"]
+        lines += [f"  {loc or '<root>'}: {msg}" for loc, msg in problems]
+        return cls("\n".join(lines), problems=problems, source=source)
+
+
+class PolicyDenied(ToolGuardError):
+    """A call or task start was denied. ``reason`` is readable by a model."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        tool: str | None = None,
+        task_id: str | None = None,
+        rule: str | None = None,
+    ) -> None:
+        super().__init__(reason, tool=tool, task_id=task_id, rule=rule)
+        self.reason = reason
+
+
+class NoActiveTask(PolicyDenied):
+    """A guarded tool was called outside ``guard.task(...)``."""
+
+    def __init__(self, *, tool: str | None = None) -> None:
+        super().__init__(
+            f"tool '{tool}' was called outside a task; run it inside "
+            "`with guard.task(intent, **params):` (or use GuardMiddleware)",
+            tool=tool,
+            rule="task.active",
+        )
+
+
+class BudgetExceeded(PolicyDenied):
+    """A budget scope has no room for this call."""
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        limit: float,
+        used: float,
+        retry_after: float | None,
+        tool: str | None = None,
+        task_id: str | None = None,
+        rule: str | None = None,
+    ) -> None:
+        self.scope = scope
+        self.limit = limit
+        self.used = used
+        self.retry_after = retry_after
+        when = (
+            f"; room frees up in {retry_after:.0f}s" if retry_after is not None else "; it does not reset during this task"
+        )
+        reason = f"budget '{scope}' is exhausted ({_num(used)} of {_num(limit)} used){when}"
+        super().__init__(reason, tool=tool, task_id=task_id, rule=rule or f"budget.{scope}")
+
+
+class CredentialError(ToolGuardError):
+    """A credential could not be minted, or a presented credential was rejected."""
+
+
+class CredentialInvalid(CredentialError):
+    """The token is malformed, wrongly signed, or its header or claims are not acceptable."""
+
+
+class CredentialExpired(CredentialError):
+    """The token is past its ``exp`` (or before its ``nbf``)."""
+
+
+class CredentialRevoked(CredentialError):
+    """The token's task, identity or jti has been revoked."""
+
+
+class ScopeMismatch(CredentialError):
+    """The token is valid but does not cover the requested operation, resource or tool."""
+
+
+class AuditError(ToolGuardError):
+    """The audit trail could not be written; the tool did not run. Never a denial."""
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """The structured fields of a toolguard error, for logs and JSON output."""
+    return {k: v for k, v in vars(exc).items() if not k.startswith("_") and k != "args"}

@@ -1,0 +1,6 @@
+"""The store: the only package that speaks SQL (schema, transactions, budgets, queries)."""
+
+from .core import Denial, PendingOutcome, Store, loads_list
+from .schema import SCHEMA_VERSION
+
+__all__ = ["SCHEMA_VERSION", "Denial", "PendingOutcome", "Store", "loads_list"]

@@ -1,0 +1,473 @@
+"""The only module that speaks SQL: schema, migrations, transactions, queries.
+
+SQLite in WAL mode, one connection per thread, ``busy_timeout`` bounded. Every write happens in
+one ``BEGIN IMMEDIATE`` transaction that also appends hash-chained audit events, so the trail,
+the budgets and the revocations never disagree. Any SQLite failure on the write path becomes
+:class:`AuditError` (fail closed: the tool does not run).
+
+The ``outcome`` of a call is not committed on its own: it is queued and rides in the next
+transaction of this process (the next call, the task end, or :meth:`Store.flush`). A crash loses
+at most the outcomes of the calls completed since the last commit; their ``request`` rows are
+durable, and the viewer shows such calls as incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..budget import Spend
+from .budgets import check_budgets, spend_budget
+from .queries import Queries
+from .schema import SCHEMA_VERSION, create_schema
+from ..chain import GENESIS, HASHED_FIELDS, event_hash
+from ..errors import AuditError, PolicyDenied
+
+__all__ = ["Denial", "PendingOutcome", "Store"]
+
+
+_TASK_COLUMNS = (
+    "task_id",
+    "parent_id",
+    "intent",
+    "identity",
+    "params",
+    "purpose",
+    "status",
+    "started_at",
+    "ended_at",
+    "deadline",
+    "tainted",
+)
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(HASHED_FIELDS)}, prev_hash, hash) "
+    f"VALUES ({', '.join('?' * (len(HASHED_FIELDS) + 2))})"
+)
+
+
+@dataclass(slots=True)
+class PendingOutcome:
+    """An outcome event waiting for the next transaction, with its budget settlement."""
+
+    event: dict[str, Any]
+    settle: tuple[tuple[str, str, float], ...] = ()
+    taint: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why the store refused a call inside its transaction (budget or revocation)."""
+
+    error: PolicyDenied
+
+
+class _Local(threading.local):
+    def __init__(self) -> None:
+        self.conn: sqlite3.Connection | None = None
+        self.pid = 0
+
+
+class Store(Queries):
+    """The SQLite store behind a guard: audit events, tasks, budgets, revocations."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        durability: str = "normal",
+        busy_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        readonly: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.durability = durability
+        self.busy_timeout = busy_timeout
+        self.clock = clock
+        self.readonly = readonly
+        self._local = _Local()
+        self._pending: list[PendingOutcome] = []
+        self._pending_lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._ready = False
+
+    # -- connections --------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if self.readonly:
+                if not self.path.exists():
+                    raise AuditError(
+                        f"no audit database at {self.path}; pass --db or set TOOLGUARD_DB"
+                    )
+                conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro",
+                    uri=True,
+                    timeout=self.busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    str(self.path),
+                    timeout=self.busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(
+                    "PRAGMA synchronous=" + ("FULL" if self.durability == "full" else "NORMAL")
+                )
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA foreign_keys=OFF")
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot open the audit database {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise AuditError(
+                f"cannot create the audit database {self.path}: {exc.strerror}"
+            ) from exc
+        if not self._ready:
+            self._ensure_schema(conn)
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        try:
+            if self.readonly:
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+                if not {"events", "tasks", "meta"} <= tables:
+                    raise AuditError(
+                        f"{self.path} is not a toolguard audit database (no events table)"
+                    )
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    create_schema(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.DatabaseError as exc:
+            raise AuditError(
+                f"the audit database {self.path} cannot be used: {exc}; check that it is a "
+                "writable toolguard database"
+            ) from exc
+        self._ready = True
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        local = self._local
+        conn = local.conn
+        if conn is None or local.pid != os.getpid():  # a forked child opens its own
+            conn = local.conn = self._connect()
+            local.pid = os.getpid()
+        return conn
+
+    def open(self) -> Store:
+        """Open (and create or migrate) the database now rather than on first use."""
+        _ = self.conn
+        return self
+
+    def close(self) -> None:
+        """Write pending outcomes and close every connection."""
+        try:
+            if self._pending and not self.readonly:
+                self.flush()
+        finally:
+            with self._conns_lock:
+                conns, self._conns = self._conns, []
+            for conn in conns:
+                try:
+                    conn.close()
+                except sqlite3.Error:  # pragma: no cover - closing is best effort
+                    pass
+            self._local = _Local()
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction; flushes queued outcomes first."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise AuditError(
+                f"the audit trail could not be written ({what}): {exc}; nothing ran"
+            ) from exc
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        try:
+            for item in pending:
+                self._write_outcome(conn, item)
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if pending:
+                with self._pending_lock:
+                    self._pending[:0] = pending
+            if isinstance(exc, sqlite3.Error):
+                raise AuditError(
+                    f"the audit trail could not be written ({what}): {exc}; nothing ran"
+                ) from exc
+            raise
+
+    # -- events ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _head(conn: sqlite3.Connection) -> tuple[int, str]:
+        row = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            return int(row[0]), str(row[1])
+        cut = conn.execute(
+            "SELECT before_seq, head_hash FROM prunes ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if cut is not None:
+            return int(cut[0]) - 1, str(cut[1])
+        return 0, GENESIS
+
+    def _append(self, conn: sqlite3.Connection, event: dict[str, Any]) -> None:
+        seq, prev = self._head(conn)
+        event["seq"] = seq + 1
+        digest = event_hash(prev, event)
+        conn.execute(_INSERT_EVENT, (*(event.get(k) for k in HASHED_FIELDS), prev, digest))
+
+    def _write_outcome(self, conn: sqlite3.Connection, item: PendingOutcome) -> None:
+        self._append(conn, item.event)
+        for scope, period, delta in item.settle:
+            conn.execute(
+                "UPDATE budgets SET used = MAX(0, used + ?) WHERE scope = ? AND period = ?",
+                (delta, scope, period),
+            )
+        if item.taint:
+            conn.execute("UPDATE tasks SET tainted = 1 WHERE task_id = ?", (item.event["task_id"],))
+
+    def queue_outcome(self, item: PendingOutcome) -> None:
+        """Queue an outcome to ride in the next transaction."""
+        with self._pending_lock:
+            self._pending.append(item)
+
+    def flush(self) -> None:
+        """Commit queued outcomes now."""
+        if self._pending:
+            with self._write("outcomes"):
+                pass
+
+    def append(self, event: dict[str, Any]) -> None:
+        """Append one event (a denial, a note) in its own transaction."""
+        with self._write(event.get("kind", "event")) as conn:
+            self._append(conn, event)
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def start_task(self, task: Mapping[str, Any], event: dict[str, Any]) -> None:
+        """Record a task start; :class:`PolicyDenied` if its identity is disabled."""
+        with self._write("task start") as conn:
+            row = conn.execute(
+                "SELECT reason FROM identity_state WHERE identity = ? AND disabled = 1",
+                (task["identity"],),
+            ).fetchone()
+            if row is not None:
+                raise PolicyDenied(
+                    f"identity '{task['identity']}' is disabled ({row[0]}); re-enable it with "
+                    f"`toolguard enable {task['identity']}`",
+                    task_id=task["task_id"],
+                    rule=f"identities.{task['identity']}.disabled",
+                )
+            conn.execute(
+                f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))})",
+                tuple(task.get(k) for k in _TASK_COLUMNS),
+            )
+            self._append(conn, event)
+
+    def end_task(
+        self,
+        task_id: str,
+        *,
+        status: str,
+        now: float,
+        events: Sequence[dict[str, Any]],
+        reason: str,
+    ) -> None:
+        """Mark a task ended, revoke its credentials (a task revocation), append its events."""
+        with self._write("task end") as conn:
+            conn.execute(
+                "UPDATE tasks SET status = ?, ended_at = ? WHERE task_id = ? AND ended_at IS NULL",
+                (status, now, task_id),
+            )
+            conn.execute(
+                "INSERT INTO revocations (scope, value, reason, ts, by) VALUES ('task', ?, ?, ?, ?)",
+                (task_id, reason, now, "task-end"),
+            )
+            for event in events:
+                self._append(conn, event)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def record_call(
+        self,
+        *,
+        chain: Sequence[str],
+        identity: str,
+        task_started_at: float,
+        spends: Sequence[Spend],
+        event: dict[str, Any],
+        credential: tuple[Any, ...] | None,
+        now: float,
+        on_denied: Callable[[PolicyDenied], dict[str, Any]],
+    ) -> Denial | None:
+        """The pre-call transaction: revocation check, budgets, the request event, the jti.
+
+        Returns a :class:`Denial` (already audited) when a revocation or budget refuses.
+        """
+        with self._write("request") as conn:
+            denial = self._revoked(conn, chain, identity, task_started_at, event)
+            if denial is None:
+                denial = check_budgets(conn, spends, now, event)
+            if denial is not None:
+                self._append(conn, on_denied(denial))
+                return Denial(denial)
+            for spend in spends:
+                spend_budget(conn, spend, now)
+            self._append(conn, event)
+            if credential is not None:
+                conn.execute(
+                    "INSERT INTO credentials (jti, task_id, identity, tool, operation, issued_at,"
+                    " expires_at, jit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    credential,
+                )
+        return None
+
+    def _revoked(
+        self,
+        conn: sqlite3.Connection,
+        chain: Sequence[str],
+        identity: str,
+        started_at: float,
+        event: Mapping[str, Any],
+    ) -> PolicyDenied | None:
+        marks = ",".join("?" * len(chain))
+        row = conn.execute(
+            f"SELECT reason, scope FROM revocations WHERE (scope = 'task' AND value IN ({marks}))"
+            " OR (scope = 'identity' AND value = ? AND ts >= ?) LIMIT 1",
+            (*chain, identity, started_at),
+        ).fetchone()
+        if row is None:
+            return None
+        what = "its identity" if row[1] == "identity" else "the task"
+        return PolicyDenied(
+            f"{what} was revoked ({row[0]}); no further calls are allowed in this task",
+            tool=event.get("tool"),
+            task_id=event.get("task_id"),
+            rule=f"revocation.{row[1]}",
+        )
+
+    # -- revocation --------------------------------------------------------------------------
+
+    def revoke(
+        self,
+        *,
+        scope: str,
+        value: str,
+        reason: str,
+        by: str,
+        now: float,
+        disable: bool = False,
+        event: dict[str, Any],
+    ) -> list[str]:
+        """Record a revocation; returns the ids of the active tasks it ends."""
+        with self._write("revoke") as conn:
+            conn.execute(
+                "INSERT INTO revocations (scope, value, reason, ts, by) VALUES (?, ?, ?, ?, ?)",
+                (scope, value, reason, now, by),
+            )
+            if scope == "task":
+                ended = self._descendants(conn, value, active_only=True)
+            elif scope == "identity":
+                ended = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT task_id FROM tasks WHERE identity = ? AND ended_at IS NULL",
+                        (value,),
+                    )
+                ]
+                for task_id in list(ended):
+                    ended += [t for t in self._descendants(conn, task_id, active_only=True)
+                              if t not in ended]
+                if disable:
+                    conn.execute(
+                        "INSERT INTO identity_state (identity, disabled, reason, ts) "
+                        "VALUES (?, 1, ?, ?) ON CONFLICT(identity) DO UPDATE SET disabled = 1, "
+                        "reason = excluded.reason, ts = excluded.ts",
+                        (value, reason, now),
+                    )
+            else:
+                ended = []
+            for task_id in ended:
+                conn.execute(
+                    "INSERT INTO revocations (scope, value, reason, ts, by) "
+                    "VALUES ('task', ?, ?, ?, ?)",
+                    (task_id, reason, now, by),
+                )
+                conn.execute(
+                    "UPDATE tasks SET status = 'revoked', ended_at = ? WHERE task_id = ?"
+                    " AND ended_at IS NULL",
+                    (now, task_id),
+                )
+            self._append(conn, event)
+        return ended
+
+    @staticmethod
+    def _descendants(conn: sqlite3.Connection, task_id: str, *, active_only: bool) -> list[str]:
+        rows = conn.execute(
+            "WITH RECURSIVE d(id) AS (SELECT ? UNION SELECT t.task_id FROM tasks t JOIN d"
+            " ON t.parent_id = d.id) SELECT d.id FROM d JOIN tasks t ON t.task_id = d.id"
+            + (" WHERE t.ended_at IS NULL" if active_only else ""),
+            (task_id,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def set_identity_enabled(self, identity: str, *, reason: str, now: float, event: dict[str, Any]) -> None:
+        """Re-enable an identity disabled by ``revoke --identity --disable``."""
+        with self._write("enable") as conn:
+            conn.execute(
+                "INSERT INTO identity_state (identity, disabled, reason, ts) VALUES (?, 0, ?, ?)"
+                " ON CONFLICT(identity) DO UPDATE SET disabled = 0, reason = excluded.reason,"
+                " ts = excluded.ts",
+                (identity, reason, now),
+            )
+            self._append(conn, event)
+
+    def revoked_reason(
+        self, *, jti: str, task_id: str, identity: str, chain: Sequence[str], issued_at: float
+    ) -> str | None:
+        """Why a credential is revoked, or None. Raises on any database failure."""
+        ids = [task_id, *chain]
+        marks = ",".join("?" * len(ids))
+        row = self.conn.execute(
+            "SELECT scope, reason FROM revocations WHERE (scope = 'jti' AND value = ?)"
+            f" OR (scope = 'task' AND value IN ({marks}))"
+            " OR (scope = 'identity' AND value = ? AND ts >= ?) LIMIT 1",
+            (jti, *ids, identity, issued_at),
+        ).fetchone()
+        if row is None:
+            return None
+        return f"{row[0]} revoked: {row[1]}"
+
+def loads_list(value: str | None) -> list[str]:
+    """Decode a JSON list column (``resources``)."""
+    return list(json.loads(value)) if value else []

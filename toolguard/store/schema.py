@@ -1,0 +1,90 @@
+"""The store's schema, created and migrated with sqlite-utils (never on the hot path)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from ..chain import HASHED_FIELDS
+from ..errors import AuditError
+
+__all__ = ["SCHEMA_VERSION", "create_schema"]
+
+SCHEMA_VERSION = 1
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create or migrate the tables and indexes inside the caller's transaction."""
+    import sqlite_utils  # creation and migration only, never on the hot path
+
+    db = sqlite_utils.Database(conn)
+    if "meta" not in db.table_names():
+        db.table("meta").create({"key": str, "value": str}, pk="key")
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if version is not None:
+        if int(version[0]) > SCHEMA_VERSION:
+            raise AuditError(
+                f"the audit database has schema version {version[0]}, newer than this toolguard "
+                f"understands ({SCHEMA_VERSION}); upgrade agent-toolguard"
+            )
+        return
+    db.table("tasks").create(
+        {
+            "task_id": str,
+            "parent_id": str,
+            "intent": str,
+            "identity": str,
+            "params": str,
+            "purpose": str,
+            "status": str,
+            "started_at": float,
+            "ended_at": float,
+            "deadline": float,
+            "tainted": int,
+        },
+        pk="task_id",
+    )
+    db.table("tasks").create_index(["started_at"])
+    db.table("tasks").create_index(["identity", "started_at"])
+    db.table("tasks").create_index(["status"])
+    db.table("tasks").create_index(["parent_id"])
+    columns: dict[str, Any] = {name: str for name in HASHED_FIELDS}
+    columns.update(seq=int, ts=float, duration_ms=float, cost=float, prev_hash=str, hash=str)
+    db.table("events").create(columns, pk="seq")
+    db.table("events").create_index(["task_id", "seq"])
+    db.table("events").create_index(["ts"])
+    db.table("events").create_index(["kind", "seq"])
+    db.table("events").create_index(["identity", "ts"])
+    db.table("events").create_index(["correlation_id"])
+    db.table("credentials").create(
+        {
+            "jti": str,
+            "task_id": str,
+            "identity": str,
+            "tool": str,
+            "operation": str,
+            "issued_at": float,
+            "expires_at": float,
+            "jit": int,
+        },
+        pk="jti",
+    )
+    db.table("credentials").create_index(["task_id"])
+    db.table("revocations").create(
+        {"id": int, "scope": str, "value": str, "reason": str, "ts": float, "by": str},
+        pk="id",
+    )
+    db.table("revocations").create_index(["scope", "value"])
+    db.table("identity_state").create(
+        {"identity": str, "disabled": int, "reason": str, "ts": float}, pk="identity"
+    )
+    db.table("budgets").create({"scope": str, "period": str, "used": float}, pk=("scope", "period"))
+    db.table("rate_events").create({"scope": str, "ts": float, "amount": float})
+    db.table("rate_events").create_index(["scope", "ts"])
+    db.table("checkpoints").create({"seq": int, "hash": str, "ts": float}, pk="seq")
+    db.table("prunes").create(
+        {"id": int, "ts": float, "before_seq": int, "head_hash": str, "removed": int}, pk="id"
+    )
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+    )

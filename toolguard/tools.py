@@ -1,0 +1,285 @@
+"""``GuardedTool`` and ``guard()`` for LangChain tools.
+
+A guarded tool is a real ``BaseTool`` with the wrapped tool's name, description and args schema
+(the model sees the same tool). LangChain's ``run`` machinery runs once — for the guarded tool —
+and then the wrapped tool's ``_run`` / ``_arun`` is called directly, never its ``invoke``.
+
+This module deliberately does not use ``from __future__ import annotations``: LangChain resolves
+the annotation of ``_run``'s ``config`` parameter on every call, and a string annotation makes
+that resolution cost tens of microseconds.
+"""
+
+import typing
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, Union, overload
+
+from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import run_in_executor
+from langchain_core.tools import BaseTool, StructuredTool, ToolException
+from langchain_core.tools.base import (
+    _get_runnable_config_param,
+    _handle_tool_error,
+    _is_injected_arg_type,
+    get_all_basemodel_annotations,
+)
+from langchain_core.utils._signature import _signature_parameters
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from .credentials import Credential
+from .engine import Guard
+from .errors import AuditError, PolicyDenied
+
+__all__ = ["GuardedTool", "ToolDenied", "guard"]
+
+OnDeny = Literal["message", "raise"]
+_CALL_ID = "__toolguard_call_id__"
+
+
+class ToolDenied(ToolException):
+    """A denial turned into a tool error: the model reads ``str(exc)`` and the run goes on."""
+
+    def __init__(self, denial: PolicyDenied) -> None:
+        super().__init__(f"Denied by toolguard: {denial.reason}")
+        self.denial = denial
+
+
+def _credential_keys(tool: BaseTool) -> frozenset[str]:
+    """Names of the tool's injected arguments typed as :class:`Credential`."""
+    schema = tool.args_schema
+    annotations: dict[str, Any] = {}
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        annotations = dict(get_all_basemodel_annotations(schema))
+    else:
+        func = getattr(tool, "func", None) or getattr(tool, "coroutine", None) or tool._run
+        try:
+            annotations = typing.get_type_hints(func, include_extras=True)
+        except Exception:  # unresolvable hints: no credential injection
+            annotations = {}
+    keys = set()
+    for name, annotation in annotations.items():
+        if _is_injected_arg_type(annotation) and _mentions_credential(annotation):
+            keys.add(name)
+    return frozenset(keys)
+
+
+def _mentions_credential(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, Credential):
+        return True
+    return any(_mentions_credential(a) for a in typing.get_args(annotation))
+
+
+def _placeholder() -> Credential:
+    """A stand-in that passes schema validation until the real credential is minted."""
+    return object.__new__(Credential)
+
+
+_PENDING = _placeholder()
+
+
+class GuardedTool(BaseTool):
+    """A LangChain tool whose every call goes through a :class:`Guard`."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    wrapped: BaseTool
+    """The tool being guarded; it is called directly, below LangChain's run machinery."""
+    guard: Guard
+    on_deny: OnDeny = "message"
+    """``message``: the model reads the denial as a tool error; ``raise``: PolicyDenied."""
+
+    _credential_keys: frozenset[str] = PrivateAttr(default=frozenset())
+    _run_takes_manager: bool = PrivateAttr(default=False)
+    _run_config_param: Optional[str] = PrivateAttr(default=None)
+    _arun_takes_manager: bool = PrivateAttr(default=False)
+    _arun_config_param: Optional[str] = PrivateAttr(default=None)
+    _native_async: bool = PrivateAttr(default=False)
+    _own_handler: Any = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        inner = self.wrapped
+        self._credential_keys = _credential_keys(inner)
+        self._run_takes_manager = "run_manager" in _signature_parameters(inner._run)
+        self._run_config_param = _get_runnable_config_param(inner._run)
+        self._arun_takes_manager = "run_manager" in _signature_parameters(inner._arun)
+        self._arun_config_param = _get_runnable_config_param(inner._arun)
+        if isinstance(inner, StructuredTool):
+            self._native_async = inner.coroutine is not None
+        else:
+            self._native_async = type(inner)._arun is not BaseTool._arun
+        self._own_handler = inner.handle_tool_error
+
+    @property
+    def _injected_args_keys(self) -> frozenset[str]:
+        return self.wrapped._injected_args_keys
+
+    # -- input --------------------------------------------------------------------------------
+
+    def _parse_input(
+        self, tool_input: Union[str, dict[str, Any]], tool_call_id: Optional[str]
+    ) -> Union[str, dict[str, Any]]:
+        if isinstance(tool_input, dict) and self._credential_keys:
+            # The model can never supply a credential: whatever it sent is overwritten.
+            tool_input = {**tool_input, **dict.fromkeys(self._credential_keys, _PENDING)}
+        parsed = self.wrapped._parse_input(tool_input, tool_call_id)
+        if isinstance(parsed, dict) and tool_call_id is not None:
+            parsed = {**parsed, _CALL_ID: tool_call_id}
+        return parsed
+
+    def _call_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The arguments the policy and the audit see (no injected values)."""
+        if args and not kwargs and len(args) == 1:
+            fields = list(self.tool_call_schema_fields())
+            return {fields[0] if fields else "input": args[0]}
+        injected = self.wrapped._injected_args_keys
+        return {k: v for k, v in kwargs.items() if k not in injected}
+
+    def tool_call_schema_fields(self) -> list[str]:
+        schema = self.args_schema
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            return list(schema.model_fields)
+        if isinstance(schema, dict):
+            return list(schema.get("properties", {}))
+        return []
+
+    # -- run ----------------------------------------------------------------------------------
+
+    def _run(
+        self,
+        *args: Any,
+        config: RunnableConfig,
+        run_manager: Optional[CallbackManagerForToolRun] = None,
+        **kwargs: Any,
+    ) -> Any:
+        cid = kwargs.pop(_CALL_ID, None)
+        permit = self._authorize(args, kwargs, cid)
+        inner = self.wrapped
+        if self._credential_keys:
+            for key in self._credential_keys:
+                kwargs[key] = permit.credential
+        if self._run_takes_manager:
+            kwargs["run_manager"] = run_manager
+        if self._run_config_param:
+            kwargs[self._run_config_param] = config
+        with permit:
+            try:
+                result = inner._run(*args, **kwargs)
+            except BaseException as exc:
+                self.guard.finish(permit, error=exc)
+                raise
+        self.guard.finish(permit)
+        return result
+
+    async def _arun(
+        self,
+        *args: Any,
+        config: RunnableConfig,
+        run_manager: Optional[AsyncCallbackManagerForToolRun] = None,
+        **kwargs: Any,
+    ) -> Any:
+        cid = kwargs.pop(_CALL_ID, None)
+        permit = self._authorize(args, kwargs, cid)
+        inner = self.wrapped
+        if self._credential_keys:
+            for key in self._credential_keys:
+                kwargs[key] = permit.credential
+        with permit:
+            try:
+                if self._native_async:
+                    if self._arun_takes_manager:
+                        kwargs["run_manager"] = run_manager
+                    if self._arun_config_param:
+                        kwargs[self._arun_config_param] = config
+                    result = await inner._arun(*args, **kwargs)
+                else:
+                    if self._run_takes_manager:
+                        kwargs["run_manager"] = run_manager.get_sync() if run_manager else None
+                    if self._run_config_param:
+                        kwargs[self._run_config_param] = config
+                    # run_in_executor copies the context: the task and the credential go along.
+                    result = await run_in_executor(None, inner._run, *args, **kwargs)
+            except BaseException as exc:
+                self.guard.finish(permit, error=exc)
+                raise
+        self.guard.finish(permit)
+        return result
+
+    def _authorize(self, args: tuple[Any, ...], kwargs: dict[str, Any], cid: Optional[str]) -> Any:
+        try:
+            return self.guard.authorize(self.name, self._call_args(args, kwargs), correlation_id=cid)
+        except AuditError:
+            raise
+        except PolicyDenied as denial:
+            if self.on_deny == "raise":
+                raise
+            raise ToolDenied(denial) from None
+
+    def _handle_error(self, exc: ToolException) -> str:
+        if isinstance(exc, ToolDenied):
+            return str(exc)
+        flag = self._own_handler
+        if not flag:
+            raise exc
+        content = _handle_tool_error(exc, flag=flag)
+        return content if isinstance(content, str) else str(content)
+
+
+@overload
+def guard(tools: BaseTool, guard: Guard, *, on_deny: OnDeny = "message") -> GuardedTool: ...
+
+
+@overload
+def guard(
+    tools: Sequence[BaseTool], guard: Guard, *, on_deny: OnDeny = "message"
+) -> list[GuardedTool]: ...
+
+
+def guard(
+    tools: Union[BaseTool, Sequence[BaseTool]], guard: Guard, *, on_deny: OnDeny = "message"
+) -> Union[GuardedTool, list[GuardedTool]]:
+    """Wrap LangChain tools so every call is checked, audited and gets its own credential.
+
+    One tool in, one guarded tool out; a list in, a list out. ``on_deny="message"`` (default)
+    returns denials to the model as tool errors so the run goes on; ``"raise"`` raises
+    :class:`PolicyDenied`. Audit failures always raise :class:`AuditError`.
+    """
+    if on_deny not in ("message", "raise"):
+        raise ValueError("on_deny must be 'message' or 'raise'")
+    if isinstance(tools, BaseTool):
+        return _wrap_one(tools, guard, on_deny)
+    if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence):
+        raise TypeError("guard() takes a LangChain BaseTool or a list of them")
+    return [_wrap_one(t, guard, on_deny) for t in tools]
+
+
+def _wrap_one(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
+    if isinstance(tool, GuardedTool):
+        if tool.guard is g:
+            return tool
+        raise ValueError(f"tool '{tool.name}' is already guarded by another Guard")
+    if not isinstance(tool, BaseTool):
+        raise TypeError(
+            f"guard() takes LangChain tools (BaseTool); got {type(tool).__name__}. Decorate "
+            "functions with @tool first"
+        )
+    guarded = GuardedTool(
+        name=tool.name,
+        description=tool.description,
+        args_schema=tool.args_schema if tool.args_schema is not None else tool.get_input_schema(),
+        return_direct=tool.return_direct,
+        verbose=tool.verbose,
+        callbacks=tool.callbacks,
+        tags=tool.tags,
+        metadata=tool.metadata,
+        response_format=tool.response_format,
+        handle_validation_error=tool.handle_validation_error,
+        extras=getattr(tool, "extras", None),
+        wrapped=tool,
+        guard=g,
+        on_deny=on_deny,
+    )
+    guarded.handle_tool_error = guarded._handle_error
+    return guarded
+
+
