@@ -1,21 +1,14 @@
 """toolguard: least privilege, budgets, audit and just-in-time credentials for agent tools."""
 
 # The guard and its tasks
+# Audit trail
+from .audit import AuditEvent, AuditLog
 from .config import GuardConfig, load_config
 from .context import carry_task, current_credential, current_task, report_cost
-from .engine import Guard
-from .task import TaskSession
-
-# LangChain tools
-from .tools import GuardedTool, ToolDenied, guard
 
 # Credentials
 from .credentials import Credential, Issuer, Verifier
-from .httpauth import CredentialAuth
-from .keys import KeyRing, PublicKeys
-
-# Audit trail
-from .audit import AuditEvent, AuditLog, VerifyReport
+from .engine import Guard
 
 # Errors
 from .errors import (
@@ -31,6 +24,13 @@ from .errors import (
     ScopeMismatch,
     ToolGuardError,
 )
+from .httpauth import CredentialAuth
+from .integrity import VerifyReport
+from .keys import KeyRing, PublicKeys
+from .task import TaskSession
+
+# LangChain tools
+from .tools import GuardedTool, ToolDenied, guard
 
 __version__ = "0.1.0"
 

@@ -66,7 +66,9 @@ def plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
     lim = task.limits
     i = f"identity:{task.identity}"
     if lim.requests_per_minute is not None:
-        spends.append(Spend(f"{i}:rpm", "requests_per_minute", "rolling", lim.requests_per_minute, 1))
+        spends.append(
+            Spend(f"{i}:rpm", "requests_per_minute", "rolling", lim.requests_per_minute, 1)
+        )
     if lim.writes_per_minute is not None and call.operation in WRITE_OPERATIONS:
         spends.append(Spend(f"{i}:wpm", "writes_per_minute", "rolling", lim.writes_per_minute, 1))
     if lim.deletes_per_minute is not None and call.operation == "delete":

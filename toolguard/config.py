@@ -161,7 +161,9 @@ class ToolRule(_Model):
     @classmethod
     def _op(cls, v: str) -> str:
         if not _OPERATION.match(v):
-            raise ValueError(f"operation {v!r} must be a lowercase word such as read, write, delete")
+            raise ValueError(
+                f"operation {v!r} must be a lowercase word such as read, write, delete"
+            )
         return v
 
     @property
@@ -285,7 +287,9 @@ class _Problems(ValueError):
 def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
     for op, patterns in v.items():
         if not _OPERATION.match(op):
-            raise ValueError(f"operation {op!r} must be a lowercase word such as read, write, delete")
+            raise ValueError(
+                f"operation {op!r} must be a lowercase word such as read, write, delete"
+            )
         for pattern in patterns:
             if not pattern or any(ord(c) < 32 or ord(c) == 127 for c in pattern):
                 raise ValueError(f"pattern {pattern!r} is empty or has control characters")
@@ -294,6 +298,7 @@ def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
 
 def _substitute_env(value: Any, loc: str, problems: list[tuple[str, str]]) -> Any:
     if isinstance(value, str):
+
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
             if name not in os.environ:
@@ -318,7 +323,7 @@ def _format_loc(parts: tuple[int | str, ...]) -> str:
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after[_check_allow()]",) or "[" in str(part) and "(" in str(part):
+        elif part in ("function-after[_check_allow()]",) or ("[" in str(part) and "(" in str(part)):
             continue
         else:
             out = _join(out, str(part))
@@ -331,7 +336,9 @@ def _read_file(path: Path) -> Any:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", source=str(path)) from None
     except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}", source=str(path)) from None
+        raise ConfigError(
+            f"config file {path} cannot be read: {exc.strerror}", source=str(path)
+        ) from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
@@ -346,7 +353,10 @@ def _read_file(path: Path) -> Any:
 
         return yaml.safe_load(text)
     except Exception as exc:  # each parser has its own error type; all mean "not parseable"
-        raise ConfigError(f"config file {path} is not valid {suffix.lstrip('.') or 'YAML'}: {exc}", source=str(path)) from None
+        raise ConfigError(
+            f"config file {path} is not valid {suffix.lstrip('.') or 'YAML'}: {exc}",
+            source=str(path),
+        ) from None
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | GuardConfig) -> GuardConfig:
@@ -368,7 +378,9 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | GuardConfig
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError.from_problems([("", "the config must be a mapping of keys to values")], source=origin)
+        raise ConfigError.from_problems(
+            [("", "the config must be a mapping of keys to values")], source=origin
+        )
     problems: list[tuple[str, str]] = []
     data = _substitute_env(data, "", problems)
     if base_dir is not None and "base_dir" not in data:

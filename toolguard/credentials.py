@@ -644,9 +644,7 @@ def _nonempty(value: object) -> bool:
 
 
 def _is_time(value: object) -> bool:
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _decode(segment: str, what: str) -> bytes:

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, overload, runtime_checkable
 
 from .budget import Spend, day_key, plan
@@ -63,7 +62,9 @@ class CredentialProvider(Protocol):
         act: Mapping[str, Any] | None = None,
     ) -> Credential: ...
 
+
 OnDeny = Literal["message", "raise"]
+
 
 @dataclass(slots=True)
 class Permit:
@@ -155,7 +156,9 @@ class Guard:
         if self._audit is None:
             from .audit import AuditLog
 
-            self._audit = AuditLog(self.store, keys=self.keys, checkpoints=self.config.checkpoints_path)
+            self._audit = AuditLog(
+                self.store, keys=self.keys, checkpoints=self.config.checkpoints_path
+            )
         return self._audit
 
     def task(self, intent: str, /, **params: Any) -> TaskSession:
@@ -231,7 +234,12 @@ class Guard:
             rule=f"revoke.{scope}",
         )
         return self.store.revoke(
-            scope=scope, value=str(value), reason=reason, by=by, now=now, disable=disable,
+            scope=scope,
+            value=str(value),
+            reason=reason,
+            by=by,
+            now=now,
+            disable=disable,
             event=event,
         )
 
@@ -269,7 +277,9 @@ class Guard:
             self._deny(session, tool, args, cid, now, derived, None)
         call = derived
         bound = session.bound
-        decision = decide(bound, call, ended=session.ended_reason, now=now, deadline=session.deadline)
+        decision = decide(
+            bound, call, ended=session.ended_reason, now=now, deadline=session.deadline
+        )
         if not decision.allowed:
             self._deny(session, tool, args, cid, now, decision, call)
         spends = plan(bound, session.task_id, call)
@@ -296,8 +306,14 @@ class Guard:
         }
 
         def denied_event(error: PolicyDenied) -> dict[str, Any]:
-            return {**event, "kind": "denied", "decision": "deny", "reason": error.reason,
-                    "rule": error.rule, "jti": None}
+            return {
+                **event,
+                "kind": "denied",
+                "decision": "deny",
+                "reason": error.reason,
+                "rule": error.rule,
+                "jti": None,
+            }
 
         denial = self.store.record_call(
             chain=session.chain,
@@ -305,7 +321,16 @@ class Guard:
             task_started_at=session.started_at,
             spends=spends,
             event=event,
-            credential=(jti, session.task_id, bound.identity, tool, call.operation, now, expires, 1),
+            credential=(
+                jti,
+                session.task_id,
+                bound.identity,
+                tool,
+                call.operation,
+                now,
+                expires,
+                1,
+            ),
             now=now,
             on_denied=denied_event,
         )
@@ -380,7 +405,9 @@ class Guard:
         reason = f"no credential could be obtained for this call ({_describe(exc)}); it did not run"
         day = day_key(now)
         refund = tuple(
-            (s.scope, day if s.kind == "day" else "", -s.amount) for s in spends if s.kind != "rolling"
+            (s.scope, day if s.kind == "day" else "", -s.amount)
+            for s in spends
+            if s.kind != "rolling"
         )
         self.store.queue_outcome(
             PendingOutcome(
@@ -404,7 +431,9 @@ class Guard:
             )
         )
         self.store.flush()
-        raise PolicyDenied(reason, tool=call.tool, task_id=session.task_id, rule="credentials.provider") from exc
+        raise PolicyDenied(
+            reason, tool=call.tool, task_id=session.task_id, rule="credentials.provider"
+        ) from exc
 
     def _on_task_end(self, session: TaskSession, jtis: Sequence[str]) -> None:
         """Let providers revoke what they issued for the task (brokers)."""
@@ -425,7 +454,9 @@ class Guard:
         decision: Decision,
         call: Call | None,
     ) -> NoReturn:
-        error = PolicyDenied(decision.reason, tool=tool, task_id=session.task_id, rule=decision.rule)
+        error = PolicyDenied(
+            decision.reason, tool=tool, task_id=session.task_id, rule=decision.rule
+        )
         self._audit_denial(session, tool, args, cid, now, error, call)
 
     def _audit_denial(
@@ -486,10 +517,7 @@ def _json_list(values: Sequence[str]) -> str:
 
 def _describe(error: BaseException) -> str:
     """A one-line description of a tool's error, with any issued token scrubbed."""
-    from .redaction import REDACTED, _JWT
+    from .redaction import _JWT, REDACTED
 
     text = f"{type(error).__name__}: {error}"[:500]
     return _JWT.sub(REDACTED, text)
-
-
-

@@ -71,7 +71,9 @@ class ConfigError(ToolGuardError):
         self.source = source
 
     @classmethod
-    def from_problems(cls, problems: list[tuple[str, str]], *, source: str | None = None) -> "ConfigError":
+    def from_problems(
+        cls, problems: list[tuple[str, str]], *, source: str | None = None
+    ) -> "ConfigError":
         where = f" in {source}" if source else ""
         lines = [f"{len(problems)} problem(s){where}:"]
         lines += [f"  {loc or '<root>'}: {msg}" for loc, msg in problems]
@@ -124,7 +126,9 @@ class BudgetExceeded(PolicyDenied):
         self.used = used
         self.retry_after = retry_after
         when = (
-            f"; room frees up in {retry_after:.0f}s" if retry_after is not None else "; it does not reset during this task"
+            f"; room frees up in {retry_after:.0f}s"
+            if retry_after is not None
+            else "; it does not reset during this task"
         )
         reason = f"budget '{scope}' is exhausted ({_num(used)} of {_num(limit)} used){when}"
         super().__init__(reason, tool=tool, task_id=task_id, rule=rule or f"budget.{scope}")

@@ -68,6 +68,7 @@ def bind_pattern(pattern: str, params: Mapping[str, str], *, where: str = "") ->
 
 def _substitute(pattern: str, params: Mapping[str, str]) -> str:
     """The pattern with placeholders replaced by their (literal) values, for coverage checks."""
+
     def repl(m: re.Match[str]) -> str:
         name = m.group(1)
         if name is None:

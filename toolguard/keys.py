@@ -238,9 +238,7 @@ class KeyRing:
         return cls(active, retired=retired)
 
     @classmethod
-    def from_pem(
-        cls, pem_text: str | bytes, *, source: str = "$TOOLGUARD_SIGNING_KEY"
-    ) -> KeyRing:
+    def from_pem(cls, pem_text: str | bytes, *, source: str = "$TOOLGUARD_SIGNING_KEY") -> KeyRing:
         """A ring from PEM text (e.g. an environment variable named by ``source``)."""
         data = pem_text.encode("utf-8") if isinstance(pem_text, str) else bytes(pem_text)
         return cls(_parse_private_pem(data, source))
@@ -339,8 +337,7 @@ class PublicKeys:
         entries = doc.get("keys") if isinstance(doc, Mapping) else None
         if not isinstance(entries, list) or len(entries) > _MAX_JWKS_KEYS:
             raise CredentialError(
-                f'{where} must be an object with a "keys" list of at most '
-                f"{_MAX_JWKS_KEYS} keys"
+                f'{where} must be an object with a "keys" list of at most {_MAX_JWKS_KEYS} keys'
             )
         keys: dict[str, tuple[str, PublicKey]] = {}
         for index, entry in enumerate(entries):
@@ -392,9 +389,7 @@ def _check_algorithm(algorithm: object) -> None:
 
 
 def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    )
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _algorithm_of(key: object) -> Algorithm | None:
@@ -447,9 +442,7 @@ def _parse_public_jwk(entry: object, where: str) -> tuple[str, Algorithm, Public
     try:
         if kty == "OKP" and crv == "Ed25519":
             alg: Algorithm = "EdDSA"
-            key: PublicKey = ed25519.Ed25519PublicKey.from_public_bytes(
-                _coordinate(entry.get("x"))
-            )
+            key: PublicKey = ed25519.Ed25519PublicKey.from_public_bytes(_coordinate(entry.get("x")))
         elif kty == "EC" and crv == "P-256":
             alg = "ES256"
             x = int.from_bytes(_coordinate(entry.get("x")), "big")
@@ -664,4 +657,3 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-

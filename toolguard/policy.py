@@ -53,10 +53,14 @@ def derive_call(
     return Call(tool, args, compiled.rule.operation, resources, correlation_id, cost)
 
 
-def decide(task: BoundTask, call: Call, *, ended: str | None, now: float, deadline: float) -> Decision:
+def decide(
+    task: BoundTask, call: Call, *, ended: str | None, now: float, deadline: float
+) -> Decision:
     """The decision for one call of an active task; ``ended`` is why the task is over, if it is."""
     if ended is not None:
-        return Decision.deny(f"the task has ended ({ended}); no further calls are allowed", "task.active")
+        return Decision.deny(
+            f"the task has ended ({ended}); no further calls are allowed", "task.active"
+        )
     if now >= deadline:
         return Decision.deny("the task is past its time limit (ttl); start a new task", "task.ttl")
     if call.tool not in task.tools:

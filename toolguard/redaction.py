@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["REDACTED", "SECRET_KEY_PATTERN", "Redactor"]
 
 REDACTED = "[REDACTED]"
-SECRET_KEY_PATTERN = (
+SECRET_KEY_PATTERN = (  # noqa: S105 - a pattern of key names, not a secret
     r"token|secret|passw(or)?d|passphrase|authorization|(^|_)auth($|_)|api[_-]?key|apikey|cookie|"
     r"session|credential|private[_-]?key|signature|bearer|client[_-]?secret"
 )

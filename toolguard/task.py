@@ -31,10 +31,13 @@ log = logging.getLogger("toolguard")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
+
 class TaskSession:
     """A running task. Use ``with guard.task(...) as task`` or ``async with``."""
 
-    def __init__(self, guard: Guard, bound: BoundTask, *, parent: TaskSession | None = None) -> None:
+    def __init__(
+        self, guard: Guard, bound: BoundTask, *, parent: TaskSession | None = None
+    ) -> None:
         self.guard = guard
         self.bound = bound
         self.parent = parent
@@ -234,7 +237,9 @@ class TaskSession:
                     "decision": "deny",
                     "reason": error.reason,
                     "rule": error.rule,
-                    "args": json.dumps({"intent": intent, **{k: str(v) for k, v in params.items()}}),
+                    "args": json.dumps(
+                        {"intent": intent, **{k: str(v) for k, v in params.items()}}
+                    ),
                 }
             )
             raise error

@@ -207,7 +207,9 @@ class GuardedTool(BaseTool):
 
     def _authorize(self, args: tuple[Any, ...], kwargs: dict[str, Any], cid: Optional[str]) -> Any:
         try:
-            return self.guard.authorize(self.name, self._call_args(args, kwargs), correlation_id=cid)
+            return self.guard.authorize(
+                self.name, self._call_args(args, kwargs), correlation_id=cid
+            )
         except AuditError:
             raise
         except PolicyDenied as denial:
@@ -281,5 +283,3 @@ def _wrap_one(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
     )
     guarded.handle_tool_error = guarded._handle_error
     return guarded
-
-

@@ -43,6 +43,7 @@ def check_budgets(
             )
     return None
 
+
 def spend_budget(conn: sqlite3.Connection, spend: Spend, now: float) -> None:
     if spend.amount == 0:
         return

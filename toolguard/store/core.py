@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ..budget import Spend
-from .budgets import check_budgets, spend_budget
-from .queries import Queries
-from .schema import SCHEMA_VERSION, create_schema
 from ..chain import GENESIS, HASHED_FIELDS, event_hash
 from ..errors import AuditError, PolicyDenied
+from .budgets import check_budgets, spend_budget
+from .queries import Queries
+from .schema import create_schema
 
 __all__ = ["Denial", "PendingOutcome", "Store"]
 
@@ -310,7 +310,8 @@ class Store(Queries):
                 (status, now, task_id),
             )
             conn.execute(
-                "INSERT INTO revocations (scope, value, reason, ts, by) VALUES ('task', ?, ?, ?, ?)",
+                "INSERT INTO revocations (scope, value, reason, ts, by)"
+                " VALUES ('task', ?, ?, ?, ?)",
                 (task_id, reason, now, "task-end"),
             )
             for event in events:
@@ -406,8 +407,11 @@ class Store(Queries):
                     )
                 ]
                 for task_id in list(ended):
-                    ended += [t for t in self._descendants(conn, task_id, active_only=True)
-                              if t not in ended]
+                    ended += [
+                        t
+                        for t in self._descendants(conn, task_id, active_only=True)
+                        if t not in ended
+                    ]
                 if disable:
                     conn.execute(
                         "INSERT INTO identity_state (identity, disabled, reason, ts) "
@@ -441,7 +445,9 @@ class Store(Queries):
         ).fetchall()
         return [r[0] for r in rows]
 
-    def set_identity_enabled(self, identity: str, *, reason: str, now: float, event: dict[str, Any]) -> None:
+    def set_identity_enabled(
+        self, identity: str, *, reason: str, now: float, event: dict[str, Any]
+    ) -> None:
         """Re-enable an identity disabled by ``revoke --identity --disable``."""
         with self._write("enable") as conn:
             conn.execute(
@@ -467,6 +473,7 @@ class Store(Queries):
         if row is None:
             return None
         return f"{row[0]} revoked: {row[1]}"
+
 
 def loads_list(value: str | None) -> list[str]:
     """Decode a JSON list column (``resources``)."""

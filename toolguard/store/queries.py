@@ -23,7 +23,9 @@ class Queries:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[dict[str, Any]]:
         """Rows of a read query as dicts (for the audit module and the viewer)."""
         try:
             cur = self.conn.execute(sql, params)
