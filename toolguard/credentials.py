@@ -14,8 +14,11 @@ on any doubt and never anything else: :class:`CredentialInvalid` (shape, header,
 claims, lifetime, ``iat`` in the future), :class:`CredentialExpired` (past ``exp``, or before
 ``nbf``), :class:`CredentialRevoked` (revoked, replayed, or the revocation store failed: fail
 closed) and :class:`ScopeMismatch` (valid, but not for this tool / operation / resource). Cheap
-header checks run before the signature check; claims are parsed only after it. Messages never
-contain the token. Key management lives in :mod:`toolguard.keys`, re-exported here.
+header checks run before the signature check; claims are parsed only after it. Each error's
+``rule`` names the failed check (``credential.alg``, ``credential.signature``,
+``credential.claims.aud``, ``credential.exp``, ...); messages never contain the token. ``aud``
+must be one string equal to the verifier's audience (a list, even of one, is rejected). Key
+management lives in :mod:`toolguard.keys`; its main classes are re-exported here.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import os
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 from types import MappingProxyType
 from typing import Any, NoReturn, Protocol
 
@@ -42,6 +47,7 @@ from toolguard.errors import (
 from toolguard.keys import (
     ALGORITHMS,
     KeyRing,
+    PublicKey,
     PublicKeys,
     PublicKeySource,
     SigningKey,
@@ -91,36 +97,28 @@ def _json_default(value: object) -> object:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
+_escape = encode_basestring_ascii  # the string escaping _ENCODER uses (ensure_ascii)
 
 
 class Credential:
     """The JIT credential of one tool call: handed to the tool, never to the model.
 
-    Immutable; equal (and hashed) by ``jti``. ``token`` is signed on first access and cached;
-    ``repr``/``str`` never show it, and a credential cannot be pickled. ``jit`` is false for
-    credentials that wrap a ready token (e.g. a static secret from a broker, see
-    :meth:`from_token`).
+    Immutable (read-only properties over slots); equal and hashed by ``jti``. ``token`` is
+    signed on first access and cached; ``repr``/``str`` never show it, and a credential cannot
+    be pickled. ``jit`` is false for credentials that wrap a ready token (a broker's, or a
+    static secret: :meth:`from_token`). ``claims`` is a read-only copy of the JWT claims
+    (lists become tuples).
     """
 
     __slots__ = (
-        "_payload", "_signer", "_token", "claims", "expires_at", "identity", "intent",
-        "issued_at", "jit", "jti", "operation", "resources", "task_id", "tool",
+        "_claims", "_encode", "_expires_at", "_identity", "_intent", "_issued_at", "_jit",
+        "_jti", "_operation", "_payload", "_resources", "_signer", "_task_id", "_token", "_tool",
     )  # fmt: skip
 
-    jti: str
-    task_id: str
-    identity: str
-    intent: str
-    tool: str
-    operation: str
-    resources: tuple[str, ...]
-    issued_at: float
-    expires_at: float
-    claims: Mapping[str, Any]
-    jit: bool
     _payload: dict[str, Any]
     _signer: SigningKey | None
     _token: str | None
+    _encode: Callable[[dict[str, Any]], str]
 
     def __init__(
         self,
@@ -143,16 +141,25 @@ class Credential:
             raise CredentialError("a Credential needs exactly one of signer= or token=")
         if token is not None and (not isinstance(token, str) or not token):
             raise CredentialError("token= must be a non-empty string")
-        payload = _freeze(dict(claims or {}))
-        fields = {
-            "jti": jti, "task_id": task_id, "identity": identity, "intent": intent,
-            "tool": tool, "operation": operation, "resources": tuple(resources),
-            "issued_at": float(issued_at), "expires_at": float(expires_at),
-            "claims": MappingProxyType(payload), "jit": jit, "_payload": payload,
-            "_signer": signer, "_token": token,
-        }  # fmt: skip
-        for name, value in fields.items():
-            object.__setattr__(self, name, value)
+        self._payload = {str(k): _freeze(v) for k, v in (claims or {}).items()}
+        self._claims = MappingProxyType(self._payload)
+        self._jti, self._task_id, self._identity, self._intent = jti, task_id, identity, intent
+        self._tool, self._operation, self._resources = tool, operation, tuple(resources)
+        self._issued_at, self._expires_at = float(issued_at), float(expires_at)
+        self._jit, self._signer, self._token, self._encode = jit, signer, token, _ENCODER.encode
+
+    @classmethod
+    def _minted(cls, payload: dict[str, Any], signer: SigningKey) -> Credential:
+        """The issuer's fast path: fields read from a checked, frozen payload."""
+        self = object.__new__(cls)
+        self._payload, self._claims = payload, MappingProxyType(payload)
+        self._jti, self._task_id = payload["jti"], payload["task_id"]
+        self._identity, self._intent = payload["sub"], payload["intent"]
+        self._tool, self._operation = payload["tool"], payload["op"]
+        self._resources = payload["res"]
+        self._issued_at, self._expires_at = float(payload["iat"]), float(payload["exp"])
+        self._jit, self._signer, self._token, self._encode = True, signer, None, _encode_minted
+        return self
 
     @classmethod
     def from_token(
@@ -186,29 +193,76 @@ class Credential:
             return token
         signer = self._signer
         assert signer is not None  # exactly one of signer/token is set
-        body = b64url_encode(_ENCODER.encode(self._payload).encode("utf-8"))
+        body = b64url_encode(self._encode(self._payload).encode("utf-8"))
         signing_input = f"{signer.header_segment}.{body}"
         signed = f"{signing_input}.{b64url_encode(signer.sign(signing_input.encode('ascii')))}"
         with _PUBLISH:  # a racing thread may have signed too: everyone returns the first token
             if self._token is None:
-                object.__setattr__(self, "_token", signed)
-            token = self._token
-        assert token is not None
-        return token
+                self._token = signed
+            return self._token
 
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("Credential is immutable")
+    @property
+    def jti(self) -> str:
+        """The credential id (128 random bits); the audit trail records it, never the token."""
+        return self._jti
 
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError("Credential is immutable")
+    @property
+    def task_id(self) -> str:
+        """The task this call belongs to."""
+        return self._task_id
+
+    @property
+    def identity(self) -> str:
+        """The identity the task runs as (the ``sub`` claim)."""
+        return self._identity
+
+    @property
+    def intent(self) -> str:
+        """The declared intent of the task."""
+        return self._intent
+
+    @property
+    def tool(self) -> str:
+        """The tool this credential is for."""
+        return self._tool
+
+    @property
+    def operation(self) -> str:
+        """The operation class of the call (the ``op`` claim)."""
+        return self._operation
+
+    @property
+    def resources(self) -> tuple[str, ...]:
+        """The exact resources of this call (the ``res`` claim)."""
+        return self._resources
+
+    @property
+    def issued_at(self) -> float:
+        """Unix time of issue (the ``iat`` claim)."""
+        return self._issued_at
+
+    @property
+    def expires_at(self) -> float:
+        """Unix time of expiry (the ``exp`` claim)."""
+        return self._expires_at
+
+    @property
+    def claims(self) -> Mapping[str, Any]:
+        """A read-only copy of the JWT claims."""
+        return self._claims
+
+    @property
+    def jit(self) -> bool:
+        """True for per-call signed credentials; false for wrapped ready tokens."""
+        return self._jit
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Credential):
             return NotImplemented
-        return self.jti == other.jti
+        return self._jti == other._jti
 
     def __hash__(self) -> int:
-        return hash(self.jti)
+        return hash(self._jti)
 
     def __copy__(self) -> Credential:
         return self
@@ -221,11 +275,27 @@ class Credential:
 
     def __repr__(self) -> str:
         return (
-            f"Credential(jti={self.jti!r}, tool={self.tool!r}, operation={self.operation!r}, "
-            f"resources={self.resources!r}, expires_at={self.expires_at!r}, jit={self.jit!r})"
+            f"Credential(jti={self._jti!r}, tool={self._tool!r}, operation={self._operation!r}, "
+            f"resources={self._resources!r}, expires_at={self._expires_at!r}, jit={self._jit!r})"
         )
 
     __str__ = __repr__
+
+
+_MINTED = (
+    '{"iss":%s,"sub":%s,"aud":%s,"iat":%d,"nbf":%d,"exp":%d,"jti":%s,"task_id":%s,'
+    '"intent":%s,"tool":%s,"op":%s,"res":[%s]%s}'
+)
+
+
+def _encode_minted(p: dict[str, Any]) -> str:
+    """JSON of an issuer-minted payload: the same bytes as ``_ENCODER``, about twice as fast."""
+    esc, act = _escape, p.get("act")
+    return _MINTED % (
+        esc(p["iss"]), esc(p["sub"]), esc(p["aud"]), p["iat"], p["nbf"], p["exp"],
+        esc(p["jti"]), esc(p["task_id"]), esc(p["intent"]), esc(p["tool"]), esc(p["op"]),
+        ",".join(map(esc, p["res"])), "" if act is None else ',"act":' + _ENCODER.encode(act),
+    )  # fmt: skip
 
 
 def _freeze(value: Any) -> Any:
@@ -234,9 +304,14 @@ def _freeze(value: Any) -> Any:
         return MappingProxyType({str(k): _freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
-    if value is None or isinstance(value, (str, int, float)):
+    if value is None or isinstance(value, (str, int)) or _is_time(value):
         return value
     raise CredentialError(f"claim values must be JSON data, not {type(value).__name__}")
+
+
+def _set_slots(obj: object, values: Mapping[str, object]) -> None:
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
 
 
 class Issuer:
@@ -256,8 +331,7 @@ class Issuer:
             raise ConfigError("keys must be a KeyRing (it holds the private signing key)")
         if not _is_time(ttl) or ttl < 1:
             raise ConfigError("issuer ttl must be a number of seconds, at least 1")
-        for attr, value in (("name", name), ("audience", audience), ("keys", keys), ("ttl", ttl)):
-            object.__setattr__(self, attr, value)
+        _set_slots(self, {"name": name, "audience": audience, "keys": keys, "ttl": ttl})
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Issuer is immutable")
@@ -281,7 +355,8 @@ class Issuer:
 
         Raises :class:`CredentialError` if the deadline has passed or an argument is malformed.
         """
-        if isinstance(resources, str) or not all(type(r) is str for r in resources):
+        res = tuple(resources)
+        if isinstance(resources, str) or not all(type(r) is str for r in res):
             raise CredentialError(
                 "resources must be a sequence of strings (not one string)", tool=tool
             )
@@ -293,6 +368,8 @@ class Issuer:
                     "non-empty strings",
                     tool=tool if isinstance(tool, str) else None,
                 )
+        if not _is_time(now) or (deadline is not None and not _is_time(deadline)):
+            raise CredentialError("now and deadline must be finite unix times", tool=tool)
         end = now + self.ttl if deadline is None else min(now + self.ttl, deadline)
         exp = int(end)
         if exp <= now:
@@ -303,7 +380,6 @@ class Issuer:
                 task_id=task_id,
             )
         iat = math.floor(now)
-        res = tuple(resources)
         payload: dict[str, Any] = {
             "iss": self.name, "sub": identity, "aud": aud, "iat": iat, "nbf": iat, "exp": exp,
             "jti": jti, "task_id": task_id, "intent": intent, "tool": tool, "op": operation,
@@ -311,17 +387,7 @@ class Issuer:
         }  # fmt: skip
         if act is not None:
             payload["act"] = _freeze(act)
-        cred = object.__new__(Credential)
-        fields: tuple[tuple[str, object], ...] = (
-            ("jti", jti), ("task_id", task_id), ("identity", identity), ("intent", intent),
-            ("tool", tool), ("operation", operation), ("resources", res),
-            ("issued_at", float(iat)), ("expires_at", float(exp)),
-            ("claims", MappingProxyType(payload)), ("jit", True), ("_payload", payload),
-            ("_signer", self.keys.active), ("_token", None),
-        )  # fmt: skip
-        for slot, item in fields:
-            object.__setattr__(cred, slot, item)
-        return cred
+        return Credential._minted(payload, self.keys.active)
 
     def verifier(
         self,
@@ -410,7 +476,7 @@ class Verifier:
     @classmethod
     def from_jwks(
         cls,
-        jwks: Mapping[str, Any] | str,
+        jwks: Mapping[str, Any] | str | os.PathLike[str],
         *,
         issuer: str,
         audience: str,
@@ -476,6 +542,8 @@ class Verifier:
         claims = _decode_json(body, "claims")
         self._check_claims(claims)
         now = self._clock() if now is None else now
+        if not _is_time(now):
+            _invalid("the verification time is not a finite number; check the clock", "now")
         self._check_times(claims, now)
         self._check_scope(claims, operation, resource, tool)
         if self.revocations is not None:
@@ -484,7 +552,7 @@ class Verifier:
             self._check_replay(claims, now)
         return claims
 
-    def _key_for(self, header: dict[str, Any]) -> tuple[str, Any]:
+    def _key_for(self, header: dict[str, Any]) -> tuple[str, PublicKey]:
         for name in _FORBIDDEN_HEADERS:
             if name in header:
                 _invalid(f"credential header '{name}' is not accepted", f"header.{name}")

@@ -196,7 +196,10 @@ class Guard:
             issuer=cfg.name,
             audience=audience or cfg.audience,
             keys=self.keys,
-            algorithms=tuple(algorithms or (cfg.algorithm,)),
+            # pinned to the algorithms of our own keys (active and retired), never the token's
+            algorithms=tuple(
+                algorithms or sorted({alg for alg, _ in self.keys.public_keys().values()})
+            ),
             max_ttl=cfg.effective_max_ttl,
             leeway=cfg.leeway,
             revocations=StoreRevocations(self.store),
@@ -353,6 +356,7 @@ class Guard:
             )
         except Exception as exc:  # any provider failure denies the call (fail closed)
             self._mint_failed(session, call, jti, spends, now, exc)
+        session.jtis.append(jti)
         return Permit(session, call, credential, spends, now, time.perf_counter())
 
     def finish(self, permit: Permit, *, error: BaseException | None = None) -> None:

@@ -510,8 +510,8 @@ def _read_private(path: Path) -> bytes:
             f"cannot open signing key file {path} ({exc.strerror}); make it readable by the "
             "user running toolguard, and by no one else (chmod 600)"
         ) from exc
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise CredentialError(f"signing key path {path} is not a regular file; fix the path")
         if os.name == "posix" and info.st_mode & 0o077:
@@ -519,7 +519,17 @@ def _read_private(path: Path) -> bytes:
                 f"signing key file {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
             )
-        data = handle.read(_MAX_KEY_FILE + 1)
+        chunks = []
+        size = 0
+        while size <= _MAX_KEY_FILE:
+            chunk = os.read(fd, _MAX_KEY_FILE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
     if len(data) > _MAX_KEY_FILE:
         raise CredentialError(f"signing key file {path} is too large to be a PEM key; fix it")
     return data

@@ -53,6 +53,8 @@ class TaskSession:
         self.status: str = "pending"
         self.ended_reason: str | None = "not started"
         self.children: list[TaskSession] = []
+        self.jtis: list[str] = []
+        """The ids of the credentials issued in this task (for providers' revocation)."""
         self._token: contextvars.Token[TaskSession | None] | None = None
         self._lock = threading.Lock()
 
@@ -159,8 +161,11 @@ class TaskSession:
             finally:
                 self.status = status
             _anchor(guard, now)
-            for hook in _end_hooks:
-                hook(self)
+            try:
+                guard._on_task_end(self, tuple(self.jtis))
+            except Exception as exc:  # providers record their own failures; never mask the body
+                log.warning("toolguard: a credential provider failed at task end: %s", exc)
+
 
     def _status_for(self, exc: BaseException | None) -> str:
         if exc is None:
@@ -250,8 +255,7 @@ class TaskSession:
         return carry_task(fn, task=self)
 
 
-_end_hooks: list[Callable[[TaskSession], None]] = []
-"""Called after a task ended (checkpoints, broker revocation); registered by those modules."""
+
 
 
 def _anchor(guard: Guard, now: float) -> None:
