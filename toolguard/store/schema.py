@@ -51,25 +51,15 @@ def create_schema(conn: sqlite3.Connection) -> None:
     columns: dict[str, Any] = {name: str for name in HASHED_FIELDS}
     columns.update(seq=int, ts=float, duration_ms=float, cost=float, prev_hash=str, hash=str)
     db.table("events").create(columns, pk="seq")
+    # Every index is written on every guarded call: keep them few (DESIGN §10). A task's
+    # timeline uses (task_id, seq); time ranges use (ts); denials have a partial index.
     db.table("events").create_index(["task_id", "seq"])
     db.table("events").create_index(["ts"])
-    db.table("events").create_index(["kind", "seq"])
-    db.table("events").create_index(["identity", "ts"])
-    db.table("events").create_index(["correlation_id"])
-    db.table("credentials").create(
-        {
-            "jti": str,
-            "task_id": str,
-            "identity": str,
-            "tool": str,
-            "operation": str,
-            "issued_at": float,
-            "expires_at": float,
-            "jit": int,
-        },
-        pk="jti",
+    conn.execute("CREATE INDEX idx_events_denied ON events (seq) WHERE kind = 'denied'")
+    conn.execute(
+        "CREATE TABLE credentials (jti TEXT PRIMARY KEY, task_id TEXT, identity TEXT, tool TEXT,"
+        " operation TEXT, issued_at FLOAT, expires_at FLOAT, jit INTEGER) WITHOUT ROWID"
     )
-    db.table("credentials").create_index(["task_id"])
     db.table("revocations").create(
         {"id": int, "scope": str, "value": str, "reason": str, "ts": float, "by": str},
         pk="id",
@@ -78,7 +68,10 @@ def create_schema(conn: sqlite3.Connection) -> None:
     db.table("identity_state").create(
         {"identity": str, "disabled": int, "reason": str, "ts": float}, pk="identity"
     )
-    db.table("budgets").create({"scope": str, "period": str, "used": float}, pk=("scope", "period"))
+    conn.execute(
+        "CREATE TABLE budgets (scope TEXT, period TEXT, used FLOAT, PRIMARY KEY (scope, period))"
+        " WITHOUT ROWID"
+    )
     db.table("rate_events").create({"scope": str, "ts": float, "amount": float})
     db.table("rate_events").create_index(["scope", "ts"])
     db.table("checkpoints").create({"seq": int, "hash": str, "ts": float}, pk="seq")
