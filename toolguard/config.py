@@ -279,20 +279,28 @@ class GuardConfig(_Model):
 
 
 class _Problems(ValueError):
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
+    """Problems found by a validator; ``relative`` locations are below the field's own."""
+
+    def __init__(self, problems: list[tuple[str, str]], *, relative: bool = False) -> None:
         super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in problems))
         self.problems = problems
+        self.relative = relative
 
 
 def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
+    problems: list[tuple[str, str]] = []
     for op, patterns in v.items():
         if not _OPERATION.match(op):
-            raise ValueError(
-                f"operation {op!r} must be a lowercase word such as read, write, delete"
+            problems.append(
+                (op, f"operation {op!r} must be a lowercase word such as read, write, delete")
             )
-        for pattern in patterns:
+        for i, pattern in enumerate(patterns):
             if not pattern or any(ord(c) < 32 or ord(c) == 127 for c in pattern):
-                raise ValueError(f"pattern {pattern!r} is empty or has control characters")
+                problems.append(
+                    (f"{op}[{i}]", f"pattern {pattern!r} is empty or has control characters")
+                )
+    if problems:
+        raise _Problems(problems, relative=True)
     return v
 
 
@@ -383,6 +391,8 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | GuardConfig
         )
     problems: list[tuple[str, str]] = []
     data = _substitute_env(data, "", problems)
+    if problems:  # validating "" in place of a missing variable would only add noise
+        raise ConfigError.from_problems(problems, source=origin)
     if base_dir is not None and "base_dir" not in data:
         data["base_dir"] = base_dir
     try:
@@ -390,10 +400,14 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | GuardConfig
     except ValidationError as exc:
         for err in exc.errors():
             ctx_err = err.get("ctx", {}).get("error")
-            if isinstance(ctx_err, _Problems):
-                problems.extend(ctx_err.problems)
-                continue
             loc = _format_loc(tuple(err["loc"]))
+            if isinstance(ctx_err, _Problems):
+                for sub, msg in ctx_err.problems:
+                    where = (f"{loc}{sub}" if sub.startswith("[") else _join(loc, sub)) if (
+                        ctx_err.relative
+                    ) else sub
+                    problems.append((where, msg))
+                continue
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
                 msg = "unknown key; remove it or check its spelling"

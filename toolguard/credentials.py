@@ -66,6 +66,7 @@ __all__ = [
     "RevocationSource",
     "SigningKey",
     "Verifier",
+    "issued_token",
     "new_jti",
 ]
 
@@ -88,6 +89,11 @@ _PUBLISH = threading.Lock()
 def new_jti() -> str:
     """A fresh credential id: 128 random bits, base64url (22 characters)."""
     return secrets.token_urlsafe(16)
+
+
+def issued_token(credential: Credential) -> str | None:
+    """The credential's token if it was signed (or given), without signing it now."""
+    return credential._token
 
 
 def _json_default(value: object) -> object:

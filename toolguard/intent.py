@@ -151,7 +151,7 @@ class CompiledTool:
         """The call's resources, or :class:`ResourceError` (a denial)."""
         out: list[str] = []
         for template, names in self.fields:
-            value = template
+            values: dict[str, str] = {}
             for name in names:
                 if name not in args or args[name] is None:
                     raise ResourceError(
@@ -165,7 +165,9 @@ class CompiledTool:
                         "resource",
                         f"tools.{self.name}.resource",
                     )
-                value = value.replace("{" + name + "}", str(arg))
+                values[name] = str(arg)
+            # one pass: a value that itself looks like "{other}" is never substituted again
+            value = _TOKEN.sub(lambda m: values.get(m.group(1) or "", m.group(0)), template)
             out.append(self._normalize(value))
         return tuple(out)
 
@@ -197,6 +199,8 @@ class CompiledTool:
             scheme = parts.scheme.lower()
             default = {"http": 80, "https": 443}.get(scheme)
             netloc = host.lower().rstrip(".")
+            if ":" in netloc:  # an IPv6 literal keeps its brackets
+                netloc = f"[{netloc}]"
             if port is not None and port != default:
                 netloc += f":{port}"
             path = parts.path or "/"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, Optional, Union, overload
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
@@ -26,7 +27,8 @@ from langchain_core.tools.base import (
 from langchain_core.utils._signature import _signature_parameters
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from .credentials import Credential
+from .credentials import Credential, issued_token
+from .redaction import REDACTED
 from .engine import Guard
 from .errors import AuditError, PolicyDenied
 
@@ -69,6 +71,31 @@ def _mentions_credential(annotation: Any) -> bool:
     return any(_mentions_credential(a) for a in typing.get_args(annotation))
 
 
+def _scrub(result: Any, credential: Credential) -> Any:
+    """The tool's result with the call's token replaced: a token never reaches the model."""
+    token = issued_token(credential)
+    if token is None:
+        return result
+    if isinstance(result, str):
+        return result.replace(token, REDACTED) if token in result else result
+    if isinstance(result, tuple) and len(result) == 2:  # content_and_artifact
+        return (_scrub(result[0], credential), result[1])
+    if isinstance(result, list):
+        return [_scrub(item, credential) for item in result]
+    if isinstance(result, dict):
+        return {k: _scrub(v, credential) for k, v in result.items()}
+    if isinstance(result, ToolMessage) and token in str(result.content):
+        return result.model_copy(update={"content": _scrub(result.content, credential)})
+    return result
+
+
+def _scrub_exception(exc: BaseException, credential: Credential) -> None:
+    """Remove the call's token from an exception's arguments (its message), in place."""
+    token = issued_token(credential)
+    if token is not None and any(isinstance(a, str) and token in a for a in exc.args):
+        exc.args = tuple(a.replace(token, REDACTED) if isinstance(a, str) else a for a in exc.args)
+
+
 def _placeholder() -> Credential:
     """A stand-in that passes schema validation until the real credential is minted."""
     return object.__new__(Credential)
@@ -94,6 +121,7 @@ class GuardedTool(BaseTool):
     _arun_takes_manager: bool = PrivateAttr(default=False)
     _arun_config_param: Optional[str] = PrivateAttr(default=None)
     _native_async: bool = PrivateAttr(default=False)
+    _async_only: bool = PrivateAttr(default=False)
     _own_handler: Any = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
@@ -106,6 +134,7 @@ class GuardedTool(BaseTool):
         self._arun_config_param = _get_runnable_config_param(inner._arun)
         if isinstance(inner, StructuredTool):
             self._native_async = inner.coroutine is not None
+            self._async_only = inner.func is None
         else:
             self._native_async = type(inner)._arun is not BaseTool._arun
         self._own_handler = inner.handle_tool_error
@@ -153,6 +182,10 @@ class GuardedTool(BaseTool):
         **kwargs: Any,
     ) -> Any:
         cid = kwargs.pop(_CALL_ID, None)
+        if self._async_only:  # fail before spending budget on a call that cannot run
+            raise NotImplementedError(
+                f"tool '{self.name}' is async-only; call it with ainvoke() or from async code"
+            )
         permit = self._authorize(args, kwargs, cid)
         inner = self.wrapped
         if self._credential_keys:
@@ -167,9 +200,10 @@ class GuardedTool(BaseTool):
                 result = inner._run(*args, **kwargs)
             except BaseException as exc:
                 self.guard.finish(permit, error=exc)
+                _scrub_exception(exc, permit.credential)
                 raise
         self.guard.finish(permit)
-        return result
+        return _scrub(result, permit.credential)
 
     async def _arun(
         self,
@@ -201,9 +235,10 @@ class GuardedTool(BaseTool):
                     result = await run_in_executor(None, inner._run, *args, **kwargs)
             except BaseException as exc:
                 self.guard.finish(permit, error=exc)
+                _scrub_exception(exc, permit.credential)
                 raise
         self.guard.finish(permit)
-        return result
+        return _scrub(result, permit.credential)
 
     def _authorize(self, args: tuple[Any, ...], kwargs: dict[str, Any], cid: Optional[str]) -> Any:
         try:
