@@ -1,4 +1,13 @@
-"""Read queries of the store (audit views, viewer, verifier). No writes here."""
+"""Read queries of the store (audit views, viewer, verifier). No writes here.
+
+Every SQL string the audit module and the viewer need lives here, behind a named method. Column
+names are never taken from the caller: filters and grouping keys are looked up in fixed maps,
+and every value is a bound parameter. Each query is shaped to use an index of
+:mod:`toolguard.store.schema` (a task's timeline: ``events(task_id, seq)``; time ranges:
+``events(ts)`` and ``tasks(started_at)``; denials: the partial index on ``kind = 'denied'``;
+identities: ``tasks(identity, started_at)``), so the viewer stays fast at millions of rows.
+Filters outside those (``identity`` or ``tool`` on events without a time range) scan.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +16,67 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..chain import EVENT_FIELDS, HASHED_FIELDS
 from ..errors import AuditError
 
-__all__ = ["Queries"]
+__all__ = ["EVENT_FILTERS", "GROUP_KEYS", "TASK_FILTERS", "Queries"]
+
+EVENT_FILTERS: Mapping[str, str] = {
+    "task_id": "task_id = ?",
+    "identity": "identity = ?",
+    "intent": "intent = ?",
+    "kind": "kind = ?",
+    "tool": "tool = ?",
+    "decision": "decision = ?",
+    "correlation_id": "correlation_id = ?",
+    "jti": "jti = ?",
+    "since": "ts >= ?",
+    "until": "ts < ?",
+    "after_seq": "seq > ?",
+    "before_seq": "seq < ?",
+}
+"""Event filters: keyword -> SQL condition with one parameter."""
+
+TASK_FILTERS: Mapping[str, str] = {
+    "task_id": "t.task_id = ?",
+    "identity": "t.identity = ?",
+    "intent": "t.intent = ?",
+    "status": "t.status = ?",
+    "since": "t.started_at >= ?",
+    "until": "t.started_at < ?",
+    "tool": "EXISTS (SELECT 1 FROM events x WHERE x.task_id = t.task_id AND x.tool = ?)",
+    "decision": ("EXISTS (SELECT 1 FROM events x WHERE x.task_id = t.task_id AND x.decision = ?)"),
+}
+"""Task filters: keyword -> SQL condition with one parameter."""
+
+GROUP_KEYS: Mapping[str, str] = {"identity": "identity", "tool": "tool"}
+"""What usage can be grouped by: name -> events column."""
+
+_EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
+_CALL_KINDS = "('request', 'denied', 'outcome')"
+
+
+def _where(filters: Mapping[str, Any], table: Mapping[str, str]) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key, value in filters.items():
+        if value is None:
+            continue
+        if key not in table:
+            raise TypeError(f"unknown filter {key!r}; use one of {sorted(table)}")
+        if table is EVENT_FILTERS and key == "kind" and value == "denied":
+            clauses.append("kind = 'denied'")  # a literal: the planner can use the partial index
+            continue
+        clauses.append(table[key])
+        params.append(value)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def _group_column(by: str) -> str:
+    try:
+        return GROUP_KEYS[by]
+    except KeyError:
+        raise ValueError(f"cannot group usage by {by!r}; use one of {sorted(GROUP_KEYS)}") from None
 
 
 class Queries:
@@ -21,12 +88,12 @@ class Queries:
     def conn(self) -> sqlite3.Connection:  # pragma: no cover - provided by Store
         raise NotImplementedError
 
-    # -- reads ------------------------------------------------------------------------------
+    # -- generic reads ------------------------------------------------------------------------
 
     def query(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
     ) -> list[dict[str, Any]]:
-        """Rows of a read query as dicts (for the audit module and the viewer)."""
+        """Rows of a read query as dicts. Prefer the named methods below."""
         try:
             cur = self.conn.execute(sql, params)
             names = [d[0] for d in cur.description or ()]
@@ -45,6 +112,195 @@ class Queries:
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit database {self.path}: {exc}") from exc
 
+    # -- events -------------------------------------------------------------------------------
+
+    def event_rows(
+        self,
+        filters: Mapping[str, Any],
+        *,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Events matching ``filters`` (keys of :data:`EVENT_FILTERS`), ordered by ``seq``."""
+        where, params = _where(filters, EVENT_FILTERS)
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events{where}"
+            f" ORDER BY seq {'DESC' if newest_first else 'ASC'}"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return self.query(sql, params)
+
+    def iter_event_rows(self, filters: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """Stream events matching ``filters``, oldest first (exports of large trails)."""
+        where, params = _where(filters, EVENT_FILTERS)
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY seq"
+        for values in self.iter_query(sql, params):
+            yield dict(zip(EVENT_FIELDS, values))
+
+    def iter_chain(self) -> Iterator[dict[str, Any]]:
+        """Every event's hashed columns with ``prev_hash`` and ``hash``, by ``seq`` (verify)."""
+        columns = (*HASHED_FIELDS, "prev_hash", "hash")
+        sql = f"SELECT {', '.join(columns)} FROM events ORDER BY seq"
+        for values in self.iter_query(sql):
+            yield dict(zip(columns, values))
+
+    def head(self) -> tuple[int, str] | None:
+        """``(seq, hash)`` of the newest event, or None on an empty trail."""
+        rows = self.query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        return (int(rows[0]["seq"]), str(rows[0]["hash"])) if rows else None
+
+    def last_prune(self) -> dict[str, Any] | None:
+        """The newest row of ``prunes`` (``before_seq`` = first kept seq), or None."""
+        rows = self.query(
+            "SELECT id, ts, before_seq, head_hash, removed FROM prunes ORDER BY id DESC LIMIT 1"
+        )
+        return rows[0] if rows else None
+
+    def first_seq_since(self, ts: float) -> int | None:
+        """The lowest ``seq`` of an event at or after ``ts`` (the ``ts`` index), or None."""
+        rows = self.query("SELECT MIN(seq) AS seq FROM events WHERE ts >= ?", (ts,))
+        return int(rows[0]["seq"]) if rows and rows[0]["seq"] is not None else None
+
+    def revocations_for_task(
+        self, task_id: str, *, identity: str | None, since: float, until: float, jtis: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Rows of ``revocations`` that hit a task: of the task itself, of its identity while
+        it ran, or of one of its credentials (the ``revocations(scope, value)`` index)."""
+        clauses = ["(scope = 'task' AND value = ?)"]
+        params: list[Any] = [task_id]
+        if identity is not None:
+            clauses.append("(scope = 'identity' AND value = ? AND ts >= ? AND ts <= ?)")
+            params.extend((identity, since, until))
+        if jtis:
+            clauses.append(f"(scope = 'jti' AND value IN ({', '.join('?' * len(jtis))}))")
+            params.extend(jtis)
+        sql = (
+            "SELECT id, scope, value, reason, ts, by FROM revocations"
+            f" WHERE {' OR '.join(clauses)} ORDER BY ts, id"
+        )
+        return self.query(sql, params)
+
+    # -- tasks --------------------------------------------------------------------------------
+
     def task_row(self, task_id: str) -> dict[str, Any] | None:
+        """The ``tasks`` row of one task, or None."""
         rows = self.query("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
         return rows[0] if rows else None
+
+    def task_ids_with_prefix(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Task ids starting with ``prefix`` (a range scan of the primary key)."""
+        if not prefix:
+            return []
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = self.query(
+            "SELECT task_id FROM tasks WHERE task_id >= ? AND task_id < ? ORDER BY task_id LIMIT ?",
+            (prefix, upper, limit),
+        )
+        return [str(r["task_id"]) for r in rows]
+
+    def task_rows(
+        self, filters: Mapping[str, Any], *, limit: int | None = 100
+    ) -> list[dict[str, Any]]:
+        """Tasks matching ``filters`` (keys of :data:`TASK_FILTERS`), newest first, with
+        ``calls``, ``denied``, ``errors`` and ``cost`` counted from their events."""
+        where, params = _where(filters, TASK_FILTERS)
+        limit_sql = ""
+        if limit is not None:
+            limit_sql = " LIMIT ?"
+            params.append(int(limit))
+        sql = (
+            f"WITH t AS (SELECT t.* FROM tasks t{where} ORDER BY t.started_at DESC{limit_sql}) "
+            "SELECT t.*,"
+            " COALESCE(SUM(e.kind = 'request'), 0) AS calls,"
+            " COALESCE(SUM(e.kind = 'denied'), 0) AS denied,"
+            " COALESCE(SUM(e.kind = 'outcome' AND e.outcome = 'error'), 0) AS errors,"
+            " COALESCE(SUM(CASE WHEN e.kind = 'outcome' THEN e.cost END), 0) AS cost"
+            " FROM t LEFT JOIN events e ON e.task_id = t.task_id"
+            " GROUP BY t.task_id ORDER BY t.started_at DESC, t.task_id"
+        )
+        return self.query(sql, params)
+
+    def known_identities(self) -> list[str]:
+        """Every identity that ever started a task (the ``tasks(identity, ...)`` index)."""
+        rows = self.query(
+            "SELECT DISTINCT identity FROM tasks WHERE identity IS NOT NULL ORDER BY identity"
+        )
+        return [str(r["identity"]) for r in rows]
+
+    def last_task_start(self, identity: str) -> float | None:
+        """When an identity last started a task (the ``tasks(identity, started_at)`` index)."""
+        rows = self.query("SELECT MAX(started_at) AS ts FROM tasks WHERE identity = ?", (identity,))
+        return float(rows[0]["ts"]) if rows and rows[0]["ts"] is not None else None
+
+    # -- usage --------------------------------------------------------------------------------
+
+    def usage_rows(
+        self, by: str, *, since: float, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Per identity or tool from ``since`` (to ``until``, exclusive): ``calls`` (requests),
+        ``denials``, ``errors``, ``cost`` (of outcomes), ``first_ts``, ``last_ts``."""
+        column = _group_column(by)
+        span, params = _span(since, until)
+        sql = (
+            f"SELECT {column} AS key,"
+            " SUM(kind = 'request') AS calls,"
+            " SUM(kind = 'denied') AS denials,"
+            " SUM(kind = 'outcome' AND outcome = 'error') AS errors,"
+            " COALESCE(SUM(CASE WHEN kind = 'outcome' THEN cost END), 0) AS cost,"
+            " MIN(ts) AS first_ts, MAX(ts) AS last_ts"
+            f" FROM events WHERE {span} AND kind IN {_CALL_KINDS}"
+            f" AND {column} IS NOT NULL GROUP BY {column} ORDER BY {column}"
+        )
+        return self.query(sql, params)
+
+    def iter_call_times(
+        self, by: str, *, since: float, until: float | None = None
+    ) -> Iterator[tuple[str, float]]:
+        """``(key, ts)`` of every request from ``since`` (to ``until``), by time (rate peaks)."""
+        column = _group_column(by)
+        span, params = _span(since, until)
+        sql = (
+            f"SELECT {column}, ts FROM events WHERE {span} AND kind = 'request'"
+            f" AND {column} IS NOT NULL ORDER BY ts"
+        )
+        for key, ts in self.iter_query(sql, params):
+            yield str(key), float(ts)
+
+    def usage_buckets(
+        self, by: str, *, since: float, until: float | None, bucket: float
+    ) -> list[dict[str, Any]]:
+        """Calls, denials and cost per identity or tool per ``bucket`` seconds from ``since``
+        (``bucket`` in the rows is the bucket's index)."""
+        column = _group_column(by)
+        span, params = _span(since, until)
+        sql = (
+            f"SELECT {column} AS key, CAST((ts - ?) / ? AS INTEGER) AS bucket,"
+            " SUM(kind = 'request') AS calls, SUM(kind = 'denied') AS denials,"
+            " COALESCE(SUM(CASE WHEN kind = 'outcome' THEN cost END), 0) AS cost"
+            f" FROM events WHERE {span} AND kind IN {_CALL_KINDS}"
+            f" AND {column} IS NOT NULL GROUP BY key, bucket ORDER BY bucket, key"
+        )
+        return self.query(sql, [since, bucket, *params])
+
+    def rate_split(
+        self, by: str, *, baseline_start: float, recent_start: float, until: float | None
+    ) -> list[dict[str, Any]]:
+        """Requests per identity or tool from ``recent_start`` (``recent``) and in
+        ``[baseline_start, recent_start)`` (``baseline``, with ``first_ts``): for spikes."""
+        column = _group_column(by)
+        span, params = _span(baseline_start, until)
+        sql = (
+            f"SELECT {column} AS key, SUM(ts >= ?) AS recent, SUM(ts < ?) AS baseline,"
+            " MIN(ts) AS first_ts"
+            f" FROM events WHERE {span} AND kind = 'request'"
+            f" AND {column} IS NOT NULL GROUP BY {column} ORDER BY {column}"
+        )
+        return self.query(sql, [recent_start, recent_start, *params])
+
+
+def _span(since: float, until: float | None) -> tuple[str, list[Any]]:
+    if until is None:
+        return "ts >= ?", [since]
+    return "ts >= ? AND ts < ?", [since, until]

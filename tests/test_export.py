@@ -1,0 +1,192 @@
+"""Tests for toolguard.export: JSON lines that re-verify, CSV that a spreadsheet cannot run,
+and one self-contained HTML page with the tasks, their timelines, the summary and a chart."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from html.parser import HTMLParser
+
+import pytest
+from conftest import Clock
+from test_audit import TOOLS, build_trail, kv_get
+
+import toolguard as tg
+from toolguard.chain import EVENT_FIELDS, GENESIS, event_hash
+from toolguard.export import write_csv, write_html, write_jsonl
+
+
+@pytest.fixture
+def trail(make_guard: Callable[..., tg.Guard], clock: Clock) -> tuple[tg.Guard, dict[str, str]]:
+    guard = make_guard(clock=clock, tools=TOOLS)
+    return guard, build_trail(guard, clock)
+
+
+class _Page(HTMLParser):
+    """Collects what the tests look at: tags, attributes, task ids, text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.task_ids: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        self.tags.append((tag, attributes))
+        if attributes.get("data-task-id"):
+            self.task_ids.append(str(attributes["data-task-id"]))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _page(text: str) -> _Page:
+    page = _Page()
+    page.feed(text)
+    page.close()
+    return page
+
+
+def _html(guard: tg.Guard, clock: Clock, **kwargs: object) -> str:
+    out = io.StringIO()
+    write_html(guard.audit, out, now=clock.now, **kwargs)  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+# -- JSON lines and CSV -------------------------------------------------------------------------
+
+
+def test_jsonl_has_one_event_per_line_and_recomputes_every_hash(
+    trail: tuple[tg.Guard, dict[str, str]],
+) -> None:
+    guard, _ = trail
+    out = io.StringIO()
+    count = write_jsonl(guard.audit.iter_rows(), out)
+    lines = out.getvalue().splitlines()
+    assert count == len(lines) == guard.audit.head_seq()
+    prev = GENESIS
+    for line in lines:
+        row = json.loads(line)
+        assert set(row) == set(EVENT_FIELDS)
+        assert row["prev_hash"] == prev
+        assert event_hash(prev, row) == row["hash"]
+        prev = row["hash"]
+
+
+def test_jsonl_filters(trail: tuple[tg.Guard, dict[str, str]]) -> None:
+    guard, ids = trail
+    out = io.StringIO()
+    write_jsonl(guard.audit.iter_rows(task_id=ids["summary"]), out)
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert {r["task_id"] for r in rows} == {ids["summary"]}
+    assert [r["kind"] for r in rows] == ["task_start", "request", "outcome", "task_end"]
+
+
+def test_csv_has_a_header_and_every_event(trail: tuple[tg.Guard, dict[str, str]]) -> None:
+    guard, _ = trail
+    out = io.StringIO()
+    count = write_csv(guard.audit.iter_rows(), out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert count == len(rows) == guard.audit.head_seq()
+    assert list(rows[0]) == list(EVENT_FIELDS)
+    assert rows[0]["kind"] == "task_start"
+
+
+@pytest.mark.parametrize("payload", ["=HYPERLINK(1)", "+1+1", "-2+3", "@SUM(A1)", "\tx"])
+def test_csv_neutralizes_formulas(payload: str) -> None:
+    row = {"seq": 1, "kind": "denied", "reason": payload, "args": "{}", "cost": -1.5}
+    out = io.StringIO()
+    write_csv([row], out)
+    written = next(csv.DictReader(io.StringIO(out.getvalue())))
+    assert written["reason"] == "'" + payload
+    assert written["args"] == "{}"
+    assert written["cost"] == "-1.5"  # numbers are not text: left alone
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+
+
+def test_html_lists_every_task_with_its_timeline(
+    trail: tuple[tg.Guard, dict[str, str]], clock: Clock
+) -> None:
+    guard, ids = trail
+    page = _page(_html(guard, clock, since=clock.now - 3600))
+    assert page.task_ids == [ids["summary"], ids["job"]]
+    text = " ".join(page.text)
+    assert "agents:jobs:42:input" in text
+    assert "DENIED" in text
+    assert "kv store is down" in text
+    denied_rows = [a for t, a in page.tags if t == "tr" and a.get("class") == "deny"]
+    assert len(denied_rows) == 1
+
+
+def test_html_has_no_external_resources(
+    trail: tuple[tg.Guard, dict[str, str]], clock: Clock
+) -> None:
+    guard, _ = trail
+    text = _html(guard, clock)
+    page = _page(text)
+    for tag, attrs in page.tags:
+        for name in ("src", "href", "action", "xlink:href", "data"):
+            value = attrs.get(name) or ""
+            assert not value.lower().startswith(("http:", "https:", "//")), (tag, name, value)
+        if tag == "script":
+            assert "src" not in attrs
+        assert tag not in ("link", "iframe", "img", "object", "embed")
+    assert "http://" not in text and "https://" not in text
+    csp = [a for t, a in page.tags if t == "meta" and a.get("http-equiv")]
+    assert csp and "default-src 'none'" in str(csp[0].get("content"))
+
+
+def test_html_has_summary_chart_and_filters(
+    trail: tuple[tg.Guard, dict[str, str]], clock: Clock
+) -> None:
+    guard, _ = trail
+    page = _page(_html(guard, clock, since=clock.now - 3600))
+    tags = [t for t, _ in page.tags]
+    assert "svg" in tags and "polyline" in tags
+    ids = {a.get("id") for _, a in page.tags}
+    assert {"q", "f-identity", "f-status", "f-denied"} <= ids
+    text = " ".join(page.text)
+    assert "agent-runner" in text and "summariser" in text
+    assert "peak/min" in text
+
+
+def test_html_escapes_model_written_text(guard: tg.Guard, clock: Clock) -> None:
+    get = tg.guard(kv_get, guard)
+    attack = '<script>alert(1)</script><img src="https://evil.example/x">'
+    with guard.task("process-job", job_id="42"):
+        get.invoke({"key": attack})
+    text = _html(guard, clock)
+    page = _page(text)
+    assert [t for t, _ in page.tags].count("script") == 1  # only the page's own
+    assert "img" not in [t for t, _ in page.tags]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_html_filters_and_limit(trail: tuple[tg.Guard, dict[str, str]], clock: Clock) -> None:
+    guard, ids = trail
+    only = _page(_html(guard, clock, identity="summariser"))
+    assert only.task_ids == [ids["summary"]]
+    limited_text = _html(guard, clock, limit=1)
+    assert _page(limited_text).task_ids == [ids["summary"]]
+    assert "Showing the newest 1 tasks" in limited_text
+    denied = _page(_html(guard, clock, decision="deny"))
+    assert denied.task_ids == [ids["job"]]
+
+
+def test_html_shows_denials_outside_any_task(guard: tg.Guard, clock: Clock) -> None:
+    get = tg.guard(kv_get, guard)
+    get.invoke({"key": "agents:jobs:1:input"})  # no task: NoActiveTask, audited
+    text = _html(guard, clock)
+    assert "Events outside any task" in text
+    assert "outside a task" in text
+
+
+def test_html_of_empty_trail(guard: tg.Guard, clock: Clock) -> None:
+    page = _page(_html(guard, clock))
+    assert page.task_ids == []
+    assert "svg" in [t for t, _ in page.tags]
