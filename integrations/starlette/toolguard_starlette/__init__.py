@@ -1,1 +1,443 @@
-"""placeholder"""
+"""Verify toolguard credentials in Starlette and FastAPI services.
+
+A downstream service checks, for every request, that the bearer credential is a valid toolguard
+credential for the route's declared operation and resource (taken from the path parameters)::
+
+    verifier = verifier_from(jwks="jwks.json", store=".toolguard/audit.db",
+                             issuer="toolguard-local", audience="kv-service")
+    auth = ToolGuardAuth(verifier)
+
+    @auth.protect("write", "{key}")                 # Starlette endpoint
+    async def put_value(request: Request) -> Response:
+        claims = get_claims(request)                # task_id, sub (identity), tool, op, res, ...
+
+    @app.put("/kv/{key}")                           # FastAPI: the same check as a dependency
+    def put_value(key: str, claims: dict = Depends(auth.require("write", "{key}"))): ...
+
+or for a whole app, by path: ``CredentialMiddleware(app, auth=auth, rules=[PathRule(...)])``.
+
+Answers (RFC 6750): no bearer credential -> 401 with ``WWW-Authenticate: Bearer realm=...``;
+an invalid, expired or revoked one -> 401 ``error="invalid_token"``; a valid one for another
+operation, resource or tool -> 403 ``error="insufficient_scope"``; the revocation store cannot
+be read -> 503 (fail closed: nothing is let through). The service needs only the issuer's JWKS
+and read access to the audit store: revocations (``guard.revoke(...)``, task ends) take effect
+at once for every verifier sharing the store, in any process.
+
+This module does not use ``from __future__ import annotations``: FastAPI resolves a
+dependency's annotations from its module globals, and string annotations would not resolve.
+"""
+
+import functools
+import inspect
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, cast
+
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from toolguard.credentials import Verifier
+from toolguard.engine import StoreRevocations
+from toolguard.errors import (
+    ConfigError,
+    CredentialError,
+    CredentialRevoked,
+    ScopeMismatch,
+)
+from toolguard.keys import PublicKeys
+from toolguard.store import Store
+
+__all__ = [
+    "CLAIMS_STATE_KEY",
+    "AuthFailure",
+    "CredentialMiddleware",
+    "PathRule",
+    "ToolGuardAuth",
+    "get_claims",
+    "verifier_from",
+]
+
+CLAIMS_STATE_KEY = "toolguard_claims"
+"""Where the verified claims are kept: ``request.state.toolguard_claims``."""
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_UNSAFE = re.compile(r"[^\x20\x21\x23-\x5B\x5D-\x7E]")  # RFC 6750 §3 quoted-string content
+_E = TypeVar("_E", bound=Callable[..., Any])
+
+
+def verifier_from(
+    *,
+    jwks: Union[Mapping[str, Any], str, "os.PathLike[str]"],
+    store: Union[str, "os.PathLike[str]"],
+    issuer: str,
+    audience: str,
+    algorithms: Sequence[str] | None = None,
+    max_ttl: float = 300.0,
+    leeway: float = 5.0,
+    single_use: bool = False,
+    busy_timeout: float = 2.0,
+    clock: Callable[[], float] = time.time,
+) -> Verifier:
+    """A :class:`toolguard.Verifier` from the issuer's JWKS and the audit store's path.
+
+    ``jwks`` is a JWKS document or the path of a JSON file holding one (public keys only);
+    ``algorithms`` defaults to those of its keys. Revocations are read from ``store`` through a
+    read-only connection on every verification (no cache, so a revocation counts at once); if
+    the store cannot be read, every credential is rejected. ``max_ttl`` must be at least the
+    issuer's ``ttl`` (``issuer.max_ttl`` in the guard's config).
+    """
+    keys = PublicKeys.from_jwks(jwks)
+    if not keys.public_keys():
+        raise ConfigError("the JWKS holds no keys; export the issuer's with `toolguard keys jwks`")
+    algs = algorithms or sorted({alg for alg, _ in keys.public_keys().values()})
+    path = Path(os.fspath(store))
+    revocations = StoreRevocations(Store(path, readonly=True, busy_timeout=busy_timeout))
+    return Verifier(
+        issuer=issuer,
+        audience=audience,
+        keys=keys,
+        algorithms=tuple(algs),
+        max_ttl=max_ttl,
+        leeway=leeway,
+        revocations=revocations,
+        single_use=single_use,
+        clock=clock,
+    )
+
+
+class AuthFailure(Exception):
+    """Why a request was refused: its status, OAuth error code, description and headers."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str | None,
+        description: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def response(self) -> Response:
+        """The refusal as a JSON response (``{"error": ..., "error_description": ...}``)."""
+        body = {"error": self.error or "unauthorized", "error_description": self.description}
+        return JSONResponse(body, status_code=self.status, headers=dict(self.headers))
+
+    def http_exception(self) -> HTTPException:
+        """The refusal as Starlette's (and FastAPI's) ``HTTPException``."""
+        return HTTPException(self.status, detail=self.description, headers=dict(self.headers))
+
+
+class _Template:
+    """A resource template such as ``"agents:{key}"``, filled from path parameters."""
+
+    __slots__ = ("names", "parts", "text")
+
+    def __init__(self, text: str) -> None:
+        parts: list[str] = []
+        names: list[str] = []
+        pos = 0
+        for match in _PLACEHOLDER.finditer(text):
+            parts.append(text[pos : match.start()])
+            names.append(match.group(1))
+            pos = match.end()
+        parts.append(text[pos:])
+        if any("{" in p or "}" in p for p in parts):
+            raise ConfigError(
+                f"resource template {text!r} has a stray brace; use {{name}} placeholders "
+                "naming path parameters"
+            )
+        self.text, self.parts, self.names = text, parts, names
+
+    def fill(self, params: Mapping[str, Any]) -> str:
+        out = [self.parts[0]]
+        for name, part in zip(self.names, self.parts[1:]):
+            if name not in params:
+                raise ConfigError(
+                    f"the route has no path parameter {name!r} for the resource template "
+                    f"{self.text!r}; fix the template or the route"
+                )
+            out.append(str(params[name]))
+            out.append(part)
+        return "".join(out)
+
+
+class ToolGuardAuth:
+    """Checks bearer credentials against a :class:`toolguard.Verifier` for routes.
+
+    ``realm`` (default: the verifier's audience) goes into ``WWW-Authenticate``.
+    """
+
+    def __init__(self, verifier: Verifier, *, realm: str | None = None) -> None:
+        self.verifier = verifier
+        self.realm = _quote(realm if realm is not None else verifier.audience)
+
+    def check(
+        self,
+        conn: HTTPConnection,
+        operation: str,
+        resource: str | None = None,
+        *,
+        tool: str | None = None,
+    ) -> dict[str, Any]:
+        """The verified claims of ``conn``'s bearer credential for ``operation`` on the concrete
+        ``resource``; raises :class:`AuthFailure` otherwise. Stores them on the request state."""
+        token = self._bearer(conn)
+        try:
+            claims = self.verifier.verify(token, operation=operation, resource=resource, tool=tool)
+        except ScopeMismatch as exc:
+            wanted = f"{operation}:{resource}" if resource is not None else operation
+            raise AuthFailure(
+                403,
+                "insufficient_scope",
+                _quote(exc.message),
+                {"WWW-Authenticate": self._challenge("insufficient_scope", exc.message, wanted)},
+            ) from None
+        except CredentialRevoked as exc:
+            if exc.rule == "credential.revocation":  # the store could not be read: fail closed
+                raise AuthFailure(
+                    503,
+                    "temporarily_unavailable",
+                    "the revocation store cannot be read, so no credential is accepted; "
+                    "retry later",
+                    {"Retry-After": "5"},
+                ) from None
+            raise self._invalid(exc) from None
+        except CredentialError as exc:
+            raise self._invalid(exc) from None
+        conn.scope.setdefault("state", {})[CLAIMS_STATE_KEY] = claims
+        return claims
+
+    def require(
+        self, operation: str, resource: str | None = "{key}", *, tool: str | None = None
+    ) -> Callable[[Request], dict[str, Any]]:
+        """A dependency ``(request) -> claims`` for ``operation`` on the resource built from the
+        route's path parameters (``resource=None``: no resource check). It raises Starlette's
+        ``HTTPException`` (401/403/503 with ``WWW-Authenticate``), so it works with FastAPI's
+        ``Depends``, or called at the top of any endpoint."""
+        template = None if resource is None else _Template(resource)
+
+        def toolguard_credential(request: Request) -> dict[str, Any]:
+            concrete = None if template is None else template.fill(request.path_params)
+            try:
+                return self.check(request, operation, concrete, tool=tool)
+            except AuthFailure as failure:
+                raise failure.http_exception() from None
+
+        return toolguard_credential
+
+    def protect(
+        self, operation: str, resource: str | None = "{key}", *, tool: str | None = None
+    ) -> Callable[[_E], _E]:
+        """A decorator for Starlette endpoints ``(request) -> Response``, sync or async: the
+        endpoint runs only with a credential for ``operation`` on the resource built from the
+        path parameters; otherwise the refusal is answered as JSON."""
+        template = None if resource is None else _Template(resource)
+
+        def decorate(endpoint: _E) -> _E:
+            def verified(request: Request) -> Response | None:
+                concrete = None if template is None else template.fill(request.path_params)
+                try:
+                    self.check(request, operation, concrete, tool=tool)
+                except AuthFailure as failure:
+                    return failure.response()
+                return None
+
+            if inspect.iscoroutinefunction(endpoint):
+
+                @functools.wraps(endpoint)
+                async def protected_async(request: Request) -> Response:
+                    refused = verified(request)
+                    if refused is not None:
+                        return refused
+                    return await cast(Callable[[Request], Awaitable[Response]], endpoint)(request)
+
+                return cast(_E, protected_async)
+
+            @functools.wraps(endpoint)
+            def protected(request: Request) -> Response:
+                refused = verified(request)
+                if refused is not None:
+                    return refused
+                return cast(Callable[[Request], Response], endpoint)(request)
+
+            return cast(_E, protected)
+
+        return decorate
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _bearer(self, conn: HTTPConnection) -> str:
+        values = conn.headers.getlist("authorization")
+        if len(values) > 1:
+            raise AuthFailure(
+                400,
+                "invalid_request",
+                "send exactly one Authorization header",
+                {
+                    "WWW-Authenticate": self._challenge(
+                        "invalid_request", "send exactly one Authorization header"
+                    )
+                },
+            )
+        scheme, _, token = values[0].partition(" ") if values else ("", "", "")
+        if scheme.lower() != "bearer":
+            raise AuthFailure(
+                401,
+                None,
+                "this route needs a toolguard credential: send Authorization: Bearer <token>",
+                {"WWW-Authenticate": f'Bearer realm="{self.realm}"'},
+            )
+        return token.strip(" ")
+
+    def _invalid(self, exc: CredentialError) -> AuthFailure:
+        return AuthFailure(
+            401,
+            "invalid_token",
+            _quote(exc.message),
+            {"WWW-Authenticate": self._challenge("invalid_token", exc.message)},
+        )
+
+    def _challenge(self, error: str, description: str, scope: str | None = None) -> str:
+        value = f'Bearer realm="{self.realm}", error="{error}"'
+        value += f', error_description="{_quote(description)}"'
+        if scope is not None:
+            value += f', scope="{_quote(scope)}"'
+        return value
+
+
+@dataclass(frozen=True)
+class PathRule:
+    """A path-based rule for :class:`CredentialMiddleware`: requests whose method is in
+    ``methods`` and whose path matches ``path`` (Starlette syntax, ``"/kv/{key}"``) need a
+    credential for ``operation`` on ``resource`` (a template over the path parameters)."""
+
+    path: str
+    operation: str
+    resource: str | None = "{key}"
+    methods: Sequence[str] = ("GET",)
+    tool: str | None = None
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    rule: PathRule
+    regex: "re.Pattern[str]"
+    convertors: Mapping[str, Any]
+    methods: frozenset[str]
+    template: _Template | None
+
+
+class CredentialMiddleware:
+    """ASGI middleware checking toolguard credentials by path and method.
+
+    The first rule whose method and path match decides; requests that match no rule are
+    refused with 403 (``unmatched="deny"``, the default) or passed on (``"allow"``). Verified
+    claims are on ``request.state.toolguard_claims``. WebSocket connections are closed (1008)
+    unless ``unmatched="allow"``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        auth: ToolGuardAuth | Verifier,
+        rules: Sequence[PathRule],
+        unmatched: Literal["deny", "allow"] = "deny",
+    ) -> None:
+        if unmatched not in ("deny", "allow"):
+            raise ConfigError(f"unmatched must be 'deny' or 'allow', not {unmatched!r}")
+        self.app = app
+        self.auth = auth if isinstance(auth, ToolGuardAuth) else ToolGuardAuth(auth)
+        self.unmatched = unmatched
+        self.rules = [self._compile(rule) for rule in rules]
+
+    @staticmethod
+    def _compile(rule: PathRule) -> _CompiledRule:
+        regex, _, convertors = compile_path(rule.path)
+        template = None if rule.resource is None else _Template(rule.resource)
+        missing = sorted(set(template.names) - set(convertors)) if template else []
+        if missing:
+            raise ConfigError(
+                f"rule for {rule.path!r}: the resource template {rule.resource!r} names "
+                f"{missing}, which are not path parameters"
+            )
+        methods = {m.upper() for m in rule.methods}
+        if "GET" in methods:
+            methods.add("HEAD")
+        return _CompiledRule(rule, regex, convertors, frozenset(methods), template)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or (kind == "websocket" and self.unmatched == "allow"):
+            await self.app(scope, receive, send)
+            return
+        if kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        conn = HTTPConnection(scope)
+        path = _route_path(scope)
+        for compiled in self.rules:
+            if scope["method"] not in compiled.methods:
+                continue
+            match = compiled.regex.match(path)
+            if match is None:
+                continue
+            params = {
+                name: compiled.convertors[name].convert(value)
+                for name, value in match.groupdict().items()
+            }
+            resource = None if compiled.template is None else compiled.template.fill(params)
+            try:
+                self.auth.check(conn, compiled.rule.operation, resource, tool=compiled.rule.tool)
+            except AuthFailure as failure:
+                await failure.response()(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if self.unmatched == "allow":
+            await self.app(scope, receive, send)
+            return
+        refusal = AuthFailure(
+            403, "insufficient_scope", "no credential rule covers this method and path"
+        )
+        await refusal.response()(scope, receive, send)
+
+
+def get_claims(conn: HTTPConnection) -> dict[str, Any]:
+    """The verified credential claims of this request (``task_id``, ``sub`` = identity,
+    ``intent``, ``tool``, ``op``, ``res``, ``jti``, ``exp``, ``act`` when delegated).
+
+    Raises ``LookupError`` if the route is not protected by toolguard.
+    """
+    claims = conn.scope.get("state", {}).get(CLAIMS_STATE_KEY)
+    if not isinstance(claims, dict):
+        raise LookupError(
+            "this request carries no verified toolguard credential; protect the route with "
+            "ToolGuardAuth.protect/require or CredentialMiddleware"
+        )
+    return claims
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the app's ``root_path`` (as Starlette's router matches it)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :]
+    return path
+
+
+def _quote(text: str) -> str:
+    """``text`` safe inside a quoted-string of ``WWW-Authenticate`` (no quotes, CR/LF)."""
+    return _UNSAFE.sub("?", text)[:200]
