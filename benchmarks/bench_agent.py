@@ -1,0 +1,225 @@
+"""Per-tool-call overhead of ``GuardMiddleware`` inside a ``create_agent`` run.
+
+The same agent (a scripted chat model, a trivial tool) runs with and without the middleware,
+interleaved round by round. Each run makes ``K`` sequential tool calls (one per model turn) and
+then answers. Fitting run time against ``K`` (``K = 1`` and ``K = KMAX``) separates
+
+- the per-tool-call cost (the slope): a model turn, the graph steps and the tool call, and for the
+  guarded agent the check, the audit transaction and the credential of each call;
+- the per-run cost (the intercept): for the guarded agent, the task start and end (two
+  transactions, the revocation and a signed checkpoint).
+
+Target: the middleware's per-tool-call overhead is at most 10% of the agent's own per-tool-call
+cost. A third variant with a pass-through ``wrap_tool_call`` middleware shows how much of the
+difference is LangGraph's own middleware plumbing rather than toolguard's work.
+
+Run: ``python benchmarks/bench_agent.py [--mode sync|async|both] [--rounds 15] [--runs 5]
+[--kmax 10] [--out PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "examples"))
+
+from _fake_model import ScriptedChatModel, answer, call, turn  # noqa: E402
+from langchain.agents import create_agent  # noqa: E402
+from langchain.agents.middleware import AgentMiddleware  # noqa: E402
+from langchain_core.tools import tool  # noqa: E402
+from toolguard_langchain import GuardMiddleware  # noqa: E402
+
+import toolguard as tg  # noqa: E402
+
+USER = {"messages": [{"role": "user", "content": "go"}]}
+CONFIG: Any = {"configurable": {"job_id": "42"}}
+
+
+@tool
+def kv_get(key: str) -> str:
+    """Read a key."""
+    return "value"
+
+
+class PassThrough(AgentMiddleware):
+    """A middleware whose wrap_tool_call only calls the handler: LangGraph's own plumbing."""
+
+    def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        return handler(request)
+
+    async def awrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        return await handler(request)
+
+
+def _config(workdir: Path) -> dict[str, Any]:
+    return {
+        "store": str(workdir / "audit.db"),
+        "issuer": {"name": "bench", "audience": "kv", "key_file": str(workdir / "key.pem")},
+        "identities": {"runner": {"allow": {"read": ["agents:*"]}}},
+        "tools": {"kv_get": {"operation": "read", "resource": "{key}"}},
+        "intents": {
+            "process-job": {
+                "identity": "runner",
+                "tools": ["kv_get"],
+                "allow": {"read": ["agents:jobs:{job_id}:*"]},
+                "ttl": "1h",
+            }
+        },
+    }
+
+
+def _script(k: int) -> list[Any]:
+    return [*(turn(call("kv_get", f"c{i}", key=f"agents:jobs:42:k{i}")) for i in range(k)),
+            answer("done")]  # fmt: skip
+
+
+class TimedGuardMiddleware(GuardMiddleware):
+    """GuardMiddleware that adds up the time spent in toolguard's own work per call
+    (``authorize`` before the tool, ``finish`` after it)."""
+
+    spent = 0.0
+    calls = 0
+
+    def _prepare(self, request: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return super()._prepare(request)
+        finally:
+            TimedGuardMiddleware.spent += time.perf_counter() - start
+            TimedGuardMiddleware.calls += 1
+
+    def _finished(self, permit: Any, result: Any) -> None:
+        start = time.perf_counter()
+        try:
+            super()._finished(permit, result)
+        finally:
+            TimedGuardMiddleware.spent += time.perf_counter() - start
+
+
+def _agents(guard: tg.Guard, k: int) -> dict[str, Any]:
+    def build(middleware: list[Any]) -> Any:
+        model = ScriptedChatModel(script=_script(k), cycle=True)
+        return create_agent(model, [kv_get], middleware=middleware)
+
+    return {
+        "bare": build([]),
+        "passthrough": build([PassThrough()]),
+        "guarded": build([TimedGuardMiddleware(guard, intent="process-job")]),
+    }
+
+
+def _time_runs(agent: Any, runs: int, loop: asyncio.AbstractEventLoop | None) -> float:
+    start = time.perf_counter()
+    for _ in range(runs):
+        if loop is None:
+            agent.invoke(USER, CONFIG)
+        else:
+            loop.run_until_complete(agent.ainvoke(USER, CONFIG))
+    return (time.perf_counter() - start) / runs
+
+
+def measure(rounds: int, runs: int, kmax: int, mode: str) -> dict[str, Any]:
+    """Interleaved rounds; every estimate is the median over rounds of that round's value."""
+    loop = asyncio.new_event_loop() if mode == "async" else None
+    variants = ["bare", "passthrough", "guarded"]
+    per_round: list[dict[tuple[str, int], float]] = []
+    with tempfile.TemporaryDirectory(prefix="toolguard-bench-") as tmp:
+        guard = tg.Guard(_config(Path(tmp)))
+        agents = {k: _agents(guard, k) for k in (1, kmax)}
+        for by_variant in agents.values():  # warm up: imports, schema, connections
+            for agent in by_variant.values():
+                _time_runs(agent, 2, loop)
+        TimedGuardMiddleware.spent, TimedGuardMiddleware.calls = 0.0, 0
+        for r in range(rounds):
+            order = variants[r % 3 :] + variants[: r % 3]  # rotate to spread drift
+            sample: dict[tuple[str, int], float] = {}
+            for k in (1, kmax):
+                for variant in order:
+                    sample[(variant, k)] = _time_runs(agents[k][variant], runs, loop)
+            per_round.append(sample)
+        guard_work = TimedGuardMiddleware.spent / max(TimedGuardMiddleware.calls, 1)
+        connections = len(guard.store._conns)
+        guard.close()
+    if loop is not None:
+        loop.close()
+
+    def med(fn: Callable[[dict[tuple[str, int], float]], float]) -> float:
+        return statistics.median(fn(sample) for sample in per_round)
+
+    def slope(sample: dict[tuple[str, int], float], variant: str) -> float:
+        return (sample[(variant, kmax)] - sample[(variant, 1)]) / (kmax - 1)
+
+    def intercept(sample: dict[tuple[str, int], float], variant: str) -> float:
+        return sample[(variant, 1)] - slope(sample, variant)
+
+    bare_call = med(lambda s: slope(s, "bare"))
+    per_call = med(lambda s: slope(s, "guarded") - slope(s, "bare"))
+    us = 1e6
+    return {
+        "benchmark": f"GuardMiddleware per tool call inside create_agent runs ({mode})",
+        "mode": mode,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "rounds": rounds,
+        "runs_per_sample": runs,
+        "tool_calls_per_run": [1, kmax],
+        "median_run_us": {
+            f"{v}_k{k}": round(statistics.median(s[(v, k)] for s in per_round) * us, 1)
+            for v in variants
+            for k in (1, kmax)
+        },
+        "agent_per_tool_call_us": round(bare_call * us, 1),
+        "middleware_per_tool_call_us": round(per_call * us, 1),
+        "langgraph_plumbing_per_tool_call_us": round(
+            med(lambda s: slope(s, "passthrough") - slope(s, "bare")) * us, 1
+        ),
+        "middleware_per_run_us": round(
+            med(lambda s: intercept(s, "guarded") - intercept(s, "bare")) * us, 1
+        ),
+        "overhead_ratio_per_tool_call": round(
+            med(lambda s: (slope(s, "guarded") - slope(s, "bare")) / slope(s, "bare")), 4
+        ),
+        "overhead_ratio_at_kmax_including_task_start_end": round(
+            med(lambda s: s[("guarded", kmax)] / s[("bare", kmax)] - 1.0), 4
+        ),
+        "toolguard_work_per_tool_call_us": round(guard_work * us, 1),
+        "toolguard_work_ratio_per_tool_call": round(guard_work / bare_call, 4),
+        "sqlite_connections_opened": connections,
+        "target_ratio_per_tool_call": 0.10,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--kmax", type=int, default=10)
+    parser.add_argument("--mode", choices=["sync", "async", "both"], default="both")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "agent.json")
+    args = parser.parse_args(argv)
+    modes = ["sync", "async"] if args.mode == "both" else [args.mode]
+    results = {mode: measure(args.rounds, args.runs, args.kmax, mode) for mode in modes}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    for mode, result in results.items():
+        ratio = result["overhead_ratio_per_tool_call"]
+        verdict = "ok" if ratio <= result["target_ratio_per_tool_call"] else "over target"
+        print(f"{mode}: per-tool-call overhead {ratio:.1%} (target <= 10%): {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

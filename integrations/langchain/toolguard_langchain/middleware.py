@@ -1,0 +1,490 @@
+"""``GuardMiddleware``: toolguard for LangChain 1.x agents (``langchain.agents.create_agent``).
+
+Each run of the agent is a task. ``before_agent`` starts it (the intent's parameters come from
+the run's context or ``config["configurable"]``) and keeps its id in the graph state, so a run
+resumed after an interrupt — same ``thread_id``, with a checkpointer — continues the same task.
+Every tool call goes through the guard's pipeline (``Guard.authorize`` -> tool -> ``finish``),
+the same one ``toolguard.guard()`` tools use; a denial comes back to the model as
+``ToolMessage(status="error")`` and the run goes on. ``after_agent`` ends the task.
+
+A run that raises never reaches ``after_agent``. Its task ends (credentials revoked) when the
+exception leaves :meth:`GuardMiddleware.run` / :meth:`GuardMiddleware.arun` /
+:meth:`GuardMiddleware.scope`, when the next run starts on the same thread, on
+:meth:`GuardMiddleware.close`, and at the latest at the intent's TTL (no credential outlives it).
+LangGraph control flow (``GraphBubbleUp``: interrupts, parent commands) always passes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import re
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Annotated, Any, Literal, Optional
+
+from langchain.agents.middleware.types import (
+    AgentMiddleware,
+    AgentState,
+    PrivateStateAttr,
+    ToolCallRequest,
+)
+from langchain_core.messages import ToolMessage
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import var_child_runnable_config
+from langchain_core.tools import BaseTool, ToolException
+from langgraph.errors import GraphBubbleUp
+from langgraph.runtime import Runtime
+from langgraph.types import Command
+from typing_extensions import NotRequired
+
+from toolguard import AuditError, ConfigError, Guard, GuardedTool, PolicyDenied, TaskSession
+from toolguard.context import task_var
+from toolguard.engine import Permit
+from toolguard.tools import _credential_keys
+from toolguard.tools import guard as tg_guard
+
+__all__ = ["STATE_KEY", "GuardMiddleware", "GuardState", "RunInterrupted", "RunScope"]
+
+STATE_KEY = "toolguard_task_id"
+"""The graph-state key that holds the id of the run's task (private to the middleware)."""
+
+OnDeny = Literal["message", "raise"]
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_scope_var: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
+    "toolguard_run_scope", default=None
+)
+
+
+class GuardState(AgentState[Any]):
+    """The agent state with the id of the run's task (persisted with the checkpoints)."""
+
+    toolguard_task_id: NotRequired[Annotated[Optional[str], PrivateStateAttr]]
+
+
+class RunInterrupted(Exception):
+    """Recorded as the outcome of a call whose tool raised a LangGraph interrupt."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the run was interrupted inside the tool; the call runs again, with a new "
+            "credential, when the run resumes"
+        )
+
+
+class RunScope:
+    """Ends the tasks of agent runs started inside it when an exception leaves it.
+
+    ``with middleware.scope(): agent.invoke(...)`` (or ``async with``). A run that completes
+    ends its own task; an interrupted run (LangGraph ``GraphBubbleUp``) keeps it for the resume.
+    """
+
+    def __init__(self) -> None:
+        self.sessions: list[TaskSession] = []
+        self._token: contextvars.Token[RunScope | None] | None = None
+
+    def __enter__(self) -> RunScope:
+        self._token = _scope_var.set(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._leave(exc)
+
+    async def __aenter__(self) -> RunScope:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._leave(exc)
+
+    def _leave(self, exc: BaseException | None) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                _scope_var.reset(token)
+            except ValueError:  # left in another context
+                pass
+        if exc is None or isinstance(exc, GraphBubbleUp):
+            return
+        cancelled = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+        status = "cancelled" if cancelled else "error"
+        for session in reversed(self.sessions):
+            if session.status == "active":
+                session.end(status, reason=f"the agent run raised {type(exc).__name__}")
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One tool call after the check: a denial, or the request to run (with its permit)."""
+
+    request: ToolCallRequest
+    token: contextvars.Token[TaskSession | None] | None = None
+    permit: Permit | None = None
+    denial: ToolMessage | None = None
+
+
+class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
+    """toolguard for ``create_agent(..., middleware=[GuardMiddleware(guard, intent=...)])``.
+
+    ``intent``: each run is a task of this intent; its template parameters come from ``params``,
+    then the run's context (``invoke(..., context=...)``), then ``config["configurable"]``, then
+    the parent task when delegating. With ``intent=None`` the calls run under the task current
+    in the caller's context (``with guard.task(...): agent.invoke(...)``).
+
+    ``delegate``: when a task is already current as the run starts (the agent runs inside a
+    ``guard.task`` block or inside a guarded tool of another agent), the run's task is delegated
+    from it — attenuation only: a wider intent is refused with :class:`PolicyDenied`.
+
+    ``on_deny``: ``"message"`` (default) returns a denial to the model as
+    ``ToolMessage(status="error")``; ``"raise"`` raises :class:`PolicyDenied`. An
+    :class:`AuditError` always raises. Tools already wrapped with ``toolguard.guard()`` by the
+    same guard are checked once, by the tool; the middleware only makes the task current. A
+    tool with an injected ``Credential`` argument runs through its ``guard()`` twin (ToolNode
+    strips injected arguments from model calls; the twin fills the credential in).
+
+    The run's task ends in ``after_agent``; a run that raises ends it when the exception leaves
+    :meth:`run`, :meth:`arun` or :meth:`scope`, else at the next run on the same thread, on
+    :meth:`close`, or at the intent's TTL. Raises :class:`ConfigError` for an unknown intent.
+    """
+
+    state_schema = GuardState
+
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        intent: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        delegate: bool = True,
+        on_deny: OnDeny = "message",
+    ) -> None:
+        super().__init__()
+        if on_deny not in ("message", "raise"):
+            raise ValueError("on_deny must be 'message' or 'raise'")
+        self.guard = guard
+        self.intent = intent
+        self.params: dict[str, Any] = dict(params or {})
+        self.delegate = delegate
+        self.on_deny: OnDeny = on_deny
+        self.tools: list[BaseTool] = []
+        self._required: tuple[str, ...] = ()
+        self._optional: tuple[str, ...] = ()
+        if intent is not None:
+            self._required, self._optional = _parameters(guard, intent)
+        self._sessions: dict[str, TaskSession] = {}
+        self._lock = threading.Lock()
+        self._twins: dict[int, tuple[BaseTool, GuardedTool | None]] = {}
+
+    # -- the run's task -----------------------------------------------------------------------
+
+    def before_agent(
+        self,
+        state: GuardState,
+        runtime: Runtime[Any],
+        config: Optional[RunnableConfig] = None,
+    ) -> dict[str, Any] | None:
+        """Start the run's task (ending a task a failed earlier run on this thread left open)."""
+        stale = self._sessions.get(_task_id(state) or "")
+        if stale is not None and stale.status == "active":
+            stale.end(
+                "abandoned",
+                reason="a new run started on this thread before the previous run ended",
+            )
+        self._prune()
+        if self.intent is None:
+            return None
+        if config is None:
+            config = var_child_runnable_config.get() or {}
+        parent = task_var.get() if self.delegate else None
+        params = self._resolve(runtime.context, config.get("configurable") or {}, parent)
+        if parent is not None:
+            session = parent.delegate(self.intent, **params)
+        else:
+            session = self.guard.task(self.intent, **params)
+        session.start()
+        with self._lock:
+            self._sessions[session.task_id] = session
+        scope = _scope_var.get()
+        if scope is not None:
+            scope.sessions.append(session)
+        return {STATE_KEY: session.task_id}
+
+    async def abefore_agent(
+        self,
+        state: GuardState,
+        runtime: Runtime[Any],
+        config: Optional[RunnableConfig] = None,
+    ) -> dict[str, Any] | None:
+        """Async twin of :meth:`before_agent` (the store is synchronous SQLite)."""
+        return self.before_agent(state, runtime, config)
+
+    def after_agent(self, state: GuardState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """End the run's task: revoke its credentials and record ``task_end``."""
+        task_id = _task_id(state)
+        if task_id is None:
+            return None
+        with self._lock:
+            session = self._sessions.pop(task_id, None)
+        if session is not None:
+            session.end("ok")
+        return {STATE_KEY: None}
+
+    async def aafter_agent(self, state: GuardState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Async twin of :meth:`after_agent`."""
+        return self.after_agent(state, runtime)
+
+    def _resolve(
+        self, context: Any, configurable: Mapping[str, Any], parent: TaskSession | None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        missing: list[str] = []
+        for name in (*self._required, *self._optional):
+            value = self.params.get(name)
+            if value is None:
+                value = _lookup(context, name)
+            if value is None:
+                value = configurable.get(name)
+            if value is None and parent is not None:
+                value = parent.params.get(name)
+            if value is not None:
+                params[name] = value
+            elif name in self._required:
+                missing.append(name)
+        if missing:
+            names = ", ".join(repr(m) for m in missing)
+            raise ConfigError(
+                f"intent '{self.intent}' needs the task parameter(s) {names}; pass them as "
+                f"config={{'configurable': {{{missing[0]!r}: ...}}}}, in the run's context, or "
+                "as GuardMiddleware(params=...)",
+                problems=[(f"params.{m}", "missing task parameter") for m in missing],
+            )
+        return params
+
+    def _prune(self) -> None:
+        """Forget ended tasks; end the ones past their TTL (the last resort)."""
+        now = self.guard.clock()
+        with self._lock:
+            sessions = list(self._sessions.items())
+        for task_id, session in sessions:
+            if session.status == "active" and now >= session.deadline:
+                session.end("expired", reason="the task passed its ttl before its run ended")
+            if session.status != "active":
+                with self._lock:
+                    self._sessions.pop(task_id, None)
+
+    @property
+    def active_tasks(self) -> list[TaskSession]:
+        """The tasks of runs that have not ended yet (running, interrupted or failed)."""
+        with self._lock:
+            return [s for s in self._sessions.values() if s.status == "active"]
+
+    def close(self, *, reason: str = "GuardMiddleware.close() was called") -> None:
+        """End every task this middleware still holds (e.g. at shutdown)."""
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            session.end("abandoned", reason=reason)
+
+    # -- runs that may raise -------------------------------------------------------------------
+
+    def scope(self) -> RunScope:
+        """A (sync or async) context manager: runs started inside it that raise end their task.
+
+        Works for ``invoke``, ``stream`` and nested agents alike; interrupts keep the task.
+        """
+        return RunScope()
+
+    def run(
+        self,
+        agent: Runnable[Any, Any],
+        inputs: Any,
+        config: RunnableConfig | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``agent.invoke(inputs, config, **kwargs)``, ending the run's task if it raises."""
+        with RunScope():
+            return agent.invoke(inputs, config, **kwargs)
+
+    async def arun(
+        self,
+        agent: Runnable[Any, Any],
+        inputs: Any,
+        config: RunnableConfig | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``await agent.ainvoke(inputs, config, **kwargs)``, ending the task if it raises."""
+        async with RunScope():
+            return await agent.ainvoke(inputs, config, **kwargs)
+
+    # -- tool calls ------------------------------------------------------------------------------
+
+    def wrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
+    ) -> ToolMessage | Command[Any]:
+        """Check the call, run it with its credential, record the outcome."""
+        prepared = self._prepare(request)
+        try:
+            if prepared.denial is not None:
+                return prepared.denial
+            permit = prepared.permit
+            if permit is None:
+                return handler(prepared.request)
+            with permit:
+                try:
+                    result = handler(prepared.request)
+                except BaseException as exc:
+                    self._failed(permit, exc)
+                    raise
+            self._finished(permit, result)
+            return result
+        finally:
+            _reset(prepared.token)
+
+    async def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
+    ) -> ToolMessage | Command[Any]:
+        """Async twin of :meth:`wrap_tool_call`; parallel calls each get their own check."""
+        prepared = self._prepare(request)
+        try:
+            if prepared.denial is not None:
+                return prepared.denial
+            permit = prepared.permit
+            if permit is None:
+                return await handler(prepared.request)
+            with permit:
+                try:
+                    result = await handler(prepared.request)
+                except BaseException as exc:
+                    self._failed(permit, exc)
+                    raise
+            self._finished(permit, result)
+            return result
+        finally:
+            _reset(prepared.token)
+
+    def _prepare(self, request: ToolCallRequest) -> _Prepared:
+        """Make the run's task current and authorize the call (unless the tool checks itself)."""
+        token: contextvars.Token[TaskSession | None] | None = None
+        task_id = _task_id(request.state)
+        if task_id is not None:
+            session = self._sessions.get(task_id)
+            if session is not None:
+                token = task_var.set(session)
+                scope = _scope_var.get()
+                if scope is not None and session not in scope.sessions:
+                    scope.sessions.append(session)  # a resumed run: its scope ends it too
+            # else: a task this process does not hold (another process, closed): the engine
+            # denies the call as outside a task.
+            elif task_var.get() is not None:
+                token = task_var.set(None)
+        try:
+            tool = request.tool
+            if isinstance(tool, GuardedTool) and tool.guard is self.guard:
+                return _Prepared(request, token)
+            guarded = self._guarded_twin(tool)
+            if guarded is not None:
+                # ToolNode strips injected arguments; the guarded twin fills the credential.
+                return _Prepared(request.override(tool=guarded), token)
+            call = request.tool_call
+            name = call["name"]
+            args = dict(call.get("args") or {})
+            if tool is not None:
+                for key in tool._injected_args_keys:
+                    args.pop(key, None)
+            try:
+                permit = self.guard.authorize(name, args, correlation_id=call.get("id"))
+            except AuditError:
+                raise
+            except PolicyDenied as denial:
+                if self.on_deny == "raise":
+                    raise
+                message = ToolMessage(
+                    content=f"Denied by toolguard: {denial.reason}",
+                    status="error",
+                    tool_call_id=call.get("id") or "",
+                    name=name,
+                )
+                return _Prepared(request, token, denial=message)
+            return _Prepared(request, token, permit=permit)
+        except BaseException:
+            _reset(token)
+            raise
+
+    def _guarded_twin(self, tool: BaseTool | None) -> GuardedTool | None:
+        """For a tool with an injected ``Credential`` parameter: its guarded twin (cached)."""
+        if tool is None:
+            return None
+        cached = self._twins.get(id(tool))
+        if cached is None or cached[0] is not tool:
+            twin = None
+            if _credential_keys(tool):
+                twin = tg_guard(tool, self.guard, on_deny=self.on_deny)
+            cached = (tool, twin)
+            self._twins[id(tool)] = cached
+        return cached[1]
+
+    def _failed(self, permit: Permit, exc: BaseException) -> None:
+        error = RunInterrupted() if isinstance(exc, GraphBubbleUp) else exc
+        self.guard.finish(permit, error=error)
+
+    def _finished(self, permit: Permit, result: ToolMessage | Command[Any]) -> None:
+        error: BaseException | None = None
+        if isinstance(result, ToolMessage) and result.status == "error":
+            error = ToolException(str(result.content))
+        self.guard.finish(permit, error=error)
+
+
+def _reset(token: contextvars.Token[TaskSession | None] | None) -> None:
+    if token is not None:
+        try:
+            task_var.reset(token)
+        except ValueError:  # pragma: no cover - reset in another context
+            task_var.set(None)
+
+
+def _task_id(state: Any) -> str | None:
+    value = state.get(STATE_KEY) if isinstance(state, Mapping) else getattr(state, STATE_KEY, None)
+    return value if isinstance(value, str) and value else None
+
+
+def _lookup(context: Any, name: str) -> Any:
+    if context is None:
+        return None
+    if isinstance(context, Mapping):
+        return context.get(name)
+    return getattr(context, name, None)
+
+
+def _parameters(guard: Guard, intent: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The intent's required template parameters (patterns) and optional ones (purpose)."""
+    config = guard.config
+    spec = config.intents.get(intent)
+    if spec is None:
+        known = ", ".join(sorted(config.intents)) or "none"
+        raise ConfigError(
+            f"intent {intent!r} is not defined (defined: {known}); add it under intents: or "
+            "pass another intent to GuardMiddleware",
+            problems=[(f"intents.{intent}", "not defined")],
+        )
+    identity = config.identities.get(spec.identity)
+    patterns = [p for ps in spec.allow.values() for p in ps]
+    if identity is not None:
+        patterns += [p for ps in identity.allow.values() for p in ps]
+    required = sorted({m for p in patterns for m in _PLACEHOLDER.findall(p)})
+    optional = sorted(set(_PLACEHOLDER.findall(spec.purpose or "")) - set(required))
+    return tuple(required), tuple(optional)
