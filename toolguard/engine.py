@@ -9,6 +9,7 @@ Sync and async callers share this code; nothing here awaits.
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import time
 import uuid
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, overload, ru
 from .budget import Spend, day_key, plan
 from .config import GuardConfig, load_config
 from .context import permit_var, task_var
-from .credentials import Credential, Issuer, KeyRing, Verifier, new_jti
-from .errors import ConfigError, NoActiveTask, PolicyDenied
+from .credentials import Credential, Issuer, KeyRing, Verifier, issued_token, new_jti
+from .errors import AuditError, ConfigError, NoActiveTask, PolicyDenied
 from .intent import Call, Policy
 from .policy import Decision, decide, derive_call
 from .redaction import Redactor
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from .tools import GuardedTool
 
 __all__ = ["CredentialProvider", "Guard", "Permit", "StoreRevocations"]
+
+log = logging.getLogger("toolguard")
 
 
 @runtime_checkable
@@ -137,6 +140,10 @@ class Guard:
         unknown = sorted(set(self.providers) - set(self.config.tools))
         if unknown:
             raise ConfigError(f"providers given for tools without a rule under tools: {unknown}")
+        for provider in {id(p): p for p in self.providers.values()}.values():
+            bind = getattr(provider, "bind", None)
+            if bind is not None:
+                bind(self)  # brokers take the guard's issuer, store and clock
 
     @classmethod
     def from_config(
@@ -218,39 +225,20 @@ class Guard:
         by: str = "api",
     ) -> list[str]:
         """Revoke a task (and its children), an identity, or one credential; returns the ids
-        of the active tasks this ended. Verifiers sharing the store reject at once."""
-        given = [(s, v) for s, v in (("task", task_id), ("identity", identity), ("jti", jti)) if v]
-        if len(given) != 1:
-            raise ValueError("revoke exactly one of task_id=, identity= or jti=")
-        if disable and identity is None:
-            raise ValueError("disable=True goes with identity=")
-        scope, value = given[0]
-        now = self.clock()
-        event = self._event(
-            "revoke",
-            now,
-            task_id=value if scope == "task" else None,
-            identity=value if scope == "identity" else None,
-            jti=value if scope == "jti" else None,
-            decision="revoke",
-            reason=reason + (" (identity disabled)" if disable else ""),
-            rule=f"revoke.{scope}",
-        )
-        return self.store.revoke(
-            scope=scope,
-            value=str(value),
-            reason=reason,
-            by=by,
-            now=now,
-            disable=disable,
-            event=event,
-        )
+        of the active tasks this ended. Verifiers sharing the store reject at once;
+        ``disable=True`` (with ``identity``) also refuses the identity's new tasks."""
+        from .audit import revoke
+
+        return revoke(
+            self.store, task_id=task_id, identity=identity, jti=jti, reason=reason,
+            disable=disable, by=by, now=self.clock(),
+        )  # fmt: skip
 
     def enable(self, identity: str, *, reason: str = "re-enabled") -> None:
         """Allow a disabled identity to start tasks again."""
-        now = self.clock()
-        event = self._event("enable", now, identity=identity, reason=reason, rule="identity.enable")
-        self.store.set_identity_enabled(identity, reason=reason, now=now, event=event)
+        from .audit import enable
+
+        enable(self.store, identity, reason=reason, now=self.clock())
 
     def close(self) -> None:
         """Write pending outcomes and close the store's connections."""
@@ -318,6 +306,7 @@ class Guard:
                 "jti": None,
             }
 
+        provider = self.providers.get(tool, self.issuer)
         denial = self.store.record_call(
             chain=session.chain,
             identity=bound.identity,
@@ -339,7 +328,6 @@ class Guard:
         )
         if denial is not None:
             raise denial.error
-        provider = self.providers.get(tool, self.issuer)
         try:
             credential = provider.mint(
                 jti=jti,
@@ -389,7 +377,7 @@ class Guard:
                     "jti": permit.credential.jti,
                     "correlation_id": call.correlation_id,
                     "outcome": "ok" if error is None else "error",
-                    "error": None if error is None else _describe(error),
+                    "error": None if error is None else _describe(error, permit.credential),
                     "duration_ms": round(duration_ms, 3),
                     "cost": cost or None,
                 },
@@ -439,12 +427,22 @@ class Guard:
             reason, tool=call.tool, task_id=session.task_id, rule="credentials.provider"
         ) from exc
 
-    def _on_task_end(self, session: TaskSession, jtis: Sequence[str]) -> None:
-        """Let providers revoke what they issued for the task (brokers)."""
+    def _on_task_end(self, task_id: str, jtis: Sequence[str]) -> None:
+        """Let providers revoke what they issued for a task (brokers). Every provider runs;
+        failures are logged, and the first AuditError is raised after all of them ran."""
+        first: AuditError | None = None
         for provider in {id(p): p for p in self.providers.values()}.values():
             end_task = getattr(provider, "end_task", None)
-            if end_task is not None:
-                end_task(session.task_id, jtis)
+            if end_task is None:
+                continue
+            try:
+                end_task(task_id, jtis)
+            except AuditError as exc:
+                first = first or exc
+            except Exception as exc:  # a provider records its own failures; keep going
+                log.warning("toolguard: provider %r failed at task end: %s", provider, exc)
+        if first is not None:
+            raise first
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -519,9 +517,12 @@ def _json_list(values: Sequence[str]) -> str:
     return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
 
 
-def _describe(error: BaseException) -> str:
-    """A one-line description of a tool's error, with any issued token scrubbed."""
+def _describe(error: BaseException, credential: Credential | None = None) -> str:
+    """A one-line description of an error, with the call's token and any JWT scrubbed."""
     from .redaction import _JWT, REDACTED
 
-    text = f"{type(error).__name__}: {error}"[:500]
-    return _JWT.sub(REDACTED, text)
+    text = f"{type(error).__name__}: {error}"
+    token = issued_token(credential) if credential is not None else None
+    if token:
+        text = text.replace(token, REDACTED)
+    return _JWT.sub(REDACTED, text)[:500]

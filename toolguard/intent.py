@@ -11,6 +11,7 @@ import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,6 +39,10 @@ class ResourceError(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.rule = rule
+
+
+def _fill(values: Mapping[str, str], m: re.Match[str]) -> str:
+    return values.get(m.group(1) or "", m.group(0))
 
 
 def _placeholders(template: str) -> list[str]:
@@ -167,7 +172,7 @@ class CompiledTool:
                     )
                 values[name] = str(arg)
             # one pass: a value that itself looks like "{other}" is never substituted again
-            value = _TOKEN.sub(lambda m: values.get(m.group(1) or "", m.group(0)), template)
+            value = _TOKEN.sub(partial(_fill, values), template)
             out.append(self._normalize(value))
         return tuple(out)
 

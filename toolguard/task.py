@@ -160,11 +160,9 @@ class TaskSession:
                 )
             finally:
                 self.status = status
+            # providers revoke what they issued (their events fall under the checkpoint)
+            guard._on_task_end(self.task_id, tuple(self.jtis))
             _anchor(guard, now)
-            try:
-                guard._on_task_end(self, tuple(self.jtis))
-            except Exception as exc:  # providers record their own failures; never mask the body
-                log.warning("toolguard: a credential provider failed at task end: %s", exc)
 
 
     def _status_for(self, exc: BaseException | None) -> str:
@@ -225,6 +223,15 @@ class TaskSession:
             )
         bound = self.guard.policy.bind(intent, params)
         wider = bound.covered_by(self.bound)
+        if wider is None and self.guard.clock() >= self.deadline:
+            wider = "the parent task is past its time limit (ttl)"
+        if wider is None:
+            revoked = self.guard.store.revoked_reason(
+                jti="", task_id=self.task_id, identity=self.identity, chain=self.chain[1:],
+                issued_at=self.started_at,
+            )  # fmt: skip
+            if revoked is not None:
+                wider = f"the parent task was revoked ({revoked})"
         if wider is not None:
             error = PolicyDenied(
                 f"delegation to intent '{intent}' refused: {wider}",

@@ -28,9 +28,9 @@ from langchain_core.utils._signature import _signature_parameters
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from .credentials import Credential, issued_token
-from .redaction import REDACTED
 from .engine import Guard
 from .errors import AuditError, PolicyDenied
+from .redaction import REDACTED
 
 __all__ = ["GuardedTool", "ToolDenied", "guard"]
 
