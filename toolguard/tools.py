@@ -32,7 +32,7 @@ from .engine import Guard
 from .errors import AuditError, PolicyDenied
 from .redaction import REDACTED
 
-__all__ = ["GuardedTool", "ToolDenied", "guard"]
+__all__ = ["GuardedTool", "ToolDenied", "credential_keys", "guard"]
 
 OnDeny = Literal["message", "raise"]
 _CALL_ID = "__toolguard_call_id__"
@@ -46,7 +46,7 @@ class ToolDenied(ToolException):
         self.denial = denial
 
 
-def _credential_keys(tool: BaseTool) -> frozenset[str]:
+def credential_keys(tool: BaseTool) -> frozenset[str]:
     """Names of the tool's injected arguments typed as :class:`Credential`."""
     schema = tool.args_schema
     annotations: dict[str, Any] = {}
@@ -127,7 +127,7 @@ class GuardedTool(BaseTool):
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
         inner = self.wrapped
-        self._credential_keys = _credential_keys(inner)
+        self._credential_keys = credential_keys(inner)
         self._run_takes_manager = "run_manager" in _signature_parameters(inner._run)
         self._run_config_param = _get_runnable_config_param(inner._run)
         self._arun_takes_manager = "run_manager" in _signature_parameters(inner._arun)

@@ -43,7 +43,7 @@ from typing_extensions import NotRequired
 from toolguard import AuditError, ConfigError, Guard, GuardedTool, PolicyDenied, TaskSession
 from toolguard.context import task_var
 from toolguard.engine import Permit
-from toolguard.tools import _credential_keys
+from toolguard.tools import credential_keys
 from toolguard.tools import guard as tg_guard
 
 __all__ = ["STATE_KEY", "GuardMiddleware", "GuardState", "RunInterrupted", "RunScope"]
@@ -432,7 +432,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         cached = self._twins.get(id(tool))
         if cached is None or cached[0] is not tool:
             twin = None
-            if _credential_keys(tool):
+            if credential_keys(tool):
                 twin = tg_guard(tool, self.guard, on_deny=self.on_deny)
             cached = (tool, twin)
             self._twins[id(tool)] = cached
