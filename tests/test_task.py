@@ -4,6 +4,7 @@ cancellation and TTL, and how the task reaches tools in other threads."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -74,7 +75,7 @@ def test_task_start_records_event_and_makes_task_current(guard: tg.Guard, clock:
     assert start.identity == "agent-runner"
     assert start.intent == "process-job"
     assert start.reason == "Process job 42"
-    assert start.args == '{"job_id": "42"}'
+    assert json.loads(start.args or 'null') == {"job_id": "42"}
 
 
 def test_task_ends_ok_and_revokes_its_credentials(guard: tg.Guard, clock: Clock) -> None:

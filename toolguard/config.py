@@ -155,7 +155,14 @@ class ToolRule(_Model):
     audience: str | None = None
     """The ``aud`` of this tool's credentials, if not the issuer's default."""
     redact: list[str] = Field(default_factory=list)
-    """Extra argument names whose values are redacted in the audit trail."""
+    """Extra argument names whose values are redacted in the audit trail (``*`` wildcards)."""
+    redact_patterns: list[str] = Field(default_factory=list)
+    """Extra regular expressions; matching parts of argument values are redacted."""
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return _check_regexes(v)
 
     @field_validator("operation")
     @classmethod
@@ -212,6 +219,13 @@ class GuardConfig(_Model):
     """Audit arguments: longer string values are cut to this many characters."""
     redact_keys: list[str] = Field(default_factory=list)
     """Argument names redacted in the audit trail, in addition to the built-in secret names."""
+    redact_patterns: list[str] = Field(default_factory=list)
+    """Regular expressions whose matches in argument values are redacted, for every tool."""
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return _check_regexes(v)
     issuer: IssuerConfig = Field(default_factory=IssuerConfig)
     identities: dict[str, IdentityConfig] = Field(default_factory=dict)
     tools: dict[str, ToolRule] = Field(default_factory=dict)
@@ -285,6 +299,17 @@ class _Problems(ValueError):
         super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in problems))
         self.problems = problems
         self.relative = relative
+
+
+def _check_regexes(v: list[str]) -> list[str]:
+    for pattern in v:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(
+                f"pattern {pattern!r} is not a valid regular expression: {exc}"
+            ) from None
+    return v
 
 
 def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:

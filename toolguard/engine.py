@@ -130,10 +130,13 @@ class Guard:
             name=issuer_cfg.name, audience=issuer_cfg.audience, keys=self.keys, ttl=issuer_cfg.ttl
         )
         self.redactor = Redactor(
-            extra_keys=self.config.redact_keys, max_chars=self.config.max_arg_chars
+            extra_keys=self.config.redact_keys,
+            patterns=self.config.redact_patterns,
+            max_chars=self.config.max_arg_chars,
         )
         self._redactors = {
-            name: self.redactor.with_keys(rule.redact) for name, rule in self.config.tools.items()
+            name: self.redactor.with_keys(rule.redact, patterns=rule.redact_patterns)
+            for name, rule in self.config.tools.items()
         }
         self._audit: AuditLog | None = None
         self.providers: dict[str, CredentialProvider] = dict(providers or {})

@@ -113,7 +113,7 @@ class TaskSession:
                 "reason": self.bound.purpose,
                 "rule": f"intents.{self.intent}",
                 "correlation_id": self.parent.task_id if self.parent else None,
-                "args": json.dumps(dict(self.bound.params), sort_keys=True),
+                "args": guard.redactor(dict(self.bound.params))[0],
             },
         )
         self.status = "active"
@@ -249,9 +249,7 @@ class TaskSession:
                     "decision": "deny",
                     "reason": error.reason,
                     "rule": error.rule,
-                    "args": json.dumps(
-                        {"intent": intent, **{k: str(v) for k, v in params.items()}}
-                    ),
+                    "args": self.guard.redactor({"intent": intent, **params})[0],
                 }
             )
             raise error
