@@ -179,9 +179,7 @@ class CompiledTool:
     def _normalize(self, value: str) -> str:
         rule = f"tools.{self.name}.resource"
         if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
-            raise ResourceError(
-                "the resource contains control characters (or lone surrogates)", rule
-            )
+            raise ResourceError("the resource contains control characters", rule)
         kind = self.rule.kind
         if kind == "path":
             if "\\" in value:
