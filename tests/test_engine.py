@@ -24,6 +24,8 @@ from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, tool
 
 import toolguard as tg
+from toolguard.config import Budget
+from toolguard.store.budgets import usage
 
 JOB_KEY = "agents:jobs:42:input"
 OUT_KEY = "agents:jobs:42:result"
@@ -66,9 +68,8 @@ class _Recorder:
                     "SELECT kind, tool, resources FROM events WHERE jti = ? AND kind = 'request'",
                     (cred.jti,),
                 ).fetchall()
-                calls = other.execute(
-                    "SELECT used FROM budgets WHERE scope = ?", (f"task:{cred.task_id}:calls",)
-                ).fetchall()
+                used = usage(other, now=0.0, task_id=cred.task_id, budget=_BUDGET)
+                calls = [(float(used["task.max_calls"]),)]
                 stored = other.execute(
                     "SELECT task_id, tool, operation FROM credentials WHERE jti = ?", (cred.jti,)
                 ).fetchall()
@@ -212,6 +213,9 @@ def test_tool_audience_and_ttl_from_config(
         with pytest.raises(tg.CredentialInvalid, match="not for this audience"):
             guard.verifier(audience="kv-service").verify(cred.token)
     assert claims["exp"] - claims["iat"] == 60
+
+
+_BUDGET = Budget(**BASE_CONFIG["intents"]["process-job"]["budget"])
 
 
 # -- budgets -----------------------------------------------------------------------------------

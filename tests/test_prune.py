@@ -170,12 +170,14 @@ def test_prune_needs_the_signing_key(guard: tg.Guard, clock: Clock) -> None:
     assert guard.store.last_prune() is None
 
 
-def test_prune_keeps_day_counters_from_the_cut_on(guard: tg.Guard, clock: Clock) -> None:
-    _days_of_tasks(guard, clock, 3)  # days 0..2; the cut falls on day 1
-    with sqlite3.connect(guard.config.store_path) as conn:
-        periods = {r[0] for r in conn.execute("SELECT period FROM budgets WHERE period != ''")}
-    assert len(periods) == 3
-    guard.audit.prune(before=clock.now - 2 * DAY + 60)
-    with sqlite3.connect(guard.config.store_path) as conn:
-        kept = {r[0] for r in conn.execute("SELECT period FROM budgets WHERE period != ''")}
-    assert kept == set(sorted(periods)[1:])
+def test_prune_removes_budget_rows_of_pruned_tasks_only(guard: tg.Guard, clock: Clock) -> None:
+    ids = _days_of_tasks(guard, clock, 3)  # days 0..2
+
+    def task_rows() -> set[str]:
+        with sqlite3.connect(guard.config.store_path) as conn:
+            scopes = [r[0] for r in conn.execute("SELECT scope FROM budgets WHERE period = ''")]
+        return {t for t in ids for scope in scopes if scope.startswith(f"task:{t}:")}
+
+    assert task_rows() == set(ids)
+    guard.audit.prune(before=clock.now - 2 * DAY - 60)  # just after day 0's task
+    assert task_rows() == set(ids[1:])

@@ -1,80 +1,201 @@
-"""Budget rules: what one allowed call spends, in which scope and window. Pure: no SQL.
+"""Budget rules: what one call spends, in which scope and window. Pure: no SQL, no clock.
 
-The store checks and spends every :class:`Spend` of a call atomically, in the transaction that
-records the call. Kinds of window:
+:func:`plan` turns a call of a task into the :class:`Spend` of every limit it must fit in; the
+store checks and spends all of them atomically, in the transaction that records the call
+(:mod:`toolguard.store.budgets`). Kinds of window:
 
-- ``total``: for the life of the scope (a task's ``max_calls``, ``max_cost``, ``per_tool``, ...);
+- ``total``: for the life of the scope (a task's ``max_calls``, ``max_cost``, ``per_tool``,
+  ``per_operation``);
 - ``day``: a calendar day in UTC, reset at 00:00 UTC (``requests_per_day``, ``cost_per_day``);
-- ``rolling``: any 60 seconds (``requests_per_minute``, ``writes_per_minute``, ...): never more
-  than the limit inside any 60-second interval, across clock minutes too.
+- ``rolling``: any 60 seconds (``requests_per_minute``, ``writes_per_minute``,
+  ``deletes_per_minute``): never more than the limit inside any 60-second interval, across
+  clock minutes too;
+- ``attempts``: not a budget but a watch for the identity's ``on_anomaly`` rule: the calls
+  attempted (admitted and refused by a budget) over the same rolling 60 seconds.
+
+Scope names (``BudgetExceeded.scope``) read like ``task.max_calls``, ``task.per_tool.kv_set``
+or ``identity.agent-runner.writes_per_minute``; the rule (``BudgetExceeded.rule``) is the
+config location of the limit (``intents.process-job.budget.max_calls``).
+
+Costs are counted in millionths (:data:`COST_RESOLUTION`): amounts and limits are compared as
+whole numbers of micro-units, so ``100 x 0.01`` fits a ``max_cost`` of ``1.00`` exactly. Time
+windows are counted in whole microseconds. See docs/budgets.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Literal
 
+from .config import Budget
 from .intent import BoundTask, Call
 
-__all__ = ["ROLLING_WINDOW", "Spend", "day_key", "plan", "seconds_to_midnight"]
+__all__ = [
+    "COST_RESOLUTION",
+    "ROLLING_WINDOW",
+    "Spend",
+    "SpendKind",
+    "day_key",
+    "plan",
+    "seconds_to_midnight",
+    "task_slots",
+    "to_units",
+]
 
 ROLLING_WINDOW = 60.0
+"""Length of the rolling window of the per-minute limits, in seconds."""
+COST_RESOLUTION = 1_000_000
+"""Costs and limits are compared as whole numbers of 1/COST_RESOLUTION (micro-units)."""
 WRITE_OPERATIONS = frozenset({"write", "delete"})
+"""The operations ``writes_per_minute`` counts (``deletes_per_minute`` counts ``delete``)."""
+
+SpendKind = Literal["total", "day", "rolling", "attempts"]
 
 
 @dataclass(frozen=True, slots=True)
 class Spend:
-    """One limit a call spends against. ``scope`` is the counter's key in the store."""
+    """One limit a call must fit in.
+
+    ``scope`` is the key of the limit's state in the store; ``label`` the limit's short name
+    (``max_calls``, ``per_tool.kv_set``, ``requests_per_minute``); ``name`` the public scope
+    (``task.max_calls``, ``identity.agent-runner.requests_per_minute``); ``rule`` the config
+    location of the limit. ``amount`` is what this call spends (1 call, or its cost estimate).
+
+    Where the state lives (``slot``; ``scope`` ends in ``#<slot>``): ``"#"`` one slot of the
+    task's budget row (``#<index>``, see :func:`task_slots`); ``"a"``, ``"w"``, ``"d"``, ``"c"``
+    a running total of the identity's admission log (calls, writes and deletes, deletes, cost),
+    shared by its per-minute and per-day limits, with ``marks`` the counts this call adds
+    (``a``, ``aw`` or ``awd``). For ``attempts`` (the ``on_anomaly`` watches) the ``limit`` is
+    the threshold, a multiple of the watched limit.
+    """
 
     scope: str
     label: str
-    kind: Literal["total", "day", "rolling"]
+    kind: SpendKind
     limit: float
     amount: float
+    name: str = ""
+    rule: str = ""
+    slot: str = ""
+    marks: str = ""
+
+
+def to_units(value: float) -> int:
+    """A cost or count as a whole number of micro-units (round half to even)."""
+    return round(value * COST_RESOLUTION)
+
+
+@lru_cache(maxsize=8)
+def _day_of(day_number: int) -> str:
+    return datetime.fromtimestamp(day_number * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def day_key(now: float) -> str:
     """The UTC calendar day of a timestamp: ``2026-11-22``."""
-    return datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y-%m-%d")
+    return _day_of(int(now // 86400))
 
 
 def seconds_to_midnight(now: float) -> float:
-    """Seconds until the next 00:00 UTC."""
+    """Seconds until the next 00:00 UTC (Unix time has no leap seconds)."""
     return 86400.0 - (now % 86400.0)
 
 
+_PLANS: dict[tuple[str, str, str, float], tuple[BoundTask, tuple[Spend, ...]]] = {}
+_PLANS_MAX = 1024
+
+
 def plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
-    """Every limit this call must fit in, task scopes first, then identity scopes."""
+    """Every limit this call must fit in: task scopes first, then identity scopes, then the
+    anomaly watches (``attempts``) of the identity's per-minute limits.
+
+    Memoized per task, tool, operation and cost (a bounded cache), so a task's calls after the
+    first cost a dictionary lookup.
+    """
+    key = (task_id, call.tool, call.operation, call.cost)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is task:
+        return hit[1]
+    spends = _plan(task, task_id, call)
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    _PLANS[key] = (task, spends)
+    return spends
+
+
+def task_slots(budget: Budget) -> dict[str, int]:
+    """The layout of a task's budget row: one slot per call count and the cost, in a fixed
+    order (``calls``, ``tool:<name>``..., ``op:<name>``..., ``cost``)."""
+    names = ["calls"] if budget.max_calls is not None else []
+    names += [f"tool:{t}" for t in sorted(budget.per_tool)]
+    names += [f"op:{o}" for o in sorted(budget.per_operation)]
+    if budget.max_cost is not None:
+        names.append("cost")
+    return {name: k for k, name in enumerate(names)}
+
+
+def _plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
     spends: list[Spend] = []
     b = task.budget
-    t = f"task:{task_id}"
+    slots = task_slots(b)
+    at = f"intents.{task.intent}.budget"
+
+    def task_scope(slot: str, label: str, limit: float, amount: float) -> None:
+        spends.append(
+            Spend(
+                f"task:{task_id}:budget#{slots[slot]}", label, "total", limit, amount,
+                f"task.{label}", f"{at}.{label}", "#",
+            )
+        )  # fmt: skip
+
     if b.max_calls is not None:
-        spends.append(Spend(f"{t}:calls", "max_calls", "total", b.max_calls, 1))
-    if b.max_cost is not None and call.cost:
-        spends.append(Spend(f"{t}:cost", "max_cost", "total", b.max_cost, call.cost))
-    elif b.max_cost is not None:
-        spends.append(Spend(f"{t}:cost", "max_cost", "total", b.max_cost, 0.0))
+        task_scope("calls", "max_calls", b.max_calls, 1)
     per_tool = b.per_tool.get(call.tool)
     if per_tool is not None:
-        spends.append(Spend(f"{t}:tool:{call.tool}", f"per_tool.{call.tool}", "total", per_tool, 1))
+        task_scope(f"tool:{call.tool}", f"per_tool.{call.tool}", per_tool, 1)
     per_op = b.per_operation.get(call.operation)
     if per_op is not None:
-        spends.append(
-            Spend(f"{t}:op:{call.operation}", f"per_operation.{call.operation}", "total", per_op, 1)
-        )
+        task_scope(f"op:{call.operation}", f"per_operation.{call.operation}", per_op, 1)
+    if b.max_cost is not None:
+        # A 0-cost call still checks the scope: after an overshoot (an actual cost above its
+        # estimate) the scope refuses every call.
+        task_scope("cost", "max_cost", b.max_cost, call.cost)
+
     lim = task.limits
-    i = f"identity:{task.identity}"
+    x = task.identity
+    il = f"identities.{x}.limits"
+    op = call.operation
+    marks = "awd" if op == "delete" else "aw" if op in WRITE_OPERATIONS else "a"
+
+    def logged(slot: str, label: str, kind: SpendKind, limit: float, amount: float) -> Spend:
+        return Spend(
+            f"identity:{x}:log#{slot}", label, kind, limit, amount,
+            f"identity.{x}.{label}", f"{il}.{label}", slot, marks,
+        )  # fmt: skip
+
+    rolling: list[Spend] = []
     if lim.requests_per_minute is not None:
-        spends.append(
-            Spend(f"{i}:rpm", "requests_per_minute", "rolling", lim.requests_per_minute, 1)
-        )
-    if lim.writes_per_minute is not None and call.operation in WRITE_OPERATIONS:
-        spends.append(Spend(f"{i}:wpm", "writes_per_minute", "rolling", lim.writes_per_minute, 1))
-    if lim.deletes_per_minute is not None and call.operation == "delete":
-        spends.append(Spend(f"{i}:dpm", "deletes_per_minute", "rolling", lim.deletes_per_minute, 1))
+        rolling.append(logged("a", "requests_per_minute", "rolling", lim.requests_per_minute, 1))
+    if lim.writes_per_minute is not None and "w" in marks:
+        rolling.append(logged("w", "writes_per_minute", "rolling", lim.writes_per_minute, 1))
+    if lim.deletes_per_minute is not None and "d" in marks:
+        rolling.append(logged("d", "deletes_per_minute", "rolling", lim.deletes_per_minute, 1))
+    spends += rolling
     if lim.requests_per_day is not None:
-        spends.append(Spend(f"{i}:rpd", "requests_per_day", "day", lim.requests_per_day, 1))
+        spends.append(logged("a", "requests_per_day", "day", lim.requests_per_day, 1))
     if lim.cost_per_day is not None:
-        spends.append(Spend(f"{i}:cpd", "cost_per_day", "day", lim.cost_per_day, call.cost))
+        spends.append(logged("c", "cost_per_day", "day", lim.cost_per_day, call.cost))
+    multiple = lim.on_anomaly.revoke_when_rate_exceeds if lim.on_anomaly is not None else None
+    if multiple is not None:
+        for r in rolling:
+            if r.limit > 0:  # a limit of 0 refuses every call: there is no rate to exceed
+                spends.append(
+                    Spend(
+                        f"identity:{x}:refused#{r.slot}",
+                        f"{multiple:g}x its {r.label} limit of {r.limit:g}",
+                        "attempts", multiple * r.limit, 1, r.name, f"{il}.on_anomaly",
+                        r.slot, marks,
+                    )
+                )  # fmt: skip
     return tuple(spends)

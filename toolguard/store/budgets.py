@@ -1,65 +1,568 @@
-"""Budget counters in SQL: check every spend of a call, then spend it (same transaction)."""
+"""Budget state in SQL: check and spend every limit of a call inside the caller's transaction
+(the one that also appends the call's ``request`` or ``denied`` event).
+
+All state is in the ``budgets (scope, period, used)`` table, a clustered ``WITHOUT ROWID``
+b-tree, so every process sharing the database shares the limits and a restarted process finds
+them spent. Amounts are whole numbers of micro-units (:data:`~toolguard.budget.COST_RESOLUTION`)
+and compared as such, so a sum of costs never drifts (``100 x 0.01`` is exactly ``1.00``).
+
+**The task's budget row** (``task:<id>:budget``, period ``''``): every task limit in one row;
+``used`` is ``#`` and the comma-separated slots laid out by :func:`~toolguard.budget.task_slots`
+(calls, per tool, per operation, cost), in micro-units.
+
+**The identity's admission log** (``identity:<name>:log``): one row per admitted call, period
+``t<time µs>:<row>:<calls>:<writes>:<deletes>:<cost>`` (fixed widths; running totals; writes
+include deletes; ``row`` numbers every row), ``used`` the time in seconds. The time is never
+earlier than the newest row's, so time and insertion orders agree even when processes read
+their clocks before waiting for the lock. What a class used within ``(t - 60 s, t]`` is the
+newest row's total minus that of the newest row at or before ``t - 60 s``; today, minus that of
+the newest row before 00:00 UTC. So all of an identity's per-minute and per-day limits cost
+three index seeks and one row per call, however many calls the window holds. An anchor row
+(time 0, totals 0) opens the log; a settled cost adds a row that moves only the cost; rows that
+can no longer be a boundary are pruned every 64 rows.
+
+**Refused attempts** (``identity:<name>:refused``): the same log for refused calls, read by the
+``on_anomaly`` rule (attempts = admitted + refused calls of the watched class in 60 s).
+
+A call reads everything in one ``SELECT`` (which also carries the caller's revocation check:
+:class:`Charge`) and writes everything in one ``INSERT .. ON CONFLICT DO UPDATE``; a refused
+call writes nothing but its refused attempt.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from ..budget import ROLLING_WINDOW, Spend, day_key, seconds_to_midnight
+from ..budget import (
+    COST_RESOLUTION,
+    ROLLING_WINDOW,
+    Spend,
+    day_key,
+    seconds_to_midnight,
+    task_slots,
+    to_units,
+)
+from ..config import Budget
 from ..errors import BudgetExceeded
 
-__all__ = ["check_budgets", "spend_budget"]
+__all__ = ["Anomaly", "Charge", "charge", "settle", "usage"]
+
+_M = COST_RESOLUTION
+_US = 1_000_000
+_WINDOW_US = int(ROLLING_WINDOW * _US)
+_DAY_US = 86_400 * _US
+_PRUNE_EVERY = 64
+"""A log prunes the rows that can no longer be a boundary every 64 rows."""
+_INDEX = {"a": 1, "w": 2, "d": 3, "c": 4}
+"""Where a slot's running total is in a log row's totals (0 is the row number)."""
+
+Totals = tuple[int, int, int, int, int]
+_ZERO: Totals = (0, 0, 0, 0, 0)
+
+_ROW = "(SELECT used FROM budgets WHERE scope = ? AND period = ?)"
+_NEWEST = "(SELECT period FROM budgets WHERE scope = ? ORDER BY period DESC LIMIT 1)"
+_BEFORE = "(SELECT period FROM budgets WHERE scope = ? AND period < ? ORDER BY period DESC LIMIT 1)"
+_AFTER = "SELECT period FROM budgets WHERE scope = ? AND period > ? ORDER BY period"
+_OLDEST = "SELECT period FROM budgets WHERE scope = ? ORDER BY period LIMIT 1"
+_PRUNE = "DELETE FROM budgets WHERE scope = ? AND period < ? AND period != ?"
 
 
-def check_budgets(
-    conn: sqlite3.Connection, spends: Sequence[Spend], now: float, event: Mapping[str, Any]
-) -> BudgetExceeded | None:
-    for spend in spends:
-        retry_after: float | None
-        if spend.kind == "rolling":
-            used, oldest = conn.execute(
-                "SELECT COALESCE(SUM(amount), 0), MIN(ts) FROM rate_events"
-                " WHERE scope = ? AND ts > ?",
-                (spend.scope, now - ROLLING_WINDOW),
-            ).fetchone()
-            retry_after = max(0.0, (oldest or now) + ROLLING_WINDOW - now)
-        else:
-            period = day_key(now) if spend.kind == "day" else ""
-            row = conn.execute(
-                "SELECT used FROM budgets WHERE scope = ? AND period = ?",
-                (spend.scope, period),
-            ).fetchone()
-            used = row[0] if row else 0.0
-            retry_after = seconds_to_midnight(now) if spend.kind == "day" else None
-        if used + spend.amount > spend.limit + 1e-9 or (spend.amount == 0 and used > spend.limit):
-            return BudgetExceeded(
-                scope=spend.label,
-                limit=spend.limit,
-                used=float(used),
-                retry_after=retry_after,
-                tool=event.get("tool"),
-                task_id=event.get("task_id"),
+@lru_cache(maxsize=64)
+def _select(prefix: str, columns: str) -> str:
+    return f"SELECT {prefix}, {columns}" if columns else f"SELECT {prefix}"
+
+
+@lru_cache(maxsize=16)
+def _write_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?)"] * rows)
+    return (
+        f"INSERT INTO budgets (scope, period, used) VALUES {values}"
+        " ON CONFLICT (scope, period) DO UPDATE SET used = excluded.used"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """A refused call took the identity's attempts past its ``on_anomaly`` threshold."""
+
+    spend: Spend
+    """The ``attempts`` watch whose threshold (``spend.limit``) was passed."""
+    attempts: int
+    """Calls attempted (admitted or refused) within the last 60 seconds, this one included."""
+
+
+# -- the task's budget row --------------------------------------------------------------------
+
+
+def _slots(value: object) -> list[int]:
+    """The slots of a task's budget row (the ``#`` keeps the column's REAL affinity from
+    turning a single slot into a float)."""
+    return [int(v) for v in str(value)[1:].split(",")] if value else []
+
+
+def _unslots(slots: Sequence[int]) -> str:
+    return "#" + ",".join(map(str, slots))
+
+
+# -- the admission log ------------------------------------------------------------------------
+
+
+_FORMAT = "t%017d:%010d:%010d:%010d:%010d:%016d"
+
+
+def _period(at_us: int, t: Totals) -> str:
+    return _FORMAT % (at_us, *t)
+
+
+def _parse(period: str) -> tuple[int, Totals]:
+    """A log row's period -> (time in µs, totals)."""
+    ts, n, a, w, d, c = period.split(":")
+    return int(ts[1:]), (int(n), int(a), int(w), int(d), int(c))
+
+
+_ANCHOR = _period(0, _ZERO)
+
+
+def _cut(at_us: int) -> str:
+    """The bound below which log rows are at or before ``at_us - 60 s``."""
+    return f"t{at_us - _WINDOW_US:017d};"
+
+
+def _midnight(at_us: int) -> str:
+    """The bound below which log rows are before the UTC day of ``at_us``."""
+    return f"t{at_us - at_us % _DAY_US:017d}"
+
+
+def _one(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    return row[0] if row is not None else None
+
+
+class _Log:
+    """An admission log as read for one call."""
+
+    __slots__ = ("at_us", "day", "newest", "scope", "window")
+
+    def __init__(self, scope: str, now_us: int) -> None:
+        self.scope = scope
+        self.newest: Totals | None = None
+        self.window = _ZERO  # the totals at the start of the 60-second window
+        self.day = _ZERO  # the totals at the start of the UTC day
+        self.at_us = now_us  # the time of a row written now: max(now, the newest row's)
+
+    def read(
+        self,
+        conn: sqlite3.Connection,
+        newest: str | None,
+        window: str | None,
+        day: str | None = None,
+        *,
+        daily: bool = False,
+    ) -> _Log:
+        """Take the rows read: the newest, and the boundaries of the window and the day."""
+        if newest is None:
+            return self
+        newest_us, self.newest = _parse(newest)
+        if newest_us > self.at_us:  # a later clock wrote the newest row: we come after it
+            self.at_us = newest_us
+            window = _one(conn, _BEFORE[1:-1], (self.scope, _cut(newest_us)))
+            day = _one(conn, _BEFORE[1:-1], (self.scope, _midnight(newest_us))) if daily else None
+        self.window = self._boundary(conn, window)
+        if daily:
+            self.day = self._boundary(conn, day)
+        return self
+
+    def _boundary(self, conn: sqlite3.Connection, period: str | None) -> Totals:
+        """The totals at a boundary row; without one (the anchor was deleted from outside)
+        count from just before the oldest row kept, which can only over-count."""
+        if period:
+            return _parse(period)[1]
+        oldest = _one(conn, _OLDEST, (self.scope,))
+        t = _parse(oldest)[1] if oldest else (1, 1, 1, 1, 0)
+        return (t[0] - 1, max(0, t[1] - 1), max(0, t[2] - 1), max(0, t[3] - 1), t[4])
+
+    def in_window(self, index: int) -> int:
+        return (self.newest[index] if self.newest else 0) - self.window[index]
+
+    def today(self, index: int) -> int:
+        return (self.newest[index] if self.newest else 0) - self.day[index]
+
+    def row(self, marks: str, cost: int) -> list[object]:
+        """The row of one more call with ``marks`` and ``cost`` (micro-units); with the anchor
+        when the log is new."""
+        n, a, w, d, c = self.newest or _ZERO
+        totals = (n + 1, a + 1, w + ("w" in marks), d + ("d" in marks), c + cost)
+        row: list[object] = [self.scope, _period(self.at_us, totals), self.at_us / _US]
+        if self.newest is None:
+            row += (self.scope, _ANCHOR, 0.0)
+        return row
+
+    def prune(self, conn: sqlite3.Connection) -> None:
+        """Every 64 rows, delete the rows no later call can use as a boundary: all before the
+        boundary of ``at - 120 s`` (a margin for clocks read before the lock), except the
+        boundary of the day."""
+        if self.newest is not None and self.newest[0] % _PRUNE_EVERY == _PRUNE_EVERY - 1:
+            keep = _one(conn, _BEFORE[1:-1], (self.scope, _cut(self.at_us - _WINDOW_US)))
+            if keep:
+                day = _one(conn, _BEFORE[1:-1], (self.scope, _midnight(self.at_us)))
+                conn.execute(_PRUNE, (self.scope, keep, day or keep))
+
+    def retry_after(self, conn: sqlite3.Connection, index: int, limit: float, now: float) -> float:
+        """Seconds until enough of the window's oldest calls of the class leave it."""
+        target = self.window[index] + self.in_window(index) + 1 - int(limit)
+        for (period,) in conn.execute(_AFTER, (self.scope, _cut(self.at_us))):
+            ts_us, totals = _parse(period)
+            if totals[index] >= target:
+                return max(0.0, (ts_us + _WINDOW_US) / _US - now)
+        return ROLLING_WINDOW  # pragma: no cover - the window holds the calls it counted
+
+
+# -- the plan of one call ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a plan needs read and written, derived once per plan (plans are memoized)."""
+
+    spends: tuple[Spend, ...]
+    task_row: str  # the task's budget row ('' if none)
+    task: tuple[tuple[int, Spend, int, int, int], ...]  # position, spend, slot, amount, limit
+    log: str  # the identity's admission log ('' if none)
+    log_day: bool  # a spend reads today's totals
+    logged: tuple[tuple[int, Spend, int, int, float], ...]  # position, spend, index, amount, lim
+    cost: int  # the call's cost in micro-units, added to the log's cost total
+    marks: str
+    watches: tuple[tuple[Spend, int], ...]  # anomaly watch, index
+    refused: str  # the identity's refused-attempts log
+    columns: str  # the SQL of the read, after SELECT
+    head: list[object]  # the read's first parameters (the rest depend on the time)
+
+
+_SHAPES: dict[int, _Shape] = {}
+_SHAPES_MAX = 1024
+
+
+def _shape(spends: Sequence[Spend]) -> _Shape:
+    hit = _SHAPES.get(id(spends))
+    if hit is not None and hit.spends is spends:
+        return hit
+    spends = tuple(spends)
+    task = tuple(
+        (i, s, int(s.scope.rpartition("#")[2]), to_units(s.amount), to_units(s.limit))
+        for i, s in enumerate(spends)
+        if s.slot == "#"
+    )
+    logged: list[tuple[int, Spend, int, int, float]] = []
+    for i, s in enumerate(spends):
+        if s.slot in _INDEX and s.kind != "attempts":
+            if s.slot == "c":
+                logged.append((i, s, 4, to_units(s.amount), to_units(s.limit)))
+            else:
+                logged.append((i, s, _INDEX[s.slot], 1, s.limit))
+    watches = tuple((s, _INDEX[s.slot]) for s in spends if s.kind == "attempts")
+    log_day = any(s.kind == "day" for _, s, *_ in logged)
+    columns = [_ROW] if task else []
+    if logged:
+        columns += (_NEWEST, _BEFORE) + ((_BEFORE,) if log_day else ())
+    shape = _Shape(
+        spends=spends,
+        task_row=task[0][1].scope.rpartition("#")[0] if task else "",
+        task=task,
+        log=logged[0][1].scope.rpartition("#")[0] if logged else "",
+        log_day=log_day,
+        logged=tuple(logged),
+        cost=sum(amount for _, s, index, amount, _ in logged if index == 4),
+        marks=logged[0][1].marks if logged else "",
+        watches=watches,
+        refused=watches[0][0].scope.rpartition("#")[0] if watches else "",
+        columns=", ".join(columns),
+        head=[],
+    )
+    if task:
+        shape.head.extend((shape.task_row, ""))
+    if logged:
+        shape.head.extend((shape.log, shape.log))
+    if len(_SHAPES) >= _SHAPES_MAX:
+        _SHAPES.clear()
+    _SHAPES[id(spends)] = shape
+    return shape
+
+
+class Charge:
+    """The budget step of one call: ``columns`` (with ``params``) to select along with whatever
+    else the transaction reads first, then :meth:`apply` to check and spend. ``columns`` is
+    empty when the call has no budget."""
+
+    __slots__ = ("columns", "now", "now_us", "params", "shape")
+
+    def __init__(self, spends: Sequence[Spend], now: float) -> None:
+        self.now = now
+        self.now_us = now_us = max(1, round(now * _US))
+        self.shape = shape = _shape(spends) if spends else None
+        self.columns = shape.columns if shape is not None else ""
+        params: list[object] = []
+        if shape is not None:
+            params = shape.head.copy()
+            if shape.log:
+                params.append(_cut(now_us))
+                if shape.log_day:
+                    params += (shape.log, _midnight(now_us))
+        self.params = params
+
+    def select(self, prefix: str) -> str:
+        """``SELECT <prefix>, <columns>`` (cached): one read for the caller's columns and
+        this call's budget."""
+        return _select(prefix, self.columns)
+
+    def apply(
+        self,
+        conn: sqlite3.Connection,
+        values: Sequence[Any],
+        *,
+        tool: str | None = None,
+        task_id: str | None = None,
+    ) -> BudgetExceeded | Anomaly | None:
+        """Check every spend against the ``values`` read and, if all fit, spend them all in one
+        statement. Returns None when spent; otherwise nothing is spent and the result is the
+        first refusal in the plan's order, or an :class:`Anomaly` when the refused call takes
+        an ``attempts`` watch past its threshold."""
+        shape = self.shape
+        if shape is None:
+            return None
+        # The common case, inline: everything fits, the log is in order. Anything else takes
+        # the general path, which decides the same way and also explains refusals.
+        writes: list[object] = []
+        col = 0
+        if shape.task:
+            raw = values[0]
+            slots = [int(v) for v in raw[1:].split(",")] if raw else []
+            for _, _, k, amount, limit in shape.task:
+                if k >= len(slots):
+                    slots += [0] * (k + 1 - len(slots))
+                used = slots[k] + amount
+                if used > limit:
+                    return self._apply(conn, values, tool=tool, task_id=task_id)
+                slots[k] = used
+            writes += (shape.task_row, "", "#" + ",".join(map(str, slots)))
+            col = 1
+        log = shape.log
+        if log:
+            newest = values[col]
+            window = values[col + 1]
+            day = values[col + 2] if shape.log_day else window
+            if newest is None or not window or not day:
+                return self._apply(conn, values, tool=tool, task_id=task_id)
+            ts, n, a, w, d, c = newest.split(":")
+            now_us = self.now_us
+            if int(ts[1:]) > now_us:
+                return self._apply(conn, values, tool=tool, task_id=task_id)
+            top = (0, int(a), int(w), int(d), int(c))
+            starts = window.split(":")
+            days = day.split(":") if shape.log_day else starts
+            for _, spend, index, amount, ceiling in shape.logged:
+                if spend.kind == "day":
+                    if top[index] - int(days[index + 1]) + amount > ceiling:
+                        return self._apply(conn, values, tool=tool, task_id=task_id)
+                elif top[index] - int(starts[index + 1]) + 1 > ceiling:
+                    return self._apply(conn, values, tool=tool, task_id=task_id)
+            marks = shape.marks
+            row = _FORMAT % (
+                now_us,
+                int(n) + 1,
+                top[1] + 1,
+                top[2] + ("w" in marks),
+                top[3] + ("d" in marks),
+                top[4] + shape.cost,
             )
+            writes += (log, row, now_us / _US)
+        conn.execute(_write_sql(len(writes) // 3), writes)
+        if log and int(n) % _PRUNE_EVERY == _PRUNE_EVERY - 1:
+            pruned = _Log(log, self.now_us)
+            pruned.newest = (int(n), 0, 0, 0, 0)
+            pruned.prune(conn)
+        return None
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        values: Sequence[Any],
+        *,
+        tool: str | None = None,
+        task_id: str | None = None,
+    ) -> BudgetExceeded | Anomaly | None:
+        """The general path of :meth:`apply` (refusals, clocks behind, repaired logs)."""
+        shape = self.shape
+        assert shape is not None
+        now = self.now
+        refusals: dict[int, BudgetExceeded] = {}
+        writes: list[object] = []
+        col = 0
+
+        if shape.task:
+            slots = _slots(values[0])
+            col = 1
+            for i, spend, k, amount, limit in shape.task:
+                if k >= len(slots):
+                    slots += [0] * (k + 1 - len(slots))
+                used = slots[k]
+                if used + amount > limit:
+                    refusals[i] = _exceeded(spend, used / _M, None, tool, task_id)
+                slots[k] = used + amount
+            writes += (shape.task_row, "", _unslots(slots))
+
+        log: _Log | None = None
+        if shape.log:
+            day = values[col + 2] if shape.log_day else None
+            log = _Log(shape.log, self.now_us)
+            log.read(conn, values[col], values[col + 1], day, daily=shape.log_day)
+            for i, spend, index, amount, lim in shape.logged:
+                if spend.kind == "day":
+                    today = log.today(index)
+                    if today + amount > lim:
+                        retry = seconds_to_midnight(now) if amount <= lim else None
+                        scale = _M if index == 4 else 1
+                        refusals[i] = _exceeded(spend, today / scale, retry, tool, task_id)
+                else:
+                    used = log.in_window(index)
+                    if used + 1 > lim:
+                        retry_w = log.retry_after(conn, index, lim, now) if lim >= 1 else None
+                        refusals[i] = _exceeded(spend, used, retry_w, tool, task_id)
+            writes += log.row(shape.marks, shape.cost)
+
+        if refusals:
+            anomaly = _watch(conn, shape, log, self.now_us)
+            return anomaly if anomaly is not None else refusals[min(refusals)]
+        conn.execute(_write_sql(len(writes) // 3), writes)
+        if log is not None:
+            log.prune(conn)
+        return None
+
+
+def charge(
+    conn: sqlite3.Connection,
+    spends: Sequence[Spend],
+    now: float,
+    *,
+    tool: str | None = None,
+    task_id: str | None = None,
+) -> BudgetExceeded | Anomaly | None:
+    """Check and spend ``spends`` on their own (a :class:`Charge` with its own ``SELECT``)."""
+    step = Charge(spends, now)
+    if not step.columns:
+        return None
+    values = conn.execute("SELECT " + step.columns, step.params).fetchone()
+    return step.apply(conn, values, tool=tool, task_id=task_id)
+
+
+def _exceeded(
+    spend: Spend, used: float, retry_after: float | None, tool: str | None, task_id: str | None
+) -> BudgetExceeded:
+    return BudgetExceeded(
+        scope=spend.name or spend.label,
+        limit=spend.limit,
+        used=float(used),
+        retry_after=retry_after,
+        tool=tool,
+        task_id=task_id,
+        rule=spend.rule or None,
+    )
+
+
+def _watch(
+    conn: sqlite3.Connection, shape: _Shape, log: _Log | None, now_us: int
+) -> Anomaly | None:
+    """Log a refused attempt for the anomaly watches; the first watch past its threshold."""
+    if not shape.watches or log is None:
+        return None
+    refused = _Log(shape.refused, now_us)
+    newest, window = conn.execute(
+        f"SELECT {_NEWEST}, {_BEFORE}", (refused.scope, refused.scope, _cut(now_us))
+    ).fetchone()
+    refused.read(conn, newest, window)
+    rows = refused.row(shape.marks, 0)
+    conn.execute(_write_sql(len(rows) // 3), rows)
+    refused.prune(conn)
+    for spend, index in shape.watches:
+        attempts = log.in_window(index) + refused.in_window(index) + 1
+        if attempts > spend.limit:
+            return Anomaly(spend, attempts)
     return None
 
 
-def spend_budget(conn: sqlite3.Connection, spend: Spend, now: float) -> None:
-    if spend.amount == 0:
-        return
-    if spend.kind == "rolling":
-        conn.execute(
-            "DELETE FROM rate_events WHERE scope = ? AND ts <= ?",
-            (spend.scope, now - ROLLING_WINDOW),
-        )
-        conn.execute(
-            "INSERT INTO rate_events (scope, ts, amount) VALUES (?, ?, ?)",
-            (spend.scope, now, spend.amount),
-        )
-        return
-    period = day_key(now) if spend.kind == "day" else ""
-    conn.execute(
-        "INSERT INTO budgets (scope, period, used) VALUES (?, ?, ?) "
-        "ON CONFLICT(scope, period) DO UPDATE SET used = used + excluded.used",
-        (spend.scope, period, spend.amount),
-    )
+# -- settlement and reading -------------------------------------------------------------------
+
+
+def settle(
+    conn: sqlite3.Connection, deltas: Iterable[tuple[str, str, float]], *, now: float
+) -> list[tuple[str, str, float]]:
+    """Apply budget deltas (a cost settled to the actual, a refund after a failed mint) in the
+    caller's transaction; returns the deltas that are not for budget state kept here.
+
+    A task slot never goes below 0. The identity's cost moves by a log row, and only for the
+    day the call was reserved in: a call reserved before 00:00 UTC and settled after it does
+    not change the new day (its actual cost stays in its ``outcome`` event). The identity's
+    call counts are not refunded: a call whose credential could not be minted stays counted in
+    the per-minute and per-day limits (its ``request`` is in the trail); the task's slots are.
+    """
+    rest: list[tuple[str, str, float]] = []
+    for scope, period, delta in deltas:
+        if "#" not in scope:
+            rest.append((scope, period, delta))
+            continue
+        row, _, slot = scope.rpartition("#")
+        if slot.isdigit():
+            found = _one(conn, _ROW[1:-1], (row, ""))
+            slots = _slots(found)
+            k = int(slot)
+            slots += [0] * (k + 1 - len(slots))
+            slots[k] = max(0, slots[k] + to_units(delta))
+            conn.execute(_write_sql(1), (row, "", _unslots(slots)))
+        elif slot == "c" and period == day_key(now):
+            newest = _one(conn, _NEWEST[1:-1], (row,))
+            if newest:
+                ts_us, (n, a, w, d, c) = _parse(newest)
+                at_us = max(ts_us, round(now * _US))
+                totals = (n + 1, a, w, d, c + to_units(delta))
+                conn.execute(_write_sql(1), (row, _period(at_us, totals), at_us / _US))
+    return rest
+
+
+def usage(
+    conn: sqlite3.Connection,
+    *,
+    now: float,
+    identity: str | None = None,
+    task_id: str | None = None,
+    budget: Budget | None = None,
+) -> dict[str, float]:
+    """What is used now, by public scope name: the identity's per-minute and per-day limits
+    (``identity.<name>.requests_per_minute``, ...), and a task's (``task.max_calls``, ...;
+    ``budget`` gives the layout of the task's row)."""
+    out: dict[str, float] = {}
+    if task_id is not None and budget is not None:
+        slots = _slots(_one(conn, _ROW[1:-1], (f"task:{task_id}:budget", "")))
+        for name, k in task_slots(budget).items():
+            label = {"calls": "max_calls", "cost": "max_cost"}.get(name) or name.replace(
+                "tool:", "per_tool.", 1
+            ).replace("op:", "per_operation.", 1)
+            used = slots[k] if k < len(slots) else 0
+            out[f"task.{label}"] = used / _M if name == "cost" else used // _M
+    if identity is not None:
+        scope = f"identity:{identity}:log"
+        now_us = max(1, round(now * _US))
+        log = _Log(scope, now_us)
+        newest = _one(conn, _NEWEST[1:-1], (scope,))
+        window = _one(conn, _BEFORE[1:-1], (scope, _cut(now_us)))
+        day = _one(conn, _BEFORE[1:-1], (scope, _midnight(now_us)))
+        log.read(conn, newest, window, day, daily=True)
+        x = f"identity.{identity}"
+        out[f"{x}.requests_per_minute"] = log.in_window(1)
+        out[f"{x}.writes_per_minute"] = log.in_window(2)
+        out[f"{x}.deletes_per_minute"] = log.in_window(3)
+        out[f"{x}.requests_per_day"] = log.today(1)
+        out[f"{x}.cost_per_day"] = log.today(4) / _M
+    return out

@@ -27,7 +27,7 @@ from typing import Any
 from ..budget import Spend
 from ..chain import GENESIS, HASHED_FIELDS, event_hash
 from ..errors import AuditError, PolicyDenied
-from .budgets import check_budgets, spend_budget
+from .budgets import Anomaly, Charge, settle
 from .queries import Queries
 from .schema import create_schema
 
@@ -196,18 +196,89 @@ class Store(Queries):
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction; flushes queued outcomes first."""
+        """One ``BEGIN IMMEDIATE`` transaction; flushes queued outcomes first.
+
+        Re-entrant: a ``_write`` inside another on the same thread joins the outer transaction
+        (it commits and rolls back with it), so an anomaly revocation is atomic with the call
+        that triggered it.
+
+        The wait for the write lock is fair and bounded by ``busy_timeout``, after which it
+        raises :class:`AuditError` (nothing ran). SQLite's own busy handler sleeps longer and
+        longer (up to 100 ms a try), so under contention a writer that has waited a while keeps
+        losing to fresh ones and can starve for seconds. Instead, the threads of one process
+        queue on a process lock (one of them at a time competes for the database), and that
+        one tries ``BEGIN IMMEDIATE`` without SQLite's handler, again every 50 to 250 µs
+        (jittered, never slower however long it has waited). See docs/budgets.md.
+        """
         conn = self.conn
+        local = self._local
+        if getattr(local, "tx", None) is conn:
+            yield conn  # nested: the outer _write commits or rolls back
+            return
+        # budgets: the process lock is created lazily, and anew in a forked child.
+        pid = os.getpid()
+        owner = self.__dict__.get("_write_lock")
+        if owner is None or owner[0] != pid:
+            owner = self.__dict__.setdefault("_write_lock", (pid, threading.Lock()))
+            if owner[0] != pid:
+                owner = self.__dict__["_write_lock"] = (pid, threading.Lock())
+        plock: threading.Lock = owner[1]
+        deadline = 0.0
+        if not plock.acquire(blocking=False):
+            deadline = time.monotonic() + self.busy_timeout
+            if not plock.acquire(timeout=self.busy_timeout):
+                raise AuditError(
+                    f"the audit trail could not be written ({what}) within busy_timeout "
+                    f"({self.busy_timeout:g}s; raise it or reduce concurrent writers): "
+                    "database is locked; nothing ran"
+                )
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise AuditError(
-                f"the audit trail could not be written ({what}): {exc}; nothing ran"
-            ) from exc
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                delay = 50e-6
+                while True:
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                        break
+                    except sqlite3.OperationalError as exc:
+                        code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+                        if not (
+                            code & 0xFF == 5  # SQLITE_BUSY and its extended codes
+                            if code is not None
+                            else str(exc).startswith("database is locked")
+                        ):
+                            raise
+                    now = time.monotonic()
+                    if not deadline:
+                        deadline = now + self.busy_timeout
+                    elif now >= deadline:
+                        raise AuditError(
+                            f"the audit trail could not be written ({what}) within busy_timeout"
+                            f" ({self.busy_timeout:g}s; raise it or reduce concurrent writers):"
+                            " database is locked; nothing ran"
+                        )
+                    import random  # only under contention
+
+                    time.sleep(min(delay * (0.5 + random.random()), deadline - now))  # noqa: S311
+                    delay = min(delay * 2, 250e-6)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except BaseException as exc:
+            plock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise AuditError(
+                    f"the audit trail could not be written ({what}): {exc}; nothing ran"
+                ) from exc
+            raise
+        local.tx = conn
         with self._pending_lock:
             pending, self._pending = self._pending, []
         try:
             for item in pending:
+                if item.settle:  # budgets: a task's budget row settles in toolguard.store.budgets
+                    rest = tuple(settle(conn, item.settle, now=self.clock()))
+                    if len(rest) != len(item.settle):
+                        item = PendingOutcome(item.event, rest, item.taint)
                 self._write_outcome(conn, item)
             yield conn
             conn.execute("COMMIT")
@@ -224,6 +295,9 @@ class Store(Queries):
                     f"the audit trail could not be written ({what}): {exc}; nothing ran"
                 ) from exc
             raise
+        finally:
+            local.tx = None
+            plock.release()
 
     # -- events ---------------------------------------------------------------------------
 
@@ -333,17 +407,73 @@ class Store(Queries):
     ) -> Denial | None:
         """The pre-call transaction: revocation check, budgets, the request event, the jti.
 
-        Returns a :class:`Denial` (already audited) when a revocation or budget refuses.
+        Every budget scope is checked and spent here, atomically with the ``request`` event
+        (:class:`toolguard.store.budgets.Charge`). Returns a :class:`Denial` (already audited,
+        nothing spent) when a revocation or a budget refuses. When the identity's attempted
+        calls pass its ``on_anomaly`` threshold the identity is revoked in this same
+        transaction (its active tasks end, verifiers reject its credentials) and the call is
+        denied.
         """
+        step = Charge(spends, now)
         with self._write("request") as conn:
-            denial = self._revoked(conn, chain, identity, task_started_at, event)
+            # One read for the revocation check (as ``reason<US>scope``) and every budget.
+            revoked = (
+                "(SELECT COALESCE(reason, '') || char(31) || scope FROM revocations"
+                " WHERE (scope = 'task' AND value IN (?" + ",?" * (len(chain) - 1) + "))"
+                " OR (scope = 'identity' AND value = ? AND ts >= ?) LIMIT 1)"
+            )
+            values = conn.execute(
+                step.select(revoked), (*chain, identity, task_started_at, *step.params)
+            ).fetchone()
+            denial = self._revoked(values[0], event)
             if denial is None:
-                denial = check_budgets(conn, spends, now, event)
+                refused = step.apply(
+                    conn, values[1:], tool=event.get("tool"), task_id=event.get("task_id")
+                )
+                if isinstance(refused, Anomaly):
+                    watch = refused.spend
+                    why = (
+                        f"on_anomaly: {refused.attempts} calls attempted within 60s, more than "
+                        f"{watch.limit:g} ({watch.label})"
+                    )
+                    denial = PolicyDenied(
+                        f"identity '{identity}' was revoked ({why}); its tasks have ended and "
+                        "no further calls are allowed; an operator must review it",
+                        tool=event.get("tool"),
+                        task_id=event.get("task_id"),
+                        rule=watch.rule,
+                    )
+                    self._append(conn, on_denied(denial))
+                    self.revoke(  # joins this transaction: atomic with the denial
+                        scope="identity",
+                        value=identity,
+                        reason=why,
+                        by="anomaly",
+                        now=now,
+                        event={
+                            "ts": now,
+                            "kind": "revoke",
+                            "identity": identity,
+                            "decision": "revoke",
+                            "reason": why,
+                            "rule": watch.rule,
+                            "correlation_id": event.get("correlation_id"),
+                            "args": json.dumps(
+                                {
+                                    "trigger_task": event.get("task_id"),
+                                    "scope": watch.name,
+                                    "attempts": refused.attempts,
+                                    "threshold": watch.limit,
+                                },
+                                sort_keys=True,
+                            ),
+                        },
+                    )
+                    return Denial(denial)
+                denial = refused
             if denial is not None:
                 self._append(conn, on_denied(denial))
                 return Denial(denial)
-            for spend in spends:
-                spend_budget(conn, spend, now)
             self._append(conn, event)
             if credential is not None:
                 conn.execute(
@@ -353,28 +483,17 @@ class Store(Queries):
                 )
         return None
 
-    def _revoked(
-        self,
-        conn: sqlite3.Connection,
-        chain: Sequence[str],
-        identity: str,
-        started_at: float,
-        event: Mapping[str, Any],
-    ) -> PolicyDenied | None:
-        marks = ",".join("?" * len(chain))
-        row = conn.execute(
-            f"SELECT reason, scope FROM revocations WHERE (scope = 'task' AND value IN ({marks}))"
-            " OR (scope = 'identity' AND value = ? AND ts >= ?) LIMIT 1",
-            (*chain, identity, started_at),
-        ).fetchone()
-        if row is None:
+    def _revoked(self, found: str | None, event: Mapping[str, Any]) -> PolicyDenied | None:
+        """The denial for a revocation found by :meth:`record_call` (``reason<US>scope``)."""
+        if found is None:
             return None
-        what = "its identity" if row[1] == "identity" else "the task"
+        reason, _, scope = found.rpartition("\x1f")
+        what = "its identity" if scope == "identity" else "the task"
         return PolicyDenied(
-            f"{what} was revoked ({row[0]}); no further calls are allowed in this task",
+            f"{what} was revoked ({reason}); no further calls are allowed in this task",
             tool=event.get("tool"),
             task_id=event.get("task_id"),
-            rule=f"revocation.{row[1]}",
+            rule=f"revocation.{scope}",
         )
 
     # -- revocation --------------------------------------------------------------------------

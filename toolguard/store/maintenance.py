@@ -19,7 +19,6 @@ import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..budget import day_key
 from ..errors import AuditError
 
 if TYPE_CHECKING:
@@ -136,10 +135,6 @@ def prune(
         conn.executemany(
             "DELETE FROM budgets WHERE period = '' AND scope >= ? AND scope < ?",
             ((f"task:{t}:", f"task:{t};") for t in tasks),
-        )
-        conn.execute(
-            "DELETE FROM budgets WHERE period != '' AND period < ?",
-            (min(day_key(before), day_key(now)),),
         )
         creds = conn.execute("DELETE FROM credentials WHERE expires_at < ?", (before,)).rowcount
     return PruneResult(removed, first_kept, head_hash, len(tasks), int(creds))
