@@ -389,13 +389,6 @@ def test_locked_database_fails_task_start(
     assert body == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG task.py TaskSession.end / store.end_task: when the task_end transaction fails "
-    "(locked, read-only) the revocation is lost and the task's credentials stay valid until "
-    "they expire; nothing retries it (not even guard.close()), and the in-memory status says "
-    "'ok' while the database says 'active'",
-)
 def test_task_end_that_could_not_be_written_still_revokes(
     locked_guard: tg.Guard, recorder: _Recorder, blocker: sqlite3.Connection
 ) -> None:
@@ -451,14 +444,16 @@ def test_read_only_database_file_fails_closed(
             with _unprivileged():
                 return kv_get.invoke(_call("kv_get", {"key": JOB_KEY}))
 
+        guard.store.close()  # the next write opens a new connection (as another process would)
+        files = [path for path in files if path.exists()]  # closing removed the WAL
         for path in files:
             path.chmod(0o444)
         shared_dir.chmod(0o555)
         try:
-            # A new thread opens a new connection: it finds the file read-only.
+            # The new connection, opened unprivileged, finds the file read-only.
             with ThreadPoolExecutor(1) as pool:
                 future = pool.submit(task.carry(call_read_only))
-                with pytest.raises(tg.AuditError, match="readonly database; nothing ran"):
+                with pytest.raises(tg.AuditError, match="readonly database"):
                     future.result()
         finally:
             shared_dir.chmod(0o755)
@@ -471,16 +466,19 @@ def test_read_only_database_file_fails_closed(
 def test_unwritable_database_fails_closed_in_a_new_connection(
     guard: tg.Guard, recorder: _Recorder, tmp_path: Path
 ) -> None:
-    """The database path stops being a writable file (works as root too): a thread that opens
-    its own connection cannot write the request, so the tool does not run."""
+    """The database path stops being a writable file (works as root too): a new connection
+    cannot write the request, so the tool does not run."""
     kv_get, _ = tg.guard(recorder.tools(), guard)
     with guard.task("process-job", job_id="42") as task:
+        guard.store.close()  # the next write opens a new connection (as another process would)
         (tmp_path / "audit.db").rename(tmp_path / "moved.db")
         (tmp_path / "audit.db").mkdir()
         with ThreadPoolExecutor(1) as pool:
             future = pool.submit(task.carry(kv_get.invoke), _call("kv_get", {"key": JOB_KEY}))
             with pytest.raises(tg.AuditError, match="cannot open the audit database"):
                 future.result()
+        (tmp_path / "audit.db").rmdir()  # put the database back so the task can end
+        (tmp_path / "moved.db").rename(tmp_path / "audit.db")
     assert recorder.ran == []
 
 

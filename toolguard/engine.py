@@ -509,6 +509,9 @@ class StoreRevocations:
     def revoked_reason(
         self, *, jti: str, task_id: str, identity: str, chain: Sequence[str], issued_at: float = 0.0
     ) -> str | None:
+        pending = self.store.pending_ends()
+        if pending and (task_id in pending or not pending.isdisjoint(chain)):
+            return "task ended (its revocation is not yet written to the store)"
         return self.store.revoked_reason(
             jti=jti, task_id=task_id, identity=identity, chain=chain, issued_at=issued_at
         )

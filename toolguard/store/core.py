@@ -18,6 +18,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from ..budget import Spend
-from ..chain import GENESIS, HASHED_FIELDS, event_hash
+from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
 from ..errors import AuditError, PolicyDenied
 from .budgets import Anomaly, Charge, settle
 from .queries import Queries
 from .schema import create_schema
 
-__all__ = ["Denial", "PendingOutcome", "Store"]
+__all__ = ["Denial", "PendingEnd", "PendingOutcome", "Store"]
 
 
 _TASK_COLUMNS = (
@@ -69,10 +70,28 @@ class Denial:
     error: PolicyDenied
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced: a reader closes when its thread ends."""
+
+
 class _Local(threading.local):
     def __init__(self) -> None:
         self.conn: sqlite3.Connection | None = None
         self.pid = 0
+        self.tx: sqlite3.Connection | None = None
+        self.head: tuple[int, str] | None = None
+
+
+@dataclass(slots=True)
+class PendingEnd:
+    """A task end (revocation, status, events) whose transaction failed; retried with the next
+    transaction of this process or :meth:`Store.close`."""
+
+    task_id: str
+    status: str
+    now: float
+    reason: str
+    events: list[dict[str, Any]]
 
 
 class Store(Queries):
@@ -93,11 +112,15 @@ class Store(Queries):
         self.clock = clock
         self.readonly = readonly
         self._local = _Local()
-        self._pending: list[PendingOutcome] = []
+        self._pending: list[PendingOutcome | PendingEnd] = []
         self._pending_lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
+        self._readers: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
         self._ready = False
+        # One writer connection per process: writers queue on the process lock anyway
+        # (see _write), so threads share it instead of opening one each (ToolNode threads).
+        self._writer: tuple[int, sqlite3.Connection] | None = None
+        self._write_lock: tuple[int, threading.Lock] = (os.getpid(), threading.Lock())
 
     # -- connections --------------------------------------------------------------------
 
@@ -114,6 +137,7 @@ class Store(Queries):
                     timeout=self.busy_timeout,
                     isolation_level=None,
                     check_same_thread=False,
+                    factory=_Connection,
                 )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +146,11 @@ class Store(Queries):
                     timeout=self.busy_timeout,
                     isolation_level=None,
                     check_same_thread=False,
+                    factory=_Connection,
                 )
-                conn.execute("PRAGMA journal_mode=WAL")
+                # switching to WAL needs a lock; a database already in WAL needs nothing
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(
                     "PRAGMA synchronous=" + ("FULL" if self.durability == "full" else "NORMAL")
                 )
@@ -137,8 +164,6 @@ class Store(Queries):
             ) from exc
         if not self._ready:
             self._ensure_schema(conn)
-        with self._conns_lock:
-            self._conns.append(conn)
         return conn
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
@@ -166,13 +191,27 @@ class Store(Queries):
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use)."""
+        """The connection for this thread: the writer inside a write transaction, else this
+        thread's reader (opened on first use, closed when the thread ends)."""
         local = self._local
+        if local.tx is not None:
+            return local.tx
         conn = local.conn
         if conn is None or local.pid != os.getpid():  # a forked child opens its own
             conn = local.conn = self._connect()
             local.pid = os.getpid()
+            with self._conns_lock:
+                self._readers.add(conn)
         return conn
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        """The process's writer; the caller holds the process write lock."""
+        writer = self._writer
+        if writer is None or writer[0] != os.getpid():
+            conn = self._connect()
+            conn.execute("PRAGMA busy_timeout = 0")  # _write waits fairly by itself
+            self._writer = writer = (os.getpid(), conn)
+        return writer[1]
 
     def open(self) -> Store:
         """Open (and create or migrate) the database now rather than on first use."""
@@ -186,7 +225,11 @@ class Store(Queries):
                 self.flush()
         finally:
             with self._conns_lock:
-                conns, self._conns = self._conns, []
+                conns = list(self._readers)
+                self._readers = weakref.WeakSet()
+            if self._writer is not None and self._writer[0] == os.getpid():
+                conns.append(self._writer[1])
+            self._writer = None
             for conn in conns:
                 try:
                     conn.close()
@@ -210,19 +253,13 @@ class Store(Queries):
         one tries ``BEGIN IMMEDIATE`` without SQLite's handler, again every 50 to 250 µs
         (jittered, never slower however long it has waited). See docs/budgets.md.
         """
-        conn = self.conn
         local = self._local
-        if getattr(local, "tx", None) is conn:
-            yield conn  # nested: the outer _write commits or rolls back
+        if local.tx is not None:
+            yield local.tx  # nested: the outer _write commits or rolls back
             return
-        # budgets: the process lock is created lazily, and anew in a forked child.
-        pid = os.getpid()
-        owner = self.__dict__.get("_write_lock")
-        if owner is None or owner[0] != pid:
-            owner = self.__dict__.setdefault("_write_lock", (pid, threading.Lock()))
-            if owner[0] != pid:
-                owner = self.__dict__["_write_lock"] = (pid, threading.Lock())
-        plock: threading.Lock = owner[1]
+        if self._write_lock[0] != os.getpid():  # a forked child gets its own lock
+            self._write_lock = (os.getpid(), threading.Lock())
+        plock = self._write_lock[1]
         deadline = 0.0
         if not plock.acquire(blocking=False):
             deadline = time.monotonic() + self.busy_timeout
@@ -233,8 +270,8 @@ class Store(Queries):
                     "database is locked; nothing ran"
                 )
         try:
-            conn.execute("PRAGMA busy_timeout = 0")
-            try:
+            conn = self._writer_conn()
+            if True:  # the writer has busy_timeout 0: waits are ours, fair and bounded
                 delay = 50e-6
                 while True:
                     try:
@@ -261,8 +298,6 @@ class Store(Queries):
 
                     time.sleep(min(delay * (0.5 + random.random()), deadline - now))  # noqa: S311
                     delay = min(delay * 2, 250e-6)
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except BaseException as exc:
             plock.release()
             if isinstance(exc, sqlite3.Error):
@@ -271,15 +306,15 @@ class Store(Queries):
                 ) from exc
             raise
         local.tx = conn
+        local.head = None
         with self._pending_lock:
             pending, self._pending = self._pending, []
         try:
             for item in pending:
-                if item.settle:  # budgets: a task's budget row settles in toolguard.store.budgets
-                    rest = tuple(settle(conn, item.settle, now=self.clock()))
-                    if len(rest) != len(item.settle):
-                        item = PendingOutcome(item.event, rest, item.taint)
-                self._write_outcome(conn, item)
+                if isinstance(item, PendingEnd):
+                    self._end_task(conn, item)
+                else:
+                    self._write_outcome(conn, item)
             yield conn
             conn.execute("COMMIT")
         except BaseException as exc:
@@ -297,6 +332,7 @@ class Store(Queries):
             raise
         finally:
             local.tx = None
+            local.head = None
             plock.release()
 
     # -- events ---------------------------------------------------------------------------
@@ -314,18 +350,26 @@ class Store(Queries):
         return 0, GENESIS
 
     def _append(self, conn: sqlite3.Connection, event: dict[str, Any]) -> None:
-        seq, prev = self._head(conn)
+        local = self._local
+        # the head is read once per transaction: we hold the write lock, nobody else appends
+        seq, prev = local.head if local.head is not None else self._head(conn)
         event["seq"] = seq + 1
-        digest = event_hash(prev, event)
-        conn.execute(_INSERT_EVENT, (*(event.get(k) for k in HASHED_FIELDS), prev, digest))
+        values = row_values(event)  # exactly what is stored is what is hashed
+        digest = values_hash(prev, values)
+        conn.execute(_INSERT_EVENT, (*values, prev, digest))
+        local.head = (seq + 1, digest)
 
     def _write_outcome(self, conn: sqlite3.Connection, item: PendingOutcome) -> None:
+        if item.settle:  # a task's budget row settles in toolguard.store.budgets
+            rest = tuple(settle(conn, item.settle, now=self.clock()))
+            for scope, period, delta in rest:
+                conn.execute(
+                    "UPDATE budgets SET used = MAX(0, used + ?) WHERE scope = ? AND period = ?",
+                    (delta, scope, period),
+                )
         self._append(conn, item.event)
-        for scope, period, delta in item.settle:
-            conn.execute(
-                "UPDATE budgets SET used = MAX(0, used + ?) WHERE scope = ? AND period = ?",
-                (delta, scope, period),
-            )
+        if item.event.get("outcome") == "not-run":  # no credential was issued after all
+            conn.execute("DELETE FROM credentials WHERE jti = ?", (item.event.get("jti"),))
         if item.taint:
             conn.execute("UPDATE tasks SET tainted = 1 WHERE task_id = ?", (item.event["task_id"],))
 
@@ -377,19 +421,42 @@ class Store(Queries):
         events: Sequence[dict[str, Any]],
         reason: str,
     ) -> None:
-        """Mark a task ended, revoke its credentials (a task revocation), append its events."""
-        with self._write("task end") as conn:
-            conn.execute(
-                "UPDATE tasks SET status = ?, ended_at = ? WHERE task_id = ? AND ended_at IS NULL",
-                (status, now, task_id),
-            )
-            conn.execute(
-                "INSERT INTO revocations (scope, value, reason, ts, by)"
-                " VALUES ('task', ?, ?, ?, ?)",
-                (task_id, reason, now, "task-end"),
-            )
-            for event in events:
-                self._append(conn, event)
+        """Mark a task ended, revoke its credentials (a task revocation), append its events.
+
+        If the transaction fails, the end is kept and retried with the next transaction of
+        this process (or :meth:`close`); meanwhile :meth:`pending_ends` lists it, so this
+        process's verifiers already reject the task's credentials. Raises :class:`AuditError`.
+        """
+        item = PendingEnd(task_id, status, now, reason, [dict(e) for e in events])
+        try:
+            with self._write("task end") as conn:
+                self._end_task(conn, item)
+        except AuditError as exc:
+            with self._pending_lock:
+                self._pending.append(item)
+            raise AuditError(
+                f"the end of task {task_id} could not be recorded ({exc}); its revocation is "
+                "kept and written with the next transaction or guard.close(). Verifiers in "
+                "this process reject its credentials already; others do once it is written, "
+                "and every credential expires by the task's deadline at the latest"
+            ) from exc
+
+    def _end_task(self, conn: sqlite3.Connection, item: PendingEnd) -> None:
+        conn.execute(
+            "UPDATE tasks SET status = ?, ended_at = ? WHERE task_id = ? AND ended_at IS NULL",
+            (item.status, item.now, item.task_id),
+        )
+        conn.execute(
+            "INSERT INTO revocations (scope, value, reason, ts, by) VALUES ('task', ?, ?, ?, ?)",
+            (item.task_id, item.reason, item.now, "task-end"),
+        )
+        for event in item.events:
+            self._append(conn, dict(event))
+
+    def pending_ends(self) -> frozenset[str]:
+        """Ids of tasks whose end (and revocation) is not yet written."""
+        with self._pending_lock:
+            return frozenset(i.task_id for i in self._pending if isinstance(i, PendingEnd))
 
     # -- calls ------------------------------------------------------------------------------
 
