@@ -9,10 +9,10 @@ Sync and async callers share this code; nothing here awaits.
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, overload, runtime_checkable
@@ -79,6 +79,7 @@ class Permit:
     spends: tuple[Spend, ...]
     started: float
     started_perf: float
+    resources_json: str = "[]"
     actual_cost: float | None = None
     token: contextvars.Token[Permit | None] | None = field(default=None, repr=False)
 
@@ -261,7 +262,7 @@ class Guard:
         """Decide, audit and mint for one call. Raises :class:`PolicyDenied` (audited) or
         :class:`AuditError` (nothing ran); otherwise the caller must run the tool and
         :meth:`finish` the permit."""
-        cid = correlation_id or uuid.uuid4().hex
+        cid = correlation_id or os.urandom(16).hex()
         session = task_var.get()
         now = self.clock()
         if session is None:
@@ -279,6 +280,7 @@ class Guard:
         spends = plan(bound, session.task_id, call)
         jti = new_jti()
         args_json, args_sha = self._redactors.get(tool, self.redactor)(args)
+        resources_json = _json_list(call.resources)
         expires = min(now + self.issuer.ttl, session.deadline)
         event = {
             "ts": now,
@@ -288,7 +290,7 @@ class Guard:
             "kind": "request",
             "tool": tool,
             "operation": call.operation,
-            "resources": _json_list(call.resources),
+            "resources": resources_json,
             "decision": "allow",
             "reason": None,
             "rule": "allow",
@@ -348,7 +350,7 @@ class Guard:
         except Exception as exc:  # any provider failure denies the call (fail closed)
             self._mint_failed(session, call, jti, spends, now, exc)
         session.jtis.append(jti)
-        return Permit(session, call, credential, spends, now, time.perf_counter())
+        return Permit(session, call, credential, spends, now, time.perf_counter(), resources_json)
 
     def finish(self, permit: Permit, *, error: BaseException | None = None) -> None:
         """Record a call's outcome (queued for the next transaction) and settle its cost."""
@@ -376,7 +378,7 @@ class Guard:
                     "kind": "outcome",
                     "tool": call.tool,
                     "operation": call.operation,
-                    "resources": _json_list(call.resources),
+                    "resources": permit.resources_json,
                     "jti": permit.credential.jti,
                     "correlation_id": call.correlation_id,
                     "outcome": "ok" if error is None else "error",
@@ -517,10 +519,11 @@ class StoreRevocations:
         )
 
 
-def _json_list(values: Sequence[str]) -> str:
-    import json
+_list_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
-    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":"))
+
+def _json_list(values: Sequence[str]) -> str:
+    return _list_encoder(list(values))
 
 
 def _describe(error: BaseException, credential: Credential | None = None) -> str:

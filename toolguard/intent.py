@@ -30,6 +30,8 @@ __all__ = [
 
 _TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}|\*")
 _NEVER = re.compile(r"(?!)")
+_UNSAFE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+"""Control characters and lone surrogates: never part of a resource."""
 
 
 class ResourceError(ValueError):
@@ -178,7 +180,7 @@ class CompiledTool:
 
     def _normalize(self, value: str) -> str:
         rule = f"tools.{self.name}.resource"
-        if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        if _UNSAFE.search(value):
             raise ResourceError("the resource contains control characters", rule)
         kind = self.rule.kind
         if kind == "path":
