@@ -522,3 +522,26 @@ def test_parse_duration_accepts(value: Any, seconds: float) -> None:
 def test_parse_duration_rejects(value: Any) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        pytest.param(
+            {"requests_per_minute": 10, "on_anomaly": {"revoke_when_rate_exceeds": "1x"}},
+            "must be more than 1x",
+            id="multiple-1x",
+        ),
+        pytest.param(
+            {"requests_per_day": 10, "on_anomaly": {"revoke_when_rate_exceeds": "5x"}},
+            "needs a positive per-minute limit",
+            id="no-rate",
+        ),
+    ],
+)
+def test_on_anomaly_needs_a_rate_and_a_multiple_above_one(
+    limits: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(tg.ConfigError, match=message) as info:
+        load_config(_config(lambda c: c["identities"]["agent-runner"].update(limits=limits)))
+    assert info.value.problems[0][0] == "identities.agent-runner.limits"

@@ -121,6 +121,25 @@ class IdentityLimits(_Model):
     """Resets at 00:00 UTC."""
     cost_per_day: float | None = Field(default=None, ge=0)
     on_anomaly: AnomalyRule | None = None
+    """Revoke the identity when it attempts far more calls per minute than its limits allow."""
+
+    @model_validator(mode="after")
+    def _anomaly_needs_a_rate(self) -> IdentityLimits:
+        multiple = self.on_anomaly.revoke_when_rate_exceeds if self.on_anomaly else None
+        if multiple is None:
+            return self
+        if multiple <= 1:
+            raise ValueError(
+                "on_anomaly.revoke_when_rate_exceeds must be more than 1x the per-minute limit"
+                " (at 1x the first refused call would revoke the identity)"
+            )
+        rates = (self.requests_per_minute, self.writes_per_minute, self.deletes_per_minute)
+        if not any(r for r in rates):
+            raise ValueError(
+                "on_anomaly needs a positive per-minute limit to compare against; set "
+                "requests_per_minute, writes_per_minute or deletes_per_minute"
+            )
+        return self
 
 
 class IdentityConfig(_Model):

@@ -18,7 +18,7 @@ Each exception carries structured fields (``tool``, ``task_id``, ``rule``; budge
 ``scope``, ``limit``, ``used`` and ``retry_after``) and builds its message from them.
 """
 
-from typing import Any
+import math
 
 __all__ = [
     "AuditError",
@@ -126,7 +126,7 @@ class BudgetExceeded(PolicyDenied):
         self.used = used
         self.retry_after = retry_after
         when = (
-            f"; room frees up in {retry_after:.0f}s"
+            f"; room frees up in {math.ceil(retry_after)}s"
             if retry_after is not None
             else "; it does not reset during this task"
         )
@@ -160,8 +160,3 @@ class AuditError(ToolGuardError):
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
-
-
-def error_fields(exc: BaseException) -> dict[str, Any]:
-    """The structured fields of a toolguard error, for logs and JSON output."""
-    return {k: v for k, v in vars(exc).items() if not k.startswith("_") and k != "args"}
