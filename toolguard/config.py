@@ -245,6 +245,7 @@ class GuardConfig(_Model):
     @classmethod
     def _patterns(cls, v: list[str]) -> list[str]:
         return _check_regexes(v)
+
     issuer: IssuerConfig = Field(default_factory=IssuerConfig)
     identities: dict[str, IdentityConfig] = Field(default_factory=dict)
     tools: dict[str, ToolRule] = Field(default_factory=dict)
@@ -447,9 +448,11 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | GuardConfig
             loc = _format_loc(tuple(err["loc"]))
             if isinstance(ctx_err, _Problems):
                 for sub, msg in ctx_err.problems:
-                    where = (f"{loc}{sub}" if sub.startswith("[") else _join(loc, sub)) if (
-                        ctx_err.relative
-                    ) else sub
+                    where = (
+                        (f"{loc}{sub}" if sub.startswith("[") else _join(loc, sub))
+                        if (ctx_err.relative)
+                        else sub
+                    )
                     problems.append((where, msg))
                 continue
             msg = err["msg"]

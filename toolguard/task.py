@@ -164,7 +164,6 @@ class TaskSession:
             guard._on_task_end(self.task_id, tuple(self.jtis))
             _anchor(guard, now)
 
-
     def _status_for(self, exc: BaseException | None) -> str:
         if exc is None:
             return "ok"
@@ -258,9 +257,6 @@ class TaskSession:
     def carry(self, fn: Callable[_P, _R]) -> Callable[_P, _R]:
         """``fn`` bound to this task, for threads that do not inherit contextvars."""
         return carry_task(fn, task=self)
-
-
-
 
 
 def _anchor(guard: Guard, now: float) -> None:
