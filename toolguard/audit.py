@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .budget import ROLLING_WINDOW
@@ -250,10 +249,8 @@ class AuditLog:
     ) -> None:
         self.store = store
         self.keys = keys
-        self.checkpoints_path = (
-            Path(checkpoints) if checkpoints is not None else Path(str(store.path) + ".checkpoints")
-        )
-        self.integrity = Integrity(store, keys=keys, checkpoints=self.checkpoints_path)
+        self.integrity = Integrity(store, keys=keys, checkpoints=checkpoints)
+        self.checkpoints_path = self.integrity.checkpoints_path
 
     # -- events -------------------------------------------------------------------------------
 

@@ -162,14 +162,19 @@ DURATION = Duration()
 # -- shared options -----------------------------------------------------------------------------
 
 
-def db_options(f: _F) -> _F:
-    """``--db`` and ``--config``: which audit database (and config) to use."""
-    f = click.option(
+def _config_option(help_text: str) -> Callable[[_F], _F]:
+    """``--config FILE`` (stored as ``config_path``)."""
+    return click.option(
         "--config",
         "config_path",
         type=click.Path(dir_okay=False, path_type=Path),
-        help="A toolguard config file: its store, keys and identity limits are used.",
-    )(f)
+        help=help_text,
+    )
+
+
+def db_options(f: _F) -> _F:
+    """``--db`` and ``--config``: which audit database (and config) to use."""
+    f = _config_option("A toolguard config file: its store, keys and identity limits are used.")(f)
     f = click.option(
         "--db",
         "db_path",
@@ -931,12 +936,7 @@ def key_options(f: _F) -> _F:
         type=click.Choice(["EdDSA", "ES256"]),
         help="Key algorithm (default: the config's, else EdDSA; rotate keeps the current one).",
     )(f)
-    f = click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Take the key file and algorithm from this config's issuer section.",
-    )(f)
+    f = _config_option("Take the key file and algorithm from this config's issuer section.")(f)
     f = click.option(
         "--key-file",
         type=click.Path(dir_okay=False, path_type=Path),
