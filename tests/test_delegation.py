@@ -419,3 +419,24 @@ def test_delegation_example_runs_offline(tmp_path: Path) -> None:
     ]:
         assert expected in lines
     assert lines[2].startswith("  s2 kv_get: [error] Denied by toolguard: read on")
+
+
+def test_delegation_child_calls_spend_the_parent_budget_too(
+    make_guard: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    """Budgets attenuate too: delegating cannot multiply a parent's max_calls."""
+    intents = copy.deepcopy(BASE_CONFIG["intents"])
+    intents["process-job"]["budget"] = {"max_calls": 3}
+    guard = make_guard(clock=clock, intents=intents)
+    kv = _Kv()
+    get = tg.guard(kv.kv_get, guard, on_deny="raise")
+    with guard.task("process-job", job_id="42") as parent:
+        get.invoke({"key": "agents:jobs:42:a"})
+        with parent.delegate("summarise-job", job_id="42"):  # no budget of its own
+            get.invoke({"key": "agents:jobs:42:b"})
+            get.invoke({"key": "agents:jobs:42:c"})
+            with pytest.raises(tg.BudgetExceeded, match="3 of 3 used") as info:
+                get.invoke({"key": "agents:jobs:42:d"})
+            assert info.value.rule == "intents.process-job.budget.max_calls"
+        with pytest.raises(tg.BudgetExceeded):
+            get.invoke({"key": "agents:jobs:42:e"})

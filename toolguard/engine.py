@@ -278,6 +278,10 @@ class Guard:
         if not decision.allowed:
             self._deny(session, tool, args, cid, now, decision, call)
         spends = plan(bound, session.task_id, call)
+        parent = session.parent
+        while parent is not None:  # a delegated call also spends its ancestors' task budgets
+            spends += tuple(s for s in plan(parent.bound, parent.task_id, call) if s.kind == "total")
+            parent = parent.parent
         jti = new_jti()
         args_json, args_sha = self._redactors.get(tool, self.redactor)(args)
         resources_json = _json_list(call.resources)
