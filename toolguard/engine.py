@@ -280,7 +280,8 @@ class Guard:
         spends = plan(bound, session.task_id, call)
         parent = session.parent
         while parent is not None:  # a delegated call also spends its ancestors' task budgets
-            spends += tuple(s for s in plan(parent.bound, parent.task_id, call) if s.kind == "total")
+            inherited = plan(parent.bound, parent.task_id, call)
+            spends += tuple(s for s in inherited if s.kind == "total")
             parent = parent.parent
         jti = new_jti()
         args_json, args_sha = self._redactors.get(tool, self.redactor)(args)
