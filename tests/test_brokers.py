@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import sqlite3
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -819,7 +820,6 @@ def test_static_secret_through_the_guard_is_audited_as_not_jit(
     monkeypatch.setenv(SECRET_ENV, SECRET)
     provider = StaticSecretProvider(env=SECRET_ENV)
     guard = make_guard(clock=clock, providers={"kv_set": provider})
-    provider.bind(guard)
     ran: list[str] = []
     kv_set, kv_get = tg.guard(_kv_tools(ran), guard)
 
@@ -827,9 +827,12 @@ def test_static_secret_through_the_guard_is_audited_as_not_jit(
         kv_set.invoke({"key": KEY, "value": "a"})
         kv_set.invoke({"key": KEY, "value": "b"})
         kv_get.invoke({"key": KEY})
-    provider.end_task(task.task_id, _jtis(guard, task.task_id))  # as the engine does
+    # the guard bound the provider and called its end_task when the task ended
 
     assert ran[:2] == [SECRET, SECRET] and ran[2] != SECRET
+    with sqlite3.connect(guard.config.store_path) as conn:
+        jit = dict(conn.execute("SELECT tool, jit FROM credentials").fetchall())
+    assert jit == {"kv_set": 0, "kv_get": 1}  # the weaker path stays visible
     note = guard.audit.events(task_id=task.task_id)[-1]
     assert (note.kind, note.decision, note.rule, note.tool) == (
         "revoke", "not-revocable", "credentials.static", "kv_set",

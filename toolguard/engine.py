@@ -331,7 +331,7 @@ class Guard:
                 call.operation,
                 now,
                 expires,
-                1,
+                1 if getattr(provider, "jit", True) else 0,  # a static secret is not JIT
             ),
             now=now,
             on_denied=denied_event,
