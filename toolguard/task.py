@@ -160,9 +160,12 @@ class TaskSession:
                 )
             finally:
                 self.status = status
-            # providers revoke what they issued (their events fall under the checkpoint)
-            guard._on_task_end(self.task_id, tuple(self.jtis))
-            _anchor(guard, now)
+                try:
+                    # providers revoke what they issued, even if the end could not be written
+                    # (their events fall under the checkpoint)
+                    guard._on_task_end(self.task_id, tuple(self.jtis))
+                finally:
+                    _anchor(guard, now)
 
     def _status_for(self, exc: BaseException | None) -> str:
         if exc is None:
