@@ -1,44 +1,36 @@
 """toolguard: least privilege, budgets, audit and just-in-time credentials for agent tools.
 
-The public API, in groups. LangChain and httpx are imported lazily (``guard``,
-``GuardedTool``, ``ToolDenied``, ``CredentialAuth``) so the command line starts fast.
+The public API, in groups. Every name is imported on first use (PEP 562), so the command line
+and downstream verifiers load only what they need (no LangChain, no pydantic unless used).
 """
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# The guard and its tasks
-from .config import GuardConfig, load_config
-from .context import carry_task, current_credential, current_task, report_cost
-from .engine import Guard
-from .task import TaskSession
-
-# Credentials
-from .credentials import Credential, Issuer, Verifier
-from .keys import KeyRing, PublicKeys
-
-# Audit trail
-from .audit import AuditEvent, AuditLog
-from .integrity import VerifyReport
-
-# Errors
-from .errors import (
-    AuditError,
-    BudgetExceeded,
-    ConfigError,
-    CredentialError,
-    CredentialExpired,
-    CredentialInvalid,
-    CredentialRevoked,
-    NoActiveTask,
-    PolicyDenied,
-    ScopeMismatch,
-    ToolGuardError,
-)
-
-if TYPE_CHECKING:  # imported lazily, see __getattr__
+if TYPE_CHECKING:  # every name is imported on first use, see __getattr__
+    from .audit import AuditEvent, AuditLog
     from .brokers import HttpTokenBroker, StaticSecretProvider
+    from .config import GuardConfig, load_config
+    from .context import carry_task, current_credential, current_task, report_cost
+    from .credentials import Credential, Issuer, Verifier
+    from .engine import Guard
+    from .errors import (
+        AuditError,
+        BudgetExceeded,
+        ConfigError,
+        CredentialError,
+        CredentialExpired,
+        CredentialInvalid,
+        CredentialRevoked,
+        NoActiveTask,
+        PolicyDenied,
+        ScopeMismatch,
+        ToolGuardError,
+    )
     from .httpauth import CredentialAuth
+    from .integrity import VerifyReport
+    from .keys import KeyRing, PublicKeys
+    from .task import TaskSession
     from .tools import GuardedTool, ToolDenied, guard
 
 __version__ = "0.1.0"
@@ -85,12 +77,49 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CredentialAuth": "httpauth",
-    "HttpTokenBroker": "brokers",
-    "StaticSecretProvider": "brokers",
+    # The guard and its tasks
+    "Guard": "engine",
+    "GuardConfig": "config",
+    "TaskSession": "task",
+    "carry_task": "context",
+    "current_credential": "context",
+    "current_task": "context",
+    "load_config": "config",
+    "report_cost": "context",
+    # LangChain tools
     "GuardedTool": "tools",
     "ToolDenied": "tools",
     "guard": "tools",
+    # Credentials
+    "Credential": "credentials",
+    "CredentialAuth": "httpauth",
+    "HttpTokenBroker": "brokers",
+    "Issuer": "credentials",
+    "KeyRing": "keys",
+    "PublicKeys": "keys",
+    "StaticSecretProvider": "brokers",
+    "Verifier": "credentials",
+    # Audit trail
+    "AuditEvent": "audit",
+    "AuditLog": "audit",
+    "VerifyReport": "integrity",
+    # Errors
+    **dict.fromkeys(
+        [
+            "AuditError",
+            "BudgetExceeded",
+            "ConfigError",
+            "CredentialError",
+            "CredentialExpired",
+            "CredentialInvalid",
+            "CredentialRevoked",
+            "NoActiveTask",
+            "PolicyDenied",
+            "ScopeMismatch",
+            "ToolGuardError",
+        ],
+        "errors",
+    ),
 }
 
 

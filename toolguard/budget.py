@@ -27,10 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from .config import Budget
-from .intent import BoundTask, Call
+if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import pydantic
+    from .config import Budget
+    from .intent import BoundTask, Call
 
 __all__ = [
     "COST_RESOLUTION",

@@ -22,13 +22,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
+if TYPE_CHECKING:
+    from .config import GuardConfig
+
 from . import audit as audit_mod
 from .audit import AuditLog
-from .config import GuardConfig, load_config, parse_duration
+from .durations import parse_duration
 from .errors import ConfigError, ToolGuardError
 from .keys import KeyRing, PublicKeys
 from .store import Store
@@ -226,7 +229,11 @@ def filter_options(*names: str) -> Callable[[_F], _F]:
 
 
 def _load(config_path: Path | None) -> GuardConfig | None:
-    return load_config(config_path) if config_path is not None else None
+    if config_path is None:
+        return None
+    from .config import load_config  # pydantic only when a config is used
+
+    return load_config(config_path)
 
 
 def resolve_db(db_path: Path | None, config: GuardConfig | None) -> Path:
@@ -1052,6 +1059,8 @@ def check_cmd(config: Path | None, schema: bool, as_json: bool) -> None:
     """Validate CONFIG and print every problem with its location; exit 1 if any."""
     viewer = _obj().viewer()
     if schema:
+        from .config import GuardConfig
+
         doc = GuardConfig.json_schema()
         if as_json:
             viewer.json(doc)
@@ -1061,6 +1070,8 @@ def check_cmd(config: Path | None, schema: bool, as_json: bool) -> None:
     if config is None:
         raise click.UsageError("give a CONFIG file to check, or --schema")
     try:
+        from .config import load_config
+
         loaded = load_config(config)
     except ConfigError as exc:
         problems = exc.problems or [("", str(exc))]

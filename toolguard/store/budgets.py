@@ -35,7 +35,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..budget import (
     COST_RESOLUTION,
@@ -46,8 +46,10 @@ from ..budget import (
     task_slots,
     to_units,
 )
-from ..config import Budget
 from ..errors import BudgetExceeded
+
+if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import pydantic
+    from ..config import Budget
 
 __all__ = ["Anomaly", "Charge", "charge", "settle", "usage"]
 
