@@ -150,7 +150,7 @@ def measure(rounds: int, runs: int, kmax: int, mode: str) -> dict[str, Any]:
                     sample[(variant, k)] = _time_runs(agents[k][variant], runs, loop)
             per_round.append(sample)
         guard_work = TimedGuardMiddleware.spent / max(TimedGuardMiddleware.calls, 1)
-        connections = len(guard.store._conns)
+        connections = len(guard.store._readers) + (guard.store._writer is not None)
         guard.close()
     if loop is not None:
         loop.close()
@@ -196,7 +196,7 @@ def measure(rounds: int, runs: int, kmax: int, mode: str) -> dict[str, Any]:
         ),
         "toolguard_work_per_tool_call_us": round(guard_work * us, 1),
         "toolguard_work_ratio_per_tool_call": round(guard_work / bare_call, 4),
-        "sqlite_connections_opened": connections,
+        "sqlite_connections_open": connections,
         "target_ratio_per_tool_call": 0.10,
     }
 
