@@ -440,3 +440,25 @@ def test_delegation_child_calls_spend_the_parent_budget_too(
             assert info.value.rule == "intents.process-job.budget.max_calls"
         with pytest.raises(tg.BudgetExceeded):
             get.invoke({"key": "agents:jobs:42:e"})
+
+
+def test_delegation_child_with_its_own_budget_spends_both(
+    make_guard: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    """Each task's row counts what it may: the child's own, the parent's for both."""
+    intents = copy.deepcopy(BASE_CONFIG["intents"])
+    intents["process-job"]["budget"] = {"max_calls": 3}
+    intents["summarise-job"]["budget"] = {"max_calls": 10}
+    guard = make_guard(clock=clock, intents=intents)
+    kv = _Kv()
+    get = tg.guard(kv.kv_get, guard, on_deny="raise")
+    with guard.task("process-job", job_id="42") as parent:
+        get.invoke({"key": "agents:jobs:42:a"})
+        with parent.delegate("summarise-job", job_id="42"):
+            get.invoke({"key": "agents:jobs:42:b"})
+            get.invoke({"key": "agents:jobs:42:c"})
+            with pytest.raises(tg.BudgetExceeded) as info:  # the parent's 3 are used
+                get.invoke({"key": "agents:jobs:42:d"})
+            assert info.value.rule == "intents.process-job.budget.max_calls"
+    requests = [e for e in guard.audit.events(kind="request")]
+    assert len(requests) == 3  # the refused call spent nothing, in neither task

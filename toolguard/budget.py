@@ -125,6 +125,23 @@ def plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
     return spends
 
 
+_TASK_ONLY: dict[int, tuple[tuple[Spend, ...], tuple[Spend, ...]]] = {}
+
+
+def task_spends(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
+    """Only the task-scope spends of :func:`plan` (what a delegated call also charges to each
+    ancestor task); memoized like the plan."""
+    full = plan(task, task_id, call)
+    hit = _TASK_ONLY.get(id(full))
+    if hit is not None and hit[0] is full:
+        return hit[1]
+    only = tuple(s for s in full if s.kind == "total")
+    if len(_TASK_ONLY) >= _PLANS_MAX:
+        _TASK_ONLY.clear()
+    _TASK_ONLY[id(full)] = (full, only)
+    return only
+
+
 def task_slots(budget: Budget) -> dict[str, int]:
     """The layout of a task's budget row: one slot per call count and the cost, in a fixed
     order (``calls``, ``tool:<name>``..., ``op:<name>``..., ``cost``)."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, overload, runtime_checkable
 
-from .budget import Spend, day_key, plan
+from .budget import Spend, day_key, plan, task_spends
 from .config import GuardConfig, load_config
 from .context import permit_var, task_var
 from .credentials import Credential, Issuer, KeyRing, Verifier, issued_token, new_jti
@@ -278,10 +278,10 @@ class Guard:
         if not decision.allowed:
             self._deny(session, tool, args, cid, now, decision, call)
         spends = plan(bound, session.task_id, call)
+        inherited: list[tuple[Spend, ...]] = []
         parent = session.parent
         while parent is not None:  # a delegated call also spends its ancestors' task budgets
-            inherited = plan(parent.bound, parent.task_id, call)
-            spends += tuple(s for s in inherited if s.kind == "total")
+            inherited.append(task_spends(parent.bound, parent.task_id, call))
             parent = parent.parent
         jti = new_jti()
         args_json, args_sha = self._redactors.get(tool, self.redactor)(args)
@@ -335,9 +335,12 @@ class Guard:
             ),
             now=now,
             on_denied=denied_event,
+            inherited=inherited,
         )
         if denial is not None:
             raise denial.error
+        if inherited:  # a refund after a failed mint gives the ancestors theirs back too
+            spends = spends + tuple(s for group in inherited for s in group)
         try:
             credential = provider.mint(
                 jti=jti,

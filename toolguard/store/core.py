@@ -27,7 +27,7 @@ from typing import Any
 
 from ..budget import Spend
 from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
-from ..errors import AuditError, PolicyDenied
+from ..errors import AuditError, BudgetExceeded, PolicyDenied
 from .budgets import Anomaly, Charge, settle
 from .queries import Queries
 from .schema import create_schema
@@ -150,7 +150,7 @@ class Store(Queries):
                 )
                 # switching to WAL needs a lock; a database already in WAL needs nothing
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
+                    self._enable_wal(conn)
                 conn.execute(
                     "PRAGMA synchronous=" + ("FULL" if self.durability == "full" else "NORMAL")
                 )
@@ -165,6 +165,21 @@ class Store(Queries):
         if not self._ready:
             self._ensure_schema(conn)
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch a new database to WAL. Processes opening it at once can get SQLITE_BUSY
+        without SQLite's busy handler being asked, so retry until ``busy_timeout``."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.005)
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         try:
@@ -471,8 +486,12 @@ class Store(Queries):
         credential: tuple[Any, ...] | None,
         now: float,
         on_denied: Callable[[PolicyDenied], dict[str, Any]],
+        inherited: Sequence[Sequence[Spend]] = (),
     ) -> Denial | None:
         """The pre-call transaction: revocation check, budgets, the request event, the jti.
+
+        ``inherited`` holds, per ancestor of a delegated task, the ancestor's task budget
+        spends: each is charged too (a savepoint undoes every spend if one of them refuses).
 
         Every budget scope is checked and spent here, atomically with the ``request`` event
         (:class:`toolguard.store.budgets.Charge`). Returns a :class:`Denial` (already audited,
@@ -493,10 +512,14 @@ class Store(Queries):
                 step.select(revoked), (*chain, identity, task_started_at, *step.params)
             ).fetchone()
             denial = self._revoked(values[0], event)
+            if denial is None and inherited:
+                conn.execute("SAVEPOINT toolguard_inherited")
             if denial is None:
                 refused = step.apply(
                     conn, values[1:], tool=event.get("tool"), task_id=event.get("task_id")
                 )
+                if refused is None and inherited:
+                    refused = self._charge_inherited(conn, inherited, now, event)
                 if isinstance(refused, Anomaly):
                     watch = refused.spend
                     why = (
@@ -548,6 +571,28 @@ class Store(Queries):
                     " expires_at, jit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     credential,
                 )
+        return None
+
+    @staticmethod
+    def _charge_inherited(
+        conn: sqlite3.Connection,
+        inherited: Sequence[Sequence[Spend]],
+        now: float,
+        event: Mapping[str, Any],
+    ) -> BudgetExceeded | Anomaly | None:
+        """Charge the ancestors' task budgets; on a refusal undo every spend of this call."""
+        for spends in inherited:
+            if not spends:
+                continue
+            step = Charge(spends, now)
+            values = conn.execute(step.select("NULL"), step.params).fetchone()
+            refused = step.apply(
+                conn, values[1:], tool=event.get("tool"), task_id=event.get("task_id")
+            )
+            if refused is not None:
+                conn.execute("ROLLBACK TO toolguard_inherited")
+                return refused
+        conn.execute("RELEASE toolguard_inherited")
         return None
 
     def _revoked(self, found: str | None, event: Mapping[str, Any]) -> PolicyDenied | None:
