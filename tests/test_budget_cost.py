@@ -5,6 +5,7 @@ sums, and refunds when a call does not run."""
 from __future__ import annotations
 
 import copy
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -292,3 +293,70 @@ def test_a_call_whose_credential_fails_gets_its_cost_refunded(
     assert used["identity.agent-runner.cost_per_day"] == 0.0
     assert used["identity.agent-runner.requests_per_day"] == 1  # its request is in the trail
     assert tools.ran == []
+
+
+# -- a task's budget is its trail ----------------------------------------------------------------
+
+
+def test_a_task_spent_through_another_guard_is_counted_from_its_trail(
+    make_guard: Callable[..., tg.Guard], clock: Clock, tools: _Tools
+) -> None:
+    """A second guard on the same database (as a process that did not start the task) counts
+    the task's spend from its committed trail: requests, settled costs, refunds."""
+    budget = {"max_calls": 4, "max_cost": 1.0, "per_tool": {"llm": 2}}
+    first, t1 = _setup(make_guard, clock, tools, budget=budget)
+    second, t2 = _setup(
+        make_guard, clock, tools, budget=budget, providers={"send_email": _FailingProvider()}
+    )
+    tools.actual = 0.3
+    with first.task("spend-job", job_id="42") as task:
+        t1["llm"].invoke({"model": "m", "prompt": "p"})  # reserves 0.5, settles to 0.3
+        first.store.flush()
+        with pytest.raises(tg.PolicyDenied, match="broker unavailable"):
+            t2["send_email"].invoke({"to": "a@x", "body": "hi"})  # refunded: does not count
+        tools.actual = None
+        t2["llm"].invoke({"model": "m", "prompt": "p"})  # 0.3 + 0.5: second of per_tool.llm
+        with pytest.raises(tg.BudgetExceeded) as info:
+            t2["llm"].invoke({"model": "m", "prompt": "p"})
+        assert (info.value.scope, info.value.used) == ("task.per_tool.llm", 2)
+        with pytest.raises(tg.BudgetExceeded) as info:
+            t2["pay"].invoke({"to": "x", "amount": 0.25})  # 0.8 + 0.25 > 1.0
+        assert (info.value.scope, info.value.used) == ("task.max_cost", pytest.approx(0.8))
+        t2["kv_get"].invoke({"key": "agents:jobs:42:k"})  # the third call of four
+        second.store.flush()
+        used = _used(first, clock, task)  # any connection counts the committed trail
+        assert (used["task.max_calls"], used["task.per_tool.llm"]) == (3, 2)
+        assert used["task.max_cost"] == pytest.approx(0.8)
+
+
+def test_a_rolled_back_transaction_leaves_the_task_counters_as_they_were(
+    make_guard: Callable[..., tg.Guard], clock: Clock, tools: _Tools, monkeypatch: Any
+) -> None:
+    """If the pre-call transaction fails after the budget was spent in memory (here: the
+    credentials insert), the call does not run and its spend is undone with the transaction."""
+    guard, t = _setup(make_guard, clock, tools, budget={"max_calls": 2, "max_cost": 1.0})
+    with guard.task("spend-job", job_id="42") as task:
+        t["llm"].invoke({"model": "m", "prompt": "p"})
+        store = guard.store
+        real = store._writer_conn
+
+        class _Failing:
+            """The writer connection, failing on the credentials insert."""
+
+            def __init__(self, conn: Any) -> None:
+                self._conn = conn
+
+            def execute(self, sql: str, *args: Any) -> Any:
+                if sql.startswith("INSERT INTO credentials"):
+                    raise sqlite3.OperationalError("disk I/O error")
+                return self._conn.execute(sql, *args)
+
+        monkeypatch.setattr(store, "_writer_conn", lambda: _Failing(real()))
+        with pytest.raises(tg.AuditError, match="disk I/O error"):
+            t["llm"].invoke({"model": "m", "prompt": "p"})
+        monkeypatch.setattr(store, "_writer_conn", real)
+        assert tools.ran == ["llm:m"]
+        t["llm"].invoke({"model": "m", "prompt": "p"})  # the second call of two still fits
+        with pytest.raises(tg.BudgetExceeded, match="max_calls"):
+            t["kv_get"].invoke({"key": "agents:jobs:42:k"})
+        assert _used(guard, clock, task)["task.max_calls"] == 2

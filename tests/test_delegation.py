@@ -445,10 +445,11 @@ def test_delegation_child_calls_spend_the_parent_budget_too(
 def test_delegation_child_with_its_own_budget_spends_both(
     make_guard: Callable[..., tg.Guard], clock: Clock
 ) -> None:
-    """Each task's row counts what it may: the child's own, the parent's for both."""
+    """Each task counts what it may: the child's own, the parent's for both. A refusal by the
+    parent's budget undoes the child's own spend of that call too."""
     intents = copy.deepcopy(BASE_CONFIG["intents"])
     intents["process-job"]["budget"] = {"max_calls": 3}
-    intents["summarise-job"]["budget"] = {"max_calls": 10}
+    intents["summarise-job"]["budget"] = {"max_calls": 3}
     guard = make_guard(clock=clock, intents=intents)
     kv = _Kv()
     get = tg.guard(kv.kv_get, guard, on_deny="raise")
@@ -457,8 +458,9 @@ def test_delegation_child_with_its_own_budget_spends_both(
         with parent.delegate("summarise-job", job_id="42"):
             get.invoke({"key": "agents:jobs:42:b"})
             get.invoke({"key": "agents:jobs:42:c"})
-            with pytest.raises(tg.BudgetExceeded) as info:  # the parent's 3 are used
-                get.invoke({"key": "agents:jobs:42:d"})
-            assert info.value.rule == "intents.process-job.budget.max_calls"
+            for key in ("d", "e"):  # the child's third fits its own 3, never the parent's
+                with pytest.raises(tg.BudgetExceeded) as info:
+                    get.invoke({"key": f"agents:jobs:42:{key}"})
+                assert info.value.rule == "intents.process-job.budget.max_calls"
     requests = [e for e in guard.audit.events(kind="request")]
     assert len(requests) == 3  # the refused call spent nothing, in neither task

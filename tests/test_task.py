@@ -75,7 +75,7 @@ def test_task_start_records_event_and_makes_task_current(guard: tg.Guard, clock:
     assert start.identity == "agent-runner"
     assert start.intent == "process-job"
     assert start.reason == "Process job 42"
-    assert json.loads(start.args or 'null') == {"job_id": "42"}
+    assert json.loads(start.args or "null") == {"job_id": "42"}
 
 
 def test_task_ends_ok_and_revokes_its_credentials(guard: tg.Guard, clock: Clock) -> None:

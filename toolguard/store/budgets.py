@@ -1,14 +1,20 @@
 """Budget state in SQL: check and spend every limit of a call inside the caller's transaction
 (the one that also appends the call's ``request`` or ``denied`` event).
 
-All state is in the ``budgets (scope, period, used)`` table, a clustered ``WITHOUT ROWID``
-b-tree, so every process sharing the database shares the limits and a restarted process finds
-them spent. Amounts are whole numbers of micro-units (:data:`~toolguard.budget.COST_RESOLUTION`)
-and compared as such, so a sum of costs never drifts (``100 x 0.01`` is exactly ``1.00``).
+Amounts are whole numbers of micro-units (:data:`~toolguard.budget.COST_RESOLUTION`) and
+compared as such, so a sum of costs never drifts (``100 x 0.01`` is exactly ``1.00``).
 
-**The task's budget row** (``task:<id>:budget``, period ``''``): every task limit in one row;
-``used`` is ``#`` and the comma-separated slots laid out by :func:`~toolguard.budget.task_slots`
-(calls, per tool, per operation, cost), in micro-units.
+**A task's budget is its trail** (:class:`TaskBudgets`): what a task has spent is its ``request``
+events and its descendants' (a delegated call spends its ancestors' budgets too), settled by
+their ``outcome`` events, and those commit in the transaction that checks the spend. A task
+lives in one process (its :class:`~toolguard.TaskSession`), so that process keeps the task's
+counters in memory, changes them only inside its write transactions and undoes the changes of a
+transaction that rolls back; a task it did not start is counted from the trail on first use.
+No budget row is written per call.
+
+The identity's limits are shared by every process using the database, so their state is in the
+``budgets (scope, period, used)`` table, a clustered ``WITHOUT ROWID`` b-tree; a restarted
+process finds them spent.
 
 **The identity's admission log** (``identity:<name>:log``): one row per admitted call, period
 ``t<time µs>:<row>:<calls>:<writes>:<deletes>:<cost>`` (fixed widths; running totals; writes
@@ -51,7 +57,7 @@ from ..errors import BudgetExceeded
 if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import pydantic
     from ..config import Budget
 
-__all__ = ["Anomaly", "Charge", "charge", "settle", "usage"]
+__all__ = ["Anomaly", "Charge", "TaskBudgets", "charge", "settle", "spent_from_trail", "usage"]
 
 _M = COST_RESOLUTION
 _US = 1_000_000
@@ -65,12 +71,13 @@ _INDEX = {"a": 1, "w": 2, "d": 3, "c": 4}
 Totals = tuple[int, int, int, int, int]
 _ZERO: Totals = (0, 0, 0, 0, 0)
 
-_ROW = "(SELECT used FROM budgets WHERE scope = ? AND period = ?)"
 _NEWEST = "(SELECT period FROM budgets WHERE scope = ? ORDER BY period DESC LIMIT 1)"
 _BEFORE = "(SELECT period FROM budgets WHERE scope = ? AND period < ? ORDER BY period DESC LIMIT 1)"
 _AFTER = "SELECT period FROM budgets WHERE scope = ? AND period > ? ORDER BY period"
 _OLDEST = "SELECT period FROM budgets WHERE scope = ? ORDER BY period LIMIT 1"
 _PRUNE = "DELETE FROM budgets WHERE scope = ? AND period < ? AND period != ?"
+_APPEND = "INSERT INTO budgets (scope, period, used) VALUES (?, ?, ?)"
+"""A new log row: its period is past the newest's (a later time, or the same and a higher row)."""
 
 
 @lru_cache(maxsize=64)
@@ -97,17 +104,125 @@ class Anomaly:
     """Calls attempted (admitted or refused) within the last 60 seconds, this one included."""
 
 
-# -- the task's budget row --------------------------------------------------------------------
+# -- the tasks' budgets ----------------------------------------------------------------------
+
+_TRAIL = (
+    "WITH RECURSIVE d(id) AS (SELECT ? UNION SELECT t.task_id FROM tasks t JOIN d"
+    " ON t.parent_id = d.id) SELECT kind, jti, tool, operation, cost, outcome FROM events"
+    " WHERE task_id IN (SELECT id FROM d) AND kind IN ('request', 'outcome') ORDER BY seq"
+)
 
 
-def _slots(value: object) -> list[int]:
-    """The slots of a task's budget row (the ``#`` keeps the column's REAL affinity from
-    turning a single slot into a float)."""
-    return [int(v) for v in str(value)[1:].split(",")] if value else []
+def spent_from_trail(conn: sqlite3.Connection, task_id: str, label: str) -> int:
+    """What a task and its descendants spent on one limit (``max_calls``,
+    ``per_tool.<tool>``, ``per_operation.<op>``, ``max_cost``), counted from the committed
+    trail in micro-units: every ``request``, except calls that did not run for lack of a
+    credential; the cost an ``outcome`` settled, else the estimate of the ``request``."""
+    calls: dict[str, tuple[str, str, float]] = {}
+    for kind, jti, tool, operation, cost, outcome in conn.execute(_TRAIL, (task_id,)):
+        if kind == "request":
+            calls[jti] = (tool, operation, cost or 0.0)
+        elif jti in calls:
+            if outcome == "not-run":
+                del calls[jti]
+            else:
+                tool, operation, _ = calls[jti]
+                calls[jti] = (tool, operation, cost or 0.0)
+    what, _, name = label.partition(".")
+    if what == "max_cost":
+        return sum(to_units(cost) for _, _, cost in calls.values())
+    if what == "per_tool":
+        return sum(_M for tool, _, _ in calls.values() if tool == name)
+    if what == "per_operation":
+        return sum(_M for _, operation, _ in calls.values() if operation == name)
+    return _M * len(calls)
 
 
-def _unslots(slots: Sequence[int]) -> str:
-    return "#" + ",".join(map(str, slots))
+class TaskBudgets:
+    """The budget counters of the tasks running in this process (see the module's docstring).
+
+    Counters are micro-units per slot of :func:`~toolguard.budget.task_slots`. The store calls
+    every method with its write lock held, inside a transaction, and calls :meth:`commit` or
+    :meth:`rollback` when that transaction ends.
+    """
+
+    __slots__ = ("_fresh", "_rows", "_undo")
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[int, int]] = {}
+        self._fresh: set[str] = set()  # started here: nothing spent before
+        self._undo: list[tuple[str, dict[int, int] | None]] = []  # rows as they were
+
+    def started(self, task_id: str) -> None:
+        """A task started in this process: it has spent nothing."""
+        self._rows[task_id] = {}
+        self._fresh.add(task_id)
+
+    def ended(self, task_id: str) -> None:
+        """Forget an ended task (a later use counts it from the trail)."""
+        self._rows.pop(task_id, None)
+        self._fresh.discard(task_id)
+
+    def fit(
+        self,
+        conn: sqlite3.Connection,
+        task_id: str,
+        spends: Sequence[tuple[int, Spend, int, int, int]],
+    ) -> list[tuple[int, int]] | None:
+        """The new values of the slots a call spends (position, spend, slot, amount, limit),
+        or None if one would pass its limit. Changes nothing but what it counts from the
+        trail."""
+        row = self._rows.get(task_id)
+        news = []
+        for _, spend, k, amount, limit in spends:
+            used = row.get(k) if row is not None else None
+            if used is None:
+                used = self.used(conn, task_id, k, spend.label)
+                row = self._rows[task_id]
+            used += amount
+            if used > limit:
+                return None
+            news.append((k, used))
+        return news
+
+    def used(self, conn: sqlite3.Connection, task_id: str, k: int, label: str) -> int:
+        """What the task used of slot ``k``; counted from the trail if not known here."""
+        row = self._rows.get(task_id)
+        value = row.get(k) if row is not None else None
+        if value is None:
+            value = 0 if task_id in self._fresh else spent_from_trail(conn, task_id, label)
+            self.spend(task_id, ((k, value),))
+        return value
+
+    def spend(self, task_id: str, news: Iterable[tuple[int, int]]) -> None:
+        """Set slots to new values (undone if the transaction rolls back)."""
+        row = self._rows.get(task_id)
+        self._undo.append((task_id, None if row is None else row.copy()))
+        if row is None:
+            row = self._rows[task_id] = {}
+        row.update(news)
+
+    def settle(self, task_id: str, k: int, delta: int) -> None:
+        """Move a known slot by ``delta`` (never below 0); an unknown one is in the trail."""
+        row = self._rows.get(task_id)
+        if row is not None and k in row:
+            self.spend(task_id, ((k, max(0, row[k] + delta)),))
+
+    def mark(self) -> int:
+        return len(self._undo)
+
+    def rollback(self, mark: int = 0) -> None:
+        """Undo the changes made since ``mark`` (the transaction's start by default)."""
+        undo = self._undo
+        while len(undo) > mark:
+            task_id, row = undo.pop()
+            if row is None:
+                self._rows.pop(task_id, None)
+            else:
+                self._rows[task_id] = row
+
+    def commit(self) -> None:
+        self._undo.clear()
 
 
 # -- the admission log ------------------------------------------------------------------------
@@ -136,7 +251,12 @@ def _cut(at_us: int) -> str:
 
 def _midnight(at_us: int) -> str:
     """The bound below which log rows are before the UTC day of ``at_us``."""
-    return f"t{at_us - at_us % _DAY_US:017d}"
+    return _day_start(at_us // _DAY_US)
+
+
+@lru_cache(maxsize=4)
+def _day_start(day: int) -> str:
+    return f"t{day * _DAY_US:017d}"
 
 
 def _one(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> Any:
@@ -231,7 +351,7 @@ class _Shape:
     """What a plan needs read and written, derived once per plan (plans are memoized)."""
 
     spends: tuple[Spend, ...]
-    task_row: str  # the task's budget row ('' if none)
+    task_id: str  # the task whose budget the task spends charge ('' if none)
     task: tuple[tuple[int, Spend, int, int, int], ...]  # position, spend, slot, amount, limit
     log: str  # the identity's admission log ('' if none)
     log_day: bool  # a spend reads today's totals
@@ -241,7 +361,8 @@ class _Shape:
     watches: tuple[tuple[Spend, int], ...]  # anomaly watch, index
     refused: str  # the identity's refused-attempts log
     columns: str  # the SQL of the read, after SELECT
-    head: list[object]  # the read's first parameters (the rest depend on the time)
+    checks: tuple[tuple[bool, int, int, float], ...]  # daily?, field of a log row, amount, lim
+    adds: Totals  # what a log row of this call adds to the totals
 
 
 _SHAPES: dict[int, _Shape] = {}
@@ -267,31 +388,43 @@ def _shape(spends: Sequence[Spend]) -> _Shape:
                 logged.append((i, s, _INDEX[s.slot], 1, s.limit))
     watches = tuple((s, _INDEX[s.slot]) for s in spends if s.kind == "attempts")
     log_day = any(s.kind == "day" for _, s, *_ in logged)
-    columns = [_ROW] if task else []
+    marks = logged[0][1].marks if logged else ""
+    columns: list[str] = []
     if logged:
         columns += (_NEWEST, _BEFORE) + ((_BEFORE,) if log_day else ())
     shape = _Shape(
         spends=spends,
-        task_row=task[0][1].scope.rpartition("#")[0] if task else "",
+        task_id=_task_of(task[0][1].scope) if task else "",
         task=task,
         log=logged[0][1].scope.rpartition("#")[0] if logged else "",
         log_day=log_day,
         logged=tuple(logged),
         cost=sum(amount for _, s, index, amount, _ in logged if index == 4),
-        marks=logged[0][1].marks if logged else "",
+        marks=marks,
         watches=watches,
         refused=watches[0][0].scope.rpartition("#")[0] if watches else "",
         columns=", ".join(columns),
-        head=[],
+        checks=tuple(
+            (s.kind == "day", index + 1, amount if s.kind == "day" else 1, lim)
+            for _, s, index, amount, lim in logged
+        ),
+        adds=(
+            1,
+            1,
+            int("w" in marks),
+            int("d" in marks),
+            sum(amount for _, s, index, amount, _ in logged if index == 4),
+        ),
     )
-    if task:
-        shape.head.extend((shape.task_row, ""))
-    if logged:
-        shape.head.extend((shape.log, shape.log))
     if len(_SHAPES) >= _SHAPES_MAX:
         _SHAPES.clear()
     _SHAPES[id(spends)] = shape
     return shape
+
+
+def _task_of(scope: str) -> str:
+    """The task id of a task spend's scope (``task:<id>:budget#<k>``)."""
+    return scope.rpartition("#")[0][len("task:") : -len(":budget")]
 
 
 class Charge:
@@ -306,13 +439,11 @@ class Charge:
         self.now_us = now_us = max(1, round(now * _US))
         self.shape = shape = _shape(spends) if spends else None
         self.columns = shape.columns if shape is not None else ""
-        params: list[object] = []
-        if shape is not None:
-            params = shape.head.copy()
-            if shape.log:
-                params.append(_cut(now_us))
-                if shape.log_day:
-                    params += (shape.log, _midnight(now_us))
+        params: tuple[object, ...] = ()
+        if shape is not None and shape.log:
+            log = shape.log
+            cut = f"t{now_us - _WINDOW_US:017d};"  # _cut(now_us), inline
+            params = (log, log, cut, log, _midnight(now_us)) if shape.log_day else (log, log, cut)
         self.params = params
 
     def select(self, prefix: str) -> str:
@@ -324,74 +455,67 @@ class Charge:
         self,
         conn: sqlite3.Connection,
         values: Sequence[Any],
+        tasks: TaskBudgets,
         *,
         tool: str | None = None,
         task_id: str | None = None,
     ) -> BudgetExceeded | Anomaly | None:
-        """Check every spend against the ``values`` read and, if all fit, spend them all in one
-        statement. Returns None when spent; otherwise nothing is spent and the result is the
-        first refusal in the plan's order, or an :class:`Anomaly` when the refused call takes
-        an ``attempts`` watch past its threshold."""
+        """Check every spend against the task counters in ``tasks`` and the ``values`` read
+        and, if all fit, spend them all (the identity's in one statement). Returns None when
+        spent; otherwise nothing is spent and the result is the first refusal in the plan's
+        order, or an :class:`Anomaly` when the refused call takes an ``attempts`` watch past
+        its threshold."""
         shape = self.shape
         if shape is None:
             return None
         # The common case, inline: everything fits, the log is in order. Anything else takes
         # the general path, which decides the same way and also explains refusals.
-        writes: list[object] = []
-        col = 0
+        news: list[tuple[int, int]] | None = None
         if shape.task:
-            raw = values[0]
-            slots = [int(v) for v in raw[1:].split(",")] if raw else []
-            for _, _, k, amount, limit in shape.task:
-                if k >= len(slots):
-                    slots += [0] * (k + 1 - len(slots))
-                used = slots[k] + amount
-                if used > limit:
-                    return self._apply(conn, values, tool=tool, task_id=task_id)
-                slots[k] = used
-            writes += (shape.task_row, "", "#" + ",".join(map(str, slots)))
-            col = 1
+            news = tasks.fit(conn, shape.task_id, shape.task)
+            if news is None:
+                return self._apply(conn, values, tasks, tool=tool, task_id=task_id)
         log = shape.log
         if log:
-            newest = values[col]
-            window = values[col + 1]
-            day = values[col + 2] if shape.log_day else window
+            newest = values[0]
+            window = values[1]
+            day = values[2] if shape.log_day else window
             if newest is None or not window or not day:
-                return self._apply(conn, values, tool=tool, task_id=task_id)
-            ts, n, a, w, d, c = newest.split(":")
+                return self._apply(conn, values, tasks, tool=tool, task_id=task_id)
+            # time in µs, row, calls, writes, deletes, cost
+            top = list(map(int, newest[1:].split(":")))
             now_us = self.now_us
-            if int(ts[1:]) > now_us:
-                return self._apply(conn, values, tool=tool, task_id=task_id)
-            top = (0, int(a), int(w), int(d), int(c))
+            if top[0] > now_us:
+                return self._apply(conn, values, tasks, tool=tool, task_id=task_id)
             starts = window.split(":")
             days = day.split(":") if shape.log_day else starts
-            for _, spend, index, amount, ceiling in shape.logged:
-                if spend.kind == "day":
-                    if top[index] - int(days[index + 1]) + amount > ceiling:
-                        return self._apply(conn, values, tool=tool, task_id=task_id)
-                elif top[index] - int(starts[index + 1]) + 1 > ceiling:
-                    return self._apply(conn, values, tool=tool, task_id=task_id)
-            marks = shape.marks
+            for daily, at, amount, ceiling in shape.checks:
+                if top[at] - int((days if daily else starts)[at]) + amount > ceiling:
+                    return self._apply(conn, values, tasks, tool=tool, task_id=task_id)
+            n = top[1]
+            _, calls, writes, deletes, cost = shape.adds
             row = _FORMAT % (
                 now_us,
-                int(n) + 1,
-                top[1] + 1,
-                top[2] + ("w" in marks),
-                top[3] + ("d" in marks),
-                top[4] + shape.cost,
+                n + 1,
+                top[2] + calls,
+                top[3] + writes,
+                top[4] + deletes,
+                top[5] + cost,
             )
-            writes += (log, row, now_us / _US)
-        conn.execute(_write_sql(len(writes) // 3), writes)
-        if log and int(n) % _PRUNE_EVERY == _PRUNE_EVERY - 1:
-            pruned = _Log(log, self.now_us)
-            pruned.newest = (int(n), 0, 0, 0, 0)
-            pruned.prune(conn)
+            conn.execute(_APPEND, (log, row, now_us / _US))
+            if n % _PRUNE_EVERY == _PRUNE_EVERY - 1:
+                pruned = _Log(log, now_us)
+                pruned.newest = (n, 0, 0, 0, 0)
+                pruned.prune(conn)
+        if news:
+            tasks.spend(shape.task_id, news)
         return None
 
     def _apply(
         self,
         conn: sqlite3.Connection,
         values: Sequence[Any],
+        tasks: TaskBudgets,
         *,
         tool: str | None = None,
         task_id: str | None = None,
@@ -401,26 +525,20 @@ class Charge:
         assert shape is not None
         now = self.now
         refusals: dict[int, BudgetExceeded] = {}
-        writes: list[object] = []
-        col = 0
+        news: list[tuple[int, int]] = []
 
-        if shape.task:
-            slots = _slots(values[0])
-            col = 1
-            for i, spend, k, amount, limit in shape.task:
-                if k >= len(slots):
-                    slots += [0] * (k + 1 - len(slots))
-                used = slots[k]
-                if used + amount > limit:
-                    refusals[i] = _exceeded(spend, used / _M, None, tool, task_id)
-                slots[k] = used + amount
-            writes += (shape.task_row, "", _unslots(slots))
+        for i, spend, k, amount, limit in shape.task:
+            used = tasks.used(conn, shape.task_id, k, spend.label)
+            if used + amount > limit:
+                refusals[i] = _exceeded(spend, used / _M, None, tool, task_id)
+            news.append((k, used + amount))
 
         log: _Log | None = None
+        writes: list[object] = []
         if shape.log:
-            day = values[col + 2] if shape.log_day else None
+            day = values[2] if shape.log_day else None
             log = _Log(shape.log, self.now_us)
-            log.read(conn, values[col], values[col + 1], day, daily=shape.log_day)
+            log.read(conn, values[0], values[1], day, daily=shape.log_day)
             for i, spend, index, amount, lim in shape.logged:
                 if spend.kind == "day":
                     today = log.today(index)
@@ -438,9 +556,11 @@ class Charge:
         if refusals:
             anomaly = _watch(conn, shape, log, self.now_us)
             return anomaly if anomaly is not None else refusals[min(refusals)]
-        conn.execute(_write_sql(len(writes) // 3), writes)
         if log is not None:
+            conn.execute(_write_sql(len(writes) // 3), writes)
             log.prune(conn)
+        if news:
+            tasks.spend(shape.task_id, news)
         return None
 
 
@@ -448,16 +568,15 @@ def charge(
     conn: sqlite3.Connection,
     spends: Sequence[Spend],
     now: float,
+    tasks: TaskBudgets,
     *,
     tool: str | None = None,
     task_id: str | None = None,
 ) -> BudgetExceeded | Anomaly | None:
     """Check and spend ``spends`` on their own (a :class:`Charge` with its own ``SELECT``)."""
     step = Charge(spends, now)
-    if not step.columns:
-        return None
-    values = conn.execute("SELECT " + step.columns, step.params).fetchone()
-    return step.apply(conn, values, tool=tool, task_id=task_id)
+    values = conn.execute("SELECT " + step.columns, step.params).fetchone() if step.columns else ()
+    return step.apply(conn, values, tasks, tool=tool, task_id=task_id)
 
 
 def _exceeded(
@@ -499,7 +618,11 @@ def _watch(
 
 
 def settle(
-    conn: sqlite3.Connection, deltas: Iterable[tuple[str, str, float]], *, now: float
+    conn: sqlite3.Connection,
+    deltas: Iterable[tuple[str, str, float]],
+    tasks: TaskBudgets,
+    *,
+    now: float,
 ) -> list[tuple[str, str, float]]:
     """Apply budget deltas (a cost settled to the actual, a refund after a failed mint) in the
     caller's transaction; returns the deltas that are not for budget state kept here.
@@ -517,12 +640,7 @@ def settle(
             continue
         row, _, slot = scope.rpartition("#")
         if slot.isdigit():
-            found = _one(conn, _ROW[1:-1], (row, ""))
-            slots = _slots(found)
-            k = int(slot)
-            slots += [0] * (k + 1 - len(slots))
-            slots[k] = max(0, slots[k] + to_units(delta))
-            conn.execute(_write_sql(1), (row, "", _unslots(slots)))
+            tasks.settle(_task_of(scope), int(slot), to_units(delta))
         elif slot == "c" and period == day_key(now):
             newest = _one(conn, _NEWEST[1:-1], (row,))
             if newest:
@@ -546,12 +664,11 @@ def usage(
     ``budget`` gives the layout of the task's row)."""
     out: dict[str, float] = {}
     if task_id is not None and budget is not None:
-        slots = _slots(_one(conn, _ROW[1:-1], (f"task:{task_id}:budget", "")))
-        for name, k in task_slots(budget).items():
+        for name in task_slots(budget):
             label = {"calls": "max_calls", "cost": "max_cost"}.get(name) or name.replace(
                 "tool:", "per_tool.", 1
             ).replace("op:", "per_operation.", 1)
-            used = slots[k] if k < len(slots) else 0
+            used = spent_from_trail(conn, task_id, label)
             out[f"task.{label}"] = used / _M if name == "cost" else used // _M
     if identity is not None:
         scope = f"identity:{identity}:log"

@@ -28,7 +28,7 @@ from typing import Any
 from ..budget import Spend
 from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
 from ..errors import AuditError, BudgetExceeded, PolicyDenied
-from .budgets import Anomaly, Charge, settle
+from .budgets import Anomaly, Charge, TaskBudgets, charge, settle
 from .queries import Queries
 from .schema import create_schema
 
@@ -117,6 +117,7 @@ class Store(Queries):
         self._readers: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
         self._ready = False
+        self._tasks = TaskBudgets()  # the budgets of the tasks this process runs
         # One writer connection per process: writers queue on the process lock anyway
         # (see _write), so threads share it instead of opening one each (ToolNode threads).
         self._writer: tuple[int, sqlite3.Connection] | None = None
@@ -286,33 +287,33 @@ class Store(Queries):
                 )
         try:
             conn = self._writer_conn()
-            if True:  # the writer has busy_timeout 0: waits are ours, fair and bounded
-                delay = 50e-6
-                while True:
-                    try:
-                        conn.execute("BEGIN IMMEDIATE")
-                        break
-                    except sqlite3.OperationalError as exc:
-                        code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-                        if not (
-                            code & 0xFF == 5  # SQLITE_BUSY and its extended codes
-                            if code is not None
-                            else str(exc).startswith("database is locked")
-                        ):
-                            raise
-                    now = time.monotonic()
-                    if not deadline:
-                        deadline = now + self.busy_timeout
-                    elif now >= deadline:
-                        raise AuditError(
-                            f"the audit trail could not be written ({what}) within busy_timeout"
-                            f" ({self.busy_timeout:g}s; raise it or reduce concurrent writers):"
-                            " database is locked; nothing ran"
-                        )
-                    import random  # only under contention
+            # the writer has busy_timeout 0: waits are ours, fair and bounded
+            delay = 50e-6
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+                    if not (
+                        code & 0xFF == 5  # SQLITE_BUSY and its extended codes
+                        if code is not None
+                        else str(exc).startswith("database is locked")
+                    ):
+                        raise
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self.busy_timeout
+                elif now >= deadline:
+                    raise AuditError(
+                        f"the audit trail could not be written ({what}) within busy_timeout"
+                        f" ({self.busy_timeout:g}s; raise it or reduce concurrent writers):"
+                        " database is locked; nothing ran"
+                    )
+                import random  # only under contention
 
-                    time.sleep(min(delay * (0.5 + random.random()), deadline - now))  # noqa: S311
-                    delay = min(delay * 2, 250e-6)
+                time.sleep(min(delay * (0.5 + random.random()), deadline - now))  # noqa: S311
+                delay = min(delay * 2, 250e-6)
         except BaseException as exc:
             plock.release()
             if isinstance(exc, sqlite3.Error):
@@ -332,7 +333,9 @@ class Store(Queries):
                     self._write_outcome(conn, item)
             yield conn
             conn.execute("COMMIT")
+            self._tasks.commit()
         except BaseException as exc:
+            self._tasks.rollback()
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
@@ -376,7 +379,7 @@ class Store(Queries):
 
     def _write_outcome(self, conn: sqlite3.Connection, item: PendingOutcome) -> None:
         if item.settle:  # a task's budget row settles in toolguard.store.budgets
-            rest = tuple(settle(conn, item.settle, now=self.clock()))
+            rest = tuple(settle(conn, item.settle, self._tasks, now=self.clock()))
             for scope, period, delta in rest:
                 conn.execute(
                     "UPDATE budgets SET used = MAX(0, used + ?) WHERE scope = ? AND period = ?",
@@ -426,6 +429,7 @@ class Store(Queries):
                 tuple(task.get(k) for k in _TASK_COLUMNS),
             )
             self._append(conn, event)
+            self._tasks.started(task["task_id"])
 
     def end_task(
         self,
@@ -457,6 +461,7 @@ class Store(Queries):
             ) from exc
 
     def _end_task(self, conn: sqlite3.Connection, item: PendingEnd) -> None:
+        self._tasks.ended(item.task_id)
         conn.execute(
             "UPDATE tasks SET status = ?, ended_at = ? WHERE task_id = ? AND ended_at IS NULL",
             (item.status, item.now, item.task_id),
@@ -514,12 +519,17 @@ class Store(Queries):
             denial = self._revoked(values[0], event)
             if denial is None and inherited:
                 conn.execute("SAVEPOINT toolguard_inherited")
+                mark = self._tasks.mark()
             if denial is None:
                 refused = step.apply(
-                    conn, values[1:], tool=event.get("tool"), task_id=event.get("task_id")
+                    conn,
+                    values[1:],
+                    self._tasks,
+                    tool=event.get("tool"),
+                    task_id=event.get("task_id"),
                 )
                 if refused is None and inherited:
-                    refused = self._charge_inherited(conn, inherited, now, event)
+                    refused = self._charge_inherited(conn, inherited, now, event, mark)
                 if isinstance(refused, Anomaly):
                     watch = refused.spend
                     why = (
@@ -573,24 +583,25 @@ class Store(Queries):
                 )
         return None
 
-    @staticmethod
     def _charge_inherited(
+        self,
         conn: sqlite3.Connection,
         inherited: Sequence[Sequence[Spend]],
         now: float,
         event: Mapping[str, Any],
+        mark: int,
     ) -> BudgetExceeded | Anomaly | None:
-        """Charge the ancestors' task budgets; on a refusal undo every spend of this call."""
+        """Charge the ancestors' task budgets; on a refusal undo every spend of this call
+        (``mark``: where this call's changes to the task counters start)."""
         for spends in inherited:
             if not spends:
                 continue
-            step = Charge(spends, now)
-            values = conn.execute(step.select("NULL"), step.params).fetchone()
-            refused = step.apply(
-                conn, values[1:], tool=event.get("tool"), task_id=event.get("task_id")
+            refused = charge(
+                conn, spends, now, self._tasks, tool=event.get("tool"), task_id=event.get("task_id")
             )
             if refused is not None:
                 conn.execute("ROLLBACK TO toolguard_inherited")
+                self._tasks.rollback(mark)
                 return refused
         conn.execute("RELEASE toolguard_inherited")
         return None

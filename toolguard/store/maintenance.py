@@ -132,7 +132,7 @@ def prune(
         conn.execute("DELETE FROM events WHERE seq < ?", (first_kept,))
         tasks = _old_tasks(conn, before, first_kept)
         conn.executemany("DELETE FROM tasks WHERE task_id = ?", ((t,) for t in tasks))
-        conn.executemany(
+        conn.executemany(  # task budget rows that earlier databases hold
             "DELETE FROM budgets WHERE period = '' AND scope >= ? AND scope < ?",
             ((f"task:{t}:", f"task:{t};") for t in tasks),
         )
