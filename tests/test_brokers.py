@@ -8,6 +8,7 @@ after the task ended.
 from __future__ import annotations
 
 import base64
+import copy
 import logging
 import sqlite3
 import traceback
@@ -18,7 +19,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 import respx
-from conftest import Clock
+from conftest import BASE_CONFIG, Clock
 from langchain_core.tools import BaseTool, tool
 
 import toolguard as tg
@@ -715,6 +716,51 @@ def test_broker_through_the_guard_tokens_reach_the_tool_and_are_revoked_at_task_
     assert [(e.kind, e.decision) for e in events][-1] == ("revoke", "revoke")
     trail = repr(events)
     assert "broker-1" not in trail and "broker-2" not in trail
+    broker.close()
+
+
+def test_broker_revokes_at_once_when_the_identity_is_revoked(
+    respx_mock: respx.MockRouter, make_guard: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    """An incident responder's ``guard.revoke(identity=...)`` reaches the broker now, not when
+    the task's block exits; the task's own end later finds nothing left to revoke."""
+    respx_mock.post(TOKEN_URL).mock(return_value=_ok("broker-1"))
+    revoke = respx_mock.post(REVOKE_URL).mock(return_value=httpx.Response(200))
+    broker = HttpTokenBroker(token_url=TOKEN_URL, revocation_url=REVOKE_URL, client_id="tg")
+    guard = make_guard(clock=clock, providers={"kv_set": broker})
+    broker.bind(guard)
+    kv_set, _ = tg.guard(_kv_tools([]), guard)
+
+    with guard.task("process-job", job_id="42") as task:
+        assert kv_set.invoke({"key": KEY, "value": "a"}) == "stored"
+        assert guard.revoke(identity="agent-runner", reason="incident") == [task.task_id]
+        assert [_form(c.request)["token"][0] for c in revoke.calls] == ["broker-1"]
+    assert len(revoke.calls) == 1
+    broker.close()
+
+
+def test_broker_revokes_at_once_when_the_anomaly_rule_revokes_the_identity(
+    respx_mock: respx.MockRouter, make_guard: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    respx_mock.post(TOKEN_URL).mock(return_value=_ok("broker-1"))
+    revoke = respx_mock.post(REVOKE_URL).mock(return_value=httpx.Response(200))
+    broker = HttpTokenBroker(token_url=TOKEN_URL, revocation_url=REVOKE_URL, client_id="tg")
+    identities = copy.deepcopy(BASE_CONFIG["identities"])
+    identities["agent-runner"]["limits"] = {
+        "writes_per_minute": 1,
+        "on_anomaly": {"revoke_when_rate_exceeds": "2x"},
+    }
+    guard = make_guard(clock=clock, providers={"kv_set": broker}, identities=identities)
+    broker.bind(guard)
+    kv_set, _ = tg.guard(_kv_tools([]), guard)
+
+    with guard.task("process-job", job_id="42"):
+        assert kv_set.invoke({"key": KEY, "value": "a"}) == "stored"
+        kv_set.invoke({"key": KEY, "value": "b"})  # refused: 2 attempts, not more than 2
+        assert revoke.calls == []
+        denial = kv_set.invoke({"key": KEY, "value": "c"})  # the third attempt revokes
+        assert "was revoked (on_anomaly" in denial
+        assert [_form(c.request)["token"][0] for c in revoke.calls] == ["broker-1"]
     broker.close()
 
 

@@ -233,10 +233,26 @@ class Guard:
         ``disable=True`` (with ``identity``) also refuses the identity's new tasks."""
         from .audit import revoke
 
-        return revoke(
+        ended = revoke(
             self.store, task_id=task_id, identity=identity, jti=jti, reason=reason,
             disable=disable, by=by, now=self.clock(),
         )  # fmt: skip
+        self._providers_end(ended)
+        return ended
+
+    def _providers_end(self, task_ids: Sequence[str]) -> None:
+        """Tell the providers (brokers) that tasks ended by a revocation have ended, so they
+        revoke what they issued now, not when each task's block exits."""
+        if not self.providers:
+            return
+        first: AuditError | None = None
+        for task_id in task_ids:
+            try:
+                self._on_task_end(task_id, self.store.task_jtis(task_id))
+            except AuditError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def enable(self, identity: str, *, reason: str = "re-enabled") -> None:
         """Allow a disabled identity to start tasks again."""
@@ -338,6 +354,11 @@ class Guard:
             inherited=inherited,
         )
         if denial is not None:
+            if denial.ended:  # an on_anomaly revocation ended the identity's tasks
+                try:
+                    self._providers_end(denial.ended)
+                except AuditError as exc:  # the denial stands; the revocation is written
+                    log.warning("toolguard: a provider could not record its revocation: %s", exc)
             raise denial.error
         if inherited:  # a refund after a failed mint gives the ancestors theirs back too
             spends = spends + tuple(s for group in inherited for s in group)

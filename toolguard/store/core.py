@@ -68,6 +68,8 @@ class Denial:
     """Why the store refused a call inside its transaction (budget or revocation)."""
 
     error: PolicyDenied
+    ended: Sequence[str] = ()
+    """Active tasks the refusal ended (an ``on_anomaly`` revocation of the identity)."""
 
 
 class _Connection(sqlite3.Connection):
@@ -544,7 +546,7 @@ class Store(Queries):
                         rule=watch.rule,
                     )
                     self._append(conn, on_denied(denial))
-                    self.revoke(  # joins this transaction: atomic with the denial
+                    ended = self.revoke(  # joins this transaction: atomic with the denial
                         scope="identity",
                         value=identity,
                         reason=why,
@@ -569,7 +571,7 @@ class Store(Queries):
                             ),
                         },
                     )
-                    return Denial(denial)
+                    return Denial(denial, ended)
                 denial = refused
             if denial is not None:
                 self._append(conn, on_denied(denial))

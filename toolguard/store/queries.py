@@ -184,6 +184,11 @@ class Queries:
 
     # -- tasks --------------------------------------------------------------------------------
 
+    def task_jtis(self, task_id: str) -> list[str]:
+        """The ids of the credentials issued to a task."""
+        rows = self.conn.execute("SELECT jti FROM credentials WHERE task_id = ?", (task_id,))
+        return [r[0] for r in rows]
+
     def task_row(self, task_id: str) -> dict[str, Any] | None:
         """The ``tasks`` row of one task, or None."""
         rows = self.query("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
