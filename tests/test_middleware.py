@@ -626,37 +626,95 @@ def test_middleware_human_in_the_loop_resume_continues_the_task(guard: tg.Guard)
     assert task["status"] == "ok"
 
 
-def test_middleware_resume_in_a_process_that_does_not_hold_the_task_is_denied(
-    guard: tg.Guard,
-) -> None:
-    kv = _Kv()
-    saver = InMemorySaver()
+def _interrupted_elsewhere(
+    guard: tg.Guard, kv: _Kv, saver: InMemorySaver, config: Any
+) -> tuple[GuardMiddleware, Any, list[Any]]:
+    """A run paused for approval by one worker (its own middleware); what a second worker
+    needs to resume it: the human-in-the-loop middleware and the rest of the script."""
     hitl = HumanInTheLoopMiddleware(interrupt_on={"kv_set": True})
     script = [turn(call("kv_set", "c1", key="agents:jobs:42:state", value="v")), answer("ok")]
+    first = GuardMiddleware(guard, intent="process-job")
+    agent = _agent(guard, script, kv.tools, middleware=[hitl, first], checkpointer=saver)
+    assert "__interrupt__" in agent.invoke(USER, config)
+    return first, hitl, script[1:]
+
+
+def test_middleware_resume_in_another_process_continues_the_task(
+    make_guard: Callable[..., tg.Guard], clock: Any
+) -> None:
+    """A worker that did not start the run (its own guard and middleware, as after a restart
+    or on another machine) resumes it: same task, new credentials, the task ends with it."""
+    kv, saver = _Kv(), InMemorySaver()
     config = {"configurable": {"job_id": "42", "thread_id": "moved"}}
-    first = _agent(
-        guard,
-        script,
+    here, there = make_guard(clock=clock), make_guard(clock=clock)
+    first, hitl, rest = _interrupted_elsewhere(here, kv, saver, config)
+    (waiting,) = first.active_tasks
+    second = GuardMiddleware(there, intent="process-job")
+    agent = _agent(there, rest, kv.tools, middleware=[hitl, second], checkpointer=saver)
+
+    result = agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), config)
+
+    (message,) = _tool_messages(result)
+    assert message.status != "error"
+    assert kv.data["agents:jobs:42:state"] == "v"
+    assert kv.tasks["agents:jobs:42:state"] == waiting.task_id
+    assert kv.credentials["agents:jobs:42:state"].task_id == waiting.task_id
+    (task,) = _task_rows(there)
+    assert (task["task_id"], task["status"]) == (waiting.task_id, "ok")
+    kinds = [e.kind for e in there.audit.events(task_id=waiting.task_id)]
+    assert kinds == ["task_start", "task_resume", "request", "outcome", "task_end"]
+    assert second.active_tasks == []
+    verifier = here.verifier(audience="kv-service")
+    with pytest.raises(tg.CredentialRevoked):  # the task's end revoked it for every process
+        verifier.verify(kv.credentials["agents:jobs:42:state"].token)
+
+
+def test_middleware_resume_of_a_task_that_ended_meanwhile_is_denied(
+    make_guard: Callable[..., tg.Guard], clock: Any
+) -> None:
+    kv, saver = _Kv(), InMemorySaver()
+    config = {"configurable": {"job_id": "42", "thread_id": "moved"}}
+    here, there = make_guard(clock=clock), make_guard(clock=clock)
+    first, hitl, rest = _interrupted_elsewhere(here, kv, saver, config)
+    (waiting,) = first.active_tasks
+    first.close()  # the first worker shut down: the task ended (abandoned)
+    agent = _agent(
+        there,
+        rest,
         kv.tools,
-        middleware=[hitl, GuardMiddleware(guard, intent="process-job")],
-        checkpointer=saver,
-    )
-    first.invoke(USER, config)
-    # A new middleware (as after a restart) finds a task id in the state it does not hold.
-    second = _agent(
-        guard,
-        script[1:],
-        kv.tools,
-        middleware=[hitl, GuardMiddleware(guard, intent="process-job")],
+        middleware=[hitl, GuardMiddleware(there, intent="process-job")],
         checkpointer=saver,
     )
 
-    result = second.invoke(Command(resume={"decisions": [{"type": "approve"}]}), config)
+    result = agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), config)
 
     (message,) = _tool_messages(result)
     assert message.status == "error"
     assert "outside a task" in str(message.content)
     assert "agents:jobs:42:state" not in kv.data
+    (refused,) = there.audit.events(task_id=waiting.task_id, kind="denied")
+    assert refused.rule == "task.resume"
+    assert "has ended (abandoned)" in (refused.reason or "")
+
+
+def test_middleware_does_not_resume_a_task_of_another_intent(
+    make_guard: Callable[..., tg.Guard], clock: Any
+) -> None:
+    kv, saver = _Kv(), InMemorySaver()
+    config = {"configurable": {"job_id": "42", "thread_id": "moved"}}
+    here, there = make_guard(clock=clock), make_guard(clock=clock)
+    _, hitl, rest = _interrupted_elsewhere(here, kv, saver, config)
+    other = GuardMiddleware(there, intent="summarise-job")
+    agent = _agent(there, rest, kv.tools, middleware=[hitl, other], checkpointer=saver)
+
+    result = agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), config)
+
+    (message,) = _tool_messages(result)
+    assert message.status == "error"
+    assert "agents:jobs:42:state" not in kv.data
+    assert other.active_tasks == []
+    (row,) = _task_rows(there)
+    assert row["status"] == "active"  # left to the worker (or TTL) that owns it
 
 
 # -- docs ------------------------------------------------------------------------------------

@@ -178,6 +178,24 @@ class Guard:
 
         return TaskSession(self, self.policy.bind(intent, params))
 
+    def resume(self, task_id: str, *, intent: str | None = None) -> TaskSession:
+        """Continue, in this process, an active task another process (or guard) started: e.g.
+        an agent run interrupted for a human's approval and resumed by another worker.
+
+        The task keeps its id, intent, parameters, identity, start and deadline; its budget
+        counts what the trail says it spent; its calls here get new credentials. Records
+        ``task_resume``. Raises :class:`PolicyDenied` (audited, rule ``task.resume``) if the
+        task is unknown, has ended, is past its ttl, was revoked, is not of ``intent`` (when
+        given: pass it when the id comes from somewhere a caller could influence), or its
+        identity is disabled or no longer the one its intent runs as. The session is active: make it
+        current with ``with session:`` (which ends it on leaving) or end it with
+        :meth:`TaskSession.end`. Its parents (for a delegated task) are only read: their own
+        process ends them.
+        """
+        from .task import TaskSession
+
+        return TaskSession.resumed(self, task_id, intent=intent)
+
     @overload
     def wrap(self, tools: BaseTool, *, on_deny: OnDeny = "message") -> GuardedTool: ...
 

@@ -269,6 +269,8 @@ def _timeline_row(row: Mapping[str, Any]) -> str:
         result, detail = str(row.get("outcome") or "ended"), row.get("reason") or ""
     elif kind == "task_start":
         result, detail = "started", row.get("reason") or ""
+    elif kind == "task_resume":
+        result, detail = "resumed", row.get("reason") or ""
     elif kind == "revoke":
         result, detail = "revoked", f"{row.get('reason')} [{row.get('rule')}]"
     else:

@@ -13,12 +13,12 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from .context import carry_task, task_var
-from .errors import PolicyDenied, ToolGuardError
+from .errors import ConfigError, PolicyDenied, ToolGuardError
 from .intent import BoundTask
 
 if TYPE_CHECKING:
@@ -36,12 +36,17 @@ class TaskSession:
     """A running task. Use ``with guard.task(...) as task`` or ``async with``."""
 
     def __init__(
-        self, guard: Guard, bound: BoundTask, *, parent: TaskSession | None = None
+        self,
+        guard: Guard,
+        bound: BoundTask,
+        *,
+        parent: TaskSession | None = None,
+        task_id: str | None = None,
     ) -> None:
         self.guard = guard
         self.bound = bound
         self.parent = parent
-        self.task_id = uuid.uuid4().hex
+        self.task_id = task_id or uuid.uuid4().hex
         self.chain: tuple[str, ...] = (self.task_id, *(parent.chain if parent else ()))
         self.act: dict[str, Any] | None = None
         if parent is not None:
@@ -57,6 +62,8 @@ class TaskSession:
         """The ids of the credentials issued in this task (for providers' revocation)."""
         self._token: contextvars.Token[TaskSession | None] | None = None
         self._lock = threading.Lock()
+        self._detached = False  # the ancestor of a resumed task: its own process ends it
+        self._resumed = False  # made active by Guard.resume, not yet entered
 
     # -- identity --------------------------------------------------------------------------
 
@@ -122,10 +129,75 @@ class TaskSession:
             self.parent.children.append(self)
         return self
 
+    @classmethod
+    def resumed(cls, guard: Guard, task_id: str, *, intent: str | None = None) -> TaskSession:
+        """The session of an active task started elsewhere; see :meth:`Guard.resume`."""
+        now = guard.clock()
+        row = guard.store.task_row(task_id)
+        if row is None:
+            _refuse_resume(guard, task_id, None, "no such task in the audit trail", now)
+        if intent is not None and row["intent"] != intent:
+            _refuse_resume(guard, task_id, row, f"it is not a task of intent '{intent}'", now)
+        try:
+            params = json.loads(row["params"] or "{}")
+            bound = guard.policy.bind(row["intent"], params)
+        except ConfigError as exc:
+            _refuse_resume(guard, task_id, row, f"its intent cannot be bound ({exc})", now)
+        why = _not_resumable(guard, row, bound, now)
+        if why is not None:
+            _refuse_resume(guard, task_id, row, why, now)
+        parent = cls._ancestor(guard, row["parent_id"], now) if row["parent_id"] else None
+        session = cls(guard, bound, parent=parent, task_id=task_id)
+        session.started_at = float(row["started_at"])
+        session.deadline = float(row["deadline"])
+        revoked = guard.store.revoked_reason(
+            jti="", task_id=task_id, identity=bound.identity, chain=session.chain[1:],
+            issued_at=session.started_at,
+        )  # fmt: skip
+        if revoked is not None:
+            _refuse_resume(guard, task_id, row, f"it was revoked ({revoked})", now)
+        guard.store.append(
+            {
+                "ts": now,
+                "task_id": task_id,
+                "identity": bound.identity,
+                "intent": bound.intent,
+                "kind": "task_resume",
+                "decision": "allow",
+                "reason": "the task continues here (it was started by another process or guard)",
+                "rule": f"intents.{bound.intent}",
+            }
+        )
+        session.status = "active"
+        session.ended_reason = None
+        session._resumed = True
+        return session
+
+    @classmethod
+    def _ancestor(cls, guard: Guard, task_id: str, now: float) -> TaskSession:
+        """A parent of a resumed task, for its delegation chain and budgets; never ended from
+        here (its own process ends it, and ending it ends this child)."""
+        row = guard.store.task_row(task_id)
+        if row is None:
+            raise PolicyDenied(
+                f"the task cannot be resumed: its parent task {task_id} is not in the trail",
+                task_id=task_id,
+                rule="task.resume",
+            )
+        bound = guard.policy.bind(row["intent"], json.loads(row["params"] or "{}"))
+        parent = cls._ancestor(guard, row["parent_id"], now) if row["parent_id"] else None
+        session = cls(guard, bound, parent=parent, task_id=task_id)
+        session.started_at = float(row["started_at"])
+        session.deadline = float(row["deadline"])
+        session.status = "active" if row["ended_at"] is None else str(row["status"])
+        session.ended_reason = None if row["ended_at"] is None else str(row["status"])
+        session._detached = True
+        return session
+
     def end(self, status: str = "ok", *, reason: str | None = None) -> None:
         """End the task (idempotent): end its children, revoke its credentials, ``task_end``."""
         with self._lock:
-            if self.status not in ("active",):
+            if self.status not in ("active",) or self._detached:
                 return
             self.status = "ending"
         try:
@@ -175,7 +247,10 @@ class TaskSession:
         return "error"
 
     def __enter__(self) -> TaskSession:
-        self.start()
+        if self._resumed:  # Guard.resume: already active
+            self._resumed = False
+        else:
+            self.start()
         self._token = task_var.set(self)
         return self
 
@@ -260,6 +335,46 @@ class TaskSession:
     def carry(self, fn: Callable[_P, _R]) -> Callable[_P, _R]:
         """``fn`` bound to this task, for threads that do not inherit contextvars."""
         return carry_task(fn, task=self)
+
+
+def _not_resumable(
+    guard: Guard, row: Mapping[str, Any], bound: BoundTask, now: float
+) -> str | None:
+    if row["ended_at"] is not None:
+        return f"it has ended ({row['status']})"
+    if now >= float(row["deadline"]):
+        return "it is past its time limit (ttl)"
+    if bound.identity != row["identity"]:
+        return (
+            f"its intent '{bound.intent}' now runs as identity '{bound.identity}', not "
+            f"'{row['identity']}'"
+        )
+    disabled = guard.store.identity_disabled(bound.identity)
+    if disabled is not None:
+        return f"its identity '{bound.identity}' is disabled ({disabled})"
+    return None
+
+
+def _refuse_resume(
+    guard: Guard, task_id: str, row: Mapping[str, Any] | None, why: str, now: float
+) -> NoReturn:
+    """Audit and raise the refusal of a resume."""
+    error = PolicyDenied(
+        f"task {task_id} cannot be resumed: {why}", task_id=task_id, rule="task.resume"
+    )
+    guard.store.append(
+        {
+            "ts": now,
+            "task_id": task_id,
+            "identity": row["identity"] if row else None,
+            "intent": row["intent"] if row else None,
+            "kind": "denied",
+            "decision": "deny",
+            "reason": error.reason,
+            "rule": error.rule,
+        }
+    )
+    raise error
 
 
 def _anchor(guard: Guard, now: float) -> None:

@@ -66,6 +66,7 @@ _RESULT_STYLES = {
 }
 _KIND_STYLES = {
     "task_start": "cyan",
+    "task_resume": "cyan",
     "task_end": "cyan",
     "denied": "bold red",
     "revoke": "magenta",
@@ -424,6 +425,9 @@ def _timeline_cells(row: Mapping[str, Any]) -> list[tuple[str, str | None]]:
     elif kind == "task_start":
         result = "started"
         detail = " ".join(p for p in (str(row.get("reason") or ""), _params(row.get("args"))) if p)
+    elif kind == "task_resume":
+        result = "resumed"
+        detail = str(row.get("reason") or "")
     elif kind == "task_end":
         result = str(row.get("outcome") or "ended")
         detail = str(row.get("reason") or "")

@@ -184,6 +184,13 @@ class Queries:
 
     # -- tasks --------------------------------------------------------------------------------
 
+    def identity_disabled(self, identity: str) -> str | None:
+        """Why an identity is disabled (``revoke --identity --disable``), or None."""
+        row = self.conn.execute(
+            "SELECT reason FROM identity_state WHERE identity = ? AND disabled = 1", (identity,)
+        ).fetchone()
+        return None if row is None else str(row[0] or "disabled")
+
     def task_jtis(self, task_id: str) -> list[str]:
         """The ids of the credentials issued to a task."""
         rows = self.conn.execute("SELECT jti FROM credentials WHERE task_id = ?", (task_id,))

@@ -185,6 +185,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         self._sessions: dict[str, TaskSession] = {}
         self._lock = threading.Lock()
         self._twins: dict[int, tuple[BaseTool, GuardedTool | None]] = {}
+        self._unresumable: dict[str, None] = {}  # task ids a resume was refused for
 
     # -- the run's task -----------------------------------------------------------------------
 
@@ -236,6 +237,11 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
             return None
         with self._lock:
             session = self._sessions.pop(task_id, None)
+        if session is None:  # a run resumed here after another process interrupted it
+            session = self._adopt(task_id)
+            if session is not None:
+                with self._lock:
+                    self._sessions.pop(task_id, None)
         if session is not None:
             session.end("ok")
         return {STATE_KEY: None}
@@ -282,6 +288,26 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
             if session.status != "active":
                 with self._lock:
                     self._sessions.pop(task_id, None)
+
+    def _adopt(self, task_id: str) -> TaskSession | None:
+        """Resume the task of a run another process (or an earlier middleware) started and
+        interrupted: same task id, a task of this middleware's intent, still active. None if
+        it cannot continue (the refusal is in the trail)."""
+        if self.intent is None:
+            return None
+        with self._lock:  # two parallel tool calls of the resumed run adopt it once
+            session = self._sessions.get(task_id)
+            if session is not None or task_id in self._unresumable:
+                return session
+            try:
+                session = self.guard.resume(task_id, intent=self.intent)
+            except PolicyDenied:
+                self._unresumable[task_id] = None  # refused (and audited) once, not per call
+                if len(self._unresumable) > 256:
+                    del self._unresumable[next(iter(self._unresumable))]
+                return None
+            self._sessions[task_id] = session
+        return session
 
     @property
     def active_tasks(self) -> list[TaskSession]:
@@ -383,13 +409,15 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         task_id = _task_id(request.state)
         if task_id is not None:
             session = self._sessions.get(task_id)
+            if session is None:  # a run resumed here after another process interrupted it
+                session = self._adopt(task_id)
             if session is not None:
                 token = task_var.set(session)
                 scope = _scope_var.get()
                 if scope is not None and session not in scope.sessions:
                     scope.sessions.append(session)  # a resumed run: its scope ends it too
-            # else: a task this process does not hold (another process, closed): the engine
-            # denies the call as outside a task.
+            # else: a task that cannot continue here (ended, revoked, of another intent): the
+            # engine denies the call as outside a task.
             elif task_var.get() is not None:
                 token = task_var.set(None)
         try:
