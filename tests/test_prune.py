@@ -168,24 +168,3 @@ def test_prune_needs_the_signing_key(guard: tg.Guard, clock: Clock) -> None:
     with pytest.raises(AuditError, match="authorizing a prune needs the issuer's signing key"):
         public_only.prune(before=clock.now - DAY)
     assert guard.store.last_prune() is None
-
-
-def test_prune_removes_legacy_budget_rows_of_pruned_tasks_only(
-    guard: tg.Guard, clock: Clock
-) -> None:
-    ids = _days_of_tasks(guard, clock, 3)  # days 0..2
-
-    def task_rows() -> set[str]:
-        with sqlite3.connect(guard.config.store_path) as conn:
-            scopes = [r[0] for r in conn.execute("SELECT scope FROM budgets WHERE period = ''")]
-        return {t for t in ids for scope in scopes if scope.startswith(f"task:{t}:")}
-
-    assert task_rows() == set()  # a task's budget is its trail: no row per task
-    with sqlite3.connect(guard.config.store_path) as conn:  # rows older versions wrote
-        conn.executemany(
-            "INSERT INTO budgets (scope, period, used) VALUES (?, '', '#1000000')",
-            [(f"task:{t}:budget",) for t in ids],
-        )
-    assert task_rows() == set(ids)
-    guard.audit.prune(before=clock.now - 2 * DAY - 60)  # just after day 0's task
-    assert task_rows() == set(ids[1:])

@@ -132,9 +132,5 @@ def prune(
         conn.execute("DELETE FROM events WHERE seq < ?", (first_kept,))
         tasks = _old_tasks(conn, before, first_kept)
         conn.executemany("DELETE FROM tasks WHERE task_id = ?", ((t,) for t in tasks))
-        conn.executemany(  # task budget rows that earlier databases hold
-            "DELETE FROM budgets WHERE period = '' AND scope >= ? AND scope < ?",
-            ((f"task:{t}:", f"task:{t};") for t in tasks),
-        )
         creds = conn.execute("DELETE FROM credentials WHERE expires_at < ?", (before,)).rowcount
     return PruneResult(removed, first_kept, head_hash, len(tasks), int(creds))

@@ -192,8 +192,13 @@ class Queries:
         return None if row is None else str(row[0] or "disabled")
 
     def task_jtis(self, task_id: str) -> list[str]:
-        """The ids of the credentials issued to a task."""
-        rows = self.conn.execute("SELECT jti FROM credentials WHERE task_id = ?", (task_id,))
+        """The ids of the credentials issued to a task (from its ``request`` events: one range
+        of the ``(task_id, seq)`` index)."""
+        rows = self.conn.execute(
+            "SELECT jti FROM events WHERE task_id = ? AND kind = 'request' AND jti IS NOT NULL"
+            " ORDER BY seq",
+            (task_id,),
+        )
         return [r[0] for r in rows]
 
     def task_row(self, task_id: str) -> dict[str, Any] | None:

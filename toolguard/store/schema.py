@@ -10,7 +10,18 @@ from ..errors import AuditError
 
 __all__ = ["SCHEMA_VERSION", "create_schema"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first layout. 2: no ``rate_events`` table (never used); no budget rows per task (a
+task's budget is its trail, see :mod:`toolguard.store.budgets`)."""
+
+
+def _to_v2(conn: sqlite3.Connection) -> None:
+    conn.execute("DROP TABLE IF EXISTS rate_events")
+    conn.execute("DELETE FROM budgets WHERE period = '' AND scope LIKE 'task:%'")
+
+
+_MIGRATIONS = {1: _to_v2}
+"""Version -> the step that brings a database of that version to the next one."""
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -22,10 +33,17 @@ def create_schema(conn: sqlite3.Connection) -> None:
         db.table("meta").create({"key": str, "value": str}, pk="key")
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if version is not None:
-        if int(version[0]) > SCHEMA_VERSION:
+        found = int(version[0])
+        if found > SCHEMA_VERSION:
             raise AuditError(
-                f"the audit database has schema version {version[0]}, newer than this toolguard "
+                f"the audit database has schema version {found}, newer than this toolguard "
                 f"understands ({SCHEMA_VERSION}); upgrade agent-toolguard"
+            )
+        if found < SCHEMA_VERSION:
+            for step in range(found, SCHEMA_VERSION):
+                _MIGRATIONS[step](conn)
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
         return
     db.table("tasks").create(
@@ -72,8 +90,6 @@ def create_schema(conn: sqlite3.Connection) -> None:
         "CREATE TABLE budgets (scope TEXT, period TEXT, used FLOAT, PRIMARY KEY (scope, period))"
         " WITHOUT ROWID"
     )
-    db.table("rate_events").create({"scope": str, "ts": float, "amount": float})
-    db.table("rate_events").create_index(["scope", "ts"])
     db.table("checkpoints").create({"seq": int, "hash": str, "ts": float}, pk="seq")
     db.table("prunes").create(
         {"id": int, "ts": float, "before_seq": int, "head_hash": str, "removed": int}, pk="id"
