@@ -8,6 +8,7 @@ The clock is frozen in every process, so a per-minute limit cannot free up durin
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 import threading
@@ -251,3 +252,44 @@ def test_threads_of_one_process_wait_their_turn_without_errors(tmp_path: Path) -
         assert (totals["allowed"], totals["audit_errors"]) == (TASK_MAX_CALLS, 0)
     finally:
         guard.close()
+
+
+def _forked_spender(guard: tg.Guard, task: tg.TaskSession, go: Any, out: Any) -> None:
+    """A forked child: once the parent has spent more, spend the task until refused."""
+    go.wait(_TIMEOUT)
+    allowed = 0
+    with contextlib.suppress(tg.BudgetExceeded):
+        while True:
+            permit = task.carry(guard.authorize)("kv_get", KEY)
+            guard.finish(permit)
+            allowed += 1
+    guard.store.flush()
+    out.put(allowed)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_counts_its_task_from_the_trail_not_from_a_stale_copy(
+    tmp_path: Path,
+) -> None:
+    """Counters copied into a forked child are dropped: the child counts the task from the
+    trail, which holds the calls the parent made after the fork."""
+    guard = tg.Guard(_race_config(tmp_path), clock=_frozen)
+    ctx = multiprocessing.get_context("fork")
+    go, out = ctx.Event(), ctx.Queue()
+    try:
+        with guard.task("race-task", job_id="42") as task:
+            for _ in range(TASK_MAX_CALLS - 10):
+                guard.finish(guard.authorize("kv_get", KEY))
+            guard.store.flush()
+            child = ctx.Process(target=_forked_spender, args=(guard, task, go, out))
+            child.start()
+            for _ in range(6):  # after the fork: the child's copy does not know these
+                guard.finish(guard.authorize("kv_get", KEY))
+            guard.store.flush()
+            go.set()
+            assert out.get(timeout=_TIMEOUT) == 4
+            child.join(_TIMEOUT)
+            assert child.exitcode == 0
+    finally:
+        guard.close()
+    assert len(guard.audit.events(intent="race-task", kind="request")) == TASK_MAX_CALLS

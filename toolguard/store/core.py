@@ -277,6 +277,7 @@ class Store(Queries):
             return
         if self._write_lock[0] != os.getpid():  # a forked child gets its own lock
             self._write_lock = (os.getpid(), threading.Lock())
+            self._tasks = TaskBudgets()  # and counts its tasks from the trail
         plock = self._write_lock[1]
         deadline = 0.0
         if not plock.acquire(blocking=False):
