@@ -187,14 +187,15 @@ class Guard:
         ``task_resume``. Raises :class:`PolicyDenied` (audited, rule ``task.resume``) if the
         task is unknown, has ended, is past its ttl, was revoked, is not of ``intent`` (when
         given: pass it when the id comes from somewhere a caller could influence), or its
-        identity is disabled or no longer the one its intent runs as. The session is active: make it
-        current with ``with session:`` (which ends it on leaving) or end it with
-        :meth:`TaskSession.end`. Its parents (for a delegated task) are only read: their own
-        process ends them.
+        identity is disabled or no longer the one its intent runs as.
+
+        The session is already active: make it current with ``with session:`` (which ends it
+        on leaving) or end it with :meth:`TaskSession.end`. Its parents (for a delegated task)
+        are only read: their own process ends them.
         """
         from .task import TaskSession
 
-        return TaskSession.resumed(self, task_id, intent=intent)
+        return TaskSession._adopt(self, task_id, intent=intent)
 
     @overload
     def wrap(self, tools: BaseTool, *, on_deny: OnDeny = "message") -> GuardedTool: ...

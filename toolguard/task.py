@@ -130,7 +130,7 @@ class TaskSession:
         return self
 
     @classmethod
-    def resumed(cls, guard: Guard, task_id: str, *, intent: str | None = None) -> TaskSession:
+    def _adopt(cls, guard: Guard, task_id: str, *, intent: str | None = None) -> TaskSession:
         """The session of an active task started elsewhere; see :meth:`Guard.resume`."""
         now = guard.clock()
         row = guard.store.task_row(task_id)
@@ -146,7 +146,7 @@ class TaskSession:
         why = _not_resumable(guard, row, bound, now)
         if why is not None:
             _refuse_resume(guard, task_id, row, why, now)
-        parent = cls._ancestor(guard, row["parent_id"], now) if row["parent_id"] else None
+        parent = cls._ancestor(guard, row["parent_id"]) if row["parent_id"] else None
         session = cls(guard, bound, parent=parent, task_id=task_id)
         session.started_at = float(row["started_at"])
         session.deadline = float(row["deadline"])
@@ -174,7 +174,7 @@ class TaskSession:
         return session
 
     @classmethod
-    def _ancestor(cls, guard: Guard, task_id: str, now: float) -> TaskSession:
+    def _ancestor(cls, guard: Guard, task_id: str) -> TaskSession:
         """A parent of a resumed task, for its delegation chain and budgets; never ended from
         here (its own process ends it, and ending it ends this child)."""
         row = guard.store.task_row(task_id)
@@ -185,7 +185,7 @@ class TaskSession:
                 rule="task.resume",
             )
         bound = guard.policy.bind(row["intent"], json.loads(row["params"] or "{}"))
-        parent = cls._ancestor(guard, row["parent_id"], now) if row["parent_id"] else None
+        parent = cls._ancestor(guard, row["parent_id"]) if row["parent_id"] else None
         session = cls(guard, bound, parent=parent, task_id=task_id)
         session.started_at = float(row["started_at"])
         session.deadline = float(row["deadline"])
