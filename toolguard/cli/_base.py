@@ -1,0 +1,338 @@
+"""The ``toolguard`` group and what its commands share.
+
+:func:`main` (the click group), :class:`CliContext` (clock, sleep and colour, replaceable in
+tests), :class:`CliError` and the exit codes, the ``--since``/``--until`` parameter types, the
+shared option decorators (:func:`db_options`, :func:`filter_options`, :func:`json_option`) and
+the helpers that open the audit database read-only. The commands live in
+:mod:`toolguard.cli.audit` and :mod:`toolguard.cli.admin`; import :mod:`toolguard.cli` to get
+``main`` with every command registered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from ..config import GuardConfig
+
+from ..audit import AuditLog
+from ..durations import parse_duration
+from ..errors import ConfigError, ToolGuardError
+from ..keys import KeyRing, PublicKeys
+from ..store import Store
+from ..viewer import Viewer
+
+__all__ = [
+    "DEFAULT_DB",
+    "DURATION",
+    "EXIT_ERROR",
+    "EXIT_FINDINGS",
+    "WHEN",
+    "CliContext",
+    "CliError",
+    "Duration",
+    "When",
+    "db_options",
+    "filter_options",
+    "json_option",
+    "main",
+    "parse_when",
+    "resolve_db",
+]
+
+EXIT_FINDINGS = 1
+"""``audit verify`` found damage, ``check`` found problems."""
+EXIT_ERROR = 2
+"""The command could not do its work (no database, bad config, unreadable key, ...)."""
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+DEFAULT_DB = Path(".toolguard") / "audit.db"
+
+
+@dataclass
+class CliContext:
+    """What the commands share; tests pass their own as ``CliRunner().invoke(main, obj=...)``."""
+
+    clock: Callable[[], float] = time.time
+    """The current time (``--since 1h`` counts back from it)."""
+    sleep: Callable[[float], None] = time.sleep
+    """Called between polls of ``audit tail -f``."""
+    max_polls: int | None = None
+    """Stop ``audit tail -f`` after this many empty polls (None: until interrupted)."""
+    color: bool | None = None
+    """None: colour and tables on a terminal only."""
+    force_terminal: bool | None = None
+    """Draw rich output even when not writing to a terminal."""
+
+    def viewer(self, file: IO[str] | None = None) -> Viewer:
+        return Viewer(file=file, color=self.color, force_terminal=self.force_terminal)
+
+
+class CliError(click.ClickException):
+    """A library error shown as ``Error: <message>`` with exit code :data:`EXIT_ERROR`."""
+
+    exit_code = EXIT_ERROR
+
+
+class _Group(click.Group):
+    """A group that turns toolguard errors into clean messages instead of tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise CliError(str(exc)) from exc
+        except ToolGuardError as exc:
+            raise CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+        except sqlite3.Error as exc:  # a last resort: the store wraps its own errors
+            raise CliError(f"the audit database could not be read: {exc}") from exc
+
+
+def _obj(ctx: click.Context | None = None) -> CliContext:
+    ctx = ctx or click.get_current_context()
+    found = ctx.find_object(CliContext)
+    return found if found is not None else CliContext()
+
+
+# -- time ---------------------------------------------------------------------------------------
+
+
+def parse_when(text: str, now: float) -> float:
+    """A timestamp from ``90d``/``1h``/``30m`` (before ``now``) or an ISO date or date-time
+    (UTC unless it names an offset). Raises :class:`ValueError` with a readable message."""
+    value = text.strip()
+    iso = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        moment = None
+    if moment is not None:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (30m, 1h, 7d) nor a date (2026-11-22 or "
+            "2026-11-22T10:00)"
+        ) from None
+
+
+class When(click.ParamType[float, Any]):
+    """``--since 1h`` / ``--before 90d`` / ``--until 2026-11-22T10:00`` -> a timestamp."""
+
+    name = "when"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float)):
+            return float(value)
+        now = _obj(ctx).clock() if ctx is not None else time.time()
+        try:
+            return parse_when(str(value), now)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Duration(click.ParamType[float, Any]):
+    """``30s``, ``5m``, ``1h``, ``7d`` -> seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+WHEN = When()
+DURATION = Duration()
+
+# -- shared options -----------------------------------------------------------------------------
+
+
+def _config_option(help_text: str) -> Callable[[_F], _F]:
+    """``--config FILE`` (stored as ``config_path``)."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=help_text,
+    )
+
+
+def db_options(f: _F) -> _F:
+    """``--db`` and ``--config``: which audit database (and config) to use."""
+    f = _config_option("A toolguard config file: its store, keys and identity limits are used.")(f)
+    f = click.option(
+        "--db",
+        "db_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The audit database (default: the config's store, else $TOOLGUARD_DB, else "
+        "./.toolguard/audit.db).",
+    )(f)
+    return f
+
+
+def json_option(f: _F) -> _F:
+    """``--json``: machine-readable output (one object per line for lists)."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON (one object per line for lists)."
+    )(f)
+
+
+_FILTERS: dict[str, Callable[[_F], _F]] = {
+    "identity": click.option("--identity", help="Only this identity."),
+    "tool": click.option("--tool", help="Only this tool."),
+    "decision": click.option(
+        "--decision",
+        type=click.Choice(["allow", "deny", "revoke"]),
+        help="Only events (or tasks with events) with this decision.",
+    ),
+    "task": click.option("--task", "task", help="Only this task (an id or a unique prefix)."),
+    "since": click.option(
+        "--since", type=WHEN, help="From this time: a duration ago (1h, 7d) or a date."
+    ),
+    "until": click.option(
+        "--until", type=WHEN, help="Before this time: a duration ago (1h, 7d) or a date."
+    ),
+}
+
+
+def filter_options(*names: str) -> Callable[[_F], _F]:
+    """The named filter options (``identity``, ``tool``, ``decision``, ``task``, ``since``,
+    ``until``), in that order in ``--help``."""
+
+    def decorate(f: _F) -> _F:
+        for name in reversed(names):
+            f = _FILTERS[name](f)
+        return f
+
+    return decorate
+
+
+# -- opening the database -----------------------------------------------------------------------
+
+
+def _load(config_path: Path | None) -> GuardConfig | None:
+    if config_path is None:
+        return None
+    from ..config import load_config  # pydantic only when a config is used
+
+    return load_config(config_path)
+
+
+def resolve_db(db_path: Path | None, config: GuardConfig | None) -> Path:
+    """``--db``, else the config's store, else ``$TOOLGUARD_DB``, else the default."""
+    if db_path is not None:
+        return db_path
+    if config is not None:
+        return config.store_path
+    env = os.environ.get("TOOLGUARD_DB")
+    return Path(env) if env else DEFAULT_DB
+
+
+def _checked_store(path: Path, obj: CliContext) -> Store:
+    """A read-only store, refused with a clean error when missing or not toolguard's."""
+    store = Store(path, readonly=True, clock=obj.clock)
+    try:
+        store.open()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+@contextmanager
+def _log(
+    db_path: Path | None,
+    config: GuardConfig | None,
+    *,
+    write: bool = False,
+    keys: KeyRing | PublicKeys | None = None,
+    checkpoints: Path | None = None,
+) -> Iterator[AuditLog]:
+    obj = _obj()
+    path = resolve_db(db_path, config)
+    store = _checked_store(path, obj)
+    if write:  # checked first: a writable store would create or migrate the file
+        store.close()
+        store = Store(path, clock=obj.clock)
+    if checkpoints is None and config is not None and db_path is None:
+        checkpoints = config.checkpoints_path
+    try:
+        yield AuditLog(store, keys=keys, checkpoints=checkpoints)
+    finally:
+        store.close()
+
+
+def _config_keys(config: GuardConfig) -> KeyRing:
+    if config.issuer.key:
+        return KeyRing.from_pem(config.issuer.key)
+    return KeyRing.load(
+        config.resolve_path(config.issuer.key_file), create=False, now=_obj().clock()
+    )
+
+
+def _resolve_task(log: AuditLog, given: str | None) -> str | None:
+    if given is None:
+        return None
+    found = log.find_tasks(given)
+    if not found:
+        raise CliError(
+            f"no task {given!r} in {log.store.path}; list tasks with `toolguard audit tasks`"
+        )
+    if len(found) > 1:
+        raise CliError(
+            f"task id prefix {given!r} is ambiguous ({', '.join(f[:16] for f in found[:5])}"
+            f"{', ...' if len(found) > 5 else ''}); give more characters"
+        )
+    return found[0]
+
+
+def _task_json(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    if isinstance(out.get("params"), str):
+        try:
+            out["params"] = json.loads(out["params"])
+        except ValueError:
+            pass
+    return out
+
+
+# -- the group ----------------------------------------------------------------------------------
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="agent-toolguard", prog_name="toolguard")
+@click.option(
+    "--color/--no-color",
+    default=None,
+    help="Force colour and tables on or off (default: on for a terminal, off when piped; "
+    "NO_COLOR is honoured).",
+)
+@click.pass_context
+def main(ctx: click.Context, color: bool | None) -> None:
+    """toolguard: least privilege, budgets and an audit trail for AI-agent tools.
+
+    Read the audit trail (toolguard audit ...), revoke tasks, identities or credentials,
+    manage signing keys and check configs.
+    """
+    obj = ctx.ensure_object(CliContext)
+    if color is not None:
+        obj.color = color

@@ -1,0 +1,322 @@
+"""``toolguard revoke``, ``enable``, ``keys ...`` and ``check``: administration commands.
+
+Revoke a task, an identity or one credential and enable an identity again; create, rotate and
+publish the issuer's signing keys; validate a config file or print its JSON Schema.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import click
+
+if TYPE_CHECKING:
+    from ..config import GuardConfig
+
+from .. import audit as audit_mod
+from ..errors import ConfigError
+from ..keys import KeyRing
+from ..viewer import format_time
+from ._base import (
+    _F,
+    DURATION,
+    EXIT_FINDINGS,
+    CliError,
+    _config_option,
+    _Group,
+    _load,
+    _log,
+    _obj,
+    _resolve_task,
+    db_options,
+    json_option,
+    main,
+)
+
+__all__ = [
+    "check_cmd",
+    "enable_cmd",
+    "key_options",
+    "keys_create",
+    "keys_group",
+    "keys_jwks",
+    "keys_rotate",
+    "revoke_cmd",
+]
+
+
+# -- revoke / enable ----------------------------------------------------------------------------
+
+
+@main.command("revoke")
+@db_options
+@click.option("--task", "task", help="Revoke this task and its children (id or unique prefix).")
+@click.option("--identity", help="Revoke every credential of this identity; end its tasks.")
+@click.option("--jti", help="Revoke one credential by its id.")
+@click.option(
+    "--reason",
+    default="revoked from the command line",
+    show_default=True,
+    help="Why (recorded in the trail).",
+)
+@click.option(
+    "--disable",
+    is_flag=True,
+    help="With --identity: also refuse its new tasks until `toolguard enable`.",
+)
+@json_option
+def revoke_cmd(
+    db_path: Path | None,
+    config_path: Path | None,
+    task: str | None,
+    identity: str | None,
+    jti: str | None,
+    reason: str,
+    disable: bool,
+    as_json: bool,
+) -> None:
+    """Revoke a task, an identity or one credential (give exactly one).
+
+    Verifiers that share the database reject the credentials at once; active tasks end.
+    """
+    if sum(v is not None for v in (task, identity, jti)) != 1:
+        raise click.UsageError("give exactly one of --task, --identity or --jti")
+    if disable and identity is None:
+        raise click.UsageError("--disable goes with --identity")
+    obj = _obj()
+    config = _load(config_path)
+    viewer = obj.viewer()
+    with _log(db_path, config) as log:
+        task_id = _resolve_task(log, task)
+    if config is not None and identity is not None and identity not in config.identities:
+        viewer.warn(f"warning: identity {identity!r} is not in the config")
+    target = {"task_id": task_id, "identity": identity, "jti": jti}
+    if config is not None and db_path is None:
+        from ..engine import Guard
+
+        with Guard(config, clock=obj.clock) as guard:
+            ended = guard.revoke(**target, reason=reason, disable=disable, by="cli")
+    else:
+        with _log(db_path, config, write=True) as log:
+            ended = audit_mod.revoke(
+                log.store, **target, reason=reason, disable=disable, by="cli", now=obj.clock()
+            )
+    scope, value = next((k, v) for k, v in target.items() if v is not None)
+    if as_json:
+        viewer.json(
+            {"revoked": {scope: value}, "reason": reason, "disabled": disable, "ended": ended}
+        )
+        return
+    what = {"task_id": "task", "identity": "identity", "jti": "credential"}[scope]
+    viewer.done(f"revoked {what} {value}" + (" and disabled it" if disable else ""))
+    if ended:
+        viewer.line(f"ended {len(ended)} active task(s): {', '.join(ended)}")
+
+
+@main.command("enable")
+@click.argument("identity")
+@db_options
+@click.option(
+    "--reason",
+    default="re-enabled from the command line",
+    show_default=True,
+    help="Why (recorded in the trail).",
+)
+@json_option
+def enable_cmd(
+    identity: str, db_path: Path | None, config_path: Path | None, reason: str, as_json: bool
+) -> None:
+    """Let IDENTITY start tasks again after `toolguard revoke --identity --disable`."""
+    obj = _obj()
+    config = _load(config_path)
+    if config is not None and db_path is None:
+        from ..engine import Guard
+
+        with _log(db_path, config):  # refuse a missing database before the guard creates one
+            pass
+        with Guard(config, clock=obj.clock) as guard:
+            guard.enable(identity, reason=reason)
+    else:
+        with _log(db_path, config, write=True) as log:
+            audit_mod.enable(log.store, identity, reason=reason, now=obj.clock())
+    viewer = obj.viewer()
+    if as_json:
+        viewer.json({"enabled": identity, "reason": reason})
+    else:
+        viewer.done(f"enabled identity {identity}")
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@main.group("keys", cls=_Group)
+def keys_group() -> None:
+    """Create, rotate and publish the issuer's signing keys."""
+
+
+def key_options(f: _F) -> _F:
+    """``--key-file``, ``--config`` and ``--algorithm``."""
+    f = click.option(
+        "--algorithm",
+        type=click.Choice(["EdDSA", "ES256"]),
+        help="Key algorithm (default: the config's, else EdDSA; rotate keeps the current one).",
+    )(f)
+    f = _config_option("Take the key file and algorithm from this config's issuer section.")(f)
+    f = click.option(
+        "--key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="The PEM private key (default: the config's issuer.key_file, else "
+        ".toolguard/signing-key.pem).",
+    )(f)
+    return f
+
+
+def _key_target(
+    key_file: Path | None, config_path: Path | None, algorithm: str | None
+) -> tuple[Path, GuardConfig | None, str | None]:
+    config = _load(config_path)
+    if key_file is None:
+        key_file = (
+            config.resolve_path(config.issuer.key_file)
+            if config is not None
+            else Path(".toolguard") / "signing-key.pem"
+        )
+    if algorithm is None and config is not None:
+        algorithm = config.issuer.algorithm
+    return key_file, config, algorithm
+
+
+@keys_group.command("create")
+@key_options
+@json_option
+def keys_create(
+    key_file: Path | None, config_path: Path | None, algorithm: str | None, as_json: bool
+) -> None:
+    """Create a signing key (mode 0600) if there is none yet."""
+    path, _, alg = _key_target(key_file, config_path, algorithm)
+    if path.exists():
+        raise CliError(
+            f"a signing key already exists at {path}; rotate it with `toolguard keys rotate`"
+        )
+    ring = KeyRing.load(path, algorithm=cast(Any, alg or "EdDSA"), create=True)
+    viewer = _obj().viewer()
+    if as_json:
+        viewer.json({"path": str(path), "kid": ring.active.kid, "algorithm": ring.active.algorithm})
+    else:
+        viewer.done(f"created {ring.active.algorithm} key {ring.active.kid} at {path}")
+
+
+@keys_group.command("rotate")
+@key_options
+@click.option(
+    "--keep",
+    type=DURATION,
+    help="Keep trusting the old public key this long (default: the config's issuer.max_ttl, "
+    "else 1h); at least the longest credential lifetime.",
+)
+@json_option
+def keys_rotate(
+    key_file: Path | None,
+    config_path: Path | None,
+    algorithm: str | None,
+    keep: float | None,
+    as_json: bool,
+) -> None:
+    """Replace the signing key; the old public key stays in the JWKS for --keep."""
+    path, config, alg = _key_target(key_file, config_path, algorithm)
+    if keep is None:
+        keep = config.issuer.effective_max_ttl if config is not None else 3600.0
+    now = _obj().clock()
+    ring = KeyRing.rotate(path, algorithm=cast(Any, alg), now=now, max_ttl=keep)
+    old = ring.retired[-1]
+    viewer = _obj().viewer()
+    if as_json:
+        viewer.json(
+            {
+                "path": str(path),
+                "kid": ring.active.kid,
+                "algorithm": ring.active.algorithm,
+                "retired": old.kid,
+                "keep_until": old.keep_until,
+            }
+        )
+    else:
+        viewer.done(f"new {ring.active.algorithm} key {ring.active.kid} at {path}")
+        viewer.line(
+            f"old key {old.kid} is trusted for verification until {format_time(old.keep_until)}"
+        )
+
+
+@keys_group.command("jwks")
+@key_options
+@json_option
+def keys_jwks(
+    key_file: Path | None, config_path: Path | None, algorithm: str | None, as_json: bool
+) -> None:
+    """Print the public keys as a JWKS document (for verifiers; no private material)."""
+    path, config, _ = _key_target(key_file, config_path, algorithm)
+    if key_file is None and config is not None and config.issuer.key:
+        ring = KeyRing.from_pem(config.issuer.key)
+    else:
+        ring = KeyRing.load(path, create=False, now=_obj().clock())
+    doc = ring.jwks()
+    if as_json:
+        _obj().viewer().json(doc)
+    else:
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+# -- check --------------------------------------------------------------------------------------
+
+
+@main.command("check")
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--schema", is_flag=True, help="Print the config's JSON Schema (for editors).")
+@json_option
+def check_cmd(config: Path | None, schema: bool, as_json: bool) -> None:
+    """Validate CONFIG and print every problem with its location; exit 1 if any."""
+    viewer = _obj().viewer()
+    if schema:
+        from ..config import GuardConfig
+
+        doc = GuardConfig.json_schema()
+        if as_json:
+            viewer.json(doc)
+        else:
+            click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    if config is None:
+        raise click.UsageError("give a CONFIG file to check, or --schema")
+    try:
+        from ..config import load_config
+
+        loaded = load_config(config)
+    except ConfigError as exc:
+        problems = exc.problems or [("", str(exc))]
+        if as_json:
+            viewer.json(
+                {
+                    "ok": False,
+                    "source": str(config),
+                    "problems": [{"location": loc, "message": msg} for loc, msg in problems],
+                }
+            )
+        else:
+            viewer.line(f"{config}: {len(problems)} problem(s)", "bold red")
+            for loc, msg in problems:
+                viewer.line(f"  {loc or '<root>'}: {msg}", "red")
+        click.get_current_context().exit(EXIT_FINDINGS)
+    counts = {
+        "identities": len(loaded.identities),
+        "tools": len(loaded.tools),
+        "intents": len(loaded.intents),
+    }
+    if as_json:
+        viewer.json({"ok": True, "source": str(config), **counts})
+    else:
+        viewer.done(
+            f"ok: {config}: {counts['identities']} identities, {counts['tools']} tools, "
+            f"{counts['intents']} intents"
+        )

@@ -1,0 +1,538 @@
+"""``toolguard audit ...``: read, follow, summarise, verify, export and prune the audit trail.
+
+The ``audit`` group and its subcommands ``tasks``, ``show``, ``tail``, ``denied``, ``summary``,
+``verify``, ``export`` and ``prune``. Queries live in :mod:`toolguard.audit`, rendering in
+:mod:`toolguard.viewer` and :mod:`toolguard.export`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, cast
+
+import click
+
+from .. import audit as audit_mod
+from ..keys import KeyRing, PublicKeys
+from ._base import (
+    DURATION,
+    EXIT_FINDINGS,
+    WHEN,
+    CliError,
+    _config_keys,
+    _Group,
+    _load,
+    _log,
+    _obj,
+    _resolve_task,
+    _task_json,
+    db_options,
+    filter_options,
+    json_option,
+    main,
+)
+
+__all__ = [
+    "audit",
+    "denied_cmd",
+    "export_cmd",
+    "prune_cmd",
+    "show_cmd",
+    "summary_cmd",
+    "tail_cmd",
+    "tasks_cmd",
+    "verify_cmd",
+]
+
+
+@main.group(cls=_Group)
+def audit() -> None:
+    """Read, follow, summarise, verify, export and prune the audit trail."""
+
+
+# -- audit tasks / show -------------------------------------------------------------------------
+
+
+@audit.command("tasks")
+@db_options
+@filter_options("identity", "tool", "decision", "task", "since", "until")
+@click.option("--status", help="Only tasks with this status (active, ok, error, revoked, ...).")
+@click.option("--intent", help="Only tasks of this intent.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Show at most this many tasks, newest first (0: no limit).",
+)
+@json_option
+def tasks_cmd(
+    db_path: Path | None,
+    config_path: Path | None,
+    identity: str | None,
+    tool: str | None,
+    decision: str | None,
+    task: str | None,
+    since: float | None,
+    until: float | None,
+    status: str | None,
+    intent: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List tasks, newest first, with their calls, denials, errors and cost.
+
+    --since and --until bound the task's start; --tool and --decision keep tasks with at
+    least one such event.
+    """
+    config = _load(config_path)
+    with _log(db_path, config) as log:
+        rows = log.tasks(
+            identity=identity,
+            status=status,
+            since=since,
+            until=until,
+            intent=intent,
+            tool=tool,
+            decision=decision,
+            task_id=_resolve_task(log, task),
+            limit=limit or None,
+        )
+    viewer = _obj().viewer()
+    if as_json:
+        viewer.json_lines(_task_json(r) for r in rows)
+    else:
+        viewer.tasks(rows)
+
+
+@audit.command("show")
+@click.argument("task_id")
+@db_options
+@json_option
+def show_cmd(task_id: str, db_path: Path | None, config_path: Path | None, as_json: bool) -> None:
+    """Show the timeline of one task (TASK_ID: an id or a unique prefix).
+
+    One line per event: start, each call with its decision, operation, resources, credential
+    id, outcome, duration and cost (a call with no recorded outcome shows as incomplete),
+    denials with their reason, revocations, and the end with its status.
+    """
+    config = _load(config_path)
+    with _log(db_path, config) as log:
+        full = cast(str, _resolve_task(log, task_id))
+        task = log.task(full)
+        rows = log.timeline(full)
+    viewer = _obj().viewer()
+    if task is None:  # pragma: no cover - resolved above
+        raise CliError(f"no task {task_id!r}")
+    if as_json:
+        viewer.json({"task": _task_json(task), "timeline": rows})
+    else:
+        viewer.timeline(task, rows)
+
+
+# -- audit tail / denied ------------------------------------------------------------------------
+
+
+@audit.command("tail")
+@db_options
+@filter_options("identity", "tool", "decision", "task", "since")
+@click.option(
+    "--kind", help="Only events of this kind (request, outcome, denied, task_start, ...)."
+)
+@click.option(
+    "-n",
+    "--lines",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many of the newest events to show first.",
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they are written.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=0.5,
+    show_default=True,
+    help="Seconds between polls with --follow.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    help="With --follow: stop after this many new events.",
+)
+@json_option
+def tail_cmd(
+    db_path: Path | None,
+    config_path: Path | None,
+    identity: str | None,
+    tool: str | None,
+    decision: str | None,
+    task: str | None,
+    since: float | None,
+    kind: str | None,
+    lines: int,
+    follow: bool,
+    interval: float,
+    count: int | None,
+    as_json: bool,
+) -> None:
+    """Show the newest events; with -f, follow new ones (Ctrl-C stops)."""
+    obj = _obj()
+    config = _load(config_path)
+    viewer = obj.viewer()
+    with _log(db_path, config) as log:
+        filters: dict[str, Any] = {
+            "identity": identity,
+            "tool": tool,
+            "decision": decision,
+            "task_id": _resolve_task(log, task),
+            "since": since,
+            "kind": kind,
+        }
+        head = log.head_seq()
+        first = log.latest(lines, before_seq=head + 1, **filters) if lines else []
+        if not follow:
+            if as_json:
+                viewer.json_lines(e.to_dict() for e in first)
+            else:
+                viewer.events(first)
+            return
+        emit: Callable[[Any], None] = (
+            (lambda e: viewer.json(e.to_dict())) if as_json else viewer.event
+        )
+        for event in first:
+            emit(event)
+        seen = 0
+        try:
+            for event in log.follow(
+                after_seq=head,
+                interval=interval,
+                sleep=obj.sleep,
+                max_polls=obj.max_polls,
+                **filters,
+            ):
+                emit(event)
+                viewer.file.flush()
+                seen += 1
+                if count is not None and seen >= count:
+                    break
+        except KeyboardInterrupt:  # pragma: no cover - interactive
+            pass
+
+
+@audit.command("denied")
+@db_options
+@filter_options("identity", "tool", "task", "since", "until")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Show at most this many of the newest denials.",
+)
+@json_option
+def denied_cmd(
+    db_path: Path | None,
+    config_path: Path | None,
+    identity: str | None,
+    tool: str | None,
+    task: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Show the newest denials with their reason and rule."""
+    config = _load(config_path)
+    with _log(db_path, config) as log:
+        events = log.latest(
+            limit,
+            kind="denied",
+            identity=identity,
+            tool=tool,
+            task_id=_resolve_task(log, task),
+            since=since,
+            until=until,
+        )
+    viewer = _obj().viewer()
+    if as_json:
+        viewer.json_lines(e.to_dict() for e in events)
+    else:
+        viewer.events(events, empty="no denials match")
+
+
+# -- audit summary ------------------------------------------------------------------------------
+
+
+@audit.command("summary")
+@db_options
+@click.option(
+    "--by",
+    type=click.Choice(["identity", "tool"]),
+    help="Only per identity or only per tool (default: both).",
+)
+@click.option(
+    "--since",
+    type=WHEN,
+    default="24h",
+    show_default=True,
+    help="From this time: a duration ago (1h, 7d) or a date.",
+)
+@click.option("--until", type=WHEN, help="Before this time (default: now).")
+@click.option(
+    "--idle-days",
+    type=click.FloatRange(min=0),
+    default=7.0,
+    show_default=True,
+    help="List identities with no task for this many days.",
+)
+@click.option(
+    "--spike-window",
+    type=DURATION,
+    default="1h",
+    show_default=True,
+    help="Compare the calls in this last window with the usual rate.",
+)
+@click.option(
+    "--spike-factor",
+    type=click.FloatRange(min=1.0),
+    default=3.0,
+    show_default=True,
+    help="Report a spike when the recent rate is this many times the usual one.",
+)
+@json_option
+def summary_cmd(
+    db_path: Path | None,
+    config_path: Path | None,
+    by: str | None,
+    since: float,
+    until: float | None,
+    idle_days: float,
+    spike_window: float,
+    spike_factor: float,
+    as_json: bool,
+) -> None:
+    """Usage per identity and per tool: calls, denials, errors, cost, rate peaks (most calls
+    in any 60 seconds), today's use against the identity's quota (with --config), spikes
+    against the usual rate (the 7 days before), and identities with no recent task."""
+    obj = _obj()
+    config = _load(config_path)
+    limits = {name: ident.limits for name, ident in config.identities.items()} if config else {}
+    with _log(db_path, config) as log:
+        summary = log.summary(
+            by=(by,) if by else audit_mod.GROUPS,
+            since=since,
+            until=until,
+            now=obj.clock(),
+            limits=limits,
+            identities=sorted(config.identities) if config else (),
+            idle_days=idle_days,
+            spike_window=spike_window,
+            spike_factor=spike_factor,
+        )
+    viewer = obj.viewer()
+    if as_json:
+        viewer.json(summary.to_dict())
+    else:
+        viewer.summary(summary)
+
+
+# -- audit verify -------------------------------------------------------------------------------
+
+
+@audit.command("verify")
+@db_options
+@click.option(
+    "--jwks",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check checkpoint signatures with these public keys (default: the config's key).",
+)
+@click.option(
+    "--checkpoints",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The checkpoint file (default: the config's, else <db>.checkpoints).",
+)
+@json_option
+def verify_cmd(
+    db_path: Path | None,
+    config_path: Path | None,
+    jwks: Path | None,
+    checkpoints: Path | None,
+    as_json: bool,
+) -> None:
+    """Recompute the hash chain and check it against the signed checkpoints.
+
+    Exits with 1 when the trail was modified, truncated or rewritten.
+    """
+    config = _load(config_path)
+    keys: KeyRing | PublicKeys | None = None
+    if jwks is not None:
+        keys = PublicKeys.from_jwks(jwks)
+    elif config is not None:
+        keys = _config_keys(config)
+    with _log(db_path, config, keys=keys, checkpoints=checkpoints) as log:
+        report = log.verify()
+    viewer = _obj().viewer()
+    if as_json:
+        viewer.json(report.to_dict())
+    else:
+        viewer.verify(report)
+    if not report.ok:
+        click.get_current_context().exit(EXIT_FINDINGS)
+
+
+# -- audit export -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[IO[str]]:
+    if path is None or str(path) == "-":
+        yield sys.stdout
+        return
+    try:
+        handle = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror}; check the path") from exc
+    with handle:
+        yield handle
+
+
+@audit.command("export")
+@db_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "csv", "html"]),
+    default="json",
+    show_default=True,
+    help="json: one event per line; csv: a header and one row per event; html: one "
+    "self-contained page with the summary, a usage chart and every task's timeline.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to this file (default: standard output).",
+)
+@filter_options("identity", "tool", "decision", "task", "since", "until")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=500,
+    show_default=True,
+    help="html: at most this many tasks, newest first (0: no limit).",
+)
+@json_option
+def export_cmd(
+    db_path: Path | None,
+    config_path: Path | None,
+    fmt: str,
+    output: Path | None,
+    identity: str | None,
+    tool: str | None,
+    decision: str | None,
+    task: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Export events (json, csv) or a report page (html). --json is --format json."""
+    from ..export import write_csv, write_html, write_jsonl
+
+    obj = _obj()
+    config = _load(config_path)
+    if as_json:
+        fmt = "json"
+    with _log(db_path, config) as log:
+        task_id = _resolve_task(log, task)
+        with _output(output) as out:
+            if fmt == "html":
+                count = write_html(
+                    log,
+                    out,
+                    now=obj.clock(),
+                    since=since,
+                    until=until,
+                    identity=identity,
+                    tool=tool,
+                    decision=decision,
+                    task_id=task_id,
+                    limit=limit or None,
+                    limits=(
+                        {n: i.limits for n, i in config.identities.items()} if config else None
+                    ),
+                    identities=sorted(config.identities) if config else (),
+                    source=str(log.store.path),
+                )
+                what = "task(s)"
+            else:
+                rows = log.iter_rows(
+                    identity=identity,
+                    tool=tool,
+                    decision=decision,
+                    task_id=task_id,
+                    since=since,
+                    until=until,
+                )
+                count = (write_jsonl if fmt == "json" else write_csv)(rows, out)
+                what = "event(s)"
+    if output is not None and str(output) != "-":
+        click.echo(f"exported {count} {what} to {output}", err=True)
+
+
+# -- audit prune --------------------------------------------------------------------------------
+
+
+@audit.command("prune")
+@db_options
+@click.option(
+    "--before",
+    type=WHEN,
+    required=True,
+    help="Remove events older than this: a duration ago (90d) or a date.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The issuer's signing key, to sign the record of the cut (default: the config's).",
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@json_option
+def prune_cmd(
+    db_path: Path | None,
+    config_path: Path | None,
+    before: float,
+    key_file: Path | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Remove old events while keeping the chain verifiable.
+
+    A signed record of the cut (the first kept seq and the hash of the last removed event)
+    is appended to the checkpoint file, and the cut is recorded in the database; `audit
+    verify` starts from there. Ended tasks with no event left and expired credential ids go
+    too; revocations are kept. Needs the issuer's key (--config or --key-file).
+    """
+    obj = _obj()
+    config = _load(config_path)
+    keys: KeyRing | None = None
+    if key_file is not None:
+        keys = KeyRing.load(key_file, create=False, now=obj.clock())
+    elif config is not None:
+        keys = _config_keys(config)
+    elif not dry_run:
+        raise CliError(
+            "pruning signs a record of the cut with the issuer's key, so that `audit verify` "
+            "accepts it; pass --config or --key-file"
+        )
+    with _log(db_path, config, write=not dry_run, keys=keys) as log:
+        result = log.prune(before=before, now=obj.clock(), dry_run=dry_run)
+    viewer = obj.viewer()
+    if as_json:
+        viewer.json(result.to_dict())
+    else:
+        viewer.prune(result)
