@@ -10,8 +10,10 @@ then answers. Fitting run time against ``K`` (``K = 1`` and ``K = KMAX``) separa
   transactions, the revocation and a signed checkpoint).
 
 Target: the middleware's per-tool-call overhead is at most 10% of the agent's own per-tool-call
-cost. A third variant with a pass-through ``wrap_tool_call`` middleware shows how much of the
-difference is LangGraph's own middleware plumbing rather than toolguard's work.
+cost. A variant with a pass-through ``wrap_tool_call`` middleware shows how much of the
+difference is LangChain's own middleware plumbing rather than toolguard's work, and a variant
+with ``toolguard.guard()`` tools and no middleware (each run inside a ``guard.task`` block)
+shows the guard's cost without that plumbing.
 
 Run: ``python benchmarks/bench_agent.py [--mode sync|async|both] [--rounds 15] [--runs 5]
 [--kmax 10] [--out PATH]``
@@ -108,15 +110,31 @@ class TimedGuardMiddleware(GuardMiddleware):
             TimedGuardMiddleware.spent += time.perf_counter() - start
 
 
+class _TaskPerRun:
+    """An agent with ``guard()`` tools, each run inside its own ``guard.task`` block."""
+
+    def __init__(self, guard: tg.Guard, agent: Any) -> None:
+        self.guard, self.agent = guard, agent
+
+    def invoke(self, inputs: Any, config: Any) -> Any:
+        with self.guard.task("process-job", job_id="42"):
+            return self.agent.invoke(inputs, config)
+
+    async def ainvoke(self, inputs: Any, config: Any) -> Any:
+        async with self.guard.task("process-job", job_id="42"):
+            return await self.agent.ainvoke(inputs, config)
+
+
 def _agents(guard: tg.Guard, k: int) -> dict[str, Any]:
-    def build(middleware: list[Any]) -> Any:
+    def build(middleware: list[Any], tools: list[Any] | None = None) -> Any:
         model = ScriptedChatModel(script=_script(k), cycle=True)
-        return create_agent(model, [kv_get], middleware=middleware)
+        return create_agent(model, tools or [kv_get], middleware=middleware)
 
     return {
         "bare": build([]),
         "passthrough": build([PassThrough()]),
         "guarded": build([TimedGuardMiddleware(guard, intent="process-job")]),
+        "guarded_tools": _TaskPerRun(guard, build([], [tg.guard(kv_get, guard)])),
     }
 
 
@@ -133,7 +151,7 @@ def _time_runs(agent: Any, runs: int, loop: asyncio.AbstractEventLoop | None) ->
 def measure(rounds: int, runs: int, kmax: int, mode: str) -> dict[str, Any]:
     """Interleaved rounds; every estimate is the median over rounds of that round's value."""
     loop = asyncio.new_event_loop() if mode == "async" else None
-    variants = ["bare", "passthrough", "guarded"]
+    variants = ["bare", "passthrough", "guarded", "guarded_tools"]
     per_round: list[dict[tuple[str, int], float]] = []
     with tempfile.TemporaryDirectory(prefix="toolguard-bench-") as tmp:
         guard = tg.Guard(_config(Path(tmp)))
@@ -143,7 +161,8 @@ def measure(rounds: int, runs: int, kmax: int, mode: str) -> dict[str, Any]:
                 _time_runs(agent, 2, loop)
         TimedGuardMiddleware.spent, TimedGuardMiddleware.calls = 0.0, 0
         for r in range(rounds):
-            order = variants[r % 3 :] + variants[: r % 3]  # rotate to spread drift
+            shift = r % len(variants)  # rotate to spread drift
+            order = variants[shift:] + variants[:shift]
             sample: dict[tuple[str, int], float] = {}
             for k in (1, kmax):
                 for variant in order:
@@ -191,6 +210,12 @@ def measure(rounds: int, runs: int, kmax: int, mode: str) -> dict[str, Any]:
         "overhead_ratio_per_tool_call": round(
             med(lambda s: (slope(s, "guarded") - slope(s, "bare")) / slope(s, "bare")), 4
         ),
+        "guarded_tools_per_tool_call_us": round(
+            med(lambda s: slope(s, "guarded_tools") - slope(s, "bare")) * us, 1
+        ),
+        "guarded_tools_overhead_ratio_per_tool_call": round(
+            med(lambda s: (slope(s, "guarded_tools") - slope(s, "bare")) / slope(s, "bare")), 4
+        ),
         "overhead_ratio_at_kmax_including_task_start_end": round(
             med(lambda s: s[("guarded", kmax)] / s[("bare", kmax)] - 1.0), 4
         ),
@@ -218,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = result["overhead_ratio_per_tool_call"]
         verdict = "ok" if ratio <= result["target_ratio_per_tool_call"] else "over target"
         print(f"{mode}: per-tool-call overhead {ratio:.1%} (target <= 10%): {verdict}")
+        tools_ratio = result["guarded_tools_overhead_ratio_per_tool_call"]
+        print(f"{mode}: guard() tools, no middleware: {tools_ratio:.1%}")
     return 0
 
 
