@@ -147,8 +147,8 @@ def overhead(rounds: int, block: int, workdir: Path) -> dict[str, Any]:
                 run_block(name, block)
         events = guard.audit.head_seq()
         log_rows = guard.store.query(
-            "SELECT COUNT(*) AS n FROM budgets WHERE scope = ?",
-            ("identity:all_scopes-runner:log",),
+            "SELECT COUNT(*) AS n FROM credentials WHERE identity = ? AND tally > 't'",
+            ("all_scopes-runner",),
         )[0]["n"]
     finally:
         guard.close()

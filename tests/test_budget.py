@@ -242,8 +242,8 @@ def test_rolling_window_holds_across_a_minute_boundary(
 def test_rolling_window_admits_exactly_what_a_reference_allows(
     make_guard: Callable[..., tg.Guard],
 ) -> None:
-    """Random gaps (bursts, pauses, minute boundaries, half an hour so old rows are pruned):
-    the guard's decisions and retry-after times equal a direct count over the admitted times."""
+    """Random gaps (bursts, pauses, minute boundaries, half an hour): the guard's decisions
+    and retry-after times equal a direct count over the admitted times."""
     rng = random.Random(7)
     clock = Clock(MINUTE - 7.25)
     limit = 7
@@ -268,9 +268,10 @@ def test_rolling_window_admits_exactly_what_a_reference_allows(
     assert len(admitted) == len(guard.audit.events(kind="request"))
     with sqlite3.connect(guard.config.store_path) as conn:
         (rows,) = conn.execute(
-            "SELECT COUNT(*) FROM budgets WHERE scope = 'identity:agent-runner:log'"
+            "SELECT COUNT(*) FROM credentials WHERE identity = 'agent-runner' AND jti IS NOT NULL"
+            " AND tally > 't' AND tally < 'u'"
         ).fetchone()
-    assert rows < 200, "old log rows are pruned"
+    assert rows == len(admitted), "each admitted call's credentials row is its log entry"
 
 
 def test_no_window_of_60_seconds_holds_more_than_the_limit(
@@ -488,3 +489,39 @@ def test_the_combined_read_denies_a_revocation_without_a_reason(
             guard.authorize("kv_get", {"key": JOB})
     assert info.value.rule == "revocation.task"
     assert _usage(guard, clock, task)["task.max_calls"] == 1
+
+
+def test_an_audit_prune_keeps_every_window_and_todays_quota_exact(
+    make_guard: Callable[..., tg.Guard],
+) -> None:
+    """The admission log is the identity's credentials rows; pruning expired credentials,
+    even up to now, keeps the rows the windows and the day still count from."""
+    clock = Clock(MIDNIGHT - 3 * 86400 + 600)  # three days ago
+    limits = {"requests_per_minute": 3, "requests_per_day": 5}
+    guard = _guard(make_guard, clock, limits=limits)
+    with guard.task("process-job", job_id="42"):
+        for _ in range(3):
+            assert _call(guard) is None
+    clock.now = MIDNIGHT - 30.0  # just before midnight: two calls of yesterday
+    with guard.task("process-job", job_id="42"):
+        assert [_call(guard), _call(guard)] == [None, None]
+        clock.advance(40.0)  # today, 10 s past midnight: the minute still holds both
+        assert _call(guard) is None
+        guard.store.flush()
+        before = _usage(guard, clock)
+
+        pruned = guard.audit.prune(before=clock.now)  # everything expired goes
+
+        assert pruned.credentials == 2  # the three-day-old calls but their newest row
+        assert _usage(guard, clock) == before
+        assert before["identity.agent-runner.requests_per_minute"] == 3
+        assert before["identity.agent-runner.requests_per_day"] == 1
+        refused = _call(guard)
+        assert refused is not None and refused.scope.endswith("requests_per_minute")
+        clock.advance(60.0)
+        assert [_call(guard) for _ in range(3)] == [None, None, None]  # 4 of 5 today
+        clock.advance(60.0)
+        assert _call(guard) is None
+        refused = _call(guard)
+        assert refused is not None and refused.scope.endswith("requests_per_day")
+        assert (refused.used, refused.limit) == (5, 5)

@@ -11,6 +11,7 @@ from conftest import Clock
 
 import toolguard as tg
 from toolguard.store import SCHEMA_VERSION
+from toolguard.store.budgets import usage
 
 
 def _version(conn: sqlite3.Connection) -> int:
@@ -28,10 +29,24 @@ def test_a_version_1_database_is_migrated_when_a_guard_opens_it(
     with guard.task("process-job", job_id="42"):
         pass
     guard.close()
+    log = "t01790000000000000:0000000001:0000000001:0000000001:0000000000:0000000000000000"
     with sqlite3.connect(guard.config.store_path) as conn:  # as version 1 left it
         conn.execute("CREATE TABLE rate_events (scope TEXT, ts FLOAT, amount FLOAT)")
+        conn.execute("DROP TABLE credentials")
+        conn.execute(
+            "CREATE TABLE credentials (jti TEXT PRIMARY KEY, task_id TEXT, identity TEXT,"
+            " tool TEXT, operation TEXT, issued_at FLOAT, expires_at FLOAT, jit INTEGER)"
+            " WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO credentials VALUES ('j1', 'task-1', 'agent-runner', 'kv_set', 'write',"
+            " 1790000000.0, 1790000300.0, 1)"
+        )
         conn.execute("INSERT INTO budgets VALUES ('task:abc:budget', '', '#1000000')")
-        conn.execute("INSERT INTO budgets VALUES ('identity:agent-runner:log', 't0', 0.0)")
+        conn.execute("INSERT INTO budgets VALUES ('identity:agent-runner:log', ?, 1.79e9)", (log,))
+        conn.execute(
+            "INSERT INTO budgets VALUES ('identity:agent-runner:refused', ?, 1.79e9)", (log,)
+        )
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
 
     reopened = make_guard(clock=clock)
@@ -41,7 +56,16 @@ def test_a_version_1_database_is_migrated_when_a_guard_opens_it(
         assert _version(conn) == SCHEMA_VERSION == 2
         assert "rate_events" not in _tables(conn)
         scopes = [r[0] for r in conn.execute("SELECT scope FROM budgets")]
-    assert scopes == ["identity:agent-runner:log"]  # identity state is kept
+        rows = conn.execute(
+            "SELECT identity, tally, jti, task_id, expires_at FROM credentials ORDER BY tally"
+        ).fetchall()
+    assert scopes == ["identity:agent-runner:refused"]  # task rows gone, the log moved
+    assert rows == [
+        ("agent-runner", "jj1", "j1", "task-1", 1790000300.0),  # a credential: kept
+        ("agent-runner", log, None, None, 1.79e9),  # the admission log: next to them
+    ]
+    used = usage(conn=reopened.store.conn, now=1_790_000_001.0, identity="agent-runner")
+    assert used["identity.agent-runner.requests_per_day"] == 1  # its count carried over
     assert reopened.audit.verify().ok
 
 

@@ -12,27 +12,31 @@ counters in memory, changes them only inside its write transactions and undoes t
 transaction that rolls back; a task it did not start is counted from the trail on first use.
 No budget row is written per call.
 
-The identity's limits are shared by every process using the database, so their state is in the
-``budgets (scope, period, used)`` table, a clustered ``WITHOUT ROWID`` b-tree; a restarted
-process finds them spent.
+The identity's limits are shared by every process using the database, so their state is in
+the database; a restarted process finds them spent.
 
-**The identity's admission log** (``identity:<name>:log``): one row per admitted call, period
-``t<time µs>:<row>:<calls>:<writes>:<deletes>:<cost>`` (fixed widths; running totals; writes
-include deletes; ``row`` numbers every row), ``used`` the time in seconds. The time is never
-earlier than the newest row's, so time and insertion orders agree even when processes read
-their clocks before waiting for the lock. What a class used within ``(t - 60 s, t]`` is the
-newest row's total minus that of the newest row at or before ``t - 60 s``; today, minus that of
-the newest row before 00:00 UTC. So all of an identity's per-minute and per-day limits cost
-three index seeks and one row per call, however many calls the window holds. An anchor row
-(time 0, totals 0) opens the log; a settled cost adds a row that moves only the cost; rows that
-can no longer be a boundary are pruned every 64 rows.
+**The identity's admission log** is the ``tally`` column of its ``credentials`` rows (primary
+key ``(identity, tally)``, a clustered ``WITHOUT ROWID`` b-tree): the row every allowed call
+writes anyway holds ``t<time µs>:<row>:<calls>:<writes>:<deletes>:<cost>`` (fixed widths;
+running totals; writes include deletes; ``row`` numbers every entry), so the log costs no row
+of its own. The time is never earlier than the newest entry's, so time and insertion orders
+agree even when processes read their clocks before waiting for the lock. What a class used
+within ``(t - 60 s, t]`` is the newest entry's total minus that of the newest entry at or
+before ``t - 60 s``; today, minus that of the newest entry before 00:00 UTC. So all of an
+identity's per-minute and per-day limits cost three index seeks per call, however many calls
+the window holds. Entries with no ``jti`` are no credential: the anchor (time 0, totals 0)
+that opens the log, a settled cost (moves only the cost), a call whose credential could not be
+minted (it stays counted). An identity without limits gets ``j<jti>`` tallies. ``toolguard
+audit prune`` removes old entries but keeps each identity's newest one before its bound.
 
-**Refused attempts** (``identity:<name>:refused``): the same log for refused calls, read by the
-``on_anomaly`` rule (attempts = admitted + refused calls of the watched class in 60 s).
+**Refused attempts** (``identity:<name>:refused`` in the ``budgets (scope, period, used)``
+table): the same log for refused calls, read by the ``on_anomaly`` rule (attempts = admitted +
+refused calls of the watched class in 60 s); rows that can no longer be a boundary are pruned
+every 64 rows.
 
 A call reads everything in one ``SELECT`` (which also carries the caller's revocation check:
-:class:`Charge`) and writes everything in one ``INSERT .. ON CONFLICT DO UPDATE``; a refused
-call writes nothing but its refused attempt.
+:class:`Charge`); its log entry is written with its credential (:attr:`Charge.tally`); a
+refused call writes nothing but its refused attempt.
 """
 
 from __future__ import annotations
@@ -57,7 +61,16 @@ from ..errors import BudgetExceeded
 if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import pydantic
     from ..config import Budget
 
-__all__ = ["Anomaly", "Charge", "TaskBudgets", "charge", "settle", "spent_from_trail", "usage"]
+__all__ = [
+    "INSERT_TALLY",
+    "Anomaly",
+    "Charge",
+    "TaskBudgets",
+    "charge",
+    "settle",
+    "spent_from_trail",
+    "usage",
+]
 
 _M = COST_RESOLUTION
 _US = 1_000_000
@@ -71,13 +84,41 @@ _INDEX = {"a": 1, "w": 2, "d": 3, "c": 4}
 Totals = tuple[int, int, int, int, int]
 _ZERO: Totals = (0, 0, 0, 0, 0)
 
-_NEWEST = "(SELECT period FROM budgets WHERE scope = ? ORDER BY period DESC LIMIT 1)"
-_BEFORE = "(SELECT period FROM budgets WHERE scope = ? AND period < ? ORDER BY period DESC LIMIT 1)"
-_AFTER = "SELECT period FROM budgets WHERE scope = ? AND period > ? ORDER BY period"
-_OLDEST = "SELECT period FROM budgets WHERE scope = ? ORDER BY period LIMIT 1"
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """Where a log's rows are: the statements that read them, keyed by the log's key."""
+
+    newest: str  # (key,): the newest row, as a subquery
+    before: str  # (key, bound): the newest row below a bound, as a subquery
+    after: str  # (key, bound): the rows above a bound, oldest first
+    oldest: str  # (key,)
+
+
+_ADMITTED = _Table(
+    newest="(SELECT tally FROM credentials WHERE identity = ? AND tally > 't' AND tally < 'u'"
+    " ORDER BY tally DESC LIMIT 1)",
+    before="(SELECT tally FROM credentials WHERE identity = ? AND tally > 't' AND tally < ?"
+    " ORDER BY tally DESC LIMIT 1)",
+    after="SELECT tally FROM credentials WHERE identity = ? AND tally > ? AND tally < 'u'"
+    " ORDER BY tally",
+    oldest="SELECT tally FROM credentials WHERE identity = ? AND tally > 't' ORDER BY tally"
+    " LIMIT 1",
+)
+"""An identity's admission log: the ``tally`` of its ``credentials`` rows (key: the identity)."""
+_REFUSED = _Table(
+    newest="(SELECT period FROM budgets WHERE scope = ? ORDER BY period DESC LIMIT 1)",
+    before="(SELECT period FROM budgets WHERE scope = ? AND period < ? ORDER BY period DESC"
+    " LIMIT 1)",
+    after="SELECT period FROM budgets WHERE scope = ? AND period > ? ORDER BY period",
+    oldest="SELECT period FROM budgets WHERE scope = ? ORDER BY period LIMIT 1",
+)
+"""An identity's refused attempts: rows of ``budgets`` (key: ``identity:<name>:refused``)."""
 _PRUNE = "DELETE FROM budgets WHERE scope = ? AND period < ? AND period != ?"
-_APPEND = "INSERT INTO budgets (scope, period, used) VALUES (?, ?, ?)"
-"""A new log row: its period is past the newest's (a later time, or the same and a higher row)."""
+INSERT_TALLY = (
+    "INSERT INTO credentials (identity, tally, issued_at, expires_at) VALUES (?, ?, ?, ?)"
+)
+"""A row of the admission log that is no credential: the anchor, a settled cost."""
 
 
 @lru_cache(maxsize=64)
@@ -265,12 +306,13 @@ def _one(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> Any:
 
 
 class _Log:
-    """An admission log as read for one call."""
+    """An admission log (or refused-attempts log) as read for one call."""
 
-    __slots__ = ("at_us", "day", "newest", "scope", "window")
+    __slots__ = ("at_us", "day", "key", "newest", "table", "window")
 
-    def __init__(self, scope: str, now_us: int) -> None:
-        self.scope = scope
+    def __init__(self, key: str, now_us: int, table: _Table = _ADMITTED) -> None:
+        self.key = key
+        self.table = table
         self.newest: Totals | None = None
         self.window = _ZERO  # the totals at the start of the 60-second window
         self.day = _ZERO  # the totals at the start of the UTC day
@@ -291,19 +333,21 @@ class _Log:
         newest_us, self.newest = _parse(newest)
         if newest_us > self.at_us:  # a later clock wrote the newest row: we come after it
             self.at_us = newest_us
-            window = _one(conn, _BEFORE[1:-1], (self.scope, _cut(newest_us)))
-            day = _one(conn, _BEFORE[1:-1], (self.scope, _midnight(newest_us))) if daily else None
+            before = self.table.before[1:-1]
+            window = _one(conn, before, (self.key, _cut(newest_us)))
+            day = _one(conn, before, (self.key, _midnight(newest_us))) if daily else None
         self.window = self._boundary(conn, window)
         if daily:
             self.day = self._boundary(conn, day)
         return self
 
     def _boundary(self, conn: sqlite3.Connection, period: str | None) -> Totals:
-        """The totals at a boundary row; without one (the anchor was deleted from outside)
-        count from just before the oldest row kept, which can only over-count."""
+        """The totals at a boundary row; without one (every row kept is newer: the anchor
+        and older rows were pruned) count from just before the oldest row kept, which can
+        only over-count."""
         if period:
             return _parse(period)[1]
-        oldest = _one(conn, _OLDEST, (self.scope,))
+        oldest = _one(conn, self.table.oldest, (self.key,))
         t = _parse(oldest)[1] if oldest else (1, 1, 1, 1, 0)
         return (t[0] - 1, max(0, t[1] - 1), max(0, t[2] - 1), max(0, t[3] - 1), t[4])
 
@@ -313,30 +357,34 @@ class _Log:
     def today(self, index: int) -> int:
         return (self.newest[index] if self.newest else 0) - self.day[index]
 
-    def row(self, marks: str, cost: int) -> list[object]:
-        """The row of one more call with ``marks`` and ``cost`` (micro-units); with the anchor
-        when the log is new."""
+    def next_period(self, marks: str, cost: int) -> str:
+        """The period of one more call with ``marks`` and ``cost`` (micro-units)."""
         n, a, w, d, c = self.newest or _ZERO
         totals = (n + 1, a + 1, w + ("w" in marks), d + ("d" in marks), c + cost)
-        row: list[object] = [self.scope, _period(self.at_us, totals), self.at_us / _US]
+        return _period(self.at_us, totals)
+
+    def refused_rows(self, marks: str) -> list[object]:
+        """The ``budgets`` rows of one more refused attempt; with the anchor when new."""
+        row: list[object] = [self.key, self.next_period(marks, 0), self.at_us / _US]
         if self.newest is None:
-            row += (self.scope, _ANCHOR, 0.0)
+            row += (self.key, _ANCHOR, 0.0)
         return row
 
     def prune(self, conn: sqlite3.Connection) -> None:
-        """Every 64 rows, delete the rows no later call can use as a boundary: all before the
-        boundary of ``at - 120 s`` (a margin for clocks read before the lock), except the
-        boundary of the day."""
+        """(Refused-attempts log.) Every 64 rows, delete the rows no later call can use as a
+        boundary: all before the boundary of ``at - 120 s`` (a margin for clocks read before
+        the lock), except the boundary of the day."""
         if self.newest is not None and self.newest[0] % _PRUNE_EVERY == _PRUNE_EVERY - 1:
-            keep = _one(conn, _BEFORE[1:-1], (self.scope, _cut(self.at_us - _WINDOW_US)))
+            before = self.table.before[1:-1]
+            keep = _one(conn, before, (self.key, _cut(self.at_us - _WINDOW_US)))
             if keep:
-                day = _one(conn, _BEFORE[1:-1], (self.scope, _midnight(self.at_us)))
-                conn.execute(_PRUNE, (self.scope, keep, day or keep))
+                day = _one(conn, before, (self.key, _midnight(self.at_us)))
+                conn.execute(_PRUNE, (self.key, keep, day or keep))
 
     def retry_after(self, conn: sqlite3.Connection, index: int, limit: float, now: float) -> float:
         """Seconds until enough of the window's oldest calls of the class leave it."""
         target = self.window[index] + self.in_window(index) + 1 - int(limit)
-        for (period,) in conn.execute(_AFTER, (self.scope, _cut(self.at_us))):
+        for (period,) in conn.execute(self.table.after, (self.key, _cut(self.at_us))):
             ts_us, totals = _parse(period)
             if totals[index] >= target:
                 return max(0.0, (ts_us + _WINDOW_US) / _US - now)
@@ -353,7 +401,7 @@ class _Shape:
     spends: tuple[Spend, ...]
     task_id: str  # the task whose budget the task spends charge ('' if none)
     task: tuple[tuple[int, Spend, int, int, int], ...]  # position, spend, slot, amount, limit
-    log: str  # the identity's admission log ('' if none)
+    log: str  # the identity whose admission log the call is checked against ('' if none)
     log_day: bool  # a spend reads today's totals
     logged: tuple[tuple[int, Spend, int, int, float], ...]  # position, spend, index, amount, lim
     cost: int  # the call's cost in micro-units, added to the log's cost total
@@ -391,12 +439,13 @@ def _shape(spends: Sequence[Spend]) -> _Shape:
     marks = logged[0][1].marks if logged else ""
     columns: list[str] = []
     if logged:
-        columns += (_NEWEST, _BEFORE) + ((_BEFORE,) if log_day else ())
+        columns += (_ADMITTED.newest, _ADMITTED.before)
+        columns += (_ADMITTED.before,) if log_day else ()
     shape = _Shape(
         spends=spends,
         task_id=_task_of(task[0][1].scope) if task else "",
         task=task,
-        log=logged[0][1].scope.rpartition("#")[0] if logged else "",
+        log=_identity_of(logged[0][1].scope) if logged else "",
         log_day=log_day,
         logged=tuple(logged),
         cost=sum(amount for _, s, index, amount, _ in logged if index == 4),
@@ -422,6 +471,11 @@ def _shape(spends: Sequence[Spend]) -> _Shape:
     return shape
 
 
+def _identity_of(scope: str) -> str:
+    """The identity of an admission-log spend's scope (``identity:<name>:log#<slot>``)."""
+    return scope.rpartition("#")[0][len("identity:") : -len(":log")]
+
+
 def _task_of(scope: str) -> str:
     """The task id of a task spend's scope (``task:<id>:budget#<k>``)."""
     return scope.rpartition("#")[0][len("task:") : -len(":budget")]
@@ -432,13 +486,16 @@ class Charge:
     else the transaction reads first, then :meth:`apply` to check and spend. ``columns`` is
     empty when the call has no budget."""
 
-    __slots__ = ("columns", "now", "now_us", "params", "shape")
+    __slots__ = ("columns", "now", "now_us", "params", "shape", "tally")
 
     def __init__(self, spends: Sequence[Spend], now: float) -> None:
         self.now = now
         self.now_us = now_us = max(1, round(now * _US))
         self.shape = shape = _shape(spends) if spends else None
         self.columns = shape.columns if shape is not None else ""
+        self.tally: str | None = None
+        """After :meth:`apply` admitted the call: its admission-log entry (the ``tally`` of
+        its ``credentials`` row), if the identity has limits."""
         params: tuple[object, ...] = ()
         if shape is not None and shape.log:
             log = shape.log
@@ -502,11 +559,7 @@ class Charge:
                 top[4] + deletes,
                 top[5] + cost,
             )
-            conn.execute(_APPEND, (log, row, now_us / _US))
-            if n % _PRUNE_EVERY == _PRUNE_EVERY - 1:
-                pruned = _Log(log, now_us)
-                pruned.newest = (n, 0, 0, 0, 0)
-                pruned.prune(conn)
+            self.tally = row
         if news:
             tasks.spend(shape.task_id, news)
         return None
@@ -534,7 +587,6 @@ class Charge:
             news.append((k, used + amount))
 
         log: _Log | None = None
-        writes: list[object] = []
         if shape.log:
             day = values[2] if shape.log_day else None
             log = _Log(shape.log, self.now_us)
@@ -551,14 +603,14 @@ class Charge:
                     if used + 1 > lim:
                         retry_w = log.retry_after(conn, index, lim, now) if lim >= 1 else None
                         refusals[i] = _exceeded(spend, used, retry_w, tool, task_id)
-            writes += log.row(shape.marks, shape.cost)
 
         if refusals:
             anomaly = _watch(conn, shape, log, self.now_us)
             return anomaly if anomaly is not None else refusals[min(refusals)]
         if log is not None:
-            conn.execute(_write_sql(len(writes) // 3), writes)
-            log.prune(conn)
+            if log.newest is None:  # a new log opens with its anchor
+                conn.execute(INSERT_TALLY, (shape.log, _ANCHOR, 0.0, 0.0))
+            self.tally = log.next_period(shape.marks, shape.cost)
         if news:
             tasks.spend(shape.task_id, news)
         return None
@@ -599,12 +651,12 @@ def _watch(
     """Log a refused attempt for the anomaly watches; the first watch past its threshold."""
     if not shape.watches or log is None:
         return None
-    refused = _Log(shape.refused, now_us)
+    refused = _Log(shape.refused, now_us, _REFUSED)
     newest, window = conn.execute(
-        f"SELECT {_NEWEST}, {_BEFORE}", (refused.scope, refused.scope, _cut(now_us))
+        f"SELECT {_REFUSED.newest}, {_REFUSED.before}", (refused.key, refused.key, _cut(now_us))
     ).fetchone()
     refused.read(conn, newest, window)
-    rows = refused.row(shape.marks, 0)
+    rows = refused.refused_rows(shape.marks)
     conn.execute(_write_sql(len(rows) // 3), rows)
     refused.prune(conn)
     for spend, index in shape.watches:
@@ -638,16 +690,19 @@ def settle(
         if "#" not in scope:
             rest.append((scope, period, delta))
             continue
-        row, _, slot = scope.rpartition("#")
+        slot = scope.rpartition("#")[2]
         if slot.isdigit():
             tasks.settle(_task_of(scope), int(slot), to_units(delta))
         elif slot == "c" and period == day_key(now):
-            newest = _one(conn, _NEWEST[1:-1], (row,))
+            identity = _identity_of(scope)
+            newest = _one(conn, _ADMITTED.newest[1:-1], (identity,))
             if newest:
                 ts_us, (n, a, w, d, c) = _parse(newest)
                 at_us = max(ts_us, round(now * _US))
                 totals = (n + 1, a, w, d, c + to_units(delta))
-                conn.execute(_write_sql(1), (row, _period(at_us, totals), at_us / _US))
+                conn.execute(
+                    INSERT_TALLY, (identity, _period(at_us, totals), at_us / _US, at_us / _US)
+                )
     return rest
 
 
@@ -671,12 +726,11 @@ def usage(
             used = spent_from_trail(conn, task_id, label)
             out[f"task.{label}"] = used / _M if name == "cost" else used // _M
     if identity is not None:
-        scope = f"identity:{identity}:log"
         now_us = max(1, round(now * _US))
-        log = _Log(scope, now_us)
-        newest = _one(conn, _NEWEST[1:-1], (scope,))
-        window = _one(conn, _BEFORE[1:-1], (scope, _cut(now_us)))
-        day = _one(conn, _BEFORE[1:-1], (scope, _midnight(now_us)))
+        log = _Log(identity, now_us)
+        newest = _one(conn, _ADMITTED.newest[1:-1], (identity,))
+        window = _one(conn, _ADMITTED.before[1:-1], (identity, _cut(now_us)))
+        day = _one(conn, _ADMITTED.before[1:-1], (identity, _midnight(now_us)))
         log.read(conn, newest, window, day, daily=True)
         x = f"identity.{identity}"
         out[f"{x}.requests_per_minute"] = log.in_window(1)

@@ -28,7 +28,7 @@ from typing import Any
 from ..budget import Spend
 from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
 from ..errors import AuditError, BudgetExceeded, PolicyDenied
-from .budgets import Anomaly, Charge, TaskBudgets, charge, settle
+from .budgets import INSERT_TALLY, Anomaly, Charge, TaskBudgets, charge, settle
 from .queries import Queries
 from .schema import create_schema
 
@@ -51,6 +51,10 @@ _TASK_COLUMNS = (
 _INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(HASHED_FIELDS)}, prev_hash, hash) "
     f"VALUES ({', '.join('?' * (len(HASHED_FIELDS) + 2))})"
+)
+_INSERT_CREDENTIAL = (
+    "INSERT INTO credentials (identity, tally, jti, task_id, tool, operation, issued_at,"
+    " expires_at, jit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -390,7 +394,19 @@ class Store(Queries):
                 )
         self._append(conn, item.event)
         if item.event.get("outcome") == "not-run":  # no credential was issued after all
-            conn.execute("DELETE FROM credentials WHERE jti = ?", (item.event.get("jti"),))
+            event = item.event
+            identity, jti = event.get("identity"), event.get("jti")
+            conn.execute(
+                "DELETE FROM credentials WHERE identity = ? AND tally = 'j' || ?", (identity, jti)
+            )
+            # an admission-log entry stays (the identity's counts are not refunded), as a
+            # row that is no credential; it was written within the hour before this outcome
+            since = f"t{max(0, round((float(event['ts']) - 3600.0) * 1_000_000)):017d}"
+            conn.execute(
+                "UPDATE credentials SET jti = NULL, jit = NULL, expires_at = issued_at"
+                " WHERE identity = ? AND tally > ? AND tally < 'u' AND jti = ?",
+                (identity, since, jti),
+            )
         if item.taint:
             conn.execute("UPDATE tasks SET tainted = 1 WHERE task_id = ?", (item.event["task_id"],))
 
@@ -578,12 +594,19 @@ class Store(Queries):
                 self._append(conn, on_denied(denial))
                 return Denial(denial)
             self._append(conn, event)
+            # One row per allowed call, which is also the identity's admission-log entry when
+            # the identity has limits (``tally``; else ``j<jti>``).
             if credential is not None:
+                jti, task_id, _, tool, operation, issued_at, expires_at, jit = credential
                 conn.execute(
-                    "INSERT INTO credentials (jti, task_id, identity, tool, operation, issued_at,"
-                    " expires_at, jit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    credential,
-                )
+                    _INSERT_CREDENTIAL,
+                    (
+                        identity, step.tally or "j" + jti, jti, task_id, tool, operation,
+                        issued_at, expires_at, jit,
+                    ),
+                )  # fmt: skip
+            elif step.tally is not None:
+                conn.execute(INSERT_TALLY, (identity, step.tally, now, now))
         return None
 
     def _charge_inherited(

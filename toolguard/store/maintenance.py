@@ -4,9 +4,12 @@ A prune removes every event with ``seq`` below a cut and records, in the same tr
 ``prunes`` row with ``before_seq`` (the first kept ``seq``) and ``head_hash`` (the hash of the
 last removed event). ``verify`` starts from the newest such row, and new events keep chaining
 from it even when every event was removed. Tasks that ended before the cut and have no event
-left go with their task budget counters; expired credentials and old rate and day counters
-go too (so do day counters of past days). Revocations are kept: they are small and a verifier
-may still need them. Rate-limit rows are left to the budget module, which prunes its own.
+left go too, and so do expired credentials; an identity's admission-log entries (the
+``credentials`` rows with a ``t...`` tally) go only when they are older than both the cut and
+yesterday 00:00 UTC, and the newest of those stays as the log's boundary, so every rolling
+window and today's quota count exactly as before. Revocations are kept: they are small and a
+verifier may still need them. Refused-attempt rows are left to the budget module, which prunes
+its own.
 
 ``verify`` accepts a prune only when the checkpoint file holds a signed ``prune`` record with
 the same cut; :meth:`toolguard.audit.AuditLog.prune` writes that record first and passes the
@@ -81,15 +84,35 @@ def _old_tasks(conn: sqlite3.Connection, before: float, first_kept: int) -> list
     return [str(r[0]) for r in rows]
 
 
-def _plan(conn: sqlite3.Connection, before: float) -> PruneResult:
+_PRUNE_CREDENTIALS = "DELETE FROM credentials WHERE expires_at < ? AND tally < 't'"
+"""Expired credentials of identities without limits (``j<jti>``)."""
+_PRUNE_LOG = (
+    "DELETE FROM credentials WHERE expires_at < ? AND tally > 't' AND tally < ? AND tally < ("
+    "SELECT MAX(k.tally) FROM credentials k WHERE k.identity = credentials.identity"
+    " AND k.tally > 't' AND k.tally < ?)"
+)
+"""Admission-log entries below a bound, except each identity's newest one below it."""
+_COUNT_PRUNED = (
+    "SELECT COUNT(*) FROM credentials WHERE jti IS NOT NULL AND expires_at < ? AND"
+    " (tally < 't' OR (tally < ? AND tally < (SELECT MAX(k.tally) FROM credentials k"
+    " WHERE k.identity = credentials.identity AND k.tally > 't' AND k.tally < ?)))"
+)
+
+
+def _log_bound(before: float, now: float) -> str:
+    """Admission-log entries below this tally may go: older than the cut and yesterday."""
+    yesterday = (now // 86400 - 1) * 86400
+    return f"t{max(0, round(min(before, yesterday) * 1_000_000)):017d}"
+
+
+def _plan(conn: sqlite3.Connection, before: float, now: float) -> PruneResult:
     cut = _cut(conn, before)
     if cut is None:
         return PruneResult(0, None, None, dry_run=True)
     first_kept, removed, head_hash = cut
     tasks = _old_tasks(conn, before, first_kept)
-    creds = conn.execute(
-        "SELECT COUNT(*) FROM credentials WHERE expires_at < ?", (before,)
-    ).fetchone()[0]
+    bound = _log_bound(before, now)
+    creds = conn.execute(_COUNT_PRUNED, (before, bound, bound)).fetchone()[0]
     return PruneResult(removed, first_kept, head_hash, len(tasks), int(creds), dry_run=True)
 
 
@@ -112,7 +135,7 @@ def prune(
     """
     if dry_run:
         try:
-            return _plan(store.conn, before)
+            return _plan(store.conn, before, now)
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit database {store.path}: {exc}") from exc
     with store._write("prune") as conn:
@@ -132,5 +155,8 @@ def prune(
         conn.execute("DELETE FROM events WHERE seq < ?", (first_kept,))
         tasks = _old_tasks(conn, before, first_kept)
         conn.executemany("DELETE FROM tasks WHERE task_id = ?", ((t,) for t in tasks))
-        creds = conn.execute("DELETE FROM credentials WHERE expires_at < ?", (before,)).rowcount
+        bound = _log_bound(before, now)
+        creds = conn.execute(_COUNT_PRUNED, (before, bound, bound)).fetchone()[0]
+        conn.execute(_PRUNE_CREDENTIALS, (before,))
+        conn.execute(_PRUNE_LOG, (before, bound, bound))
     return PruneResult(removed, first_kept, head_hash, len(tasks), int(creds))

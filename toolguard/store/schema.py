@@ -12,12 +12,38 @@ __all__ = ["SCHEMA_VERSION", "create_schema"]
 
 SCHEMA_VERSION = 2
 """1: the first layout. 2: no ``rate_events`` table (never used); no budget rows per task (a
-task's budget is its trail, see :mod:`toolguard.store.budgets`)."""
+task's budget is its trail); an identity's admission log is the ``tally`` of its
+``credentials`` rows (one row per allowed call, keyed by identity and tally), see
+:mod:`toolguard.store.budgets`."""
+
+_CREDENTIALS = (
+    "CREATE TABLE credentials (identity TEXT NOT NULL, tally TEXT NOT NULL, jti TEXT,"
+    " task_id TEXT, tool TEXT, operation TEXT, issued_at FLOAT, expires_at FLOAT, jit INTEGER,"
+    " PRIMARY KEY (identity, tally)) WITHOUT ROWID"
+)
+"""One row per allowed call (ids and expiry, never tokens). ``tally`` orders an identity's rows:
+``t<time µs>:<row>:<calls>:<writes>:<deletes>:<cost>`` when the identity has limits (its
+admission log: running totals, see :mod:`toolguard.store.budgets`; rows with no ``jti`` are log
+entries only: the anchor, a settled cost, a call that did not run), else ``j<jti>``."""
 
 
 def _to_v2(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE IF EXISTS rate_events")
     conn.execute("DELETE FROM budgets WHERE period = '' AND scope LIKE 'task:%'")
+    conn.execute("ALTER TABLE credentials RENAME TO credentials_v1")
+    conn.execute(_CREDENTIALS)
+    conn.execute(
+        "INSERT INTO credentials (identity, tally, jti, task_id, tool, operation, issued_at,"
+        " expires_at, jit) SELECT COALESCE(identity, ''), 'j' || jti, jti, task_id, tool,"
+        " operation, issued_at, expires_at, jit FROM credentials_v1"
+    )
+    conn.execute(  # the admission logs move next to the credentials
+        "INSERT INTO credentials (identity, tally, issued_at, expires_at)"
+        " SELECT substr(scope, 10, length(scope) - 13), period, used, used FROM budgets"
+        " WHERE scope LIKE 'identity:%:log'"
+    )
+    conn.execute("DELETE FROM budgets WHERE scope LIKE 'identity:%:log'")
+    conn.execute("DROP TABLE credentials_v1")
 
 
 _MIGRATIONS = {1: _to_v2}
@@ -74,10 +100,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
     db.table("events").create_index(["task_id", "seq"])
     db.table("events").create_index(["ts"])
     conn.execute("CREATE INDEX idx_events_denied ON events (seq) WHERE kind = 'denied'")
-    conn.execute(
-        "CREATE TABLE credentials (jti TEXT PRIMARY KEY, task_id TEXT, identity TEXT, tool TEXT,"
-        " operation TEXT, issued_at FLOAT, expires_at FLOAT, jit INTEGER) WITHOUT ROWID"
-    )
+    conn.execute(_CREDENTIALS)
     db.table("revocations").create(
         {"id": int, "scope": str, "value": str, "reason": str, "ts": float, "by": str},
         pk="id",
