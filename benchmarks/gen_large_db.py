@@ -121,7 +121,7 @@ class Generator:
         )
         conn.executemany(
             "INSERT INTO credentials (jti, task_id, identity, tool, operation, issued_at,"
-            " expires_at, jit) VALUES (?,?,?,?,?,?,?,?)",
+            " expires_at, jit, tally) VALUES (?,?,?,?,?,?,?,?,'j' || ?1)",
             self.credentials,
         )
         conn.executemany(
