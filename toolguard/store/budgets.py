@@ -675,9 +675,9 @@ def settle(
     tasks: TaskBudgets,
     *,
     now: float,
-) -> list[tuple[str, str, float]]:
+) -> None:
     """Apply budget deltas (a cost settled to the actual, a refund after a failed mint) in the
-    caller's transaction; returns the deltas that are not for budget state kept here.
+    caller's transaction.
 
     A task slot never goes below 0. The identity's cost moves by a log row, and only for the
     day the call was reserved in: a call reserved before 00:00 UTC and settled after it does
@@ -685,11 +685,7 @@ def settle(
     call counts are not refunded: a call whose credential could not be minted stays counted in
     the per-minute and per-day limits (its ``request`` is in the trail); the task's slots are.
     """
-    rest: list[tuple[str, str, float]] = []
     for scope, period, delta in deltas:
-        if "#" not in scope:
-            rest.append((scope, period, delta))
-            continue
         slot = scope.rpartition("#")[2]
         if slot.isdigit():
             tasks.settle(_task_of(scope), int(slot), to_units(delta))
@@ -703,7 +699,6 @@ def settle(
                 conn.execute(
                     INSERT_TALLY, (identity, _period(at_us, totals), at_us / _US, at_us / _US)
                 )
-    return rest
 
 
 def usage(

@@ -385,13 +385,8 @@ class Store(Queries):
         local.head = (seq + 1, digest)
 
     def _write_outcome(self, conn: sqlite3.Connection, item: PendingOutcome) -> None:
-        if item.settle:  # a task's budget row settles in toolguard.store.budgets
-            rest = tuple(settle(conn, item.settle, self._tasks, now=self.clock()))
-            for scope, period, delta in rest:
-                conn.execute(
-                    "UPDATE budgets SET used = MAX(0, used + ?) WHERE scope = ? AND period = ?",
-                    (delta, scope, period),
-                )
+        if item.settle:  # task counters and the identity's cost (toolguard.store.budgets)
+            settle(conn, item.settle, self._tasks, now=self.clock())
         self._append(conn, item.event)
         if item.event.get("outcome") == "not-run":  # no credential was issued after all
             event = item.event
