@@ -518,7 +518,8 @@ class Charge:
         task_id: str | None = None,
     ) -> BudgetExceeded | Anomaly | None:
         """Check every spend against the task counters in ``tasks`` and the ``values`` read
-        and, if all fit, spend them all (the identity's in one statement). Returns None when
+        and, if all fit, spend them: the task counters at once, the identity's through
+        :attr:`tally`, which the caller writes with the call's credential. Returns None when
         spent; otherwise nothing is spent and the result is the first refusal in the plan's
         order, or an :class:`Anomaly` when the refused call takes an ``attempts`` watch past
         its threshold."""
@@ -625,7 +626,9 @@ def charge(
     tool: str | None = None,
     task_id: str | None = None,
 ) -> BudgetExceeded | Anomaly | None:
-    """Check and spend ``spends`` on their own (a :class:`Charge` with its own ``SELECT``)."""
+    """Check and spend task ``spends`` on their own (a :class:`Charge` with its own
+    ``SELECT``): an ancestor's budget. Identity spends need their :attr:`Charge.tally` written
+    with the call's credential, so they go through :meth:`Store.record_call`."""
     step = Charge(spends, now)
     values = conn.execute("SELECT " + step.columns, step.params).fetchone() if step.columns else ()
     return step.apply(conn, values, tasks, tool=tool, task_id=task_id)
