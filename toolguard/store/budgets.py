@@ -4,13 +4,7 @@
 Amounts are whole numbers of micro-units (:data:`~toolguard.budget.COST_RESOLUTION`) and
 compared as such, so a sum of costs never drifts (``100 x 0.01`` is exactly ``1.00``).
 
-**A task's budget is its trail** (:class:`TaskBudgets`): what a task has spent is its ``request``
-events and its descendants' (a delegated call spends its ancestors' budgets too), settled by
-their ``outcome`` events, and those commit in the transaction that checks the spend. A task
-lives in one process (its :class:`~toolguard.TaskSession`), so that process keeps the task's
-counters in memory, changes them only inside its write transactions and undoes the changes of a
-transaction that rolls back; a task it did not start is counted from the trail on first use.
-No budget row is written per call.
+A task's budget is its trail, counted in :mod:`toolguard.store.tasks`.
 
 The identity's limits are shared by every process using the database, so their state is in
 the database; a restarted process finds them spent.
@@ -57,20 +51,12 @@ from ..budget import (
     to_units,
 )
 from ..errors import BudgetExceeded
+from .tasks import TaskBudgets, spent_from_trail
 
 if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import pydantic
     from ..config import Budget
 
-__all__ = [
-    "INSERT_TALLY",
-    "Anomaly",
-    "Charge",
-    "TaskBudgets",
-    "charge",
-    "settle",
-    "spent_from_trail",
-    "usage",
-]
+__all__ = ["INSERT_TALLY", "Anomaly", "Charge", "charge", "settle", "usage"]
 
 _M = COST_RESOLUTION
 _US = 1_000_000
@@ -143,127 +129,6 @@ class Anomaly:
     """The ``attempts`` watch whose threshold (``spend.limit``) was passed."""
     attempts: int
     """Calls attempted (admitted or refused) within the last 60 seconds, this one included."""
-
-
-# -- the tasks' budgets ----------------------------------------------------------------------
-
-_TRAIL = (
-    "WITH RECURSIVE d(id) AS (SELECT ? UNION SELECT t.task_id FROM tasks t JOIN d"
-    " ON t.parent_id = d.id) SELECT kind, jti, tool, operation, cost, outcome FROM events"
-    " WHERE task_id IN (SELECT id FROM d) AND kind IN ('request', 'outcome') ORDER BY seq"
-)
-
-
-def spent_from_trail(conn: sqlite3.Connection, task_id: str, label: str) -> int:
-    """What a task and its descendants spent on one limit (``max_calls``,
-    ``per_tool.<tool>``, ``per_operation.<op>``, ``max_cost``), counted from the committed
-    trail in micro-units: every ``request``, except calls that did not run for lack of a
-    credential; the cost an ``outcome`` settled, else the estimate of the ``request``."""
-    calls: dict[str, tuple[str, str, float]] = {}
-    for kind, jti, tool, operation, cost, outcome in conn.execute(_TRAIL, (task_id,)):
-        if kind == "request":
-            calls[jti] = (tool, operation, cost or 0.0)
-        elif jti in calls:
-            if outcome == "not-run":
-                del calls[jti]
-            else:
-                tool, operation, _ = calls[jti]
-                calls[jti] = (tool, operation, cost or 0.0)
-    what, _, name = label.partition(".")
-    if what == "max_cost":
-        return sum(to_units(cost) for _, _, cost in calls.values())
-    if what == "per_tool":
-        return sum(_M for tool, _, _ in calls.values() if tool == name)
-    if what == "per_operation":
-        return sum(_M for _, operation, _ in calls.values() if operation == name)
-    return _M * len(calls)
-
-
-class TaskBudgets:
-    """The budget counters of the tasks running in this process (see the module's docstring).
-
-    Counters are micro-units per slot of :func:`~toolguard.budget.task_slots`. The store calls
-    every method with its write lock held, inside a transaction, and calls :meth:`commit` or
-    :meth:`rollback` when that transaction ends.
-    """
-
-    __slots__ = ("_fresh", "_rows", "_undo")
-
-    def __init__(self) -> None:
-        self._rows: dict[str, dict[int, int]] = {}
-        self._fresh: set[str] = set()  # started here: nothing spent before
-        self._undo: list[tuple[str, dict[int, int] | None]] = []  # rows as they were
-
-    def started(self, task_id: str) -> None:
-        """A task started in this process: it has spent nothing."""
-        self._rows[task_id] = {}
-        self._fresh.add(task_id)
-
-    def ended(self, task_id: str) -> None:
-        """Forget an ended task (a later use counts it from the trail)."""
-        self._rows.pop(task_id, None)
-        self._fresh.discard(task_id)
-
-    def fit(
-        self,
-        conn: sqlite3.Connection,
-        task_id: str,
-        spends: Sequence[tuple[int, Spend, int, int, int]],
-    ) -> list[tuple[int, int]] | None:
-        """The new values of the slots a call spends (position, spend, slot, amount, limit),
-        or None if one would pass its limit. Changes nothing but what it counts from the
-        trail."""
-        row = self._rows.get(task_id)
-        news = []
-        for _, spend, k, amount, limit in spends:
-            used = row.get(k) if row is not None else None
-            if used is None:
-                used = self.used(conn, task_id, k, spend.label)
-                row = self._rows[task_id]
-            used += amount
-            if used > limit:
-                return None
-            news.append((k, used))
-        return news
-
-    def used(self, conn: sqlite3.Connection, task_id: str, k: int, label: str) -> int:
-        """What the task used of slot ``k``; counted from the trail if not known here."""
-        row = self._rows.get(task_id)
-        value = row.get(k) if row is not None else None
-        if value is None:
-            value = 0 if task_id in self._fresh else spent_from_trail(conn, task_id, label)
-            self.spend(task_id, ((k, value),))
-        return value
-
-    def spend(self, task_id: str, news: Iterable[tuple[int, int]]) -> None:
-        """Set slots to new values (undone if the transaction rolls back)."""
-        row = self._rows.get(task_id)
-        self._undo.append((task_id, None if row is None else row.copy()))
-        if row is None:
-            row = self._rows[task_id] = {}
-        row.update(news)
-
-    def settle(self, task_id: str, k: int, delta: int) -> None:
-        """Move a known slot by ``delta`` (never below 0); an unknown one is in the trail."""
-        row = self._rows.get(task_id)
-        if row is not None and k in row:
-            self.spend(task_id, ((k, max(0, row[k] + delta)),))
-
-    def mark(self) -> int:
-        return len(self._undo)
-
-    def rollback(self, mark: int = 0) -> None:
-        """Undo the changes made since ``mark`` (the transaction's start by default)."""
-        undo = self._undo
-        while len(undo) > mark:
-            task_id, row = undo.pop()
-            if row is None:
-                self._rows.pop(task_id, None)
-            else:
-                self._rows[task_id] = row
-
-    def commit(self) -> None:
-        self._undo.clear()
 
 
 # -- the admission log ------------------------------------------------------------------------
@@ -437,6 +302,7 @@ def _shape(spends: Sequence[Spend]) -> _Shape:
     watches = tuple((s, _INDEX[s.slot]) for s in spends if s.kind == "attempts")
     log_day = any(s.kind == "day" for _, s, *_ in logged)
     marks = logged[0][1].marks if logged else ""
+    cost = sum(amount for _, s, index, amount, _ in logged if index == 4)
     columns: list[str] = []
     if logged:
         columns += (_ADMITTED.newest, _ADMITTED.before)
@@ -448,7 +314,7 @@ def _shape(spends: Sequence[Spend]) -> _Shape:
         log=_identity_of(logged[0][1].scope) if logged else "",
         log_day=log_day,
         logged=tuple(logged),
-        cost=sum(amount for _, s, index, amount, _ in logged if index == 4),
+        cost=cost,
         marks=marks,
         watches=watches,
         refused=watches[0][0].scope.rpartition("#")[0] if watches else "",
@@ -457,13 +323,7 @@ def _shape(spends: Sequence[Spend]) -> _Shape:
             (s.kind == "day", index + 1, amount if s.kind == "day" else 1, lim)
             for _, s, index, amount, lim in logged
         ),
-        adds=(
-            1,
-            1,
-            int("w" in marks),
-            int("d" in marks),
-            sum(amount for _, s, index, amount, _ in logged if index == 4),
-        ),
+        adds=(1, 1, int("w" in marks), int("d" in marks), cost),
     )
     if len(_SHAPES) >= _SHAPES_MAX:
         _SHAPES.clear()

@@ -28,9 +28,10 @@ from typing import Any
 from ..budget import Spend
 from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
 from ..errors import AuditError, BudgetExceeded, PolicyDenied
-from .budgets import INSERT_TALLY, Anomaly, Charge, TaskBudgets, charge, settle
+from .budgets import INSERT_TALLY, Anomaly, Charge, charge, settle
 from .queries import Queries
 from .schema import create_schema
+from .tasks import TaskBudgets
 
 __all__ = ["Denial", "PendingEnd", "PendingOutcome", "Store"]
 
