@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check bench venv clean
+.PHONY: demo test test-fast check bench venv clean
 
 $(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/starlette/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 check: $(STAMP)
 	$(PY) -m ruff check toolguard integrations tests examples benchmarks
