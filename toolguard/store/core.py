@@ -30,10 +30,15 @@ from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
 from ..errors import AuditError, BudgetExceeded, PolicyDenied
 from .budgets import INSERT_TALLY, Anomaly, Charge, charge, settle
 from .queries import Queries
-from .schema import create_schema
+from .schema import check_pages, create_schema
 from .tasks import TaskBudgets
 
 __all__ = ["Denial", "PendingEnd", "PendingOutcome", "Store"]
+
+_QUARANTINE: list[sqlite3.Connection] = []
+"""Connections to a database file that is no longer at its path and whose write-ahead log was
+replaced too: never closed (closing would checkpoint and unlink the ``-wal`` at the path, which
+is no longer theirs), see :meth:`Store._retire`."""
 
 
 _TASK_COLUMNS = (
@@ -129,10 +134,19 @@ class Store(Queries):
         # (see _write), so threads share it instead of opening one each (ToolNode threads).
         self._writer: tuple[int, sqlite3.Connection] | None = None
         self._write_lock: tuple[int, threading.Lock] = (os.getpid(), threading.Lock())
+        # (st_dev, st_ino) of the database file and of its -wal as this store opened them:
+        # compared with the path before each commit and each read (see _check_file)
+        self._file: tuple[int, int] | None = None
+        self._wal: tuple[int, int] | None = None
+        self._stale: str | None = None
 
     # -- connections --------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        if self._file is not None:  # never open a file that replaced the one in use
+            self._check_file()
+        elif self._stale is not None:
+            raise AuditError(self._stale)
         try:
             if self.readonly:
                 if not self.path.exists():
@@ -170,8 +184,14 @@ class Store(Queries):
             raise AuditError(
                 f"cannot create the audit database {self.path}: {exc.strerror}"
             ) from exc
-        if not self._ready:
-            self._ensure_schema(conn)
+        try:
+            if not self._ready:
+                self._ensure_schema(conn)
+            if self._file is None:
+                self._file = _identity(self.path)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
@@ -198,6 +218,7 @@ class Store(Queries):
                         f"{self.path} is not a toolguard audit database (no events table)"
                     )
             else:
+                check_pages(conn, self.path)  # fail closed on a damaged page, before writing
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     create_schema(conn)
@@ -220,6 +241,8 @@ class Store(Queries):
         if local.tx is not None:
             return local.tx
         conn = local.conn
+        if conn is not None:  # a read on a file that is no longer at the path fails closed
+            self._check_file()
         if conn is None or local.pid != os.getpid():  # a forked child opens its own
             conn = local.conn = self._connect()
             local.pid = os.getpid()
@@ -232,9 +255,86 @@ class Store(Queries):
         writer = self._writer
         if writer is None or writer[0] != os.getpid():
             conn = self._connect()
-            conn.execute("PRAGMA busy_timeout = 0")  # _write waits fairly by itself
+            try:
+                conn.execute("PRAGMA busy_timeout = 0")  # _write waits fairly by itself
+            except sqlite3.Error:
+                conn.close()
+                raise
+            if self._wal is None:
+                self._wal = _identity(Path(f"{self.path}-wal"), missing_ok=True)
             self._writer = writer = (os.getpid(), conn)
         return writer[1]
+
+    def _check_file(self, *, wal: bool = False) -> None:
+        """:class:`AuditError` when the file at the path is not the one this store opened
+        (deleted, its directory removed, another file moved over it; with ``wal``, the same for
+        the ``-wal`` file). One ``stat`` (two with ``wal``): ~1-2 µs each. Once found, the
+        store refuses every read and write (:meth:`_retire` closes its connections)."""
+        if self._stale is not None:
+            raise AuditError(self._stale)
+        expected = self._file
+        if expected is None:
+            return
+        problem = None
+        try:
+            found = os.stat(self.path)
+        except OSError:
+            problem = "was deleted (or its directory removed)"
+        else:
+            if (found.st_dev, found.st_ino) != expected:
+                problem = "was replaced by another file"
+            elif wal and self._wal is not None:
+                try:
+                    log = os.stat(f"{self.path}-wal")
+                except OSError:
+                    problem = "lost its write-ahead log (the -wal file was deleted)"
+                else:
+                    if (log.st_dev, log.st_ino) != self._wal:
+                        problem = "had its write-ahead log (the -wal file) replaced"
+        if problem is None:
+            return
+        self._stale = (
+            f"the audit database {self.path} {problem} while this process had it open; "
+            "nothing more is written to or read from it and no guarded tool runs. Put the "
+            "database back (restore it from a backup if needed), check it with `toolguard "
+            "audit verify`, and start a new guard"
+        )
+        raise AuditError(self._stale)
+
+    def _retire(self) -> None:
+        """Drop every connection to a file that is no longer at the path (see _check_file).
+
+        A connection's close runs a checkpoint when it is the last one on its file, and then
+        unlinks ``<path>-wal`` and ``<path>-shm`` *by name*. When the ``-wal`` at the path is
+        still ours (or gone), that is what we want: our frames go into the old file (never the
+        new one) and no stale log is left at the path to be applied to the file now there by
+        the next opener. When the ``-wal`` at the path is another file, closing would unlink
+        it: those connections are kept open, unused, for the life of the process."""
+        with self._conns_lock:
+            conns = list(self._readers)
+            self._readers = weakref.WeakSet()
+            if self._writer is not None and self._writer[0] == os.getpid():
+                conns.append(self._writer[1])
+            self._writer = None
+        try:
+            ours = _identity(Path(f"{self.path}-wal"), missing_ok=True) in (None, self._wal)
+        except AuditError:
+            ours = False
+        for conn in conns:
+            if ours:
+                try:
+                    conn.close()
+                except sqlite3.Error:  # pragma: no cover - closing is best effort
+                    pass
+            else:
+                _QUARANTINE.append(conn)
+                try:  # never deallocated, so never closed, even at interpreter exit
+                    import ctypes
+
+                    ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
+                except (ImportError, AttributeError):  # pragma: no cover - not CPython
+                    pass
+        self._local = _Local()
 
     def open(self) -> Store:
         """Open (and create or migrate) the database now rather than on first use."""
@@ -247,6 +347,8 @@ class Store(Queries):
             if self._pending and not self.readonly:
                 self.flush()
         finally:
+            if self._stale is not None:
+                self._retire()
             with self._conns_lock:
                 conns = list(self._readers)
                 self._readers = weakref.WeakSet()
@@ -259,6 +361,8 @@ class Store(Queries):
                 except sqlite3.Error:  # pragma: no cover - closing is best effort
                     pass
             self._local = _Local()
+            if self._stale is None:  # a reopened store takes the file then at the path
+                self._file = self._wal = None
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -289,9 +393,9 @@ class Store(Queries):
             deadline = time.monotonic() + self.busy_timeout
             if not plock.acquire(timeout=self.busy_timeout):
                 raise AuditError(
-                    f"the audit trail could not be written ({what}) within busy_timeout "
-                    f"({self.busy_timeout:g}s; raise it or reduce concurrent writers): "
-                    "database is locked; nothing ran"
+                    f"the audit trail {self.path} could not be written ({what}) within "
+                    f"busy_timeout ({self.busy_timeout:g}s; raise it or reduce concurrent "
+                    "writers): database is locked; nothing ran"
                 )
         try:
             conn = self._writer_conn()
@@ -314,7 +418,8 @@ class Store(Queries):
                     deadline = now + self.busy_timeout
                 elif now >= deadline:
                     raise AuditError(
-                        f"the audit trail could not be written ({what}) within busy_timeout"
+                        f"the audit trail {self.path} could not be written ({what}) within"
+                        " busy_timeout"
                         f" ({self.busy_timeout:g}s; raise it or reduce concurrent writers):"
                         " database is locked; nothing ran"
                     )
@@ -324,9 +429,11 @@ class Store(Queries):
                 delay = min(delay * 2, 250e-6)
         except BaseException as exc:
             plock.release()
+            if self._stale is not None:
+                self._retire()
             if isinstance(exc, sqlite3.Error):
                 raise AuditError(
-                    f"the audit trail could not be written ({what}): {exc}; nothing ran"
+                    f"the audit trail {self.path} could not be written ({what}): {exc}; nothing ran"
                 ) from exc
             raise
         local.tx = conn
@@ -340,6 +447,8 @@ class Store(Queries):
                 else:
                     self._write_outcome(conn, item)
             yield conn
+            # the file at the path must still be the one written to: else nothing commits
+            self._check_file(wal=True)
             conn.execute("COMMIT")
             self._tasks.commit()
         except BaseException as exc:
@@ -351,9 +460,11 @@ class Store(Queries):
             if pending:
                 with self._pending_lock:
                     self._pending[:0] = pending
+            if self._stale is not None:
+                self._retire()
             if isinstance(exc, sqlite3.Error):
                 raise AuditError(
-                    f"the audit trail could not be written ({what}): {exc}; nothing ran"
+                    f"the audit trail {self.path} could not be written ({what}): {exc}; nothing ran"
                 ) from exc
             raise
         finally:
@@ -728,15 +839,29 @@ class Store(Queries):
         """Why a credential is revoked, or None. Raises on any database failure."""
         ids = [task_id, *chain]
         marks = ",".join("?" * len(ids))
-        row = self.conn.execute(
+        rows = self.query(
             "SELECT scope, reason FROM revocations WHERE (scope = 'jti' AND value = ?)"
             f" OR (scope = 'task' AND value IN ({marks}))"
             " OR (scope = 'identity' AND value = ? AND ts >= ?) LIMIT 1",
             (jti, *ids, identity, issued_at),
-        ).fetchone()
+        )
+        row = (rows[0]["scope"], rows[0]["reason"]) if rows else None
         if row is None:
             return None
         return f"{row[0]} revoked: {row[1]}"
+
+
+def _identity(path: Path, *, missing_ok: bool = False) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of a file (None if it is missing and ``missing_ok``)."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise AuditError(f"the audit database {path} disappeared while it was opened") from None
+    except OSError as exc:
+        raise AuditError(f"cannot read the audit database {path}: {exc.strerror}") from exc
+    return found.st_dev, found.st_ino
 
 
 def loads_list(value: str | None) -> list[str]:

@@ -186,20 +186,20 @@ class Queries:
 
     def identity_disabled(self, identity: str) -> str | None:
         """Why an identity is disabled (``revoke --identity --disable``), or None."""
-        row = self.conn.execute(
+        rows = self.query(
             "SELECT reason FROM identity_state WHERE identity = ? AND disabled = 1", (identity,)
-        ).fetchone()
-        return None if row is None else str(row[0] or "disabled")
+        )
+        return None if not rows else str(rows[0]["reason"] or "disabled")
 
     def task_jtis(self, task_id: str) -> list[str]:
         """The ids of the credentials issued to a task (from its ``request`` events: one range
         of the ``(task_id, seq)`` index)."""
-        rows = self.conn.execute(
+        rows = self.query(
             "SELECT jti FROM events WHERE task_id = ? AND kind = 'request' AND jti IS NOT NULL"
             " ORDER BY seq",
             (task_id,),
         )
-        return [r[0] for r in rows]
+        return [r["jti"] for r in rows]
 
     def task_row(self, task_id: str) -> dict[str, Any] | None:
         """The ``tasks`` row of one task, or None."""
