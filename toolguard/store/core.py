@@ -361,8 +361,9 @@ class Store(Queries):
                 except sqlite3.Error:  # pragma: no cover - closing is best effort
                     pass
             self._local = _Local()
-            if self._stale is None:  # a reopened store takes the file then at the path
+            if self._stale is None:  # a reopened store takes the file then at the path,
                 self._file = self._wal = None
+                self._ready = False  # and checks it again
 
     @contextmanager
     def _write(self, what: str) -> Iterator[sqlite3.Connection]:

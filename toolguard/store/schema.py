@@ -98,7 +98,10 @@ def _bounded_check(conn: sqlite3.Connection) -> list[str]:
         quoted = table.replace('"', '""')
         found += [str(r[0]) for r in conn.execute(f'PRAGMA quick_check("{quoted}")')]
     if {"events", "credentials"} <= tables:
-        low, high = conn.execute("SELECT MIN(seq), MAX(seq) FROM events").fetchone()
+        low, high = conn.execute(  # two index lookups (MIN and MAX together would scan)
+            "SELECT (SELECT seq FROM events ORDER BY seq LIMIT 1),"
+            " (SELECT seq FROM events ORDER BY seq DESC LIMIT 1)"
+        ).fetchone()
         if low is not None:
             for i in range(_PROBES):
                 conn.execute(
