@@ -79,7 +79,11 @@ class AuditEvent:
         """An event from a row of the ``events`` table."""
         data: dict[str, Any] = {k: row.get(k) for k in EVENT_FIELDS}
         res = data.pop("resources")
-        return cls(**data, resources=tuple(json.loads(res)) if res else ())
+        try:
+            resources = tuple(str(r) for r in json.loads(res)) if res else ()
+        except (TypeError, ValueError):  # not a JSON list (damaged): shown as stored
+            resources = (str(res),)
+        return cls(**data, resources=resources)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``resources`` as a list)."""

@@ -140,8 +140,10 @@ class TaskSession:
             _refuse_resume(guard, task_id, row, f"it is not a task of intent '{intent}'", now)
         try:
             params = json.loads(row["params"] or "{}")
+            if not isinstance(params, dict):
+                raise ValueError("its params are not a JSON object")
             bound = guard.policy.bind(row["intent"], params)
-        except ConfigError as exc:
+        except (ConfigError, ValueError) as exc:  # ValueError: damaged params in the trail
             _refuse_resume(guard, task_id, row, f"its intent cannot be bound ({exc})", now)
         why = _not_resumable(guard, row, bound, now)
         if why is not None:
@@ -184,7 +186,17 @@ class TaskSession:
                 task_id=task_id,
                 rule="task.resume",
             )
-        bound = guard.policy.bind(row["intent"], json.loads(row["params"] or "{}"))
+        try:
+            params = json.loads(row["params"] or "{}")
+            if not isinstance(params, dict):
+                raise ValueError("its params are not a JSON object")
+            bound = guard.policy.bind(row["intent"], params)
+        except (ConfigError, ValueError) as exc:  # ValueError: damaged params in the trail
+            raise PolicyDenied(
+                f"the task cannot be resumed: its parent task {task_id} cannot be bound ({exc})",
+                task_id=task_id,
+                rule="task.resume",
+            ) from None
         parent = cls._ancestor(guard, row["parent_id"]) if row["parent_id"] else None
         session = cls(guard, bound, parent=parent, task_id=task_id)
         session.started_at = float(row["started_at"])

@@ -246,3 +246,50 @@ def test_adv_store_errors_cli_prints_one_error_line_with_the_path(
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
     assert str(db) in lines[0]
+
+
+@pytest.mark.parametrize("params", ["{not json", "[1, 2]", "null"])
+def test_adv_store_errors_damaged_task_params_refuse_resume(
+    tmp_path: Path, base_trail: tuple[Path, str], params: str
+) -> None:
+    """A ``tasks.params`` value that is not a JSON object (a damaged or edited row) refuses the
+    resume with an audited :class:`PolicyDenied`, not a raw ``ValueError``; same for a parent."""
+    root, task_id = base_trail
+    shutil.copytree(root, tmp_path / "trail")
+    config = _config(tmp_path / "trail")
+    guard = tg.Guard(config)
+    child = guard.resume(task_id).delegate("process-job", job_id="42").start()
+    guard.close()
+    conn = sqlite3.connect(config["store"])
+    conn.execute("UPDATE tasks SET params = ? WHERE task_id = ?", (params, task_id))
+    conn.commit()
+    conn.close()
+    guard = tg.Guard(config)
+    try:
+        for target in (task_id, child.task_id):
+            with pytest.raises(tg.PolicyDenied, match="cannot be resumed"):
+                guard.resume(target)
+        denied = guard.audit.events(kind="denied", task_id=task_id)
+        assert denied and denied[-1].rule == "task.resume"
+    finally:
+        guard.close()
+
+
+def test_adv_store_errors_damaged_resources_column_does_not_break_the_viewer(
+    tmp_path: Path, base_trail: tuple[Path, str]
+) -> None:
+    root, _ = base_trail
+    shutil.copytree(root, tmp_path / "trail")
+    config = _config(tmp_path / "trail")
+    conn = sqlite3.connect(config["store"])
+    seq = conn.execute("SELECT MAX(seq) FROM events WHERE kind = 'request'").fetchone()[0]
+    conn.execute("UPDATE events SET resources = '{broken' WHERE seq = ?", (seq,))
+    conn.commit()
+    conn.close()
+    guard = tg.Guard(config)
+    try:
+        (event,) = [e for e in guard.audit.events(kind="request") if e.seq == seq]
+        assert event.resources == ("{broken",)  # shown as stored; verify reports the change
+        assert not guard.audit.verify().ok
+    finally:
+        guard.close()
