@@ -410,3 +410,35 @@ def test_fault_store_disk_full_fails_closed_and_recovers(small_disk: Path, tmp_p
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     guard.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fault_store_forked_child_after_the_parent_closed_is_not_a_false_alarm(
+    tmp_path: Path,
+) -> None:
+    """A child forked from a process that used the store, writing after the parent closed
+    (its -wal deleted and created anew by the child): the same file, so no refusal."""
+    config = _config(tmp_path)
+    guard = tg.Guard(config)
+    put, _, _ = _tools(guard)
+    with guard.task("process-job", **JOB):
+        put.invoke({"key": "agents:jobs:42:a", "value": "1"})
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child waits for the parent to close, then writes
+        os.close(write)
+        os.read(read, 1)
+        code = 0
+        try:
+            with guard.task("process-job", **JOB):
+                put.invoke({"key": "agents:jobs:42:b", "value": "2"})
+        except BaseException:  # reported through the exit code
+            code = 1
+        os._exit(code)
+    os.close(read)
+    guard.close()  # the last connection: the -wal goes
+    os.write(write, b"x")
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _requests(Path(config["store"])) == 2

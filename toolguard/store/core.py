@@ -260,8 +260,8 @@ class Store(Queries):
             except sqlite3.Error:
                 conn.close()
                 raise
-            if self._wal is None:
-                self._wal = _identity(Path(f"{self.path}-wal"), missing_ok=True)
+            # the -wal this writer opened (a forked child's new writer may open a new one)
+            self._wal = _identity(Path(f"{self.path}-wal"), missing_ok=True)
             self._writer = writer = (os.getpid(), conn)
         return writer[1]
 

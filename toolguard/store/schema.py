@@ -50,9 +50,9 @@ _MIGRATIONS = {1: _to_v2}
 """Version -> the step that brings a database of that version to the next one."""
 
 
-FULL_CHECK_MAX_BYTES = 64 << 20
-"""Up to this database size a store's start-up runs a full ``PRAGMA quick_check`` (about 1.5 ms
-per MB: ~90 ms at 64 MB, ~100,000 events); above it, the bounded check of :func:`check_pages`.
+FULL_CHECK_MAX_BYTES = 32 << 20
+"""Up to this database size a store's start-up runs a full ``PRAGMA quick_check`` (about 1-1.5 ms
+per MB: ~45 ms at 32 MB, ~50,000 events); above it, the bounded check of :func:`check_pages`.
 See benchmarks/README.md ("Start-up check of the database pages")."""
 
 _PROBES = 512
