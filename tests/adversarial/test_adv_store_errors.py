@@ -293,3 +293,27 @@ def test_adv_store_errors_damaged_resources_column_does_not_break_the_viewer(
         assert not guard.audit.verify().ok
     finally:
         guard.close()
+
+
+def test_adv_store_errors_cli_last_resort_names_the_path(
+    tmp_path: Path, base_trail: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raw sqlite3 error raised inside a command (a store method that forgot to wrap one)
+    still becomes one ``Error:`` line naming the database, exit 2."""
+    from click.testing import CliRunner
+
+    from toolguard.cli import main
+    from toolguard.store import Store
+
+    root, _ = base_trail
+    shutil.copytree(root, tmp_path / "trail")
+    db = Path(_config(tmp_path / "trail")["store"])
+
+    def broken(self: Store, *args: Any, **kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Store, "task_rows", broken)
+    result = CliRunner().invoke(main, ["audit", "tasks", "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: the audit database {db} could not be read: disk I/O error" in result.output
+    assert "Traceback" not in result.output

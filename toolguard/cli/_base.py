@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 from ..audit import AuditLog
 from ..durations import parse_duration
-from ..errors import ConfigError, ToolGuardError
+from ..errors import AuditError, ConfigError, ToolGuardError
 from ..keys import KeyRing, PublicKeys
 from ..store import Store
 from ..viewer import Viewer
@@ -96,8 +96,11 @@ class _Group(click.Group):
             raise CliError(str(exc)) from exc
         except ToolGuardError as exc:
             raise CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
-        except sqlite3.Error as exc:  # a last resort: the store wraps its own errors
-            raise CliError(f"the audit database could not be read: {exc}") from exc
+        except sqlite3.Error as exc:  # a last resort: the store and _log wrap their own errors
+            raise CliError(
+                f"the audit database could not be read: {exc}; check it with "
+                "`toolguard audit verify --db PATH`"
+            ) from exc
 
 
 def _obj(ctx: click.Context | None = None) -> CliContext:
@@ -277,6 +280,8 @@ def _log(
         checkpoints = config.checkpoints_path
     try:
         yield AuditLog(store, keys=keys, checkpoints=checkpoints)
+    except sqlite3.Error as exc:  # a last resort: the store wraps its own errors
+        raise AuditError(f"the audit database {path} could not be read: {exc}") from exc
     finally:
         store.close()
 
