@@ -71,15 +71,17 @@ class SecretForms:
         for secret in self.secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
-        layers = 0
-        while "%" in value and layers < _PERCENT_LAYERS:
-            decoded = unquote(value, errors="replace")
-            if decoded == value or not self._hidden_in(decoded):
-                break
-            value = decoded  # the secret was percent-encoded: the text is kept decoded
-            for secret in self.secrets:
-                value = value.replace(secret, REDACTED)
-            layers += 1
+        if "%" in value:
+            layer = value
+            for _ in range(_PERCENT_LAYERS):
+                decoded = unquote(layer, errors="replace")
+                if decoded == layer:
+                    break
+                layer = decoded
+                if self._hidden_in(layer):  # percent-encoded: the text is kept decoded
+                    for secret in self.secrets:
+                        layer = layer.replace(secret, REDACTED)
+                    value = layer
         for core in self._b64:
             while core in value:
                 value = _replace_run(value, core)
