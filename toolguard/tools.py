@@ -332,6 +332,11 @@ def _wrap_one(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
             f"guard() takes LangChain tools (BaseTool); got {type(tool).__name__}. Decorate "
             "functions with @tool first"
         )
+    return _build(tool, g, on_deny)
+
+
+def _build(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
+    """The guarded twin of ``tool`` (also of a tool another Guard already guards: both check)."""
     guarded = GuardedTool(
         name=tool.name,
         description=tool.description,

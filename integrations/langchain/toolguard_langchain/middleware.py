@@ -62,8 +62,7 @@ from typing_extensions import NotRequired
 from toolguard import AuditError, ConfigError, Guard, GuardedTool, PolicyDenied, TaskSession
 from toolguard.context import task_var
 from toolguard.engine import Permit
-from toolguard.tools import RunInterrupted
-from toolguard.tools import guard as tg_guard
+from toolguard.tools import RunInterrupted, _build
 
 __all__ = ["STATE_KEY", "GuardMiddleware", "GuardState", "RunInterrupted", "RunScope"]
 
@@ -533,7 +532,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         """The tool's ``guard()`` twin (cached per tool object)."""
         cached = self._twins.get(id(tool))
         if cached is None or cached[0] is not tool:
-            cached = (tool, tg_guard(tool, self.guard, on_deny=self.on_deny))
+            cached = (tool, _build(tool, self.guard, self.on_deny))
             with self._lock:
                 if len(self._twins) >= _MAX_TWINS:
                     del self._twins[next(iter(self._twins))]
