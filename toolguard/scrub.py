@@ -14,8 +14,9 @@
 * inside pydantic models (``ToolMessage``, any ``BaseModel``: a copy with the fields scrubbed)
   and dataclasses (LangGraph's ``Command``: a copy via ``dataclasses.replace``);
 * inside exceptions, in place: ``args``, ``__notes__``, attributes, and the chained
-  ``__cause__`` / ``__context__``; an exception whose ``str()`` still shows the token is
-  replaced by a ``RuntimeError`` with the scrubbed text;
+  ``__cause__`` / ``__context__``; an ``Exception`` whose ``str()`` still shows the token is
+  replaced by a ``RuntimeError`` with the scrubbed text (``BaseException`` s such as
+  ``CancelledError`` keep their type);
 * any other object whose ``str()`` or ``repr()`` shows the token is replaced by its scrubbed
   ``str()`` (what the model would have read).
 
@@ -251,7 +252,7 @@ class _Walk:
             if chained is not None:
                 self.exception(chained, depth + 1)
         text = _text(exc)
-        if self.leaks(text):
+        if isinstance(exc, Exception) and self.leaks(text):  # not for cancellation & co.
             replacement = RuntimeError(f"{type(exc).__name__}: {self.forms.text(text)}")
             replacement.__suppress_context__ = True
             return replacement

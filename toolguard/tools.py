@@ -99,6 +99,18 @@ def _secrets(credential: Credential) -> tuple[str, ...]:
     return (token,) if token else ()
 
 
+def _scrubbed_error(exc: BaseException, credential: Credential) -> BaseException:
+    """``exc`` without the call's token (scrubbed in place); a replacement only when its text
+    still shows the token — a ``ToolException`` for a ``ToolException`` (the tool's error
+    handling still applies), never for LangGraph control flow (interrupts keep their type)."""
+    scrubbed = scrub(exc, _secrets(credential))
+    if scrubbed is exc or _outcome_error(exc) is not exc:
+        return exc
+    if isinstance(exc, ToolException):
+        return ToolException(str(scrubbed))
+    return scrubbed
+
+
 def _policy_value(value: Any) -> Any:
     """A validated argument as the policy and the audit see it: plain JSON data (a
     ``pydantic.HttpUrl`` as its normalised text, a model as its JSON form, an enum as its
@@ -221,7 +233,7 @@ class GuardedTool(BaseTool):
                 result = inner._run(*args, **kwargs)
             except BaseException as exc:
                 self.guard.finish(permit, error=_outcome_error(exc))
-                scrubbed = scrub(exc, _secrets(permit.credential))
+                scrubbed = _scrubbed_error(exc, permit.credential)
                 if scrubbed is exc:
                     raise
                 raise scrubbed from None
@@ -257,7 +269,7 @@ class GuardedTool(BaseTool):
                     result = await run_in_executor(None, inner._run, *args, **kwargs)
             except BaseException as exc:
                 self.guard.finish(permit, error=_outcome_error(exc))
-                scrubbed = scrub(exc, _secrets(permit.credential))
+                scrubbed = _scrubbed_error(exc, permit.credential)
                 if scrubbed is exc:
                     raise
                 raise scrubbed from None

@@ -537,3 +537,34 @@ def test_adv_httpurl_argument_is_checked_as_the_tool_receives_it(
     assert denied.resources == ("https://api.example.com/jobs/43/secret",)
     (allowed,) = url_guard.audit.events(kind="request")
     assert allowed.resources == ("https://api.example.com/jobs/42/a",)
+
+
+def test_adv_tool_exception_with_a_leaking_str_stays_a_tool_error(adv_guard: tg.Guard) -> None:
+    class Leaky(ToolException):
+        def __str__(self) -> str:  # shows a token held outside the exception
+            return f"upstream rejected {_SEEN[-1]}"
+
+    def kv_get(key: str) -> str:
+        """Read a key."""
+        _seen(tg.current_credential().token)
+        raise Leaky("rejected")
+
+    _SEEN.clear()
+    inner = StructuredTool.from_function(kv_get, handle_tool_error=True)
+    with adv_guard.task("process-job", job_id="42"):
+        message = tg.guard(inner, adv_guard).invoke(
+            {"name": "kv_get", "args": {"key": KEY}, "id": "c1", "type": "tool_call"}
+        )
+    assert isinstance(message, ToolMessage) and message.status == "error"
+    (token,) = _SEEN
+    assert "upstream rejected" in str(message.content)
+    assert _leaks(_model_view(message), token) == []
+
+
+def test_adv_scrub_keeps_cancellation_a_cancellation() -> None:
+    import asyncio
+
+    token = "eyJhbGciOi.eyJqdGkiOiJ.c2lnbmF0dXJl"
+    cancelled = asyncio.CancelledError(f"cancelled while holding {token}")
+    assert scrub(cancelled, [token]) is cancelled
+    assert token not in str(cancelled)
