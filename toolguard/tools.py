@@ -103,7 +103,7 @@ def _scrubbed_error(exc: BaseException, credential: Credential) -> BaseException
     """``exc`` without the call's token (scrubbed in place); a replacement only when its text
     still shows the token — a ``ToolException`` for a ``ToolException`` (the tool's error
     handling still applies), never for LangGraph control flow (interrupts keep their type)."""
-    scrubbed = scrub(exc, _secrets(credential))
+    scrubbed: BaseException = scrub(exc, _secrets(credential))
     if scrubbed is exc or _outcome_error(exc) is not exc:
         return exc
     if isinstance(exc, ToolException):
