@@ -244,15 +244,15 @@ def test_adv_guarded_tool_never_shows_the_token_to_the_model(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(value=_values, encoding=_forms)
+@given(value=_values, encoding=_forms, fmt=st.sampled_from(["content", "content_and_artifact"]))
 def test_adv_middleware_never_shows_the_token_to_the_model(
-    adv_guard: tg.Guard, value: Any, encoding: str
+    adv_guard: tg.Guard, value: Any, encoding: str, fmt: str
 ) -> None:
     _SEEN.clear()
     script = [turn(call("kv_get", "c1", key=KEY)), answer("done")]
     agent = create_agent(
         fm.ScriptedChatModel(script=script),
-        [_returning((value, encoding))],
+        [_returning((value, encoding), fmt)],
         middleware=[GuardMiddleware(adv_guard, intent="process-job")],
     )
     result = agent.invoke(USER, JOB)
