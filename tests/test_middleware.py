@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import pytest
 from langchain.agents import create_agent
-from langchain.agents.middleware import HumanInTheLoopMiddleware
+from langchain.agents.middleware import AgentMiddleware, HumanInTheLoopMiddleware
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import InjectedToolArg, ToolException, tool
 from langgraph.checkpoint.memory import InMemorySaver
@@ -437,6 +437,20 @@ def _crash_script() -> list[Any]:
     ]
 
 
+class _FailsOnceAfterATool(AgentMiddleware[Any, Any, Any]):
+    """Another middleware whose ``before_model`` raises (once) after a tool ran: a failure
+    outside the model and tool calls, which GuardMiddleware's wrappers do not see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def before_model(self, state: Any, runtime: Any) -> None:
+        if not self.failed and any(isinstance(m, ToolMessage) for m in state["messages"]):
+            self.failed = True
+            raise RuntimeError("disk on fire")
+
+
 @pytest.fixture
 def crash_guard(make_guard: Callable[..., tg.Guard], clock: Any) -> tg.Guard:
     from conftest import BASE_CONFIG
@@ -501,12 +515,12 @@ def test_middleware_failed_run_task_is_ended_by_the_next_run_on_its_thread(
 ) -> None:
     kv = _Kv()
     middleware = GuardMiddleware(crash_guard, intent="process-job")
-    script = [*_crash_script()[:2], answer("second run")]
+    script = [_crash_script()[0], answer("second run")]
     agent = _agent(
         crash_guard,
         script,
         _failing_tools(kv),
-        middleware=[middleware],
+        middleware=[middleware, _FailsOnceAfterATool()],
         checkpointer=InMemorySaver(),
     )
     config = {"configurable": {"job_id": "42", "thread_id": "t1"}}
@@ -528,7 +542,12 @@ def test_middleware_failed_run_task_is_ended_by_the_next_run_on_its_thread(
 def test_middleware_close_ends_tasks_left_open(crash_guard: tg.Guard) -> None:
     kv = _Kv()
     middleware = GuardMiddleware(crash_guard, intent="process-job")
-    agent = _agent(crash_guard, _crash_script(), _failing_tools(kv), middleware=[middleware])
+    agent = _agent(
+        crash_guard,
+        _crash_script(),
+        _failing_tools(kv),
+        middleware=[middleware, _FailsOnceAfterATool()],
+    )
     with pytest.raises(RuntimeError):
         agent.invoke(USER, JOB)
     assert len(middleware.active_tasks) == 1
@@ -545,8 +564,10 @@ def test_middleware_close_ends_tasks_left_open(crash_guard: tg.Guard) -> None:
 def test_middleware_ttl_is_the_last_resort(crash_guard: tg.Guard, clock: Any) -> None:
     kv = _Kv()
     middleware = GuardMiddleware(crash_guard, intent="process-job")
-    script = [*_crash_script()[:2], answer("later")]
-    agent = _agent(crash_guard, script, _failing_tools(kv), middleware=[middleware])
+    script = [_crash_script()[0], answer("later")]
+    agent = _agent(
+        crash_guard, script, _failing_tools(kv), middleware=[middleware, _FailsOnceAfterATool()]
+    )
     with pytest.raises(RuntimeError):
         agent.invoke(USER, JOB)
     (left_open,) = middleware.active_tasks

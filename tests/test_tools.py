@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any
@@ -640,3 +641,50 @@ def test_agent_run_continues_after_denial(guard: tg.Guard) -> None:
 
 def _tc(name: str, args: dict[str, Any], call_id: str) -> Any:
     return {"name": name, "args": args, "id": call_id, "type": "tool_call"}
+
+
+# -- issue 10: returned error messages, validated values ------------------------------------
+
+
+def test_guarded_tool_returning_an_error_message_records_an_error_outcome(
+    guard: tg.Guard,
+) -> None:
+    @tool
+    def kv_get(key: str) -> ToolMessage:
+        """Read a key (the service says no)."""
+        return ToolMessage(content="upstream 503", tool_call_id="c1", status="error")
+
+    with guard.task("process-job", job_id="42"):
+        tg.guard(kv_get, guard).invoke({"key": "agents:jobs:42:a"})
+
+    (outcome,) = guard.audit.events(kind="outcome")
+    assert outcome.outcome == "error"
+    assert outcome.error == "ToolException: upstream 503"
+
+
+class Part(str, enum.Enum):
+    STATE = "state"
+
+
+class Meta(BaseModel):
+    tags: list[str]
+
+
+def test_guarded_tool_checks_enum_and_model_arguments_as_json(guard: tg.Guard) -> None:
+    seen: list[Any] = []
+
+    @tool
+    def kv_set(key: str, value: Part, meta: Meta) -> str:
+        """Write a key."""
+        seen.append((value, meta))
+        return "ok"
+
+    with guard.task("process-job", job_id="42"):
+        tg.guard(kv_set, guard).invoke(
+            {"key": "agents:jobs:42:a", "value": "state", "meta": {"tags": ["x"]}}
+        )
+
+    (request,) = guard.audit.events(kind="request")
+    assert request.args == '{"key":"agents:jobs:42:a","meta":{"tags":["x"]},"value":"state"}'
+    ((value, meta),) = seen
+    assert value is Part.STATE and isinstance(meta, Meta)  # the tool gets the validated objects

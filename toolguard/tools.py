@@ -26,13 +26,14 @@ from langchain_core.tools.base import (
 )
 from langchain_core.utils._signature import _signature_parameters
 from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic_core import to_jsonable_python
 
 from .credentials import Credential, issued_token
 from .engine import Guard
 from .errors import AuditError, PolicyDenied
-from .redaction import REDACTED
+from .scrub import scrub
 
-__all__ = ["GuardedTool", "ToolDenied", "credential_keys", "guard"]
+__all__ = ["GuardedTool", "RunInterrupted", "ToolDenied", "credential_keys", "guard"]
 
 OnDeny = Literal["message", "raise"]
 _CALL_ID = "__toolguard_call_id__"
@@ -44,6 +45,27 @@ class ToolDenied(ToolException):
     def __init__(self, denial: PolicyDenied) -> None:
         super().__init__(f"Denied by toolguard: {denial.reason}")
         self.denial = denial
+
+
+class RunInterrupted(Exception):
+    """Recorded as the outcome of a call whose tool raised a LangGraph interrupt."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the run was interrupted inside the tool; the call runs again, with a new "
+            "credential, when the run resumes"
+        )
+
+
+def _outcome_error(exc: BaseException) -> BaseException:
+    """What the trail records for an exception out of a tool: LangGraph control flow
+    (``GraphBubbleUp``: an interrupt, a parent command) as :class:`RunInterrupted`."""
+    if any(
+        c.__name__ == "GraphBubbleUp" and c.__module__ == "langgraph.errors"
+        for c in type(exc).__mro__
+    ):
+        return RunInterrupted()
+    return exc
 
 
 def credential_keys(tool: BaseTool) -> frozenset[str]:
@@ -71,29 +93,39 @@ def _mentions_credential(annotation: Any) -> bool:
     return any(_mentions_credential(a) for a in typing.get_args(annotation))
 
 
-def _scrub(result: Any, credential: Credential) -> Any:
-    """The tool's result with the call's token replaced: a token never reaches the model."""
+def _secrets(credential: Credential) -> tuple[str, ...]:
+    """The secrets of a call to keep from the model: its token, if one was signed."""
     token = issued_token(credential)
-    if token is None:
-        return result
-    if isinstance(result, str):
-        return result.replace(token, REDACTED) if token in result else result
-    if isinstance(result, tuple) and len(result) == 2:  # content_and_artifact
-        return (_scrub(result[0], credential), result[1])
-    if isinstance(result, list):
-        return [_scrub(item, credential) for item in result]
-    if isinstance(result, dict):
-        return {k: _scrub(v, credential) for k, v in result.items()}
-    if isinstance(result, ToolMessage) and token in str(result.content):
-        return result.model_copy(update={"content": _scrub(result.content, credential)})
-    return result
+    return (token,) if token else ()
 
 
-def _scrub_exception(exc: BaseException, credential: Credential) -> None:
-    """Remove the call's token from an exception's arguments (its message), in place."""
-    token = issued_token(credential)
-    if token is not None and any(isinstance(a, str) and token in a for a in exc.args):
-        exc.args = tuple(a.replace(token, REDACTED) if isinstance(a, str) else a for a in exc.args)
+def _scrubbed_error(exc: BaseException, credential: Credential) -> BaseException:
+    """``exc`` without the call's token (scrubbed in place); a replacement only when its text
+    still shows the token — a ``ToolException`` for a ``ToolException`` (the tool's error
+    handling still applies), never for LangGraph control flow (interrupts keep their type)."""
+    scrubbed: BaseException = scrub(exc, _secrets(credential))
+    if scrubbed is exc or _outcome_error(exc) is not exc:
+        return exc
+    if isinstance(exc, ToolException):
+        return ToolException(str(scrubbed))
+    return scrubbed
+
+
+def _policy_value(value: Any) -> Any:
+    """A validated argument as the policy and the audit see it: plain JSON data (a
+    ``pydantic.HttpUrl`` as its normalised text, a model as its JSON form, an enum as its
+    value), so the resource checked is the one the tool will use."""
+    kind = type(value)
+    if value is None or kind is str or kind is int or kind is float or kind is bool:
+        return value
+    if kind is dict:
+        return {k: _policy_value(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_policy_value(v) for v in value]
+    try:
+        return to_jsonable_python(value)
+    except Exception:  # not JSON (a file object, ...): the policy sees the object itself
+        return value
 
 
 def _placeholder() -> Credential:
@@ -157,12 +189,13 @@ class GuardedTool(BaseTool):
         return parsed
 
     def _call_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The arguments the policy and the audit see (no injected values)."""
+        """The arguments the policy and the audit see: the values the tool will receive
+        (after its schema's validation), as JSON data, without injected values."""
         if args and not kwargs and len(args) == 1:
             fields = list(self.tool_call_schema_fields())
-            return {fields[0] if fields else "input": args[0]}
+            return {fields[0] if fields else "input": _policy_value(args[0])}
         injected = self.wrapped._injected_args_keys
-        return {k: v for k, v in kwargs.items() if k not in injected}
+        return {k: _policy_value(v) for k, v in kwargs.items() if k not in injected}
 
     def tool_call_schema_fields(self) -> list[str]:
         schema = self.args_schema
@@ -199,11 +232,12 @@ class GuardedTool(BaseTool):
             try:
                 result = inner._run(*args, **kwargs)
             except BaseException as exc:
-                self.guard.finish(permit, error=exc)
-                _scrub_exception(exc, permit.credential)
-                raise
-        self.guard.finish(permit)
-        return _scrub(result, permit.credential)
+                self.guard.finish(permit, error=_outcome_error(exc))
+                scrubbed = _scrubbed_error(exc, permit.credential)
+                if scrubbed is exc:
+                    raise
+                raise scrubbed from None
+        return self._finished(permit, result)
 
     async def _arun(
         self,
@@ -234,11 +268,21 @@ class GuardedTool(BaseTool):
                     # run_in_executor copies the context: the task and the credential go along.
                     result = await run_in_executor(None, inner._run, *args, **kwargs)
             except BaseException as exc:
-                self.guard.finish(permit, error=exc)
-                _scrub_exception(exc, permit.credential)
-                raise
-        self.guard.finish(permit)
-        return _scrub(result, permit.credential)
+                self.guard.finish(permit, error=_outcome_error(exc))
+                scrubbed = _scrubbed_error(exc, permit.credential)
+                if scrubbed is exc:
+                    raise
+                raise scrubbed from None
+        return self._finished(permit, result)
+
+    def _finished(self, permit: Any, result: Any) -> Any:
+        """Record the outcome (a returned error ``ToolMessage`` is an error) and return the
+        result without the call's token."""
+        error: Optional[BaseException] = None
+        if isinstance(result, ToolMessage) and result.status == "error":
+            error = ToolException(str(result.content))
+        self.guard.finish(permit, error=error)
+        return scrub(result, _secrets(permit.credential))
 
     def _authorize(self, args: tuple[Any, ...], kwargs: dict[str, Any], cid: Optional[str]) -> Any:
         try:
@@ -300,6 +344,11 @@ def _wrap_one(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
             f"guard() takes LangChain tools (BaseTool); got {type(tool).__name__}. Decorate "
             "functions with @tool first"
         )
+    return _build(tool, g, on_deny)
+
+
+def _build(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
+    """The guarded twin of ``tool`` (also of a tool another Guard already guards: both check)."""
     guarded = GuardedTool(
         name=tool.name,
         description=tool.description,

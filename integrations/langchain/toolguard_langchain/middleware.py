@@ -7,16 +7,24 @@ Every tool call goes through the guard's pipeline (``Guard.authorize`` -> tool -
 the same one ``toolguard.guard()`` tools use; a denial comes back to the model as
 ``ToolMessage(status="error")`` and the run goes on. ``after_agent`` ends the task.
 
-A run that raises never reaches ``after_agent``. Its task ends (credentials revoked) when the
-exception leaves :meth:`GuardMiddleware.run` / :meth:`GuardMiddleware.arun` /
-:meth:`GuardMiddleware.scope`, when the next run starts on the same thread, on
-:meth:`GuardMiddleware.close`, and at the latest at the intent's TTL (no credential outlives it).
-LangGraph control flow (``GraphBubbleUp``: interrupts, parent commands) always passes through.
+Every tool runs through a ``toolguard.guard()`` twin, so the guard checks and records the
+arguments the tool will receive (after its args schema's validation), and the call's token is
+scrubbed from what the tool returns or raises (:func:`toolguard.scrub.scrub`).
+
+A run that raises never reaches ``after_agent``. When an exception (other than LangGraph
+control flow: ``GraphBubbleUp``, i.e. interrupts and parent commands, and a resume value an
+interrupt rejected) leaves a model call or a tool call through this middleware, the run's task
+ends (``error``; ``cancelled`` for ``asyncio.CancelledError`` / ``KeyboardInterrupt``) and its
+credentials are revoked before the exception goes on. Exceptions raised elsewhere (another
+middleware's ``before_model`` ...) end it when they leave :meth:`GuardMiddleware.run` /
+:meth:`GuardMiddleware.arun` / :meth:`GuardMiddleware.scope`, when the next run starts on the
+same thread, on :meth:`GuardMiddleware.close`, and at the latest at the intent's TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import re
 import threading
@@ -28,6 +36,8 @@ from typing import Annotated, Any, Literal, Optional
 from langchain.agents.middleware.types import (
     AgentMiddleware,
     AgentState,
+    ModelRequest,
+    ModelResponse,
     PrivateStateAttr,
     ToolCallRequest,
 )
@@ -36,6 +46,15 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool, ToolException
 from langgraph.errors import GraphBubbleUp
+
+try:
+    from langgraph.errors import is_invalid_resume
+except ImportError:  # pragma: no cover - langgraph before 1.2 never marks resume errors
+
+    def is_invalid_resume(error: BaseException) -> bool:
+        return False
+
+
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from typing_extensions import NotRequired
@@ -43,8 +62,7 @@ from typing_extensions import NotRequired
 from toolguard import AuditError, ConfigError, Guard, GuardedTool, PolicyDenied, TaskSession
 from toolguard.context import task_var
 from toolguard.engine import Permit
-from toolguard.tools import credential_keys
-from toolguard.tools import guard as tg_guard
+from toolguard.tools import RunInterrupted, _build
 
 __all__ = ["STATE_KEY", "GuardMiddleware", "GuardState", "RunInterrupted", "RunScope"]
 
@@ -56,22 +74,13 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _scope_var: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
     "toolguard_run_scope", default=None
 )
+_MAX_TWINS = 1024  # guarded twins kept per middleware (tools added per request come and go)
 
 
 class GuardState(AgentState[Any]):
     """The agent state with the id of the run's task (persisted with the checkpoints)."""
 
     toolguard_task_id: NotRequired[Annotated[Optional[str], PrivateStateAttr]]
-
-
-class RunInterrupted(Exception):
-    """Recorded as the outcome of a call whose tool raised a LangGraph interrupt."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "the run was interrupted inside the tool; the call runs again, with a new "
-            "credential, when the run resumes"
-        )
 
 
 class RunScope:
@@ -148,14 +157,17 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
 
     ``on_deny``: ``"message"`` (default) returns a denial to the model as
     ``ToolMessage(status="error")``; ``"raise"`` raises :class:`PolicyDenied`. An
-    :class:`AuditError` always raises. Tools already wrapped with ``toolguard.guard()`` by the
-    same guard are checked once, by the tool; the middleware only makes the task current. A
-    tool with an injected ``Credential`` argument runs through its ``guard()`` twin (ToolNode
-    strips injected arguments from model calls; the twin fills the credential in).
+    :class:`AuditError` always raises. Every tool runs through its ``guard()`` twin (cached):
+    the call is checked with the arguments the tool receives after validation, an injected
+    ``Credential`` argument is filled in, the token is scrubbed from results and errors. Tools
+    already wrapped with ``toolguard.guard()`` by the same guard are used as they are.
 
-    The run's task ends in ``after_agent``; a run that raises ends it when the exception leaves
-    :meth:`run`, :meth:`arun` or :meth:`scope`, else at the next run on the same thread, on
-    :meth:`close`, or at the intent's TTL. Raises :class:`ConfigError` for an unknown intent.
+    The run's task ends in ``after_agent``; when an exception leaves a model call or a tool
+    call of the run through this middleware, it ends (``error``) before the exception goes on
+    (put ``GuardMiddleware`` first in ``middleware=[...]`` so retries and fallbacks happen
+    inside it). Other failures end it when they leave :meth:`run`, :meth:`arun` or
+    :meth:`scope`, else at the next run on the same thread, on :meth:`close`, or at the
+    intent's TTL. Raises :class:`ConfigError` for an unknown intent.
     """
 
     state_schema = GuardState
@@ -184,7 +196,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
             self._required, self._optional = _parameters(guard, intent)
         self._sessions: dict[str, TaskSession] = {}
         self._lock = threading.Lock()
-        self._twins: dict[int, tuple[BaseTool, GuardedTool | None]] = {}
+        self._twins: dict[int, tuple[BaseTool, GuardedTool]] = {}
         self._unresumable: dict[str, None] = {}  # task ids a resume was refused for
 
     # -- the run's task -----------------------------------------------------------------------
@@ -355,29 +367,58 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
 
     # -- tool calls ------------------------------------------------------------------------------
 
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelResponse[Any]:
+        """Call the model; a failure that leaves this call ends the run's task first."""
+        try:
+            return handler(request)
+        except BaseException as exc:
+            self._abort(request.state, exc, "a model call")
+            raise
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelResponse[Any]:
+        """Async twin of :meth:`wrap_model_call`."""
+        try:
+            return await handler(request)
+        except BaseException as exc:
+            self._abort(request.state, exc, "a model call")
+            raise
+
     def wrap_tool_call(
         self,
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
     ) -> ToolMessage | Command[Any]:
-        """Check the call, run it with its credential, record the outcome."""
-        prepared = self._prepare(request)
+        """Check the call, run it with its credential, record the outcome. An exception that
+        leaves the call ends the run's task (credentials revoked) before it goes on."""
         try:
-            if prepared.denial is not None:
-                return prepared.denial
-            permit = prepared.permit
-            if permit is None:
-                return handler(prepared.request)
-            with permit:
-                try:
-                    result = handler(prepared.request)
-                except BaseException as exc:
-                    self._failed(permit, exc)
-                    raise
-            self._finished(permit, result)
-            return result
-        finally:
-            _reset(prepared.token)
+            prepared = self._prepare(request)
+            try:
+                if prepared.denial is not None:
+                    return prepared.denial
+                permit = prepared.permit
+                if permit is None:
+                    return handler(prepared.request)
+                with permit:
+                    try:
+                        result = handler(prepared.request)
+                    except BaseException as exc:
+                        self._failed(permit, exc)
+                        raise
+                self._finished(permit, result)
+                return result
+            finally:
+                _reset(prepared.token)
+        except BaseException as exc:
+            self._abort(request.state, exc, f"tool call '{request.tool_call.get('name')}'")
+            raise
 
     async def awrap_tool_call(
         self,
@@ -385,23 +426,59 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
     ) -> ToolMessage | Command[Any]:
         """Async twin of :meth:`wrap_tool_call`; parallel calls each get their own check."""
-        prepared = self._prepare(request)
         try:
-            if prepared.denial is not None:
-                return prepared.denial
-            permit = prepared.permit
-            if permit is None:
-                return await handler(prepared.request)
-            with permit:
-                try:
-                    result = await handler(prepared.request)
-                except BaseException as exc:
-                    self._failed(permit, exc)
-                    raise
-            self._finished(permit, result)
-            return result
-        finally:
-            _reset(prepared.token)
+            prepared = self._prepare(request)
+            try:
+                if prepared.denial is not None:
+                    return prepared.denial
+                permit = prepared.permit
+                if permit is None:
+                    return await handler(prepared.request)
+                with permit:
+                    try:
+                        result = await handler(prepared.request)
+                    except BaseException as exc:
+                        self._failed(permit, exc)
+                        raise
+                self._finished(permit, result)
+                return result
+            finally:
+                _reset(prepared.token)
+        except BaseException as exc:
+            self._abort(request.state, exc, f"tool call '{request.tool_call.get('name')}'")
+            raise
+
+    def _abort(self, state: Any, exc: BaseException, where: str) -> None:
+        """End the run's task because ``exc`` leaves ``where`` (not for control flow)."""
+        if isinstance(exc, GraphBubbleUp) or is_invalid_resume(exc):
+            return  # an interrupt, or a resume value to answer again: the run goes on later
+        task_id = _task_id(state)
+        if task_id is None:
+            return
+        session = self._sessions.get(task_id)
+        if session is None:
+            try:
+                session = self._adopt(task_id)  # a resumed run that fails before a tool call
+            except Exception as error:  # the run's own exception goes on
+                _note(exc, f"toolguard could not end task {task_id}: {error}")
+                return
+        if session is None or session.status != "active":
+            return
+        cancelled = isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt))
+        try:
+            session.end(
+                "cancelled" if cancelled else "error",
+                reason=f"{where} of the agent run raised {type(exc).__name__}",
+            )
+        except Exception as error:  # the run's own exception goes on
+            _note(
+                exc,
+                f"toolguard could not end task {task_id} ({type(error).__name__}: {error}); "
+                "its credentials stay valid until middleware.close() or the task's ttl",
+            )
+            return
+        # the ended session stays known until the next run prunes it: a call of this run
+        # that still comes (a retry outside this middleware) is denied as "task ended"
 
     def _prepare(self, request: ToolCallRequest) -> _Prepared:
         """Make the run's task current and authorize the call (unless the tool checks itself)."""
@@ -424,16 +501,14 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
             tool = request.tool
             if isinstance(tool, GuardedTool) and tool.guard is self.guard:
                 return _Prepared(request, token)
-            guarded = self._guarded_twin(tool)
-            if guarded is not None:
-                # ToolNode strips injected arguments; the guarded twin fills the credential.
-                return _Prepared(request.override(tool=guarded), token)
+            if tool is not None:
+                # The twin checks the arguments the tool receives (validated by its schema),
+                # fills an injected credential in and scrubs the token from the result.
+                return _Prepared(request.override(tool=self._guarded_twin(tool)), token)
+            # A tool the model invented: nothing runs it, the call is checked as written.
             call = request.tool_call
             name = call["name"]
             args = dict(call.get("args") or {})
-            if tool is not None:
-                for key in tool._injected_args_keys:
-                    args.pop(key, None)
             try:
                 permit = self.guard.authorize(name, args, correlation_id=call.get("id"))
             except AuditError:
@@ -453,17 +528,15 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
             _reset(token)
             raise
 
-    def _guarded_twin(self, tool: BaseTool | None) -> GuardedTool | None:
-        """For a tool with an injected ``Credential`` parameter: its guarded twin (cached)."""
-        if tool is None:
-            return None
+    def _guarded_twin(self, tool: BaseTool) -> GuardedTool:
+        """The tool's ``guard()`` twin (cached per tool object)."""
         cached = self._twins.get(id(tool))
         if cached is None or cached[0] is not tool:
-            twin = None
-            if credential_keys(tool):
-                twin = tg_guard(tool, self.guard, on_deny=self.on_deny)
-            cached = (tool, twin)
-            self._twins[id(tool)] = cached
+            cached = (tool, _build(tool, self.guard, self.on_deny))
+            with self._lock:
+                if len(self._twins) >= _MAX_TWINS:
+                    del self._twins[next(iter(self._twins))]
+                self._twins[id(tool)] = cached
         return cached[1]
 
     def _failed(self, permit: Permit, exc: BaseException) -> None:
@@ -475,6 +548,16 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         if isinstance(result, ToolMessage) and result.status == "error":
             error = ToolException(str(result.content))
         self.guard.finish(permit, error=error)
+
+
+def _note(exc: BaseException, text: str) -> None:
+    """Attach ``text`` to ``exc`` (Python 3.11+ shows it under the traceback)."""
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        with contextlib.suppress(Exception):
+            exc.__notes__ = notes  # type: ignore[attr-defined]
+    notes.append(text)
 
 
 def _reset(token: contextvars.Token[TaskSession | None] | None) -> None:
