@@ -26,6 +26,7 @@ from pydantic import (
 
 from .durations import parse_duration
 from .errors import ConfigError
+from .numbers import MAX_COST, MAX_COUNT
 
 __all__ = [
     "AnomalyRule",
@@ -48,10 +49,18 @@ _OPERATION = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""A positive, finite duration up to 100 years (``30s``, ``5m``, a number of seconds)."""
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+"""A call-count limit: a whole number from 0 to 10^9."""
+Cost = Annotated[float, Field(ge=0, le=MAX_COST)]
+"""A cost or cost limit: a finite number from 0 to 10^9 (10^15 micro-units)."""
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # nan and inf are refused everywhere (a float field says "finite number")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class IssuerConfig(_Model):
@@ -82,7 +91,7 @@ class IssuerConfig(_Model):
 class AnomalyRule(_Model):
     """Automatic revocation when an identity misbehaves."""
 
-    revoke_when_rate_exceeds: float | None = None
+    revoke_when_rate_exceeds: float | None = Field(default=None, le=MAX_COUNT)
     """Revoke the identity's tasks when its attempted calls per minute exceed this multiple of its
     per-minute limit (``5x`` or ``5``)."""
 
@@ -97,13 +106,13 @@ class AnomalyRule(_Model):
 class IdentityLimits(_Model):
     """Identity-wide limits, shared by every task of the identity and every process."""
 
-    requests_per_minute: int | None = Field(default=None, ge=0)
-    writes_per_minute: int | None = Field(default=None, ge=0)
+    requests_per_minute: Count | None = None
+    writes_per_minute: Count | None = None
     """Counts ``write`` and ``delete`` calls in any rolling 60 seconds."""
-    deletes_per_minute: int | None = Field(default=None, ge=0)
-    requests_per_day: int | None = Field(default=None, ge=0)
+    deletes_per_minute: Count | None = None
+    requests_per_day: Count | None = None
     """Resets at 00:00 UTC."""
-    cost_per_day: float | None = Field(default=None, ge=0)
+    cost_per_day: Cost | None = None
     on_anomaly: AnomalyRule | None = None
     """Revoke the identity when it attempts far more calls per minute than its limits allow."""
 
@@ -151,7 +160,7 @@ class ToolRule(_Model):
     """Template(s) filled from the call's arguments: ``"{key}"``, ``"mailto:{to}"``."""
     kind: Literal["plain", "path", "url"] = "plain"
     """``path`` normalizes and refuses ``..`` escapes; ``url`` normalizes scheme and host."""
-    cost: float = Field(default=0.0, ge=0)
+    cost: Cost = 0.0
     """Fixed cost of one call (reserved before it runs)."""
     cost_arg: str | None = None
     """Take the cost estimate from this argument of the call."""
@@ -184,10 +193,10 @@ class ToolRule(_Model):
 class Budget(_Model):
     """Task-level budget of one intent."""
 
-    max_calls: int | None = Field(default=None, ge=0)
-    max_cost: float | None = Field(default=None, ge=0)
-    per_tool: dict[str, int] = Field(default_factory=dict)
-    per_operation: dict[Operation, int] = Field(default_factory=dict)
+    max_calls: Count | None = None
+    max_cost: Cost | None = None
+    per_tool: dict[str, Count] = Field(default_factory=dict)
+    per_operation: dict[Operation, Count] = Field(default_factory=dict)
 
 
 class IntentConfig(_Model):
@@ -218,7 +227,7 @@ class GuardConfig(_Model):
     """How long a call waits for the database lock before failing closed with AuditError."""
     checkpoints: str | None = None
     """JSON-lines file of signed chain checkpoints; default ``<store>.checkpoints``."""
-    max_arg_chars: int = Field(default=2000, ge=16)
+    max_arg_chars: int = Field(default=2000, ge=16, le=10_000_000)
     """Audit arguments: longer string values are cut to this many characters."""
     redact_keys: list[str] = Field(default_factory=list)
     """Argument names redacted in the audit trail, in addition to the built-in secret names."""

@@ -205,7 +205,9 @@ class TaskSession:
                 child.end("parent-ended", reason=f"parent task {self.task_id} ended")
         finally:
             guard = self.guard
-            now = guard.clock()
+            # the end and its revocation are written whatever the clock says
+            lenient = getattr(guard.clock, "lenient", None)  # engine.CheckedClock
+            now = lenient() if lenient is not None else guard.clock()
             if status == "ok" and now >= self.deadline:
                 status = "expired"
             self.ended_reason = status
