@@ -29,7 +29,7 @@ from typing import Any
 from ..budget import Spend
 from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
 from ..errors import AuditError, BudgetExceeded, PolicyDenied
-from ..numbers import MAX_TIMESTAMP, is_finite_number
+from ..numbers import MAX_COST, MAX_TIMESTAMP, is_finite_number
 from .budgets import INSERT_TALLY, Anomaly, Charge, charge, settle
 from .queries import Queries
 from .schema import create_schema
@@ -429,6 +429,9 @@ class Store(Queries):
 
     def _write_outcome(self, conn: sqlite3.Connection, item: PendingOutcome) -> None:
         if item.settle:  # task counters and the identity's cost (toolguard.store.budgets)
+            for _scope, _period, delta in item.settle:
+                if not is_finite_number(delta) or abs(delta) > MAX_COST:
+                    raise ValueError(f"a settlement of {delta!r} is not a finite cost")
             settle(conn, item.settle, self._tasks, now=self.clock())
         self._append(conn, item.event)
         if item.event.get("outcome") == "not-run":  # no credential was issued after all
