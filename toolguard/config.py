@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -72,8 +73,10 @@ class IssuerConfig(_Model):
     """The default ``aud`` claim: the downstream service that accepts the credentials."""
     key_file: str = ".toolguard/signing-key.pem"
     """PEM private key; created with mode 0600 on first use (relative to the config file)."""
-    key: str | None = None
-    """The PEM private key itself, typically ``${TOOLGUARD_SIGNING_KEY}``; wins over key_file."""
+    key: SecretStr | None = None
+    """The PEM private key itself, typically ``${TOOLGUARD_SIGNING_KEY}``; wins over key_file.
+    A secret: ``repr``, ``str`` and dumps of the config show ``**********``; code that needs it
+    calls ``key.get_secret_value()``."""
     algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
     """Signature algorithm of new keys."""
     ttl: Duration = 300.0
@@ -342,7 +345,39 @@ def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
     return v
 
 
-def _substitute_env(value: Any, loc: str, problems: list[tuple[str, str]]) -> Any:
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is at most 1 MiB."""
+MAX_CONFIG_VALUES = 100_000
+"""A config holds at most this many values once YAML aliases are expanded (a billion-laughs
+file of 1 KB expands to 9^8 of them)."""
+MAX_CONFIG_DEPTH = 32
+"""And nests at most this deep."""
+
+
+class _TooLarge(Exception):
+    def __init__(self, loc: str, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _substitute_env(
+    value: Any, loc: str, problems: list[tuple[str, str]], budget: list[int] | None = None,
+    depth: int = 0,
+) -> Any:  # fmt: skip
+    """``${ENV}`` substituted in every string, walking the config as a tree; raises _TooLarge
+    beyond MAX_CONFIG_VALUES values (aliases count once per use) or MAX_CONFIG_DEPTH levels."""
+    if budget is None:
+        budget = [MAX_CONFIG_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge(
+            loc,
+            f"the config has more than {MAX_CONFIG_VALUES} values once its YAML aliases are "
+            "expanded (an alias bomb?); write it out plainly or make it smaller",
+        )
+    if depth > MAX_CONFIG_DEPTH:
+        raise _TooLarge(loc, f"the config nests deeper than {MAX_CONFIG_DEPTH} levels")
     if isinstance(value, str):
 
         def repl(m: re.Match[str]) -> str:
@@ -354,9 +389,15 @@ def _substitute_env(value: Any, loc: str, problems: list[tuple[str, str]]) -> An
 
         return _ENV.sub(repl, value)
     if isinstance(value, Mapping):
-        return {k: _substitute_env(v, _join(loc, str(k)), problems) for k, v in value.items()}
+        return {
+            k: _substitute_env(v, _join(loc, str(k)), problems, budget, depth + 1)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_substitute_env(v, f"{loc}[{i}]", problems) for i, v in enumerate(value)]
+        return [
+            _substitute_env(v, f"{loc}[{i}]", problems, budget, depth + 1)
+            for i, v in enumerate(value)
+        ]
     return value
 
 
@@ -378,7 +419,20 @@ def _format_loc(parts: tuple[int | str, ...]) -> str:
 
 def _read_file(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config this "
+                "large is a mistake (or an attack): check the path",
+                source=str(path),
+            )
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid UTF-8 (byte {exc.start}); save it as UTF-8",
+            source=str(path),
+        ) from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", source=str(path)) from None
     except OSError as exc:
@@ -428,7 +482,10 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | GuardConfig
             [("", "the config must be a mapping of keys to values")], source=origin
         )
     problems: list[tuple[str, str]] = []
-    data = _substitute_env(data, "", problems)
+    try:
+        data = _substitute_env(data, "", problems)
+    except _TooLarge as exc:
+        raise ConfigError.from_problems([(exc.loc, exc.message)], source=origin) from None
     if problems:  # validating "" in place of a missing variable would only add noise
         raise ConfigError.from_problems(problems, source=origin)
     if base_dir is not None and "base_dir" not in data:

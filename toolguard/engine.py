@@ -155,7 +155,7 @@ class Guard:
         )
         issuer_cfg = self.config.issuer
         if issuer_cfg.key:
-            self.keys = KeyRing.from_pem(issuer_cfg.key)
+            self.keys = KeyRing.from_pem(issuer_cfg.key.get_secret_value())
         else:
             self.keys = KeyRing.load(
                 self.config.resolve_path(issuer_cfg.key_file), algorithm=issuer_cfg.algorithm

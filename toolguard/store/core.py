@@ -469,27 +469,55 @@ class Store(Queries):
 
     # -- tasks ------------------------------------------------------------------------------
 
-    def start_task(self, task: Mapping[str, Any], event: dict[str, Any]) -> None:
-        """Record a task start; :class:`PolicyDenied` if its identity is disabled."""
+    def start_task(
+        self, task: Mapping[str, Any], event: dict[str, Any], *, disabled: str | None = None
+    ) -> None:
+        """Record a task start. If its identity is disabled (by ``toolguard revoke --identity
+        --disable``, or by the config: ``disabled`` says why), record a ``denied`` event
+        instead and raise :class:`PolicyDenied`."""
+        identity = task["identity"]
+        refused: PolicyDenied | None = None
         with self._write("task start") as conn:
-            row = conn.execute(
-                "SELECT reason FROM identity_state WHERE identity = ? AND disabled = 1",
-                (task["identity"],),
-            ).fetchone()
-            if row is not None:
-                raise PolicyDenied(
-                    f"identity '{task['identity']}' is disabled ({row[0]}); re-enable it with "
-                    f"`toolguard enable {task['identity']}`",
-                    task_id=task["task_id"],
-                    rule=f"identities.{task['identity']}.disabled",
+            message: str | None = None
+            if disabled is not None:
+                message = (
+                    f"identity '{identity}' is disabled ({disabled}); set "
+                    f"identities.{identity}.disabled to false to re-enable it"
                 )
-            conn.execute(
-                f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))})",
-                tuple(task.get(k) for k in _TASK_COLUMNS),
-            )
-            self._append(conn, event)
-            self._tasks.started(task["task_id"])
+            else:
+                row = conn.execute(
+                    "SELECT reason FROM identity_state WHERE identity = ? AND disabled = 1",
+                    (identity,),
+                ).fetchone()
+                if row is not None:
+                    message = (
+                        f"identity '{identity}' is disabled ({row[0]}); re-enable it with "
+                        f"`toolguard enable {identity}`"
+                    )
+            if message is not None:  # the refusal is audited; the task is not recorded
+                refused = PolicyDenied(
+                    message, task_id=task["task_id"], rule=f"identities.{identity}.disabled"
+                )
+                self._append(
+                    conn,
+                    {
+                        **event,
+                        "kind": "denied",
+                        "decision": "deny",
+                        "reason": refused.reason,
+                        "rule": refused.rule,
+                    },
+                )
+            else:
+                conn.execute(
+                    f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))})",
+                    tuple(task.get(k) for k in _TASK_COLUMNS),
+                )
+                self._append(conn, event)
+                self._tasks.started(task["task_id"])
+        if refused is not None:
+            raise refused
 
     def end_task(
         self,
