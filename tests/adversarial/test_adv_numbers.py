@@ -26,7 +26,6 @@ from pydantic import ValidationError
 
 import toolguard as tg
 from toolguard.numbers import MAX_COST, finite_number, is_finite_number
-from toolguard.store import PendingOutcome
 
 BAD_REPORTED = [
     float("nan"),
@@ -200,82 +199,6 @@ def test_a_bad_reported_cost_that_the_tool_swallows_is_never_settled(
     assert (outcome.outcome, outcome.cost) == ("ok", 0.5)
     _assert_ended_and_revoked(guard, tmp_path, clock, task, tools.tokens[0])
     _assert_a_new_task_runs(guard, t)
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, 10**400], ids=repr)
-def test_a_permit_changed_by_hand_is_not_settled_and_taints_the_task(
-    setup: tuple[tg.Guard, dict[str, tg.GuardedTool]],
-    tmp_path: Path,
-    clock: Clock,
-    bad: float,
-) -> None:
-    """Bypassing report_cost (``permit.actual_cost = nan``): finish() checks it again."""
-    guard, _t = setup
-    with guard.task("process-job", job_id="42") as task:
-        permit = guard.authorize("meter", {"key": "agents:jobs:42:x"})
-        permit.actual_cost = bad
-        guard.finish(permit)
-    outcome = guard.audit.events(task_id=task.task_id, kind="outcome")[0]
-    assert outcome.cost == 0.5 and "reservation stands" in (outcome.error or "")
-    assert _task_row(guard, task.task_id)["tainted"] == 1
-    _assert_ended_and_revoked(guard, tmp_path, clock, task, permit.credential.token)
-
-
-@pytest.mark.parametrize(
-    "settle",
-    [
-        (("task:{task}:budget#1", "", float("nan")),),
-        (("task:{task}:budget#1", "", float("inf")),),
-        (("identity:agent-runner:log#c", "{day}", float("nan")),),
-        (("identity:agent-runner:log#c", "{day}", 10**400),),
-        (("task:{task}:budget#1", "", "not a number"),),
-    ],
-    ids=["task-nan", "task-inf", "identity-nan", "identity-huge", "a-string"],
-)
-def test_a_poisoned_queued_settlement_is_dropped_and_the_task_end_is_written(
-    setup: tuple[tg.Guard, dict[str, tg.GuardedTool]],
-    tmp_path: Path,
-    clock: Clock,
-    settle: tuple[tuple[str, str, Any], ...],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The last line of defence: whatever reaches the outcome queue, a bad item does not fail
-    every later transaction. Its outcome is written without the settlement (the reason in its
-    ``error``), the task is tainted, a warning is logged, and the end follows."""
-    guard, t = setup
-    from toolguard.budget import day_key
-
-    with guard.task("process-job", job_id="42") as task:
-        permit = guard.authorize("meter", {"key": "agents:jobs:42:x"})
-        good = guard.finish  # the real outcome first, then a poisoned copy of it
-        good(permit)
-        guard.store.flush()
-        poisoned = tuple(
-            (s.format(task=task.task_id), d.format(day=day_key(clock())), v) for s, d, v in settle
-        )
-        guard.store.queue_outcome(
-            PendingOutcome(
-                {
-                    "ts": clock(),
-                    "task_id": task.task_id,
-                    "identity": "agent-runner",
-                    "intent": "process-job",
-                    "kind": "outcome",
-                    "tool": "meter",
-                    "jti": permit.credential.jti,
-                    "outcome": "ok",
-                    "cost": 1.0,
-                },
-                poisoned,
-            )
-        )
-    assert "could not be written" in caplog.text
-    outcomes = guard.audit.events(task_id=task.task_id, kind="outcome")
-    assert len(outcomes) == 2 and "settlement could not be written" in (outcomes[1].error or "")
-    assert _task_row(guard, task.task_id)["tainted"] == 1
-    _assert_ended_and_revoked(guard, tmp_path, clock, task, permit.credential.token)
-    _assert_a_new_task_runs(guard, t)
-    assert guard.audit.verify().ok
 
 
 # -- cost arguments: what a model writes --------------------------------------------------------
