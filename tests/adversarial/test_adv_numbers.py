@@ -363,3 +363,49 @@ def test_the_checked_clock_keeps_the_wrapped_clock_api(
     guard = make_guard(clock=clock)
     guard.clock.advance(5)  # type: ignore[attr-defined]  # the wrapped test clock's method
     assert guard.clock() == clock.now == 1_790_000_005.0
+
+
+# -- numbers on the read side: CLI options and audit queries ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["audit", "tasks", "--limit", str(10**30)],
+        ["audit", "tail", "-n", str(10**30)],
+        ["audit", "denied", "--limit", str(10**30)],
+        ["audit", "export", "--format", "html", "--limit", str(10**30)],
+        ["audit", "tasks", "--since", "1e400d"],
+        ["audit", "tasks", "--since", "99999999999d"],
+    ],
+    ids=lambda a: " ".join([*a[:2], a[-1][:8]]),
+)
+def test_a_huge_number_on_the_command_line_is_a_usage_error(
+    setup: tuple[tg.Guard, dict[str, tg.GuardedTool]], clock: Clock, args: list[str]
+) -> None:
+    from click.testing import CliRunner
+
+    from toolguard.cli import CliContext, main
+
+    guard, _t = setup
+    with guard.task("process-job", job_id="42"):
+        pass
+    context = CliContext(clock=clock, sleep=lambda s: None, max_polls=1)
+    result = CliRunner().invoke(main, [*args, "--db", str(guard.config.store_path)], obj=context)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output
+    assert not isinstance(result.exception, OverflowError)
+
+
+def test_audit_queries_take_any_int_limit_or_seq(
+    setup: tuple[tg.Guard, dict[str, tg.GuardedTool]],
+) -> None:
+    guard, _t = setup
+    with guard.task("process-job", job_id="42") as task:
+        pass
+    assert len(guard.audit.events(limit=10**30)) == 2
+    assert len(guard.audit.events(after_seq=-(10**30), before_seq=10**30)) == 2
+    assert guard.audit.events(after_seq=10**30) == []
+    assert [t["task_id"] for t in guard.audit.tasks(limit=10**30)] == [task.task_id]
+    with pytest.raises(ValueError, match="nan"):
+        guard.audit.events(since=float("nan"))
