@@ -55,7 +55,7 @@ from toolguard.keys import (
     b64url_encode,
     verify_signature,
 )
-from toolguard.numbers import is_finite_number
+from toolguard.numbers import MAX_DURATION, is_finite_number
 
 __all__ = [
     "REQUIRED_CLAIMS",
@@ -336,8 +336,10 @@ class Issuer:
             raise ConfigError("issuer name and audience must be non-empty strings")
         if not isinstance(keys, KeyRing):
             raise ConfigError("keys must be a KeyRing (it holds the private signing key)")
-        if not is_finite_number(ttl) or ttl < 1:
-            raise ConfigError("issuer ttl must be a number of seconds, at least 1")
+        if not is_finite_number(ttl) or not 1 <= ttl <= MAX_DURATION:
+            raise ConfigError(
+                "issuer ttl must be a number of seconds, at least 1 (up to 100 years)"
+            )
         _set_slots(self, {"name": name, "audience": audience, "keys": keys, "ttl": ttl})
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -454,8 +456,8 @@ class Verifier:
             raise ConfigError(
                 f"algorithms must be a non-empty list drawn from {', '.join(ALGORITHMS)}"
             )
-        if not is_finite_number(max_ttl) or max_ttl <= 0:
-            raise ConfigError("max_ttl must be a positive number of seconds")
+        if not is_finite_number(max_ttl) or not 0 < max_ttl <= MAX_DURATION:
+            raise ConfigError("max_ttl must be a positive number of seconds (up to 100 years)")
         if not is_finite_number(leeway) or not 0 <= leeway <= 60:
             raise ConfigError("leeway must be between 0 and 60 seconds")
         if type(replay_cache_size) is not int or replay_cache_size < 1:

@@ -409,3 +409,28 @@ def test_audit_queries_take_any_int_limit_or_seq(
     assert [t["task_id"] for t in guard.audit.tasks(limit=10**30)] == [task.task_id]
     with pytest.raises(ValueError, match="nan"):
         guard.audit.events(since=float("nan"))
+
+
+# -- numbers given to the Python API: issuers, verifiers, brokers -------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e300, 10**400, -1, True], ids=repr)
+def test_constructors_refuse_durations_out_of_range(
+    tmp_path: Path, bad: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toolguard.brokers import HttpTokenBroker, StaticSecretProvider
+    from toolguard.credentials import Issuer, Verifier
+
+    keys = tg.KeyRing.load(tmp_path / "key.pem")
+    monkeypatch.setenv("LEGACY_SECRET", "s3cret")
+    makers: list[Callable[[], object]] = [
+        lambda: Issuer(name="i", audience="a", keys=keys, ttl=bad),  # type: ignore[arg-type]
+        lambda: Verifier(issuer="i", audience="a", keys=keys, max_ttl=bad),  # type: ignore[arg-type]
+        lambda: Verifier(issuer="i", audience="a", keys=keys, leeway=bad),  # type: ignore[arg-type]
+        lambda: StaticSecretProvider(env="LEGACY_SECRET", ttl=bad),  # type: ignore[arg-type]
+        lambda: HttpTokenBroker(token_url="https://sts.example/token", default_ttl=bad),  # type: ignore[arg-type]
+        lambda: HttpTokenBroker(token_url="https://sts.example/token", backoff=bad),  # type: ignore[arg-type]
+    ]
+    for make in makers:
+        with pytest.raises(tg.ConfigError):
+            make()
