@@ -259,7 +259,7 @@ def test_the_largest_cost_argument_still_fits_exactly(
     ]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     amount=st.one_of(
         st.floats(allow_nan=True, allow_infinity=True),
