@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
-import math
 import os
 import re
 import threading
@@ -52,6 +51,7 @@ from tenacity import (
 
 from .credentials import Credential, Issuer
 from .errors import ConfigError, CredentialError
+from .numbers import MAX_DURATION, is_finite_number
 
 if TYPE_CHECKING:
     from .engine import Guard
@@ -196,9 +196,9 @@ class HttpTokenBroker:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigError("max_attempts must be a whole number, at least 1")
         for name, value in (("default_ttl", default_ttl), ("backoff", backoff)):
-            if not _is_number(value) or value <= 0:
-                raise ConfigError(f"{name} must be a positive number of seconds")
-        if not _is_number(max_backoff) or max_backoff < backoff:
+            if not is_finite_number(value) or not 0 < value <= MAX_DURATION:
+                raise ConfigError(f"{name} must be a positive number of seconds (up to 100 years)")
+        if not is_finite_number(max_backoff) or max_backoff < backoff:
             raise ConfigError("max_backoff must be a number of seconds, at least backoff")
         self.subject_audience = subject_audience or self.token_url
         self.subject_token_type = subject_token_type
@@ -399,8 +399,10 @@ class HttpTokenBroker:
         granted = body.get("scope")
         if not isinstance(token_type, str) or token_type.lower() not in ("bearer", "n_a"):
             problem = "its token_type is not Bearer"
-        elif expires_in is not None and (not _is_number(expires_in) or expires_in <= 0):
-            problem = "its expires_in is not a positive number"
+        elif expires_in is not None and (
+            not is_finite_number(expires_in) or not 0 < expires_in <= MAX_DURATION
+        ):
+            problem = "its expires_in is not a positive number of seconds (up to 100 years)"
         elif granted is not None and (
             not isinstance(granted, str) or not set(granted.split()) <= requested
         ):
@@ -622,8 +624,8 @@ class StaticSecretProvider:
     ) -> None:
         if not isinstance(env, str) or not env:
             raise ConfigError("env must name the environment variable that holds the secret")
-        if not _is_number(ttl) or ttl < 1:
-            raise ConfigError("ttl must be a number of seconds, at least 1")
+        if not is_finite_number(ttl) or not 1 <= ttl <= MAX_DURATION:
+            raise ConfigError("ttl must be a number of seconds, at least 1 (up to 100 years)")
         if not os.environ.get(env):
             raise ConfigError(
                 f"environment variable {env} is not set; export the legacy API's secret in it "
@@ -718,10 +720,6 @@ class StaticSecretProvider:
 
 def _fail(message: str, call: BrokerCall) -> NoReturn:
     raise CredentialError(message, tool=call.tool, task_id=call.task_id, rule="credentials.broker")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_url(url: str, name: str) -> str:

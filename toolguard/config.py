@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -26,6 +27,7 @@ from pydantic import (
 
 from .durations import parse_duration
 from .errors import ConfigError
+from .numbers import MAX_COST, MAX_COUNT
 
 __all__ = [
     "AnomalyRule",
@@ -48,10 +50,18 @@ _OPERATION = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""A positive, finite duration up to 100 years (``30s``, ``5m``, a number of seconds)."""
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+"""A call-count limit: a whole number from 0 to 10^9."""
+Cost = Annotated[float, Field(ge=0, le=MAX_COST)]
+"""A cost or cost limit: a finite number from 0 to 10^9 (10^15 micro-units)."""
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # nan and inf are refused everywhere (a float field says "finite number")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class IssuerConfig(_Model):
@@ -63,8 +73,10 @@ class IssuerConfig(_Model):
     """The default ``aud`` claim: the downstream service that accepts the credentials."""
     key_file: str = ".toolguard/signing-key.pem"
     """PEM private key; created with mode 0600 on first use (relative to the config file)."""
-    key: str | None = None
-    """The PEM private key itself, typically ``${TOOLGUARD_SIGNING_KEY}``; wins over key_file."""
+    key: SecretStr | None = None
+    """The PEM private key itself, typically ``${TOOLGUARD_SIGNING_KEY}``; wins over key_file.
+    A secret: ``repr``, ``str`` and dumps of the config show ``**********``; code that needs it
+    calls ``key.get_secret_value()``."""
     algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
     """Signature algorithm of new keys."""
     ttl: Duration = 300.0
@@ -82,7 +94,7 @@ class IssuerConfig(_Model):
 class AnomalyRule(_Model):
     """Automatic revocation when an identity misbehaves."""
 
-    revoke_when_rate_exceeds: float | None = None
+    revoke_when_rate_exceeds: float | None = Field(default=None, le=MAX_COUNT)
     """Revoke the identity's tasks when its attempted calls per minute exceed this multiple of its
     per-minute limit (``5x`` or ``5``)."""
 
@@ -97,13 +109,13 @@ class AnomalyRule(_Model):
 class IdentityLimits(_Model):
     """Identity-wide limits, shared by every task of the identity and every process."""
 
-    requests_per_minute: int | None = Field(default=None, ge=0)
-    writes_per_minute: int | None = Field(default=None, ge=0)
+    requests_per_minute: Count | None = None
+    writes_per_minute: Count | None = None
     """Counts ``write`` and ``delete`` calls in any rolling 60 seconds."""
-    deletes_per_minute: int | None = Field(default=None, ge=0)
-    requests_per_day: int | None = Field(default=None, ge=0)
+    deletes_per_minute: Count | None = None
+    requests_per_day: Count | None = None
     """Resets at 00:00 UTC."""
-    cost_per_day: float | None = Field(default=None, ge=0)
+    cost_per_day: Cost | None = None
     on_anomaly: AnomalyRule | None = None
     """Revoke the identity when it attempts far more calls per minute than its limits allow."""
 
@@ -151,7 +163,7 @@ class ToolRule(_Model):
     """Template(s) filled from the call's arguments: ``"{key}"``, ``"mailto:{to}"``."""
     kind: Literal["plain", "path", "url"] = "plain"
     """``path`` normalizes and refuses ``..`` escapes; ``url`` normalizes scheme and host."""
-    cost: float = Field(default=0.0, ge=0)
+    cost: Cost = 0.0
     """Fixed cost of one call (reserved before it runs)."""
     cost_arg: str | None = None
     """Take the cost estimate from this argument of the call."""
@@ -184,10 +196,10 @@ class ToolRule(_Model):
 class Budget(_Model):
     """Task-level budget of one intent."""
 
-    max_calls: int | None = Field(default=None, ge=0)
-    max_cost: float | None = Field(default=None, ge=0)
-    per_tool: dict[str, int] = Field(default_factory=dict)
-    per_operation: dict[Operation, int] = Field(default_factory=dict)
+    max_calls: Count | None = None
+    max_cost: Cost | None = None
+    per_tool: dict[str, Count] = Field(default_factory=dict)
+    per_operation: dict[Operation, Count] = Field(default_factory=dict)
 
 
 class IntentConfig(_Model):
@@ -218,7 +230,7 @@ class GuardConfig(_Model):
     """How long a call waits for the database lock before failing closed with AuditError."""
     checkpoints: str | None = None
     """JSON-lines file of signed chain checkpoints; default ``<store>.checkpoints``."""
-    max_arg_chars: int = Field(default=2000, ge=16)
+    max_arg_chars: int = Field(default=2000, ge=16, le=10_000_000)
     """Audit arguments: longer string values are cut to this many characters."""
     redact_keys: list[str] = Field(default_factory=list)
     """Argument names redacted in the audit trail, in addition to the built-in secret names."""
@@ -333,7 +345,39 @@ def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
     return v
 
 
-def _substitute_env(value: Any, loc: str, problems: list[tuple[str, str]]) -> Any:
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is at most 1 MiB."""
+MAX_CONFIG_VALUES = 100_000
+"""A config holds at most this many values once YAML aliases are expanded (a billion-laughs
+file of 1 KB expands to 9^8 of them)."""
+MAX_CONFIG_DEPTH = 32
+"""And nests at most this deep."""
+
+
+class _TooLarge(Exception):
+    def __init__(self, loc: str, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _substitute_env(
+    value: Any, loc: str, problems: list[tuple[str, str]], budget: list[int] | None = None,
+    depth: int = 0,
+) -> Any:  # fmt: skip
+    """``${ENV}`` substituted in every string, walking the config as a tree; raises _TooLarge
+    beyond MAX_CONFIG_VALUES values (aliases count once per use) or MAX_CONFIG_DEPTH levels."""
+    if budget is None:
+        budget = [MAX_CONFIG_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge(
+            loc,
+            f"the config has more than {MAX_CONFIG_VALUES} values once its YAML aliases are "
+            "expanded (an alias bomb?); write it out plainly or make it smaller",
+        )
+    if depth > MAX_CONFIG_DEPTH:
+        raise _TooLarge(loc, f"the config nests deeper than {MAX_CONFIG_DEPTH} levels")
     if isinstance(value, str):
 
         def repl(m: re.Match[str]) -> str:
@@ -345,9 +389,15 @@ def _substitute_env(value: Any, loc: str, problems: list[tuple[str, str]]) -> An
 
         return _ENV.sub(repl, value)
     if isinstance(value, Mapping):
-        return {k: _substitute_env(v, _join(loc, str(k)), problems) for k, v in value.items()}
+        return {
+            k: _substitute_env(v, _join(loc, str(k)), problems, budget, depth + 1)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_substitute_env(v, f"{loc}[{i}]", problems) for i, v in enumerate(value)]
+        return [
+            _substitute_env(v, f"{loc}[{i}]", problems, budget, depth + 1)
+            for i, v in enumerate(value)
+        ]
     return value
 
 
@@ -369,7 +419,20 @@ def _format_loc(parts: tuple[int | str, ...]) -> str:
 
 def _read_file(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config this "
+                "large is a mistake (or an attack): check the path",
+                source=str(path),
+            )
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid UTF-8 (byte {exc.start}); save it as UTF-8",
+            source=str(path),
+        ) from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", source=str(path)) from None
     except OSError as exc:
@@ -419,7 +482,10 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | GuardConfig
             [("", "the config must be a mapping of keys to values")], source=origin
         )
     problems: list[tuple[str, str]] = []
-    data = _substitute_env(data, "", problems)
+    try:
+        data = _substitute_env(data, "", problems)
+    except _TooLarge as exc:
+        raise ConfigError.from_problems([(exc.loc, exc.message)], source=origin) from None
     if problems:  # validating "" in place of a missing variable would only add noise
         raise ConfigError.from_problems(problems, source=origin)
     if base_dir is not None and "base_dir" not in data:

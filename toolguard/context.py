@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from .errors import CredentialError
+from .numbers import finite_number
 
 if TYPE_CHECKING:
     from .credentials import Credential
@@ -46,13 +47,15 @@ def current_credential() -> Credential:
 
 
 def report_cost(amount: float) -> None:
-    """Report the actual cost of the running call; its budget is settled to it afterwards."""
+    """Report the actual cost of the running call; its budget is settled to it afterwards.
+
+    Raises :class:`ValueError` (nothing is recorded) for a cost that is not a finite number
+    from 0 to :data:`toolguard.numbers.MAX_COST`.
+    """
     permit = permit_var.get()
     if permit is None:
         raise CredentialError("report_cost() works only inside a guarded tool call")
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
-        raise ValueError("a cost must be a non-negative number")
-    permit.actual_cost = float(amount)
+    permit.actual_cost = finite_number(amount, "the cost given to report_cost()")
 
 
 def carry_task(fn: Callable[_P, _R], *, task: TaskSession | None = None) -> Callable[_P, _R]:

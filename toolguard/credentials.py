@@ -55,6 +55,7 @@ from toolguard.keys import (
     b64url_encode,
     verify_signature,
 )
+from toolguard.numbers import MAX_DURATION, is_finite_number
 
 __all__ = [
     "REQUIRED_CLAIMS",
@@ -310,7 +311,7 @@ def _freeze(value: Any) -> Any:
         return MappingProxyType({str(k): _freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
-    if value is None or isinstance(value, (str, int)) or _is_time(value):
+    if value is None or isinstance(value, (str, int)) or is_finite_number(value):
         return value
     raise CredentialError(f"claim values must be JSON data, not {type(value).__name__}")
 
@@ -335,8 +336,10 @@ class Issuer:
             raise ConfigError("issuer name and audience must be non-empty strings")
         if not isinstance(keys, KeyRing):
             raise ConfigError("keys must be a KeyRing (it holds the private signing key)")
-        if not _is_time(ttl) or ttl < 1:
-            raise ConfigError("issuer ttl must be a number of seconds, at least 1")
+        if not is_finite_number(ttl) or not 1 <= ttl <= MAX_DURATION:
+            raise ConfigError(
+                "issuer ttl must be a number of seconds, at least 1 (up to 100 years)"
+            )
         _set_slots(self, {"name": name, "audience": audience, "keys": keys, "ttl": ttl})
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -374,7 +377,7 @@ class Issuer:
                     "non-empty strings",
                     tool=tool if isinstance(tool, str) else None,
                 )
-        if not _is_time(now) or (deadline is not None and not _is_time(deadline)):
+        if not is_finite_number(now) or (deadline is not None and not is_finite_number(deadline)):
             raise CredentialError("now and deadline must be finite unix times", tool=tool)
         end = now + self.ttl if deadline is None else min(now + self.ttl, deadline)
         exp = int(end)
@@ -453,9 +456,9 @@ class Verifier:
             raise ConfigError(
                 f"algorithms must be a non-empty list drawn from {', '.join(ALGORITHMS)}"
             )
-        if not _is_time(max_ttl) or max_ttl <= 0:
-            raise ConfigError("max_ttl must be a positive number of seconds")
-        if not _is_time(leeway) or not 0 <= leeway <= 60:
+        if not is_finite_number(max_ttl) or not 0 < max_ttl <= MAX_DURATION:
+            raise ConfigError("max_ttl must be a positive number of seconds (up to 100 years)")
+        if not is_finite_number(leeway) or not 0 <= leeway <= 60:
             raise ConfigError("leeway must be between 0 and 60 seconds")
         if type(replay_cache_size) is not int or replay_cache_size < 1:
             raise ConfigError("replay_cache_size must be a positive integer")
@@ -548,7 +551,7 @@ class Verifier:
         claims = _decode_json(body, "claims")
         self._check_claims(claims)
         now = self._clock() if now is None else now
-        if not _is_time(now):
+        if not is_finite_number(now):
             _invalid("the verification time is not a finite number; check the clock", "now")
         self._check_times(claims, now)
         self._check_scope(claims, operation, resource, tool)
@@ -597,7 +600,7 @@ class Verifier:
             if not _nonempty(claims[name]):
                 _invalid(f"credential claim '{name}' must be a non-empty string", f"claims.{name}")
         for name in ("iat", "nbf", "exp"):
-            if not _is_time(claims[name]):
+            if not is_finite_number(claims[name]):
                 _invalid(f"credential claim '{name}' must be a number", f"claims.{name}")
         res = claims["res"]
         if not isinstance(res, list) or not all(isinstance(r, str) for r in res):
@@ -715,10 +718,6 @@ def _invalid(message: str, rule: str) -> NoReturn:
 
 def _nonempty(value: object) -> bool:
     return isinstance(value, str) and bool(value)
-
-
-def _is_time(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _decode(segment: str, what: str) -> bytes:

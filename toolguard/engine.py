@@ -23,6 +23,7 @@ from .context import permit_var, task_var
 from .credentials import Credential, Issuer, KeyRing, Verifier, issued_token, new_jti
 from .errors import AuditError, ConfigError, NoActiveTask, PolicyDenied
 from .intent import Call, Policy
+from .numbers import MAX_COST, check_timestamp, is_finite_number
 from .policy import Decision, decide, derive_call
 from .redaction import Redactor
 from .store import PendingOutcome, Store
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from .task import TaskSession
     from .tools import GuardedTool
 
-__all__ = ["CredentialProvider", "Guard", "Permit", "StoreRevocations"]
+__all__ = ["CheckedClock", "CredentialProvider", "Guard", "Permit", "StoreRevocations"]
 
 log = logging.getLogger("toolguard")
 
@@ -96,6 +97,34 @@ class Permit:
             self.token = None
 
 
+class CheckedClock:
+    """A ``clock=`` callable whose every value is checked: a value that is not a Unix time in
+    seconds (nan, inf, a string, a negative number) raises :class:`AuditError` (nothing runs)
+    instead of reaching the trail. :meth:`lenient` falls back to the system clock instead,
+    with a warning: for what must be written whatever the clock says (a task end)."""
+
+    __slots__ = ("clock",)
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+
+    def __call__(self) -> float:
+        try:
+            return check_timestamp(self.clock(), "the guard's clock")
+        except ValueError as exc:
+            raise AuditError(f"{exc}; nothing ran") from None
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped clock's own API (a test clock's)
+        return getattr(self.clock, name)
+
+    def lenient(self) -> float:
+        try:
+            return self()
+        except Exception as exc:  # the user's clock may raise anything
+            log.warning("toolguard: %s; using the system clock instead", exc)
+            return time.time()
+
+
 class Guard:
     """The guard: config, policy, store, keys, issuer; one per process and config.
 
@@ -112,17 +141,21 @@ class Guard:
         """``providers`` maps tool names to the credential provider of their calls (an external
         broker, a static secret); every other tool gets credentials from the built-in issuer."""
         self.config = load_config(config if config is not None else {})
-        self.clock = clock
+        checked = clock if clock is time.time else CheckedClock(clock)
+        self.clock: Callable[[], float] = checked
+        """The guard's clock; a bad value (nan, inf, not a number) raises AuditError."""
         self.policy = Policy(self.config)
         self.store = Store(
             self.config.store_path,
             durability=self.config.durability,
             busy_timeout=self.config.busy_timeout,
-            clock=clock,
+            # inside a transaction (settlements, task ends) a bad clock value must not poison
+            # it: the store falls back to the system clock, with a warning
+            clock=checked.lenient if isinstance(checked, CheckedClock) else checked,
         )
         issuer_cfg = self.config.issuer
         if issuer_cfg.key:
-            self.keys = KeyRing.from_pem(issuer_cfg.key)
+            self.keys = KeyRing.from_pem(issuer_cfg.key.get_secret_value())
         else:
             self.keys = KeyRing.load(
                 self.config.resolve_path(issuer_cfg.key_file), algorithm=issuer_cfg.algorithm
@@ -406,9 +439,19 @@ class Guard:
         call = permit.call
         settle: tuple[tuple[str, str, float], ...] = ()
         cost = call.cost
-        if permit.actual_cost is not None and permit.actual_cost != call.cost:
-            delta = permit.actual_cost - call.cost
-            cost = permit.actual_cost
+        actual, problem = permit.actual_cost, None
+        if actual is not None and not (is_finite_number(actual) and 0 <= actual <= MAX_COST):
+            # report_cost() checks its argument; this is a permit changed by hand. The
+            # reservation stands, the outcome says why, and the task is tainted.
+            problem = (
+                f"the reported cost {actual!r} is not a finite number from 0 to {MAX_COST:g};"
+                " the call's reservation stands"
+            )
+            log.warning("toolguard: call %s: %s", call.correlation_id, problem)
+            actual = None
+        if actual is not None and actual != call.cost:
+            delta = actual - call.cost
+            cost = actual
             day = day_key(permit.started)
             settle = tuple(
                 (s.scope, day if s.kind == "day" else "", delta)
@@ -430,11 +473,20 @@ class Guard:
                     "jti": permit.credential.jti,
                     "correlation_id": call.correlation_id,
                     "outcome": "ok" if error is None else "error",
-                    "error": None if error is None else _describe(error, permit.credential),
+                    "error": "; ".join(
+                        e
+                        for e in (
+                            None if error is None else _describe(error, permit.credential),
+                            problem,
+                        )
+                        if e
+                    )
+                    or None,
                     "duration_ms": round(duration_ms, 3),
                     "cost": cost or None,
                 },
                 settle,
+                taint=problem is not None,
             )
         )
 

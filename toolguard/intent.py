@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .config import Budget, GuardConfig, IdentityLimits, ToolRule
 from .errors import ConfigError
+from .numbers import MAX_COST, finite_number
 
 __all__ = [
     "BoundTask",
@@ -219,13 +220,15 @@ class CompiledTool:
         if self.rule.cost_arg is None:
             return self.rule.cost
         value = args.get(self.rule.cost_arg)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        try:  # nan, inf, a huge int would poison the budget arithmetic: a denial instead
+            cost = finite_number(value, "x", maximum=MAX_COST - self.rule.cost)
+        except ValueError:
             raise ResourceError(
                 f"argument '{self.rule.cost_arg}' of tool '{self.name}' must be a non-negative "
-                "number (it is the call's cost)",
+                f"number (finite, at most {MAX_COST - self.rule.cost:g}; it is the call's cost)",
                 f"tools.{self.name}.cost_arg",
-            )
-        return float(value) + self.rule.cost
+            ) from None
+        return cost + self.rule.cost
 
 
 @dataclass(frozen=True, slots=True)

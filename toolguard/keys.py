@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 import os
 import re
 import secrets
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from toolguard.errors import ConfigError, CredentialError
+from toolguard.numbers import is_finite_number
 
 __all__ = [
     "ALGORITHMS",
@@ -259,7 +259,7 @@ class KeyRing:
         dropped from the sidecar. The sidecar is written first, then the private key is
         replaced atomically, so a crash in between loses nothing.
         """
-        if not _is_number(max_ttl) or max_ttl <= 0:
+        if not is_finite_number(max_ttl) or max_ttl <= 0:
             raise ConfigError("max_ttl must be a positive number of seconds")
         now = time.time() if now is None else now
         path = Path(os.fspath(key_file))
@@ -386,10 +386,6 @@ def verify_signature(algorithm: str, key: PublicKey, signature: bytes, data: byt
 def _check_algorithm(algorithm: object) -> None:
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _algorithm_of(key: object) -> Algorithm | None:
@@ -583,7 +579,7 @@ def _read_retired(path: Path) -> list[RetiredKey]:
             times = entry["retired_at"], entry["keep_until"]
             if entry["kid"] != kid or kid != _thumbprint(_public_jwk(key)):
                 raise ValueError("kid does not match the key")
-            if not all(_is_number(t) for t in times):
+            if not all(is_finite_number(t) for t in times):
                 raise ValueError("bad times")
             retired.append(RetiredKey(kid, alg, key, float(times[0]), float(times[1])))
     except (ValueError, TypeError, KeyError, CredentialError) as exc:

@@ -122,6 +122,7 @@ class TaskSession:
                 "correlation_id": self.parent.task_id if self.parent else None,
                 "args": guard.redactor(dict(self.bound.params))[0],
             },
+            disabled=config_disabled(guard, self.identity),
         )
         self.status = "active"
         self.ended_reason = None
@@ -217,7 +218,9 @@ class TaskSession:
                 child.end("parent-ended", reason=f"parent task {self.task_id} ended")
         finally:
             guard = self.guard
-            now = guard.clock()
+            # the end and its revocation are written whatever the clock says
+            lenient = getattr(guard.clock, "lenient", None)  # engine.CheckedClock
+            now = lenient() if lenient is not None else guard.clock()
             if status == "ok" and now >= self.deadline:
                 status = "expired"
             self.ended_reason = status
@@ -314,6 +317,11 @@ class TaskSession:
         wider = bound.covered_by(self.bound)
         if wider is None and self.guard.clock() >= self.deadline:
             wider = "the parent task is past its time limit (ttl)"
+        if wider is None and bound.identity != self.identity:
+            off = config_disabled(self.guard, bound.identity)
+            off = off or self.guard.store.identity_disabled(bound.identity)
+            if off is not None:
+                wider = f"identity '{bound.identity}' is disabled ({off})"
         if wider is None:
             revoked = self.guard.store.revoked_reason(
                 jti="", task_id=self.task_id, identity=self.identity, chain=self.chain[1:],
@@ -349,6 +357,14 @@ class TaskSession:
         return carry_task(fn, task=self)
 
 
+def config_disabled(guard: Guard, identity: str) -> str | None:
+    """Why the config disables an identity (``identities.X.disabled: true``), or None."""
+    config = guard.config.identities.get(identity)
+    if config is not None and config.disabled:
+        return f"by the config: identities.{identity}.disabled is true"
+    return None
+
+
 def _not_resumable(
     guard: Guard, row: Mapping[str, Any], bound: BoundTask, now: float
 ) -> str | None:
@@ -361,7 +377,8 @@ def _not_resumable(
             f"its intent '{bound.intent}' now runs as identity '{bound.identity}', not "
             f"'{row['identity']}'"
         )
-    disabled = guard.store.identity_disabled(bound.identity)
+    disabled = config_disabled(guard, bound.identity)
+    disabled = disabled or guard.store.identity_disabled(bound.identity)
     if disabled is not None:
         return f"its identity '{bound.identity}' is disabled ({disabled})"
     return None

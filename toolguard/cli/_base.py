@@ -288,7 +288,7 @@ def _log(
 
 def _config_keys(config: GuardConfig) -> KeyRing:
     if config.issuer.key:
-        return KeyRing.from_pem(config.issuer.key)
+        return KeyRing.from_pem(config.issuer.key.get_secret_value())
     return KeyRing.load(
         config.resolve_path(config.issuer.key_file), create=False, now=_obj().clock()
     )

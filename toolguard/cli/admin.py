@@ -258,7 +258,7 @@ def keys_jwks(
     """Print the public keys as a JWKS document (for verifiers; no private material)."""
     path, config, _ = _key_target(key_file, config_path, algorithm)
     if key_file is None and config is not None and config.issuer.key:
-        ring = KeyRing.from_pem(config.issuer.key)
+        ring = KeyRing.from_pem(config.issuer.key.get_secret_value())
     else:
         ring = KeyRing.load(path, create=False, now=_obj().clock())
     doc = ring.jwks()
@@ -313,10 +313,16 @@ def check_cmd(config: Path | None, schema: bool, as_json: bool) -> None:
         "tools": len(loaded.tools),
         "intents": len(loaded.intents),
     }
+    disabled = sorted(name for name, ident in loaded.identities.items() if ident.disabled)
     if as_json:
-        viewer.json({"ok": True, "source": str(config), **counts})
+        viewer.json({"ok": True, "source": str(config), **counts, "disabled_identities": disabled})
     else:
         viewer.done(
             f"ok: {config}: {counts['identities']} identities, {counts['tools']} tools, "
             f"{counts['intents']} intents"
         )
+        for name in disabled:  # a kill switch: say so, it refuses every task of the identity
+            viewer.warn(
+                f"  identity {name} is disabled by the config (identities.{name}.disabled: "
+                "true): its tasks are refused"
+            )

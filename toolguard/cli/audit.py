@@ -17,6 +17,7 @@ import click
 
 from .. import audit as audit_mod
 from ..keys import KeyRing, PublicKeys
+from ..numbers import MAX_COUNT
 from ._base import (
     DURATION,
     EXIT_FINDINGS,
@@ -63,7 +64,7 @@ def audit() -> None:
 @click.option("--intent", help="Only tasks of this intent.")
 @click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_COUNT),
     default=50,
     show_default=True,
     help="Show at most this many tasks, newest first (0: no limit).",
@@ -145,7 +146,7 @@ def show_cmd(task_id: str, db_path: Path | None, config_path: Path | None, as_js
 @click.option(
     "-n",
     "--lines",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_COUNT),
     default=20,
     show_default=True,
     help="How many of the newest events to show first.",
@@ -160,7 +161,7 @@ def show_cmd(task_id: str, db_path: Path | None, config_path: Path | None, as_js
 )
 @click.option(
     "--count",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_COUNT),
     help="With --follow: stop after this many new events.",
 )
 @json_option
@@ -228,7 +229,7 @@ def tail_cmd(
 @filter_options("identity", "tool", "task", "since", "until")
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_COUNT),
     default=50,
     show_default=True,
     help="Show at most this many of the newest denials.",
@@ -420,7 +421,7 @@ def _output(path: Path | None) -> Iterator[IO[str]]:
 @filter_options("identity", "tool", "decision", "task", "since", "until")
 @click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_COUNT),
     default=500,
     show_default=True,
     help="html: at most this many tasks, newest first (0: no limit).",

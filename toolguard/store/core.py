@@ -14,6 +14,7 @@ durable, and the viewer shows such calls as incomplete.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -28,10 +29,13 @@ from typing import Any
 from ..budget import Spend
 from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
 from ..errors import AuditError, BudgetExceeded, PolicyDenied
+from ..numbers import MAX_COST, MAX_TIMESTAMP, is_finite_number
 from .budgets import INSERT_TALLY, Anomaly, Charge, charge, settle
 from .queries import Queries
 from .schema import check_pages, create_schema
 from .tasks import TaskBudgets
+
+log = logging.getLogger("toolguard")
 
 __all__ = ["Denial", "PendingEnd", "PendingOutcome", "Store"]
 
@@ -443,10 +447,7 @@ class Store(Queries):
             pending, self._pending = self._pending, []
         try:
             for item in pending:
-                if isinstance(item, PendingEnd):
-                    self._end_task(conn, item)
-                else:
-                    self._write_outcome(conn, item)
+                self._write_pending(conn, item)
             yield conn
             # the file at the path must still be the one written to: else nothing commits
             self._check_file(wal=True)
@@ -497,8 +498,52 @@ class Store(Queries):
         conn.execute(_INSERT_EVENT, (*values, prev, digest))
         local.head = (seq + 1, digest)
 
+    def _write_pending(self, conn: sqlite3.Connection, item: PendingOutcome | PendingEnd) -> None:
+        """Write one queued item in its own savepoint. An item that cannot be written for what
+        it holds (a value SQLite or the budget arithmetic refuses) must not poison every later
+        transaction: it is replaced by what can be written (an outcome without its settlement,
+        its task tainted; a task end with a sane time), with a warning, and as a last resort
+        dropped. A fault of the database itself (disk full, locked) still fails the whole
+        transaction, and the items are retried with the next one."""
+        mark = self._tasks.mark()
+        conn.execute("SAVEPOINT pending")
+        try:
+            if isinstance(item, PendingEnd):
+                self._end_task(conn, item)
+            else:
+                self._write_outcome(conn, item)
+        except _BAD_ITEM as exc:
+            conn.execute("ROLLBACK TO pending")
+            self._tasks.rollback(mark)
+            self._local.head = None  # the rolled-back append moved it
+            fallback = _fallback(item, exc)
+            log.warning(
+                "toolguard: a queued %s of task %s could not be written (%s: %s); %s",
+                "task end" if isinstance(item, PendingEnd) else "outcome",
+                item.task_id if isinstance(item, PendingEnd) else item.event.get("task_id"),
+                type(exc).__name__,
+                exc,
+                "writing it without the bad values" if fallback else "dropped",
+            )
+            if fallback is not None:
+                try:
+                    if isinstance(fallback, PendingEnd):
+                        self._end_task(conn, fallback)
+                    else:
+                        self._write_outcome(conn, fallback)
+                except _BAD_ITEM as again:  # pragma: no cover - the fallback holds sane values
+                    conn.execute("ROLLBACK TO pending")
+                    self._tasks.rollback(mark)
+                    self._local.head = None
+                    log.error("toolguard: the replacement could not be written either: %s", again)
+        finally:
+            conn.execute("RELEASE pending")
+
     def _write_outcome(self, conn: sqlite3.Connection, item: PendingOutcome) -> None:
         if item.settle:  # task counters and the identity's cost (toolguard.store.budgets)
+            for _scope, _period, delta in item.settle:
+                if not is_finite_number(delta) or abs(delta) > MAX_COST:
+                    raise ValueError(f"a settlement of {delta!r} is not a finite cost")
             settle(conn, item.settle, self._tasks, now=self.clock())
         self._append(conn, item.event)
         if item.event.get("outcome") == "not-run":  # no credential was issued after all
@@ -536,27 +581,55 @@ class Store(Queries):
 
     # -- tasks ------------------------------------------------------------------------------
 
-    def start_task(self, task: Mapping[str, Any], event: dict[str, Any]) -> None:
-        """Record a task start; :class:`PolicyDenied` if its identity is disabled."""
+    def start_task(
+        self, task: Mapping[str, Any], event: dict[str, Any], *, disabled: str | None = None
+    ) -> None:
+        """Record a task start. If its identity is disabled (by ``toolguard revoke --identity
+        --disable``, or by the config: ``disabled`` says why), record a ``denied`` event
+        instead and raise :class:`PolicyDenied`."""
+        identity = task["identity"]
+        refused: PolicyDenied | None = None
         with self._write("task start") as conn:
-            row = conn.execute(
-                "SELECT reason FROM identity_state WHERE identity = ? AND disabled = 1",
-                (task["identity"],),
-            ).fetchone()
-            if row is not None:
-                raise PolicyDenied(
-                    f"identity '{task['identity']}' is disabled ({row[0]}); re-enable it with "
-                    f"`toolguard enable {task['identity']}`",
-                    task_id=task["task_id"],
-                    rule=f"identities.{task['identity']}.disabled",
+            message: str | None = None
+            if disabled is not None:
+                message = (
+                    f"identity '{identity}' is disabled ({disabled}); set "
+                    f"identities.{identity}.disabled to false to re-enable it"
                 )
-            conn.execute(
-                f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))})",
-                tuple(task.get(k) for k in _TASK_COLUMNS),
-            )
-            self._append(conn, event)
-            self._tasks.started(task["task_id"])
+            else:
+                row = conn.execute(
+                    "SELECT reason FROM identity_state WHERE identity = ? AND disabled = 1",
+                    (identity,),
+                ).fetchone()
+                if row is not None:
+                    message = (
+                        f"identity '{identity}' is disabled ({row[0]}); re-enable it with "
+                        f"`toolguard enable {identity}`"
+                    )
+            if message is not None:  # the refusal is audited; the task is not recorded
+                refused = PolicyDenied(
+                    message, task_id=task["task_id"], rule=f"identities.{identity}.disabled"
+                )
+                self._append(
+                    conn,
+                    {
+                        **event,
+                        "kind": "denied",
+                        "decision": "deny",
+                        "reason": refused.reason,
+                        "rule": refused.rule,
+                    },
+                )
+            else:
+                conn.execute(
+                    f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_TASK_COLUMNS))})",
+                    tuple(task.get(k) for k in _TASK_COLUMNS),
+                )
+                self._append(conn, event)
+                self._tasks.started(task["task_id"])
+        if refused is not None:
+            raise refused
 
     def end_task(
         self,
@@ -863,6 +936,72 @@ def _identity(path: Path, *, missing_ok: bool = False) -> tuple[int, int] | None
     except OSError as exc:
         raise AuditError(f"cannot read the audit database {path}: {exc.strerror}") from exc
     return found.st_dev, found.st_ino
+
+
+_BAD_ITEM = (
+    ValueError,
+    TypeError,
+    OverflowError,
+    KeyError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+)
+"""Errors that come from a queued item's values, not from the database: retrying cannot help."""
+
+
+def _fallback(
+    item: PendingOutcome | PendingEnd, exc: BaseException
+) -> PendingOutcome | PendingEnd | None:
+    """What can still be written of a queued item that could not be: the same record with
+    every number that is not finite and in range removed (or, for a task end's time, the
+    system clock's), no settlement, and the reason in its ``error``."""
+    why = f"{type(exc).__name__}: {exc}"[:300]
+    if isinstance(item, PendingEnd):
+        now = item.now if _sane_time(item.now) else time.time()
+        events = [
+            {
+                **{k: v for k, v in e.items() if k in _END_KEYS},
+                "ts": now,
+                "duration_ms": None,
+                "error": f"the task end could not be written as queued ({why})",
+            }
+            for e in item.events
+            if isinstance(e, Mapping)
+        ]
+        status = item.status if isinstance(item.status, str) else "error"
+        return PendingEnd(str(item.task_id), status, now, str(item.reason)[:500], events)
+    event = item.event
+    if not isinstance(event, Mapping) or not event.get("task_id"):
+        return None
+    ts = event.get("ts")
+    return PendingOutcome(
+        {
+            **{k: v for k, v in event.items() if k in _OUTCOME_KEYS},
+            "ts": ts if _sane_time(ts) else time.time(),
+            "cost": None,
+            "duration_ms": None,
+            "error": "; ".join(
+                str(e)
+                for e in (event.get("error"), f"its settlement could not be written ({why})")
+                if e
+            ),
+        },
+        (),
+        taint=True,
+    )
+
+
+_OUTCOME_KEYS = frozenset(
+    {"kind", "task_id", "identity", "intent", "tool", "operation", "resources", "jti"}
+    | {"correlation_id", "outcome", "decision", "reason", "rule"}
+)
+_END_KEYS = frozenset({"kind", "task_id", "identity", "intent", "outcome", "reason", "rule"})
+
+
+def _sane_time(value: object) -> bool:
+    return is_finite_number(value) and 0 < float(value) < MAX_TIMESTAMP  # type: ignore[arg-type]
 
 
 def loads_list(value: str | None) -> list[str]:

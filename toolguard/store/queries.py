@@ -68,8 +68,26 @@ def _where(filters: Mapping[str, Any], table: Mapping[str, str]) -> tuple[str, l
             clauses.append("kind = 'denied'")  # a literal: the planner can use the partial index
             continue
         clauses.append(table[key])
-        params.append(value)
+        params.append(_sql_number(value))
     return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+_INT64 = (1 << 63) - 1
+
+
+def _sql_number(value: Any) -> Any:
+    """A filter value SQLite can bind: an int beyond 64 bits is clamped (every seq or count is
+    far inside them), nan is refused; anything else as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(-_INT64, min(value, _INT64))
+    if isinstance(value, float) and value != value:
+        raise ValueError("a filter value is nan; give a number")
+    return value
+
+
+def _limit(limit: int) -> int:
+    """A LIMIT SQLite can bind: at most 2^63 - 1 (a negative one means none, as in SQLite)."""
+    return min(int(limit), _INT64)
 
 
 def _group_column(by: str) -> str:
@@ -129,7 +147,7 @@ class Queries:
         )
         if limit is not None:
             sql += " LIMIT ?"
-            params.append(int(limit))
+            params.append(_limit(limit))
         return self.query(sql, params)
 
     def iter_event_rows(self, filters: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
@@ -226,7 +244,7 @@ class Queries:
         limit_sql = ""
         if limit is not None:
             limit_sql = " LIMIT ?"
-            params.append(int(limit))
+            params.append(_limit(limit))
         sql = (
             f"WITH t AS (SELECT t.* FROM tasks t{where} ORDER BY t.started_at DESC{limit_sql}) "
             "SELECT t.*,"
