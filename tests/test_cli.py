@@ -102,9 +102,9 @@ def _commands(ids: dict[str, str], db: Path, config: Path, tmp_path: Path) -> di
         "audit-summary": ["audit", "summary", "--config", str(config)],
         "audit-verify": ["audit", "verify", "--config", str(config)],
         "audit-acknowledge": [
-            "audit", "acknowledge", "--config", str(config), "--key-change",
-            "--checkpoints", _foreign_checkpoint(db, tmp_path), "--by", "ops", "--reason", "test",
-        ],  # fmt: skip
+            *("audit", "acknowledge", "--config", str(config), "--key-change", "--by", "ops"),
+            *("--reason", "test", "--checkpoints", _foreign_checkpoint(db, tmp_path)),
+        ],
         "audit-export": ["audit", "export", "--db", str(db)],
         "audit-prune": ["audit", "prune", "--before", "1h", "--config", str(config)],
         "revoke": ["revoke", "--task", ids["job"][:8], "--db", str(db)],
