@@ -413,7 +413,8 @@ class Integrity:
             os.close(fd)
 
     def _stored(self, seq: int) -> tuple[str | None, int, int]:
-        """The stored hash at ``seq`` (None if no such event), and the first and last seq."""
+        """The stored hash at ``seq`` (None if there is none), the first kept ``seq`` and the
+        head ``seq`` (a prune's cut counts: its ``head_hash`` is the hash of ``before_seq - 1``)."""
         path = self.store.path
         if str(path) != ":memory:" and not path.exists():
             return None, 0, 0
@@ -421,12 +422,19 @@ class Integrity:
             conn = self.store.conn
             row = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
             first, last = conn.execute("SELECT MIN(seq), MAX(seq) FROM events").fetchone()
+            cut = _last_prune(conn)
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit database {path}: {exc}") from exc
         found = row[0] if row is not None and isinstance(row[0], str) else None
         if row is not None and found is None:
             found = repr(row[0])  # a foreign value: it differs
-        return found, int(first or 0), int(last or 0)
+        first, last = int(first or 0), int(last or 0)
+        if cut is not None and cut[0] is not None:
+            first = cut[0] if not first else min(first, cut[0])
+            last = max(last, cut[0] - 1)
+            if row is None and seq == cut[0] - 1:
+                found = cut[1]
+        return found, first, last
 
     def continuity_problems(self) -> list[ContinuityProblem]:
         """Why the trail cannot be continued as it is: empty when it can.

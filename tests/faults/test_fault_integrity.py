@@ -487,3 +487,21 @@ def test_durability_full_fsyncs_each_checkpoint_line(
         synced.clear()
         guard.audit.checkpoint()
         assert synced  # the checkpoint line was fsynced
+
+
+@pytest.mark.parametrize("keep_tasks", [0, 1])
+def test_a_pruned_trail_still_starts(
+    config: dict[str, Any], clock: Clock, keep_tasks: int
+) -> None:
+    """The newest checkpoint may cover an event a signed prune removed: that is no gap."""
+    with tg.Guard(config, clock=clock) as guard:
+        _tasks(guard, clock, 2)
+        clock.advance(3600)
+        cut = clock()
+        _tasks(guard, clock, keep_tasks, first=2)
+        clock.advance(60)
+        result = guard.audit.prune(before=cut, now=clock())
+        assert result.removed == 2 * EVENTS_PER_TASK
+    with tg.Guard(config, clock=clock) as guard:
+        _tasks(guard, clock, 1, first=5)
+        assert guard.audit.verify().ok
