@@ -421,7 +421,9 @@ class Integrity:
         try:
             conn = self.store.conn
             row = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
-            first, last = conn.execute("SELECT MIN(seq), MAX(seq) FROM events").fetchone()
+            # two queries: SQLite answers MIN or MAX alone from the b-tree, both at once by a scan
+            first = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            last = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
             cut = _last_prune(conn)
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit database {path}: {exc}") from exc
@@ -918,14 +920,16 @@ def _event_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
             cursor = conn.execute(f"{_SELECT_EVENTS} ORDER BY seq")
         else:
             cursor = conn.execute(f"{_SELECT_EVENTS} WHERE seq > ? ORDER BY seq", (last,))
+        row: tuple[Any, ...] | None = None
         try:
             for row in cursor:
-                last = row[0]
                 yield row
             return
         except sqlite3.Error as exc:
             if not _is_decode_error(exc):
                 raise
+        if row is not None:  # the last row read before the one that failed
+            last = row[0]
         after = -(2**63) if last is None else last
         found = conn.execute(
             "SELECT seq FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (after,)
