@@ -457,13 +457,13 @@ class Integrity:
             kid = str(record.raw.get("kid"))
             entry = keys.get(kid)
             if entry is None:
-                held = ", ".join(sorted(keys)) or "none"
+                active = self.keys.active.kid if isinstance(self.keys, KeyRing) else "none"
                 problems.append(
                     ContinuityProblem(
                         "key-change",
                         f"the newest {record.type} record of the checkpoint file {cp} is signed "
-                        f"by key {kid[:64]!r}, which this guard does not hold (its keys: "
-                        f"{held}): the signing key was lost or replaced. Restore the key file "
+                        f"by key {kid[:64]!r}, which this guard does not hold (its active key "
+                        f"is {active}): the signing key was lost or replaced. Restore the key file "
                         "from a backup, or acknowledge the change with `toolguard audit "
                         "acknowledge --key-change --by NAME --reason TEXT`",
                         target.seq,

@@ -151,6 +151,7 @@ def _set(conn: sqlite3.Connection, column: str, seq: int, value: Any) -> None:
     conn.execute(sql, (param, seq))
 
 
+@pytest.mark.slow
 @settings(
     max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -218,6 +219,7 @@ _LINES = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

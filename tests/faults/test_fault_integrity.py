@@ -490,9 +490,7 @@ def test_durability_full_fsyncs_each_checkpoint_line(
 
 
 @pytest.mark.parametrize("keep_tasks", [0, 1])
-def test_a_pruned_trail_still_starts(
-    config: dict[str, Any], clock: Clock, keep_tasks: int
-) -> None:
+def test_a_pruned_trail_still_starts(config: dict[str, Any], clock: Clock, keep_tasks: int) -> None:
     """The newest checkpoint may cover an event a signed prune removed: that is no gap."""
     with tg.Guard(config, clock=clock) as guard:
         _tasks(guard, clock, 2)
@@ -505,3 +503,23 @@ def test_a_pruned_trail_still_starts(
     with tg.Guard(config, clock=clock) as guard:
         _tasks(guard, clock, 1, first=5)
         assert guard.audit.verify().ok
+
+
+def test_a_deleted_database_can_be_acknowledged_and_starts_anew(
+    config: dict[str, Any], config_file: Path, clock: Clock
+) -> None:
+    with tg.Guard(config, clock=clock) as guard:
+        _tasks(guard, clock, 1)
+    for path in _db_files(config):
+        path.unlink(missing_ok=True)
+    result = _cli(
+        clock, "audit", "acknowledge", "--config", str(config_file), "--truncated",
+        "--by", "ops", "--reason", "disk replaced",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "the trail ended at seq 0" in result.output
+    with tg.Guard(config, clock=clock) as guard:
+        _tasks(guard, clock, 1, first=1)
+        report = guard.audit.verify()
+    assert report.ok, report.damage
+    assert report.head_seq == 1 + EVENTS_PER_TASK
