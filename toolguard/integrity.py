@@ -1082,6 +1082,7 @@ def _parse_record(number: int, line: str) -> _Record | None:
     if (
         kind not in ("checkpoint", "prune", "gap")
         or type(seq) is not int
+        or not -(2**63) <= seq < 2**63  # what SQLite can hold (and be asked about)
         or not isinstance(digest, str)
         or not isinstance(raw.get("sig"), str)
     ):

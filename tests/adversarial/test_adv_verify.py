@@ -272,3 +272,60 @@ def test_a_deeply_nested_line_is_an_unreadable_record(trail: Path) -> None:
         f.write(b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}\n")
     report = _verify(trail)
     assert [(d.kind, d.seq) for d in report.damage] == [("bad-signature", 0)]
+
+
+_FIELD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    record=st.fixed_dictionaries(
+        {"v": st.just(1), "type": st.sampled_from(["checkpoint", "prune", "gap", "other"])},
+        optional={
+            "seq": st.one_of(st.integers(), _FIELD),
+            "hash": _FIELD,
+            "before_seq": st.one_of(st.integers(), _FIELD),
+            "head_hash": _FIELD,
+            "sig": st.one_of(st.text(max_size=90), _FIELD),
+            "kid": _FIELD,
+            "alg": st.one_of(st.just("EdDSA"), _FIELD),
+            "trail_end": _FIELD,
+            "acknowledged": st.one_of(st.just(["truncated"]), _FIELD),
+            "ts": _FIELD,
+        },
+    )
+)
+def test_a_hostile_newest_record_stops_a_guard_with_an_audit_error_or_nothing(
+    template: Path, record: dict[str, Any]
+) -> None:
+    """Whatever shape the newest line has (seq beyond SQLite's range, wrong types, a
+    signature that is not base64), a starting guard either starts or raises AuditError."""
+    for where in _copy(template):
+        with open(where / "audit.db.checkpoints", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        try:
+            tg.Guard(make_config(where)).close()
+        except tg.AuditError:
+            pass
+        report = _verify(where)
+        assert {d.kind for d in report.damage} <= {"bad-signature", "truncated", "rewritten"}
+
+
+def test_a_checkpoint_beyond_sqlite_integers_is_an_unreadable_line(trail: Path) -> None:
+    keys = KeyRing.load(trail / "keys" / "signing-key.pem", create=False)
+    from toolguard.integrity import sign_checkpoint
+
+    with open(trail / "audit.db.checkpoints", "a") as f:
+        f.write(json.dumps(sign_checkpoint(keys, 2**70, "0" * 64, 1.0)) + "\n")
+    tg.Guard(make_config(trail)).close()  # the newest readable record is the last real one
+    report = _verify(trail)
+    assert [(d.kind, d.seq) for d in report.damage] == [("bad-signature", 0)]
