@@ -839,7 +839,8 @@ class Integrity:
                     f"acknowledged gap: the trail ended at seq {gap.raw['trail_end']} although "
                     f"a checkpoint signed before it covered seq {top}; the loss was acknowledged "
                     f"{who} (line {gap.line} of the checkpoint file); {len(covered)} older "
-                    "checkpoints past that point were not counted as damage"
+                    f"checkpoint{'s' if len(covered) != 1 else ''} past that point "
+                    f"{'were' if len(covered) != 1 else 'was'} not counted as damage"
                 )
             if "key-change" in gap.raw["acknowledged"]:
                 report.notes.append(
