@@ -79,6 +79,18 @@ def _ok(result: Result) -> Result:
 # -- every command, with and without --json -----------------------------------------------------
 
 
+def _foreign_checkpoint(db: Path, tmp_path: Path) -> str:
+    """A checkpoint file whose newest record is signed by a key the config does not hold."""
+    from toolguard.integrity import sign_checkpoint
+    from toolguard.keys import KeyRing
+
+    with sqlite3.connect(db) as conn:
+        seq, digest = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC").fetchone()
+    path = tmp_path / "foreign.checkpoints"
+    path.write_text(json.dumps(sign_checkpoint(KeyRing.generate(), seq, digest, 1.0)) + "\n")
+    return str(path)
+
+
 def _commands(ids: dict[str, str], db: Path, config: Path, tmp_path: Path) -> dict[str, list[str]]:
     key = str(tmp_path / "other" / "key.pem")
     return {
@@ -89,6 +101,10 @@ def _commands(ids: dict[str, str], db: Path, config: Path, tmp_path: Path) -> di
         "audit-denied": ["audit", "denied", "--db", str(db)],
         "audit-summary": ["audit", "summary", "--config", str(config)],
         "audit-verify": ["audit", "verify", "--config", str(config)],
+        "audit-acknowledge": [
+            *("audit", "acknowledge", "--config", str(config), "--key-change", "--by", "ops"),
+            *("--reason", "test", "--checkpoints", _foreign_checkpoint(db, tmp_path)),
+        ],
         "audit-export": ["audit", "export", "--db", str(db)],
         "audit-prune": ["audit", "prune", "--before", "1h", "--config", str(config)],
         "revoke": ["revoke", "--task", ids["job"][:8], "--db", str(db)],
@@ -109,6 +125,7 @@ COMMANDS = [
     "audit-denied",
     "audit-summary",
     "audit-verify",
+    "audit-acknowledge",
     "audit-export",
     "audit-prune",
     "revoke",

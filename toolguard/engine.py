@@ -22,6 +22,7 @@ from .config import GuardConfig, load_config
 from .context import permit_var, task_var
 from .credentials import Credential, Issuer, KeyRing, Verifier, issued_token, new_jti
 from .errors import AuditError, ConfigError, NoActiveTask, PolicyDenied
+from .integrity import guard_keys
 from .intent import Call, Policy
 from .numbers import MAX_COST, check_timestamp, is_finite_number
 from .policy import Decision, decide, derive_call
@@ -154,12 +155,13 @@ class Guard:
             clock=checked.lenient if isinstance(checked, CheckedClock) else checked,
         )
         issuer_cfg = self.config.issuer
-        if issuer_cfg.key:
-            self.keys = KeyRing.from_pem(issuer_cfg.key.get_secret_value())
-        else:
-            self.keys = KeyRing.load(
-                self.config.resolve_path(issuer_cfg.key_file), algorithm=issuer_cfg.algorithm
-            )
+        # Loads the keys, and refuses a trail behind its newest signed checkpoint, signed by a
+        # key we do not hold, or a missing key file next to an existing trail (AuditError).
+        try:
+            self.keys: KeyRing = guard_keys(self.config, self.store)
+        except BaseException:
+            self.store.close()
+            raise
         self.issuer = Issuer(
             name=issuer_cfg.name, audience=issuer_cfg.audience, keys=self.keys, ttl=issuer_cfg.ttl
         )

@@ -30,6 +30,15 @@ each break with the first bad ``seq`` and its kind:
 ``bad-signature``
     a checkpoint record is unreadable or its signature is not valid for the issuer's keys.
 
+Continuity: a guard refuses to start (:func:`guard_keys`, :meth:`Integrity.check_continuity`)
+when its trail is behind the newest signed checkpoint (a lost WAL tail, a removed tail, a
+replaced database) or that checkpoint is not signed by one of its keys (a lost or replaced
+signing key), until an operator acknowledges it (``toolguard audit acknowledge``,
+:meth:`Integrity.acknowledge`): that appends an ``acknowledge`` event and a signed ``gap``
+record (``"type": "gap"``, the new head's ``seq``/``hash``, ``trail_end``, what was
+acknowledged, by whom and why), and ``verify`` then reports the older checkpoints it covers as
+an acknowledged gap (a note), not as damage.
+
 Events after the newest matching signed checkpoint are *not anchored*: an attacker with write
 access could cut or rewrite them undetected, and the report says how many there are.
 """
@@ -45,23 +54,39 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .chain import DAMAGE_KINDS, GENESIS, HASHED_FIELDS, ChainScan, Damage
 from .errors import AuditError
 from .keys import KeyRing, PublicKeySource, b64url_decode, b64url_encode, verify_signature
 from .store import Store
 
+if TYPE_CHECKING:
+    from .config import GuardConfig
+
 __all__ = [
     "DAMAGE_KINDS",
     "CHECKPOINT_VERSION",
+    "GAP_KINDS",
+    "ContinuityProblem",
     "Damage",
     "Integrity",
     "VerifyReport",
     "checkpoint_payload",
+    "existing_trail",
+    "guard_keys",
     "sign_checkpoint",
+    "sign_gap",
     "sign_prune",
 ]
+
+GAP_KINDS: tuple[str, ...] = ("truncated", "key-change")
+"""What ``toolguard audit acknowledge`` can acknowledge: a trail behind its newest signed
+checkpoint (``--truncated``), and checkpoints signed by a key the guard does not hold
+(``--key-change``)."""
+
+_MAX_ACK_TEXT = 500
+_TAIL_CHUNK = 16 * 1024
 
 CHECKPOINT_VERSION = 1
 """The ``v`` member of the checkpoint records this module writes and reads."""
@@ -180,6 +205,52 @@ def sign_prune(keys: KeyRing, before_seq: int, head_hash: str, ts: float) -> dic
     )
 
 
+def sign_gap(
+    keys: KeyRing,
+    seq: int,
+    digest: str,
+    ts: float,
+    *,
+    acknowledged: list[str],
+    trail_end: int,
+    by: str,
+    reason: str,
+    covers: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A signed ``gap`` record: an operator acknowledged ``acknowledged`` (see
+    :data:`GAP_KINDS`) when the trail ended at ``trail_end``; ``(seq, digest)`` is the head
+    after the ``acknowledge`` event; ``covers`` the newest checkpoint it was behind."""
+    return _signed(
+        keys,
+        {
+            "type": "gap",
+            "seq": seq,
+            "hash": digest,
+            "ts": ts,
+            "acknowledged": list(acknowledged),
+            "trail_end": trail_end,
+            "by": by,
+            "reason": reason,
+            "covers": dict(covers),
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ContinuityProblem:
+    """Why a guard must not continue a trail (see :meth:`Integrity.continuity_problems`)."""
+
+    kind: str
+    """One of :data:`GAP_KINDS`."""
+    message: str
+    seq: int
+    """The ``seq`` of the newest signed checkpoint."""
+    digest: str
+    kid: str
+    trail_end: int
+    """The trail's last ``seq``."""
+
+
 @dataclass(slots=True)
 class _Record:
     """A parsed checkpoint line."""
@@ -273,7 +344,17 @@ class Integrity:
                     size = os.fstat(fd).st_size
                     if size and os.pread(fd, 1, size - 1) != b"\n":
                         line = b"\n" + line  # a torn line from a crash: start a fresh one
-                    os.write(fd, line)
+                    written = os.write(fd, line)
+                    if written != len(line):
+                        # One write() per line keeps concurrent appenders' lines whole; a short
+                        # write (a full disk) leaves a torn prefix that verify ignores and the
+                        # next line starts after. Writing the rest later could interleave with
+                        # another process's line, so the checkpoint counts as not written.
+                        raise AuditError(
+                            f"cannot write the checkpoint file {path}: only {written} of "
+                            f"{len(line)} bytes were written (is the disk full?); free space "
+                            "and write a checkpoint again (`guard.audit.checkpoint()`)"
+                        )
                     if self.store.durability == "full":
                         os.fsync(fd)
                 finally:
@@ -281,8 +362,234 @@ class Integrity:
             except OSError as exc:
                 raise AuditError(
                     f"cannot write the checkpoint file {path}: {exc.strerror}; check that its "
-                    "directory exists and is writable"
+                    "directory exists and is writable, and that the disk is not full"
                 ) from exc
+
+    # -- continuity ---------------------------------------------------------------------------
+
+    def _verification_keys(self) -> Mapping[str, tuple[str, Any]] | None:
+        if self.keys is None:
+            return None
+        if isinstance(self.keys, KeyRing):
+            return self.keys.history_keys()
+        return self.keys.public_keys()
+
+    def _tail_records(self) -> tuple[_Record | None, _Record | None]:
+        """The newest readable record of the checkpoint file, and its newest checkpoint or gap
+        record, read from the end (start-up reads a few KiB, not the whole file)."""
+        path = self.checkpoints_path
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            raise AuditError(f"cannot read the checkpoint file {path}: {exc.strerror}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            chunk = _TAIL_CHUNK
+            while True:
+                start = max(0, size - chunk)
+                lines = os.pread(fd, size - start, start).split(b"\n")
+                if start:
+                    lines = lines[1:]  # the first line of the window may be cut
+                newest: _Record | None = None
+                for raw in reversed(lines):
+                    line = raw.strip()
+                    if not line:
+                        continue
+                    record = _parse_record(0, line.decode("utf-8", "replace"))
+                    if record is None:
+                        continue  # a torn or garbled line: verify reports it
+                    if newest is None:
+                        newest = record
+                    if record.type in ("checkpoint", "gap"):
+                        return newest, record
+                if not start:
+                    return newest, None
+                chunk *= 4
+        except OSError as exc:
+            raise AuditError(f"cannot read the checkpoint file {path}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+
+    def _stored(self, seq: int) -> tuple[str | None, int, int]:
+        """The stored hash at ``seq`` (None if there is none), the first kept ``seq`` and the
+        head ``seq`` (a prune's cut counts: its ``head_hash`` is the hash of ``before_seq - 1``)."""
+        path = self.store.path
+        if str(path) != ":memory:" and not path.exists():
+            return None, 0, 0
+        try:
+            conn = self.store.conn
+            row = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+            # two queries: SQLite answers MIN or MAX alone from the b-tree, both at once by a scan
+            first = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            last = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+            cut = _last_prune(conn)
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot read the audit database {path}: {exc}") from exc
+        found = row[0] if row is not None and isinstance(row[0], str) else None
+        if row is not None and found is None:
+            found = repr(row[0])  # a foreign value: it differs
+        first, last = int(first or 0), int(last or 0)
+        if cut is not None and cut[0] is not None:
+            first = cut[0] if not first else min(first, cut[0])
+            last = max(last, cut[0] - 1)
+            if row is None and seq == cut[0] - 1:
+                found = cut[1]
+        return found, first, last
+
+    def continuity_problems(self) -> list[ContinuityProblem]:
+        """Why the trail cannot be continued as it is: empty when it can.
+
+        Reads only the end of the checkpoint file and one indexed row: the newest signed
+        checkpoint must be signed by one of our keys (active, retired or archived) and the
+        database must still hold the event it covers, with the same hash.
+        """
+        newest, anchor = self._tail_records()  # the file first: it never runs ahead of the db
+        if newest is None:
+            return []
+        keys = self._verification_keys() or {}
+        cp = self.checkpoints_path
+        problems: list[ContinuityProblem] = []
+        target = anchor or newest
+        stored, first, last = self._stored(target.seq) if anchor is not None else (None, 0, 0)
+        for record in {id(r): r for r in (newest, anchor) if r is not None}.values():
+            kid = str(record.raw.get("kid"))
+            entry = keys.get(kid)
+            if entry is None:
+                active = self.keys.active.kid if isinstance(self.keys, KeyRing) else "none"
+                problems.append(
+                    ContinuityProblem(
+                        "key-change",
+                        f"the newest {record.type} record of the checkpoint file {cp} is signed "
+                        f"by key {kid[:64]!r}, which this guard does not hold (its active key "
+                        f"is {active}): the signing key was lost or replaced. Restore the key file "
+                        "from a backup, or acknowledge the change with `toolguard audit "
+                        "acknowledge --key-change --by NAME --reason TEXT`",
+                        target.seq,
+                        target.digest,
+                        kid,
+                        last,
+                    )
+                )
+                break
+            if not _signature_ok(record, entry):
+                problems.append(
+                    ContinuityProblem(
+                        "key-change",
+                        f"the newest {record.type} record of the checkpoint file {cp} (seq "
+                        f"{record.seq}) has no valid signature from key {kid[:64]!r}: it was "
+                        "forged or altered. Investigate with `toolguard audit verify`; to "
+                        "continue the trail anyway, acknowledge it with `toolguard audit "
+                        "acknowledge --key-change --by NAME --reason TEXT`",
+                        target.seq,
+                        target.digest,
+                        kid,
+                        last,
+                    )
+                )
+                break
+        if anchor is not None and stored != anchor.digest:
+            pruned = stored is None and first and anchor.seq < first
+            if not pruned:
+                when = _when(anchor.raw.get("ts"))
+                if last < anchor.seq:
+                    what = (
+                        f"the audit trail {self.store.path} ends at seq {last} but the "
+                        f"checkpoint signed at {when} covers seq {anchor.seq} ({cp}): events "
+                        f"{last + 1}..{anchor.seq} were lost (a power cut with durability: "
+                        "normal loses the newest commits) or removed"
+                    )
+                else:
+                    what = (
+                        f"the event at seq {anchor.seq} of the audit trail {self.store.path} "
+                        + ("is missing" if stored is None else "differs from the one")
+                        + f" the checkpoint signed at {when} covers ({cp}): the trail was "
+                        "cut and continued, replaced, or rewritten"
+                    )
+                problems.append(
+                    ContinuityProblem(
+                        "truncated",
+                        what + ". Nothing runs on it until this is resolved: restore the "
+                        "database from a backup, or investigate (`toolguard audit verify`) and "
+                        "acknowledge the gap with `toolguard audit acknowledge --truncated "
+                        "--by NAME --reason TEXT`",
+                        anchor.seq,
+                        anchor.digest,
+                        str(anchor.raw.get("kid")),
+                        last,
+                    )
+                )
+        return problems
+
+    def check_continuity(self) -> None:
+        """Raise :class:`AuditError` (every problem, each with its fix) when the trail cannot
+        be continued: a guard calls this at start-up and refuses to run."""
+        problems = self.continuity_problems()
+        if problems:
+            raise AuditError("; and ".join(p.message for p in problems))
+
+    def acknowledge(
+        self,
+        acknowledged: list[str] | tuple[str, ...],
+        *,
+        by: str,
+        reason: str,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """Accept the current problems (an explicit operator decision): append an
+        ``acknowledge`` event to the trail and a signed ``gap`` record of the new head.
+
+        ``acknowledged`` must name every current problem's kind (:data:`GAP_KINDS`); raises
+        :class:`AuditError` when there is nothing to acknowledge or a kind is missing.
+        """
+        keys = self._signing_keys("acknowledging a gap")
+        unknown = sorted(set(acknowledged) - set(GAP_KINDS))
+        if unknown:
+            raise AuditError(f"cannot acknowledge {unknown}: use {', '.join(GAP_KINDS)}")
+        by, reason = _ack_text(by, "by"), _ack_text(reason, "reason")
+        problems = self.continuity_problems()
+        if not problems:
+            raise AuditError(
+                f"nothing to acknowledge: the trail {self.store.path} continues its newest "
+                f"signed checkpoint in {self.checkpoints_path}"
+            )
+        missing = sorted({p.kind for p in problems} - set(acknowledged))
+        if missing:
+            raise AuditError(
+                "; and ".join(p.message for p in problems if p.kind in missing)
+                + f" (not acknowledged: add {' '.join('--' + k for k in missing)})"
+            )
+        kinds = sorted({p.kind for p in problems})
+        first = problems[0]
+        ts = now if now is not None else self.store.clock()
+        self.store.append(
+            {
+                "ts": ts,
+                "kind": "acknowledge",
+                "decision": "acknowledge",
+                "operation": ",".join(kinds),
+                "reason": f"acknowledged by {by}: {reason}",
+                "rule": "audit.acknowledge",
+            }
+        )
+        self.store.flush()
+        row = self.store.query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
+        seq, digest = int(row[0]["seq"]), str(row[0]["hash"])
+        record = sign_gap(
+            keys,
+            seq,
+            digest,
+            ts,
+            acknowledged=kinds,
+            trail_end=first.trail_end,
+            by=by,
+            reason=reason,
+            covers={"seq": first.seq, "hash": first.digest, "kid": first.kid},
+        )
+        self._append_line(record)
+        self._last = None
+        return dict(record)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -332,7 +639,7 @@ class Integrity:
         # written after its head was committed, so none can be ahead of the snapshot.
         records, bad_lines, torn = self._read_records()
         report.checkpoints = len(records)
-        keys = self.keys.public_keys() if self.keys is not None else None
+        keys = self._verification_keys()
         if keys is None:
             report.signatures_checked = False
             report.notes.append(
@@ -340,18 +647,26 @@ class Integrity:
                 "issuer's keys (config or --jwks) to authenticate them"
             )
         checker = _SignatureChecker(keys, report)
-        wanted = {r.seq for r in records if r.type == "checkpoint"}
+        wanted = {r.seq for r in records if r.type in _ANCHORS}
         with self._snapshot() as conn:
-            prune = conn.execute(
-                "SELECT before_seq, head_hash FROM prunes ORDER BY id DESC LIMIT 1"
-            ).fetchone()
+            prune = _last_prune(conn)
+            if prune is not None and prune[0] is None:
+                prune = None
+                report.damage.append(
+                    Damage(
+                        1,
+                        "deleted",
+                        "the newest row of the prunes table is unreadable (not a seq and a "
+                        "hash): it was edited; the chain was verified from seq 1",
+                    )
+                )
             if prune is not None:
-                start_seq, start_hash = int(prune[0]), str(prune[1])
+                start_seq, start_hash = int(prune[0] or 1), prune[1]
             else:
                 start_seq, start_hash = 1, GENESIS
             report.first_seq = start_seq
             scan = ChainScan(start_seq, start_hash, wanted)
-            scan.run(conn.execute(f"{_SELECT_EVENTS} ORDER BY seq"))
+            scan.run(_event_rows(conn))
             report.checked = scan.checked
             report.head_seq = scan.head_seq if scan.checked else start_seq - 1
             report.damage.extend(scan.damage)
@@ -443,7 +758,7 @@ class Integrity:
         past_head: list[_Record] = []
         seen: set[tuple[int, str, str]] = set()
         for record in records:
-            if record.type != "checkpoint":
+            if record.type not in _ANCHORS:
                 continue
             key = (record.seq, record.digest, str(record.raw.get("sig")))
             if key in seen:
@@ -466,6 +781,22 @@ class Integrity:
                 report.anchored_seq = record.seq
                 break
         lower_matching = sorted(r.seq for r in matching)
+        gaps = [r for r in records if r.type == "gap" and _authentic(checker, r)]
+        excused: dict[int, list[_Record]] = {}  # gap line -> the checkpoints it acknowledged
+
+        def acknowledged(record: _Record) -> bool:
+            for gap in gaps:
+                if (
+                    gap.line > record.line
+                    and record.seq > gap.raw["trail_end"]
+                    and "truncated" in gap.raw["acknowledged"]
+                ):
+                    excused.setdefault(gap.line, []).append(record)
+                    return True
+            return False
+
+        disagree = [r for r in disagree if not acknowledged(r)]
+        past_head = [r for r in past_head if not acknowledged(r)]
         genuine_disagree = [r for r in disagree if _authentic(checker, r)]
         if genuine_disagree:
             first = min(genuine_disagree, key=lambda r: r.seq)
@@ -496,6 +827,26 @@ class Integrity:
                     last_seq=top,
                 )
             )
+        for gap in gaps:
+            covered = excused.get(gap.line, [])
+            when = _when(gap.raw.get("ts"))
+            who = (
+                f"by {str(gap.raw.get('by'))[:100]} at {when} ({str(gap.raw.get('reason'))[:200]})"
+            )
+            if covered:
+                top = max(r.seq for r in covered)
+                report.notes.append(
+                    f"acknowledged gap: the trail ended at seq {gap.raw['trail_end']} although "
+                    f"a checkpoint signed before it covered seq {top}; the loss was acknowledged "
+                    f"{who} (line {gap.line} of the checkpoint file); {len(covered)} older "
+                    f"checkpoint{'s' if len(covered) != 1 else ''} past that point "
+                    f"{'were' if len(covered) != 1 else 'was'} not counted as damage"
+                )
+            if "key-change" in gap.raw["acknowledged"]:
+                report.notes.append(
+                    f"acknowledged key change {who}: checkpoints signed before line {gap.line} "
+                    "by a key that is not given here were not checked"
+                )
         unknown = sorted({str(r.raw.get("kid")) for r in records if r.unknown_key})
         if unknown:
             report.notes.append(
@@ -534,6 +885,80 @@ class Integrity:
             report.notes.append(message)
 
 
+_TOLERANT_COLUMNS = ", ".join(
+    f"typeof({c}), CASE WHEN typeof({c}) = 'text' THEN CAST({c} AS BLOB) ELSE {c} END"
+    for c in (*HASHED_FIELDS, "prev_hash", "hash")
+)
+
+
+def _is_decode_error(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "decode" in str(exc).lower()
+
+
+def _tolerant_row(conn: sqlite3.Connection, seq: int) -> tuple[Any, ...] | None:
+    """One event read without decoding its text: text that is not UTF-8 comes back as bytes
+    (which hash to nothing, so the row is reported as modified)."""
+    row = conn.execute(f"SELECT {_TOLERANT_COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
+    if row is None:
+        return None
+    values: list[Any] = []
+    for kind, value in zip(row[::2], row[1::2], strict=True):
+        if kind == "text" and isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                pass  # kept as bytes: a foreign value
+        values.append(value)
+    return tuple(values)
+
+
+def _event_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
+    """Every event in ``seq`` order, fast; a row whose text is not valid UTF-8 (which makes
+    sqlite3 abort the whole query) is read on its own and the scan resumes after it."""
+    last: int | None = None
+    while True:
+        if last is None:
+            cursor = conn.execute(f"{_SELECT_EVENTS} ORDER BY seq")
+        else:
+            cursor = conn.execute(f"{_SELECT_EVENTS} WHERE seq > ? ORDER BY seq", (last,))
+        row: tuple[Any, ...] | None = None
+        try:
+            for row in cursor:
+                yield row
+            return
+        except sqlite3.Error as exc:
+            if not _is_decode_error(exc):
+                raise
+        if row is not None:  # the last row read before the one that failed
+            last = row[0]
+        after = -(2**63) if last is None else last
+        found = conn.execute(
+            "SELECT seq FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (after,)
+        ).fetchone()
+        row = _tolerant_row(conn, found[0]) if found is not None else None
+        if row is None:  # pragma: no cover - the failing row vanished inside our snapshot
+            return
+        last = row[0]
+        yield row
+
+
+def _last_prune(conn: sqlite3.Connection) -> tuple[int | None, str] | None:
+    """The newest prune ``(before_seq, head_hash)``; ``(None, "")`` when it is unreadable."""
+    try:
+        row = conn.execute(
+            "SELECT before_seq, head_hash FROM prunes ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+    except sqlite3.Error as exc:
+        if not _is_decode_error(exc):
+            raise
+        return None, ""
+    if row is None:
+        return None
+    if type(row[0]) is not int or not isinstance(row[1], str):
+        return None, ""
+    return row[0], row[1]
+
+
 class _SignatureChecker:
     """Checks (and caches) checkpoint signatures against a ``kid -> (alg, key)`` map."""
 
@@ -553,19 +978,11 @@ class _SignatureChecker:
             record.unknown_key = True
             return None
         self.report.signatures_verified += 1
-        try:
-            good = record.raw.get("alg") == entry[0] and verify_signature(
-                entry[0],
-                entry[1],
-                b64url_decode(str(record.raw.get("sig"))),
-                checkpoint_payload(record.raw),
-            )
-        except Exception:  # a garbled signature is a bad signature
-            good = False
+        good = _signature_ok(record, entry)
         record.valid = good
         if not good and record.line not in self.reported:
             self.reported.add(record.line)
-            what = "prune record" if record.type == "prune" else "checkpoint"
+            what = {"prune": "prune record", "gap": "gap record"}.get(record.type, "checkpoint")
             self.report.damage.append(
                 Damage(
                     record.seq,
@@ -584,13 +1001,79 @@ def _authentic(checker: _SignatureChecker, record: _Record) -> bool:
     return result is True or (result is None and checker.keys is None)
 
 
+def _signature_ok(record: _Record, entry: tuple[str, Any]) -> bool:
+    try:
+        return record.raw.get("alg") == entry[0] and verify_signature(
+            entry[0],
+            entry[1],
+            b64url_decode(str(record.raw.get("sig"))),
+            checkpoint_payload(record.raw),
+        )
+    except Exception:  # a garbled signature is a bad signature
+        return False
+
+
+def _when(ts: object) -> str:
+    if isinstance(ts, (int, float)) and not isinstance(ts, bool) and 0 <= ts < 253402300800:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    return "an unknown time"
+
+
+def _ack_text(value: str, name: str) -> str:
+    text = " ".join(str(value).split())
+    if not text or not text.isprintable():
+        raise AuditError(f"acknowledging needs a non-empty, printable --{name}")
+    return text[:_MAX_ACK_TEXT]
+
+
+def existing_trail(store: Store, checkpoints: str | os.PathLike[str]) -> str | None:
+    """A description of the audit trail already at ``store``/``checkpoints`` (a non-empty
+    checkpoint file, or events in the database), or None when there is none."""
+    try:
+        size = os.stat(checkpoints).st_size
+    except OSError:
+        size = 0
+    if size:
+        return f"the checkpoint file {os.fspath(checkpoints)} ({size} bytes)"
+    path = store.path
+    if not path.is_file():  # none yet (or not a database: the store reports that on use)
+        return None
+    try:
+        row = store.conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM events LIMIT 1)").fetchone()
+    except (sqlite3.Error, AuditError):
+        # an unreadable database fails every guarded call on its own (AuditError, nothing
+        # runs); a key created now is refused later by the checkpoints it did not sign
+        return None
+    return f"the audit trail {path}" if row and row[0] else None
+
+
+def guard_keys(config: GuardConfig, store: Store) -> KeyRing:
+    """The issuer keys of a guard starting on ``store``, after checking that it may continue
+    the trail (see :meth:`Integrity.check_continuity`): raises :class:`AuditError` when the
+    trail is behind its newest signed checkpoint, that checkpoint is signed by a key the guard
+    does not hold, or the key file is missing next to an existing trail."""
+    issuer = config.issuer
+    checkpoints = config.checkpoints_path
+    if issuer.key:
+        keys = KeyRing.from_pem(issuer.key.get_secret_value())
+    else:
+        keys = KeyRing.load(
+            config.resolve_path(issuer.key_file),
+            algorithm=issuer.algorithm,
+            existing_trail=lambda: existing_trail(store, checkpoints),
+        )
+    Integrity(store, keys=keys, checkpoints=checkpoints).check_continuity()
+    return keys
+
+
 _decode = json.JSONDecoder().raw_decode
+_ANCHORS = ("checkpoint", "gap")
 
 
 def _parse_record(number: int, line: str) -> _Record | None:
     try:
         raw, end = _decode(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if end != len(line) or type(raw) is not dict or raw.get("v") != CHECKPOINT_VERSION:
         return None
@@ -598,10 +1081,19 @@ def _parse_record(number: int, line: str) -> _Record | None:
     seq_key, hash_key = ("before_seq", "head_hash") if kind == "prune" else ("seq", "hash")
     seq, digest = raw.get(seq_key), raw.get(hash_key)
     if (
-        kind not in ("checkpoint", "prune")
+        kind not in ("checkpoint", "prune", "gap")
         or type(seq) is not int
+        or not -(2**63) <= seq < 2**63  # what SQLite can hold (and be asked about)
         or not isinstance(digest, str)
         or not isinstance(raw.get("sig"), str)
     ):
         return None
+    if kind == "gap":
+        acknowledged = raw.get("acknowledged")
+        if (
+            type(raw.get("trail_end")) is not int
+            or not isinstance(acknowledged, list)
+            or not all(isinstance(a, str) for a in acknowledged)
+        ):
+            return None
     return _Record(number, kind, seq, digest, raw)

@@ -25,7 +25,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from toolguard.errors import ConfigError, CredentialError
+from toolguard.errors import AuditError, ConfigError, CredentialError
 from toolguard.numbers import is_finite_number
 
 __all__ = [
@@ -61,6 +61,7 @@ PublicKey: TypeAlias = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 ALGORITHMS: tuple[Algorithm, ...] = ("EdDSA", "ES256")
 
 _MAX_KEY_FILE = 64 * 1024
+_MAX_ARCHIVED = 100
 _MAX_JWKS_KEYS = 100
 _ECDSA = ec.ECDSA(hashes.SHA256())
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -185,23 +186,42 @@ class RetiredKey:
 
 
 class KeyRing:
-    """The active signing key plus retired public keys; a :class:`PublicKeySource`."""
+    """The active signing key plus retired public keys; a :class:`PublicKeySource`.
 
-    __slots__ = ("_public", "active", "retired")
+    ``archived``: retired keys past their ``keep_until``. They verify no credential any more,
+    but the audit checkpoints they signed still verify (:meth:`history_keys`).
+    """
+
+    __slots__ = ("_history", "_public", "active", "archived", "retired")
 
     active: SigningKey
     retired: tuple[RetiredKey, ...]
+    archived: tuple[RetiredKey, ...]
     _public: Mapping[str, tuple[str, PublicKey]]
+    _history: Mapping[str, tuple[str, PublicKey]]
 
-    def __init__(self, active: SigningKey, *, retired: Iterable[RetiredKey] = ()) -> None:
+    def __init__(
+        self,
+        active: SigningKey,
+        *,
+        retired: Iterable[RetiredKey] = (),
+        archived: Iterable[RetiredKey] = (),
+    ) -> None:
         kept = tuple(r for r in retired if r.kid != active.kid)
         public: dict[str, tuple[str, PublicKey]] = {
             r.kid: (r.algorithm, r.public_key) for r in kept
         }
         public[active.kid] = (active.algorithm, active.public_key)
+        old = tuple(r for r in archived if r.kid not in public)
+        history: dict[str, tuple[str, PublicKey]] = {
+            r.kid: (r.algorithm, r.public_key) for r in old
+        }
+        history.update(public)
         object.__setattr__(self, "active", active)
         object.__setattr__(self, "retired", kept)
+        object.__setattr__(self, "archived", old)
         object.__setattr__(self, "_public", MappingProxyType(public))
+        object.__setattr__(self, "_history", MappingProxyType(history))
 
     @classmethod
     def generate(cls, algorithm: Algorithm = "EdDSA") -> KeyRing:
@@ -216,17 +236,32 @@ class KeyRing:
         algorithm: Algorithm | None = None,
         create: bool = True,
         now: float | None = None,
+        existing_trail: Callable[[], str | None] | None = None,
     ) -> KeyRing:
-        """Load the PEM key at ``key_file`` and its retired keys still within ``keep_until``.
+        """Load the PEM key at ``key_file`` and its retired keys still within ``keep_until``
+        (older retired keys are kept in ``archived``, for checkpoint signatures only).
 
         A missing file is created (``algorithm``, default EdDSA; mode 0600, parent dir 0700)
-        when ``create`` is true. ``algorithm=None`` accepts whatever the file holds; a given
-        algorithm must match it. Loose permissions or a garbled file raise
+        when ``create`` is true, unless ``existing_trail`` (called only then) describes an
+        audit trail that the lost key signed: a new key must never appear silently next to
+        it, so that raises :class:`AuditError`. ``algorithm=None`` accepts whatever the file
+        holds; a given algorithm must match it. Loose permissions or a garbled file raise
         :class:`CredentialError`.
         """
         if algorithm is not None:
             _check_algorithm(algorithm)
         path = Path(os.fspath(key_file))
+        if create and existing_trail is not None and not os.path.lexists(path):
+            trail = existing_trail()
+            if trail:
+                raise AuditError(
+                    f"the signing key file {path} does not exist, but {trail} already exists "
+                    "and was signed with a key: a new key is never created silently next to "
+                    "an existing trail (its checkpoints could no longer be checked). Restore "
+                    "the key file from a backup; or create a new key with `toolguard keys "
+                    "create` and acknowledge the change with `toolguard audit acknowledge "
+                    "--key-change --by NAME --reason TEXT`"
+                )
         active = _load_or_create(path, algorithm or "EdDSA", create=create)
         if algorithm is not None and active.algorithm != algorithm:
             raise CredentialError(
@@ -234,8 +269,10 @@ class KeyRing:
                 "pass the matching algorithm or rotate the key with `toolguard keys rotate`"
             )
         now = time.time() if now is None else now
-        retired = [r for r in _read_retired(_retired_path(path)) if r.keep_until > now]
-        return cls(active, retired=retired)
+        every = _read_retired(_retired_path(path))
+        retired = [r for r in every if r.keep_until > now]
+        archived = [r for r in every if r.keep_until <= now]
+        return cls(active, retired=retired, archived=archived)
 
     @classmethod
     def from_pem(cls, pem_text: str | bytes, *, source: str = "$TOOLGUARD_SIGNING_KEY") -> KeyRing:
@@ -255,9 +292,10 @@ class KeyRing:
         """Replace the key at ``key_file`` with a new one and retire the old public key.
 
         The old key stays trusted for verification until ``now + max_ttl`` (set ``max_ttl`` to
-        at least the longest credential lifetime). Retired keys past their ``keep_until`` are
-        dropped from the sidecar. The sidecar is written first, then the private key is
-        replaced atomically, so a crash in between loses nothing.
+        at least the longest credential lifetime). Retired keys past their ``keep_until`` stay
+        in the sidecar (the newest 100) as ``archived``: no credential verifies with them any
+        more, but the audit checkpoints they signed still do. The sidecar is written first,
+        then the private key is replaced atomically, so a crash in between loses nothing.
         """
         if not is_finite_number(max_ttl) or max_ttl <= 0:
             raise ConfigError("max_ttl must be a positive number of seconds")
@@ -273,14 +311,20 @@ class KeyRing:
             keep_until=now + max_ttl,
         )
         retired = [*old.retired, gone]
-        sidecar = json.dumps([r.to_json() for r in retired], indent=2).encode()
+        archived = list(old.archived)[-_MAX_ARCHIVED:]
+        sidecar = json.dumps([r.to_json() for r in [*archived, *retired]], indent=2).encode()
         _write_atomic(_retired_path(path), sidecar, replace=True)
         _write_atomic(path, new.private_pem(), replace=True)
-        return cls(new, retired=retired)
+        return cls(new, retired=retired, archived=archived)
 
     def public_keys(self) -> Mapping[str, tuple[str, PublicKey]]:
         """``kid -> (algorithm, public key)`` for the active and retired keys (read-only)."""
         return self._public
+
+    def history_keys(self) -> Mapping[str, tuple[str, PublicKey]]:
+        """:meth:`public_keys` plus the archived keys: for audit checkpoint signatures only,
+        never for credentials."""
+        return self._history
 
     def jwks(self) -> dict[str, Any]:
         """A JWKS document with the public parts of the active and retired keys."""

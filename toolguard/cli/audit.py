@@ -1,8 +1,8 @@
 """``toolguard audit ...``: read, follow, summarise, verify, export and prune the audit trail.
 
 The ``audit`` group and its subcommands ``tasks``, ``show``, ``tail``, ``denied``, ``summary``,
-``verify``, ``export`` and ``prune``. Queries live in :mod:`toolguard.audit`, rendering in
-:mod:`toolguard.viewer` and :mod:`toolguard.export`.
+``verify``, ``acknowledge``, ``export`` and ``prune``. Queries live in :mod:`toolguard.audit`,
+rendering in :mod:`toolguard.viewer` and :mod:`toolguard.export`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import click
 from .. import audit as audit_mod
 from ..keys import KeyRing, PublicKeys
 from ..numbers import MAX_COUNT
+from ..store import Store
 from ._base import (
     DURATION,
     EXIT_FINDINGS,
@@ -34,9 +35,11 @@ from ._base import (
     filter_options,
     json_option,
     main,
+    resolve_db,
 )
 
 __all__ = [
+    "acknowledge_cmd",
     "audit",
     "denied_cmd",
     "export_cmd",
@@ -383,6 +386,108 @@ def verify_cmd(
         viewer.verify(report)
     if not report.ok:
         click.get_current_context().exit(EXIT_FINDINGS)
+
+
+# -- audit acknowledge --------------------------------------------------------------------------
+
+
+@contextmanager
+def _acknowledge_log(
+    db_path: Path | None,
+    config: Any,
+    keys: KeyRing,
+    checkpoints: Path | None,
+    *,
+    create: bool,
+) -> Iterator[audit_mod.AuditLog]:
+    """The writable trail; with ``create`` (``--truncated``) a deleted database is started
+    anew, since acknowledging that its events are gone is exactly what was asked."""
+    path = resolve_db(db_path, config)
+    if not (create and not path.exists()):
+        with _log(db_path, config, write=True, keys=keys, checkpoints=checkpoints) as log:
+            yield log
+        return
+    if checkpoints is None and config is not None and db_path is None:
+        checkpoints = config.checkpoints_path
+    store = Store(path, clock=_obj().clock)
+    try:
+        yield audit_mod.AuditLog(store, keys=keys, checkpoints=checkpoints)
+    finally:
+        store.close()
+
+
+@audit.command("acknowledge")
+@db_options
+@click.option(
+    "--truncated",
+    is_flag=True,
+    help="Accept that the trail ends before its newest signed checkpoint (e.g. a power cut "
+    "with durability: normal lost the newest commits).",
+)
+@click.option(
+    "--key-change",
+    is_flag=True,
+    help="Accept that the newest checkpoint is signed by a key this guard does not hold (the "
+    "signing key was lost or replaced).",
+)
+@click.option("--by", required=True, help="Who acknowledges (recorded and signed).")
+@click.option("--reason", required=True, help="Why (recorded and signed).")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The issuer's signing key, to sign the gap record (default: the config's).",
+)
+@click.option(
+    "--checkpoints",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The checkpoint file (default: the config's, else <db>.checkpoints).",
+)
+@json_option
+def acknowledge_cmd(
+    db_path: Path | None,
+    config_path: Path | None,
+    truncated: bool,
+    key_change: bool,
+    by: str,
+    reason: str,
+    key_file: Path | None,
+    checkpoints: Path | None,
+    as_json: bool,
+) -> None:
+    """Let guards continue a trail that is behind its newest signed checkpoint, or whose
+    checkpoints are signed by a key they do not hold.
+
+    Guards refuse to start on such a trail. After investigating (`audit verify`), this appends
+    an `acknowledge` event and a signed gap record to the checkpoint file; `audit verify` then
+    reports the gap as acknowledged (a note) instead of as damage. Name every problem found
+    (--truncated, --key-change); needs the issuer's key (--config or --key-file).
+    """
+    obj = _obj()
+    config = _load(config_path)
+    if not (truncated or key_change):
+        raise CliError("say what to acknowledge: --truncated and/or --key-change")
+    keys: KeyRing
+    if key_file is not None:
+        keys = KeyRing.load(key_file, create=False, now=obj.clock())
+    elif config is not None:
+        keys = _config_keys(config)
+    else:
+        raise CliError(
+            "acknowledging signs a gap record with the issuer's key; pass --config or --key-file"
+        )
+    kinds = [k for k, given in (("truncated", truncated), ("key-change", key_change)) if given]
+    with _acknowledge_log(db_path, config, keys, checkpoints, create=truncated) as log:
+        record = log.integrity.acknowledge(kinds, by=by, reason=reason, now=obj.clock())
+    viewer = obj.viewer()
+    if as_json:
+        viewer.json(record)
+    else:
+        viewer.done(
+            f"acknowledged {', '.join(record['acknowledged'])} by {record['by']}: the trail "
+            f"ended at seq {record['trail_end']}, the newest checkpoint covered seq "
+            f"{record['covers']['seq']}; gap record signed at seq {record['seq']} in "
+            f"{log.checkpoints_path}"
+        )
 
 
 # -- audit export -------------------------------------------------------------------------------
