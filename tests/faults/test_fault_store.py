@@ -265,15 +265,21 @@ def test_fault_store_damaged_page_refuses_a_new_guard(tmp_path: Path) -> None:
     damaged = db.read_bytes()
     assert damaged != before
 
-    guard = tg.Guard(config)
-    put, ran, _ = _tools(guard)
-    with pytest.raises(AuditError) as refused, guard.task("process-job", **JOB):
-        put.invoke({"key": "agents:jobs:42:a", "value": "1"})
+    ran: list[Any] = []
+    # The guard opens its store at start-up when the trail has checkpoints (the continuity
+    # check), so the damage is found there; without checkpoints, at the first call.
+    with pytest.raises(AuditError) as refused:
+        guard = tg.Guard(config)
+        put, ran, _ = _tools(guard)
+        try:
+            with guard.task("process-job", **JOB):
+                put.invoke({"key": "agents:jobs:42:a", "value": "1"})
+        finally:
+            guard.close()
     message = str(refused.value)
     assert str(db) in message and "damaged" in message
     assert "backup" in message and "toolguard audit verify" in message
     assert ran == []
-    guard.close()
     assert db.read_bytes() == damaged  # nothing was appended to the damaged file
 
 
@@ -283,6 +289,10 @@ def test_fault_store_damaged_page_cli_is_one_error_line(tmp_path: Path) -> None:
     _corrupt_events_leaf(db)
     for args in (["audit", "verify", "--db", str(db)], ["revoke", "--task", "x", "--db", str(db)]):
         done = _cli(*args)
+        if args[1] == "verify" and done.returncode == 1:
+            # verify read past the damaged page and classified what it found: damage, exit 1
+            assert "Traceback" not in done.stderr and "at seq" in done.stdout, done.stdout
+            continue
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "Traceback" not in done.stderr
         lines = [line for line in done.stderr.splitlines() if line.strip()]
