@@ -224,6 +224,9 @@ class GuardConfig(_Model):
     """Argument names redacted in the audit trail, in addition to the built-in secret names."""
     redact_patterns: list[str] = Field(default_factory=list)
     """Regular expressions whose matches in argument values are redacted, for every tool."""
+    args_key_file: str | None = None
+    """The key of ``args_sha256`` (HMAC-SHA256), 64 hex characters in a 0600 file; default
+    ``args-hmac.key`` beside ``issuer.key_file``; ``$TOOLGUARD_ARGS_KEY`` wins."""
 
     @field_validator("redact_patterns")
     @classmethod
@@ -281,6 +284,13 @@ class GuardConfig(_Model):
         if self.store:
             return self.resolve_path(self.store)
         return Path(os.environ.get("TOOLGUARD_DB", ".toolguard/audit.db"))
+
+    @property
+    def args_key_path(self) -> Path:
+        """The arguments key file (``args_key_file``, else beside the signing key file)."""
+        if self.args_key_file:
+            return self.resolve_path(self.args_key_file)
+        return self.resolve_path(self.issuer.key_file).parent / "args-hmac.key"
 
     @property
     def checkpoints_path(self) -> Path:
