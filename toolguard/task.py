@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 from .context import carry_task, task_var
 from .errors import ConfigError, PolicyDenied, ToolGuardError
 from .intent import BoundTask
+from .text import MAX_NAME_CHARS, check_text, neutral, quote
 
 if TYPE_CHECKING:
     from .engine import Guard
@@ -133,11 +134,13 @@ class TaskSession:
     def _adopt(cls, guard: Guard, task_id: str, *, intent: str | None = None) -> TaskSession:
         """The session of an active task started elsewhere; see :meth:`Guard.resume`."""
         now = guard.clock()
+        if check_text(task_id, limit=MAX_NAME_CHARS) is not None:  # no task has such an id
+            task_id = neutral(task_id)
         row = guard.store.task_row(task_id)
         if row is None:
             _refuse_resume(guard, task_id, None, "no such task in the audit trail", now)
         if intent is not None and row["intent"] != intent:
-            _refuse_resume(guard, task_id, row, f"it is not a task of intent '{intent}'", now)
+            _refuse_resume(guard, task_id, row, f"it is not a task of intent {quote(intent)}", now)
         try:
             params = json.loads(row["params"] or "{}")
             bound = guard.policy.bind(row["intent"], params)
