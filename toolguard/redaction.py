@@ -11,8 +11,9 @@ Rules, applied at every nesting level of the arguments:
   passwords (``scheme://user:[REDACTED]@host``), PEM private keys and well-known API key formats
   (:data:`SECRET_VALUE_PATTERNS`) are replaced by ``[REDACTED]``, as is every match of the
   extra value patterns (regexes);
-* then strings longer than ``max_chars`` are cut (``…[N more chars]``); containers keep their
-  first 100 items and 8 levels;
+* then strings (values and keys) longer than ``max_chars`` are cut (``…[N more chars]``);
+  containers keep their first 100 items and 8 levels; a result longer than 16 times ``max_chars``
+  is stored as ``{"…": "[arguments cut: ...]", "head": "<its first 16 times max_chars>"}``;
 * values that are not JSON are converted first (pydantic models with ``model_dump(mode="json")``,
   dataclasses with ``asdict``) and redacted the same way; bytes become ``<bytes: N>``, any
   other object ``<TypeName>``.
@@ -101,6 +102,8 @@ _PEM = re.compile(_PEM_SOURCE)
 _VENDOR = re.compile(_VENDOR_SOURCE)
 _VENDOR_HINTS = ("AKIA", "gh", "xox", "sk-", "AIza")
 _MAX_DEPTH = 8
+_MAX_ARGS_FACTOR = 16
+"""The redacted ``args`` JSON is cut at this many times ``max_chars`` (32,000 by default)."""
 _MAX_ITEMS = 100
 _KEY_CACHE_SIZE = 4096
 
@@ -280,6 +283,14 @@ class Redactor:
                 text.encode("utf-8")
             except UnicodeEncodeError:  # lone surrogates cannot be stored: escape them
                 text = _canonical_ascii(cleaned)
+        limit = _MAX_ARGS_FACTOR * self.max_chars
+        if len(text) > limit:  # many long values: the whole column is bounded too
+            text = _canonical(
+                {
+                    "…": f"[arguments cut: {len(text)} characters of JSON, the first {limit} kept]",
+                    "head": text[:limit],
+                }
+            )
         return text, digest
 
     def scrub(self, text: str, secrets: Iterable[str] = ()) -> str:

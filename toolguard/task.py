@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 from .context import carry_task, task_var
 from .errors import ConfigError, PolicyDenied, ToolGuardError
 from .intent import BoundTask
-from .text import MAX_NAME_CHARS, check_text, neutral, quote
+from .redaction import scrub_text
+from .text import MAX_NAME_CHARS, MAX_REASON_CHARS, check_text, clip, neutral, printable, quote
 
 if TYPE_CHECKING:
     from .engine import Guard
@@ -211,8 +212,10 @@ class TaskSession:
             now = guard.clock()
             if status == "ok" and now >= self.deadline:
                 status = "expired"
+            status = neutral(status)  # caller text (an app may pass an exception's message):
+            why = clip(printable(scrub_text(reason)), MAX_REASON_CHARS) if reason else None
+            why = why or f"task ended ({status})"  # never a reason to fail the end
             self.ended_reason = status
-            why = reason or f"task ended ({status})"
             try:
                 guard.store.end_task(
                     self.task_id,

@@ -8,6 +8,7 @@ argument keys, tool exceptions) or is shown (viewer, CSV/HTML export, CLI error 
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
 import unicodedata
 from pathlib import Path
@@ -314,3 +315,32 @@ def test_cli_output_and_error_lines_never_hold_unsafe_characters(
     assert result.exit_code == 2
     _assert_safe(result.output)
     assert CliError("a\u202eb\nc\x85").format_message() == "a\\u202eb\nc\\x85"
+
+
+def test_many_long_arguments_are_bounded_as_a_whole(guard: tg.Guard) -> None:
+    args: dict[str, object] = {"key": JOB_KEY}
+    args.update({f"a{i}": "v" * 50_000 for i in range(99)})
+    with guard.task("process-job", job_id="42"):
+        guard.finish(guard.authorize("kv_get", args))
+    stored = guard.audit.events(kind="request")[-1].args or ""
+    assert len(stored) < 17 * guard.config.max_arg_chars + 200
+    assert json.loads(stored)["…"].startswith("[arguments cut:")
+
+
+def test_a_task_end_reason_with_surrogates_still_ends_and_revokes(guard: tg.Guard) -> None:
+    """An app that passes an exception's text as the end reason must not block the end (and
+    its revocation) with an unencodable or huge string."""
+    session = guard.task("process-job", job_id="42")
+    with session:
+        permit = guard.authorize("kv_get", {"key": JOB_KEY})
+        with permit as credential:
+            token = credential.token
+        guard.verifier().verify(token)
+        guard.finish(permit)
+        session.end("error\ud800", reason="boom \ud800\u202e" + "x" * 1_000_000)
+    end = guard.audit.events(task_id=session.task_id)[-1]
+    assert end.kind == "task_end" and end.outcome == "error\\ud800"
+    assert (end.reason or "").startswith("boom \\ud800\\u202e")
+    assert len(end.reason or "") <= MAX_REASON_CHARS + 30
+    with pytest.raises(tg.ToolGuardError, match="revoked"):
+        guard.verifier().verify(token)
