@@ -245,7 +245,7 @@ class Redactor:
         self.patterns = tuple(patterns)
         self.max_chars = max_chars
         self._digest_key = digest_key
-        self._mac = None if digest_key is None else hmac.new(digest_key, digestmod=hashlib.sha256)
+        self._pads = None if digest_key is None else _hmac_pads(digest_key)
         extra = _key_matcher(self.extra_keys)
         self._secret = re.compile(
             f"(?:{SECRET_KEY_PATTERN})" + (f"|(?:{extra})" if extra else ""), re.IGNORECASE
@@ -270,10 +270,11 @@ class Redactor:
         with a ``digest_key``, else the bare SHA-256 hex (unkeyed: for tests and tools only)."""
         original = canonical_args(args)
         data = original.encode("utf-8", "surrogatepass")
-        if self._mac is not None:
-            mac = self._mac.copy()
-            mac.update(data)
-            digest = DIGEST_PREFIX + mac.hexdigest()
+        if self._pads is not None:  # HMAC (RFC 2104) from precomputed pads: ~1 µs, not ~6
+            inner, outer = self._pads[0].copy(), self._pads[1].copy()
+            inner.update(data)
+            outer.update(inner.digest())
+            digest = DIGEST_PREFIX + outer.hexdigest()
         else:
             digest = hashlib.sha256(data).hexdigest()
         cleaned = self._clean(args, 0)
@@ -365,6 +366,17 @@ class Redactor:
         if isinstance(value, (bytes, bytearray, memoryview)):
             return f"<bytes: {len(bytes(value))}>"
         return f"<{type(value).__name__}>"
+
+
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after the HMAC inner and outer pads of ``key`` (RFC 2104)."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return (
+        hashlib.sha256(bytes(b ^ 0x36 for b in key)),
+        hashlib.sha256(bytes(b ^ 0x5C for b in key)),
+    )
 
 
 def canonical_args(args: Mapping[str, Any]) -> str:
