@@ -40,8 +40,9 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], out: IO[str]) -> int:
 
 def _csv_cell(value: Any) -> Any:
     if isinstance(value, str):
+        formula = value.startswith(_FORMULA_START)
         value = printable(value)  # no controls, bidi overrides or lone surrogates in a cell
-        if value.startswith(_FORMULA_START):
+        if formula or value.startswith(_FORMULA_START):
             return "'" + value
     return value
 

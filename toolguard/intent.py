@@ -235,8 +235,8 @@ def _normalize_url(value: str, rule: str) -> str:
     if port is not None and port != default:
         netloc += f":{port}"
     path = _UNRESERVED_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), parts.path or "/")
-    if "\\" in path or "%5c" in path.lower():
-        raise ResourceError(f"the URL {quote(value)} has a backslash in its path", rule)
+    if "\\" in value or "%5c" in path.lower():  # browsers and some servers read it as "/"
+        raise ResourceError(f"the URL {quote(value)} has a backslash", rule)
     # a server may decode once more, or read ``/`` from ``%2F`` and ``..`` from ``..;x``:
     # no spelling of a dot segment is accepted, whatever the decoding
     decoded = path

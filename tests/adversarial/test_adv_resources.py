@@ -55,6 +55,8 @@ def _url(value: str) -> str:
         "https://kv/jobs/42/%5c..%5c43",
         "https://kv/jobs/42/a/../../43",
         "https://kv/jobs/42/%2e%2e%2f%2e%2e%2fadmin",
+        "https://kv\\evil.example/jobs/42/x",
+        "https://kv/jobs/42/x?next=a\\b",
     ],
 )
 def test_url_dot_segments_are_refused(value: str) -> None:
