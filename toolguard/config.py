@@ -150,7 +150,10 @@ class ToolRule(_Model):
     resource: str | list[str]
     """Template(s) filled from the call's arguments: ``"{key}"``, ``"mailto:{to}"``."""
     kind: Literal["plain", "path", "url"] = "plain"
-    """``path`` normalizes and refuses ``..`` escapes; ``url`` normalizes scheme and host."""
+    """``path`` normalizes and refuses ``..`` escapes; ``url`` normalizes scheme, host and
+    unreserved percent-escapes, and refuses a dot segment in any spelling (``..``, ``%2e%2e``,
+    ``..;x``, ``..%2f``) and backslashes. Every kind refuses control, bidi and invisible
+    characters and values longer than 2048 characters."""
     cost: float = Field(default=0.0, ge=0)
     """Fixed cost of one call (reserved before it runs)."""
     cost_arg: str | None = None

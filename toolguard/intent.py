@@ -335,7 +335,7 @@ class Policy:
                     problems=[(f"params.{key}", "not a string")],
                 )
             text = str(value)
-            problem = check_text(text)
+            problem = check_text(text, limit=MAX_RESOURCE_CHARS)
             if problem is not None:
                 raise ConfigError(
                     f"task parameter {key!r} {problem}; pass plain text",

@@ -317,7 +317,7 @@ class TaskSession:
                 wider = f"the parent task was revoked ({revoked})"
         if wider is not None:
             error = PolicyDenied(
-                f"delegation to intent '{intent}' refused: {wider}",
+                clip(f"delegation to intent '{intent}' refused: {wider}", MAX_REASON_CHARS),
                 task_id=self.task_id,
                 rule=f"intents.{intent}.delegation",
             )

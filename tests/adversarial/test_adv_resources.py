@@ -100,7 +100,7 @@ SEGMENT_PARTS = [
 segments = st.lists(st.sampled_from(SEGMENT_PARTS), max_size=8).map("".join)
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(segments, min_size=1, max_size=5))
 def test_no_accepted_url_under_jobs_42_resolves_outside(parts: list[str]) -> None:
     value = "https://kv/jobs/42/" + "/".join(parts)
@@ -158,3 +158,10 @@ def test_task_parameters_refuse_the_same_characters(char: str, tmp_path: Path) -
     policy = Policy(GuardConfig.model_validate(BASE_CONFIG))
     with pytest.raises(ConfigError, match="task parameter 'job_id' contains"):
         policy.bind("process-job", {"job_id": f"4{char}2"})
+
+
+def test_task_parameters_are_bounded(tmp_path: Path) -> None:
+    policy = Policy(GuardConfig.model_validate(BASE_CONFIG))
+    policy.bind("process-job", {"job_id": "4" * 2048})
+    with pytest.raises(ConfigError, match=r"is 2049 characters long \(at most 2048\)"):
+        policy.bind("process-job", {"job_id": "4" * 2049})
