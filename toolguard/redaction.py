@@ -430,6 +430,19 @@ def load_args_key(path: Path, *, create: bool = True) -> bytes:
                 f"${ARGS_KEY_ENV}) at the key the guard used",
                 problems=[("args_key_file", "missing")],
             ) from None
+    try:
+        _create_args_key(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the arguments key file {path} ({exc.strerror or exc}); make its "
+            f"directory writable, point args_key_file elsewhere, or set ${ARGS_KEY_ENV} to "
+            "64 hex characters",
+            problems=[("args_key_file", "cannot create")],
+        ) from exc
+    return _read_args_key(path)
+
+
+def _create_args_key(path: Path) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -456,7 +469,6 @@ def load_args_key(path: Path, *, create: bool = True) -> bytes:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    return _read_args_key(path)
 
 
 def _read_args_key(path: Path) -> bytes:

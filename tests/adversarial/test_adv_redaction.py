@@ -268,3 +268,22 @@ def test_the_fast_hmac_is_the_standard_hmac(size: int) -> None:
     assert digest == args_digest(args, key)
     text = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert digest == DIGEST_PREFIX + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_an_args_key_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> None:
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="cannot create the arguments key file"):
+            load_args_key(locked / "sub" / "args-hmac.key")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_an_args_key_path_under_a_file_is_a_config_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match=r"the arguments key file .*args-hmac\.key"):
+        load_args_key(blocker / "args-hmac.key")
