@@ -93,7 +93,14 @@ def _foreign_checkpoint(db: Path, tmp_path: Path) -> str:
 
 def _commands(ids: dict[str, str], db: Path, config: Path, tmp_path: Path) -> dict[str, list[str]]:
     key = str(tmp_path / "other" / "key.pem")
+    cfg = str(config)
+    with sqlite3.connect(db) as conn:  # a request whose arguments had nothing to redact
+        seq, args = conn.execute(
+            "SELECT seq, args FROM events WHERE kind = 'request' AND args NOT LIKE '%REDACTED%'"
+            " ORDER BY seq LIMIT 1"
+        ).fetchone()
     return {
+        "audit-match-args": ["audit", "match-args", str(seq), "--args", args, "--config", cfg],
         "audit-tasks": ["audit", "tasks", "--db", str(db)],
         "audit-show": ["audit", "show", ids["job"], "--db", str(db)],
         "audit-tail": ["audit", "tail", "--db", str(db)],
@@ -128,6 +135,7 @@ COMMANDS = [
     "audit-acknowledge",
     "audit-export",
     "audit-prune",
+    "audit-match-args",
     "revoke",
     "enable",
     "keys-create",

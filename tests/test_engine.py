@@ -119,7 +119,8 @@ def test_outcome_recorded_with_status_and_duration(guard: tg.Guard, recorder: _R
     assert request.decision == "allow"
     assert request.operation == "read"
     assert request.args == json.dumps({"key": JOB_KEY}, separators=(",", ":"))
-    assert request.args_sha256 is not None and len(request.args_sha256) == 64
+    assert request.args_sha256 is not None and request.args_sha256.startswith("hmac-sha256:")
+    assert len(request.args_sha256) == len("hmac-sha256:") + 64
 
 
 def test_tool_error_is_recorded_as_error_outcome(guard: tg.Guard) -> None:

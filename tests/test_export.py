@@ -16,6 +16,7 @@ from test_audit import TOOLS, build_trail, kv_get
 import toolguard as tg
 from toolguard.chain import EVENT_FIELDS, GENESIS, event_hash
 from toolguard.export import write_csv, write_html, write_jsonl
+from toolguard.text import printable
 
 
 @pytest.fixture
@@ -101,7 +102,7 @@ def test_csv_neutralizes_formulas(payload: str) -> None:
     out = io.StringIO()
     write_csv([row], out)
     written = next(csv.DictReader(io.StringIO(out.getvalue())))
-    assert written["reason"] == "'" + payload
+    assert written["reason"] == "'" + printable(payload)  # a tab is also shown as \x09
     assert written["args"] == "{}"
     assert written["cost"] == "-1.5"  # numbers are not text: left alone
 

@@ -23,6 +23,7 @@ from toolguard.chain import GENESIS, HASHED_FIELDS, event_hash, row_values, valu
 from toolguard.errors import AuditError
 from toolguard.integrity import DAMAGE_KINDS, Integrity, VerifyReport, sign_checkpoint
 from toolguard.keys import KeyRing
+from toolguard.redaction import load_args_key
 from toolguard.store import Store
 
 TASKS = 5
@@ -746,4 +747,8 @@ def test_docs_args_digest_recipe_matches_the_trail(trail: tg.Guard) -> None:
     doc = _doc_code()
     request = trail.audit.events(kind="request")[0]
 
-    assert doc["args_digest"](json.loads(request.args or "")) == request.args_sha256
+    key = load_args_key(trail.config.args_key_path, create=False)
+    args = json.loads(request.args or "")
+    assert doc["args_digest"](args, key) == request.args_sha256
+    assert doc["args_match"](args, key, request.args_sha256 or "")
+    assert not doc["args_match"]({**args, "key": "other"}, key, request.args_sha256 or "")

@@ -75,7 +75,9 @@ def test_derive_call_missing_template_argument_is_denial() -> None:
 def test_derive_call_control_characters_is_denial() -> None:
     decision = derive_call(POLICY.tools, "kv_get", {"key": "agents:jobs:42:a\nb"}, "cid")
     assert isinstance(decision, Decision)
-    assert decision.reason == "the resource contains control characters"
+    assert decision.reason == (
+        "the resource 'agents:jobs:42:a\\x0ab' contains control characters (\\x0a)"
+    )
 
 
 def test_derive_call_bad_cost_argument_is_denial() -> None:

@@ -20,7 +20,14 @@ from pydantic import BaseModel
 
 import toolguard as tg
 from toolguard.brokers import StaticSecretProvider
-from toolguard.redaction import REDACTED, Redactor, compile_patterns, scrub_text
+from toolguard.redaction import (
+    REDACTED,
+    Redactor,
+    args_digest,
+    compile_patterns,
+    load_args_key,
+    scrub_text,
+)
 
 KEY = "agents:jobs:42:state"
 
@@ -356,7 +363,8 @@ def test_redaction_no_secret_or_token_in_db_wal_checkpoints_or_logs(
         "value": "v1",
         "options": {"db": {"password": SECRET_VALUES[0]}, "api_key": SECRET_VALUES[1]},
     }
-    assert requests[0].args_sha256 == _sha(original)
+    key = load_args_key(guard.config.args_key_path, create=False)
+    assert requests[0].args_sha256 == args_digest(original, key)
     errors = [e.error or "" for e in events if e.kind == "outcome" and e.outcome == "error"]
     assert len(errors) == 1 and errors[0].startswith("ConnectionError: upstream rejected")
     denied = [e for e in events if e.kind == "denied"]

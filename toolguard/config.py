@@ -162,7 +162,10 @@ class ToolRule(_Model):
     resource: str | list[str]
     """Template(s) filled from the call's arguments: ``"{key}"``, ``"mailto:{to}"``."""
     kind: Literal["plain", "path", "url"] = "plain"
-    """``path`` normalizes and refuses ``..`` escapes; ``url`` normalizes scheme and host."""
+    """``path`` normalizes and refuses ``..`` escapes; ``url`` normalizes scheme, host and
+    unreserved percent-escapes, and refuses a dot segment in any spelling (``..``, ``%2e%2e``,
+    ``..;x``, ``..%2f``) and backslashes. Every kind refuses control, bidi and invisible
+    characters and values longer than 2048 characters."""
     cost: Cost = 0.0
     """Fixed cost of one call (reserved before it runs)."""
     cost_arg: str | None = None
@@ -236,6 +239,9 @@ class GuardConfig(_Model):
     """Argument names redacted in the audit trail, in addition to the built-in secret names."""
     redact_patterns: list[str] = Field(default_factory=list)
     """Regular expressions whose matches in argument values are redacted, for every tool."""
+    args_key_file: str | None = None
+    """The key of ``args_sha256`` (HMAC-SHA256), 64 hex characters in a 0600 file; default
+    ``args-hmac.key`` beside ``issuer.key_file``; ``$TOOLGUARD_ARGS_KEY`` wins."""
 
     @field_validator("redact_patterns")
     @classmethod
@@ -293,6 +299,13 @@ class GuardConfig(_Model):
         if self.store:
             return self.resolve_path(self.store)
         return Path(os.environ.get("TOOLGUARD_DB", ".toolguard/audit.db"))
+
+    @property
+    def args_key_path(self) -> Path:
+        """The arguments key file (``args_key_file``, else beside the signing key file)."""
+        if self.args_key_file:
+            return self.resolve_path(self.args_key_file)
+        return self.resolve_path(self.issuer.key_file).parent / "args-hmac.key"
 
     @property
     def checkpoints_path(self) -> Path:

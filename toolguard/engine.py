@@ -26,8 +26,17 @@ from .integrity import guard_keys
 from .intent import Call, Policy
 from .numbers import MAX_COST, check_timestamp, is_finite_number
 from .policy import Decision, decide, derive_call
-from .redaction import Redactor
+from .redaction import Redactor, load_args_key
 from .store import PendingOutcome, Store
+from .text import (
+    MAX_ERROR_CHARS,
+    MAX_NAME_CHARS,
+    MAX_REASON_CHARS,
+    check_text,
+    clip,
+    neutral,
+    printable,
+)
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
@@ -169,6 +178,7 @@ class Guard:
             extra_keys=self.config.redact_keys,
             patterns=self.config.redact_patterns,
             max_chars=self.config.max_arg_chars,
+            digest_key=load_args_key(self.config.args_key_path),
         )
         self._redactors = {
             name: self.redactor.with_keys(rule.redact, patterns=rule.redact_patterns)
@@ -333,6 +343,11 @@ class Guard:
         :class:`AuditError` (nothing ran); otherwise the caller must run the tool and
         :meth:`finish` the permit."""
         cid = correlation_id or os.urandom(16).hex()
+        # model-written identifiers: recorded (escaped, bounded) even when malformed
+        if check_text(tool, limit=MAX_NAME_CHARS) is not None:
+            tool = neutral(tool)
+        if check_text(cid, limit=MAX_NAME_CHARS) is not None:
+            cid = neutral(cid)
         session = task_var.get()
         now = self.clock()
         if session is None:
@@ -354,8 +369,9 @@ class Guard:
             inherited.append(task_spends(parent.bound, parent.task_id, call))
             parent = parent.parent
         jti = new_jti()
-        args_json, args_sha = self._redactors.get(tool, self.redactor)(args)
-        resources_json = _json_list(call.resources)
+        redactor = self._redactors.get(tool, self.redactor)
+        args_json, args_sha = redactor(args)
+        resources_json = _stored_resources(redactor, call.resources)
         expires = min(now + self.issuer.ttl, session.deadline)
         event = {
             "ts": now,
@@ -431,7 +447,7 @@ class Guard:
                 act=session.act,
             )
         except Exception as exc:  # any provider failure denies the call (fail closed)
-            self._mint_failed(session, call, jti, spends, now, exc)
+            self._mint_failed(session, call, jti, spends, now, exc, resources_json)
         session.jtis.append(jti)
         return Permit(session, call, credential, spends, now, time.perf_counter(), resources_json)
 
@@ -478,7 +494,7 @@ class Guard:
                     "error": "; ".join(
                         e
                         for e in (
-                            None if error is None else _describe(error, permit.credential),
+                            None if error is None else self._describe(error, permit),
                             problem,
                         )
                         if e
@@ -500,8 +516,10 @@ class Guard:
         spends: Sequence[Spend],
         now: float,
         exc: Exception,
+        resources_json: str,
     ) -> NoReturn:
-        reason = f"no credential could be obtained for this call ({_describe(exc)}); it did not run"
+        described = _describe(exc, scrub=self._redactors.get(call.tool, self.redactor).scrub)
+        reason = f"no credential could be obtained for this call ({described}); it did not run"
         day = day_key(now)
         refund = tuple(
             (s.scope, day if s.kind == "day" else "", -s.amount)
@@ -518,7 +536,7 @@ class Guard:
                     intent=session.bound.intent,
                     tool=call.tool,
                     operation=call.operation,
-                    resources=_json_list(call.resources),
+                    resources=resources_json,
                     jti=jti,
                     correlation_id=call.correlation_id,
                     decision="deny",
@@ -563,9 +581,9 @@ class Guard:
         decision: Decision,
         call: Call | None,
     ) -> NoReturn:
-        error = PolicyDenied(
-            decision.reason, tool=tool, task_id=session.task_id, rule=decision.rule
-        )
+        scrubbed = self._redactors.get(tool, self.redactor).scrub(decision.reason)
+        reason = clip(scrubbed, MAX_REASON_CHARS)
+        error = PolicyDenied(reason, tool=tool, task_id=session.task_id, rule=decision.rule)
         self._audit_denial(session, tool, args, cid, now, error, call)
 
     def _audit_denial(
@@ -578,7 +596,8 @@ class Guard:
         error: PolicyDenied,
         call: Call | None = None,
     ) -> NoReturn:
-        args_json, args_sha = self._redactors.get(tool, self.redactor)(args)
+        redactor = self._redactors.get(tool, self.redactor)
+        args_json, args_sha = redactor(args)
         self.store.append(
             self._event(
                 "denied",
@@ -588,7 +607,7 @@ class Guard:
                 intent=session.bound.intent if session else None,
                 tool=tool,
                 operation=call.operation if call else None,
-                resources=_json_list(call.resources) if call else None,
+                resources=_stored_resources(redactor, call.resources) if call else None,
                 decision="deny",
                 reason=error.reason,
                 rule=error.rule,
@@ -598,6 +617,10 @@ class Guard:
             )
         )
         raise error
+
+    def _describe(self, error: BaseException, permit: Permit) -> str:
+        redactor = self._redactors.get(permit.call.tool, self.redactor)
+        return _describe(error, permit.credential, scrub=redactor.scrub)
 
     @staticmethod
     def _event(kind: str, now: float, **fields: Any) -> dict[str, Any]:
@@ -624,16 +647,29 @@ class StoreRevocations:
 _list_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _json_list(values: Sequence[str]) -> str:
-    return _list_encoder(list(values))
+def _stored_resources(redactor: Redactor, resources: Sequence[str]) -> str:
+    """The ``resources`` column: the call's resources (decided on as they are) with the
+    redaction rules applied, since a model can write a secret into a key."""
+    return _list_encoder([redactor.scrub(r) for r in resources])
 
 
-def _describe(error: BaseException, credential: Credential | None = None) -> str:
-    """A one-line description of an error, with the call's token and any JWT scrubbed."""
-    from .redaction import _JWT, REDACTED
+def _describe(
+    error: BaseException,
+    credential: Credential | None = None,
+    *,
+    scrub: Callable[[str, Sequence[str]], str] | None = None,
+) -> str:
+    """A one-line description of an error (the ``error`` column, a provider's failure in a
+    denial): the call's token, the redaction rules' secrets and unsafe characters removed,
+    at most :data:`~toolguard.text.MAX_ERROR_CHARS` characters."""
+    from .redaction import scrub_text
 
-    text = f"{type(error).__name__}: {error}"
+    try:
+        text = f"{type(error).__name__}: {error}"
+    except Exception:  # an exception whose __str__ raises is described by its type
+        text = f"{type(error).__name__}: <unprintable>"
+    text = text[: 8 * MAX_ERROR_CHARS]  # what is cut off is never shown: never scanned either
     token = issued_token(credential) if credential is not None else None
-    if token:
-        text = text.replace(token, REDACTED)
-    return _JWT.sub(REDACTED, text)[:500]
+    secrets = [token] if token else []
+    text = scrub(text, secrets) if scrub is not None else scrub_text(text, secrets)
+    return clip(printable(text), MAX_ERROR_CHARS)

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from .audit import AuditEvent, AuditLog, Summary, Usage
 from .chain import EVENT_FIELDS
+from .text import printable
 from .viewer import TIMELINE_HEADERS, format_cost, format_duration, format_time
 
 __all__ = ["HtmlReport", "render_html", "write_csv", "write_html", "write_jsonl"]
@@ -38,8 +39,11 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], out: IO[str]) -> int:
 
 
 def _csv_cell(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
+    if isinstance(value, str):
+        formula = value.startswith(_FORMULA_START)
+        value = printable(value)  # no controls, bidi overrides or lone surrogates in a cell
+        if formula or value.startswith(_FORMULA_START):
+            return "'" + value
     return value
 
 
@@ -140,7 +144,7 @@ class HtmlReport:
 
 
 def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    return html.escape(printable(value), quote=True)
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, raw: bool = False) -> str:

@@ -13,11 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .config import Budget, GuardConfig, IdentityLimits, ToolRule
 from .errors import ConfigError
 from .numbers import MAX_COST, finite_number
+from .text import MAX_RESOURCE_CHARS, check_text, quote
 
 __all__ = [
     "BoundTask",
@@ -31,8 +32,9 @@ __all__ = [
 
 _TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}|\*")
 _NEVER = re.compile(r"(?!)")
-_UNSAFE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
-"""Control characters and lone surrogates: never part of a resource."""
+_UNRESERVED_ESCAPE = re.compile(r"%(2[dDeE]|5[fF]|7[eE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA])")
+"""A percent-escape of an unreserved character (RFC 3986 §2.3): ``%2E`` is ``.``."""
+_SEGMENT_SPLIT = re.compile(r"[/\\;]")
 
 
 class ResourceError(ValueError):
@@ -181,38 +183,21 @@ class CompiledTool:
 
     def _normalize(self, value: str) -> str:
         rule = f"tools.{self.name}.resource"
-        if _UNSAFE.search(value):
-            raise ResourceError("the resource contains control characters", rule)
+        problem = check_text(value, limit=MAX_RESOURCE_CHARS)
+        if problem is not None:
+            raise ResourceError(f"the resource {quote(value)} {problem}", rule)
         kind = self.rule.kind
         if kind == "path":
             if "\\" in value:
-                raise ResourceError("the path contains a backslash", rule)
+                raise ResourceError(f"the path {quote(value)} contains a backslash", rule)
             norm = posixpath.normpath(value)
             if norm == ".." or norm.startswith("../") or "/../" in norm:
-                raise ResourceError(f"the path {value!r} escapes its root with '..'", rule)
+                raise ResourceError(f"the path {quote(value)} escapes its root with '..'", rule)
             if value.startswith("/") and norm.startswith("//"):
                 norm = "/" + norm.lstrip("/")
             return norm
         if kind == "url":
-            try:
-                parts = urlsplit(value)
-                host = parts.hostname
-                port = parts.port
-            except ValueError as exc:
-                raise ResourceError(f"the URL {value!r} is malformed: {exc}", rule) from None
-            if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-                raise ResourceError("URLs with user information are not allowed", rule)
-            if not parts.scheme or not host:
-                raise ResourceError(f"the URL {value!r} needs a scheme and a host", rule)
-            scheme = parts.scheme.lower()
-            default = {"http": 80, "https": 443}.get(scheme)
-            netloc = host.lower().rstrip(".")
-            if ":" in netloc:  # an IPv6 literal keeps its brackets
-                netloc = f"[{netloc}]"
-            if port is not None and port != default:
-                netloc += f":{port}"
-            path = parts.path or "/"
-            return urlunsplit((scheme, netloc, path, parts.query, ""))
+            return _normalize_url(value, rule)
         return value
 
     def cost(self, args: Mapping[str, Any]) -> float:
@@ -229,6 +214,51 @@ class CompiledTool:
                 f"tools.{self.name}.cost_arg",
             ) from None
         return cost + self.rule.cost
+
+
+def _normalize_url(value: str, rule: str) -> str:
+    """The URL in normal form (RFC 3986 §6.2.2: lowercase scheme and host, no default port,
+    unreserved characters decoded, no fragment); :class:`ResourceError` for a URL whose path
+    holds a dot segment in any spelling (``..``, ``%2e%2E``, ``.%2e;x``, ``..%2f``, ``\\``)."""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        port = parts.port
+    except ValueError as exc:
+        raise ResourceError(f"the URL {quote(value)} is malformed: {exc}", rule) from None
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ResourceError("URLs with user information are not allowed", rule)
+    if not parts.scheme or not host:
+        raise ResourceError(f"the URL {quote(value)} needs a scheme and a host", rule)
+    scheme = parts.scheme.lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    netloc = host.lower().rstrip(".")
+    if ":" in netloc:  # an IPv6 literal keeps its brackets
+        netloc = f"[{netloc}]"
+    if port is not None and port != default:
+        netloc += f":{port}"
+    path = _UNRESERVED_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), parts.path or "/")
+    if "\\" in value or "%5c" in path.lower():  # browsers and some servers read it as "/"
+        raise ResourceError(f"the URL {quote(value)} has a backslash", rule)
+    # a server may decode once more, or read ``/`` from ``%2F`` and ``..`` from ``..;x``:
+    # no spelling of a dot segment is accepted, whatever the decoding
+    decoded = path
+    for _ in range(3):
+        if any(seg in (".", "..") for seg in _SEGMENT_SPLIT.split(decoded)):
+            raise ResourceError(
+                f"the URL {quote(value)} has a '.' or '..' segment in its path; "
+                "name the resource without dot segments",
+                rule,
+            )
+        again = unquote(decoded, errors="surrogateescape")
+        if again == decoded:
+            break
+        decoded = again
+    else:
+        raise ResourceError(
+            f"the URL {quote(value)} is percent-encoded more than twice in its path", rule
+        )
+    return urlunsplit((scheme, netloc, path, parts.query, ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,10 +338,11 @@ class Policy:
                     problems=[(f"params.{key}", "not a string")],
                 )
             text = str(value)
-            if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            problem = check_text(text, limit=MAX_RESOURCE_CHARS)
+            if problem is not None:
                 raise ConfigError(
-                    f"task parameter {key!r} contains control characters",
-                    problems=[(f"params.{key}", "control characters")],
+                    f"task parameter {key!r} {problem}; pass plain text",
+                    problems=[(f"params.{key}", problem)],
                 )
             str_params[key] = text
         base = f"intents.{intent_name}.allow"

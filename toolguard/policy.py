@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .intent import BoundTask, Call, CompiledTool, ResourceError
+from .text import quote
 
 __all__ = ["ALLOW", "Decision", "derive_call", "decide"]
 
@@ -42,7 +43,7 @@ def derive_call(
     compiled = tools.get(tool)
     if compiled is None:
         return Decision.deny(
-            f"tool '{tool}' has no rule in tools:, so it is denied by default",
+            f"tool {quote(tool)} has no rule in tools:, so it is denied by default",
             f"tools.{tool}",
         )
     try:
@@ -72,7 +73,7 @@ def decide(
         refused_by = task.allows(call.operation, resource)
         if refused_by is not None:
             return Decision.deny(
-                f"{call.operation} on '{resource}' is outside what this task may do "
+                f"{call.operation} on {quote(resource)} is outside what this task may do "
                 f"({_who(task, refused_by)} allows "
                 f"{call.operation} only on {_allowed(task, call.operation, refused_by)})",
                 refused_by,

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 from .context import carry_task, task_var
 from .errors import ConfigError, PolicyDenied, ToolGuardError
 from .intent import BoundTask
+from .redaction import scrub_text
+from .text import MAX_NAME_CHARS, MAX_REASON_CHARS, check_text, clip, neutral, printable, quote
 
 if TYPE_CHECKING:
     from .engine import Guard
@@ -134,11 +136,13 @@ class TaskSession:
     def _adopt(cls, guard: Guard, task_id: str, *, intent: str | None = None) -> TaskSession:
         """The session of an active task started elsewhere; see :meth:`Guard.resume`."""
         now = guard.clock()
+        if check_text(task_id, limit=MAX_NAME_CHARS) is not None:  # no task has such an id
+            task_id = neutral(task_id)
         row = guard.store.task_row(task_id)
         if row is None:
             _refuse_resume(guard, task_id, None, "no such task in the audit trail", now)
         if intent is not None and row["intent"] != intent:
-            _refuse_resume(guard, task_id, row, f"it is not a task of intent '{intent}'", now)
+            _refuse_resume(guard, task_id, row, f"it is not a task of intent {quote(intent)}", now)
         try:
             params = json.loads(row["params"] or "{}")
             if not isinstance(params, dict):
@@ -223,8 +227,10 @@ class TaskSession:
             now = lenient() if lenient is not None else guard.clock()
             if status == "ok" and now >= self.deadline:
                 status = "expired"
+            status = neutral(status)  # caller text (an app may pass an exception's message):
+            why = clip(printable(scrub_text(reason)), MAX_REASON_CHARS) if reason else None
+            why = why or f"task ended ({status})"  # never a reason to fail the end
             self.ended_reason = status
-            why = reason or f"task ended ({status})"
             try:
                 guard.store.end_task(
                     self.task_id,
@@ -331,7 +337,7 @@ class TaskSession:
                 wider = f"the parent task was revoked ({revoked})"
         if wider is not None:
             error = PolicyDenied(
-                f"delegation to intent '{intent}' refused: {wider}",
+                clip(f"delegation to intent '{intent}' refused: {wider}", MAX_REASON_CHARS),
                 task_id=self.task_id,
                 rule=f"intents.{intent}.delegation",
             )

@@ -5,13 +5,14 @@
 column-aligned text with no colour and no box characters, one record per line, so the output
 can be piped to ``grep``, ``cut`` or ``sort``. ``--json`` output goes through :meth:`json`
 (one object per line for streams). Every string from the trail is cleaned of control
-characters before it reaches a terminal: arguments and reasons may carry model-written text.
+characters before it reaches a terminal (:func:`toolguard.text.printable`: controls, bidi
+overrides and isolates, invisible characters, lone surrogates): arguments, resources and
+reasons may carry model-written text.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from rich.text import Text
 from .audit import AuditEvent, Summary, UsageRow
 from .integrity import VerifyReport
 from .store import PruneResult
+from .text import printable
 
 __all__ = [
     "EVENT_HEADERS",
@@ -43,8 +45,6 @@ EVENT_HEADERS = (
     "seq", "time", "kind", "task", "identity", "tool", "op", "resources", "result", "detail",
 )  # fmt: skip
 """The columns of an event list (``audit tail``, ``audit denied``)."""
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 _RESULT_STYLES = {
     "ok": "green",
@@ -79,10 +79,9 @@ _WRAP = frozenset({"resources", "detail", "params", "quota"})
 
 
 def _clean(value: object) -> str:
-    """Text safe for a terminal: control characters shown as ``\\xNN``."""
-    if value is None:
-        return ""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+    """Text safe for a terminal (:func:`toolguard.text.printable`): control characters, bidi
+    controls, invisible characters and lone surrogates shown as ``\\xNN``/``\\uXXXX``."""
+    return printable(value)
 
 
 def format_time(ts: float | None, *, clock_only: bool = False) -> str:

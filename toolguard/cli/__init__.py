@@ -17,7 +17,7 @@ package registers every command on :func:`main`.
 
 from __future__ import annotations
 
-from . import admin, audit  # noqa: F401  (importing them registers their commands on main)
+from . import admin, audit, match  # noqa: F401  (importing them registers their commands on main)
 from ._base import (
     EXIT_ERROR,
     EXIT_FINDINGS,

@@ -31,6 +31,7 @@ from ..durations import parse_duration
 from ..errors import AuditError, ConfigError, ToolGuardError
 from ..keys import KeyRing, PublicKeys
 from ..store import Store
+from ..text import printable
 from ..viewer import Viewer
 
 __all__ = [
@@ -81,9 +82,14 @@ class CliContext:
 
 
 class CliError(click.ClickException):
-    """A library error shown as ``Error: <message>`` with exit code :data:`EXIT_ERROR`."""
+    """A library error shown as ``Error: <message>`` with exit code :data:`EXIT_ERROR`; every
+    line of the message shown through :func:`toolguard.text.printable` (a message may quote
+    model-written text from the trail)."""
 
     exit_code = EXIT_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__("\n".join(printable(line) for line in message.split("\n")))
 
 
 class _Group(click.Group):
