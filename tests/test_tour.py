@@ -29,7 +29,7 @@ TOUR_HEADING = "## A five-minute tour"
 # Key lines per command (matched against the start of the command line): what a person
 # following the tour is told to expect.
 EXPECT: dict[str, list[str]] = {
-    "toolguard check toolguard.yaml": [r"toolguard\.yaml"],
+    "toolguard check toolguard.yaml": [],  # exit 0 says it: no problem found
     "python tour.py": [
         r"^ok$",
         r"^done$",
@@ -42,10 +42,13 @@ EXPECT: dict[str, list[str]] = {
     "toolguard audit denied": [r"agents:jobs:43:result"],
     "toolguard audit verify": [r"OK"],
     "toolguard audit export --format html": [],
-    "toolguard revoke --task": [r"revoked task [0-9a-f]{32}"],
-    "toolguard revoke --identity": [r"revoked identity agent-runner and disabled it"],
-    "toolguard enable": [r"enabled identity agent-runner"],
+    "toolguard revoke --task": [r"revoked"],
+    "toolguard revoke --identity": [r"revoked .*agent-runner.*disabled"],
+    "toolguard enable": [r"enabled .*agent-runner"],
 }
+# Exit codes other than 0 that a command of the tour may give. The tour's task has ended (its
+# credentials are revoked already), so revoking it again may be reported as such.
+ALSO_OK: dict[str, set[int]] = {"toolguard revoke --task": {1}}
 # What must not appear (stdout or stderr): verify finds the config, so it checks signatures.
 REFUSE: dict[str, list[str]] = {"toolguard audit verify": [r"no public keys"]}
 
@@ -142,7 +145,8 @@ def test_the_readme_tour_runs_top_to_bottom(tmp_path: Path) -> None:
                 timeout=120,
             )
             where = f"README.md:{block.line}: {command}\n{result.stdout}\n{result.stderr}"
-            assert result.returncode == 0, where
+            allowed = {0}.union(*(v for k, v in ALSO_OK.items() if command.startswith(k)))
+            assert result.returncode in allowed, where
             assert "Traceback" not in result.stderr, where
             expected = next((v for k, v in EXPECT.items() if command.startswith(k)), None)
             assert expected is not None, f"no expectations for {command!r}; add them to EXPECT"
@@ -332,3 +336,32 @@ def test_no_config_anywhere_keeps_the_old_defaults(
     monkeypatch.chdir(tmp_path)
     code, output = _invoke(["audit", "tasks"], "")
     assert code == 2 and ".toolguard/audit.db" in output
+
+
+# -- docs/credentials.md, the page the tour sends a newcomer to next ---------------------------
+
+CREDENTIALS_MD = ROOT / "docs" / "credentials.md"
+RUNNABLE_SECTIONS = ("## The credential of a call", "## External token brokers")
+
+
+def test_the_credentials_page_examples_run_in_the_tour_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sections on claims, keys and the verifier run, in order, in the tour's folder."""
+    text = CREDENTIALS_MD.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start, end = (lines.index(heading) for heading in RUNNABLE_SECTIONS)
+    blocks = [
+        b for b in parse(text) if start < b.line <= end and b.language == "python" and not b.skip
+    ]
+    assert len(blocks) == 3
+    config = next(b for b in tour_blocks() if b.file == "toolguard.yaml")
+    (tmp_path / "toolguard.yaml").write_text(config.code, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__credentials_md__"}
+    for block in blocks:
+        exec(compile(block.code, f"docs/credentials.md:{block.line}", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["credential was revoked: task revoked: task ended (ok)"] * 2
+    for heading in ("## Signing keys and rotation", "## The verifier"):
+        assert heading in lines
