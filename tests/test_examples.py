@@ -244,3 +244,21 @@ def test_quickstart_model_script_quotes_the_denial() -> None:
     assert turns[2].tool_calls[0]["args"]["value"] == "THE INPUT [plain]"
     assert not final.tool_calls
     assert 'refused: "Denied by toolguard: no"' in str(final.content)
+
+
+def test_readme_shows_the_lines_make_demo_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's "see it again" block is what `make demo` (run from the checkout) prints."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from test_readme import parse
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    readme = parse((ROOT / "README.md").read_text(encoding="utf-8"))
+    block = next(b for b in readme if b.language == "sh" and ".venv/bin/activate" in b.code)
+    shown = [re.sub(r"\s+#\s.*$", "", line).strip() for line in block.code.splitlines()]
+    monkeypatch.chdir(ROOT)
+    printed = [re.sub(r"\s+#\s.*$", "", line) for line in _module().see_again(
+        _module().DEFAULT_WORKDIR, "TASK_ID"
+    )]  # fmt: skip
+    assert shown[0] == ". .venv/bin/activate"
+    assert shown[1:] == [line for line in printed if not line.startswith(". ")][: len(shown) - 1]
