@@ -153,14 +153,17 @@ def test_the_license_is_an_spdx_expression(distribution: str) -> None:
 def test_the_wheels_carry_the_license_expression_and_build_without_warnings(
     tmp_path: Path,
 ) -> None:
-    for distribution, (project, _) in PROJECTS.items():
-        if project == ROOT:
-            source = tmp_path / distribution
-            source.mkdir()
-            for name in ("pyproject.toml", "README.md"):
-                shutil.copy(ROOT / name, source / name)
-            shutil.copytree(ROOT / "toolguard", source / "toolguard")
-            project = source
+    for distribution, (project, packages) in PROJECTS.items():
+        source = tmp_path / distribution  # a copy: the build leaves build/ and egg-info behind
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            if (project / name).exists():
+                shutil.copy(project / name, source / name)
+        for package in packages:
+            shutil.copytree(
+                project / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        project = source
         build = subprocess.run(
             [sys.executable, "-m", "pip", "wheel", str(project), "--no-deps", "-v",
              "--no-build-isolation", "--no-index", "-w", str(tmp_path / "dist" / distribution)],
