@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/star
 
 venv: $(STAMP)
 
+# The demo's folder: its config (toolguard.yaml), signing key and audit trail; git ignores it.
+WORKDIR ?= .toolguard/demo
+
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(PY) examples/quickstart.py --workdir "$(WORKDIR)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -2,7 +2,13 @@
 
 Offline and repeatable: the chat model is scripted (no network, no API key), and the key-value
 service is a real HTTP server on loopback (``kv_service.py``) that verifies every call's
-credential. The audit database and the signing key live in a fresh directory per run.
+credential.
+
+Its files live in one folder, ``.toolguard/demo`` in the checkout unless ``--workdir`` (or
+``make demo WORKDIR=...``) says otherwise: the config it ran with (``toolguard.yaml``, a copy
+of ``quickstart.yaml``), the signing key (created once, kept) and the audit trail (a fresh one
+each run). The ``toolguard`` command finds ``./toolguard.yaml``, so after ``cd`` into that
+folder every command of the README's tour works on the demo's trail.
 
 What it shows, in order:
 
@@ -12,7 +18,7 @@ What it shows, in order:
 3. the task ending and its credentials revoked;
 4. a credential captured during the task (by this example only) replayed after it: the service
    answers 401, revoked;
-5. the task's audit timeline, printed by toolguard's viewer.
+5. the task's audit timeline, printed by toolguard's viewer, and the commands to see it again.
 
 Run it with ``make demo`` or ``python examples/quickstart.py [--workdir DIR]``.
 """
@@ -20,8 +26,10 @@ Run it with ``make demo`` or ``python examples/quickstart.py [--workdir DIR]``.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,9 @@ import toolguard as tg
 from toolguard.viewer import Viewer
 
 HERE = Path(__file__).resolve().parent
+DEFAULT_WORKDIR = HERE.parent / ".toolguard" / "demo"  # in the checkout; git ignores .toolguard/
+CONFIG_NAME = "toolguard.yaml"  # the name the toolguard command looks for in the current folder
+CONFIG_HEADER = "# Written by examples/quickstart.py (make demo) from examples/quickstart.yaml.\n"
 sys.path.insert(0, str(HERE))  # kv_service.py sits next to this file
 
 from kv_service import serve  # noqa: E402
@@ -137,6 +148,66 @@ def make_tools(client: httpx.Client, captured: list[str]) -> list[BaseTool]:
 # -- the run ------------------------------------------------------------------------------------
 
 
+def prepare(workdir: Path) -> Path:
+    """Make ``workdir`` the demo's folder: its config, its key (kept) and a fresh trail.
+
+    Returns the config's path. Refuses a folder with files the demo did not write.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / CONFIG_NAME
+    ours = config_path.is_file() and config_path.read_text(encoding="utf-8").startswith(
+        CONFIG_HEADER
+    )
+    if not ours and any(workdir.iterdir()):
+        raise SystemExit(
+            f"{workdir} is not empty and is not a folder of this demo; pick a new or empty "
+            "folder with --workdir (make demo WORKDIR=...)"
+        )
+    config_path.write_text(
+        CONFIG_HEADER + (HERE / "quickstart.yaml").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    config = tg.load_config(config_path)
+    store = config.store_path
+    for path in (store, *(Path(f"{store}{s}") for s in ("-wal", "-shm", "-journal"))):
+        path.unlink(missing_ok=True)  # each run starts from a fresh trail; the key is kept
+    config.checkpoints_path.unlink(missing_ok=True)
+    return config_path
+
+
+def see_again(workdir: Path, task_id: str) -> list[str]:
+    """Shell lines that show the run again, as printed: get ``toolguard``, go to the folder."""
+    lines: list[str] = []
+    bin_dir = Path(sys.executable).parent
+    installed = bin_dir / "toolguard"
+    on_path = shutil.which("toolguard")
+    if installed.exists() and (on_path is None or Path(on_path).parent != bin_dir):
+        activate = bin_dir / "activate"
+        if activate.exists():
+            lines.append(f". {_shown(activate)}    # puts the toolguard command on your PATH")
+        else:
+            lines.append(f'export PATH="{bin_dir}:$PATH"    # the toolguard command')
+    elif on_path is None:
+        lines.append("pip install ./ ./integrations/langchain    # the toolguard command")
+    lines += [
+        f"cd {_shown(workdir)}    # toolguard finds ./{CONFIG_NAME}, this run's config",
+        f"toolguard audit show {task_id}",
+        "toolguard audit tasks",
+        "toolguard audit export --format html -o report.html",
+    ]
+    return lines
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it, quoted for a shell."""
+    try:
+        text = os.path.relpath(path.resolve())
+    except ValueError:  # pragma: no cover - another drive on Windows
+        text = str(path.resolve())
+    if text.startswith(".."):
+        text = str(path.resolve())
+    return shlex.quote(text)
+
+
 def run(workdir: Path, out: Any = None) -> int:
     """Run the whole quickstart with its files in ``workdir``; returns an exit code."""
     out = out or sys.stdout
@@ -144,8 +215,8 @@ def run(workdir: Path, out: Any = None) -> int:
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
 
-    config = tg.load_config(HERE / "quickstart.yaml").model_copy(update={"base_dir": str(workdir)})
-    with tg.Guard(config) as guard:
+    config_path = prepare(workdir)
+    with tg.Guard.from_config(config_path) as guard:
         operations = {name: rule.operation for name, rule in guard.config.tools.items()}
         with serve(
             jwks=guard.keys.jwks(),  # the service gets public keys only
@@ -188,7 +259,10 @@ def run(workdir: Path, out: Any = None) -> int:
         Viewer(file=out).timeline(
             guard.audit.task(task.task_id) or {}, guard.audit.timeline(task.task_id)
         )
-        say(f"\nSee it again: toolguard audit show {task.task_id} --db {guard.config.store_path}")
+        say(f"\nFiles of this run (config, signing key, audit trail): {_shown(workdir)}")
+        say("See it again:")
+        for line in see_again(workdir, task.task_id):
+            say(f"  {line}")
     ok = replay.status_code == 401 and task.status == "ok"
     return 0 if ok else 1
 
@@ -234,12 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir",
         type=Path,
-        help="where the audit database and signing key go (default: a new temporary directory)",
+        default=DEFAULT_WORKDIR,
+        help="the folder of the demo's config, signing key and audit trail (default: "
+        ".toolguard/demo in the checkout); the trail is fresh each run, the key is kept",
     )
     args = parser.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="toolguard-quickstart-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    return run(workdir)
+    return run(args.workdir)
 
 
 if __name__ == "__main__":

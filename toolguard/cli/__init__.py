@@ -6,8 +6,10 @@ One click group, :func:`main`, with shared option decorators (:func:`db_options`
 ``Error: ...`` and exit code 2; findings (``audit verify`` found tampering, ``check`` found
 problems) exit with 1; usage errors exit with 2, as click does.
 
-The database is ``--db PATH``, else the ``store`` of ``--config FILE``, else ``$TOOLGUARD_DB``,
-else ``./.toolguard/audit.db``. Readers open it read-only and never create it.
+The config is ``--config FILE``, else ``$TOOLGUARD_CONFIG``, else ``./toolguard.yaml`` when the
+current folder has one (``--db`` or ``--key-file`` alone turn the search off). The database is
+``--db PATH``, else the config's ``store``, else ``$TOOLGUARD_DB``, else
+``./.toolguard/audit.db``. Readers open it read-only and never create it.
 
 Layout: :mod:`toolguard.cli._base` holds the group, :class:`CliContext`, errors, option
 decorators and shared helpers; :mod:`toolguard.cli.audit` the ``audit`` subcommands;

@@ -35,6 +35,8 @@ from ..text import printable
 from ..viewer import Viewer
 
 __all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG",
     "DEFAULT_DB",
     "DURATION",
     "EXIT_ERROR",
@@ -46,6 +48,7 @@ __all__ = [
     "When",
     "db_options",
     "filter_options",
+    "find_config",
     "json_option",
     "main",
     "parse_when",
@@ -60,6 +63,10 @@ EXIT_ERROR = 2
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 DEFAULT_DB = Path(".toolguard") / "audit.db"
+DEFAULT_CONFIG = Path("toolguard.yaml")
+"""The config a command finds in the current folder when given no ``--config``."""
+CONFIG_ENV = "TOOLGUARD_CONFIG"
+"""The environment variable naming the config when ``--config`` is not given."""
 
 
 @dataclass
@@ -176,12 +183,12 @@ DURATION = Duration()
 
 
 def _config_option(help_text: str) -> Callable[[_F], _F]:
-    """``--config FILE`` (stored as ``config_path``)."""
+    """``--config FILE`` (stored as ``config_path``); see :func:`find_config` for the default."""
     return click.option(
         "--config",
         "config_path",
         type=click.Path(dir_okay=False, path_type=Path),
-        help=help_text,
+        help=f"{help_text} Default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG} if there is one.",
     )
 
 
@@ -193,7 +200,8 @@ def db_options(f: _F) -> _F:
         "db_path",
         type=click.Path(dir_okay=False, path_type=Path),
         help="The audit database (default: the config's store, else $TOOLGUARD_DB, else "
-        "./.toolguard/audit.db).",
+        "./.toolguard/audit.db). Without --config, only this database is used (no config is "
+        "looked for).",
     )(f)
     return f
 
@@ -238,16 +246,56 @@ def filter_options(*names: str) -> Callable[[_F], _F]:
 # -- opening the database -----------------------------------------------------------------------
 
 
+def find_config(
+    config_path: Path | None, *, cwd: Path | None = None
+) -> tuple[Path | None, str | None]:
+    """The config a command uses, and where it came from: ``--config``, else
+    ``$TOOLGUARD_CONFIG``, else ``./toolguard.yaml`` if the current folder has one, else none.
+
+    The second item is ``"--config"``, ``"$TOOLGUARD_CONFIG"``, ``"./toolguard.yaml"`` or None.
+    Relative paths inside the config (``store``, ``issuer.key_file``) resolve against the
+    config file's folder, wherever it was found.
+    """
+    if config_path is not None:
+        return config_path, "--config"
+    env = os.environ.get(CONFIG_ENV, "").strip()
+    if env:
+        return Path(env), f"${CONFIG_ENV}"
+    found = (cwd or Path.cwd()) / DEFAULT_CONFIG
+    if found.is_file():
+        return (DEFAULT_CONFIG if cwd is None else found), f"./{DEFAULT_CONFIG}"
+    return None, None
+
+
 def _load(config_path: Path | None) -> GuardConfig | None:
+    """The command's config (see :func:`find_config`), validated; None when there is none.
+
+    An explicit ``--db`` or ``--key-file`` without ``--config`` turns the search off: the
+    command then uses exactly the files it was given, not the keys or checkpoints of a config
+    found in the current folder (which may belong to another trail).
+    """
     if config_path is None:
+        ctx = click.get_current_context(silent=True)
+        params = ctx.params if ctx is not None else {}
+        if params.get("db_path") is not None or params.get("key_file") is not None:
+            return None
+    path, origin = find_config(config_path)
+    if path is None:
         return None
     from ..config import load_config  # pydantic only when a config is used
 
-    return load_config(config_path)
+    if origin == f"${CONFIG_ENV}" and not path.exists():
+        raise ConfigError(
+            f"${CONFIG_ENV} names the config file {path}, which does not exist; fix or unset "
+            f"{CONFIG_ENV}, or pass --config",
+            source=str(path),
+        )
+    return load_config(path)
 
 
 def resolve_db(db_path: Path | None, config: GuardConfig | None) -> Path:
-    """``--db``, else the config's store, else ``$TOOLGUARD_DB``, else the default."""
+    """``--db``, else the config's store (the config from ``--config``, ``$TOOLGUARD_CONFIG``
+    or ``./toolguard.yaml``), else ``$TOOLGUARD_DB``, else the default."""
     if db_path is not None:
         return db_path
     if config is not None:
