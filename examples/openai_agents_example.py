@@ -114,8 +114,9 @@ async def main(workdir: str) -> None:
         key=lambda e: (e.correlation_id or "", e.seq),
     ):
         if event.kind in ("request", "denied", "outcome"):
-            print(f"    {event.correlation_id} {event.kind:8} {event.tool} "
-                  f"{event.decision or event.outcome or ''} jti={'yes' if event.jti else '-'}")  # fmt: skip
+            verdict = event.decision or event.outcome or ""
+            jti = "yes" if event.jti else "-"
+            print(f"    {event.correlation_id} {event.kind:8} {event.tool} {verdict} jti={jti}")
 
     print("== run 2: the service crashes; the task still ends and revokes")
     service.fail_on.add("agents:jobs:42:report")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import re
 import threading
 from collections.abc import Mapping
@@ -26,6 +27,8 @@ from toolguard.context import task_var
 from ._run import RunState, run_var
 
 __all__ = ["GuardedRunner"]
+
+log = logging.getLogger("toolguard")
 
 OnDeny = Literal["message", "raise"]
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -98,7 +101,7 @@ class GuardedRunner:
         try:
             result = await Runner.run(starting_agent, input, **kwargs)
         except BaseException as exc:
-            self._end(state, exc)
+            self._end_quietly(state, exc)
             error = _unwrap(exc)
             if error is exc:
                 raise
@@ -122,7 +125,7 @@ class GuardedRunner:
         try:
             result = Runner.run_sync(starting_agent, input, **kwargs)
         except BaseException as exc:
-            self._end(state, exc)
+            self._end_quietly(state, exc)
             error = _unwrap(exc)
             if error is exc:
                 raise
@@ -151,7 +154,7 @@ class GuardedRunner:
         try:
             result = Runner.run_streamed(starting_agent, input, **kwargs)
         except BaseException as exc:
-            self._end(state, exc)
+            self._end_quietly(state, exc)
             raise
         finally:
             _leave(tokens)
@@ -162,9 +165,12 @@ class GuardedRunner:
 
         def done(task: asyncio.Task[Any]) -> None:
             if task.cancelled():
-                self._end(state, asyncio.CancelledError())
+                self._end_quietly(state, asyncio.CancelledError())
             else:
-                self._end(state, task.exception() or result.run_loop_exception, result)
+                # the SDK keeps a streamed run's error (MaxTurnsExceeded, a guardrail, a tool's
+                # UserError) for stream_events() to raise: the loop's task itself succeeds
+                error = task.exception() or getattr(result, "_stored_exception", None)
+                self._end_quietly(state, error, result)
 
         loop_task.add_done_callback(done)
         return result
@@ -221,6 +227,15 @@ class GuardedRunner:
         else:
             error = _unwrap(exc)
             _end_sessions(state, "error", f"the agent run raised {type(error).__name__}")
+
+    def _end_quietly(self, state: RunState, exc: BaseException | None, result: Any = None) -> None:
+        """:meth:`_end` where an error is already on its way (or nobody could catch one): a
+        failure to record the end is logged, not raised over the run's own error. The
+        credentials are revoked in memory all the same, and no task outlives its ttl."""
+        try:
+            self._end(state, exc, result)
+        except ToolGuardError as failure:
+            log.warning("toolguard: could not record the end of the agent run's task: %s", failure)
 
     def _resolve(
         self,
