@@ -845,3 +845,60 @@ def test_the_docs_section_runs(
             namespace["guard"].close()
     out = capsys.readouterr().out
     assert "Denied by toolguard" in out
+
+
+def test_a_guarded_run_inside_a_guarded_tool_is_delegated_from_the_callers_task(
+    guard: tg.Guard,
+) -> None:
+    inner_kv = Kv()
+    inner_tools = guard_tools(inner_kv.tools, guard)
+    sub_runner = GuardedRunner(guard, "summarise-job")  # job_id comes from the parent task
+
+    @function_tool
+    async def kv_get(key: str) -> str:
+        """Ask a sub-agent to read the key."""
+        sub = _agent(
+            inner_tools, [[_get("sub-1", key)], [_set("sub-2", key)], [assistant_message("read")]]
+        )
+        return str((await sub_runner.run(sub, "read it")).final_output)
+
+    outer = _agent(
+        guard_tools([kv_get], guard), [[_get("c1", "agents:jobs:42:x")], [assistant_message("ok")]]
+    )
+    asyncio.run(GuardedRunner(guard, "process-job", params=JOB).run(outer, "go"))
+
+    parent, child = _tasks(guard)
+    assert (parent["intent"], child["intent"]) == ("process-job", "summarise-job")
+    assert child["parent_id"] == parent["task_id"] and child["status"] == "ok"
+    claims = inner_kv.credentials["agents:jobs:42:x"].claims
+    assert claims["sub"] == "summariser" and claims["act"]["task_id"] == parent["task_id"]
+    assert inner_kv.data == {}  # kv_set is outside summarise-job
+    (denied,) = _events(guard, "denied")
+    assert denied.correlation_id == "sub-2" and denied.task_id == child["task_id"]
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_package(tmp_path: Path) -> None:
+    import shutil
+    import zipfile
+
+    project = ROOT / "integrations" / "openai-agents"
+    source = tmp_path / "src"
+    shutil.copytree(
+        project, source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
+         "--no-build-isolation", "--no-index", "-q", "-w", str(tmp_path / "dist")],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+    on_disk = {
+        p.relative_to(project).as_posix()
+        for p in (project / "toolguard_openai_agents").rglob("*.py")
+    }
+    assert on_disk <= names and "toolguard_openai_agents/py.typed" in names
+    assert "Requires-Dist: openai-agents<1,>=0.24" in metadata
