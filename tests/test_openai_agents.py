@@ -354,6 +354,8 @@ def test_an_audit_error_always_raises_and_nothing_runs(
     with pytest.raises(tg.AuditError, match="nothing ran"):
         asyncio.run(_run_with_store_locked(guard, runner, agent))
     assert kv.data == {} and kv.credentials == {}
+    model: Any = agent.model
+    assert len(model.calls) == 1  # the run stopped at the call: the model never read a result
 
 
 async def _run_with_store_locked(guard: tg.Guard, runner: GuardedRunner, agent: Any) -> Any:
