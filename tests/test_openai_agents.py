@@ -201,6 +201,24 @@ def test_plain_functions_are_made_function_tools(guard: tg.Guard) -> None:
     assert _outputs(result) == {"c1": "read agents:jobs:42:x as agent-runner"}
 
 
+def test_the_rule_checked_is_the_guarded_tools_own_even_when_renamed(guard: tg.Guard) -> None:
+    kv = Kv()
+    renamed = copy.copy(guard_tools(kv.kv_set, guard))
+    renamed.name = "kv_get"  # a read rule must not cover the write this body does
+    agent = _agent(
+        [renamed],
+        [
+            [function_call("kv_get", {"key": "agents:context:x", "value": "v"}, call_id="c1")],
+            [assistant_message("ok")],
+        ],
+    )
+    result = GuardedRunner(guard, "process-job", params=JOB).run_sync(agent, "go")
+    assert _outputs(result)["c1"].startswith("Denied by toolguard: write on 'agents:context:x'")
+    assert kv.data == {}
+    (denied,) = _events(guard, "denied")
+    assert denied.tool == "kv_set"
+
+
 # -- one allowed call, end to end ------------------------------------------------------------
 
 

@@ -114,12 +114,13 @@ class GuardedInvoker:
 
     async def __call__(self, ctx: ToolContext[Any], input: str) -> Any:
         call_id = getattr(ctx, "tool_call_id", None)
-        name = getattr(ctx, "tool_name", None) or self.name
         token = _run.enter_call(ctx)
         try:
             try:
+                # The rule checked is the one of the tool that runs (its name when it was
+                # guarded), never a name the call or a later rename of the tool claims.
                 permit = self.guard.authorize(
-                    name, _arguments(input), correlation_id=call_id or None
+                    self.name, _arguments(input), correlation_id=call_id or None
                 )
             except AuditError:
                 raise
