@@ -634,6 +634,11 @@ def test_the_callers_run_hooks_still_run(guard: tg.Guard) -> None:
     )
     GuardedRunner(guard, "process-job", params=JOB).run_sync(agent, "go", hooks=Hooks())
     assert seen == ["tool:kv_set", "handoff:helper"]
+    from agents import AgentHooks
+
+    with pytest.raises(TypeError, match="hooks= must be RunHooks"):
+        GuardedRunner(guard, "process-job", params=JOB).run_sync(agent, "go", hooks=AgentHooks())
+    assert all(t["status"] == "ok" for t in _tasks(guard))  # no task left behind
 
 
 # -- handoffs are delegations ----------------------------------------------------------------
@@ -750,6 +755,8 @@ def test_a_wider_handoff_is_refused(
         e for e in _events(guard, "denied") if e.rule == "intents.read-everything.delegation"
     ]
     assert len(refusal) == 1
+    later = [e for e in _events(guard, "denied") if e.correlation_id == "a1"]
+    assert [e.rule for e in later] == (["task.active"] if on_deny == "message" else [])
     (root,) = _tasks(guard)
     assert root["status"] == ("error" if on_deny == "raise" else "ok")
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from agents import Agent, RunHooks, Runner
+from agents.lifecycle import RunHooksBase
 from agents.result import RunResult, RunResultStreaming
 
 from toolguard import AuditError, ConfigError, Guard, PolicyDenied, TaskSession, ToolGuardError
@@ -192,6 +193,12 @@ class GuardedRunner:
             _end_sessions(state, "abandoned", reason)
 
     def _start(self, params: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> RunState:
+        hooks = kwargs.get("hooks")
+        if hooks is not None and not isinstance(hooks, RunHooksBase):  # before any task starts
+            raise TypeError(
+                f"hooks= must be RunHooks (agent-scoped AgentHooks go on the Agent); got "
+                f"{type(hooks).__name__}"
+            )
         values = {**self.params, **dict(params or {})}
         context = kwargs.get("context")
         parent = task_var.get()
