@@ -13,7 +13,9 @@ time against ``K`` (``K = 1`` and ``K = KMAX``) separates
 Variants: ``bare`` (unguarded tools, ``Runner.run``), ``guarded`` (``guard_tools`` +
 ``GuardedRunner``), ``guarded_task`` (``guard_tools`` with ``Runner.run`` inside
 ``async with guard.task(...)``: no handoff hooks). Every reported number is the median over
-rounds of that round's estimate.
+rounds of that round's estimate; ``toolguard_own_work_per_call_us`` is ``authorize`` + ``finish``
+alone (the check, the audit transaction, the credential), and ``load_average`` says how busy
+the machine was (the numbers are only as quiet as it).
 
 Run: ``python benchmarks/bench_openai_agents.py [--rounds 15] [--runs 5] [--kmax 10]
 [--out PATH]`` (needs ``toolguard-openai-agents`` installed).
@@ -68,8 +70,7 @@ def kv_get(key: str) -> str:
 
 def _steps(k: int) -> list[Any]:
     calls = [
-        [function_call("kv_get", {"key": f"agents:jobs:42:{i}"}, call_id=f"c{i}")]
-        for i in range(k)
+        [function_call("kv_get", {"key": f"agents:jobs:42:{i}"}, call_id=f"c{i}")] for i in range(k)
     ]
     return [*calls, [assistant_message("done")]]
 
@@ -123,6 +124,15 @@ async def main(rounds: int, runs: int, kmax: int) -> dict[str, Any]:
             slope = (many - one) / (kmax - 1)
             slopes[name].append(slope)
             intercepts[name].append(one - slope)
+    own = []  # toolguard's own work per call: authorize + finish, outside any framework
+    async with guard.task("process-job", job_id="42"):
+        for i in range(rounds * 20):
+            start = time.perf_counter()
+            permit = guard.authorize(
+                "kv_get", {"key": f"agents:jobs:42:{i}"}, correlation_id=f"o{i}"
+            )
+            guard.finish(permit)
+            own.append(time.perf_counter() - start)
     guard.close()
     med = {n: statistics.median(v) * 1e6 for n, v in slopes.items()}
     inter = {n: statistics.median(v) * 1e6 for n, v in intercepts.items()}
@@ -139,6 +149,8 @@ async def main(rounds: int, runs: int, kmax: int) -> dict[str, Any]:
         "per_run_us": {n: round(v, 1) for n, v in inter.items()},
         "overhead_per_call_us": {n: round(v, 1) for n, v in over.items()},
         "overhead_per_call_ratio": {n: round(v / med["bare"], 3) for n, v in over.items()},
+        "toolguard_own_work_per_call_us": round(statistics.median(own) * 1e6, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 
