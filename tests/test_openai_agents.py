@@ -929,3 +929,43 @@ def test_the_wheel_holds_the_package(tmp_path: Path) -> None:
     }
     assert on_disk <= names and "toolguard_openai_agents/py.typed" in names
     assert "Requires-Dist: openai-agents<1,>=0.24" in metadata
+
+
+def test_the_trail_looks_the_same_as_for_a_langchain_guarded_tool(
+    make_guard: Callable[..., tg.Guard], clock: Any
+) -> None:
+    from langchain_core.tools import tool as lc_tool
+
+    def shape(guard: tg.Guard) -> list[tuple[Any, ...]]:
+        return [
+            (e.kind, e.tool, e.operation, e.resources, e.decision, e.outcome, e.rule,
+             e.correlation_id, e.identity, e.intent, bool(e.jti), e.args)
+            for e in guard.audit.events()
+            if e.kind in ("request", "outcome", "denied")
+        ]  # fmt: skip
+
+    openai_guard, langchain_guard = make_guard(clock=clock), make_guard(clock=clock)
+    kv = Kv()
+    agent = _agent(
+        guard_tools([kv.kv_get], openai_guard),
+        [
+            [_get("c1", "agents:jobs:42:x"), _get("c2", "agents:jobs:7:x")],
+            [assistant_message("ok")],
+        ],
+    )
+    GuardedRunner(openai_guard, "process-job", params=JOB).run_sync(agent, "go")
+
+    @lc_tool
+    def kv_get(key: str) -> str:
+        """Read the value stored under a key."""
+        return ""
+
+    guarded = tg.guard(kv_get, langchain_guard)
+    with langchain_guard.task("process-job", job_id="42"):
+        for call_id, key in (("c1", "agents:jobs:42:x"), ("c2", "agents:jobs:7:x")):
+            guarded.invoke(
+                {"type": "tool_call", "id": call_id, "name": "kv_get", "args": {"key": key}}
+            )
+
+    assert sorted(shape(openai_guard), key=str) == sorted(shape(langchain_guard), key=str)
+    assert {e[0] for e in shape(openai_guard)} == {"request", "outcome", "denied"}
