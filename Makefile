@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-fast check bench venv clean
 
-$(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/starlette/pyproject.toml
+$(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/starlette/pyproject.toml \
+          integrations/openai-agents/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -e ".[dev]" -e integrations/langchain -e integrations/starlette
+	$(PY) -m pip install --quiet -e ".[dev]" -e integrations/langchain -e integrations/starlette \
+		-e integrations/openai-agents
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,7 +31,8 @@ test-fast: $(STAMP)
 check: $(STAMP)
 	$(PY) -m ruff check toolguard integrations tests examples benchmarks
 	$(PY) -m ruff format --check toolguard integrations
-	$(PY) -m mypy --strict toolguard integrations/langchain/toolguard_langchain integrations/starlette/toolguard_starlette
+	$(PY) -m mypy --strict toolguard integrations/langchain/toolguard_langchain integrations/starlette/toolguard_starlette \
+		integrations/openai-agents/toolguard_openai_agents
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_overhead.py
