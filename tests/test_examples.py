@@ -124,6 +124,7 @@ def test_quickstart_trail_verifies_and_holds_no_token(
         if path.is_file() and not path.name.endswith(".pem"):
             assert TOKEN_PREFIX not in path.read_bytes(), path.name
     assert sorted(p.name for p in workdir.iterdir()) == [
+        "args-hmac.key",
         "audit.db",
         "audit.db.checkpoints",
         "signing-key.pem",

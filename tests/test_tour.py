@@ -203,6 +203,15 @@ DISCOVERING = {
     "keys jwks": ["keys", "jwks"],
     "keys rotate": ["keys", "rotate", "--keep", "1h"],
     "keys create": ["keys", "create"],
+    # nothing to acknowledge (exit 2), said of the config's trail: it found the config
+    "audit acknowledge": ["audit", "acknowledge", "--truncated", "--by", "me", "--reason", "t"],
+    # event 1 is the task start, with no arguments to match (exit 2), found in the config's trail
+    "audit match-args": ["audit", "match-args", "1", "--args", "{}"],
+}
+# Commands above that end with exit 2 on this trail, and what they must say about it.
+REFUSING = {
+    "audit acknowledge": "nothing to acknowledge: the trail",
+    "audit match-args": "seq 1",
 }
 
 
@@ -265,7 +274,11 @@ def test_a_command_finds_toolguard_yaml_in_the_current_folder(
     if name == "keys create":  # creating needs no key yet: the config's path is the target
         (folder / "keys" / "signing.pem").unlink()
     code, output = _invoke(DISCOVERING[name], task_id)
-    assert code == 0, output
+    if name in REFUSING:
+        assert code == 2 and REFUSING[name] in output, output
+        assert "trail.db" in output or name == "audit match-args", output
+    else:
+        assert code == 0, output
     assert "no public keys" not in output  # verify and prune got the config's key
     assert not (folder / ".toolguard").exists()  # nothing went to the CLI's default place
     if name == "keys create":
