@@ -663,6 +663,8 @@ def test_cli_revoke_identity_disable_and_enable(
         guard.task("process-job", job_id="2").start()
     out = _ok(run("enable", "agent-runner", *where)).stdout
     assert out == "enabled identity agent-runner\n"
+    again = _ok(run("enable", "agent-runner", *where)).stdout
+    assert again == "identity agent-runner is not disabled; nothing to enable\n"
     with guard.task("process-job", job_id="3") as task:
         assert task.status == "active"
     revoke = guard.audit.events(kind="revoke")[-1]
@@ -677,8 +679,8 @@ def test_cli_revoke_task_by_prefix_ends_it(
     with guard.task("process-job", job_id="42") as task:
         out = _ok(run("revoke", "--task", task.task_id[:10], "--db", str(db))).stdout
         assert out.splitlines() == [
-            f"revoked task {task.task_id}",
-            f"ended 1 active task(s): {task.task_id}",
+            f"revoked task {task.task_id}: 0 live credentials, 1 task",
+            f"ended: {task.task_id}",
         ]
         reply = get.invoke({"key": JOB})
         assert "Denied by toolguard: the task was revoked" in reply
@@ -691,6 +693,8 @@ def test_cli_revoke_jti(run: Run, guard: tg.Guard, db: Path) -> None:
     jti = permit.credential.jti
     doc = json.loads(_ok(run("revoke", "--jti", jti, "--db", str(db), "--json")).stdout)
     assert doc["revoked"] == {"jti": jti}
+    assert doc["live_credentials"] == 0  # its task had ended: already revoked
+    assert doc["already_revoked"] is True
     verifier = guard.verifier()
     with pytest.raises(tg.CredentialRevoked):
         verifier.verify(permit.credential.token, operation="read", resource=JOB)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # every name is imported on first use, see __getattr__
     from .context import carry_task, current_credential, current_task, report_cost
     from .credentials import Credential, Issuer, Verifier
     from .engine import Guard
+    from .incident import Enablement, Revocation
     from .errors import (
         AuditError,
         BudgetExceeded,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # every name is imported on first use, see __getattr__
         PolicyDenied,
         ScopeMismatch,
         ToolGuardError,
+        UnknownTarget,
     )
     from .httpauth import CredentialAuth
     from .integrity import VerifyReport
@@ -60,6 +62,8 @@ __all__ = [
     "Verifier",
     # Audit trail
     "AuditEvent",
+    "Enablement",
+    "Revocation",
     "AuditLog",
     "VerifyReport",
     # Errors
@@ -74,6 +78,7 @@ __all__ = [
     "PolicyDenied",
     "ScopeMismatch",
     "ToolGuardError",
+    "UnknownTarget",
 ]
 
 _LAZY = {
@@ -101,6 +106,8 @@ _LAZY = {
     "Verifier": "credentials",
     # Audit trail
     "AuditEvent": "audit",
+    "Enablement": "incident",
+    "Revocation": "incident",
     "AuditLog": "audit",
     "VerifyReport": "integrity",
     # Errors
@@ -117,6 +124,7 @@ _LAZY = {
             "PolicyDenied",
             "ScopeMismatch",
             "ToolGuardError",
+            "UnknownTarget",
         ],
         "errors",
     ),
