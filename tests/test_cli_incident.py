@@ -77,7 +77,8 @@ Run = Callable[..., Result]
 @pytest.fixture
 def run(clock: Clock) -> Run:
     def invoke(*args: str) -> Result:
-        return CliRunner().invoke(main, list(args), obj=CliContext(clock=clock))
+        context = CliContext(clock=clock, sleep=lambda s: None, max_polls=1)  # never waits
+        return CliRunner().invoke(main, list(args), obj=context)
 
     return invoke
 
@@ -398,3 +399,186 @@ def test_exact_ids_shorter_than_a_prefix_are_accepted(
     with guard.task("process-job", job_id="42") as task:
         _read(guard, task)
         assert guard.revoke(jti="j0").live_credentials == ("j0",)
+
+
+# -- the incident path, CLI edges (issue 12) ------------------------------------------------
+
+ANSI = "\x1b["
+
+
+def _denied(guard: tg.Guard, task: tg.TaskSession, key: str) -> None:
+    reply = task.carry(tg.guard(kv_get, guard).invoke)({"key": key})
+    assert "Denied by toolguard" in reply
+
+
+@pytest.mark.parametrize("fmt", ["html", "csv"])
+def test_export_refuses_json_with_another_format(
+    run: Run, guard: tg.Guard, db: Path, tmp_path: Path, fmt: str
+) -> None:
+    report = tmp_path / "report.html"
+    result = run("audit", "export", "--format", fmt, "-o", str(report), "--json", "--db", str(db))
+    assert result.exit_code == EXIT_ERROR
+    assert f"--json means --format json; it cannot go with --format {fmt}" in result.stderr
+    assert not report.exists()
+    # --json alone, or with --format json, is JSON lines
+    for extra in ([], ["--format", "json"]):
+        out = _ok(run("audit", "export", "--json", *extra, "--db", str(db))).stdout
+        assert all(json.loads(line)["seq"] for line in out.splitlines())
+
+
+def test_csv_keeps_identifiers_exact_and_escapes_free_text(
+    run: Run, guard: tg.Guard, db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("toolguard.engine.new_jti", lambda: "-p3sXYZabc_defghijklmno")
+    with guard.task("process-job", job_id="42") as task:
+        _read(guard, task)
+        with pytest.raises(tg.PolicyDenied):
+            task.carry(guard.authorize)("=cmd|' /C calc'!A0", {"key": "-2+3"})
+        with pytest.raises(tg.PolicyDenied):
+            task.carry(guard.authorize)("kv_get", {"key": "-2+3"}, correlation_id="=1+2")
+    out = _ok(run("audit", "export", "--format", "csv", "--db", str(db))).stdout
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(out)))
+    request = next(r for r in rows if r["kind"] == "request")
+    assert request["jti"] == "-p3sXYZabc_defghijklmno"  # an identifier: exactly as stored
+    denials = [r for r in rows if r["kind"] == "denied"]
+    assert denials[0]["tool"] == "'=cmd|' /C calc'!A0"  # model-written free text: escaped
+    assert denials[1]["correlation_id"] == "'=1+2"  # an id column with formula text: escaped
+    assert denials[1]["resources"] == '["-2+3"]'  # JSON text starts with [: no formula
+    free = _csv_free_text()
+    assert free == {"tool", "resources", "reason", "args", "error"}
+
+
+def _csv_free_text() -> set[str]:
+    from toolguard.export import _CSV_FREE_TEXT, _csv_cell
+
+    assert _csv_cell("reason", "=cmd") == "'=cmd"
+    assert _csv_cell("tool", "-x") == "'-x"
+    assert _csv_cell("jti", "-p3s") == "-p3s"
+    assert _csv_cell("identity", "-ops") == "-ops"
+    assert _csv_cell("identity", "@ops") == "'@ops"  # '@' is no identifier character
+    assert _csv_cell("identity", "=A1+1") == "'=A1+1"
+    assert _csv_cell("cost", -1.5) == -1.5
+    return set(_CSV_FREE_TEXT)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(
+            ["audit", "tasks", "--status", "bogus"], "'bogus' is not a status", id="status"
+        ),
+        pytest.param(["audit", "tail", "--kind", "bogus"], "'bogus' is not a kind", id="kind"),
+        pytest.param(["audit", "tail", "-f", "--kind", "reqest"], "'reqest' is not a kind", id="f"),
+    ],
+)
+def test_status_and_kind_values_are_validated(
+    run: Run, guard: tg.Guard, db: Path, args: list[str], message: str
+) -> None:
+    result = run(*args, "--db", str(db))
+    assert result.exit_code == EXIT_ERROR
+    assert message in result.stderr and "one of: " in result.stderr
+
+
+def test_status_and_kind_found_in_the_trail_are_accepted(
+    run: Run, guard: tg.Guard, db: Path
+) -> None:
+    task = guard.task("process-job", job_id="42").start()
+    task.end("handed-over")
+    out = _ok(run("audit", "tasks", "--status", "handed-over", "--db", str(db), "--json")).stdout
+    assert [json.loads(line)["task_id"] for line in out.splitlines()] == [task.task_id]
+    assert _ok(run("audit", "tasks", "--status", "revoked", "--db", str(db))).stdout
+    assert _ok(run("audit", "tail", "--kind", "task_end", "--db", str(db))).stdout
+
+
+def test_no_color_works_after_the_subcommand(run: Run, guard: tg.Guard, db: Path) -> None:
+    with guard.task("process-job", job_id="42") as task:
+        _denied(guard, task, "agents:jobs:43:input")
+    assert ANSI in _ok(run("--color", "audit", "denied", "--db", str(db))).stdout
+    assert ANSI in _ok(run("audit", "denied", "--db", str(db), "--color")).stdout
+    plain = _ok(run("--color", "audit", "denied", "--db", str(db), "--no-color")).stdout
+    assert ANSI not in plain and "DENIED" in plain
+    assert "--no-color" in _ok(run("revoke", "--help")).stdout
+
+
+def test_limit_0_means_no_limit_everywhere(run: Run, guard: tg.Guard, db: Path) -> None:
+    with guard.task("process-job", job_id="42") as task:
+        for n in range(3):
+            _denied(guard, task, f"agents:jobs:4{n + 3}:input")
+    count = {
+        limit: len(
+            _ok(
+                run("audit", "denied", "--limit", limit, "--db", str(db), "--json")
+            ).stdout.splitlines()
+        )
+        for limit in ("1", "0")
+    }
+    assert count == {"1": 1, "0": 3}
+    tasks = _ok(run("audit", "tasks", "--limit", "0", "--db", str(db), "--json")).stdout
+    assert len(tasks.splitlines()) == 2
+    for command in (["audit", "tasks"], ["audit", "denied"], ["audit", "export"]):
+        assert "0: no limit" in " ".join(_ok(run(*command, "--help")).stdout.split())
+
+
+def test_the_json_key_for_denials_is_denials_everywhere(
+    run: Run, guard: tg.Guard, db: Path, config_file: Path
+) -> None:
+    with guard.task("process-job", job_id="42") as task:
+        _denied(guard, task, "agents:jobs:43:input")
+    tasks = [
+        json.loads(x)
+        for x in _ok(run("audit", "tasks", "--db", str(db), "--json")).stdout.splitlines()
+    ]
+    assert all("denials" in t and "denied" not in t for t in tasks)
+    assert sorted(t["denials"] for t in tasks) == [0, 1]
+    show = json.loads(_ok(run("audit", "show", task.task_id, "--db", str(db), "--json")).stdout)
+    assert "denied" not in show["task"]
+    summary = json.loads(_ok(run("audit", "summary", "--db", str(db), "--json")).stdout)
+    assert summary["by_identity"][0]["denials"] == 1
+
+
+def test_plural_forms(run: Run, guard: tg.Guard, db: Path, tmp_path: Path) -> None:
+    with guard.task("summarise-job", job_id="42") as task:
+        task.carry(tg.guard(kv_get, guard).invoke)({"key": JOB})
+    summary = _ok(run("audit", "summary", "--db", str(db), "--by", "tool")).stdout
+    assert "1 call" in summary and "1 calls" not in summary
+    one = tmp_path / "one.json"
+    config = make_config(tmp_path)
+    config["identities"] = {"summariser": config["identities"]["summariser"]}
+    config["tools"] = {"kv_get": config["tools"]["kv_get"]}
+    config["intents"] = {"summarise-job": config["intents"]["summarise-job"]}
+    one.write_text(json.dumps(config))
+    assert _ok(run("check", str(one))).stdout == f"ok: {one}: 1 identity, 1 tool, 1 intent\n"
+    out = tmp_path / "one.jsonl"
+    result = _ok(run("audit", "export", "--task", task.task_id, "--decision", "allow",
+                     "-o", str(out), "--db", str(db)))  # fmt: skip
+    assert result.stderr == f"exported 1 event to {out}\n"
+
+
+def test_read_only_commands_never_ask_for_a_writable_database(run: Run, tmp_path: Path) -> None:
+    junk = tmp_path / "notes.db"
+    junk.write_bytes(b"this is not a database at all" * 100)
+    for args in (["audit", "tasks"], ["audit", "verify"], ["audit", "tail"], ["audit", "export"]):
+        result = run(*args, "--db", str(junk))
+        assert result.exit_code == EXIT_ERROR
+        assert result.stderr.startswith(f"Error: {junk} cannot be read as a toolguard audit")
+        assert "writable" not in result.stderr
+
+
+def test_a_missing_db_given_with_db_does_not_say_pass_db(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config_file: Path
+) -> None:
+    missing = tmp_path / "missing.db"
+    given = run("audit", "tasks", "--db", str(missing))
+    assert given.exit_code == EXIT_ERROR
+    assert (
+        given.stderr == f"Error: no audit database at {missing}; check the path given with --db\n"
+    )
+    from_config = run("audit", "tasks", "--config", str(config_file))
+    assert "it is the store of the config" in from_config.stderr
+    monkeypatch.setenv("TOOLGUARD_DB", str(missing))
+    assert "it is $TOOLGUARD_DB" in run("audit", "tasks").stderr
+    for result in (given, from_config):
+        assert "pass --db" not in result.stderr

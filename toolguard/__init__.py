@@ -62,9 +62,9 @@ __all__ = [
     "Verifier",
     # Audit trail
     "AuditEvent",
+    "AuditLog",
     "Enablement",
     "Revocation",
-    "AuditLog",
     "VerifyReport",
     # Errors
     "AuditError",
@@ -106,9 +106,9 @@ _LAZY = {
     "Verifier": "credentials",
     # Audit trail
     "AuditEvent": "audit",
+    "AuditLog": "audit",
     "Enablement": "incident",
     "Revocation": "incident",
-    "AuditLog": "audit",
     "VerifyReport": "integrity",
     # Errors
     **dict.fromkeys(

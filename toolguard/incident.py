@@ -30,6 +30,7 @@ from typing import Any, overload
 from .errors import UnknownTarget
 from .store import Store
 from .store.queries import credential_rows, identity_seen, last_revocation, live_credentials
+from .viewer import plural
 
 __all__ = [
     "MAX_TARGET",
@@ -54,10 +55,6 @@ _SHOWN = 10
 """How many candidates an ambiguous prefix lists."""
 
 _WHAT = {"task": "task", "identity": "identity", "jti": "credential"}
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,11 +114,11 @@ class Revocation(Sequence[str]):
         tasks)``, with ``; disabled it`` and ``(already revoked: ...)`` as they apply."""
         text = (
             f"revoked {_WHAT[self.scope]} {self.target}: "
-            f"{_plural(len(self.live_credentials), 'live credential')}, "
-            f"{_plural(len(self.tasks), 'task')}"
+            f"{plural(len(self.live_credentials), 'live credential')}, "
+            f"{plural(len(self.tasks), 'task')}"
         )
         if self.child_tasks:
-            text += f" (and {_plural(len(self.child_tasks), 'delegated child task')})"
+            text += f" (and {plural(len(self.child_tasks), 'delegated child task')})"
         if self.disabled:
             text += "; disabled it"
         if self.already:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 from ..errors import ConfigError
 from ..keys import KeyRing
-from ..viewer import format_time
+from ..viewer import format_time, plural
 from ._base import (
     _F,
     DURATION,
@@ -316,7 +316,7 @@ def check_cmd(config: Path | None, schema: bool, as_json: bool) -> None:
                 }
             )
         else:
-            viewer.line(f"{config}: {len(problems)} problem(s)", "bold red")
+            viewer.line(f"{config}: {plural(len(problems), 'problem')}", "bold red")
             for loc, msg in problems:
                 viewer.line(f"  {loc or '<root>'}: {msg}", "red")
         click.get_current_context().exit(EXIT_FINDINGS)
@@ -329,6 +329,6 @@ def check_cmd(config: Path | None, schema: bool, as_json: bool) -> None:
         viewer.json({"ok": True, "source": str(config), **counts})
     else:
         viewer.done(
-            f"ok: {config}: {counts['identities']} identities, {counts['tools']} tools, "
-            f"{counts['intents']} intents"
+            f"ok: {config}: {plural(counts['identities'], 'identity')}, "
+            f"{plural(counts['tools'], 'tool')}, {plural(counts['intents'], 'intent')}"
         )

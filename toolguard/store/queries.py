@@ -25,9 +25,11 @@ __all__ = [
     "TASK_FILTERS",
     "Queries",
     "credential_rows",
+    "event_kind_used",
     "identity_seen",
     "last_revocation",
     "live_credentials",
+    "task_status_used",
 ]
 
 EVENT_FILTERS: Mapping[str, str] = {
@@ -415,3 +417,13 @@ def last_revocation(queries: Queries, scope: str, value: str) -> dict[str, Any] 
         [scope, value],
     )
     return rows[0] if rows else None
+
+
+def task_status_used(queries: Queries, status: str) -> bool:
+    """Whether some task has this status (the ``tasks(status)`` index)."""
+    return bool(queries.query("SELECT 1 FROM tasks WHERE status = ? LIMIT 1", [status]))
+
+
+def event_kind_used(queries: Queries, kind: str) -> bool:
+    """Whether some event has this kind (a scan: only for kinds toolguard does not list)."""
+    return bool(queries.query("SELECT 1 FROM events WHERE kind = ? LIMIT 1", [kind]))
