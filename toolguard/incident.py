@@ -37,6 +37,7 @@ __all__ = [
     "MIN_PREFIX",
     "Enablement",
     "Revocation",
+    "clean_target",
     "enable_identity",
     "resolve_identity",
     "resolve_jti",
@@ -175,7 +176,7 @@ class Enablement:
 # -- resolving targets --------------------------------------------------------------------------
 
 
-def _clean(scope: str, given: object) -> str:
+def clean_target(scope: str, given: object) -> str:
     """The given id or name, refused (:class:`UnknownTarget`) unless it is a non-empty
     printable string of at most :data:`MAX_TARGET` characters without surrounding spaces: no
     id toolguard issues or accepts has control, format (bidi) or surrogate characters, and
@@ -233,7 +234,7 @@ def _short(scope: str, given: str) -> UnknownTarget:
 
 def resolve_task(store: Store, given: str) -> str:
     """The full id of a task given by its id or a unique prefix (>= :data:`MIN_PREFIX`)."""
-    given = _clean("task", given)
+    given = clean_target("task", given)
     if store.task_row(given) is not None:
         return given
     if len(given) < MIN_PREFIX:
@@ -245,7 +246,7 @@ def resolve_task(store: Store, given: str) -> str:
 def resolve_jti(store: Store, given: str) -> str:
     """The full id of a credential the store issued, given by its id or a unique prefix
     (>= :data:`MIN_PREFIX`; the viewer prints the first 8 characters)."""
-    given = _clean("jti", given)
+    given = clean_target("jti", given)
     if credential_rows(store, given, limit=1):
         return given
     if len(given) < MIN_PREFIX:
@@ -263,7 +264,7 @@ def resolve_jti(store: Store, given: str) -> str:
 
 def resolve_identity(store: Store, given: str, known: Collection[str] = ()) -> str:
     """An identity's name, exactly, if the config (``known``) or the trail knows it."""
-    given = _clean("identity", given)
+    given = clean_target("identity", given)
     if given in known or identity_seen(store, given):
         return given
     names = sorted(set(known) | set(store.known_identities()))

@@ -140,3 +140,22 @@ def test_every_prefix_of_a_real_id_resolves_to_it_or_is_refused(
     with sqlite3.connect(trail.db) as conn:
         value = conn.execute("SELECT value FROM revocations ORDER BY id DESC LIMIT 1").fetchone()[0]
     assert value == full
+
+
+@SETTINGS
+@given(text=HOSTILE, command=st.sampled_from(["show", "tasks", "tail", "denied", "export"]))
+def test_hostile_task_ids_in_the_viewer_are_a_clean_error(
+    trail: Trail, clock: Clock, text: str, command: str
+) -> None:
+    """``audit show TASK`` and ``--task`` of every listing: an id no task can have (surrogates,
+    U+10FFFF, control characters) is one ``Error:`` line, never a traceback."""
+    assume(not trail.names(text) and not text.startswith("-") and text)
+    args = [command, text] if command == "show" else [command, "--task", text]
+    context = CliContext(clock=clock, sleep=lambda s: None, max_polls=1)
+    result = CliRunner().invoke(main, ["audit", *args, "--db", str(trail.db)], obj=context)
+    if result.exit_code == 0:  # a prefix shorter than 6 characters may resolve for readers
+        assert any(t.startswith(text) for t in trail.task_ids)
+        return
+    assert result.exit_code == EXIT_ERROR, (result.output, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")

@@ -340,8 +340,14 @@ def _config_keys(config: GuardConfig) -> KeyRing:
 
 
 def _resolve_task(log: AuditLog, given: str | None) -> str | None:
+    """The full id of ``--task`` / ``TASK_ID`` (an id or a unique prefix, any length for the
+    readers); text no task id can hold (control, format, surrogate characters) is refused
+    with a clean error before it reaches SQL."""
     if given is None:
         return None
+    from ..incident import clean_target
+
+    given = clean_target("task", given)
     found = log.find_tasks(given)
     if not found:
         raise CliError(
