@@ -96,8 +96,6 @@ def revoke_cmd(
     viewer = obj.viewer()
     with _log(db_path, config):  # refuse a missing or foreign database before writing
         pass
-    if config is not None and identity is not None and identity not in config.identities:
-        viewer.warn(f"warning: identity {identity!r} is not in the config")
     target = {"task_id": task, "identity": identity, "jti": jti}
     if config is not None and db_path is None:
         from ..engine import Guard
@@ -112,6 +110,8 @@ def revoke_cmd(
                 log.store, **target, reason=reason, disable=disable, by="cli", now=obj.clock(),
                 identities=config.identities if config is not None else (),
             )  # fmt: skip
+    if config is not None and identity is not None and identity not in config.identities:
+        viewer.warn(f"warning: identity {identity!r} is not in the config (known from the trail)")
     if as_json:
         viewer.json(result.to_dict())
         return
