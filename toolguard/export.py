@@ -371,8 +371,8 @@ def render_html(report: HtmlReport) -> str:
             + f"</tr></thead><tbody>{rows}</tbody></table>"
         )
     truncated = (
-        f'<p class="muted">Showing the newest {len(report.tasks)} tasks; narrow the filters or '
-        "raise --limit to see more.</p>"
+        f'<p class="muted">Showing the newest {plural(len(report.tasks), "task")}; narrow the '
+        "filters or raise --limit (0: no limit) to see more.</p>"
         if report.truncated
         else ""
     )

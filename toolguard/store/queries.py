@@ -340,11 +340,12 @@ def _span(since: float, until: float | None) -> tuple[str, list[Any]]:
 # ``credentials`` table (it has no jti index; one row per allowed call until pruned).
 
 _LIVE_CREDENTIALS = (
-    "SELECT c.jti AS jti FROM credentials c JOIN tasks t ON t.task_id = c.task_id"
+    "SELECT c.jti AS jti, MIN(c.issued_at) AS issued FROM credentials c"
+    " JOIN tasks t ON t.task_id = c.task_id"
     " WHERE c.jti IS NOT NULL AND c.expires_at > ? AND t.ended_at IS NULL AND ({target})"
     " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.scope = 'jti' AND r.value = c.jti)"
     " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.scope = 'identity'"
-    " AND r.value = c.identity AND r.ts >= c.issued_at) ORDER BY c.issued_at"
+    " AND r.value = c.identity AND r.ts >= c.issued_at) GROUP BY c.jti ORDER BY issued, c.jti"
 )
 _TASK_TREE = (
     "c.task_id IN (WITH RECURSIVE d(id) AS (SELECT ? UNION SELECT x.task_id FROM tasks x"
