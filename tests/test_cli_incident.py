@@ -208,6 +208,16 @@ def test_a_jti_starting_with_a_dash_is_taken_as_the_value(
     assert out.startswith("revoked credential -p3sXYZabc_defghijklmno: 1 live credential")
 
 
+def test_revoke_needs_a_reason(run: Run, guard: tg.Guard, db: Path) -> None:
+    before = _revocations(db)
+    result = run("revoke", "--identity", "agent-runner", "--reason", " ", "--db", str(db))
+    assert result.exit_code == EXIT_ERROR
+    assert "--reason must say why" in result.stderr
+    assert _revocations(db) == before
+    with pytest.raises(ValueError, match="needs a reason"):
+        guard.revoke(identity="agent-runner", reason="")
+
+
 # -- counts ---------------------------------------------------------------------------------
 
 

@@ -91,6 +91,8 @@ def revoke_cmd(
         raise click.UsageError("give exactly one of --task, --identity or --jti")
     if disable and identity is None:
         raise click.UsageError("--disable goes with --identity")
+    if not reason.strip():
+        raise click.UsageError("--reason must say why (it is recorded in the trail)")
     obj = _obj()
     config = _load(config_path)
     viewer = obj.viewer()
