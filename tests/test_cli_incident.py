@@ -308,6 +308,17 @@ def test_revoking_a_revoked_credential_twice(run: Run, guard: tg.Guard, db: Path
     assert doc["already"].startswith("already revoked at ") and doc["already"].endswith(": leaked")
 
 
+def test_an_earlier_reason_is_shown_as_one_printable_line(
+    run: Run, guard: tg.Guard, db: Path
+) -> None:
+    with guard.task("process-job", job_id="42") as task:
+        cred = _read(guard, task)
+        guard.revoke(jti=cred.jti, reason="leaked\u202e\nin a log" + "x" * 500)
+        out = _ok(run("revoke", "--jti", cred.jti, "--db", str(db))).stdout
+    assert out.count("\n") == 1 and "\u202e" not in out
+    assert "already revoked at " in out and ": leaked??in a log" in out and out.endswith("...)\n")
+
+
 # -- identities and enable ------------------------------------------------------------------
 
 

@@ -292,11 +292,11 @@ def _already(store: Store, scope: str, target: str, now: float) -> str | None:
     if scope == "identity":
         last = last_revocation(store, "identity", target)
         if last is not None:
-            return f"already revoked at {_time(last['ts'])}: {last['reason']}"
+            return f"already revoked at {_time(last['ts'])}: {_shown(last['reason'])}"
         return "nothing was live"
     last = last_revocation(store, "jti", target)
     if last is not None:
-        return f"already revoked at {_time(last['ts'])}: {last['reason']}"
+        return f"already revoked at {_time(last['ts'])}: {_shown(last['reason'])}"
     rows = credential_rows(store, target, limit=1)
     if rows:
         row = rows[0]
@@ -309,8 +309,14 @@ def _already(store: Store, scope: str, target: str, now: float) -> str | None:
         ident = last_revocation(store, "identity", str(row.get("identity")))
         if ident is not None and float(ident["ts"]) >= float(row.get("issued_at") or 0):
             at = _time(ident["ts"])
-            return f"already revoked with its identity at {at}: {ident['reason']}"
+            return f"already revoked with its identity at {at}: {_shown(ident['reason'])}"
     return "already revoked"
+
+
+def _shown(text: Any) -> str:
+    """A reason from the trail as one printable line of at most 200 characters."""
+    line = "".join(c if c.isprintable() else "?" for c in str(text or ""))
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _time(ts: Any) -> str:
