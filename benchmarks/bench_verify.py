@@ -37,6 +37,7 @@ from starlette.requests import Request
 from toolguard_starlette import ToolGuardAuth, verifier_from
 
 import toolguard as tg
+from toolguard.audit import revoke as record_revocation
 from toolguard.credentials import new_jti
 
 RESULTS = Path(__file__).resolve().parent / "results" / "verify.json"
@@ -95,13 +96,18 @@ def run_case(tokens: int, rounds: int, revocations: int) -> dict[str, Any]:
         guard.store.open()
         try:
             started = time.perf_counter()
-            for i in range(revocations):  # earlier incidents: other jtis, tasks, identities
-                if i % 3 == 0:
-                    guard.revoke(jti=f"old-jti-{i}", reason="bench")
-                elif i % 3 == 1:
-                    guard.revoke(task_id=f"old-task-{i}", reason="bench")
-                else:
-                    guard.revoke(identity=f"old-identity-{i}", reason="bench")
+            # earlier incidents: other jtis, tasks, identities (the raw writer: guard.revoke
+            # refuses targets the store does not know)
+            for i in range(revocations):
+                old = f"old-{i}"
+                record_revocation(
+                    guard.store,
+                    jti=old if i % 3 == 0 else None,
+                    task_id=old if i % 3 == 1 else None,
+                    identity=old if i % 3 == 2 else None,
+                    reason="bench",
+                    now=time.time(),
+                )
             seed_s = time.perf_counter() - started
             now = time.time()
             minted = [

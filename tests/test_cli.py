@@ -23,6 +23,7 @@ from test_audit import JOB, TOOLS, build_trail, kv_get
 
 import toolguard as tg
 from toolguard.cli import EXIT_ERROR, EXIT_FINDINGS, CliContext, main, parse_when
+from toolguard.viewer import plural
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 BOX = set("┏┓┗┛━┃│─┼╇┡┩└┘┌┐")
@@ -360,7 +361,7 @@ def test_cli_tasks_json_decodes_params_and_counts(run: Run, db: Path, ids: dict[
     rows = _json_lines(_ok(run("audit", "tasks", "--db", str(db), "--json")))
     job = next(r for r in rows if r["task_id"] == ids["job"])
     assert job["params"] == {"job_id": "42"}
-    assert (job["calls"], job["denied"], job["errors"], job["cost"]) == (3, 1, 1, 0.5)
+    assert (job["calls"], job["denials"], job["errors"], job["cost"]) == (3, 1, 1, 0.5)
 
 
 def test_cli_tasks_filters(run: Run, db: Path, ids: dict[str, str], clock: Clock) -> None:
@@ -644,7 +645,7 @@ def test_cli_prune_then_verify_passes(
     )  # fmt: skip
     assert (dry["dry_run"], dry["removed"]) == (True, 13)
     out = _ok(run("audit", "prune", "--before", "2d", "--config", str(config_file))).stdout
-    assert out.startswith("removed 13 event(s) before seq 14, 2 ended task(s)")
+    assert out.startswith("removed 13 events before seq 14, 2 ended tasks")
     verify = _ok(run("audit", "verify", "--config", str(config_file)))
     assert "OK" in verify.stdout.splitlines()[0]
     assert "were pruned" in verify.stdout
@@ -688,6 +689,8 @@ def test_cli_revoke_identity_disable_and_enable(
         guard.task("process-job", job_id="2").start()
     out = _ok(run("enable", "agent-runner", *where)).stdout
     assert out == "enabled identity agent-runner\n"
+    again = _ok(run("enable", "agent-runner", *where)).stdout
+    assert again == "identity agent-runner is not disabled; nothing to enable\n"
     with guard.task("process-job", job_id="3") as task:
         assert task.status == "active"
     revoke = guard.audit.events(kind="revoke")[-1]
@@ -702,8 +705,8 @@ def test_cli_revoke_task_by_prefix_ends_it(
     with guard.task("process-job", job_id="42") as task:
         out = _ok(run("revoke", "--task", task.task_id[:10], "--db", str(db))).stdout
         assert out.splitlines() == [
-            f"revoked task {task.task_id}",
-            f"ended 1 active task(s): {task.task_id}",
+            f"revoked task {task.task_id}: 0 live credentials, 1 task",
+            f"ended: {task.task_id}",
         ]
         reply = get.invoke({"key": JOB})
         assert "Denied by toolguard: the task was revoked" in reply
@@ -716,6 +719,8 @@ def test_cli_revoke_jti(run: Run, guard: tg.Guard, db: Path) -> None:
     jti = permit.credential.jti
     doc = json.loads(_ok(run("revoke", "--jti", jti, "--db", str(db), "--json")).stdout)
     assert doc["revoked"] == {"jti": jti}
+    assert doc["live_credentials"] == 0  # its task had ended: already revoked
+    assert doc["already_revoked"] is True
     verifier = guard.verifier()
     with pytest.raises(tg.CredentialRevoked):
         verifier.verify(permit.credential.token, operation="read", resource=JOB)
@@ -808,7 +813,7 @@ def test_cli_check_prints_every_problem_with_its_location(run: Run, tmp_path: Pa
     doc = json.loads(run("check", str(bad), "--json").stdout)
     assert doc["ok"] is False
     locations = [p["location"] for p in doc["problems"]]
-    assert out.splitlines()[0] == f"{bad}: {len(locations)} problem(s)"
+    assert out.splitlines()[0] == f"{bad}: {plural(len(locations), 'problem')}"
     assert [line.split(":")[0].strip() for line in out.splitlines()[1:]] == locations
     assert any(loc.startswith("identities.runner.allow") for loc in locations)
 

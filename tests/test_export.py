@@ -174,7 +174,7 @@ def test_html_filters_and_limit(trail: tuple[tg.Guard, dict[str, str]], clock: C
     assert only.task_ids == [ids["summary"]]
     limited_text = _html(guard, clock, limit=1)
     assert _page(limited_text).task_ids == [ids["summary"]]
-    assert "Showing the newest 1 tasks" in limited_text
+    assert "Showing the newest 1 task;" in limited_text
     denied = _page(_html(guard, clock, decision="deny"))
     assert denied.task_ids == [ids["job"]]
 

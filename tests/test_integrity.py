@@ -478,7 +478,7 @@ def test_checkpoint_is_signed_and_verifiable_by_hand(trail: tg.Guard) -> None:
 
 def test_checkpoint_of_unchanged_head_writes_nothing(trail: tg.Guard) -> None:
     path = trail.config.checkpoints_path
-    trail.revoke(jti="some-jti", reason="one more event")
+    trail.revoke(identity="agent-runner", reason="one more event")
     lines = path.read_bytes().count(b"\n")
 
     first = trail.audit.checkpoint()

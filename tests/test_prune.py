@@ -11,6 +11,7 @@ from conftest import Clock
 from langchain_core.tools import tool
 
 import toolguard as tg
+from toolguard.audit import revoke as record_revocation
 from toolguard.errors import AuditError
 from toolguard.store import prune
 
@@ -92,7 +93,7 @@ def test_prune_keeps_active_tasks_and_revocations(guard: tg.Guard, clock: Clock)
     get = tg.guard(kv_get, guard)
     with guard.task("process-job", job_id="1") as long_task:
         get.invoke({"key": "agents:jobs:1:input"})
-        guard.revoke(jti="some-jti", reason="leaked")
+        record_revocation(guard.store, jti="some-jti", reason="leaked", now=clock.now)
         clock.advance(3 * DAY)
         revocations = _count(guard, "revocations")
         guard.audit.prune(before=clock.now - DAY)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # every name is imported on first use, see __getattr__
     from .context import carry_task, current_credential, current_task, report_cost
     from .credentials import Credential, Issuer, Verifier
     from .engine import Guard
+    from .incident import Enablement, Revocation
     from .errors import (
         AuditError,
         BudgetExceeded,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # every name is imported on first use, see __getattr__
         PolicyDenied,
         ScopeMismatch,
         ToolGuardError,
+        UnknownTarget,
     )
     from .httpauth import CredentialAuth
     from .integrity import VerifyReport
@@ -61,6 +63,8 @@ __all__ = [
     # Audit trail
     "AuditEvent",
     "AuditLog",
+    "Enablement",
+    "Revocation",
     "VerifyReport",
     # Errors
     "AuditError",
@@ -74,6 +78,7 @@ __all__ = [
     "PolicyDenied",
     "ScopeMismatch",
     "ToolGuardError",
+    "UnknownTarget",
 ]
 
 _LAZY = {
@@ -102,6 +107,8 @@ _LAZY = {
     # Audit trail
     "AuditEvent": "audit",
     "AuditLog": "audit",
+    "Enablement": "incident",
+    "Revocation": "incident",
     "VerifyReport": "integrity",
     # Errors
     **dict.fromkeys(
@@ -117,6 +124,7 @@ _LAZY = {
             "PolicyDenied",
             "ScopeMismatch",
             "ToolGuardError",
+            "UnknownTarget",
         ],
         "errors",
     ),

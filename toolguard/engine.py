@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
 
     from .audit import AuditLog
+    from .incident import Enablement, Revocation
     from .task import TaskSession
     from .tools import GuardedTool
 
@@ -291,18 +292,24 @@ class Guard:
         reason: str = "revoked",
         disable: bool = False,
         by: str = "api",
-    ) -> list[str]:
-        """Revoke a task (and its children), an identity, or one credential; returns the ids
-        of the active tasks this ended. Verifiers sharing the store reject at once;
-        ``disable=True`` (with ``identity``) also refuses the identity's new tasks."""
-        from .audit import revoke
+    ) -> Revocation:
+        """Revoke a task (and its children), an identity, or one credential.
 
-        ended = revoke(
+        The target is resolved first: a task or credential id may be a unique prefix (at least
+        6 characters; the full id is recorded), an identity must be in the config or the
+        trail. An unknown, ambiguous or too short target raises :class:`UnknownTarget` and
+        records nothing. Returns a :class:`~toolguard.incident.Revocation`: the live
+        credentials and active tasks it revoked (as a sequence, the ids of the tasks it
+        ended, as before). Verifiers sharing the store reject at once; ``disable=True`` (with
+        ``identity``) also refuses the identity's new tasks."""
+        from .incident import revoke_target
+
+        result = revoke_target(
             self.store, task_id=task_id, identity=identity, jti=jti, reason=reason,
-            disable=disable, by=by, now=self.clock(),
+            disable=disable, by=by, now=self.clock(), identities=self.config.identities,
         )  # fmt: skip
-        self._providers_end(ended)
-        return ended
+        self._providers_end(result.ended)
+        return result
 
     def _providers_end(self, task_ids: Sequence[str]) -> None:
         """Tell the providers (brokers) that tasks ended by a revocation have ended, so they
@@ -318,11 +325,17 @@ class Guard:
         if first is not None:
             raise first
 
-    def enable(self, identity: str, *, reason: str = "re-enabled") -> None:
-        """Allow a disabled identity to start tasks again."""
-        from .audit import enable
+    def enable(self, identity: str, *, reason: str = "re-enabled") -> Enablement:
+        """Allow a disabled identity to start tasks again. Returns an
+        :class:`~toolguard.incident.Enablement` (``changed`` is False, and nothing is written,
+        when it was not disabled); an identity neither in the config nor in the trail raises
+        :class:`~toolguard.errors.UnknownTarget`."""
+        from .incident import enable_identity
 
-        enable(self.store, identity, reason=reason, now=self.clock())
+        return enable_identity(
+            self.store, identity, reason=reason, now=self.clock(),
+            identities=self.config.identities,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Write pending outcomes and close the store's connections."""

@@ -12,7 +12,9 @@ Every error toolguard raises is a :class:`ToolGuardError`::
     │   ├── CredentialExpired  past ``exp`` (or before ``nbf``)
     │   ├── CredentialRevoked  its task, identity or jti was revoked
     │   └── ScopeMismatch      valid, but not for this operation / resource / tool
-    └── AuditError             the audit trail could not be written: the tool did not run
+    ├── AuditError             the audit trail could not be written: the tool did not run
+    └── UnknownTarget          an incident command's task, identity or credential is not known
+                               (or its prefix is ambiguous or too short); nothing was recorded
 
 Each exception carries structured fields (``tool``, ``task_id``, ``rule``; budgets add
 ``scope``, ``limit``, ``used`` and ``retry_after``) and builds its message from them.
@@ -32,6 +34,7 @@ __all__ = [
     "PolicyDenied",
     "ScopeMismatch",
     "ToolGuardError",
+    "UnknownTarget",
 ]
 
 
@@ -156,6 +159,22 @@ class ScopeMismatch(CredentialError):
 
 class AuditError(ToolGuardError):
     """The audit trail could not be written; the tool did not run. Never a denial."""
+
+
+class UnknownTarget(ToolGuardError, LookupError):
+    """The target of a revocation or an ``enable`` is not known, or a prefix of it matches
+    several (``candidates`` lists them) or is too short. Nothing was recorded.
+
+    ``scope`` is ``task``, ``identity`` or ``jti``; ``value`` what was given.
+    """
+
+    def __init__(
+        self, message: str, *, scope: str, value: str, candidates: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, task_id=value if scope == "task" else None)
+        self.scope = scope
+        self.value = value
+        self.candidates = candidates
 
 
 def _num(value: float) -> str:

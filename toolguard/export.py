@@ -2,10 +2,12 @@
 
 - JSON lines: one event per line, every column exactly as stored (``resources`` stays its JSON
   text), so anyone can recompute each ``hash`` from ``prev_hash`` (:mod:`toolguard.chain`).
-- CSV: the same columns with a header row, for spreadsheets. A text cell that starts with
+- CSV: the same columns with a header row, for spreadsheets. A free-text cell (``tool``,
+  ``resources``, ``reason``, ``args``, ``error``: model- or tool-written text) that starts with
   ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading ``'`` so a spreadsheet does
-  not run it as a formula (arguments may carry model-written text); use JSON lines to
-  re-verify hashes.
+  not run it as a formula. Identifiers (ids, hashes, names, numbers: only letters, digits and
+  ``. _ : -``) are written exactly as stored, even when they start with ``-``; any other cell
+  that starts like a formula is escaped too. Use JSON lines to re-verify hashes.
 - HTML: one page with no external resource (a ``Content-Security-Policy`` forbids any network
   access): the usage summary, usage over time as an inline SVG chart, and the task list with
   each task's timeline, filterable by text, identity, status and denials with inline script.
@@ -16,13 +18,14 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from .audit import AuditEvent, AuditLog, Summary, Usage
 from .chain import EVENT_FIELDS
 from .text import printable
-from .viewer import TIMELINE_HEADERS, format_cost, format_duration, format_time
+from .viewer import TIMELINE_HEADERS, format_cost, format_duration, format_time, plural
 
 __all__ = ["HtmlReport", "render_html", "write_csv", "write_html", "write_jsonl"]
 
@@ -38,23 +41,37 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], out: IO[str]) -> int:
     return count
 
 
-def _csv_cell(value: Any) -> Any:
-    if isinstance(value, str):
-        formula = value.startswith(_FORMULA_START)
-        value = printable(value)  # no controls, bidi overrides or lone surrogates in a cell
-        if formula or value.startswith(_FORMULA_START):
-            return "'" + value
-    return value
+_CSV_FREE_TEXT = frozenset({"tool", "resources", "reason", "args", "error"})
+"""CSV columns that hold free text (from a model, a tool or an error): a cell that starts like
+a formula gets a leading ``'``."""
+
+_ID = re.compile(r"[A-Za-z0-9._:-]*")
+"""What an identifier cell (ids, hashes, names, numbers) holds: never a formula, kept as is."""
+
+
+def _csv_cell(column: str, value: Any) -> Any:
+    """A CSV cell: no controls, bidi overrides or lone surrogates; identifiers exactly as stored
+    (a credential id may start with ``-``), free text (and any identifier cell with other
+    characters) escaped when it starts like a formula."""
+    if not isinstance(value, str):
+        return value
+    formula = value.startswith(_FORMULA_START)
+    value = printable(value)
+    if not (formula or value.startswith(_FORMULA_START)):
+        return value
+    if column not in _CSV_FREE_TEXT and _ID.fullmatch(value):
+        return value
+    return "'" + value
 
 
 def write_csv(rows: Iterable[Mapping[str, Any]], out: IO[str]) -> int:
     """Write event rows (:meth:`AuditLog.iter_rows`) as CSV with a header row; returns how
-    many events."""
+    many events. Free-text cells that start like a formula are escaped (:func:`_csv_cell`)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(EVENT_FIELDS)
     count = 0
     for row in rows:
-        writer.writerow([_csv_cell(row.get(k)) for k in EVENT_FIELDS])
+        writer.writerow([_csv_cell(k, row.get(k)) for k in EVENT_FIELDS])
         count += 1
     return count
 
@@ -321,7 +338,7 @@ def _task_html(task: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> st
         f"<code>{_e(task['task_id'])}</code> &middot; {_e(format_time(task.get('started_at')))}"
         f" &middot; <b>{_e(task.get('intent'))}</b> &middot; {_e(task.get('identity'))}"
         f" &middot; {_e(status)}{' (tainted)' if task.get('tainted') else ''}"
-        f" &middot; {int(task.get('calls') or 0)} calls"
+        f" &middot; {plural(int(task.get('calls') or 0), 'call')}"
         f' &middot; <span class="{"deny" if denied else ""}">{denied} denied</span>'
         f" &middot; cost {_e(format_cost(task.get('cost')))}"
         f' <span class="muted">{_e(params)}</span>'
@@ -359,8 +376,8 @@ def render_html(report: HtmlReport) -> str:
             + f"</tr></thead><tbody>{rows}</tbody></table>"
         )
     truncated = (
-        f'<p class="muted">Showing the newest {len(report.tasks)} tasks; narrow the filters or '
-        "raise --limit to see more.</p>"
+        f'<p class="muted">Showing the newest {plural(len(report.tasks), "task")}; narrow the '
+        "filters or raise --limit (0: no limit) to see more.</p>"
         if report.truncated
         else ""
     )

@@ -35,6 +35,7 @@ __all__ = [
     "format_cost",
     "format_duration",
     "format_time",
+    "plural",
 ]
 
 TIMELINE_HEADERS = (
@@ -82,6 +83,16 @@ def _clean(value: object) -> str:
     """Text safe for a terminal (:func:`toolguard.text.printable`): control characters, bidi
     controls, invisible characters and lone surrogates shown as ``\\xNN``/``\\uXXXX``."""
     return printable(value)
+
+
+_PLURALS = {"identity": "identities", "credential id": "credential ids"}
+
+
+def plural(count: int, word: str) -> str:
+    """``1 call``, ``2 calls``, ``1 identity``, ``0 identities``."""
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {_PLURALS.get(word, word + 's')}"
 
 
 def format_time(ts: float | None, *, clock_only: bool = False) -> str:
@@ -372,8 +383,9 @@ class Viewer:
             return
         verb = "would remove" if result.dry_run else "removed"
         self.line(
-            f"{verb} {result.removed} event(s) before seq {result.before_seq}, "
-            f"{result.tasks} ended task(s), {result.credentials} expired credential id(s)",
+            f"{verb} {plural(result.removed, 'event')} before seq {result.before_seq}, "
+            f"{plural(result.tasks, 'ended task')}, "
+            f"{plural(result.credentials, 'expired credential id')}",
             "bold",
         )
         self.line(f"the kept chain starts from hash {result.head_hash}")
@@ -508,7 +520,7 @@ def _usage_cells(r: UsageRow) -> list[tuple[str, str | None]]:
     hot = any(
         q.get("used", q.get("peak", 0)) >= 0.8 * q["limit"] for q in r.quota.values() if q["limit"]
     )
-    today = f"{r.today_calls} calls" + (
+    today = plural(r.today_calls, "call") + (
         f", {format_cost(r.today_cost)} cost" if r.today_cost else ""
     )
     return [

@@ -99,8 +99,34 @@ class CliError(click.ClickException):
         super().__init__("\n".join(printable(line) for line in message.split("\n")))
 
 
+def _set_color(ctx: click.Context, param: click.Parameter, value: bool | None) -> None:
+    if value is not None:
+        ctx.ensure_object(CliContext).color = value
+
+
+class _Command(click.Command):
+    """A command that also takes ``--color/--no-color`` after its name (``toolguard audit
+    tasks --no-color``), with the same meaning as before it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(
+            click.Option(
+                ["--color/--no-color"],
+                default=None,
+                expose_value=False,
+                is_eager=True,
+                callback=_set_color,
+                help="Force colour and tables on or off (as `toolguard --color/--no-color`).",
+            )
+        )
+
+
 class _Group(click.Group):
-    """A group that turns toolguard errors into clean messages instead of tracebacks."""
+    """A group that turns toolguard errors into clean messages instead of tracebacks; its
+    commands take ``--color/--no-color`` too (:class:`_Command`)."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -304,11 +330,35 @@ def resolve_db(db_path: Path | None, config: GuardConfig | None) -> Path:
     return Path(env) if env else DEFAULT_DB
 
 
-def _checked_store(path: Path, obj: CliContext) -> Store:
+def _db_source(db_path: Path | None, config: GuardConfig | None) -> str:
+    """Where the database path came from, and what to do when nothing is there."""
+    if db_path is not None:
+        return "check the path given with --db"
+    if config is not None:
+        return (
+            "it is the store of the config; it is created when a guard on this config starts "
+            "its first task"
+        )
+    if os.environ.get("TOOLGUARD_DB"):
+        return "it is $TOOLGUARD_DB; check the variable"
+    return "pass --db PATH or --config FILE, or set TOOLGUARD_DB"
+
+
+def _checked_store(path: Path, obj: CliContext, source: str = "") -> Store:
     """A read-only store, refused with a clean error when missing or not toolguard's."""
+    if not path.exists():
+        raise CliError(f"no audit database at {path}" + (f"; {source}" if source else ""))
     store = Store(path, readonly=True, clock=obj.clock)
     try:
         store.open()
+    except AuditError as exc:
+        store.close()
+        if isinstance(exc.__cause__, sqlite3.DatabaseError):  # not a database, or damaged
+            raise CliError(
+                f"{path} cannot be read as a toolguard audit database ({exc.__cause__}); "
+                "check the path"
+            ) from exc
+        raise
     except BaseException:
         store.close()
         raise
@@ -326,7 +376,7 @@ def _log(
 ) -> Iterator[AuditLog]:
     obj = _obj()
     path = resolve_db(db_path, config)
-    store = _checked_store(path, obj)
+    store = _checked_store(path, obj, _db_source(db_path, config))
     if write:  # checked first: a writable store would create or migrate the file
         store.close()
         store = Store(path, clock=obj.clock)
@@ -349,8 +399,14 @@ def _config_keys(config: GuardConfig) -> KeyRing:
 
 
 def _resolve_task(log: AuditLog, given: str | None) -> str | None:
+    """The full id of ``--task`` / ``TASK_ID`` (an id or a unique prefix, any length for the
+    readers); text no task id can hold (control, format, surrogate characters) is refused
+    with a clean error before it reaches SQL."""
     if given is None:
         return None
+    from ..incident import clean_target
+
+    given = clean_target("task", given)
     found = log.find_tasks(given)
     if not found:
         raise CliError(
@@ -365,7 +421,11 @@ def _resolve_task(log: AuditLog, given: str | None) -> str | None:
 
 
 def _task_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A task row for ``--json``: ``params`` decoded, the denial count as ``denials`` (the key
+    ``audit summary`` uses too)."""
     out = dict(row)
+    if "denied" in out:
+        out["denials"] = out.pop("denied")
     if isinstance(out.get("params"), str):
         try:
             out["params"] = json.loads(out["params"])

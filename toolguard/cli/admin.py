@@ -15,10 +15,9 @@ import click
 if TYPE_CHECKING:
     from ..config import GuardConfig
 
-from .. import audit as audit_mod
 from ..errors import ConfigError
 from ..keys import KeyRing
-from ..viewer import format_time
+from ..viewer import format_time, plural
 from ._base import (
     _F,
     DURATION,
@@ -29,7 +28,6 @@ from ._base import (
     _load,
     _log,
     _obj,
-    _resolve_task,
     db_options,
     json_option,
     main,
@@ -53,8 +51,13 @@ __all__ = [
 @main.command("revoke")
 @db_options
 @click.option("--task", "task", help="Revoke this task and its children (id or unique prefix).")
-@click.option("--identity", help="Revoke every credential of this identity; end its tasks.")
-@click.option("--jti", help="Revoke one credential by its id.")
+@click.option(
+    "--identity",
+    help="Revoke every credential of this identity (in the config or the trail); end its tasks.",
+)
+@click.option(
+    "--jti", help="Revoke one credential by its id (or a unique prefix of 6+ characters)."
+)
 @click.option(
     "--reason",
     default="revoked from the command line",
@@ -80,39 +83,43 @@ def revoke_cmd(
     """Revoke a task, an identity or one credential (give exactly one).
 
     Verifiers that share the database reject the credentials at once; active tasks end.
+    An unknown target, an ambiguous prefix or one shorter than 6 characters is an error
+    (exit 2) and records nothing. Prints what was live and is now revoked; revoking what was
+    already revoked is recorded again and says so (exit 0).
     """
     if sum(v is not None for v in (task, identity, jti)) != 1:
         raise click.UsageError("give exactly one of --task, --identity or --jti")
     if disable and identity is None:
         raise click.UsageError("--disable goes with --identity")
+    if not reason.strip():
+        raise click.UsageError("--reason must say why (it is recorded in the trail)")
     obj = _obj()
     config = _load(config_path)
     viewer = obj.viewer()
-    with _log(db_path, config) as log:
-        task_id = _resolve_task(log, task)
-    if config is not None and identity is not None and identity not in config.identities:
-        viewer.warn(f"warning: identity {identity!r} is not in the config")
-    target = {"task_id": task_id, "identity": identity, "jti": jti}
+    with _log(db_path, config):  # refuse a missing or foreign database before writing
+        pass
+    target = {"task_id": task, "identity": identity, "jti": jti}
     if config is not None and db_path is None:
         from ..engine import Guard
 
         with Guard(config, clock=obj.clock) as guard:
-            ended = guard.revoke(**target, reason=reason, disable=disable, by="cli")
+            result = guard.revoke(**target, reason=reason, disable=disable, by="cli")
     else:
+        from ..incident import revoke_target
+
         with _log(db_path, config, write=True) as log:
-            ended = audit_mod.revoke(
-                log.store, **target, reason=reason, disable=disable, by="cli", now=obj.clock()
-            )
-    scope, value = next((k, v) for k, v in target.items() if v is not None)
+            result = revoke_target(
+                log.store, **target, reason=reason, disable=disable, by="cli", now=obj.clock(),
+                identities=config.identities if config is not None else (),
+            )  # fmt: skip
+    if config is not None and identity is not None and identity not in config.identities:
+        viewer.warn(f"warning: identity {identity!r} is not in the config (known from the trail)")
     if as_json:
-        viewer.json(
-            {"revoked": {scope: value}, "reason": reason, "disabled": disable, "ended": ended}
-        )
+        viewer.json(result.to_dict())
         return
-    what = {"task_id": "task", "identity": "identity", "jti": "credential"}[scope]
-    viewer.done(f"revoked {what} {value}" + (" and disabled it" if disable else ""))
-    if ended:
-        viewer.line(f"ended {len(ended)} active task(s): {', '.join(ended)}")
+    viewer.done(result.summary())
+    if result.ended:
+        viewer.line(f"ended: {', '.join(result.ended)}")
 
 
 @main.command("enable")
@@ -128,24 +135,31 @@ def revoke_cmd(
 def enable_cmd(
     identity: str, db_path: Path | None, config_path: Path | None, reason: str, as_json: bool
 ) -> None:
-    """Let IDENTITY start tasks again after `toolguard revoke --identity --disable`."""
+    """Let IDENTITY start tasks again after `toolguard revoke --identity --disable`.
+
+    IDENTITY must be in the config or the trail; one that is not disabled is left alone."""
     obj = _obj()
     config = _load(config_path)
+    with _log(db_path, config):  # refuse a missing or foreign database before writing
+        pass
     if config is not None and db_path is None:
         from ..engine import Guard
 
-        with _log(db_path, config):  # refuse a missing database before the guard creates one
-            pass
         with Guard(config, clock=obj.clock) as guard:
-            guard.enable(identity, reason=reason)
+            result = guard.enable(identity, reason=reason)
     else:
+        from ..incident import enable_identity
+
         with _log(db_path, config, write=True) as log:
-            audit_mod.enable(log.store, identity, reason=reason, now=obj.clock())
+            result = enable_identity(
+                log.store, identity, reason=reason, now=obj.clock(),
+                identities=config.identities if config is not None else (),
+            )  # fmt: skip
     viewer = obj.viewer()
     if as_json:
-        viewer.json({"enabled": identity, "reason": reason})
+        viewer.json(result.to_dict())
     else:
-        viewer.done(f"enabled identity {identity}")
+        viewer.done(result.summary())
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -304,7 +318,7 @@ def check_cmd(config: Path | None, schema: bool, as_json: bool) -> None:
                 }
             )
         else:
-            viewer.line(f"{config}: {len(problems)} problem(s)", "bold red")
+            viewer.line(f"{config}: {plural(len(problems), 'problem')}", "bold red")
             for loc, msg in problems:
                 viewer.line(f"  {loc or '<root>'}: {msg}", "red")
         click.get_current_context().exit(EXIT_FINDINGS)
@@ -318,8 +332,8 @@ def check_cmd(config: Path | None, schema: bool, as_json: bool) -> None:
         viewer.json({"ok": True, "source": str(config), **counts, "disabled_identities": disabled})
     else:
         viewer.done(
-            f"ok: {config}: {counts['identities']} identities, {counts['tools']} tools, "
-            f"{counts['intents']} intents"
+            f"ok: {config}: {plural(counts['identities'], 'identity')}, "
+            f"{plural(counts['tools'], 'tool')}, {plural(counts['intents'], 'intent')}"
         )
         for name in disabled:  # a kill switch: say so, it refuses every task of the identity
             viewer.warn(

@@ -19,6 +19,7 @@ from .. import audit as audit_mod
 from ..keys import KeyRing, PublicKeys
 from ..numbers import MAX_COUNT
 from ..store import Store
+from ..viewer import plural
 from ._base import (
     DURATION,
     EXIT_FINDINGS,
@@ -57,13 +58,63 @@ def audit() -> None:
     """Read, follow, summarise, verify, export and prune the audit trail."""
 
 
+TASK_STATUSES = (
+    "active",
+    "ok",
+    "error",
+    "expired",
+    "revoked",
+    "parent-ended",
+    "cancelled",
+    "abandoned",
+)
+"""The statuses toolguard gives tasks; ``--status`` also takes any other status found in the
+trail (``TaskSession.end(status)`` takes any word)."""
+
+EVENT_KINDS = (
+    "task_start",
+    "task_resume",
+    "request",
+    "outcome",
+    "denied",
+    "task_end",
+    "revoke",
+    "enable",
+    "acknowledge",
+)
+"""The kinds of event toolguard writes; ``--kind`` also takes any other kind found in the
+trail."""
+
+
+def _check_value(
+    log: audit_mod.AuditLog, option: str, value: str | None, known: tuple[str, ...]
+) -> None:
+    """Refuse a ``--status``/``--kind`` value that neither toolguard nor the trail knows,
+    instead of answering "no tasks match"."""
+    if value is None or value in known:
+        return
+    from ..store.queries import event_kind_used, task_status_used
+
+    used = task_status_used if option == "--status" else event_kind_used
+    if used(log.store, value):
+        return
+    raise click.BadParameter(
+        f"{value!r} is not a {option[2:]} toolguard records (one of: {', '.join(known)})",
+        param_hint=f"'{option}'",
+    )
+
+
 # -- audit tasks / show -------------------------------------------------------------------------
 
 
 @audit.command("tasks")
 @db_options
 @filter_options("identity", "tool", "decision", "task", "since", "until")
-@click.option("--status", help="Only tasks with this status (active, ok, error, revoked, ...).")
+@click.option(
+    "--status",
+    help="Only tasks with this status (active, ok, error, expired, revoked, parent-ended, "
+    "cancelled, abandoned, or another status found in the trail).",
+)
 @click.option("--intent", help="Only tasks of this intent.")
 @click.option(
     "--limit",
@@ -94,6 +145,7 @@ def tasks_cmd(
     """
     config = _load(config_path)
     with _log(db_path, config) as log:
+        _check_value(log, "--status", status, TASK_STATUSES)
         rows = log.tasks(
             identity=identity,
             status=status,
@@ -144,7 +196,9 @@ def show_cmd(task_id: str, db_path: Path | None, config_path: Path | None, as_js
 @db_options
 @filter_options("identity", "tool", "decision", "task", "since")
 @click.option(
-    "--kind", help="Only events of this kind (request, outcome, denied, task_start, ...)."
+    "--kind",
+    help="Only events of this kind (task_start, task_resume, request, outcome, denied, "
+    "task_end, revoke, enable, or another kind found in the trail).",
 )
 @click.option(
     "-n",
@@ -188,6 +242,7 @@ def tail_cmd(
     config = _load(config_path)
     viewer = obj.viewer()
     with _log(db_path, config) as log:
+        _check_value(log, "--kind", kind, EVENT_KINDS)
         filters: dict[str, Any] = {
             "identity": identity,
             "tool": tool,
@@ -232,10 +287,10 @@ def tail_cmd(
 @filter_options("identity", "tool", "task", "since", "until")
 @click.option(
     "--limit",
-    type=click.IntRange(min=1, max=MAX_COUNT),
+    type=click.IntRange(min=0, max=MAX_COUNT),
     default=50,
     show_default=True,
-    help="Show at most this many of the newest denials.",
+    help="Show at most this many of the newest denials (0: no limit).",
 )
 @json_option
 def denied_cmd(
@@ -252,8 +307,9 @@ def denied_cmd(
     """Show the newest denials with their reason and rule."""
     config = _load(config_path)
     with _log(db_path, config) as log:
-        events = log.latest(
-            limit,
+        newest = log.events(
+            limit=limit or None,
+            newest_first=True,
             kind="denied",
             identity=identity,
             tool=tool,
@@ -261,6 +317,7 @@ def denied_cmd(
             since=since,
             until=until,
         )
+        events = newest[::-1]
     viewer = _obj().viewer()
     if as_json:
         viewer.json_lines(e.to_dict() for e in events)
@@ -550,9 +607,14 @@ def export_cmd(
     from ..export import write_csv, write_html, write_jsonl
 
     obj = _obj()
-    config = _load(config_path)
     if as_json:
+        given = click.get_current_context().get_parameter_source("fmt")
+        if fmt != "json" and given is not click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(
+                f"--json means --format json; it cannot go with --format {fmt} (give one of them)"
+            )
         fmt = "json"
+    config = _load(config_path)
     with _log(db_path, config) as log:
         task_id = _resolve_task(log, task)
         with _output(output) as out:
@@ -574,7 +636,7 @@ def export_cmd(
                     identities=sorted(config.identities) if config else (),
                     source=str(log.store.path),
                 )
-                what = "task(s)"
+                what = "task"
             else:
                 rows = log.iter_rows(
                     identity=identity,
@@ -585,9 +647,9 @@ def export_cmd(
                     until=until,
                 )
                 count = (write_jsonl if fmt == "json" else write_csv)(rows, out)
-                what = "event(s)"
+                what = "event"
     if output is not None and str(output) != "-":
-        click.echo(f"exported {count} {what} to {output}", err=True)
+        click.echo(f"exported {plural(count, what)} to {output}", err=True)
 
 
 # -- audit prune --------------------------------------------------------------------------------

@@ -19,7 +19,18 @@ from typing import Any
 from ..chain import EVENT_FIELDS, HASHED_FIELDS
 from ..errors import AuditError
 
-__all__ = ["EVENT_FILTERS", "GROUP_KEYS", "TASK_FILTERS", "Queries"]
+__all__ = [
+    "EVENT_FILTERS",
+    "GROUP_KEYS",
+    "TASK_FILTERS",
+    "Queries",
+    "credential_rows",
+    "event_kind_used",
+    "identity_seen",
+    "last_revocation",
+    "live_credentials",
+    "task_status_used",
+]
 
 EVENT_FILTERS: Mapping[str, str] = {
     "task_id": "task_id = ?",
@@ -339,3 +350,99 @@ def _span(since: float, until: float | None) -> tuple[str, list[Any]]:
     if until is None:
         return "ts >= ?", [since]
     return "ts >= ? AND ts < ?", [since, until]
+
+
+# -- incident commands (toolguard.incident) ------------------------------------------------------
+# Module-level functions over a store's read queries: resolve the target of a revocation and
+# count what it revokes. Incident commands are rare: the credential look-ups scan the
+# ``credentials`` table (it has no jti index; one row per allowed call until pruned).
+
+_LIVE_CREDENTIALS = (
+    "SELECT c.jti AS jti, MIN(c.issued_at) AS issued FROM credentials c"
+    " JOIN tasks t ON t.task_id = c.task_id"
+    " WHERE c.jti IS NOT NULL AND c.expires_at > ? AND t.ended_at IS NULL AND ({target})"
+    " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.scope = 'jti' AND r.value = c.jti)"
+    " AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.scope = 'identity'"
+    " AND r.value = c.identity AND r.ts >= c.issued_at) GROUP BY c.jti ORDER BY issued, c.jti"
+)
+_TASK_TREE = (
+    "c.task_id IN (WITH RECURSIVE d(id) AS (SELECT ? UNION SELECT x.task_id FROM tasks x"
+    " JOIN d ON x.parent_id = d.id) SELECT id FROM d)"
+)
+_IDENTITY_TREE = (
+    "c.identity = ? OR c.task_id IN (WITH RECURSIVE d(id) AS (SELECT task_id FROM tasks"
+    " WHERE identity = ? AND ended_at IS NULL UNION SELECT x.task_id FROM tasks x"
+    " JOIN d ON x.parent_id = d.id) SELECT id FROM d)"
+)
+
+
+def credential_rows(
+    queries: Queries, jti: str, *, prefix: bool = False, limit: int = 11
+) -> list[dict[str, Any]]:
+    """The ``credentials`` rows (``jti``, ``identity``, ``task_id``, ``issued_at``,
+    ``expires_at``) whose jti is ``jti``, or starts with it when ``prefix`` (case-sensitive;
+    no LIKE, so ``_`` in a base64url id is no wildcard)."""
+    if prefix:
+        where, params = "substr(jti, 1, ?) = ?", [len(jti), jti]
+    else:
+        where, params = "jti = ?", [jti]
+    return queries.query(
+        "SELECT DISTINCT jti, identity, task_id, issued_at, expires_at FROM credentials"
+        f" WHERE jti IS NOT NULL AND {where} ORDER BY jti LIMIT ?",
+        [*params, limit],
+    )
+
+
+def identity_seen(queries: Queries, identity: str) -> bool:
+    """Whether the trail knows ``identity``: a task, a credential, a revocation or a state."""
+    rows = queries.query(
+        "SELECT EXISTS (SELECT 1 FROM tasks WHERE identity = ?)"
+        " OR EXISTS (SELECT 1 FROM credentials WHERE identity = ?)"
+        " OR EXISTS (SELECT 1 FROM identity_state WHERE identity = ?)"
+        " OR EXISTS (SELECT 1 FROM revocations WHERE scope = 'identity' AND value = ?) AS seen",
+        [identity] * 4,
+    )
+    return bool(rows and rows[0]["seen"])
+
+
+def live_credentials(
+    queries: Queries,
+    *,
+    now: float,
+    task_id: str | None = None,
+    identity: str | None = None,
+    jti: str | None = None,
+) -> list[str]:
+    """The ids of the credentials a revocation of this target would revoke: issued to an
+    active task (of the task's tree; of the identity, or in a tree of its active tasks; the
+    one jti), not expired at ``now`` and not revoked already."""
+    if task_id is not None:
+        target, params = _TASK_TREE, [task_id]
+    elif identity is not None:
+        target, params = _IDENTITY_TREE, [identity, identity]
+    elif jti is not None:
+        target, params = "c.jti = ?", [jti]
+    else:
+        raise ValueError("give one of task_id=, identity= or jti=")
+    rows = queries.query(_LIVE_CREDENTIALS.format(target=target), [now, *params])
+    return [str(r["jti"]) for r in rows]
+
+
+def last_revocation(queries: Queries, scope: str, value: str) -> dict[str, Any] | None:
+    """The newest ``revocations`` row of one target (``reason``, ``ts``, ``by``), or None."""
+    rows = queries.query(
+        "SELECT reason, ts, by FROM revocations WHERE scope = ? AND value = ?"
+        " ORDER BY ts DESC, id DESC LIMIT 1",
+        [scope, value],
+    )
+    return rows[0] if rows else None
+
+
+def task_status_used(queries: Queries, status: str) -> bool:
+    """Whether some task has this status (the ``tasks(status)`` index)."""
+    return bool(queries.query("SELECT 1 FROM tasks WHERE status = ? LIMIT 1", [status]))
+
+
+def event_kind_used(queries: Queries, kind: str) -> bool:
+    """Whether some event has this kind (a scan: only for kinds toolguard does not list)."""
+    return bool(queries.query("SELECT 1 FROM events WHERE kind = ? LIMIT 1", [kind]))
