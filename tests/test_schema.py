@@ -53,7 +53,7 @@ def test_a_version_1_database_is_migrated_when_a_guard_opens_it(
     reopened.store.open()
 
     with sqlite3.connect(guard.config.store_path) as conn:
-        assert _version(conn) == SCHEMA_VERSION == 2
+        assert _version(conn) == SCHEMA_VERSION == 3
         assert "rate_events" not in _tables(conn)
         scopes = [r[0] for r in conn.execute("SELECT scope FROM budgets")]
         rows = conn.execute(
@@ -66,6 +66,27 @@ def test_a_version_1_database_is_migrated_when_a_guard_opens_it(
     ]
     used = usage(conn=reopened.store.conn, now=1_790_000_001.0, identity="agent-runner")
     assert used["identity.agent-runner.requests_per_day"] == 1  # its count carried over
+    assert reopened.audit.verify().ok
+
+
+def test_a_version_2_database_gets_the_tainted_column_and_keeps_working(
+    make_guard: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    guard = make_guard(clock=clock)
+    with guard.task("process-job", job_id="42"):
+        pass
+    guard.close()
+    with sqlite3.connect(guard.config.store_path) as conn:  # as version 2 left it
+        conn.execute("ALTER TABLE tasks DROP COLUMN tainted")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    reopened = make_guard(clock=clock)
+    with reopened.task("process-job", job_id="43") as task:
+        pass
+    with sqlite3.connect(guard.config.store_path) as conn:
+        assert _version(conn) == 3
+        rows = conn.execute("SELECT task_id, tainted FROM tasks ORDER BY started_at").fetchall()
+    assert len(rows) == 2 and rows[-1] == (task.task_id, 0)
     assert reopened.audit.verify().ok
 
 

@@ -10,11 +10,12 @@ from ..errors import AuditError
 
 __all__ = ["FULL_CHECK_MAX_BYTES", "SCHEMA_VERSION", "check_pages", "create_schema"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """1: the first layout. 2: no ``rate_events`` table (never used); no budget rows per task (a
 task's budget is its trail); an identity's admission log is the ``tally`` of its
 ``credentials`` rows (one row per allowed call, keyed by identity and tally), see
-:mod:`toolguard.store.budgets`."""
+:mod:`toolguard.store.budgets`. 3: ``tasks.tainted`` (1 when a queued outcome of the task
+could be written only without its settlement, see docs/budgets.md)."""
 
 _CREDENTIALS = (
     "CREATE TABLE credentials (identity TEXT NOT NULL, tally TEXT NOT NULL, jti TEXT,"
@@ -46,7 +47,13 @@ def _to_v2(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE credentials_v1")
 
 
-_MIGRATIONS = {1: _to_v2}
+def _to_v3(conn: sqlite3.Connection) -> None:
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(tasks)")}
+    if "tainted" not in columns:
+        conn.execute("ALTER TABLE tasks ADD COLUMN tainted INTEGER DEFAULT 0")
+
+
+_MIGRATIONS = {1: _to_v2, 2: _to_v3}
 """Version -> the step that brings a database of that version to the next one."""
 
 
