@@ -165,7 +165,8 @@ API: dict[str, tuple[Callable[[Scene], Any], bool]] = {
     "invoke": (_invoke, True),
     "task-end": (lambda s: s.session.end(), True),
     "revoke": (lambda s: s.guard.revoke(task_id=s.session.task_id), True),
-    "enable": (lambda s: s.guard.enable("agent-runner"), True),
+    # an identity that is not disabled: enable only reads (it writes nothing, docs/cli.md)
+    "enable": (lambda s: s.guard.enable("agent-runner"), False),
     "audit.prune": (lambda s: s.guard.audit.prune(before=2e9, now=2e9), True),
     "audit.checkpoint": (lambda s: s.guard.audit.checkpoint(), True),
     "verifier": (lambda s: s.guard.verifier().verify(s.token), False),
