@@ -375,7 +375,7 @@ def reference_problems(
                     "undefined-identity",
                 )
             )
-        names = [t for t in listed if isinstance(t, str)] if isinstance(listed, list) else []
+        names = {t for t in listed if isinstance(t, str)} if isinstance(listed, list) else set()
         for i, tool in enumerate(listed if isinstance(listed, list) else []):
             if isinstance(tool, str) and tool not in tools:
                 problems.append(

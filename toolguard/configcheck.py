@@ -459,15 +459,16 @@ class _Checker:
 
     def report(self) -> CheckReport:
         found = self.found
-        env_paths = [f.issue.path for f in found if f.issue.code == "env-unset"]
-        error_paths = [f.issue.path for f in found if f.severity == "error"]
+        env_paths = {f.issue.path for f in found if f.issue.code == "env-unset"}
+        error_paths = {f.issue.path for f in found if f.severity == "error"}
         kept: list[_Found] = []
         seen: set[tuple[str, Loc, str]] = set()
         for f in found:
             p = f.issue.path
-            if f.issue.code != "env-unset" and any(p[: len(e)] == e for e in env_paths):
+            prefixes = {p[:n] for n in range(len(p) + 1)}
+            if f.issue.code != "env-unset" and prefixes & env_paths:
                 continue  # "" in place of an unset variable would only add noise
-            if f.severity == "warning" and any(p[: len(e)] == e for e in error_paths):
+            if f.severity == "warning" and prefixes & error_paths:
                 continue
             key = (f.issue.code, p, f.issue.message)
             if f.issue.code == "placeholder-typo":
@@ -621,6 +622,14 @@ def _near(a: str, b: str) -> bool:
     return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
+_MAX_WORK = 2_000_000
+"""Comparing an intent's patterns with its identity's ceiling takes (length x length) steps per
+pair; past this many steps in one check the comparison stops (a hand-written config needs a
+few thousand), so that a 1 MiB file of long patterns cannot keep the check busy for minutes."""
+_MAX_PLACEHOLDERS = 200
+"""Placeholder names of one task compared pairwise for typos (the first 200)."""
+
+
 class _Warnings:
     """What loads but cannot take effect, found on the raw (substituted) data; parts with
     the wrong shape are skipped (their errors are reported already)."""
@@ -637,6 +646,7 @@ class _Warnings:
         self.intents = {str(k): v for k, v in intents.items() if isinstance(v, Mapping)}
         self.operations = {op for op in self.tools.values() if op}
         self.issues: list[Issue] = []
+        self.work = _MAX_WORK
 
     def warn(self, path: Loc, message: str, code: str, *, on_key: bool = False) -> None:
         self.issues.append(Issue(path, message, code, on_key))
@@ -674,7 +684,7 @@ class _Warnings:
 
     def _operation(self, path: Loc, op: str) -> bool:
         """Warn about an operation no tool performs; True if some tool does."""
-        if op in self.operations or not self.tools:
+        if op in self.operations or not self.operations:
             return True
         near = difflib.get_close_matches(op, sorted(self.operations), n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
@@ -757,6 +767,9 @@ class _Warnings:
             return
         allowed = ", ".join(repr(p) for _, p in ceiling)
         for i, pattern in patterns:
+            self.work -= sum((len(c) + 1) * (len(pattern) + 1) for _, c in ceiling) * 2
+            if self.work < 0:  # quadratic: a huge file could keep the check busy for minutes
+                return
             if any(pattern_covers(_covered(c), _covered(pattern)) for _, c in ceiling):
                 continue
             if any(_intersect(_glob(c), _glob(pattern)) for _, c in ceiling):
@@ -787,10 +800,10 @@ class _Warnings:
         for path, text in texts:
             for placeholder in PLACEHOLDER.findall(text):
                 uses.setdefault(placeholder, []).append(path)
-        order = list(uses)
-        for a in order:
-            for b in order:
-                if order.index(a) >= order.index(b) or not _near(a, b):
+        names = list(uses)[:_MAX_PLACEHOLDERS]  # a real task has a handful
+        for n, a in enumerate(names):
+            for b in names[n + 1 :]:
+                if not _near(a, b):
                     continue
                 # the rarer spelling is the slip (the later one when both are as common)
                 odd, usual = (a, b) if len(uses[a]) < len(uses[b]) else (b, a)
