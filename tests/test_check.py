@@ -8,6 +8,7 @@ in one run, one line each, then ``Found N errors, M warnings.``; ``--strict`` fa
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -444,3 +445,17 @@ def test_any_damaged_config_gives_a_report_with_positions_in_the_file(
         assert report.errors and len(exc.problems) == len(report.errors)
     else:
         assert not report.errors and loaded == report.config
+
+
+def test_long_patterns_cannot_keep_the_check_busy(tmp_path: Path) -> None:
+    long = "a" * 300_000  # comparing these two pattern by pattern would take 9 * 10^10 steps
+    path = tmp_path / "toolguard.yaml"
+    path.write_text(
+        f'identities: {{a: {{allow: {{read: ["{long}*"]}}}}}}\n'
+        "tools: {t: {operation: read, resource: x}}\n"
+        f'intents: {{i: {{identity: a, tools: [t], allow: {{read: ["*{long}"]}}}}}}\n',
+        encoding="utf-8",
+    )
+    started = time.perf_counter()
+    assert check_config(path).errors == []
+    assert time.perf_counter() - started < 5.0
