@@ -181,16 +181,17 @@ def test_load_config_missing_file_names_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "text", "kind"),
     [
-        pytest.param("bad.yaml", "identities: [unclosed", "yaml", id="yaml"),
-        pytest.param("bad.json", "{", "json", id="json"),
-        pytest.param("bad.toml", "store = ", "toml", id="toml"),
+        pytest.param("bad.yaml", "identities: [unclosed", "YAML: expected ','", id="yaml"),
+        pytest.param("bad.json", "{", "JSON: Expecting property name", id="json"),
+        pytest.param("bad.toml", "store = ", "TOML: Invalid value", id="toml"),
     ],
 )
 def test_load_config_unparseable_file(tmp_path: Path, name: str, text: str, kind: str) -> None:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(tg.ConfigError, match=rf"{name} is not valid {kind}"):
+    with pytest.raises(tg.ConfigError, match=rf"not valid {kind}") as info:
         load_config(path)
+    assert str(info.value).startswith(f"1 problem(s) in {path}:")
 
 
 def test_load_config_not_a_mapping(tmp_path: Path) -> None:
@@ -257,38 +258,49 @@ def test_env_syntax_without_braces_is_literal(monkeypatch: pytest.MonkeyPatch) -
 
 # -- errors with their location ----------------------------------------------------------------
 
-_UNKNOWN = "unknown key; remove it or check its spelling"
-
 
 @pytest.mark.parametrize(
-    ("mutate", "location"),
+    ("mutate", "location", "near"),
     [
-        pytest.param(lambda c: c.update(stor="x.db"), "stor", id="top-level"),
-        pytest.param(lambda c: c["issuer"].update(audiance="x"), "issuer.audiance", id="issuer"),
+        pytest.param(lambda c: c.update(stor="x.db"), "stor", "store", id="top-level"),
+        pytest.param(
+            lambda c: c["issuer"].update(audiance="x"), "issuer.audiance", "audience", id="issuer"
+        ),
         pytest.param(
             lambda c: c["identities"]["agent-runner"]["limits"].update(writes_per_hour=3),
             "identities.agent-runner.limits.writes_per_hour",
+            "writes_per_minute",
             id="identity-limits",
         ),
         pytest.param(
             lambda c: c["tools"]["kv_get"].update(resource_kind="path"),
             "tools.kv_get.resource_kind",
+            "resource",
             id="tool-rule",
         ),
         pytest.param(
             lambda c: _intent(c)["budget"].update(max_call=3),
             "intents.process-job.budget.max_call",
+            "max_calls",
             id="intent-budget",
         ),
         pytest.param(
             lambda c: _intent(c).update(tool=["kv_get"]),
             "intents.process-job.tool",
+            "tools",
             id="intent",
         ),
     ],
 )
-def test_unknown_key_is_error_with_location(mutate: Mutation, location: str) -> None:
-    assert _problems(mutate) == [(location, _UNKNOWN)]
+def test_unknown_key_is_error_with_location(mutate: Mutation, location: str, near: str) -> None:
+    assert _problems(mutate) == [
+        (location, f"unknown key (did you mean {near!r}?); remove it or fix it")
+    ]
+
+
+def test_unknown_key_without_a_near_name() -> None:
+    problems = _problems(lambda c: c.update(zzz=1))
+    assert problems == [("zzz", "unknown key; remove it or check its spelling")]
 
 
 @pytest.mark.parametrize(
@@ -446,7 +458,11 @@ def test_config_error_message_lists_problems_and_source(tmp_path: Path) -> None:
 
     message = str(info.value)
     assert message.splitlines()[0] == f"1 problem(s) in {path}:"
-    assert "  intents.process-job.tools[2]: tool 'kv_scan' has no rule under tools:" in message
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "kv_scan" in text)
+    assert (
+        f"  {path}:{line}:7: intents.process-job.tools[2]: tool 'kv_scan' has no rule under "
+        "tools:" in message
+    )
     assert info.value.source == str(path)
 
 

@@ -1,18 +1,18 @@
 """The configuration: pydantic models, loading from YAML/TOML/JSON or a dict, ``${ENV}``.
 
 Every model is frozen and forbids unknown keys. Problems are collected and reported together
-with their location (``intents.process-job.allow.write[0]``) in one :class:`ConfigError`.
+with their location (``intents.process-job.allow.write[0]``, and ``file:line:col`` for a YAML or
+JSON file) in one :class:`ConfigError`; :mod:`toolguard.configcheck` finds them (and the
+warnings of ``toolguard check``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -20,13 +20,11 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from .durations import parse_duration
-from .errors import ConfigError
 from .numbers import MAX_COST, MAX_COUNT
 
 __all__ = [
@@ -36,10 +34,21 @@ __all__ = [
     "IdentityConfig",
     "IdentityLimits",
     "IntentConfig",
+    "Issue",
     "IssuerConfig",
+    "Loc",
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
+    "MAX_CONFIG_VALUES",
+    "PLACEHOLDER",
+    "TooLarge",
     "ToolRule",
+    "format_path",
     "load_config",
     "parse_duration",
+    "placeholders",
+    "reference_problems",
+    "substitute_env",
 ]
 
 Operation = str
@@ -47,6 +56,14 @@ Operation = str
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _OPERATION = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""A ``{name}`` placeholder: a task parameter in intent and identity patterns, a call argument
+in tool resources."""
+
+
+def placeholders(template: str) -> list[str]:
+    """The placeholder names of ``template``, in order (``"a:{x}:{y}"`` -> ``["x", "y"]``)."""
+    return PLACEHOLDER.findall(template)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -257,34 +274,9 @@ class GuardConfig(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> GuardConfig:
-        problems: list[tuple[str, str]] = []
-        for name, intent in self.intents.items():
-            if intent.identity not in self.identities:
-                problems.append(
-                    (
-                        f"intents.{name}.identity",
-                        f"identity {intent.identity!r} is not defined; add it under identities:",
-                    )
-                )
-            for i, tool in enumerate(intent.tools):
-                if tool not in self.tools:
-                    problems.append(
-                        (
-                            f"intents.{name}.tools[{i}]",
-                            f"tool {tool!r} has no rule under tools:; add one with an operation "
-                            "and a resource",
-                        )
-                    )
-            for tool in intent.budget.per_tool:
-                if tool not in intent.tools:
-                    problems.append(
-                        (
-                            f"intents.{name}.budget.per_tool.{tool}",
-                            f"tool {tool!r} is not among the intent's tools",
-                        )
-                    )
+        problems = reference_problems(self.identities, self.tools, self.intents)
         if problems:
-            raise _Problems(problems)
+            raise _Problems(problems, references=True)
         return self
 
     def resolve_path(self, path: str) -> Path:
@@ -321,13 +313,90 @@ class GuardConfig(_Model):
         return schema
 
 
-class _Problems(ValueError):
-    """Problems found by a validator; ``relative`` locations are below the field's own."""
+Loc = tuple[str | int, ...]
+"""A location in the config as keys and list indices: ``("intents", "job", "tools", 2)``."""
 
-    def __init__(self, problems: list[tuple[str, str]], *, relative: bool = False) -> None:
-        super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in problems))
+
+class Issue(NamedTuple):
+    """One problem found in the config: where, what, and which kind."""
+
+    path: Loc
+    message: str
+    code: str = "invalid"
+    """``invalid``, ``unknown-key``, ``undefined-identity``, ... (see docs/cli.md)."""
+    on_key: bool = False
+    """The problem is the key itself (a misspelt name), not its value."""
+
+
+def format_path(path: Loc) -> str:
+    """``intents.job.tools[2]`` for ``("intents", "job", "tools", 2)``; ``""`` for the root."""
+    out = ""
+    for part in path:
+        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, str(part))
+    return out
+
+
+class _Problems(ValueError):
+    """Problems found by a validator; ``relative`` paths are below the field's own."""
+
+    def __init__(
+        self, problems: list[Issue], *, relative: bool = False, references: bool = False
+    ) -> None:
+        super().__init__("; ".join(f"{format_path(p.path)}: {p.message}" for p in problems))
         self.problems = problems
         self.relative = relative
+        self.references = references
+
+
+def reference_problems(
+    identities: Collection[Any], tools: Collection[Any], intents: Mapping[Any, Any]
+) -> list[Issue]:
+    """Intents naming an identity or a tool that is not defined, and ``budget.per_tool`` entries
+    for tools the intent does not list. ``intents`` values are :class:`IntentConfig` models or
+    the raw mappings of a config that did not validate (wrongly typed parts are skipped)."""
+    problems: list[Issue] = []
+    for name, intent in intents.items():
+        if isinstance(intent, IntentConfig):
+            identity: Any = intent.identity
+            listed: Any = intent.tools
+            per_tool: Any = intent.budget.per_tool
+        elif isinstance(intent, Mapping):
+            identity, listed = intent.get("identity"), intent.get("tools")
+            budget = intent.get("budget")
+            per_tool = budget.get("per_tool") if isinstance(budget, Mapping) else None
+        else:
+            continue
+        where: Loc = ("intents", name)
+        if isinstance(identity, str) and identity not in identities:
+            problems.append(
+                Issue(
+                    (*where, "identity"),
+                    f"identity {identity!r} is not defined; add it under identities:",
+                    "undefined-identity",
+                )
+            )
+        names = {t for t in listed if isinstance(t, str)} if isinstance(listed, list) else set()
+        for i, tool in enumerate(listed if isinstance(listed, list) else []):
+            if isinstance(tool, str) and tool not in tools:
+                problems.append(
+                    Issue(
+                        (*where, "tools", i),
+                        f"tool {tool!r} has no rule under tools:; add one with an operation "
+                        "and a resource",
+                        "undefined-tool",
+                    )
+                )
+        for tool in per_tool if isinstance(per_tool, Mapping) else ():
+            if isinstance(listed, list) and tool not in names:
+                problems.append(
+                    Issue(
+                        (*where, "budget", "per_tool", tool),
+                        f"tool {tool!r} is not among the intent's tools",
+                        "budget-tool",
+                        on_key=True,
+                    )
+                )
+    return problems
 
 
 def _check_regexes(v: list[str]) -> list[str]:
@@ -342,16 +411,20 @@ def _check_regexes(v: list[str]) -> list[str]:
 
 
 def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
-    problems: list[tuple[str, str]] = []
+    problems: list[Issue] = []
     for op, patterns in v.items():
         if not _OPERATION.match(op):
             problems.append(
-                (op, f"operation {op!r} must be a lowercase word such as read, write, delete")
+                Issue(
+                    (op,),
+                    f"operation {op!r} must be a lowercase word such as read, write, delete",
+                    on_key=True,
+                )
             )
         for i, pattern in enumerate(patterns):
             if not pattern or any(ord(c) < 32 or ord(c) == 127 for c in pattern):
                 problems.append(
-                    (f"{op}[{i}]", f"pattern {pattern!r} is empty or has control characters")
+                    Issue((op, i), f"pattern {pattern!r} is empty or has control characters")
                 )
     if problems:
         raise _Problems(problems, relative=True)
@@ -367,49 +440,53 @@ MAX_CONFIG_DEPTH = 32
 """And nests at most this deep."""
 
 
-class _TooLarge(Exception):
-    def __init__(self, loc: str, message: str) -> None:
+class TooLarge(Exception):
+    """The config expands past :data:`MAX_CONFIG_VALUES` values or :data:`MAX_CONFIG_DEPTH`
+    levels; nothing else is checked."""
+
+    def __init__(self, path: Loc, message: str) -> None:
         super().__init__(message)
-        self.loc = loc
+        self.path = path
         self.message = message
 
 
-def _substitute_env(
-    value: Any, loc: str, problems: list[tuple[str, str]], budget: list[int] | None = None,
+def substitute_env(
+    value: Any, path: Loc, problems: list[Issue], budget: list[int] | None = None,
     depth: int = 0,
 ) -> Any:  # fmt: skip
-    """``${ENV}`` substituted in every string, walking the config as a tree; raises _TooLarge
-    beyond MAX_CONFIG_VALUES values (aliases count once per use) or MAX_CONFIG_DEPTH levels."""
+    """``${ENV}`` substituted in every string, walking the config as a tree (an unset variable
+    becomes ``""`` and an ``env-unset`` problem); raises :class:`TooLarge` beyond
+    MAX_CONFIG_VALUES values (aliases count once per use) or MAX_CONFIG_DEPTH levels."""
     if budget is None:
         budget = [MAX_CONFIG_VALUES]
     budget[0] -= 1
     if budget[0] < 0:
-        raise _TooLarge(
-            loc,
+        raise TooLarge(
+            path,
             f"the config has more than {MAX_CONFIG_VALUES} values once its YAML aliases are "
             "expanded (an alias bomb?); write it out plainly or make it smaller",
         )
     if depth > MAX_CONFIG_DEPTH:
-        raise _TooLarge(loc, f"the config nests deeper than {MAX_CONFIG_DEPTH} levels")
+        raise TooLarge(path, f"the config nests deeper than {MAX_CONFIG_DEPTH} levels")
     if isinstance(value, str):
 
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
             if name not in os.environ:
-                problems.append((loc, f"environment variable {name} is not set; export it"))
+                problems.append(
+                    Issue(path, f"environment variable {name} is not set; export it", "env-unset")
+                )
                 return ""
             return os.environ[name]
 
         return _ENV.sub(repl, value)
     if isinstance(value, Mapping):
         return {
-            k: _substitute_env(v, _join(loc, str(k)), problems, budget, depth + 1)
-            for k, v in value.items()
+            k: substitute_env(v, (*path, k), problems, budget, depth + 1) for k, v in value.items()
         }
     if isinstance(value, list):
         return [
-            _substitute_env(v, f"{loc}[{i}]", problems, budget, depth + 1)
-            for i, v in enumerate(value)
+            substitute_env(v, (*path, i), problems, budget, depth + 1) for i, v in enumerate(value)
         ]
     return value
 
@@ -418,112 +495,17 @@ def _join(loc: str, key: str) -> str:
     return f"{loc}.{key}" if loc else key
 
 
-def _format_loc(parts: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after[_check_allow()]",) or ("[" in str(part) and "(" in str(part)):
-            continue
-        else:
-            out = _join(out, str(part))
-    return out
-
-
-def _read_file(path: Path) -> Any:
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise ConfigError(
-                f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config this "
-                "large is a mistake (or an attack): check the path",
-                source=str(path),
-            )
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not valid UTF-8 (byte {exc.start}); save it as UTF-8",
-            source=str(path),
-        ) from None
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist", source=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"config file {path} cannot be read: {exc.strerror}", source=str(path)
-        ) from None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            return json.loads(text)
-        if suffix == ".toml":
-            if sys.version_info >= (3, 11):
-                import tomllib
-            else:  # pragma: no cover - Python 3.10
-                import tomli as tomllib
-            return tomllib.loads(text)
-        import yaml
-
-        return yaml.safe_load(text)
-    except Exception as exc:  # each parser has its own error type; all mean "not parseable"
-        raise ConfigError(
-            f"config file {path} is not valid {suffix.lstrip('.') or 'YAML'}: {exc}",
-            source=str(path),
-        ) from None
-
-
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | GuardConfig) -> GuardConfig:
     """Load and validate a config from a file path (YAML, TOML, JSON), a mapping, or a model.
 
-    Raises :class:`ConfigError` listing every problem with its location.
+    Raises :class:`ConfigError` listing every error with its location (``file:line:col`` too
+    for a YAML or JSON file); the warnings of ``toolguard check`` do not stop a load.
     """
     if isinstance(source, GuardConfig):
         return source
-    origin: str | None = None
-    base_dir: str | None = None
-    if isinstance(source, Mapping):
-        data: Any = dict(source)
-    else:
-        path = Path(source)
-        origin = str(path)
-        base_dir = str(path.resolve().parent)
-        data = _read_file(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError.from_problems(
-            [("", "the config must be a mapping of keys to values")], source=origin
-        )
-    problems: list[tuple[str, str]] = []
-    try:
-        data = _substitute_env(data, "", problems)
-    except _TooLarge as exc:
-        raise ConfigError.from_problems([(exc.loc, exc.message)], source=origin) from None
-    if problems:  # validating "" in place of a missing variable would only add noise
-        raise ConfigError.from_problems(problems, source=origin)
-    if base_dir is not None and "base_dir" not in data:
-        data["base_dir"] = base_dir
-    try:
-        config = GuardConfig.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            ctx_err = err.get("ctx", {}).get("error")
-            loc = _format_loc(tuple(err["loc"]))
-            if isinstance(ctx_err, _Problems):
-                for sub, msg in ctx_err.problems:
-                    where = (
-                        (f"{loc}{sub}" if sub.startswith("[") else _join(loc, sub))
-                        if (ctx_err.relative)
-                        else sub
-                    )
-                    problems.append((where, msg))
-                continue
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key; remove it or check its spelling"
-            elif msg.startswith("Value error, "):
-                msg = msg[len("Value error, ") :]
-            problems.append((loc, msg))
-    if problems:
-        raise ConfigError.from_problems(problems, source=origin)
-    return config
+    from .configcheck import check_config
+
+    report = check_config(source, warnings=False)
+    if report.config is None or report.errors:
+        raise report.error()
+    return report.config

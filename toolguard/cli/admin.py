@@ -15,11 +15,12 @@ import click
 if TYPE_CHECKING:
     from ..config import GuardConfig
 
-from ..errors import ConfigError
 from ..keys import KeyRing
 from ..viewer import format_time, plural
 from ._base import (
     _F,
+    CONFIG_ENV,
+    DEFAULT_CONFIG,
     DURATION,
     EXIT_FINDINGS,
     CliError,
@@ -29,6 +30,7 @@ from ._base import (
     _log,
     _obj,
     db_options,
+    find_config,
     json_option,
     main,
 )
@@ -287,10 +289,20 @@ def keys_jwks(
 
 @main.command("check")
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@_config_option("The config to check (the same as CONFIG).")
+@click.option("--strict", is_flag=True, help="Fail (exit 1) on warnings too, not only on errors.")
 @click.option("--schema", is_flag=True, help="Print the config's JSON Schema (for editors).")
 @json_option
-def check_cmd(config: Path | None, schema: bool, as_json: bool) -> None:
-    """Validate CONFIG and print every problem with its location; exit 1 if any."""
+def check_cmd(
+    config: Path | None, config_path: Path | None, strict: bool, schema: bool, as_json: bool
+) -> None:
+    """Check CONFIG and print every problem at once, one line each, with its file:line:col.
+
+    Errors (the config does not load) and warnings (it loads, but part of it can never take
+    effect) are listed together, then counted. Exit 0 when there is no error (and, with
+    --strict, no warning), 1 when there is, 2 when there is no config to check. Without
+    CONFIG: --config, else $TOOLGUARD_CONFIG, else ./toolguard.yaml.
+    """
     viewer = _obj().viewer()
     if schema:
         from ..config import GuardConfig
@@ -301,42 +313,55 @@ def check_cmd(config: Path | None, schema: bool, as_json: bool) -> None:
         else:
             click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
-    if config is None:
-        raise click.UsageError("give a CONFIG file to check, or --schema")
-    try:
-        from ..config import load_config
-
-        loaded = load_config(config)
-    except ConfigError as exc:
-        problems = exc.problems or [("", str(exc))]
-        if as_json:
-            viewer.json(
-                {
-                    "ok": False,
-                    "source": str(config),
-                    "problems": [{"location": loc, "message": msg} for loc, msg in problems],
-                }
-            )
-        else:
-            viewer.line(f"{config}: {plural(len(problems), 'problem')}", "bold red")
-            for loc, msg in problems:
-                viewer.line(f"  {loc or '<root>'}: {msg}", "red")
-        click.get_current_context().exit(EXIT_FINDINGS)
-    counts = {
-        "identities": len(loaded.identities),
-        "tools": len(loaded.tools),
-        "intents": len(loaded.intents),
-    }
-    disabled = sorted(name for name, ident in loaded.identities.items() if ident.disabled)
-    if as_json:
-        viewer.json({"ok": True, "source": str(config), **counts, "disabled_identities": disabled})
-    else:
-        viewer.done(
-            f"ok: {config}: {plural(counts['identities'], 'identity')}, "
-            f"{plural(counts['tools'], 'tool')}, {plural(counts['intents'], 'intent')}"
+    if config is not None and config_path is not None and config != config_path:
+        raise click.UsageError("give the config once: as CONFIG or as --config, not both")
+    path, origin = find_config(config or config_path)
+    if path is None:
+        raise click.UsageError(
+            f"no config to check: give a CONFIG file (or --config), set ${CONFIG_ENV}, or run "
+            f"where ./{DEFAULT_CONFIG} is; or print the schema with --schema"
         )
-        for name in disabled:  # a kill switch: say so, it refuses every task of the identity
-            viewer.warn(
-                f"  identity {name} is disabled by the config (identities.{name}.disabled: "
-                "true): its tasks are refused"
+    if origin == f"${CONFIG_ENV}" and not path.exists():
+        raise CliError(
+            f"${CONFIG_ENV} names the config file {path}, which does not exist; fix or unset "
+            f"{CONFIG_ENV}, or give CONFIG"
+        )
+    from ..configcheck import check_config
+
+    report = check_config(path)  # a file that cannot be read at all is a ConfigError: exit 2
+    errors, warnings = len(report.errors), len(report.warnings)
+    failed = bool(errors or (strict and warnings))
+    if as_json:
+        viewer.json(
+            {
+                "ok": not failed,
+                "source": str(path),
+                "strict": strict,
+                "errors": errors,
+                "warnings": warnings,
+                "problems": [f.to_dict() for f in report.findings],
+                **report.counts,
+                "disabled_identities": list(report.disabled),
+            }
+        )
+    else:
+        for finding in report.findings:
+            viewer.line(finding.format(), "red" if finding.severity == "error" else "yellow")
+        if report.findings:
+            counts = [plural(n, word) for n, word in ((errors, "error"), (warnings, "warning"))]
+            summary = f"Found {', '.join(c for c in counts if not c.startswith('0 '))}."
+            if not errors:
+                summary += (
+                    " The config loads; --strict fails on warnings."
+                    if not strict
+                    else " (--strict: warnings fail the check)"
+                )
+            viewer.line(summary, "bold red" if failed else "bold yellow")
+        else:
+            viewer.done(
+                f"ok: {path}: {plural(report.counts['identities'], 'identity')}, "
+                f"{plural(report.counts['tools'], 'tool')}, "
+                f"{plural(report.counts['intents'], 'intent')}"
             )
+    if failed:
+        click.get_current_context().exit(EXIT_FINDINGS)
