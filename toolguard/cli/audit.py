@@ -634,6 +634,7 @@ def export_cmd(
                         {n: i.limits for n, i in config.identities.items()} if config else None
                     ),
                     identities=sorted(config.identities) if config else (),
+                    budgets=({n: i.budget for n, i in config.intents.items()} if config else None),
                     source=str(log.store.path),
                 )
                 what = "task"
