@@ -278,3 +278,51 @@ def test_html_shows_delegation_links_acknowledge_and_tainted(
     assert '<span class="badge tainted">tainted</span>' in text
     only_child = _html(guard, clock, task_id=child.task_id)
     assert f"<code>{parent.task_id}</code> <span" in only_child  # not in this report: no link
+
+
+def test_docs_sqlite_utils_examples_run_on_a_real_trail(
+    make_guard: Callable[..., tg.Guard], clock: Clock, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """docs/audit.md, "The database is plain SQLite": its sqlite-utils commands and its Python
+    lines work, as printed, from the folder that holds ``.toolguard/``."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path_factory.mktemp("project")
+    guard = make_guard(clock=clock, tools=TOOLS, store=str(folder / ".toolguard" / "audit.db"))
+    ids = build_trail(guard, clock)
+    guard.revoke(task_id=ids["job"], reason="incident 17")
+    guard.close()
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "audit.md").read_text()
+    section = doc.split("## The database is plain SQLite", 1)[1].split("\n## ", 1)[0]
+    commands = [
+        line
+        for block in re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+        for line in block.splitlines()
+        if line.startswith("sqlite-utils ")
+    ]
+    assert len(commands) >= 3
+    tool = str(Path(sys.executable).parent / "sqlite-utils")
+    outputs = []
+    for command in commands:
+        args = shlex.split(command)
+        done = subprocess.run(
+            [tool, *args[1:]], cwd=folder, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        outputs.append(done.stdout)
+    text = "\n".join(outputs)
+    assert "events" in outputs[0] and "credentials" in outputs[0]
+    assert json.loads(outputs[1]) == [{"identity": "agent-runner", "denials": 1}]
+    assert "incident 17" in text
+    (code,) = re.findall(r"```py\n(.*?)```", section, flags=re.DOTALL)
+    printed = subprocess.run(
+        [sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=60
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert "'tool': 'kv_set', 'calls': 2" in printed.stdout
+    again = make_guard(clock=clock, tools=TOOLS, store=str(folder / ".toolguard" / "audit.db"))
+    assert again.audit.verify().ok  # the reads changed nothing
