@@ -262,9 +262,12 @@ def test_html_shows_delegation_links_acknowledge_and_tainted(
     intents = copy.deepcopy(BASE_CONFIG["intents"])
     intents["process-job"]["allow"]["delegate"] = ["agents:jobs:{job_id}:*"]
     guard = make_guard(clock=clock, identities=identities, intents=intents)
-    with guard.task("process-job", job_id="42") as parent:
-        child = parent.delegate("summarise-job", job_id="42").start()
-        child.end()
+    get = tg.guard(kv_get, guard)
+    with (
+        guard.task("process-job", job_id="42") as parent,
+        parent.delegate("summarise-job", job_id="42") as child,
+    ):
+        get.invoke({"key": "agents:jobs:42:input"})
     guard.store.append(
         {"ts": clock.now, "kind": "acknowledge", "decision": "acknowledge",
          "operation": "truncated", "reason": "acknowledged by alice: restored",
@@ -276,6 +279,9 @@ def test_html_shows_delegation_links_acknowledge_and_tainted(
     assert f'href="#task-{child.task_id}"' in text and f'href="#task-{parent.task_id}"' in text
     assert "acknowledged by alice: restored" in text
     assert '<span class="badge tainted">tainted</span>' in text
+    budgets = {name: intent.budget for name, intent in guard.config.intents.items()}
+    parent_only = _html(guard, clock, task_id=parent.task_id, budgets=budgets)
+    assert "max_calls: 1 of 20" in parent_only  # the child's call spends the parent's budget
     only_child = _html(guard, clock, task_id=child.task_id)
     assert f"<code>{parent.task_id}</code> <span" in only_child  # not in this report: no link
 

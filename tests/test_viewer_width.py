@@ -164,3 +164,15 @@ def test_any_text_at_any_width_keeps_ids_and_times_whole(
     assert text.count("0123456789ab") == len(events)
     words = [w for w in f"{reason} [intents.process-job.allow.write]".split() if len(w) < 40]
     _words_whole(" ".join(words), lines)
+
+
+def test_at_120_columns_a_task_keeps_its_row_and_only_params_go_under_it(
+    trail: tuple[tg.Guard, dict[str, str]], clock: Clock
+) -> None:
+    guard, ids = trail
+    out = io.StringIO()
+    Viewer(file=out, force_terminal=True, width=120).tasks(guard.audit.tasks())
+    lines = ANSI.sub("", out.getvalue()).splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith(ids["job"][:12]))
+    assert "process-job" in lines[row] and "agent-runner" in lines[row]
+    assert lines[row + 1].split() == ["params", "job_id=42"]

@@ -8,9 +8,14 @@
   not run it as a formula. Identifiers (ids, hashes, names, numbers: only letters, digits and
   ``. _ : -``) are written exactly as stored, even when they start with ``-``; any other cell
   that starts like a formula is escaped too. Use JSON lines to re-verify hashes.
-- HTML: one page with no external resource (a ``Content-Security-Policy`` forbids any network
-  access): the usage summary, usage over time as an inline SVG chart, and the task list with
-  each task's timeline, filterable by text, identity, status and denials with inline script.
+- HTML: one page with no external resource: revocations (task, identity, credential; who,
+  why, when; identities disabled now), usage over time as an inline SVG chart spanning the
+  calls, the usage summary, the task list (statuses in colour, tainted tasks marked, tasks with
+  denials open, parent/child links, each task's budget against its intent's limits, its
+  timeline with millisecond times) with a filter bar and expand/collapse controls, and the
+  events outside any task (denials, ``acknowledge``, ``enable``). Its Content-Security-Policy
+  (:data:`CSP`) forbids any network access and allows only the page's own stylesheet and
+  script, by their SHA-256 hashes. docs/cli.md describes the page.
 """
 
 from __future__ import annotations
@@ -658,6 +663,7 @@ def _task_budgets(
     tasks: Sequence[Mapping[str, Any]],
     timelines: Mapping[str, Sequence[Mapping[str, Any]]],
     budgets: Mapping[str, Budget] | None,
+    children: Mapping[str, Sequence[str]],
 ) -> dict[str, list[tuple[str, float | None, float]]]:
     """Each task's budget (what it and its delegated tasks spent, as the guard counts it:
     :func:`toolguard.store.tasks.spent_from_trail`) against the limits of its intent in the
@@ -667,6 +673,7 @@ def _task_budgets(
         conn = audit.store.conn
         for task in tasks:
             task_id = str(task["task_id"])
+            idle = not int(task.get("calls") or 0) and not children.get(task_id)
             budget = budgets.get(str(task.get("intent"))) if budgets is not None else None
             limits: list[tuple[str, float | None]] = []
             if budget is not None:
@@ -687,8 +694,8 @@ def _task_budgets(
                 limits = [("max_calls", None), ("max_cost", None)]
                 limits += [(f"per_tool.{t}", None) for t in tools]
             rows = []
-            for name, limit in limits:
-                spent = spent_from_trail(conn, task_id, name) / COST_RESOLUTION
+            for name, limit in limits:  # a task with no call (and no child here) spent 0
+                spent = 0.0 if idle else spent_from_trail(conn, task_id, name) / COST_RESOLUTION
                 rows.append((name, None if limit is None else float(limit), spent))
             out[task_id] = rows
     except sqlite3.Error as exc:
@@ -796,7 +803,7 @@ def write_html(
         truncated=truncated,
         revocations=revocations,
         disabled=audit.disabled_identities(),
-        budgets=_task_budgets(audit, tasks, timelines, budgets),
+        budgets=_task_budgets(audit, tasks, timelines, budgets, children),
         limits_known=budgets is not None,
         children=children,
         window=(start, max(end, start + 60.0)),

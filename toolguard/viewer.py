@@ -1,9 +1,11 @@
 """Rendering for the command line: rich tables and colour on a terminal, plain text when piped.
 
 :class:`Viewer` turns what :mod:`toolguard.audit` returns into output. On a terminal (or with
-``force_terminal``) it draws rich tables, with denials in red; otherwise it writes plain,
-column-aligned text with no colour and no box characters, one record per line, so the output
-can be piped to ``grep``, ``cut`` or ``sort``. ``--json`` output goes through :meth:`json`
+``force_terminal``) it draws tables fitted to the terminal's width (:func:`_layout`: ids and
+times never wrap, the reason column takes the remaining width and wraps by words), with
+denials in red; otherwise it writes plain, column-aligned text with no colour and no box
+characters, full task ids, one record per line, so the output can be piped to ``grep``,
+``cut`` or ``sort``. ``--json`` output goes through :meth:`json`
 (one object per line for streams). Every string from the trail is cleaned of control
 characters before it reaches a terminal (:func:`toolguard.text.printable`: controls, bidi
 overrides and isolates, invisible characters, lone surrogates): arguments, resources and
@@ -427,9 +429,10 @@ def _layout(rows: _Rows, console: Console) -> list[Text]:
     2. the other columns on the row's line (``resources``, ``params`` and ``quota`` wrapped by
        words, at least :data:`_FLEX_MIN` wide), the detail under it, indented, as wide as the
        terminal allows;
-    3. only the key columns (ids, times, kinds, statuses, counts) on the row's line; the others
-       on a labelled line under it (``identity agent-runner  tool kv_set ...``), then the
-       detail.
+    3. the wrap-able columns on a labelled line under the row (``params job_id=42``), then
+       the detail; else only the key columns (ids, times, kinds, statuses, counts) on the
+       row's line and all the others on the labelled line (``identity agent-runner  tool
+       kv_set ...``), then the detail.
     """
     width = max(console.width, 20)
     headers = rows.headers
@@ -469,11 +472,14 @@ def _layout(rows: _Rows, console: Console) -> list[Text]:
         widths = fit(plain, width)
     if widths is None and reason is not None:
         layout, widths = 2, fit(plain, width)
+    if widths is None:  # the wrap-able columns under the row, then the short ones too
+        layout = 2 if reason is None else 3
+        below = [i for i in plain if roles[i] == "flex"]
+        widths = fit([i for i in plain if i not in below], width)
     if widths is None:
         layout = 3
-        keys = [i for i in plain if roles[i] == "key"]
         below = [i for i in plain if roles[i] != "key"]
-        widths = {i: natural[i] for i in keys}
+        widths = {i: natural[i] for i in plain if roles[i] == "key"}
     columns = sorted(widths)
     indent = natural[0] + _GAP if natural[0] + _GAP <= width // 3 else 2
     rest = max(width - indent, 10)
