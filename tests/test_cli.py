@@ -495,7 +495,11 @@ def test_cli_tail_follow_stops_after_max_polls_without_events(
 ) -> None:
     obj = CliContext(clock=clock, sleep=lambda s: None, max_polls=3)
     result = _ok(run("audit", "tail", "-f", "-n", "1", "--db", str(db), obj=obj))
-    assert len(result.stdout.splitlines()) == 1  # the newest event, then nothing new
+    header, *lines = result.stdout.splitlines()
+    assert header.split()[:4] == ["seq", "time", "kind", "task"]
+    assert len(lines) == 1  # the newest event, then nothing new
+    assert lines[0].split()[4] == ids["summary"]  # piped: the full task id
+    assert lines[0].index(ids["summary"]) == header.index("task")  # aligned under its name
 
 
 def test_cli_tail_follow_on_a_terminal_prints_coloured_lines(
@@ -512,7 +516,8 @@ def test_cli_tail_follow_on_a_terminal_prints_coloured_lines(
         run("audit", "tail", "-f", "-n", "0", "--count", "1", "--kind", "denied", "--db", str(db),
             obj=obj)
     )  # fmt: skip
-    lines = result.stdout.splitlines()
+    header, *lines = result.stdout.splitlines()
+    assert "seq" in header and "detail" in header
     assert len(lines) == 1
     assert "\x1b[1;31mDENIED" in lines[0]
     assert not set(lines[0]) & BOX

@@ -191,3 +191,144 @@ def test_html_of_empty_trail(guard: tg.Guard, clock: Clock) -> None:
     page = _page(_html(guard, clock))
     assert page.task_ids == []
     assert "svg" in [t for t, _ in page.tags]
+
+
+# -- the report's sections (issue 12; tests/test_report_browser.py checks them in Chromium) ----
+
+
+def test_html_csp_allows_exactly_the_page_script_and_style(guard: tg.Guard, clock: Clock) -> None:
+    import base64
+    import hashlib
+    import re
+
+    text = _html(guard, clock)
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', text)
+    assert csp is not None
+    policy = csp.group(1)
+    assert "'unsafe-inline'" not in policy and "default-src 'none'" in policy
+    for tag in ("script", "style"):
+        body = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.S)
+        assert body is not None
+        digest = base64.b64encode(hashlib.sha256(body.group(1).encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in policy, tag
+    assert " style=" not in text and " on" + "click=" not in text  # no inline style or handler
+
+
+def test_html_revocations_budgets_and_open_denials(
+    trail: tuple[tg.Guard, dict[str, str]], clock: Clock
+) -> None:
+    guard, ids = trail
+    clock.advance(1)
+    guard.revoke(identity="summariser", reason="incident 18", disable=True)
+    guard.revoke(task_id=ids["job"], reason="incident 19")
+    budgets = {name: intent.budget for name, intent in guard.config.intents.items()}
+    text = _html(guard, clock, budgets=budgets)
+    page = _page(text)
+    assert 'id="revocations"' in text and "incident 18" in text and "incident 19" in text
+    assert '<span class="badge disabled">disabled</span>' in text
+    assert "Identities disabled now" in text
+    opened = {a["data-task-id"] for t, a in page.tags if t == "details" and "open" in a}
+    assert opened == {ids["job"]}  # the task with a denial, and only it
+    assert "max_calls: 3 of 20" in text and "per_tool.kv_set: 2 of 5" in text
+    assert "max_cost: 0.5 of 1" in text
+    unknown = _html(guard, clock)
+    assert "limits unknown" in unknown and "max_calls: 3 used" in unknown
+
+
+def test_html_chart_bucket_fits_the_calls_not_the_window(guard: tg.Guard, clock: Clock) -> None:
+    get = tg.guard(kv_get, guard)
+    for _ in range(10):  # a five-minute burst ...
+        with guard.task("process-job", job_id="42"):
+            get.invoke({"key": "agents:jobs:42:input"})
+        clock.advance(30)
+    clock.advance(6 * 3600)  # ... in a 24 h window
+    page = _page(_html(guard, clock))
+    text = " ".join(page.text)
+    assert "Calls per 5s bucket" in text
+    points = [t for t, _ in page.tags if t == "circle"]
+    assert len(points) == 10  # each call in its own bucket, not one spike
+
+
+def test_html_shows_delegation_links_acknowledge_and_tainted(
+    make_guard: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    import copy
+    import sqlite3
+
+    from conftest import BASE_CONFIG
+
+    identities = copy.deepcopy(BASE_CONFIG["identities"])
+    identities["agent-runner"]["allow"]["delegate"] = ["agents:jobs:*"]
+    intents = copy.deepcopy(BASE_CONFIG["intents"])
+    intents["process-job"]["allow"]["delegate"] = ["agents:jobs:{job_id}:*"]
+    guard = make_guard(clock=clock, identities=identities, intents=intents)
+    get = tg.guard(kv_get, guard)
+    with (
+        guard.task("process-job", job_id="42") as parent,
+        parent.delegate("summarise-job", job_id="42") as child,
+    ):
+        get.invoke({"key": "agents:jobs:42:input"})
+    guard.store.append(
+        {"ts": clock.now, "kind": "acknowledge", "decision": "acknowledge",
+         "operation": "truncated", "reason": "acknowledged by alice: restored",
+         "rule": "audit.acknowledge"}
+    )  # fmt: skip
+    with sqlite3.connect(guard.config.store_path) as conn:
+        conn.execute("UPDATE tasks SET tainted = 1 WHERE task_id = ?", (child.task_id,))
+    text = _html(guard, clock)
+    assert f'href="#task-{child.task_id}"' in text and f'href="#task-{parent.task_id}"' in text
+    assert "acknowledged by alice: restored" in text
+    assert '<span class="badge tainted">tainted</span>' in text
+    budgets = {name: intent.budget for name, intent in guard.config.intents.items()}
+    parent_only = _html(guard, clock, task_id=parent.task_id, budgets=budgets)
+    assert "max_calls: 1 of 20" in parent_only  # the child's call spends the parent's budget
+    only_child = _html(guard, clock, task_id=child.task_id)
+    assert f"<code>{parent.task_id}</code> <span" in only_child  # not in this report: no link
+
+
+def test_docs_sqlite_utils_examples_run_on_a_real_trail(
+    make_guard: Callable[..., tg.Guard], clock: Clock, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """docs/audit.md, "The database is plain SQLite": its sqlite-utils commands and its Python
+    lines work, as printed, from the folder that holds ``.toolguard/``."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path_factory.mktemp("project")
+    guard = make_guard(clock=clock, tools=TOOLS, store=str(folder / ".toolguard" / "audit.db"))
+    ids = build_trail(guard, clock)
+    guard.revoke(task_id=ids["job"], reason="incident 17")
+    guard.close()
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "audit.md").read_text()
+    section = doc.split("## The database is plain SQLite", 1)[1].split("\n## ", 1)[0]
+    commands = [
+        line
+        for block in re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+        for line in block.splitlines()
+        if line.startswith("sqlite-utils ")
+    ]
+    assert len(commands) >= 3
+    tool = str(Path(sys.executable).parent / "sqlite-utils")
+    outputs = []
+    for command in commands:
+        args = shlex.split(command)
+        done = subprocess.run(
+            [tool, *args[1:]], cwd=folder, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        outputs.append(done.stdout)
+    text = "\n".join(outputs)
+    assert "events" in outputs[0] and "credentials" in outputs[0]
+    assert json.loads(outputs[1]) == [{"identity": "agent-runner", "denials": 1}]
+    assert "incident 17" in text
+    (code,) = re.findall(r"```py\n(.*?)```", section, flags=re.DOTALL)
+    printed = subprocess.run(
+        [sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=60
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert "'tool': 'kv_set', 'calls': 2" in printed.stdout
+    again = make_guard(clock=clock, tools=TOOLS, store=str(folder / ".toolguard" / "audit.db"))
+    assert again.audit.verify().ok  # the reads changed nothing

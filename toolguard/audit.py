@@ -441,6 +441,64 @@ class AuditLog:
         merged.extend(pending)
         return merged
 
+    # -- revocations --------------------------------------------------------------------------
+
+    def revocations(
+        self, *, since: float | None = None, until: float | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` revocations (``scope`` task, identity or jti, ``value``,
+        ``reason``, ``ts``, ``by``), oldest first, without the routine revocation of a task's
+        credentials when it ends (``by`` ``task-end``). ``disabled`` is true for a
+        ``revoke --identity --disable`` (its ``revoke`` event says so)."""
+        rows = self.store.query(
+            "SELECT scope, value, reason, ts, by FROM revocations"
+            " WHERE COALESCE(by, '') != 'task-end' AND ts >= ? AND ts < ?"
+            " ORDER BY ts DESC, id DESC LIMIT ?",
+            [
+                since if since is not None else float("-inf"),
+                until if until is not None else float("inf"),
+                limit,
+            ],
+        )
+        rows.reverse()
+        seen: set[tuple[Any, ...]] = set()
+        unique = []
+        for row in rows:  # one revocation may be recorded twice (store and guard)
+            key = (row["scope"], row["value"], row["reason"], row["ts"], row["by"])
+            if key not in seen:
+                seen.add(key)
+                unique.append(row)
+        rows = unique
+        disabled = {
+            (e.ts, e.identity)
+            for e in self.events(kind="revoke", since=since, until=until)
+            if (e.reason or "").endswith("(identity disabled)")
+        }
+        for row in rows:
+            row["disabled"] = row["scope"] == "identity" and (row["ts"], row["value"]) in disabled
+        return rows
+
+    def children(self, task_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The delegated child tasks of each of ``task_ids`` (the ``tasks(parent_id)`` index),
+        oldest first; tasks with none are left out."""
+        found: dict[str, list[str]] = {}
+        ids = list(task_ids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for row in self.store.query(
+                "SELECT task_id, parent_id FROM tasks WHERE parent_id IN"
+                f" ({', '.join('?' * len(chunk))}) ORDER BY started_at, task_id",
+                chunk,
+            ):
+                found.setdefault(str(row["parent_id"]), []).append(str(row["task_id"]))
+        return found
+
+    def disabled_identities(self) -> list[dict[str, Any]]:
+        """The identities disabled now (``identity``, ``reason``, ``ts``), by name."""
+        return self.store.query(
+            "SELECT identity, reason, ts FROM identity_state WHERE disabled = 1 ORDER BY identity"
+        )
+
     # -- usage --------------------------------------------------------------------------------
 
     def summary(

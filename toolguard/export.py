@@ -8,26 +8,40 @@
   not run it as a formula. Identifiers (ids, hashes, names, numbers: only letters, digits and
   ``. _ : -``) are written exactly as stored, even when they start with ``-``; any other cell
   that starts like a formula is escaped too. Use JSON lines to re-verify hashes.
-- HTML: one page with no external resource (a ``Content-Security-Policy`` forbids any network
-  access): the usage summary, usage over time as an inline SVG chart, and the task list with
-  each task's timeline, filterable by text, identity, status and denials with inline script.
+- HTML: one page with no external resource: revocations (task, identity, credential; who,
+  why, when; identities disabled now), usage over time as an inline SVG chart spanning the
+  calls, the usage summary, the task list (statuses in colour, tainted tasks marked, tasks with
+  denials open, parent/child links, each task's budget against its intent's limits, its
+  timeline with millisecond times) with a filter bar and expand/collapse controls, and the
+  events outside any task (denials, ``acknowledge``, ``enable``). Its Content-Security-Policy
+  (:data:`CSP`) forbids any network access and allows only the page's own stylesheet and
+  script, by their SHA-256 hashes. docs/cli.md describes the page.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import html
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, Any
+import sqlite3
+from collections.abc import Container, Iterable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 from .audit import AuditEvent, AuditLog, Summary, Usage
+from .budget import COST_RESOLUTION
 from .chain import EVENT_FIELDS
+from .errors import AuditError
+from .store.tasks import spent_from_trail
 from .text import printable
 from .viewer import TIMELINE_HEADERS, format_cost, format_duration, format_time, plural
 
-__all__ = ["HtmlReport", "render_html", "write_csv", "write_html", "write_jsonl"]
+if TYPE_CHECKING:
+    from .config import Budget
+
+__all__ = ["CSP", "HtmlReport", "render_html", "write_csv", "write_html", "write_jsonl"]
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -89,50 +103,98 @@ _PALETTE = (
     "#4b5563",
 )
 
-_CSS = """
+_CSS = (
+    """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#111;background:#fff}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;margin:.4em 0}
 th,td{border-bottom:1px solid #ddd;padding:2px 8px;text-align:left;vertical-align:top}
 th{background:#f3f4f6}
 td.num{text-align:right}
+.t{white-space:nowrap;font-variant-numeric:tabular-nums}
 .deny,.deny td{color:#b91c1c;font-weight:600}
 .err{color:#b45309}.inc{color:#7e22ce}.ok{color:#15803d}.rev{color:#a21caf}
+.act{color:#0e7490}.warn{color:#b45309}
 .task{border:1px solid #e5e7eb;border-radius:4px;margin:.3em 0;padding:.2em .6em}
 .task summary{cursor:pointer}
 .task.has-deny{border-left:4px solid #b91c1c}
+.badge{border-radius:3px;padding:0 4px;font-size:.85em;font-weight:600}
+.badge.tainted{background:#fef3c7;color:#92400e}
+.badge.disabled{background:#fee2e2;color:#991b1b}
+.meta{margin:.3em 0}.meta span{margin-right:1.2em}
+.over{color:#b91c1c;font-weight:600}
 .muted{color:#6b7280}
 code{font-size:.95em}
 #filters{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:1px solid #ddd}
-#filters input,#filters select{margin-right:1em}
+#filters input,#filters select,#filters button{margin-right:.8em}
+[hidden]{display:none}
 """
+    + "".join(f".c{k}{{color:{c}}}" for k, c in enumerate(_PALETTE))
+    + ".cd{color:#f87171}\n"
+)
 
 _SCRIPT = """
 (function(){
   var q=document.getElementById('q'),idn=document.getElementById('f-identity'),
       st=document.getElementById('f-status'),dn=document.getElementById('f-denied'),
-      count=document.getElementById('shown');
+      count=document.getElementById('shown'),tasks=document.querySelectorAll('.task');
   function apply(){
-    var text=q.value.toLowerCase(),n=0,tasks=document.querySelectorAll('.task');
+    var text=q.value.toLowerCase(),n=0;
     for(var i=0;i<tasks.length;i++){
       var t=tasks[i],ok=true;
       if(text&&t.textContent.toLowerCase().indexOf(text)<0)ok=false;
       if(idn.value&&t.getAttribute('data-identity')!==idn.value)ok=false;
       if(st.value&&t.getAttribute('data-status')!==st.value)ok=false;
       if(dn.checked&&t.getAttribute('data-denied')==='0')ok=false;
-      t.style.display=ok?'':'none';if(ok)n++;
+      t.hidden=!ok;if(ok)n++;
     }
     count.textContent=n;
   }
+  function expand(open){
+    for(var i=0;i<tasks.length;i++){if(!tasks[i].hidden)tasks[i].open=open;}
+  }
   [q,idn,st,dn].forEach(function(el){el.addEventListener('input',apply);
     el.addEventListener('change',apply);});
+  document.getElementById('expand-all').addEventListener('click',function(){expand(true);});
+  document.getElementById('collapse-all').addEventListener('click',function(){expand(false);});
   apply();
 })();
 """
 
 
+def _csp_hash(text: str) -> str:
+    return (
+        "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
+    )
+
+
+CSP = (
+    f"default-src 'none'; style-src {_csp_hash(_CSS)}; script-src {_csp_hash(_SCRIPT)};"
+    " img-src data:; base-uri 'none'; form-action 'none'"
+)
+"""The page's Content-Security-Policy: no network access at all; the one stylesheet and the one
+script of the page run (by their SHA-256), nothing else does (no other inline script, no
+``style`` attribute, no event handler attribute)."""
+
+_STATUS_CLASS = {
+    "ok": "ok",
+    "error": "err",
+    "revoked": "rev",
+    "active": "act",
+    "expired": "warn",
+    "cancelled": "warn",
+    "abandoned": "warn",
+    "parent-ended": "warn",
+}
+
+_BUCKETS = (1.0, 5.0, 10.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 21600.0, 86400.0)
+_CHART_BUCKETS = 60
+"""The chart's bucket is the shortest of :data:`_BUCKETS` that cuts the span of the calls (not
+of the whole window) into at most this many."""
+
+
 class HtmlReport:
-    """The data of the HTML page: summary, usage, tasks and their timelines."""
+    """The data of the HTML page: summary, usage, revocations, tasks and their timelines."""
 
     def __init__(
         self,
@@ -147,6 +209,12 @@ class HtmlReport:
         timelines: Mapping[str, Sequence[Mapping[str, Any]]],
         outside: Sequence[AuditEvent] = (),
         truncated: bool = False,
+        revocations: Sequence[Mapping[str, Any]] = (),
+        disabled: Sequence[Mapping[str, Any]] = (),
+        budgets: Mapping[str, Sequence[tuple[str, float | None, float]]] | None = None,
+        limits_known: bool = False,
+        children: Mapping[str, Sequence[str]] | None = None,
+        window: tuple[float, float] | None = None,
     ) -> None:
         self.title = title
         self.generated_at = generated_at
@@ -158,10 +226,25 @@ class HtmlReport:
         self.timelines = timelines
         self.outside = outside
         self.truncated = truncated
+        self.revocations = revocations
+        self.disabled = disabled
+        self.budgets = budgets or {}
+        """task id -> (limit name, limit or None when unknown, used)."""
+        self.limits_known = limits_known
+        self.children = children or {}
+        """task id -> the ids of its delegated child tasks."""
+        self.window = window
 
 
 def _e(value: Any) -> str:
     return html.escape(printable(value), quote=True)
+
+
+def _time_ms(ts: Any) -> str:
+    """``2026-09-21 14:13:20.123Z`` in a cell that never wraps."""
+    if ts is None:
+        return "-"
+    return f"{format_time(ts)[:10]} {format_time(ts, clock_only=True)}Z"
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, raw: bool = False) -> str:
@@ -228,7 +311,17 @@ def _summary_html(summary: Summary) -> str:
     return "\n".join(parts)
 
 
-def _chart_svg(usage: Usage, *, width: int = 900, height: int = 240) -> str:
+def _bucket_label(seconds: float) -> str:
+    """``5s``, ``1m``, ``15m``, ``6h``, ``1d``."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _chart_svg(
+    usage: Usage, window: tuple[float, float] | None, *, width: int = 900, height: int = 240
+) -> str:
     """Calls per key (lines) and denials (red bars) per bucket, as inline SVG."""
     left, bottom, top, right = 48, 28, 12, 12
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -250,9 +343,9 @@ def _chart_svg(usage: Usage, *, width: int = 900, height: int = 240) -> str:
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#9ca3af"/>',
         f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" font-size="11">{peak}</text>',
         f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end" font-size="11">0</text>',
-        f'<text x="{left}" y="{height - 8}" font-size="11">{_e(format_time(usage.since))}</text>',
+        f'<text x="{left}" y="{height - 8}" font-size="11">{_e(_time_ms(usage.since))}</text>',
         f'<text x="{left + plot_w}" y="{height - 8}" text-anchor="end" font-size="11">'
-        f"{_e(format_time(usage.since + usage.bucket * n))}</text>",
+        f"{_e(_time_ms(usage.since + usage.bucket * n))}</text>",
     ]
     bar = max(1.0, step * 0.6)
     for i, v in enumerate(usage.denials):
@@ -269,34 +362,64 @@ def _chart_svg(usage: Usage, *, width: int = 900, height: int = 240) -> str:
             f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}">'
             f"<title>{_e(key)}</title></polyline>"
         )
+        for i, v in enumerate(values):
+            if v:
+                out.append(
+                    f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colour}">'
+                    f"<title>{_e(key)}: {v} in the bucket from "
+                    f"{_e(_time_ms(usage.since + usage.bucket * i))}</title></circle>"
+                )
     out.append("</svg>")
     legend = " ".join(
-        f'<span style="color:{_PALETTE[k % len(_PALETTE)]}">&#9632; {_e(key)}</span>'
+        f'<span class="c{k % len(_PALETTE)}">&#9632; {_e(key)}</span>'
         for k, key in enumerate(sorted(usage.series))
     )
-    legend += ' <span style="color:#f87171">&#9632; denials</span>'
-    every = _e(format_duration(usage.bucket * 1000))
-    return "".join(out) + f'<div class="muted">calls per {every} bucket. {legend}</div>'
+    legend += ' <span class="cd">&#9632; denials</span>'
+    every = _e(_bucket_label(usage.bucket))
+    span = ""
+    if window is not None:
+        span = (
+            f" The chart spans the calls, from {_e(_time_ms(usage.since))} to "
+            f"{_e(_time_ms(usage.since + usage.bucket * n))}, of the window "
+            f"{_e(format_time(window[0]))} to {_e(format_time(window[1]))}."
+        )
+    return (
+        "".join(out)
+        + f'<div class="muted" id="chart-note">Calls per {every} bucket.{span} {legend}</div>'
+    )
+
+
+def _detail(row: Mapping[str, Any]) -> tuple[str, Any]:
+    kind = str(row.get("kind"))
+    if kind == "request":
+        return str(row.get("result") or "incomplete"), row.get("error") or row.get("reason") or ""
+    if kind == "denied":
+        return "DENIED", f"{row.get('reason')} [{row.get('rule')}]"
+    if kind == "task_end":
+        return str(row.get("outcome") or "ended"), row.get("reason") or ""
+    if kind == "task_start":
+        return "started", row.get("reason") or ""
+    if kind == "task_resume":
+        return "resumed", row.get("reason") or ""
+    if kind == "revoke":
+        by = f" by {row['by']}" if row.get("by") else ""
+        result = {"failed": "revoke failed", "not-revocable": "not revocable"}.get(
+            str(row.get("decision")), "revoked"
+        )
+        return result, f"{row.get('reason')} [{row.get('rule')}{by}]"
+    if kind == "enable":
+        return "enabled", f"{row.get('reason')} [{row.get('rule')}]"
+    if kind == "acknowledge":
+        return "acknowledged", f"{row.get('operation')}: {row.get('reason')}"
+    return (
+        str(row.get("outcome") or row.get("decision") or "-"),
+        row.get("error") or row.get("reason") or "",
+    )
 
 
 def _timeline_row(row: Mapping[str, Any]) -> str:
     kind = str(row.get("kind"))
-    if kind == "request":
-        result = str(row.get("result") or "incomplete")
-        detail = row.get("error") or row.get("reason") or ""
-    elif kind == "denied":
-        result, detail = "DENIED", f"{row.get('reason')} [{row.get('rule')}]"
-    elif kind == "task_end":
-        result, detail = str(row.get("outcome") or "ended"), row.get("reason") or ""
-    elif kind == "task_start":
-        result, detail = "started", row.get("reason") or ""
-    elif kind == "task_resume":
-        result, detail = "resumed", row.get("reason") or ""
-    elif kind == "revoke":
-        result, detail = "revoked", f"{row.get('reason')} [{row.get('rule')}]"
-    else:
-        result = str(row.get("outcome") or row.get("decision") or "-")
-        detail = row.get("error") or row.get("reason") or ""
+    result, detail = _detail(row)
     cls = {
         "DENIED": "deny",
         "error": "err",
@@ -304,24 +427,75 @@ def _timeline_row(row: Mapping[str, Any]) -> str:
         "incomplete": "inc",
         "ok": "ok",
         "revoked": "rev",
+        "revoke failed": "deny",
+        "acknowledged": "warn",
+        "enabled": "rev",
     }.get(result, "")
     resources = row.get("resources") or []
+    if isinstance(resources, str):
+        resources = [resources]
     cells = [
-        format_time(row.get("ts")),
-        kind,
-        row.get("tool") or "-",
-        row.get("operation") or "-",
-        ", ".join(str(r) for r in resources) or "-",
-        result,
-        (row.get("jti") or "-")[:8],
-        format_duration(row.get("duration_ms")),
-        format_cost(row.get("cost")),
-        detail or "-",
+        (kind, "t"),
+        (row.get("tool") or "-", ""),
+        (row.get("operation") or "-", ""),
+        (", ".join(str(r) for r in resources) or "-", ""),
+        (result, "t"),
+        ((row.get("jti") or "-")[:8], "t"),
+        (format_duration(row.get("duration_ms")), "t"),
+        (format_cost(row.get("cost")), ""),
+        (detail or "-", ""),
     ]
-    return f'<tr class="{cls}">' + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>"
+    return (
+        f'<tr class="{cls}" data-kind="{_e(kind)}"><td class="t">{_e(_time_ms(row.get("ts")))}</td>'
+        + "".join(f'<td class="{c}">{_e(v)}</td>' if c else f"<td>{_e(v)}</td>" for v, c in cells)
+        + "</tr>"
+    )
 
 
-def _task_html(task: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+def _timeline_table(rows: Iterable[Mapping[str, Any]]) -> str:
+    body = "".join(_timeline_row(r) for r in rows)
+    return (
+        "<table><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in TIMELINE_HEADERS)
+        + f"</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _task_link(task_id: str, present: Container[str]) -> str:
+    if task_id in present:
+        return f'<a href="#task-{_e(task_id)}"><code>{_e(task_id)}</code></a>'
+    return f'<code>{_e(task_id)}</code> <span class="muted">(not in this report)</span>'
+
+
+def _budget_html(task: Mapping[str, Any], report: HtmlReport) -> str:
+    used = report.budgets.get(str(task["task_id"]), ())
+    if not used:
+        return ""
+    cells = []
+    for name, limit, spent in used:
+        amount = format_cost(spent) if name == "max_cost" else f"{spent:g}"
+        if name == "max_cost" and not spent:
+            amount = "0"
+        if limit is None:
+            cells.append(f"<span>{_e(name)}: {_e(amount)} used</span>")
+        else:
+            over = ' class="over"' if spent >= limit else ""
+            cells.append(f"<span{over}>{_e(name)}: {_e(amount)} of {limit:g}</span>")
+    note = (
+        ""
+        if report.limits_known
+        else ' <span class="muted">limits unknown (export with --config to compare)</span>'
+    )
+    return f'<div class="meta budget"><b>budget</b> {" ".join(cells)}{note}</div>'
+
+
+def _task_html(
+    task: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    report: HtmlReport,
+    present: Container[str],
+) -> str:
+    task_id = str(task["task_id"])
     denied = int(task.get("denied") or 0)
     params = task.get("params") or ""
     try:
@@ -334,27 +508,91 @@ def _task_html(task: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> st
     except ValueError:
         pass
     status = str(task.get("status") or "")
+    tainted = bool(task.get("tainted"))
     head = (
-        f"<code>{_e(task['task_id'])}</code> &middot; {_e(format_time(task.get('started_at')))}"
+        f"<code>{_e(task_id)}</code> &middot; "
+        f'<span class="t">{_e(_time_ms(task.get("started_at")))}</span>'
         f" &middot; <b>{_e(task.get('intent'))}</b> &middot; {_e(task.get('identity'))}"
-        f" &middot; {_e(status)}{' (tainted)' if task.get('tainted') else ''}"
-        f" &middot; {plural(int(task.get('calls') or 0), 'call')}"
+        f' &middot; <span class="status {_STATUS_CLASS.get(status, "")}">{_e(status)}</span>'
+        + (' <span class="badge tainted">tainted</span>' if tainted else "")
+        + f" &middot; {plural(int(task.get('calls') or 0), 'call')}"
         f' &middot; <span class="{"deny" if denied else ""}">{denied} denied</span>'
         f" &middot; cost {_e(format_cost(task.get('cost')))}"
         f' <span class="muted">{_e(params)}</span>'
     )
-    body = "".join(_timeline_row(r) for r in rows)
-    timeline = (
-        "<table><thead><tr>"
-        + "".join(f"<th>{h}</th>" for h in TIMELINE_HEADERS)
-        + f"</tr></thead><tbody>{body}</tbody></table>"
-    )
+    meta = []
+    if task.get("parent_id"):
+        meta.append(f"<span>delegated by {_task_link(str(task['parent_id']), present)}</span>")
+    kids = report.children.get(task_id, ())
+    if kids:
+        meta.append(
+            "<span>delegated to " + ", ".join(_task_link(k, present) for k in kids) + "</span>"
+        )
+    if task.get("purpose"):
+        meta.append(f"<span>purpose: {_e(task['purpose'])}</span>")
+    if task.get("ended_at") is not None:
+        meta.append(f'<span>ended <span class="t">{_e(_time_ms(task["ended_at"]))}</span></span>')
+    if tainted:
+        meta.append(
+            '<span class="warn">tainted: an outcome of this task was written without its '
+            "settlement (see docs/budgets.md)</span>"
+        )
+    meta_html = f'<div class="meta">{"".join(meta)}</div>' if meta else ""
     return (
-        f'<div class="task{" has-deny" if denied else ""}" data-task-id="{_e(task["task_id"])}"'
-        f' data-identity="{_e(task.get("identity"))}" data-status="{_e(status)}"'
-        f' data-denied="{1 if denied else 0}"><details><summary>{head}</summary>'
-        f"{timeline}</details></div>"
+        f'<details class="task{" has-deny" if denied else ""}" id="task-{_e(task_id)}"'
+        f' data-task-id="{_e(task_id)}" data-identity="{_e(task.get("identity"))}"'
+        f' data-status="{_e(status)}" data-denied="{1 if denied else 0}"'
+        f' data-tainted="{1 if tainted else 0}"{" open" if denied else ""}>'
+        f"<summary>{head}</summary>{meta_html}{_budget_html(task, report)}"
+        f"{_timeline_table(rows)}</details>"
     )
+
+
+_SCOPES = {"task": "task", "identity": "identity", "jti": "credential"}
+
+
+def _revocations_html(report: HtmlReport, present: Container[str]) -> str:
+    parts = ['<h2 id="revocations">Revocations</h2>']
+    if report.revocations:
+        body = []
+        for r in report.revocations:
+            scope = str(r.get("scope"))
+            value = str(r.get("value"))
+            target = _task_link(value, present) if scope == "task" else f"<code>{_e(value)}</code>"
+            what = _SCOPES.get(scope, scope) + (
+                ' <span class="badge disabled">disabled</span>' if r.get("disabled") else ""
+            )
+            body.append(
+                [
+                    f'<td class="t">{_e(_time_ms(r.get("ts")))}</td>',
+                    f"<td>{what}</td>",
+                    f"<td>{target}</td>",
+                    f"<td>{_e(r.get('by') or '-')}</td>",
+                    f"<td>{_e(r.get('reason') or '-')}</td>",
+                ]
+            )
+        parts.append(_table(["time", "revoked", "target", "by", "reason"], body, raw=True))
+    else:
+        parts.append(
+            '<p class="muted">No task, identity or credential was revoked in this window.</p>'
+        )
+    if report.disabled:
+        parts.append("<h3>Identities disabled now</h3>")
+        parts.append(
+            _table(
+                ["identity", "since", "reason"],
+                (
+                    [
+                        f"<td>{_e(d.get('identity'))}</td>",
+                        f'<td class="t">{_e(_time_ms(d.get("ts")))}</td>',
+                        f"<td>{_e(d.get('reason') or '-')}</td>",
+                    ]
+                    for d in report.disabled
+                ),
+                raw=True,
+            )
+        )
+    return "\n".join(parts)
 
 
 def render_html(report: HtmlReport) -> str:
@@ -364,16 +602,15 @@ def render_html(report: HtmlReport) -> str:
     filters = ", ".join(f"{k}={v}" for k, v in report.filters.items() if v is not None)
     options_identity = "".join(f'<option value="{_e(i)}">{_e(i)}</option>' for i in identities)
     options_status = "".join(f'<option value="{_e(s)}">{_e(s)}</option>' for s in statuses)
+    present = {str(t["task_id"]) for t in report.tasks}
     tasks = "\n".join(
-        _task_html(t, report.timelines.get(str(t["task_id"]), ())) for t in report.tasks
+        _task_html(t, report.timelines.get(str(t["task_id"]), ()), report, present)
+        for t in report.tasks
     )
     outside = ""
     if report.outside:
-        rows = "".join(_timeline_row(e.to_dict()) for e in report.outside)
-        outside = (
-            "<h2>Events outside any task</h2><table><thead><tr>"
-            + "".join(f"<th>{h}</th>" for h in TIMELINE_HEADERS)
-            + f"</tr></thead><tbody>{rows}</tbody></table>"
+        outside = '<h2 id="outside">Events outside any task</h2>' + _timeline_table(
+            e.to_dict() for e in report.outside
         )
     truncated = (
         f'<p class="muted">Showing the newest {plural(len(report.tasks), "task")}; narrow the '
@@ -381,32 +618,105 @@ def render_html(report: HtmlReport) -> str:
         if report.truncated
         else ""
     )
+    with_denials = sum(1 for t in report.tasks if int(t.get("denied") or 0))
+    tainted = sum(1 for t in report.tasks if t.get("tainted"))
+    counts = f"{plural(with_denials, 'task')} with denials (open below)" + (
+        f', <span class="badge tainted">{plural(tainted, "tainted task")}</span>' if tainted else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; \
-style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(report.title)}</title><style>{_CSS}</style></head>
 <body>
 <h1>{_e(report.title)}</h1>
 <p class="muted">Generated {_e(format_time(report.generated_at))} from {_e(report.source)}.
 Filters: {_e(filters or "none")}. Times are UTC.</p>
-<h2>Usage</h2>
-{_chart_svg(report.usage)}
+{_revocations_html(report, present)}
+<h2 id="usage">Usage</h2>
+{_chart_svg(report.usage, report.window)}
 {_summary_html(report.summary)}
-<h2>Tasks (<span id="shown">{len(report.tasks)}</span> of {len(report.tasks)})</h2>
+<h2 id="tasks">Tasks (<span id="shown">{len(report.tasks)}</span> of {len(report.tasks)})</h2>
+<p>{counts}</p>
 {truncated}
 <div id="filters">
 <input id="q" type="search" placeholder="filter: id, tool, resource, reason..." size="40">
 <select id="f-identity"><option value="">any identity</option>{options_identity}</select>
 <select id="f-status"><option value="">any status</option>{options_status}</select>
 <label><input id="f-denied" type="checkbox"> with denials only</label>
+<button id="expand-all" type="button">Expand all</button>
+<button id="collapse-all" type="button">Collapse all</button>
 </div>
 {tasks}
 {outside}
 <script>{_SCRIPT}</script>
 </body></html>
 """
+
+
+_OUTSIDE_KINDS = ("denied", "acknowledge", "enable")
+"""Events outside any task that the page lists (revocations have their own section)."""
+
+
+def _task_budgets(
+    audit: AuditLog,
+    tasks: Sequence[Mapping[str, Any]],
+    timelines: Mapping[str, Sequence[Mapping[str, Any]]],
+    budgets: Mapping[str, Budget] | None,
+    children: Mapping[str, Sequence[str]],
+) -> dict[str, list[tuple[str, float | None, float]]]:
+    """Each task's budget (what it and its delegated tasks spent, as the guard counts it:
+    :func:`toolguard.store.tasks.spent_from_trail`) against the limits of its intent in the
+    config; with no config, what was spent (limits unknown)."""
+    out: dict[str, list[tuple[str, float | None, float]]] = {}
+    try:
+        conn = audit.store.conn
+        for task in tasks:
+            task_id = str(task["task_id"])
+            idle = not int(task.get("calls") or 0) and not children.get(task_id)
+            budget = budgets.get(str(task.get("intent"))) if budgets is not None else None
+            limits: list[tuple[str, float | None]] = []
+            if budget is not None:
+                limits += [("max_calls", budget.max_calls), ("max_cost", budget.max_cost)]
+                limits += [(f"per_tool.{k}", v) for k, v in sorted(budget.per_tool.items())]
+                limits += [
+                    (f"per_operation.{k}", v) for k, v in sorted(budget.per_operation.items())
+                ]
+                limits = [(k, v) for k, v in limits if v is not None]
+            else:
+                tools = sorted(
+                    {
+                        str(r["tool"])
+                        for r in timelines.get(task_id, ())
+                        if r.get("kind") == "request" and r.get("tool")
+                    }
+                )
+                limits = [("max_calls", None), ("max_cost", None)]
+                limits += [(f"per_tool.{t}", None) for t in tools]
+            rows = []
+            for name, limit in limits:  # a task with no call (and no child here) spent 0
+                spent = 0.0 if idle else spent_from_trail(conn, task_id, name) / COST_RESOLUTION
+                rows.append((name, None if limit is None else float(limit), spent))
+            out[task_id] = rows
+    except sqlite3.Error as exc:
+        raise AuditError(
+            f"cannot read the task budgets from the audit database {audit.store.path}: {exc}"
+        ) from exc
+    return out
+
+
+def _chart_range(audit: AuditLog, start: float, end: float) -> tuple[float, float, float]:
+    """The chart's ``since``, ``until`` and bucket: the span of the calls in ``[start, end)``
+    (the whole window when there are none), cut into at most :data:`_CHART_BUCKETS` buckets."""
+    rows = audit.store.usage_rows("identity", since=start, until=end)
+    firsts = [float(r["first_ts"]) for r in rows if r.get("first_ts") is not None]
+    lasts = [float(r["last_ts"]) for r in rows if r.get("last_ts") is not None]
+    low, high = (min(firsts), max(lasts)) if firsts else (start, end)
+    span = max(high - low, 1.0)
+    size = next((b for b in _BUCKETS if span / b <= _CHART_BUCKETS), _BUCKETS[-1])
+    since = low - (low % size)
+    until = max(high - (high % size) + size, since + size)
+    return since, until, size
 
 
 def write_html(
@@ -423,13 +733,17 @@ def write_html(
     limit: int | None = 500,
     limits: Mapping[str, Any] | None = None,
     identities: Sequence[str] = (),
+    budgets: Mapping[str, Budget] | None = None,
     source: str = "",
     title: str = "toolguard audit report",
 ) -> int:
     """Write the HTML page for the tasks matching the filters; returns how many tasks.
 
-    The summary and the chart cover ``since`` to ``until`` (default: the last 24 hours before
-    ``now``); the task list the newest ``limit`` tasks matching the filters.
+    The summary, the revocations and the chart cover ``since`` to ``until`` (default: the last
+    24 hours before ``now``); the chart spans the calls inside that window. The task list holds
+    the newest ``limit`` tasks matching the filters, each with its budget: ``budgets`` (intent
+    name -> :class:`~toolguard.config.Budget`, from the config) gives the limits; without it
+    the page shows what was spent and says the limits are unknown.
     """
     start = since if since is not None else now - 86400.0
     end = until if until is not None else now
@@ -445,15 +759,30 @@ def write_html(
     truncated = limit is not None and len(tasks) > limit
     tasks = tasks[:limit] if limit is not None else tasks
     timelines = {str(t["task_id"]): audit.timeline(str(t["task_id"])) for t in tasks}
+    children = audit.children(list(timelines))
     outside: list[AuditEvent] = []
     if task_id is None:
-        outside = [
-            e
-            for e in audit.latest(200, kind="denied", since=since, until=until, tool=tool)
-            if e.task_id is None and (identity is None or e.identity == identity)
+        for kind in _OUTSIDE_KINDS:
+            outside += [
+                e
+                for e in audit.latest(200, kind=kind, since=since, until=until, tool=tool)
+                if e.task_id is None and (identity is None or e.identity in (None, identity))
+            ]
+        outside.sort(key=lambda e: e.seq)
+    revocations = audit.revocations(since=start, until=until)
+    if identity is not None or task_id is not None or tool is not None or decision is not None:
+        present = set(timelines)
+        jtis = {str(r["jti"]) for rows in timelines.values() for r in rows if r.get("jti")}
+        revocations = [
+            r
+            for r in revocations
+            if (r["scope"] == "task" and r["value"] in present)
+            or (r["scope"] == "jti" and r["value"] in jtis)
+            or (r["scope"] == "identity" and identity in (None, r["value"]) and task_id is None)
         ]
     summary = audit.summary(since=start, until=until, now=now, limits=limits, identities=identities)
-    usage = audit.usage(since=start, until=max(end, start + 60.0))
+    chart_since, chart_until, bucket = _chart_range(audit, start, max(end, start + 60.0))
+    usage = audit.usage(since=chart_since, until=chart_until, bucket=bucket)
     report = HtmlReport(
         title=title,
         generated_at=now,
@@ -472,6 +801,12 @@ def write_html(
         timelines=timelines,
         outside=outside,
         truncated=truncated,
+        revocations=revocations,
+        disabled=audit.disabled_identities(),
+        budgets=_task_budgets(audit, tasks, timelines, budgets, children),
+        limits_known=budgets is not None,
+        children=children,
+        window=(start, max(end, start + 60.0)),
     )
     out.write(render_html(report))
     return len(tasks)

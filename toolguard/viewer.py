@@ -1,9 +1,11 @@
 """Rendering for the command line: rich tables and colour on a terminal, plain text when piped.
 
 :class:`Viewer` turns what :mod:`toolguard.audit` returns into output. On a terminal (or with
-``force_terminal``) it draws rich tables, with denials in red; otherwise it writes plain,
-column-aligned text with no colour and no box characters, one record per line, so the output
-can be piped to ``grep``, ``cut`` or ``sort``. ``--json`` output goes through :meth:`json`
+``force_terminal``) it draws tables fitted to the terminal's width (:func:`_layout`: ids and
+times never wrap, the reason column takes the remaining width and wraps by words), with
+denials in red; otherwise it writes plain, column-aligned text with no colour and no box
+characters, full task ids, one record per line, so the output can be piped to ``grep``,
+``cut`` or ``sort``. ``--json`` output goes through :meth:`json`
 (one object per line for streams). Every string from the trail is cleaned of control
 characters before it reaches a terminal (:func:`toolguard.text.printable`: controls, bidi
 overrides and isolates, invisible characters, lone surrogates): arguments, resources and
@@ -18,9 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from .audit import AuditEvent, Summary, UsageRow
@@ -75,8 +75,16 @@ _KIND_STYLES = {
 }
 
 
-_WRAP = frozenset({"resources", "detail", "params", "quota"})
-"""Columns that may wrap on a narrow terminal; the others keep their width."""
+_REASON = "detail"
+"""The free-text column (reasons, errors): it takes the width the other columns leave and
+wraps by words; on a narrow terminal it goes on its own lines under its row."""
+_FLEX = frozenset({"resources", "params", "quota"})
+"""Columns that may wrap by words (at least :data:`_FLEX_MIN` wide) to make room."""
+_SHORT = frozenset({"intent", "identity", "tool", "op", "cost", "duration", "today", "usual"})
+"""Columns that move to a labelled line under their row when the row does not fit."""
+_GAP = 2
+_REASON_MIN = 48
+_FLEX_MIN = 12
 
 
 def _clean(value: object) -> str:
@@ -173,6 +181,7 @@ class Viewer:
             width=width,
             soft_wrap=False,
         )
+        self._stream_widths: list[int] | None = None  # tail -f: the widths printed so far
 
     @property
     def rich(self) -> bool:
@@ -186,9 +195,10 @@ class Viewer:
     # -- primitives ---------------------------------------------------------------------------
 
     def line(self, text: str, style: str | None = None) -> None:
-        """One line of text (cleaned of control characters)."""
+        """One line of text (cleaned of control characters); on a terminal, wrapped by words
+        at its width (so an id is never cut in two)."""
         if self.rich:
-            self.console.print(Text(_clean(text), style=style or ""), soft_wrap=True)
+            self.console.print(Text(_clean(text), style=style or "", overflow="fold"))
         else:
             self.file.write(_clean(text) + "\n")
 
@@ -206,16 +216,8 @@ class Viewer:
 
     def _table(self, rows: _Rows) -> None:
         if self.rich:
-            table = Table(title=rows.title, header_style="bold", box=box.SIMPLE_HEAD)
-            roomy = self.console.width >= 120  # else every column may fold
-            for header in rows.headers:
-                if header in _WRAP or not roomy:
-                    table.add_column(header, overflow="fold")
-                else:
-                    table.add_column(header, no_wrap=True)
-            for row in rows.rows:
-                table.add_row(*(Text(_clean(text), style=style or "") for text, style in row))
-            self.console.print(table)
+            for text in _layout(rows, self.console):
+                self.console.print(text, soft_wrap=True)
             return
         if rows.title:
             self.file.write(_clean(rows.title) + "\n")
@@ -307,17 +309,34 @@ class Viewer:
         self._table(rows)
 
     def event(self, event: AuditEvent) -> None:
-        """One event as one line (``tail -f``)."""
-        cells = _event_cells(event, short=True)
+        """One event as one line (``tail -f``), the column names before the first one. Each
+        value is padded to the widest value seen so far in its column, so lines stay aligned
+        as long as values do not grow; task ids are full when piped (12 characters on a
+        terminal), as in :meth:`events`."""
+        cells = [(_clean(v), style) for v, style in _event_cells(event, short=self.rich)]
+        if self._stream_widths is None:
+            typical = {"seq": 5, "time": 20, "kind": 11, "task": 12 if self.rich else 32}
+            typical.update(identity=12, tool=8, op=6, resources=20, result=7)
+            self._stream_widths = [max(len(h), typical.get(h, 0)) for h in EVENT_HEADERS]
+            self._stream_line([(h, "bold") for h in EVENT_HEADERS])
+        self._stream_widths = [max(w, len(v)) for w, (v, _) in zip(self._stream_widths, cells)]
+        self._stream_line(cells)
+
+    def _stream_line(self, cells: Sequence[tuple[str, str | None]]) -> None:
+        widths = self._stream_widths or []
         if self.rich:
             text = Text()
             for i, (value, style) in enumerate(cells):
                 if i:
                     text.append("  ")
-                text.append(_clean(value), style=style or "")
+                pad = widths[i] - len(value) if i < len(cells) - 1 else 0
+                text.append(value, style=style or "")
+                text.append(" " * pad)
+            text.rstrip()
             self.console.print(text, soft_wrap=True)
         else:
-            self.file.write("  ".join(_clean(v) for v, _ in cells).rstrip() + "\n")
+            padded = [v.ljust(w) for (v, _), w in zip(cells[:-1], widths)] + [cells[-1][0]]
+            self.file.write("  ".join(padded).rstrip() + "\n")
 
     # -- summary ------------------------------------------------------------------------------
 
@@ -397,6 +416,144 @@ class Viewer:
     def warn(self, text: str) -> None:
         """A warning line."""
         self.line(text, "yellow")
+
+
+def _layout(rows: _Rows, console: Console) -> list[Text]:
+    """The lines of a table for a terminal ``console.width`` wide. Ids, times, counts and
+    statuses never wrap. The first layout that fits wins:
+
+    1. one line per row, the ``detail`` column taking the remaining width (at least
+       :data:`_REASON_MIN`, or all it needs) and wrapping by words (a table with no detail
+       column: ``resources``, ``params`` and ``quota`` wrapped by words, at least
+       :data:`_FLEX_MIN` wide);
+    2. the other columns on the row's line (``resources``, ``params`` and ``quota`` wrapped by
+       words, at least :data:`_FLEX_MIN` wide), the detail under it, indented, as wide as the
+       terminal allows;
+    3. the wrap-able columns on a labelled line under the row (``params job_id=42``), then
+       the detail; else only the key columns (ids, times, kinds, statuses, counts) on the
+       row's line and all the others on the labelled line (``identity agent-runner  tool
+       kv_set ...``), then the detail.
+    """
+    width = max(console.width, 20)
+    headers = rows.headers
+    cells = [[Text(_clean(text), style=style or "") for text, style in row] for row in rows.rows]
+    natural = [max([len(h), *(row[i].cell_len for row in cells)]) for i, h in enumerate(headers)]
+    reason = headers.index(_REASON) if _REASON in headers else None
+    roles = [
+        "key" if i == 0 else "reason" if i == reason else "flex" if h in _FLEX else
+        "short" if h in _SHORT else "key"
+        for i, h in enumerate(headers)
+    ]  # fmt: skip
+
+    def fit(columns: list[int], room: int, *, shrink: bool = True) -> dict[int, int] | None:
+        """Widths for ``columns`` in ``room`` (flex columns shrunk as needed), or None."""
+        widths = {i: natural[i] for i in columns}
+        over = sum(widths.values()) + _GAP * (len(columns) - 1) - room
+        flex = [i for i in columns if roles[i] == "flex"] if shrink else []
+        for i in sorted(flex, key=lambda i: -natural[i]):
+            if over <= 0:
+                break
+            cut = min(over, max(0, natural[i] - _FLEX_MIN))
+            widths[i] -= cut
+            over -= cut
+        return widths if over <= 0 else None
+
+    plain = [i for i in range(len(headers)) if i != reason]
+    widths: dict[int, int] | None = None
+    below: list[int] = []  # columns on the labelled line under the row
+    layout = 1
+    if reason is not None:
+        need = min(natural[reason], _REASON_MIN)
+        widths = fit(plain, width - _GAP - need, shrink=False)
+        if widths is not None:
+            widths[reason] = width - _GAP * len(plain) - sum(widths.values())
+            widths[reason] = min(widths[reason], natural[reason])
+    else:
+        widths = fit(plain, width)
+    if widths is None and reason is not None:
+        layout, widths = 2, fit(plain, width)
+    if widths is None:  # the wrap-able columns under the row, then the short ones too
+        layout = 2 if reason is None else 3
+        below = [i for i in plain if roles[i] == "flex"]
+        widths = fit([i for i in plain if i not in below], width)
+    if widths is None:
+        layout = 3
+        below = [i for i in plain if roles[i] != "key"]
+        widths = {i: natural[i] for i in plain if roles[i] == "key"}
+    columns = sorted(widths)
+    indent = natural[0] + _GAP if natural[0] + _GAP <= width // 3 else 2
+    rest = max(width - indent, 10)
+    used = sum(widths.values()) + _GAP * (len(columns) - 1)
+
+    lines: list[Text] = []
+    if rows.title:
+        lines.append(Text(_clean(rows.title), style="bold"))
+    head = [Text(headers[i], style="bold") for i in columns]
+    lines += _row_lines(head, [widths[i] for i in columns], console)
+    if below:
+        lines.append(Text(" " * indent + "  ".join(headers[i] for i in below), style="dim"))
+    if reason is not None and layout > 1:
+        lines.append(Text(" " * indent + headers[reason], style="dim"))
+    lines.append(Text("\u2500" * min(used, width), style="dim"))
+    for row in cells:
+        lines += _row_lines([row[i] for i in columns], [widths[i] for i in columns], console)
+        if below:
+            pieces = []
+            for i in below:
+                if row[i].plain not in ("", "-"):
+                    piece = Text(headers[i] + " ", style="dim")
+                    pieces.append(piece.append_text(row[i]))
+            lines += _packed(pieces, indent, rest, console)
+        if reason is not None and layout > 1 and row[reason].plain not in ("", "-"):
+            lines += _indented(row[reason], indent, rest, console)
+    return lines
+
+
+def _row_lines(cells: Sequence[Text], widths: Sequence[int], console: Console) -> list[Text]:
+    """One row as lines: each cell wrapped by words to its width (a word longer than the
+    width is folded), padded so the next cell starts in its column."""
+    wrapped = [
+        list(cell.wrap(console, max(w, 1), overflow="fold")) or [Text()]
+        for cell, w in zip(cells, widths)
+    ]
+    out: list[Text] = []
+    for n in range(max(len(w) for w in wrapped)):
+        line = Text()
+        for k, (parts, w) in enumerate(zip(wrapped, widths)):
+            part = parts[n].copy() if n < len(parts) else Text()
+            part.rstrip()
+            if k < len(widths) - 1:
+                part.pad_right(w - part.cell_len)
+                part.append(" " * _GAP)
+            line.append_text(part)
+        line.rstrip()
+        out.append(line)
+    return out
+
+
+def _packed(pieces: Sequence[Text], indent: int, width: int, console: Console) -> list[Text]:
+    """``label value`` pieces packed into indented lines, never split between lines unless one
+    piece is wider than a line."""
+    out: list[Text] = []
+    line = Text()
+    for piece in pieces:
+        if line and line.cell_len + _GAP + piece.cell_len > width:
+            out += _indented(line, indent, width, console)
+            line = Text()
+        if line:
+            line.append(" " * _GAP)
+        line.append_text(piece)
+    if line:
+        out += _indented(line, indent, width, console)
+    return out
+
+
+def _indented(text: Text, indent: int, width: int, console: Console) -> list[Text]:
+    out = []
+    for part in text.wrap(console, width, overflow="fold"):
+        part.rstrip()
+        out.append(Text(" " * indent) + part)
+    return out
 
 
 def _params(value: Any) -> str:

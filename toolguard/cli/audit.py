@@ -198,7 +198,7 @@ def show_cmd(task_id: str, db_path: Path | None, config_path: Path | None, as_js
 @click.option(
     "--kind",
     help="Only events of this kind (task_start, task_resume, request, outcome, denied, "
-    "task_end, revoke, enable, or another kind found in the trail).",
+    "task_end, revoke, enable, acknowledge, or another kind found in the trail).",
 )
 @click.option(
     "-n",
@@ -634,6 +634,7 @@ def export_cmd(
                         {n: i.limits for n, i in config.identities.items()} if config else None
                     ),
                     identities=sorted(config.identities) if config else (),
+                    budgets=({n: i.budget for n, i in config.intents.items()} if config else None),
                     source=str(log.store.path),
                 )
                 what = "task"
