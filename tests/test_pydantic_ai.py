@@ -58,6 +58,7 @@ from toolguard_pydantic_ai import (
     guard_toolset,
     is_guarded,
     tool_credential,
+    unguarded_tools,
 )
 
 import toolguard as tg
@@ -772,6 +773,39 @@ def test_an_agent_run_inside_a_guarded_tool_is_delegated_from_the_callers_task(
 
     with pytest.raises(tg.PolicyDenied, match="delegation"):
         asyncio.run(refused())
+
+
+def test_tools_outside_any_guarded_toolset_are_refused(guard: tg.Guard) -> None:
+    kv = Kv()
+    agent = Agent(toolsets=[guard_toolset([kv.kv_get], guard)])
+
+    @agent.tool_plain
+    def kv_delete(key: str) -> str:
+        """Delete a key (registered on the agent: not guarded)."""
+        return "deleted"
+
+    with pytest.raises(tg.ConfigError, match="'kv_delete'"):
+        GuardedAgent(agent, guard, "process-job", params=JOB)
+    assert unguarded_tools(agent.toolsets) == ["'kv_delete'"]
+
+    clean = GuardedAgent(Agent(toolsets=[guard_toolset([kv.kv_get], guard)]), guard, "process-job")
+    script = Script([[_set("c1", "agents:jobs:42:x")], "ok"])
+    with pytest.raises(tg.ConfigError, match="'kv_set'"):  # a run's own unguarded toolset
+        clean.run_sync(
+            "go", deps=JOB, model=script.model(), toolsets=[FunctionToolset([kv.kv_set])]
+        )
+    assert _tasks(guard) == [] and kv.data == {} and script.seen == []
+    clean.run_sync(
+        "go", deps=JOB, model=script.model(), toolsets=[guard_toolset([kv.kv_set], guard)]
+    )
+    assert kv.data == {"agents:jobs:42:x": "v"}
+
+    # opted out: the unguarded tool runs unchecked, the guarded ones are still checked
+    script = Script([[ToolCallPart("kv_delete", {"key": "agents:jobs:7:x"}, "d1")], "ok"])
+    lax = GuardedAgent(agent, guard, "process-job", params=JOB, allow_unguarded=True)
+    lax.run_sync("go", model=script.model())
+    assert script.returns()["d1"].content == "deleted"
+    assert [e.correlation_id for e in _events(guard, "request")] == ["c1"]
 
 
 # -- parallel calls --------------------------------------------------------------------------

@@ -9,7 +9,7 @@
     result = await guarded.run("Process job 42")      # one task, ended however it ends
 """
 
-from .agent import GuardedAgent
+from .agent import GuardedAgent, unguarded_tools
 from .toolset import (
     CallDeferredOutcome,
     GuardedToolset,
@@ -27,4 +27,5 @@ __all__ = [
     "guard_toolset",
     "is_guarded",
     "tool_credential",
+    "unguarded_tools",
 ]

@@ -26,11 +26,14 @@ from pydantic_ai import DeferredToolRequests
 from pydantic_ai.agent import AbstractAgent, WrapperAgent
 from pydantic_ai.exceptions import RunCancelled
 from pydantic_ai.run import AgentRun
+from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, FunctionToolset, WrapperToolset
 
 from toolguard import AuditError, ConfigError, Guard, PolicyDenied, TaskSession, ToolGuardError
 from toolguard.context import task_var
 
-__all__ = ["GuardedAgent"]
+from .toolset import GuardedToolset
+
+__all__ = ["GuardedAgent", "unguarded_tools"]
 
 log = logging.getLogger("toolguard")
 
@@ -56,7 +59,11 @@ class GuardedAgent(WrapperAgent[Any, Any]):
     chain; a wider intent raises :class:`~toolguard.PolicyDenied` before the run starts).
 
     The agent's tools must be in toolsets wrapped with
-    :func:`~toolguard_pydantic_ai.guard_toolset`; the wrapper checks nothing itself.
+    :func:`~toolguard_pydantic_ai.guard_toolset`; the wrapper checks no call itself. Fail
+    closed: an agent (or a run's ``toolsets=``) with tools outside any guarded toolset
+    (``@agent.tool``, ``Agent(tools=...)``, an unguarded toolset) is refused with
+    :class:`~toolguard.ConfigError`, now and before each run starts, unless
+    ``allow_unguarded=True`` says those tools may run unchecked.
     An :class:`~toolguard.AuditError` or :class:`~toolguard.PolicyDenied` that PydanticAI wrapped
     (in an exception group of parallel tool calls) leaves the run as itself.
     """
@@ -69,6 +76,7 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         *,
         params: Mapping[str, Any] | None = None,
         delegate: bool = True,
+        allow_unguarded: bool = False,
     ) -> None:
         if not isinstance(guard, Guard):
             raise TypeError(f"GuardedAgent needs a toolguard Guard; got {type(guard).__name__}")
@@ -77,6 +85,8 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         self.intent = intent
         self.params: dict[str, Any] = dict(params or {})
         self.delegate = delegate
+        self.allow_unguarded = allow_unguarded
+        self._refuse_unguarded(wrapped.toolsets)
         if intent is not None:
             _parameters(guard, intent)  # an unknown intent is a ConfigError now
         self._active: dict[int, TaskSession] = {}
@@ -88,6 +98,7 @@ class GuardedAgent(WrapperAgent[Any, Any]):
     async def iter(  # PydanticAI's keyword arguments, passed on as they are
         self, user_prompt: Any = None, **kwargs: Any
     ) -> AsyncIterator[AgentRun[Any, Any]]:
+        self._refuse_unguarded([*self.wrapped.toolsets, *(kwargs.get("toolsets") or ())])
         session = self._start(kwargs.get("deps"))
         token = task_var.set(session) if session is not None else None
         run: AgentRun[Any, Any] | None = None
@@ -120,6 +131,20 @@ class GuardedAgent(WrapperAgent[Any, Any]):
             sessions, self._active = list(self._active.values()), {}
         for session in sessions:
             session.end("abandoned", reason=reason)
+
+    def _refuse_unguarded(self, toolsets: Any) -> None:
+        if self.allow_unguarded:
+            return
+        found = unguarded_tools(toolsets)
+        if found:
+            names = ", ".join(found)
+            raise ConfigError(
+                f"the agent has tools outside any guarded toolset ({names}): they would run "
+                "unchecked. Pass them to toolguard_pydantic_ai.guard_toolset() and give the "
+                "result to the agent's toolsets=, or pass GuardedAgent(allow_unguarded=True) if "
+                "they may run without toolguard",
+                problems=[("toolsets", f"unguarded: {names}")],
+            )
 
     def _start(self, deps: Any) -> TaskSession | None:
         if self.intent is None:
@@ -195,6 +220,33 @@ class GuardedAgent(WrapperAgent[Any, Any]):
                 problems=[(f"params.{m}", "missing task parameter") for m in missing],
             )
         return params
+
+
+def unguarded_tools(toolsets: Any) -> list[str]:
+    """The tools (or, for toolsets that list their tools only during a run, the toolsets) in
+    ``toolsets`` that no :class:`~toolguard_pydantic_ai.GuardedToolset` wraps."""
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def walk(toolset: Any) -> None:
+        if id(toolset) in seen or isinstance(toolset, GuardedToolset):
+            return
+        seen.add(id(toolset))
+        if isinstance(toolset, WrapperToolset):
+            walk(toolset.wrapped)
+        elif isinstance(toolset, CombinedToolset):
+            for inner in toolset.toolsets:
+                walk(inner)
+        elif isinstance(toolset, FunctionToolset):
+            found.extend(repr(name) for name in toolset.tools)
+        elif isinstance(toolset, AbstractToolset):
+            found.append(toolset.label)
+        else:  # a toolset function (``@agent.toolset``): its tools exist only during a run
+            found.append(getattr(toolset, "__name__", type(toolset).__name__))
+
+    for toolset in toolsets:
+        walk(toolset)
+    return found
 
 
 def _reset(token: contextvars.Token[Any]) -> None:
