@@ -932,7 +932,7 @@ def test_the_wheel_holds_the_package(tmp_path: Path) -> None:
 
 
 def test_the_trail_looks_the_same_as_for_a_langchain_guarded_tool(
-    make_guard: Callable[..., tg.Guard], clock: Any
+    make_guard: Callable[..., tg.Guard], clock: Any, tmp_path: Path
 ) -> None:
     from langchain_core.tools import tool as lc_tool
 
@@ -944,7 +944,9 @@ def test_the_trail_looks_the_same_as_for_a_langchain_guarded_tool(
             if e.kind in ("request", "outcome", "denied")
         ]  # fmt: skip
 
-    openai_guard, langchain_guard = make_guard(clock=clock), make_guard(clock=clock)
+    # two trails (each guard its own store), compared
+    openai_guard = make_guard(clock=clock, store=str(tmp_path / "openai.db"))
+    langchain_guard = make_guard(clock=clock, store=str(tmp_path / "langchain.db"))
     kv = Kv()
     agent = _agent(
         guard_tools([kv.kv_get], openai_guard),

@@ -83,6 +83,11 @@ PROJECTS = {
     "agent-toolguard": (ROOT, ["toolguard"]),
     "toolguard-langchain": (ROOT / "integrations" / "langchain", ["toolguard_langchain"]),
     "toolguard-starlette": (ROOT / "integrations" / "starlette", ["toolguard_starlette"]),
+    "toolguard-openai-agents": (
+        ROOT / "integrations" / "openai-agents",
+        ["toolguard_openai_agents"],
+    ),
+    "toolguard-pydantic-ai": (ROOT / "integrations" / "pydantic-ai", ["toolguard_pydantic_ai"]),
 }
 
 
@@ -110,7 +115,13 @@ def _imported_modules(packages: list[Path]) -> dict[str, set[str]]:
                 elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                     modules.add(node.module.split(".")[0])
     owners = importlib.metadata.packages_distributions()
-    local = {"toolguard", "toolguard_langchain", "toolguard_starlette"}
+    local = {
+        "toolguard",
+        "toolguard_langchain",
+        "toolguard_starlette",
+        "toolguard_openai_agents",
+        "toolguard_pydantic_ai",
+    }
     found: dict[str, set[str]] = {}
     for module in sorted(modules - local - set(sys.stdlib_module_names)):
         if module == "tomli":  # Python 3.10 only: not installed on newer interpreters
