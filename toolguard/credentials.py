@@ -1,6 +1,7 @@
 """Just-in-time credentials: :class:`Credential`, :class:`Issuer` and :class:`Verifier`.
 
-Every allowed tool call gets its own short-lived JWT (DESIGN §7)::
+Every allowed tool call gets its own short-lived JWT (docs/credentials.md, docs/architecture.md
+"The pipeline")::
 
     header  {"alg": "EdDSA" | "ES256", "typ": "at+jwt", "kid": <RFC 7638 thumbprint>}
     claims  iss sub aud iat nbf exp jti task_id intent tool op res [act]
