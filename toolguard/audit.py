@@ -1,9 +1,9 @@
 """Audit events: the queries behind ``guard.audit`` and the viewer, and revocation events.
 
 The hash chain is defined in :mod:`toolguard.chain`; checkpoints and verification live in
-:mod:`toolguard.integrity`; SQL lives in :mod:`toolguard.store` (and in :mod:`toolguard.integrity`,
-which reads the chain itself: docs/architecture.md, "The rooms"). This module
-shapes what the store returns: events, task lists, timelines (a request joined with its
+:mod:`toolguard.integrity`; SQL lives in :mod:`toolguard.store` (and in
+:mod:`toolguard.integrity`, which reads the chain itself: docs/architecture.md, "The rooms").
+This module shapes what the store returns: events, task lists, timelines (a request joined with its
 outcome), usage summaries (rate peaks, quota use, spikes, idle identities) and usage over time.
 """
 
