@@ -905,3 +905,27 @@ def test_static_secret_removed_mid_run_denies_the_call(
 
     assert "environment variable LEGACY_CRM_API_KEY is not set" in answer
     assert ran == []
+
+
+def test_broker_errors_redact_every_secret_format_not_only_known_values(
+    respx_mock: respx.MockRouter,
+    make_broker: Callable[..., HttpTokenBroker],
+) -> None:
+    # A proxy's error quoting another credential (a JWT, a bearer value, a URL password) the
+    # broker never saw: scrubbed by the same rules as every error (redaction.scrub_text).
+    other_jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJvdGhlciJ9.c2lnbmF0dXJlLXZhbHVl"
+    leaked = f"upstream said {other_jwt}; Bearer abcdefgh12345678; https://u:hunter22@proxy"
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(leaked, request=request)
+
+    respx_mock.post(TOKEN_URL).mock(side_effect=fail)
+    broker = make_broker(max_attempts=1)
+
+    with pytest.raises(CredentialError) as e:
+        broker.mint(**_call())
+
+    text = _exception_text(e.value)
+    for secret in (other_jwt, "abcdefgh12345678", "hunter22"):
+        assert secret not in text
+    assert "upstream said [REDACTED]" in text

@@ -16,13 +16,21 @@ import pytest
 from conftest import BASE_CONFIG, Clock, make_config
 
 import toolguard as tg
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from toolguard import budget as budget_module
 from toolguard.budget import (
+    DAY_SECONDS,
     ROLLING_WINDOW,
+    Plan,
     Spend,
     day_key,
+    day_start,
     plan,
     seconds_to_midnight,
     task_slots,
+    task_spends,
     to_units,
 )
 from toolguard.config import Budget
@@ -181,6 +189,41 @@ def test_plan_is_memoized_per_task_and_call_shape(tmp_path: Path) -> None:
     assert plan(first, "t1", call) is plan(first, "t1", call)  # type: ignore[arg-type]
     assert plan(second, "t1", call) is not plan(first, "t1", call)  # type: ignore[arg-type]
     assert plan(first, "t1", call) == plan(second, "t1", call)  # type: ignore[arg-type]
+
+
+def test_derived_plans_are_memoized_on_the_plan_not_by_id(tmp_path: Path) -> None:
+    # No module-level cache keyed by id(): what is derived from a plan lives on the plan.
+    assert not any(
+        name.isupper() and isinstance(value, dict) and any(isinstance(k, int) for k in value)
+        for name, value in vars(budget_module).items()
+    )
+    policy = Policy(tg.load_config(_config(tmp_path, budget={"max_calls": 3}, limits={
+        "requests_per_minute": 10})))  # fmt: skip
+    bound = policy.bind("process-job", {"job_id": "42"})
+    call = derive_call(policy.tools, "kv_get", {"key": JOB}, "cid")
+    assert not isinstance(call, tg.PolicyDenied)
+    full = plan(bound, "t1", call)
+    only = task_spends(bound, "t1", call)
+    assert isinstance(full, Plan) and isinstance(only, Plan)
+    assert full.task_only is only and task_spends(bound, "t1", call) is only
+    assert only == tuple(s for s in full if s.kind == "total") and len(only) < len(full)
+    from toolguard.store.budgets import Charge
+
+    assert full.compiled is None
+    first = Charge(full, MINUTE)
+    assert full.compiled is first.shape and Charge(full, MINUTE + 1).shape is first.shape
+    plain = Charge(tuple(full), MINUTE)  # any other sequence: compiled afresh, same columns
+    assert plain.shape is not first.shape and plain.columns == first.columns
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_day_boundaries_agree(now: float) -> None:
+    start = day_start(now)
+    assert start % DAY_SECONDS == 0 and start <= now < start + DAY_SECONDS
+    assert abs(start + DAY_SECONDS - (now + seconds_to_midnight(now))) <= 1e-6
+    assert day_key(start) == day_key(now)
+    assert day_key(start - 1) != day_key(now)
 
 
 def test_task_slots_lay_out_calls_tools_operations_then_cost() -> None:

@@ -52,6 +52,7 @@ from tenacity import (
 from .credentials import Credential, Issuer
 from .errors import ConfigError, CredentialError
 from .numbers import MAX_DURATION, is_finite_number
+from .redaction import scrub_text
 
 if TYPE_CHECKING:
     from .engine import Guard
@@ -553,7 +554,7 @@ class HttpTokenBroker:
         except _ServerError as exc:
             why = f"HTTP {exc.status}"
         except httpx.HTTPError as exc:
-            why = _scrub(f"{type(exc).__name__}: {exc}", (*secrets, *self._secrets))
+            why = scrub_text(f"{type(exc).__name__}: {exc}", (*secrets, *self._secrets))[:300]
         return None, f"{why} after {attempts} attempt(s)"
 
     def _remember(self, issued: _Issued, now: float) -> None:
@@ -761,13 +762,6 @@ def _error_code(response: httpx.Response) -> str:
     if isinstance(code, str) and _ERROR_CODE.fullmatch(code):
         return f", error '{code}'"
     return ""
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[REDACTED]")
-    return text[:300]
 
 
 def _json_list(values: Sequence[str]) -> str:

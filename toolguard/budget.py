@@ -35,17 +35,23 @@ if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import p
 
 __all__ = [
     "COST_RESOLUTION",
+    "DAY_SECONDS",
     "ROLLING_WINDOW",
+    "Plan",
     "Spend",
     "SpendKind",
     "day_key",
+    "day_start",
     "plan",
     "seconds_to_midnight",
     "task_slots",
+    "task_spends",
     "to_units",
 ]
 
 ROLLING_WINDOW = 60.0
+DAY_SECONDS = 86400
+"""A UTC day, in seconds (Unix time has no leap seconds): every day boundary is a multiple."""
 """Length of the rolling window of the per-minute limits, in seconds."""
 COST_RESOLUTION = 1_000_000
 """Costs and limits are compared as whole numbers of 1/COST_RESOLUTION (micro-units)."""
@@ -90,24 +96,42 @@ def to_units(value: float) -> int:
 
 @lru_cache(maxsize=8)
 def _day_of(day_number: int) -> str:
-    return datetime.fromtimestamp(day_number * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(day_number * DAY_SECONDS, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def day_key(now: float) -> str:
     """The UTC calendar day of a timestamp: ``2026-11-22``."""
-    return _day_of(int(now // 86400))
+    return _day_of(int(now // DAY_SECONDS))
+
+
+def day_start(now: float) -> float:
+    """The start (00:00 UTC) of the UTC day of a timestamp."""
+    return now - (now % DAY_SECONDS)
 
 
 def seconds_to_midnight(now: float) -> float:
     """Seconds until the next 00:00 UTC (Unix time has no leap seconds)."""
-    return 86400.0 - (now % 86400.0)
+    return DAY_SECONDS - (now % DAY_SECONDS)
 
 
-_PLANS: dict[tuple[str, str, str, float], tuple[BoundTask, tuple[Spend, ...]]] = {}
+class Plan(tuple[Spend, ...]):
+    """The spends of one call (a tuple, as :func:`plan` returns it), with what is derived from
+    it memoized on the plan itself rather than in a cache keyed by ``id()``: its task-only
+    part (:func:`task_spends`) and the store's compiled form of it
+    (:mod:`toolguard.store.budgets`). A plan is built once per task, tool, operation and cost,
+    so a task's later calls reuse both."""
+
+    task_only: Plan | None = None
+    """The task-scope spends (``kind == "total"``), once :func:`task_spends` asked for them."""
+    compiled: object = None
+    """The store's form of the plan (a ``toolguard.store.budgets`` shape), once compiled."""
+
+
+_PLANS: dict[tuple[str, str, str, float], tuple[BoundTask, Plan]] = {}
 _PLANS_MAX = 1024
 
 
-def plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
+def plan(task: BoundTask, task_id: str, call: Call) -> Plan:
     """Every limit this call must fit in: task scopes first, then identity scopes, then the
     anomaly watches (``attempts``) of the identity's per-minute limits.
 
@@ -118,27 +142,20 @@ def plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
     hit = _PLANS.get(key)
     if hit is not None and hit[0] is task:
         return hit[1]
-    spends = _plan(task, task_id, call)
+    spends = Plan(_plan(task, task_id, call))
     if len(_PLANS) >= _PLANS_MAX:
         _PLANS.clear()
     _PLANS[key] = (task, spends)
     return spends
 
 
-_TASK_ONLY: dict[int, tuple[tuple[Spend, ...], tuple[Spend, ...]]] = {}
-
-
-def task_spends(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
+def task_spends(task: BoundTask, task_id: str, call: Call) -> Plan:
     """Only the task-scope spends of :func:`plan` (what a delegated call also charges to each
-    ancestor task); memoized like the plan."""
+    ancestor task); memoized on the plan."""
     full = plan(task, task_id, call)
-    hit = _TASK_ONLY.get(id(full))
-    if hit is not None and hit[0] is full:
-        return hit[1]
-    only = tuple(s for s in full if s.kind == "total")
-    if len(_TASK_ONLY) >= _PLANS_MAX:
-        _TASK_ONLY.clear()
-    _TASK_ONLY[id(full)] = (full, only)
+    only = full.task_only
+    if only is None:
+        only = full.task_only = Plan(s for s in full if s.kind == "total")
     return only
 
 

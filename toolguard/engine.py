@@ -46,7 +46,14 @@ if TYPE_CHECKING:
     from .task import TaskSession
     from .tools import GuardedTool
 
-__all__ = ["CheckedClock", "CredentialProvider", "Guard", "Permit", "StoreRevocations"]
+__all__ = [
+    "CheckedClock",
+    "CredentialProvider",
+    "Guard",
+    "OnDeny",
+    "Permit",
+    "StoreRevocations",
+]
 
 log = logging.getLogger("toolguard")
 
@@ -79,6 +86,8 @@ class CredentialProvider(Protocol):
 
 
 OnDeny = Literal["message", "raise"]
+"""What a guarded tool does with a denial: return it to the model, or raise it. The one
+definition (tools, middleware and the other adapters import it)."""
 
 
 @dataclass(slots=True)
@@ -241,7 +250,7 @@ class Guard:
         """
         from .task import TaskSession
 
-        return TaskSession._adopt(self, task_id, intent=intent)
+        return TaskSession.adopt(self, task_id, intent=intent)
 
     @overload
     def wrap(self, tools: BaseTool, *, on_deny: OnDeny = "message") -> GuardedTool: ...
@@ -319,7 +328,7 @@ class Guard:
         first: AuditError | None = None
         for task_id in task_ids:
             try:
-                self._on_task_end(task_id, self.store.task_jtis(task_id))
+                self.on_task_end(task_id, self.store.task_jtis(task_id))
             except AuditError as exc:
                 first = first or exc
         if first is not None:
@@ -375,7 +384,7 @@ class Guard:
         )
         if not decision.allowed:
             self._deny(session, tool, args, cid, now, decision, call)
-        spends = plan(bound, session.task_id, call)
+        spends: tuple[Spend, ...] = plan(bound, session.task_id, call)
         inherited: list[tuple[Spend, ...]] = []
         parent = session.parent
         while parent is not None:  # a delegated call also spends its ancestors' task budgets
@@ -565,8 +574,9 @@ class Guard:
             reason, tool=call.tool, task_id=session.task_id, rule="credentials.provider"
         ) from exc
 
-    def _on_task_end(self, task_id: str, jtis: Sequence[str]) -> None:
-        """Let providers revoke what they issued for a task (brokers). Every provider runs;
+    def on_task_end(self, task_id: str, jtis: Sequence[str]) -> None:
+        """Internal (called by :class:`TaskSession` when a task ends): let providers revoke what
+        they issued for a task (brokers). Every provider runs;
         failures are logged, and the first AuditError is raised after all of them ran."""
         first: AuditError | None = None
         for provider in {id(p): p for p in self.providers.values()}.values():

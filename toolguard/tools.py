@@ -11,7 +11,7 @@ that resolution cost tens of microseconds.
 
 import typing
 from collections.abc import Sequence
-from typing import Any, Literal, Optional, Union, overload
+from typing import Any, Optional, Union, overload
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.messages import ToolMessage
@@ -29,13 +29,12 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from pydantic_core import to_jsonable_python
 
 from .credentials import Credential, issued_token
-from .engine import Guard
+from .engine import Guard, OnDeny
 from .errors import AuditError, PolicyDenied
 from .scrub import scrub
 
 __all__ = ["GuardedTool", "RunInterrupted", "ToolDenied", "credential_keys", "guard"]
 
-OnDeny = Literal["message", "raise"]
 _CALL_ID = "__toolguard_call_id__"
 
 
@@ -344,11 +343,12 @@ def _wrap_one(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
             f"guard() takes LangChain tools (BaseTool); got {type(tool).__name__}. Decorate "
             "functions with @tool first"
         )
-    return _build(tool, g, on_deny)
+    return guarded_twin(tool, g, on_deny)
 
 
-def _build(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
-    """The guarded twin of ``tool`` (also of a tool another Guard already guards: both check)."""
+def guarded_twin(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
+    """The guarded twin of ``tool`` (also of a tool another Guard already guards: both check),
+    without :func:`guard`'s checks; for adapters (``GuardMiddleware``) that cache twins."""
     guarded = GuardedTool(
         name=tool.name,
         description=tool.description,

@@ -43,7 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..budget import (
     COST_RESOLUTION,
+    DAY_SECONDS,
     ROLLING_WINDOW,
+    Plan,
     Spend,
     day_key,
     seconds_to_midnight,
@@ -61,7 +63,7 @@ __all__ = ["INSERT_TALLY", "Anomaly", "Charge", "charge", "settle", "usage"]
 _M = COST_RESOLUTION
 _US = 1_000_000
 _WINDOW_US = int(ROLLING_WINDOW * _US)
-_DAY_US = 86_400 * _US
+_DAY_US = DAY_SECONDS * _US
 _PRUNE_EVERY = 64
 """A log prunes the rows that can no longer be a boundary every 64 rows."""
 _INDEX = {"a": 1, "w": 2, "d": 3, "c": 4}
@@ -261,9 +263,8 @@ class _Log:
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
-    """What a plan needs read and written, derived once per plan (plans are memoized)."""
+    """What a plan needs read and written, derived once per plan (memoized on the plan)."""
 
-    spends: tuple[Spend, ...]
     task_id: str  # the task whose budget the task spends charge ('' if none)
     task: tuple[tuple[int, Spend, int, int, int], ...]  # position, spend, slot, amount, limit
     log: str  # the identity whose admission log the call is checked against ('' if none)
@@ -278,15 +279,20 @@ class _Shape:
     adds: Totals  # what a log row of this call adds to the totals
 
 
-_SHAPES: dict[int, _Shape] = {}
-_SHAPES_MAX = 1024
-
-
 def _shape(spends: Sequence[Spend]) -> _Shape:
-    hit = _SHAPES.get(id(spends))
-    if hit is not None and hit.spends is spends:
-        return hit
-    spends = tuple(spends)
+    """The plan's shape: memoized on a :class:`~toolguard.budget.Plan` (what
+    :func:`~toolguard.budget.plan` returns), computed afresh for any other sequence."""
+    if isinstance(spends, Plan):
+        hit = spends.compiled
+        if isinstance(hit, _Shape):
+            return hit
+        shape = _compile(spends)
+        spends.compiled = shape
+        return shape
+    return _compile(tuple(spends))
+
+
+def _compile(spends: tuple[Spend, ...]) -> _Shape:
     task = tuple(
         (i, s, int(s.scope.rpartition("#")[2]), to_units(s.amount), to_units(s.limit))
         for i, s in enumerate(spends)
@@ -308,7 +314,6 @@ def _shape(spends: Sequence[Spend]) -> _Shape:
         columns += (_ADMITTED.newest, _ADMITTED.before)
         columns += (_ADMITTED.before,) if log_day else ()
     shape = _Shape(
-        spends=spends,
         task_id=_task_of(task[0][1].scope) if task else "",
         task=task,
         log=_identity_of(logged[0][1].scope) if logged else "",
@@ -325,9 +330,6 @@ def _shape(spends: Sequence[Spend]) -> _Shape:
         ),
         adds=(1, 1, int("w" in marks), int("d" in marks), cost),
     )
-    if len(_SHAPES) >= _SHAPES_MAX:
-        _SHAPES.clear()
-    _SHAPES[id(spends)] = shape
     return shape
 
 

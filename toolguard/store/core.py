@@ -1002,8 +1002,3 @@ _END_KEYS = frozenset({"kind", "task_id", "identity", "intent", "outcome", "reas
 
 def _sane_time(value: object) -> bool:
     return is_finite_number(value) and 0 < float(value) < MAX_TIMESTAMP  # type: ignore[arg-type]
-
-
-def loads_list(value: str | None) -> list[str]:
-    """Decode a JSON list column (``resources``)."""
-    return list(json.loads(value)) if value else []
