@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 from conftest import BASE_CONFIG, Clock, make_config
-
-import toolguard as tg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import toolguard as tg
 from toolguard import budget as budget_module
 from toolguard.budget import (
     DAY_SECONDS,

@@ -36,8 +36,9 @@ def _where(pattern: str) -> list[str]:
         pytest.param(r'Literal\["message", "raise"\]', "toolguard/engine.py", id="OnDeny"),
         pytest.param(r'r"\\\{\(\[A-Za-z_\]', "toolguard/text.py", id="placeholder-regex"),
         pytest.param(r"math\.isfinite", "toolguard/numbers.py", id="finite-number-check"),
-        pytest.param(r"def seconds_to_midnight|% 86400|// 86400", "toolguard/budget.py",
-                     id="day-arithmetic"),  # fmt: skip
+        pytest.param(
+            r"def seconds_to_midnight|% 86400|// 86400", "toolguard/budget.py", id="day-arithmetic"
+        ),
     ],
 )
 def test_a_shared_helper_has_one_definition(pattern: str, home: str) -> None:

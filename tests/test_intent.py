@@ -434,5 +434,5 @@ def test_template_parameters_are_read_from_patterns_and_purpose() -> None:
     config = load_config(copy.deepcopy(BASE_CONFIG))
     required, optional = template_parameters(config, "process-job", where="X")
     assert "job_id" in required and not set(optional) & set(required)
-    with pytest.raises(tg.ConfigError, match="not defined .*pass another intent to X"):
+    with pytest.raises(tg.ConfigError, match=r"not defined .*pass another intent to X"):
         template_parameters(config, "nope", where="X")
