@@ -102,3 +102,15 @@ def test_no_private_name_is_reached_across_modules() -> None:
                 if a.name.startswith("_") and not a.name.startswith("__")
             ]
     assert not found
+
+
+def test_the_fake_model_loader_is_defined_once() -> None:
+    # the scripted model of examples/ is loaded by tests/conftest.py:fake_model only
+    tests = Path(__file__).resolve().parent
+    copies = [
+        str(p.relative_to(ROOT))
+        for p in tests.rglob("*.py")
+        if p.name != "test_code_hygiene.py"
+        and 'spec_from_file_location("_fake_model"' in p.read_text(encoding="utf-8")
+    ]
+    assert copies == ["tests/conftest.py"], copies
