@@ -15,12 +15,22 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, overload, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
 from .budget import Spend, day_key, plan, task_spends
 from .config import GuardConfig, load_config
 from .context import permit_var, task_var
-from .credentials import Credential, Issuer, KeyRing, Verifier, issued_token, new_jti
+from .credentials import (
+    Credential,
+    CredentialProvider,
+    Issuer,
+    KeyRing,
+    MintRequest,
+    Verifier,
+    as_provider,
+    issued_token,
+    new_jti,
+)
 from .errors import AuditError, ConfigError, NoActiveTask, PolicyDenied
 from .integrity import guard_keys
 from .intent import Call, Policy
@@ -56,33 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("toolguard")
-
-
-@runtime_checkable
-class CredentialProvider(Protocol):
-    """Mints the credential of one allowed call: the built-in :class:`Issuer`, an external
-    token broker (:mod:`toolguard.brokers`), or a static secret for legacy APIs.
-
-    A provider may also define ``end_task(task_id: str, jtis: Sequence[str]) -> None``, called
-    when a task ends, to revoke what it issued. Any exception from ``mint`` denies the call
-    (fail closed, audited).
-    """
-
-    def mint(
-        self,
-        *,
-        jti: str,
-        task_id: str,
-        identity: str,
-        intent: str,
-        tool: str,
-        operation: str,
-        resources: Sequence[str],
-        now: float,
-        deadline: float | None = None,
-        audience: str | None = None,
-        act: Mapping[str, Any] | None = None,
-    ) -> Credential: ...
 
 
 OnDeny = Literal["message", "raise"]
@@ -156,10 +139,12 @@ class Guard:
         config: GuardConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         *,
         clock: Callable[[], float] = time.time,
-        providers: Mapping[str, CredentialProvider] | None = None,
+        providers: Mapping[str, object] | None = None,
     ) -> None:
         """``providers`` maps tool names to the credential provider of their calls (an external
-        broker, a static secret); every other tool gets credentials from the built-in issuer."""
+        broker, a static secret: a :class:`~toolguard.credentials.CredentialProvider`, or a
+        provider of the earlier keyword ``mint`` interface); every other tool gets credentials
+        from the built-in issuer."""
         self.config = load_config(config if config is not None else {})
         checked = clock if clock is time.time else CheckedClock(clock)
         self.clock: Callable[[], float] = checked
@@ -195,14 +180,19 @@ class Guard:
             for name, rule in self.config.tools.items()
         }
         self._audit: AuditLog | None = None
-        self.providers: dict[str, CredentialProvider] = dict(providers or {})
-        unknown = sorted(set(self.providers) - set(self.config.tools))
+        given = dict(providers or {})
+        unknown = sorted(set(given) - set(self.config.tools))
         if unknown:
             raise ConfigError(f"providers given for tools without a rule under tools: {unknown}")
-        for provider in {id(p): p for p in self.providers.values()}.values():
-            bind = getattr(provider, "bind", None)
-            if bind is not None:
-                bind(self)  # brokers take the guard's issuer, store and clock
+        adapted = {id(p): as_provider(p) for p in given.values()}  # each provider once
+        self.providers: dict[str, CredentialProvider] = {
+            tool: adapted[id(p)] for tool, p in given.items()
+        }
+        """The provider of each tool that has one (as :func:`~toolguard.credentials.as_provider`
+        adapted it)."""
+        self._distinct_providers = tuple(adapted.values())
+        for provider in self._distinct_providers:
+            provider.bind(self)  # brokers take the guard's issuer, store and clock
 
     @classmethod
     def from_config(
@@ -439,7 +429,7 @@ class Guard:
                 call.operation,
                 now,
                 expires,
-                1 if getattr(provider, "jit", True) else 0,  # a static secret is not JIT
+                1 if provider.jit else 0,  # a static secret is not JIT
             ),
             now=now,
             on_denied=denied_event,
@@ -456,18 +446,12 @@ class Guard:
             spends = spends + tuple(s for group in inherited for s in group)
         try:
             credential = provider.mint(
-                jti=jti,
-                task_id=session.task_id,
-                identity=bound.identity,
-                intent=bound.intent,
-                tool=tool,
-                operation=call.operation,
-                resources=call.resources,
-                now=now,
-                deadline=session.deadline,
-                audience=self.policy.tools[tool].rule.audience or bound.audience,
-                act=session.act,
-            )
+                MintRequest(
+                    jti, session.task_id, bound.identity, bound.intent, tool, call.operation,
+                    call.resources, now, session.deadline,
+                    self.policy.tools[tool].rule.audience or bound.audience, session.act,
+                )
+            )  # fmt: skip
         except Exception as exc:  # any provider failure denies the call (fail closed)
             self._mint_failed(session, call, jti, spends, now, exc, resources_json)
         session.jtis.append(jti)
@@ -579,12 +563,9 @@ class Guard:
         they issued for a task (brokers). Every provider runs;
         failures are logged, and the first AuditError is raised after all of them ran."""
         first: AuditError | None = None
-        for provider in {id(p): p for p in self.providers.values()}.values():
-            end_task = getattr(provider, "end_task", None)
-            if end_task is None:
-                continue
+        for provider in self._distinct_providers:
             try:
-                end_task(task_id, jtis)
+                provider.end_task(task_id, jtis)
             except AuditError as exc:
                 first = first or exc
             except Exception as exc:  # a provider records its own failures; keep going
