@@ -77,8 +77,12 @@ def test_no_module_level_cache_is_keyed_by_id() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["iter_chain", "first_seq_since", "loads_list", "_TASK_ONLY", "_SHAPES"]
-)
+    "name",
+    [
+        "iter_chain", "first_seq_since", "loads_list", "_TASK_ONLY", "_SHAPES",
+        "_task_of", "_identity_of",  # budget scopes were strings parsed back (a Spend's owner)
+    ],
+)  # fmt: skip
 def test_dead_code_stays_removed(name: str) -> None:
     assert not _where(rf"\b{name}\b"), name
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import pydantic
     from .config import Budget
@@ -38,6 +38,7 @@ __all__ = [
     "DAY_SECONDS",
     "ROLLING_WINDOW",
     "Plan",
+    "Settlement",
     "Spend",
     "SpendKind",
     "day_key",
@@ -65,20 +66,21 @@ SpendKind = Literal["total", "day", "rolling", "attempts"]
 class Spend:
     """One limit a call must fit in.
 
-    ``scope`` is the key of the limit's state in the store; ``label`` the limit's short name
-    (``max_calls``, ``per_tool.kv_set``, ``requests_per_minute``); ``name`` the public scope
-    (``task.max_calls``, ``identity.agent-runner.requests_per_minute``); ``rule`` the config
-    location of the limit. ``amount`` is what this call spends (1 call, or its cost estimate).
+    ``label`` is the limit's short name (``max_calls``, ``per_tool.kv_set``,
+    ``requests_per_minute``); ``name`` the public scope (``task.max_calls``,
+    ``identity.agent-runner.requests_per_minute``); ``rule`` the config location of the limit.
+    ``amount`` is what this call spends (1 call, or its cost estimate).
 
-    Where the state lives (``slot``; ``scope`` ends in ``#<slot>``): ``"#"`` one slot of the
-    task's budget row (``#<index>``, see :func:`task_slots`); ``"a"``, ``"w"``, ``"d"``, ``"c"``
-    a running total of the identity's admission log (calls, writes and deletes, deletes, cost),
-    shared by its per-minute and per-day limits, with ``marks`` the counts this call adds
-    (``a``, ``aw`` or ``awd``). For ``attempts`` (the ``on_anomaly`` watches) the ``limit`` is
-    the threshold, a multiple of the watched limit.
+    Where the state lives: ``owner`` is the task id (task limits) or the identity (identity
+    limits) whose state it is; ``slot`` is ``"#"`` for one counter of the task's budget,
+    ``index`` its position (see :func:`task_slots`), or ``"a"``, ``"w"``, ``"d"``, ``"c"``
+    for a running total of the identity's admission log (calls, writes and deletes, deletes,
+    cost), shared by its per-minute and per-day limits, with ``marks`` the counts this call
+    adds (``a``, ``aw`` or ``awd``). For ``attempts`` (the ``on_anomaly`` watches) the
+    ``limit`` is the threshold, a multiple of the watched limit.
     """
 
-    scope: str
+    owner: str
     label: str
     kind: SpendKind
     limit: float
@@ -87,6 +89,21 @@ class Spend:
     rule: str = ""
     slot: str = ""
     marks: str = ""
+    index: int = -1
+    """The counter of the task's budget (``slot == "#"``); -1 for the identity's limits."""
+
+
+class Settlement(NamedTuple):
+    """A change to what a call spent, applied after it ran: its actual cost in place of the
+    estimate, or a refund when no credential could be minted
+    (:func:`toolguard.store.budgets.settle`)."""
+
+    spend: Spend
+    """The limit whose state moves (a task counter, or the identity's cost total)."""
+    period: str
+    """The UTC day the call was reserved in (:func:`day_key`) for a ``day`` limit, else ``""``."""
+    delta: float
+    """What to add (negative to give back), in the limit's unit."""
 
 
 def to_units(value: float) -> int:
@@ -179,8 +196,8 @@ def _plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
     def task_scope(slot: str, label: str, limit: float, amount: float) -> None:
         spends.append(
             Spend(
-                f"task:{task_id}:budget#{slots[slot]}", label, "total", limit, amount,
-                f"task.{label}", f"{at}.{label}", "#",
+                task_id, label, "total", limit, amount, name=f"task.{label}",
+                rule=f"{at}.{label}", slot="#", index=slots[slot],
             )
         )  # fmt: skip
 
@@ -205,8 +222,8 @@ def _plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
 
     def logged(slot: str, label: str, kind: SpendKind, limit: float, amount: float) -> Spend:
         return Spend(
-            f"identity:{x}:log#{slot}", label, kind, limit, amount,
-            f"identity.{x}.{label}", f"{il}.{label}", slot, marks,
+            x, label, kind, limit, amount, name=f"identity.{x}.{label}",
+            rule=f"{il}.{label}", slot=slot, marks=marks,
         )  # fmt: skip
 
     rolling: list[Spend] = []
@@ -227,10 +244,9 @@ def _plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
             if r.limit > 0:  # a limit of 0 refuses every call: there is no rate to exceed
                 spends.append(
                     Spend(
-                        f"identity:{x}:refused#{r.slot}",
-                        f"{multiple:g}x its {r.label} limit of {r.limit:g}",
-                        "attempts", multiple * r.limit, 1, r.name, f"{il}.on_anomaly",
-                        r.slot, marks,
+                        x, f"{multiple:g}x its {r.label} limit of {r.limit:g}", "attempts",
+                        multiple * r.limit, 1, name=r.name, rule=f"{il}.on_anomaly",
+                        slot=r.slot, marks=marks,
                     )
                 )  # fmt: skip
     return tuple(spends)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
-from .budget import Spend, day_key, plan, task_spends
+from .budget import Settlement, Spend, day_key, plan, task_spends
 from .config import GuardConfig, load_config
 from .context import permit_var, task_var
 from .credentials import (
@@ -461,7 +461,7 @@ class Guard:
         """Record a call's outcome (queued for the next transaction) and settle its cost."""
         duration_ms = (time.perf_counter() - permit.started_perf) * 1000.0
         call = permit.call
-        settle: tuple[tuple[str, str, float], ...] = ()
+        settle: tuple[Settlement, ...] = ()
         cost = call.cost
         actual, problem = permit.actual_cost, None
         if actual is not None and not (is_finite_number(actual) and 0 <= actual <= MAX_COST):
@@ -478,7 +478,7 @@ class Guard:
             cost = actual
             day = day_key(permit.started)
             settle = tuple(
-                (s.scope, day if s.kind == "day" else "", delta)
+                Settlement(s, day if s.kind == "day" else "", delta)
                 for s in permit.spends
                 if s.label in ("max_cost", "cost_per_day")
             )
@@ -528,7 +528,7 @@ class Guard:
         reason = f"no credential could be obtained for this call ({described}); it did not run"
         day = day_key(now)
         refund = tuple(
-            (s.scope, day if s.kind == "day" else "", -s.amount)
+            Settlement(s, day if s.kind == "day" else "", -s.amount)
             for s in spends
             if s.kind != "rolling"
         )
