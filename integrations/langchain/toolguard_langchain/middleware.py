@@ -42,23 +42,14 @@ from langchain.agents.middleware.types import (
 )
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool, ToolException
 from langgraph.errors import GraphBubbleUp
-
-try:
-    from langgraph.errors import is_invalid_resume
-except ImportError:  # pragma: no cover - langgraph before 1.2 never marks resume errors
-
-    def is_invalid_resume(error: BaseException) -> bool:
-        return False
-
-
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from typing_extensions import NotRequired
 
 from toolguard import AuditError, ConfigError, Guard, GuardedTool, PolicyDenied, TaskSession
+from toolguard._langchain_compat import is_invalid_resume, var_child_runnable_config
 from toolguard.context import task_var
 from toolguard.engine import OnDeny, Permit
 from toolguard.intent import template_parameters
