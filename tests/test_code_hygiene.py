@@ -118,3 +118,47 @@ def test_the_fake_model_loader_is_defined_once() -> None:
         and 'spec_from_file_location("_fake_model"' in p.read_text(encoding="utf-8")
     ]
     assert copies == ["tests/conftest.py"], copies
+
+
+PURE = ("config", "intent", "policy", "budget", "text", "numbers", "durations", "chain",
+        "redaction", "scrub", "errors")  # fmt: skip
+FORBIDDEN_IN_PURE = ("sqlite3", "langchain", "langgraph", "httpx", "click", "rich")
+FORBIDDEN_SIBLINGS = ("store", "engine", "task", "audit", "cli", "integrity", "incident",
+                      "tools", "viewer", "export", "brokers", "credentials", "keys")  # fmt: skip
+
+
+def _imports(path: Path) -> list[str]:
+    """Every module a file imports (absolute names; ``.x`` relative names as ``.x``)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append("." * node.level + (node.module or ""))
+    return names
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_decision_modules_import_no_io_and_no_orchestration(module: str) -> None:
+    # docs/architecture.md, "The rooms and what each may import"
+    imported = _imports(ROOT / "toolguard" / f"{module}.py")
+    bad = [
+        name
+        for name in imported
+        if name.split(".")[0] in FORBIDDEN_IN_PURE
+        or (
+            name.lstrip(".").split(".")[0] in FORBIDDEN_SIBLINGS
+            and (name.startswith(".") or name.startswith("toolguard."))
+        )
+    ]
+    assert not bad, f"toolguard/{module}.py imports {bad}"
+
+
+def test_only_the_store_and_the_documented_exceptions_speak_sql() -> None:
+    speaking = sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "toolguard").rglob("*.py")
+        if "store" not in path.parts and "sqlite3" in _imports(path)
+    )
+    # integrity.py reads the chain itself; cli/_base.py only catches sqlite3.Error
+    assert speaking == ["toolguard/cli/_base.py", "toolguard/integrity.py"], speaking
