@@ -8,7 +8,7 @@ key in a temporary directory). Variants:
 - ``guarded``: the same tool guarded; it does not read its credential (the token is never
   signed);
 - ``guarded_token``: guarded, and the tool reads ``tg.current_credential().token`` (signs it):
-  this is the case DESIGN §10 sets the 1.5x target for;
+  this is the case docs/architecture.md ("Performance budget") sets the 1.5x target for;
 - ``guarded_budget``: as ``guarded_token``, with a task budget (``max_calls``) and identity
   limits (``requests_per_minute``, ``requests_per_day``) set high enough never to trip: the
   cost of spending budgets.

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 import toolguard as tg
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def fake_model() -> ModuleType:
+    """``examples/_fake_model.py`` (the scripted chat model of the examples and agent tests),
+    loaded once as the module ``_fake_model`` (the examples import it by that name too)."""
+    module = sys.modules.get("_fake_model")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("_fake_model", EXAMPLES / "_fake_model.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["_fake_model"] = module
+        spec.loader.exec_module(module)
+    return module
+
 
 BASE_CONFIG: dict[str, Any] = {
     "issuer": {"name": "toolguard-test", "audience": "kv-service", "ttl": "5m"},

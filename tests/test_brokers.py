@@ -12,7 +12,7 @@ import copy
 import logging
 import sqlite3
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -31,7 +31,7 @@ from toolguard.brokers import (
     HttpTokenBroker,
     StaticSecretProvider,
 )
-from toolguard.credentials import Issuer, Verifier
+from toolguard.credentials import CredentialProvider, Issuer, MintRequest, Verifier, as_provider
 from toolguard.errors import ConfigError, CredentialError
 from toolguard.keys import KeyRing
 
@@ -905,3 +905,149 @@ def test_static_secret_removed_mid_run_denies_the_call(
 
     assert "environment variable LEGACY_CRM_API_KEY is not set" in answer
     assert ran == []
+
+
+def test_broker_errors_redact_every_secret_format_not_only_known_values(
+    respx_mock: respx.MockRouter,
+    make_broker: Callable[..., HttpTokenBroker],
+) -> None:
+    # A proxy's error quoting another credential (a JWT, a bearer value, a URL password) the
+    # broker never saw: scrubbed by the same rules as every error (redaction.scrub_text).
+    other_jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJvdGhlciJ9.c2lnbmF0dXJlLXZhbHVl"
+    leaked = f"upstream said {other_jwt}; Bearer abcdefgh12345678; https://u:hunter22@proxy"
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(leaked, request=request)
+
+    respx_mock.post(TOKEN_URL).mock(side_effect=fail)
+    broker = make_broker(max_attempts=1)
+
+    with pytest.raises(CredentialError) as e:
+        broker.mint(**_call())
+
+    text = _exception_text(e.value)
+    for secret in (other_jwt, "abcdefgh12345678", "hunter22"):
+        assert secret not in text
+    assert "upstream said [REDACTED]" in text
+
+
+# -- the provider interface ----------------------------------------------------------------------
+
+
+class _RecordingProvider:
+    """A provider of the current interface: ``mint(request)``, ``bind``, ``end_task``, ``jit``."""
+
+    jit = False
+
+    def __init__(self) -> None:
+        self.bound: list[tg.Guard] = []
+        self.requests: list[MintRequest] = []
+        self.ended: list[tuple[str, tuple[str, ...]]] = []
+
+    def bind(self, guard: tg.Guard) -> None:
+        self.bound.append(guard)
+
+    def mint(self, request: MintRequest, /) -> tg.Credential:
+        self.requests.append(request)
+        return tg.Credential.from_token(
+            "opaque-token", jti=request.jti, task_id=request.task_id, identity=request.identity,
+            intent=request.intent, tool=request.tool, operation=request.operation,
+            resources=request.resources, issued_at=request.now, expires_at=request.now + 60,
+        )  # fmt: skip
+
+    def end_task(self, task_id: str, jtis: Sequence[str]) -> None:
+        self.ended.append((task_id, tuple(jtis)))
+
+
+class _KeywordProvider:
+    """A provider written for the earlier interface: keyword ``mint``, no ``bind``/``end_task``."""
+
+    jit = False
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def mint(
+        self, *, jti: str, task_id: str, identity: str, intent: str, tool: str, operation: str,
+        resources: Sequence[str], now: float, deadline: float | None = None,
+        audience: str | None = None, act: Any = None,
+    ) -> tg.Credential:  # fmt: skip
+        self.calls.append({"jti": jti, "tool": tool, "deadline": deadline, "act": act})
+        return tg.Credential.from_token(
+            "legacy-token", jti=jti, task_id=task_id, identity=identity, intent=intent,
+            tool=tool, operation=operation, resources=resources, issued_at=now,
+            expires_at=now + 60,
+        )  # fmt: skip
+
+
+def test_a_provider_gets_one_mint_request_and_declared_hooks(
+    make_guard: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    provider = _RecordingProvider()
+    assert isinstance(provider, CredentialProvider) and as_provider(provider) is provider
+    guard = make_guard(clock=clock, providers={"kv_set": provider, "kv_get": provider})
+    assert provider.bound == [guard]  # once per provider, however many tools it serves
+    ran: list[str] = []
+    kv_set, _ = tg.guard(_kv_tools(ran), guard)
+
+    with guard.task("process-job", job_id="42") as task:
+        kv_set.invoke({"key": KEY, "value": "a"})
+
+    assert ran == ["opaque-token"]
+    (request,) = provider.requests
+    assert (request.task_id, request.identity, request.intent, request.tool) == (
+        task.task_id, "agent-runner", "process-job", "kv_set",
+    )  # fmt: skip
+    assert (request.operation, request.resources) == ("write", (KEY,))
+    assert request.deadline == task.deadline and request.now == clock()
+    assert provider.ended == [(task.task_id, (request.jti,))]
+    with sqlite3.connect(guard.config.store_path) as conn:
+        rows = conn.execute("SELECT jti, jit FROM credentials WHERE jti IS NOT NULL").fetchall()
+    assert rows == [(request.jti, 0)]
+
+
+def test_a_provider_of_the_earlier_keyword_interface_still_works(
+    make_guard: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    provider = _KeywordProvider()
+    adapted = as_provider(provider)
+    assert adapted is not provider and adapted.jit is False
+    guard = make_guard(clock=clock, providers={"kv_set": provider})
+    ran: list[str] = []
+    kv_set, _ = tg.guard(_kv_tools(ran), guard)
+
+    with guard.task("process-job", job_id="42") as task:
+        kv_set.invoke({"key": KEY, "value": "a"})
+
+    assert ran == ["legacy-token"]
+    assert provider.calls[0]["tool"] == "kv_set" and provider.calls[0]["deadline"] == task.deadline
+    with sqlite3.connect(guard.config.store_path) as conn:
+        assert conn.execute("SELECT jit FROM credentials WHERE jti IS NOT NULL").fetchall() == [
+            (0,)
+        ]
+
+
+def test_a_provider_without_mint_is_refused_at_start(
+    make_guard: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    with pytest.raises(ConfigError, match="must have a mint"):
+        make_guard(clock=clock, providers={"kv_set": object()})
+
+
+def test_built_in_providers_implement_the_interface(
+    issuer: Issuer, make_broker: Callable[..., HttpTokenBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    for provider in (issuer, make_broker(), StaticSecretProvider(env=SECRET_ENV)):
+        assert isinstance(provider, CredentialProvider)
+        assert as_provider(provider) is provider
+
+
+def test_mint_takes_a_request_or_its_fields_as_keywords(issuer: Issuer) -> None:
+    by_request = issuer.mint(MintRequest(**CALL))
+    by_keywords = issuer.mint(**CALL)
+    assert by_request.claims == by_keywords.claims
+    with pytest.raises(TypeError, match="not both"):
+        issuer.mint(MintRequest(**CALL), jti="other")
+    assert MintRequest(**{**CALL, "resources": [KEY]}).resources == (KEY,)
+    assert BrokerCall is MintRequest

@@ -14,15 +14,22 @@ from typing import Any
 
 import pytest
 from conftest import BASE_CONFIG, Clock, make_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import toolguard as tg
+from toolguard import budget as budget_module
 from toolguard.budget import (
+    DAY_SECONDS,
     ROLLING_WINDOW,
+    Plan,
     Spend,
     day_key,
+    day_start,
     plan,
     seconds_to_midnight,
     task_slots,
+    task_spends,
     to_units,
 )
 from toolguard.config import Budget
@@ -181,6 +188,41 @@ def test_plan_is_memoized_per_task_and_call_shape(tmp_path: Path) -> None:
     assert plan(first, "t1", call) is plan(first, "t1", call)  # type: ignore[arg-type]
     assert plan(second, "t1", call) is not plan(first, "t1", call)  # type: ignore[arg-type]
     assert plan(first, "t1", call) == plan(second, "t1", call)  # type: ignore[arg-type]
+
+
+def test_derived_plans_are_memoized_on_the_plan_not_by_id(tmp_path: Path) -> None:
+    # No module-level cache keyed by id(): what is derived from a plan lives on the plan.
+    assert not any(
+        name.isupper() and isinstance(value, dict) and any(isinstance(k, int) for k in value)
+        for name, value in vars(budget_module).items()
+    )
+    policy = Policy(tg.load_config(_config(tmp_path, budget={"max_calls": 3}, limits={
+        "requests_per_minute": 10})))  # fmt: skip
+    bound = policy.bind("process-job", {"job_id": "42"})
+    call = derive_call(policy.tools, "kv_get", {"key": JOB}, "cid")
+    assert not isinstance(call, tg.PolicyDenied)
+    full = plan(bound, "t1", call)
+    only = task_spends(bound, "t1", call)
+    assert isinstance(full, Plan) and isinstance(only, Plan)
+    assert full.task_only is only and task_spends(bound, "t1", call) is only
+    assert only == tuple(s for s in full if s.kind == "total") and len(only) < len(full)
+    from toolguard.store.budgets import Charge
+
+    assert full.compiled is None
+    first = Charge(full, MINUTE)
+    assert full.compiled is first.shape and Charge(full, MINUTE + 1).shape is first.shape
+    plain = Charge(tuple(full), MINUTE)  # any other sequence: compiled afresh, same columns
+    assert plain.shape is not first.shape and plain.columns == first.columns
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_day_boundaries_agree(now: float) -> None:
+    start = day_start(now)
+    assert start % DAY_SECONDS == 0 and start <= now < start + DAY_SECONDS
+    assert abs(start + DAY_SECONDS - (now + seconds_to_midnight(now))) <= 1e-6
+    assert day_key(start) == day_key(now)
+    assert day_key(start - 1) != day_key(now)
 
 
 def test_task_slots_lay_out_calls_tools_operations_then_cost() -> None:
@@ -525,3 +567,108 @@ def test_an_audit_prune_keeps_every_window_and_todays_quota_exact(
         refused = _call(guard)
         assert refused is not None and refused.scope.endswith("requests_per_day")
         assert (refused.used, refused.limit) == (5, 5)
+
+
+# -- the fast path of Charge.apply decides as the general one ------------------------------------
+
+_PROPERTY_LIMITS = {
+    "requests_per_minute": 5,
+    "writes_per_minute": 3,
+    "deletes_per_minute": 2,
+    "requests_per_day": 14,
+    "cost_per_day": 2.0,
+    "on_anomaly": {"revoke_when_rate_exceeds": "2x"},
+}
+_PROPERTY_BUDGET = {
+    "max_calls": 12,
+    "max_cost": 1.5,
+    "per_tool": {"kv_set": 6},
+    "per_operation": {"delete": 3},
+}
+
+
+def _charge_world(limits: dict[str, Any] | None, budget: dict[str, Any] | None) -> Any:
+    """A policy, a bound task and two identical stores (connection + task counters)."""
+    import tempfile
+
+    from toolguard.store.schema import create_schema
+    from toolguard.store.tasks import TaskBudgets
+
+    policy = Policy(tg.load_config(_config(Path(tempfile.mkdtemp()), limits=limits, budget=budget)))
+    bound = policy.bind("process-job", {"job_id": "42"})
+    worlds = []
+    for _ in range(2):
+        conn = sqlite3.connect(":memory:", isolation_level=None)
+        create_schema(conn)
+        tasks = TaskBudgets()
+        tasks.started("t1")
+        worlds.append((conn, tasks))
+    return policy, bound, worlds
+
+
+def _decision(result: Any) -> Any:
+    if result is None:
+        return None
+    if isinstance(result, tg.BudgetExceeded):
+        return ("refused", result.scope, result.used, result.limit, result.retry_after, result.rule)
+    return ("anomaly", result.spend.name, result.spend.limit, result.attempts)
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    shape=st.sampled_from(
+        [(_PROPERTY_LIMITS, _PROPERTY_BUDGET), (_PROPERTY_LIMITS, None), (None, _PROPERTY_BUDGET)]
+    ),
+    start=st.sampled_from([MINUTE, MIDNIGHT - 90.0]),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.5, 3.0, 13.0, 31.0, 61.0, -2.0]),
+            st.sampled_from(["kv_get", "kv_set", "kv_delete"]),
+            st.sampled_from([0.0, 0.1, 0.25, 0.7]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_the_fast_path_of_charge_decides_exactly_as_the_general_one(
+    shape: tuple[dict[str, Any] | None, dict[str, Any] | None],
+    start: float,
+    steps: list[tuple[float, str, float]],
+) -> None:
+    """``Charge.apply`` (the inline common case) and ``Charge._apply`` (the general path) on
+    identical stores: the same decision, the same admission-log entry, the same counters and
+    rows, step after step (clocks going back, windows and days passing, refusals, anomalies)."""
+    import dataclasses
+
+    from toolguard.store.budgets import Charge
+
+    policy, bound, worlds = _charge_world(*shape)
+    now = start
+    for n, (dt, tool, cost) in enumerate(steps):
+        now += dt
+        call = derive_call(policy.tools, tool, {"key": JOB, "value": "v"}, f"c{n}")
+        assert not isinstance(call, tg.PolicyDenied)
+        spends = plan(bound, "t1", dataclasses.replace(call, cost=cost))  # type: ignore[arg-type]
+        seen = []
+        for fast, (conn, tasks) in zip((True, False), worlds):
+            step = Charge(spends, now)
+            values = (
+                conn.execute("SELECT " + step.columns, step.params).fetchone()
+                if step.columns
+                else ()
+            )
+            apply = step.apply if fast else step._apply
+            result = apply(conn, values, tasks, tool=tool, task_id="t1")
+            if result is None and step.tally is not None:  # the credential row carries it
+                conn.execute(
+                    "INSERT INTO credentials (identity, tally, jti, task_id, tool, issued_at,"
+                    " expires_at) VALUES (?, ?, ?, 't1', ?, ?, ?)",
+                    ("agent-runner", step.tally, f"j{n}", tool, now, now + 60),
+                )
+            tasks.commit()
+            rows = [
+                conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+                for t in ("credentials", "budgets")
+            ]
+            seen.append((_decision(result), step.tally, tasks._rows.get("t1"), rows))
+        assert seen[0] == seen[1], f"step {n}: {steps[: n + 1]}"

@@ -4,7 +4,6 @@ links, parents that end or are revoked, and the same through GuardMiddleware."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BASE_CONFIG, Clock
+from conftest import BASE_CONFIG, Clock, fake_model
 from langchain.agents import create_agent
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
@@ -24,17 +23,7 @@ import toolguard as tg
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _fake() -> Any:
-    if "_fake_model" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_fake_model", EXAMPLES / "_fake_model.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_fake_model"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_fake_model"]
-
-
-fm = _fake()
+fm: Any = fake_model()
 call, turn, answer = fm.call, fm.turn, fm.answer
 
 

@@ -426,3 +426,13 @@ def test_pattern_covers_literal_inner_agrees_with_matching(outer: str, value: st
 @given(pattern=_patterns)
 def test_pattern_covers_is_reflexive(pattern: str) -> None:
     assert pattern_covers(pattern, pattern)
+
+
+def test_template_parameters_are_read_from_patterns_and_purpose() -> None:
+    from toolguard.intent import template_parameters
+
+    config = load_config(copy.deepcopy(BASE_CONFIG))
+    required, optional = template_parameters(config, "process-job", where="X")
+    assert "job_id" in required and not set(optional) & set(required)
+    with pytest.raises(tg.ConfigError, match=r"not defined .*pass another intent to X"):
+        template_parameters(config, "nope", where="X")

@@ -4,7 +4,6 @@ interrupts), a ToolNode wrapped by GuardMiddleware, and the examples that show t
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 import threading
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import fake_model
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
@@ -26,17 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-def _fake() -> Any:
-    if "_fake_model" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_fake_model", EXAMPLES / "_fake_model.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_fake_model"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_fake_model"]
-
-
-fm = _fake()
+fm: Any = fake_model()
 call, turn, answer = fm.call, fm.turn, fm.answer
 USER = {"messages": [{"role": "user", "content": "go"}]}
 

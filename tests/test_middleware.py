@@ -4,15 +4,14 @@ errors, runs that raise, interrupts and resumes, context parameters, and tools g
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sqlite3
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
+from conftest import fake_model
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, HumanInTheLoopMiddleware
 from langchain_core.messages import ToolMessage
@@ -26,17 +25,7 @@ import toolguard as tg
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _fake() -> Any:
-    if "_fake_model" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_fake_model", EXAMPLES / "_fake_model.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_fake_model"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_fake_model"]
-
-
-fm = _fake()
+fm: Any = fake_model()
 call, turn, answer = fm.call, fm.turn, fm.answer
 
 USER = {"messages": [{"role": "user", "content": "process the job"}]}

@@ -4,16 +4,13 @@ carry the current task (``toolguard.carry_task`` / ``TaskSession.carry``)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BASE_CONFIG
+from conftest import BASE_CONFIG, fake_model
 from langchain.agents import create_agent
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
@@ -21,20 +18,7 @@ from toolguard_langchain import GuardMiddleware
 
 import toolguard as tg
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _fake() -> Any:
-    if "_fake_model" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_fake_model", EXAMPLES / "_fake_model.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_fake_model"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_fake_model"]
-
-
-fm = _fake()
+fm: Any = fake_model()
 call, turn, answer = fm.call, fm.turn, fm.answer
 USER: Any = {"messages": [{"role": "user", "content": "go"}]}
 JOB: Any = {"configurable": {"job_id": "42"}}

@@ -1,8 +1,9 @@
 """Audit events: the queries behind ``guard.audit`` and the viewer, and revocation events.
 
 The hash chain is defined in :mod:`toolguard.chain`; checkpoints and verification live in
-:mod:`toolguard.integrity`; every SQL string lives in :mod:`toolguard.store`. This module
-shapes what the store returns: events, task lists, timelines (a request joined with its
+:mod:`toolguard.integrity`; SQL lives in :mod:`toolguard.store` (and in
+:mod:`toolguard.integrity`, which reads the chain itself: docs/architecture.md, "The rooms").
+This module shapes what the store returns: events, task lists, timelines (a request joined with its
 outcome), usage summaries (rate peaks, quota use, spikes, idle identities) and usage over time.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .budget import ROLLING_WINDOW
+from .budget import ROLLING_WINDOW, day_start
 from .chain import EVENT_FIELDS
 from .integrity import Integrity, VerifyReport
 from .keys import KeyRing, PublicKeySource
@@ -224,10 +225,6 @@ def _rolling_peaks(times: Iterator[tuple[str, float]]) -> dict[str, int]:
         if len(window) > peaks.get(key, 0):
             peaks[key] = len(window)
     return peaks
-
-
-def _midnight(now: float) -> float:
-    return now - (now % 86400.0)
 
 
 def _bucket_for(span: float, *, most: int = 72) -> float:
@@ -528,7 +525,7 @@ class AuditLog:
         """
         now = self.store.clock() if now is None else now
         limits = limits or {}
-        midnight = _midnight(now)
+        midnight = day_start(now)
         rows: dict[str, list[UsageRow]] = {}
         spikes: list[Spike] = []
         for group in by:

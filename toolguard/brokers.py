@@ -1,7 +1,7 @@
 """External credential providers: an OAuth2 token-exchange broker and static secrets.
 
 Both plug into ``Guard(config, providers={tool_name: provider})`` (see
-:class:`toolguard.engine.CredentialProvider`):
+:class:`toolguard.credentials.CredentialProvider`):
 
 :class:`HttpTokenBroker`
     For each allowed call, exchanges a subject token for an access token at an OAuth2 token
@@ -35,7 +35,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 from urllib.parse import quote_plus, urlsplit
@@ -49,9 +49,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .credentials import Credential, Issuer
+from .credentials import Credential, Issuer, MintRequest
 from .errors import ConfigError, CredentialError
 from .numbers import MAX_DURATION, is_finite_number
+from .redaction import scrub_text
 
 if TYPE_CHECKING:
     from .engine import Guard
@@ -90,23 +91,11 @@ class AuditSink(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerCall:
-    """What a broker knows about the call it is asked a credential for."""
-
-    jti: str
-    """The credential id toolguard recorded for this call (in the ``credentials`` table)."""
-    task_id: str
-    identity: str
-    intent: str
-    tool: str
-    operation: str
-    resources: tuple[str, ...]
-    audience: str | None
-    """The audience the call's tool rule or intent asks for, if any."""
-    now: float
-    deadline: float | None
-    act: Mapping[str, Any] | None
+BrokerCall = MintRequest
+"""What a broker knows about the call it is asked a credential for: the guard's
+:class:`~toolguard.credentials.MintRequest`, with the broker's ``audience=`` (when given) in
+place of the call's. The name of earlier versions, kept for ``scopes=`` and ``subject=``
+callables."""
 
 
 def default_scopes(call: BrokerCall) -> list[str]:
@@ -268,28 +257,15 @@ class HttpTokenBroker:
 
     # -- minting -----------------------------------------------------------------------------
 
-    def mint(
-        self,
-        *,
-        jti: str,
-        task_id: str,
-        identity: str,
-        intent: str,
-        tool: str,
-        operation: str,
-        resources: Sequence[str],
-        now: float,
-        deadline: float | None = None,
-        audience: str | None = None,
-        act: Mapping[str, Any] | None = None,
-    ) -> Credential:
-        """Exchange a subject token for this call's access token; :class:`CredentialError` if
-        the broker cannot issue one (the guard then denies the call)."""
-        call = BrokerCall(
-            jti=jti, task_id=task_id, identity=identity, intent=intent, tool=tool,
-            operation=operation, resources=tuple(resources), audience=self.audience or audience,
-            now=now, deadline=deadline, act=act,
-        )  # fmt: skip
+    def mint(self, request: MintRequest | None = None, /, **keywords: Any) -> Credential:
+        """Exchange a subject token for this call's access token (a :class:`MintRequest`, or
+        its fields as keywords); :class:`CredentialError` if the broker cannot issue one (the
+        guard then denies the call)."""
+        call = MintRequest.of(request, keywords)
+        if self.audience and call.audience != self.audience:
+            call = replace(call, audience=self.audience)
+        jti, task_id, identity, intent = call.jti, call.task_id, call.identity, call.intent
+        tool, operation, now, act = call.tool, call.operation, call.now, call.act
         scopes = list(self.scopes(call))
         for scope in scopes:
             if not isinstance(scope, str) or not _SCOPE_TOKEN.fullmatch(scope):
@@ -340,12 +316,7 @@ class HttpTokenBroker:
             )
         try:
             if isinstance(source, Issuer):
-                token = source.mint(
-                    jti=call.jti, task_id=call.task_id, identity=call.identity,
-                    intent=call.intent, tool=call.tool, operation=call.operation,
-                    resources=call.resources, now=call.now, deadline=call.deadline,
-                    audience=self.subject_audience, act=call.act,
-                ).token  # fmt: skip
+                token = source.mint(replace(call, audience=self.subject_audience)).token
             else:
                 token = source(call)
         except CredentialError:
@@ -389,7 +360,7 @@ class HttpTokenBroker:
         refresh = body.get("refresh_token")
         issued = _Issued(
             jti=call.jti, task_id=call.task_id, identity=call.identity, intent=call.intent,
-            tool=call.tool, operation=call.operation, resources=call.resources,
+            tool=call.tool, operation=call.operation, resources=tuple(call.resources),
             expires_at=call.now + self.default_ttl, token=token,
             refresh_token=refresh if isinstance(refresh, str) and refresh else None,
         )  # fmt: skip
@@ -553,7 +524,7 @@ class HttpTokenBroker:
         except _ServerError as exc:
             why = f"HTTP {exc.status}"
         except httpx.HTTPError as exc:
-            why = _scrub(f"{type(exc).__name__}: {exc}", (*secrets, *self._secrets))
+            why = scrub_text(f"{type(exc).__name__}: {exc}", (*secrets, *self._secrets))[:300]
         return None, f"{why} after {attempts} attempt(s)"
 
     def _remember(self, issued: _Issued, now: float) -> None:
@@ -645,22 +616,14 @@ class StaticSecretProvider:
         if self._clock is None:
             self._clock = guard.clock
 
-    def mint(
-        self,
-        *,
-        jti: str,
-        task_id: str,
-        identity: str,
-        intent: str,
-        tool: str,
-        operation: str,
-        resources: Sequence[str],
-        now: float,
-        deadline: float | None = None,
-        audience: str | None = None,
-        act: Mapping[str, Any] | None = None,
-    ) -> Credential:
-        """A ``jit=False`` credential holding the secret; :class:`CredentialError` if unset."""
+    def mint(self, request: MintRequest | None = None, /, **keywords: Any) -> Credential:
+        """A ``jit=False`` credential holding the secret (for a :class:`MintRequest`, or its
+        fields as keywords); :class:`CredentialError` if unset."""
+        r = MintRequest.of(request, keywords)
+        jti, task_id, identity, intent, tool = r.jti, r.task_id, r.identity, r.intent, r.tool
+        operation, resources, now, deadline, audience = (
+            r.operation, r.resources, r.now, r.deadline, r.audience,
+        )  # fmt: skip
         secret = os.environ.get(self.env)
         if not secret:
             raise CredentialError(
@@ -761,13 +724,6 @@ def _error_code(response: httpx.Response) -> str:
     if isinstance(code, str) and _ERROR_CODE.fullmatch(code):
         return f", error '{code}'"
     return ""
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[REDACTED]")
-    return text[:300]
 
 
 def _json_list(values: Sequence[str]) -> str:

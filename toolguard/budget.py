@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import pydantic
     from .config import Budget
@@ -35,17 +35,24 @@ if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import p
 
 __all__ = [
     "COST_RESOLUTION",
+    "DAY_SECONDS",
     "ROLLING_WINDOW",
+    "Plan",
+    "Settlement",
     "Spend",
     "SpendKind",
     "day_key",
+    "day_start",
     "plan",
     "seconds_to_midnight",
     "task_slots",
+    "task_spends",
     "to_units",
 ]
 
 ROLLING_WINDOW = 60.0
+DAY_SECONDS = 86400
+"""A UTC day, in seconds (Unix time has no leap seconds): every day boundary is a multiple."""
 """Length of the rolling window of the per-minute limits, in seconds."""
 COST_RESOLUTION = 1_000_000
 """Costs and limits are compared as whole numbers of 1/COST_RESOLUTION (micro-units)."""
@@ -59,20 +66,21 @@ SpendKind = Literal["total", "day", "rolling", "attempts"]
 class Spend:
     """One limit a call must fit in.
 
-    ``scope`` is the key of the limit's state in the store; ``label`` the limit's short name
-    (``max_calls``, ``per_tool.kv_set``, ``requests_per_minute``); ``name`` the public scope
-    (``task.max_calls``, ``identity.agent-runner.requests_per_minute``); ``rule`` the config
-    location of the limit. ``amount`` is what this call spends (1 call, or its cost estimate).
+    ``label`` is the limit's short name (``max_calls``, ``per_tool.kv_set``,
+    ``requests_per_minute``); ``name`` the public scope (``task.max_calls``,
+    ``identity.agent-runner.requests_per_minute``); ``rule`` the config location of the limit.
+    ``amount`` is what this call spends (1 call, or its cost estimate).
 
-    Where the state lives (``slot``; ``scope`` ends in ``#<slot>``): ``"#"`` one slot of the
-    task's budget row (``#<index>``, see :func:`task_slots`); ``"a"``, ``"w"``, ``"d"``, ``"c"``
-    a running total of the identity's admission log (calls, writes and deletes, deletes, cost),
-    shared by its per-minute and per-day limits, with ``marks`` the counts this call adds
-    (``a``, ``aw`` or ``awd``). For ``attempts`` (the ``on_anomaly`` watches) the ``limit`` is
-    the threshold, a multiple of the watched limit.
+    Where the state lives: ``owner`` is the task id (task limits) or the identity (identity
+    limits) whose state it is; ``slot`` is ``"#"`` for one counter of the task's budget,
+    ``index`` its position (see :func:`task_slots`), or ``"a"``, ``"w"``, ``"d"``, ``"c"``
+    for a running total of the identity's admission log (calls, writes and deletes, deletes,
+    cost), shared by its per-minute and per-day limits, with ``marks`` the counts this call
+    adds (``a``, ``aw`` or ``awd``). For ``attempts`` (the ``on_anomaly`` watches) the
+    ``limit`` is the threshold, a multiple of the watched limit.
     """
 
-    scope: str
+    owner: str
     label: str
     kind: SpendKind
     limit: float
@@ -81,6 +89,21 @@ class Spend:
     rule: str = ""
     slot: str = ""
     marks: str = ""
+    index: int = -1
+    """The counter of the task's budget (``slot == "#"``); -1 for the identity's limits."""
+
+
+class Settlement(NamedTuple):
+    """A change to what a call spent, applied after it ran: its actual cost in place of the
+    estimate, or a refund when no credential could be minted
+    (:func:`toolguard.store.budgets.settle`)."""
+
+    spend: Spend
+    """The limit whose state moves (a task counter, or the identity's cost total)."""
+    period: str
+    """The UTC day the call was reserved in (:func:`day_key`) for a ``day`` limit, else ``""``."""
+    delta: float
+    """What to add (negative to give back), in the limit's unit."""
 
 
 def to_units(value: float) -> int:
@@ -90,24 +113,42 @@ def to_units(value: float) -> int:
 
 @lru_cache(maxsize=8)
 def _day_of(day_number: int) -> str:
-    return datetime.fromtimestamp(day_number * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(day_number * DAY_SECONDS, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def day_key(now: float) -> str:
     """The UTC calendar day of a timestamp: ``2026-11-22``."""
-    return _day_of(int(now // 86400))
+    return _day_of(int(now // DAY_SECONDS))
+
+
+def day_start(now: float) -> float:
+    """The start (00:00 UTC) of the UTC day of a timestamp."""
+    return now - (now % DAY_SECONDS)
 
 
 def seconds_to_midnight(now: float) -> float:
     """Seconds until the next 00:00 UTC (Unix time has no leap seconds)."""
-    return 86400.0 - (now % 86400.0)
+    return DAY_SECONDS - (now % DAY_SECONDS)
 
 
-_PLANS: dict[tuple[str, str, str, float], tuple[BoundTask, tuple[Spend, ...]]] = {}
+class Plan(tuple[Spend, ...]):
+    """The spends of one call (a tuple, as :func:`plan` returns it), with what is derived from
+    it memoized on the plan itself rather than in a cache keyed by ``id()``: its task-only
+    part (:func:`task_spends`) and the store's compiled form of it
+    (:mod:`toolguard.store.budgets`). A plan is built once per task, tool, operation and cost,
+    so a task's later calls reuse both."""
+
+    task_only: Plan | None = None
+    """The task-scope spends (``kind == "total"``), once :func:`task_spends` asked for them."""
+    compiled: object = None
+    """The store's form of the plan (a ``toolguard.store.budgets`` shape), once compiled."""
+
+
+_PLANS: dict[tuple[str, str, str, float], tuple[BoundTask, Plan]] = {}
 _PLANS_MAX = 1024
 
 
-def plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
+def plan(task: BoundTask, task_id: str, call: Call) -> Plan:
     """Every limit this call must fit in: task scopes first, then identity scopes, then the
     anomaly watches (``attempts``) of the identity's per-minute limits.
 
@@ -118,27 +159,20 @@ def plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
     hit = _PLANS.get(key)
     if hit is not None and hit[0] is task:
         return hit[1]
-    spends = _plan(task, task_id, call)
+    spends = Plan(_plan(task, task_id, call))
     if len(_PLANS) >= _PLANS_MAX:
         _PLANS.clear()
     _PLANS[key] = (task, spends)
     return spends
 
 
-_TASK_ONLY: dict[int, tuple[tuple[Spend, ...], tuple[Spend, ...]]] = {}
-
-
-def task_spends(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
+def task_spends(task: BoundTask, task_id: str, call: Call) -> Plan:
     """Only the task-scope spends of :func:`plan` (what a delegated call also charges to each
-    ancestor task); memoized like the plan."""
+    ancestor task); memoized on the plan."""
     full = plan(task, task_id, call)
-    hit = _TASK_ONLY.get(id(full))
-    if hit is not None and hit[0] is full:
-        return hit[1]
-    only = tuple(s for s in full if s.kind == "total")
-    if len(_TASK_ONLY) >= _PLANS_MAX:
-        _TASK_ONLY.clear()
-    _TASK_ONLY[id(full)] = (full, only)
+    only = full.task_only
+    if only is None:
+        only = full.task_only = Plan(s for s in full if s.kind == "total")
     return only
 
 
@@ -162,8 +196,8 @@ def _plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
     def task_scope(slot: str, label: str, limit: float, amount: float) -> None:
         spends.append(
             Spend(
-                f"task:{task_id}:budget#{slots[slot]}", label, "total", limit, amount,
-                f"task.{label}", f"{at}.{label}", "#",
+                task_id, label, "total", limit, amount, name=f"task.{label}",
+                rule=f"{at}.{label}", slot="#", index=slots[slot],
             )
         )  # fmt: skip
 
@@ -188,8 +222,8 @@ def _plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
 
     def logged(slot: str, label: str, kind: SpendKind, limit: float, amount: float) -> Spend:
         return Spend(
-            f"identity:{x}:log#{slot}", label, kind, limit, amount,
-            f"identity.{x}.{label}", f"{il}.{label}", slot, marks,
+            x, label, kind, limit, amount, name=f"identity.{x}.{label}",
+            rule=f"{il}.{label}", slot=slot, marks=marks,
         )  # fmt: skip
 
     rolling: list[Spend] = []
@@ -210,10 +244,9 @@ def _plan(task: BoundTask, task_id: str, call: Call) -> tuple[Spend, ...]:
             if r.limit > 0:  # a limit of 0 refuses every call: there is no rate to exceed
                 spends.append(
                     Spend(
-                        f"identity:{x}:refused#{r.slot}",
-                        f"{multiple:g}x its {r.label} limit of {r.limit:g}",
-                        "attempts", multiple * r.limit, 1, r.name, f"{il}.on_anomaly",
-                        r.slot, marks,
+                        x, f"{multiple:g}x its {r.label} limit of {r.limit:g}", "attempts",
+                        multiple * r.limit, 1, name=r.name, rule=f"{il}.on_anomaly",
+                        slot=r.slot, marks=marks,
                     )
                 )  # fmt: skip
     return tuple(spends)

@@ -1,6 +1,7 @@
 """Just-in-time credentials: :class:`Credential`, :class:`Issuer` and :class:`Verifier`.
 
-Every allowed tool call gets its own short-lived JWT (DESIGN §7)::
+Every allowed tool call gets its own short-lived JWT (docs/credentials.md, docs/architecture.md
+"The pipeline")::
 
     header  {"alg": "EdDSA" | "ES256", "typ": "at+jwt", "kid": <RFC 7638 thumbprint>}
     claims  iss sub aud iat nbf exp jti task_id intent tool op res [act]
@@ -24,6 +25,7 @@ management lives in :mod:`toolguard.keys`; its main classes are re-exported here
 from __future__ import annotations
 
 import heapq
+import inspect
 import json
 import math
 import os
@@ -32,9 +34,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from json.encoder import encode_basestring_ascii
 from types import MappingProxyType
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol, runtime_checkable
 
 from toolguard.errors import (
     ConfigError,
@@ -57,16 +60,22 @@ from toolguard.keys import (
 )
 from toolguard.numbers import MAX_DURATION, is_finite_number
 
+if TYPE_CHECKING:
+    from toolguard.engine import Guard
+
 __all__ = [
     "REQUIRED_CLAIMS",
     "Credential",
+    "CredentialProvider",
     "Issuer",
     "KeyRing",
+    "MintRequest",
     "PublicKeySource",
     "PublicKeys",
     "RevocationSource",
     "SigningKey",
     "Verifier",
+    "as_provider",
     "issued_token",
     "new_jti",
 ]
@@ -321,10 +330,140 @@ def _set_slots(obj: object, values: Mapping[str, object]) -> None:
         object.__setattr__(obj, name, value)
 
 
+@dataclass(frozen=True, slots=True)
+class MintRequest:
+    """Everything a provider knows about the allowed call it mints a credential for.
+
+    Built by the guard once per allowed call (after its ``request`` event is recorded) and
+    passed to :meth:`CredentialProvider.mint`; brokers pass it on to their ``scopes=`` and
+    ``subject=`` callables (:class:`toolguard.brokers.BrokerCall` is this class)."""
+
+    jti: str
+    """The credential id toolguard recorded for this call (in the ``credentials`` table)."""
+    task_id: str
+    identity: str
+    intent: str
+    tool: str
+    operation: str
+    resources: Sequence[str]
+    """The call's resources (a tuple when built from a sequence of strings)."""
+    now: float
+    deadline: float | None = None
+    """The task's deadline: no credential outlives it."""
+    audience: str | None = None
+    """The audience the call's tool rule or intent asks for, if any."""
+    act: Mapping[str, Any] | None = None
+    """The delegation chain (``{"sub": parent identity, "task_id": ..., "act": ...}``)."""
+
+    def __post_init__(self) -> None:
+        resources = self.resources
+        if not isinstance(resources, (str, tuple)):  # a str stays one: the issuer rejects it
+            object.__setattr__(self, "resources", tuple(resources))
+
+    @classmethod
+    def of(cls, request: MintRequest | None, keywords: Mapping[str, Any]) -> MintRequest:
+        """``request``, or one built from the keyword arguments of the ``mint(jti=..., ...)``
+        signature of earlier versions (kept for callers of :meth:`Issuer.mint` and of the
+        brokers' ``mint``). Raises :class:`TypeError` for a mix or unknown names."""
+        if request is not None:
+            if keywords:
+                raise TypeError("mint() takes a MintRequest or keyword arguments, not both")
+            if not isinstance(request, MintRequest):
+                raise TypeError(f"mint() takes a MintRequest, not {type(request).__name__}")
+            return request
+        return cls(**keywords)
+
+    def keywords(self) -> dict[str, Any]:
+        """The request as the keyword arguments of the earlier ``mint(jti=..., ...)``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@runtime_checkable
+class CredentialProvider(Protocol):
+    """Mints the credential of one allowed call: the built-in :class:`Issuer`, an external
+    token broker (:mod:`toolguard.brokers`), or a static secret for legacy APIs. Give one per
+    tool with ``Guard(config, providers={tool: provider})``.
+
+    Any exception from :meth:`mint` denies the call (fail closed, audited). Providers written
+    for earlier versions (``mint(*, jti, task_id, ...)`` keywords, and ``bind``, ``end_task``,
+    ``jit`` optional) still work: the guard adapts them (:func:`as_provider`).
+    """
+
+    jit: bool
+    """False for credentials that are not just-in-time (a static secret): recorded in the
+    credential's row (``credentials.jit``)."""
+
+    def bind(self, guard: Guard) -> None:
+        """Called once by the guard that uses the provider: take what was not given from it
+        (its issuer, store, clock)."""
+        ...
+
+    def mint(self, request: MintRequest, /) -> Credential:
+        """The credential of one allowed call; raise (any exception) to deny it."""
+        ...
+
+    def end_task(self, task_id: str, jtis: Sequence[str]) -> None:
+        """A task ended (or was revoked): revoke what was issued for it and its ``jtis``."""
+        ...
+
+
+class _KeywordProvider:
+    """A provider written for the earlier interface, as a :class:`CredentialProvider`: its
+    ``mint`` takes the request's fields as keywords; a missing ``bind`` or ``end_task`` does
+    nothing and a missing ``jit`` is True. Looked up once, here."""
+
+    __slots__ = ("_bind", "_end_task", "jit", "provider")
+
+    def __init__(self, provider: Any) -> None:
+        self.provider = provider
+        self.jit = bool(getattr(provider, "jit", True))
+        self._bind = getattr(provider, "bind", None)
+        self._end_task = getattr(provider, "end_task", None)
+
+    def bind(self, guard: Guard) -> None:
+        if self._bind is not None:
+            self._bind(guard)
+
+    def mint(self, request: MintRequest, /) -> Credential:
+        credential: Credential = self.provider.mint(**request.keywords())
+        return credential
+
+    def end_task(self, task_id: str, jtis: Sequence[str]) -> None:
+        if self._end_task is not None:
+            self._end_task(task_id, jtis)
+
+    def __repr__(self) -> str:
+        return repr(self.provider)
+
+
+def as_provider(provider: object) -> CredentialProvider:
+    """``provider`` itself if it implements :class:`CredentialProvider` (``jit``, ``bind``,
+    ``mint(request)``, ``end_task``), else an adapter for a provider of the earlier interface
+    (a ``mint`` with keyword parameters). :class:`ConfigError` for an object with no ``mint``."""
+    mint = getattr(provider, "mint", None)
+    if not callable(mint):
+        raise ConfigError(
+            f"a credential provider must have a mint() method; got {type(provider).__name__}"
+        )
+    if isinstance(provider, CredentialProvider):
+        try:
+            inspect.signature(mint).bind(None)  # mint(request): one positional argument
+        except (TypeError, ValueError):
+            pass
+        else:
+            return provider
+    return _KeywordProvider(provider)
+
+
 class Issuer:
-    """Mints the credential of one call: claims now, signature on first use of ``token``."""
+    """Mints the credential of one call: claims now, signature on first use of ``token``.
+
+    The guard's built-in :class:`CredentialProvider` (for every tool without a provider)."""
 
     __slots__ = ("audience", "keys", "name", "ttl")
+
+    jit: ClassVar[bool] = True
+    """Its credentials are just-in-time: one per call, expiring with the task at the latest."""
 
     name: str
     audience: str
@@ -345,25 +484,24 @@ class Issuer:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Issuer is immutable")
 
-    def mint(
-        self,
-        *,
-        jti: str,
-        task_id: str,
-        identity: str,
-        intent: str,
-        tool: str,
-        operation: str,
-        resources: Sequence[str],
-        now: float,
-        deadline: float | None = None,
-        audience: str | None = None,
-        act: Mapping[str, Any] | None = None,
-    ) -> Credential:
-        """The credential for one call; ``exp`` is ``now + ttl`` capped by the task ``deadline``.
+    def bind(self, guard: Guard) -> None:
+        """Nothing to take from the guard (it built this issuer)."""
+
+    def end_task(self, task_id: str, jtis: Sequence[str]) -> None:
+        """Nothing to do: the task's revocation in the store covers its credentials."""
+
+    def mint(self, request: MintRequest | None = None, /, **keywords: Any) -> Credential:
+        """The credential for one call (a :class:`MintRequest`, or its fields as keywords);
+        ``exp`` is ``now + ttl`` capped by the task ``deadline``.
 
         Raises :class:`CredentialError` if the deadline has passed or an argument is malformed.
         """
+        r = MintRequest.of(request, keywords)
+        jti, task_id, identity, intent, tool, operation, resources, now, deadline = (
+            r.jti, r.task_id, r.identity, r.intent, r.tool, r.operation, r.resources, r.now,
+            r.deadline,
+        )  # fmt: skip
+        audience, act = r.audience, r.act
         res = tuple(resources)
         if isinstance(resources, str) or not all(type(r) is str for r in res):
             raise CredentialError(

@@ -15,12 +15,22 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, overload, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
-from .budget import Spend, day_key, plan, task_spends
+from .budget import Settlement, Spend, day_key, plan, task_spends
 from .config import GuardConfig, load_config
 from .context import permit_var, task_var
-from .credentials import Credential, Issuer, KeyRing, Verifier, issued_token, new_jti
+from .credentials import (
+    Credential,
+    CredentialProvider,
+    Issuer,
+    KeyRing,
+    MintRequest,
+    Verifier,
+    as_provider,
+    issued_token,
+    new_jti,
+)
 from .errors import AuditError, ConfigError, NoActiveTask, PolicyDenied
 from .integrity import guard_keys
 from .intent import Call, Policy
@@ -46,39 +56,21 @@ if TYPE_CHECKING:
     from .task import TaskSession
     from .tools import GuardedTool
 
-__all__ = ["CheckedClock", "CredentialProvider", "Guard", "Permit", "StoreRevocations"]
+__all__ = [
+    "CheckedClock",
+    "CredentialProvider",
+    "Guard",
+    "OnDeny",
+    "Permit",
+    "StoreRevocations",
+]
 
 log = logging.getLogger("toolguard")
 
 
-@runtime_checkable
-class CredentialProvider(Protocol):
-    """Mints the credential of one allowed call: the built-in :class:`Issuer`, an external
-    token broker (:mod:`toolguard.brokers`), or a static secret for legacy APIs.
-
-    A provider may also define ``end_task(task_id: str, jtis: Sequence[str]) -> None``, called
-    when a task ends, to revoke what it issued. Any exception from ``mint`` denies the call
-    (fail closed, audited).
-    """
-
-    def mint(
-        self,
-        *,
-        jti: str,
-        task_id: str,
-        identity: str,
-        intent: str,
-        tool: str,
-        operation: str,
-        resources: Sequence[str],
-        now: float,
-        deadline: float | None = None,
-        audience: str | None = None,
-        act: Mapping[str, Any] | None = None,
-    ) -> Credential: ...
-
-
 OnDeny = Literal["message", "raise"]
+"""What a guarded tool does with a denial: return it to the model, or raise it. The one
+definition (tools, middleware and the other adapters import it)."""
 
 
 @dataclass(slots=True)
@@ -147,10 +139,12 @@ class Guard:
         config: GuardConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         *,
         clock: Callable[[], float] = time.time,
-        providers: Mapping[str, CredentialProvider] | None = None,
+        providers: Mapping[str, object] | None = None,
     ) -> None:
         """``providers`` maps tool names to the credential provider of their calls (an external
-        broker, a static secret); every other tool gets credentials from the built-in issuer."""
+        broker, a static secret: a :class:`~toolguard.credentials.CredentialProvider`, or a
+        provider of the earlier keyword ``mint`` interface); every other tool gets credentials
+        from the built-in issuer."""
         self.config = load_config(config if config is not None else {})
         checked = clock if clock is time.time else CheckedClock(clock)
         self.clock: Callable[[], float] = checked
@@ -186,14 +180,19 @@ class Guard:
             for name, rule in self.config.tools.items()
         }
         self._audit: AuditLog | None = None
-        self.providers: dict[str, CredentialProvider] = dict(providers or {})
-        unknown = sorted(set(self.providers) - set(self.config.tools))
+        given = dict(providers or {})
+        unknown = sorted(set(given) - set(self.config.tools))
         if unknown:
             raise ConfigError(f"providers given for tools without a rule under tools: {unknown}")
-        for provider in {id(p): p for p in self.providers.values()}.values():
-            bind = getattr(provider, "bind", None)
-            if bind is not None:
-                bind(self)  # brokers take the guard's issuer, store and clock
+        adapted = {id(p): as_provider(p) for p in given.values()}  # each provider once
+        self.providers: dict[str, CredentialProvider] = {
+            tool: adapted[id(p)] for tool, p in given.items()
+        }
+        """The provider of each tool that has one (as :func:`~toolguard.credentials.as_provider`
+        adapted it)."""
+        self._distinct_providers = tuple(adapted.values())
+        for provider in self._distinct_providers:
+            provider.bind(self)  # brokers take the guard's issuer, store and clock
 
     @classmethod
     def from_config(
@@ -241,7 +240,7 @@ class Guard:
         """
         from .task import TaskSession
 
-        return TaskSession._adopt(self, task_id, intent=intent)
+        return TaskSession.adopt(self, task_id, intent=intent)
 
     @overload
     def wrap(self, tools: BaseTool, *, on_deny: OnDeny = "message") -> GuardedTool: ...
@@ -319,7 +318,7 @@ class Guard:
         first: AuditError | None = None
         for task_id in task_ids:
             try:
-                self._on_task_end(task_id, self.store.task_jtis(task_id))
+                self.on_task_end(task_id, self.store.task_jtis(task_id))
             except AuditError as exc:
                 first = first or exc
         if first is not None:
@@ -375,7 +374,7 @@ class Guard:
         )
         if not decision.allowed:
             self._deny(session, tool, args, cid, now, decision, call)
-        spends = plan(bound, session.task_id, call)
+        spends: tuple[Spend, ...] = plan(bound, session.task_id, call)
         inherited: list[tuple[Spend, ...]] = []
         parent = session.parent
         while parent is not None:  # a delegated call also spends its ancestors' task budgets
@@ -430,7 +429,7 @@ class Guard:
                 call.operation,
                 now,
                 expires,
-                1 if getattr(provider, "jit", True) else 0,  # a static secret is not JIT
+                1 if provider.jit else 0,  # a static secret is not JIT
             ),
             now=now,
             on_denied=denied_event,
@@ -447,18 +446,12 @@ class Guard:
             spends = spends + tuple(s for group in inherited for s in group)
         try:
             credential = provider.mint(
-                jti=jti,
-                task_id=session.task_id,
-                identity=bound.identity,
-                intent=bound.intent,
-                tool=tool,
-                operation=call.operation,
-                resources=call.resources,
-                now=now,
-                deadline=session.deadline,
-                audience=self.policy.tools[tool].rule.audience or bound.audience,
-                act=session.act,
-            )
+                MintRequest(
+                    jti, session.task_id, bound.identity, bound.intent, tool, call.operation,
+                    call.resources, now, session.deadline,
+                    self.policy.tools[tool].rule.audience or bound.audience, session.act,
+                )
+            )  # fmt: skip
         except Exception as exc:  # any provider failure denies the call (fail closed)
             self._mint_failed(session, call, jti, spends, now, exc, resources_json)
         session.jtis.append(jti)
@@ -468,7 +461,7 @@ class Guard:
         """Record a call's outcome (queued for the next transaction) and settle its cost."""
         duration_ms = (time.perf_counter() - permit.started_perf) * 1000.0
         call = permit.call
-        settle: tuple[tuple[str, str, float], ...] = ()
+        settle: tuple[Settlement, ...] = ()
         cost = call.cost
         actual, problem = permit.actual_cost, None
         if actual is not None and not (is_finite_number(actual) and 0 <= actual <= MAX_COST):
@@ -485,7 +478,7 @@ class Guard:
             cost = actual
             day = day_key(permit.started)
             settle = tuple(
-                (s.scope, day if s.kind == "day" else "", delta)
+                Settlement(s, day if s.kind == "day" else "", delta)
                 for s in permit.spends
                 if s.label in ("max_cost", "cost_per_day")
             )
@@ -535,7 +528,7 @@ class Guard:
         reason = f"no credential could be obtained for this call ({described}); it did not run"
         day = day_key(now)
         refund = tuple(
-            (s.scope, day if s.kind == "day" else "", -s.amount)
+            Settlement(s, day if s.kind == "day" else "", -s.amount)
             for s in spends
             if s.kind != "rolling"
         )
@@ -565,16 +558,14 @@ class Guard:
             reason, tool=call.tool, task_id=session.task_id, rule="credentials.provider"
         ) from exc
 
-    def _on_task_end(self, task_id: str, jtis: Sequence[str]) -> None:
-        """Let providers revoke what they issued for a task (brokers). Every provider runs;
+    def on_task_end(self, task_id: str, jtis: Sequence[str]) -> None:
+        """Internal (called by :class:`TaskSession` when a task ends): let providers revoke what
+        they issued for a task (brokers). Every provider runs;
         failures are logged, and the first AuditError is raised after all of them ran."""
         first: AuditError | None = None
-        for provider in {id(p): p for p in self.providers.values()}.values():
-            end_task = getattr(provider, "end_task", None)
-            if end_task is None:
-                continue
+        for provider in self._distinct_providers:
             try:
-                end_task(task_id, jtis)
+                provider.end_task(task_id, jtis)
             except AuditError as exc:
                 first = first or exc
             except Exception as exc:  # a provider records its own failures; keep going

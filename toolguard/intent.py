@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from .config import Budget, GuardConfig, IdentityLimits, ToolRule
 from .errors import ConfigError
 from .numbers import MAX_COST, finite_number
-from .text import MAX_RESOURCE_CHARS, check_text, quote
+from .text import MAX_RESOURCE_CHARS, PLACEHOLDER, check_text, quote
 
 __all__ = [
     "BoundTask",
@@ -28,9 +28,11 @@ __all__ = [
     "ResourceError",
     "bind_pattern",
     "pattern_covers",
+    "template_parameters",
 ]
 
-_TOKEN = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}|\*")
+_TOKEN = re.compile(PLACEHOLDER.pattern + r"|\*")
+"""A placeholder (group 1: its name) or a ``*`` wildcard (group 1: None)."""
 _NEVER = re.compile(r"(?!)")
 _UNRESERVED_ESCAPE = re.compile(r"%(2[dDeE]|5[fF]|7[eE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA])")
 """A percent-escape of an unreserved character (RFC 3986 §2.3): ``%2E`` is ``.``."""
@@ -52,6 +54,29 @@ def _fill(values: Mapping[str, str], m: re.Match[str]) -> str:
 
 def _placeholders(template: str) -> list[str]:
     return [m.group(1) for m in _TOKEN.finditer(template) if m.group(1)]
+
+
+def template_parameters(
+    config: GuardConfig, intent: str, *, where: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The intent's required template parameters (its and its identity's patterns) and its
+    optional ones (its purpose's). An unknown intent raises :class:`ConfigError` telling the
+    user to pass another intent to ``where`` (the adapter, e.g. ``GuardMiddleware``)."""
+    spec = config.intents.get(intent)
+    if spec is None:
+        known = ", ".join(sorted(config.intents)) or "none"
+        raise ConfigError(
+            f"intent {intent!r} is not defined (defined: {known}); add it under intents: or "
+            f"pass another intent to {where}",
+            problems=[(f"intents.{intent}", "not defined")],
+        )
+    identity = config.identities.get(spec.identity)
+    patterns = [p for ps in spec.allow.values() for p in ps]
+    if identity is not None:
+        patterns += [p for ps in identity.allow.values() for p in ps]
+    required = sorted({m for p in patterns for m in PLACEHOLDER.findall(p)})
+    optional = sorted(set(PLACEHOLDER.findall(spec.purpose or "")) - set(required))
+    return tuple(required), tuple(optional)
 
 
 def bind_pattern(pattern: str, params: Mapping[str, str], *, where: str = "") -> str:

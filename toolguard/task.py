@@ -133,8 +133,9 @@ class TaskSession:
         return self
 
     @classmethod
-    def _adopt(cls, guard: Guard, task_id: str, *, intent: str | None = None) -> TaskSession:
-        """The session of an active task started elsewhere; see :meth:`Guard.resume`."""
+    def adopt(cls, guard: Guard, task_id: str, *, intent: str | None = None) -> TaskSession:
+        """Internal: the session of an active task started elsewhere; use
+        :meth:`Guard.resume`."""
         now = guard.clock()
         if check_text(task_id, limit=MAX_NAME_CHARS) is not None:  # no task has such an id
             task_id = neutral(task_id)
@@ -256,7 +257,7 @@ class TaskSession:
                 try:
                     # providers revoke what they issued, even if the end could not be written
                     # (their events fall under the checkpoint)
-                    guard._on_task_end(self.task_id, tuple(self.jtis))
+                    guard.on_task_end(self.task_id, tuple(self.jtis))
                 finally:
                     _anchor(guard, now)
 

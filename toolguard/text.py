@@ -34,6 +34,7 @@ __all__ = [
     "MAX_NAME_CHARS",
     "MAX_REASON_CHARS",
     "MAX_RESOURCE_CHARS",
+    "PLACEHOLDER",
     "QUOTE_CHARS",
     "UNSAFE",
     "check_text",
@@ -42,6 +43,10 @@ __all__ = [
     "printable",
     "quote",
 ]
+
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+"""A template placeholder, ``{name}`` (group 1: the name), in resource patterns, purposes and
+resource templates; the one definition every module uses."""
 
 MAX_RESOURCE_CHARS = 2048
 """A longer resource is refused (the call is denied); 2048 fits any practical URL or path."""

@@ -11,31 +11,30 @@ that resolution cost tens of microseconds.
 
 import typing
 from collections.abc import Sequence
-from typing import Any, Literal, Optional, Union, overload
+from typing import Any, Optional, Union, overload
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
-from langchain_core.tools.base import (
-    _get_runnable_config_param,
-    _handle_tool_error,
-    _is_injected_arg_type,
-    get_all_basemodel_annotations,
-)
-from langchain_core.utils._signature import _signature_parameters
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 from pydantic_core import to_jsonable_python
 
+from ._langchain_compat import (
+    get_all_basemodel_annotations,
+    get_runnable_config_param,
+    handle_tool_error,
+    is_injected_arg_type,
+    signature_parameters,
+)
 from .credentials import Credential, issued_token
-from .engine import Guard
+from .engine import Guard, OnDeny
 from .errors import AuditError, PolicyDenied
 from .scrub import scrub
 
 __all__ = ["GuardedTool", "RunInterrupted", "ToolDenied", "credential_keys", "guard"]
 
-OnDeny = Literal["message", "raise"]
 _CALL_ID = "__toolguard_call_id__"
 
 
@@ -82,7 +81,7 @@ def credential_keys(tool: BaseTool) -> frozenset[str]:
             annotations = {}
     keys = set()
     for name, annotation in annotations.items():
-        if _is_injected_arg_type(annotation) and _mentions_credential(annotation):
+        if is_injected_arg_type(annotation) and _mentions_credential(annotation):
             keys.add(name)
     return frozenset(keys)
 
@@ -160,10 +159,10 @@ class GuardedTool(BaseTool):
         super().model_post_init(context)
         inner = self.wrapped
         self._credential_keys = credential_keys(inner)
-        self._run_takes_manager = "run_manager" in _signature_parameters(inner._run)
-        self._run_config_param = _get_runnable_config_param(inner._run)
-        self._arun_takes_manager = "run_manager" in _signature_parameters(inner._arun)
-        self._arun_config_param = _get_runnable_config_param(inner._arun)
+        self._run_takes_manager = "run_manager" in signature_parameters(inner._run)
+        self._run_config_param = get_runnable_config_param(inner._run)
+        self._arun_takes_manager = "run_manager" in signature_parameters(inner._arun)
+        self._arun_config_param = get_runnable_config_param(inner._arun)
         if isinstance(inner, StructuredTool):
             self._native_async = inner.coroutine is not None
             self._async_only = inner.func is None
@@ -302,7 +301,7 @@ class GuardedTool(BaseTool):
         flag = self._own_handler
         if not flag:
             raise exc
-        content = _handle_tool_error(exc, flag=flag)
+        content = handle_tool_error(exc, flag=flag)
         return content if isinstance(content, str) else str(content)
 
 
@@ -344,11 +343,12 @@ def _wrap_one(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
             f"guard() takes LangChain tools (BaseTool); got {type(tool).__name__}. Decorate "
             "functions with @tool first"
         )
-    return _build(tool, g, on_deny)
+    return guarded_twin(tool, g, on_deny)
 
 
-def _build(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
-    """The guarded twin of ``tool`` (also of a tool another Guard already guards: both check)."""
+def guarded_twin(tool: BaseTool, g: Guard, on_deny: OnDeny) -> GuardedTool:
+    """The guarded twin of ``tool`` (also of a tool another Guard already guards: both check),
+    without :func:`guard`'s checks; for adapters (``GuardMiddleware``) that cache twins."""
     guarded = GuardedTool(
         name=tool.name,
         description=tool.description,

@@ -12,15 +12,13 @@ from __future__ import annotations
 import base64
 import builtins
 import dataclasses
-import importlib.util
 import posixpath
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from conftest import fake_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain.agents import create_agent
@@ -33,20 +31,7 @@ from toolguard_langchain import GuardMiddleware
 import toolguard as tg
 from toolguard.scrub import scrub
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _fake() -> Any:
-    if "_fake_model" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_fake_model", EXAMPLES / "_fake_model.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_fake_model"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_fake_model"]
-
-
-fm = _fake()
+fm: Any = fake_model()
 call, turn, answer = fm.call, fm.turn, fm.answer
 USER = {"messages": [{"role": "user", "content": "go"}]}
 JOB: Any = {"configurable": {"job_id": "42"}}

@@ -5,14 +5,12 @@ ends its task (credentials revoked) before the exception reaches the caller (iss
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sqlite3
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import fake_model
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelRetryMiddleware, ToolRetryMiddleware
 from langchain_core.messages import BaseMessage, ToolMessage
@@ -26,20 +24,7 @@ from toolguard_langchain import GuardMiddleware
 import toolguard as tg
 from toolguard.task import TaskSession
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _fake() -> Any:
-    if "_fake_model" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("_fake_model", EXAMPLES / "_fake_model.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_fake_model"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["_fake_model"]
-
-
-fm = _fake()
+fm: Any = fake_model()
 call, turn, answer = fm.call, fm.turn, fm.answer
 USER = {"messages": [{"role": "user", "content": "process the job"}]}
 JOB: Any = {"configurable": {"job_id": "42"}}

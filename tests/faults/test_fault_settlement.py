@@ -19,6 +19,7 @@ from conftest import Clock, make_config
 from langchain_core.tools import BaseTool, tool
 
 import toolguard as tg
+from toolguard.budget import Settlement, Spend
 from toolguard.store import PendingOutcome, Store
 
 
@@ -121,11 +122,11 @@ def test_a_permit_changed_by_hand_is_not_settled_and_taints_the_task(
 @pytest.mark.parametrize(
     "settle",
     [
-        (("task:{task}:budget#1", "", float("nan")),),
-        (("task:{task}:budget#1", "", float("inf")),),
-        (("identity:agent-runner:log#c", "{day}", float("nan")),),
-        (("identity:agent-runner:log#c", "{day}", 10**400),),
-        (("task:{task}:budget#1", "", "not a number"),),
+        (("task", "", float("nan")),),
+        (("task", "", float("inf")),),
+        (("identity", "{day}", float("nan")),),
+        (("identity", "{day}", 10**400),),
+        (("task", "", "not a number"),),
     ],
     ids=["task-nan", "task-inf", "identity-nan", "identity-huge", "a-string"],
 )
@@ -147,8 +148,12 @@ def test_a_poisoned_queued_settlement_is_dropped_and_the_task_end_is_written(
         good = guard.finish  # the real outcome first, then a poisoned copy of it
         good(permit)
         guard.store.flush()
+        spends = {  # the task's max_cost counter (slot 1), the identity's cost per day
+            "task": Spend(task.task_id, "max_cost", "total", 1.0, 0.5, slot="#", index=1),
+            "identity": Spend("agent-runner", "cost_per_day", "day", 5.0, 0.5, slot="c"),
+        }
         poisoned = tuple(
-            (s.format(task=task.task_id), d.format(day=day_key(clock())), v) for s, d, v in settle
+            Settlement(spends[s], d.format(day=day_key(clock())), v) for s, d, v in settle
         )
         guard.store.queue_outcome(
             PendingOutcome(

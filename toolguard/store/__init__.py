@@ -1,6 +1,6 @@
 """The store: the only package that speaks SQL (schema, transactions, budgets, queries)."""
 
-from .core import Denial, PendingOutcome, Store, loads_list
+from .core import Denial, PendingOutcome, Store
 from .maintenance import PruneResult, prune
 from .schema import SCHEMA_VERSION
 
@@ -10,6 +10,5 @@ __all__ = [
     "PendingOutcome",
     "PruneResult",
     "Store",
-    "loads_list",
     "prune",
 ]

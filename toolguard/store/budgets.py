@@ -39,11 +39,14 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..budget import (
     COST_RESOLUTION,
+    DAY_SECONDS,
     ROLLING_WINDOW,
+    Plan,
+    Settlement,
     Spend,
     day_key,
     seconds_to_midnight,
@@ -51,7 +54,7 @@ from ..budget import (
     to_units,
 )
 from ..errors import BudgetExceeded
-from .tasks import TaskBudgets, spent_from_trail
+from .tasks import TaskBudgets, TaskCheck, spent_from_trail
 
 if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import pydantic
     from ..config import Budget
@@ -61,14 +64,27 @@ __all__ = ["INSERT_TALLY", "Anomaly", "Charge", "charge", "settle", "usage"]
 _M = COST_RESOLUTION
 _US = 1_000_000
 _WINDOW_US = int(ROLLING_WINDOW * _US)
-_DAY_US = 86_400 * _US
+_DAY_US = DAY_SECONDS * _US
 _PRUNE_EVERY = 64
 """A log prunes the rows that can no longer be a boundary every 64 rows."""
 _INDEX = {"a": 1, "w": 2, "d": 3, "c": 4}
-"""Where a slot's running total is in a log row's totals (0 is the row number)."""
+"""Where a slot's running total is in a log row's :class:`Totals` (0 is the row number)."""
 
-Totals = tuple[int, int, int, int, int]
-_ZERO: Totals = (0, 0, 0, 0, 0)
+
+class Totals(NamedTuple):
+    """The running totals of a log row (``t<time>:<row>:<calls>:<writes>:<deletes>:<cost>``)."""
+
+    row: int
+    """Numbers every entry of the log."""
+    calls: int
+    writes: int
+    """Writes and deletes."""
+    deletes: int
+    cost: int
+    """In micro-units."""
+
+
+_ZERO = Totals(0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +160,12 @@ def _period(at_us: int, t: Totals) -> str:
 def _parse(period: str) -> tuple[int, Totals]:
     """A log row's period -> (time in µs, totals)."""
     ts, n, a, w, d, c = period.split(":")
-    return int(ts[1:]), (int(n), int(a), int(w), int(d), int(c))
+    return int(ts[1:]), Totals(int(n), int(a), int(w), int(d), int(c))
+
+
+def _refused_key(identity: str) -> str:
+    """The key (``budgets.scope``) of an identity's refused-attempts log."""
+    return f"identity:{identity}:refused"
 
 
 _ANCHOR = _period(0, _ZERO)
@@ -213,8 +234,10 @@ class _Log:
         if period:
             return _parse(period)[1]
         oldest = _one(conn, self.table.oldest, (self.key,))
-        t = _parse(oldest)[1] if oldest else (1, 1, 1, 1, 0)
-        return (t[0] - 1, max(0, t[1] - 1), max(0, t[2] - 1), max(0, t[3] - 1), t[4])
+        t = _parse(oldest)[1] if oldest else Totals(1, 1, 1, 1, 0)
+        return Totals(
+            t.row - 1, max(0, t.calls - 1), max(0, t.writes - 1), max(0, t.deletes - 1), t.cost
+        )
 
     def in_window(self, index: int) -> int:
         return (self.newest[index] if self.newest else 0) - self.window[index]
@@ -225,7 +248,7 @@ class _Log:
     def next_period(self, marks: str, cost: int) -> str:
         """The period of one more call with ``marks`` and ``cost`` (micro-units)."""
         n, a, w, d, c = self.newest or _ZERO
-        totals = (n + 1, a + 1, w + ("w" in marks), d + ("d" in marks), c + cost)
+        totals = Totals(n + 1, a + 1, w + ("w" in marks), d + ("d" in marks), c + cost)
         return _period(self.at_us, totals)
 
     def refused_rows(self, marks: str) -> list[object]:
@@ -239,7 +262,7 @@ class _Log:
         """(Refused-attempts log.) Every 64 rows, delete the rows no later call can use as a
         boundary: all before the boundary of ``at - 120 s`` (a margin for clocks read before
         the lock), except the boundary of the day."""
-        if self.newest is not None and self.newest[0] % _PRUNE_EVERY == _PRUNE_EVERY - 1:
+        if self.newest is not None and self.newest.row % _PRUNE_EVERY == _PRUNE_EVERY - 1:
             before = self.table.before[1:-1]
             keep = _one(conn, before, (self.key, _cut(self.at_us - _WINDOW_US)))
             if keep:
@@ -259,86 +282,121 @@ class _Log:
 # -- the plan of one call ---------------------------------------------------------------------
 
 
+class _LogCheck(NamedTuple):
+    """An identity limit of the plan, checked against its admission log."""
+
+    position: int
+    """In the plan (the first refusal in plan order is reported)."""
+    spend: Spend
+    total: int
+    """Which running total of a log row it reads (an index into :class:`Totals`)."""
+    amount: int
+    """What the call adds: 1 call, or its cost in micro-units (``cost_per_day``)."""
+    limit: float
+    """The limit, in micro-units for the cost."""
+
+
+class _Watch(NamedTuple):
+    """An ``on_anomaly`` watch of the plan (``kind == "attempts"``)."""
+
+    spend: Spend
+    total: int
+    """Which running total of a log row it watches (an index into :class:`Totals`)."""
+
+
+class _FastCheck(NamedTuple):
+    """A :class:`_LogCheck` as the fast path of :meth:`Charge.apply` evaluates it."""
+
+    daily: bool
+    """Counted since 00:00 UTC (else within the rolling window)."""
+    field: int
+    """The field of a split log row (``t<time>``, row, calls, writes, deletes, cost)."""
+    amount: int
+    ceiling: float
+
+
 @dataclass(frozen=True, slots=True)
 class _Shape:
-    """What a plan needs read and written, derived once per plan (plans are memoized)."""
+    """What a plan needs read and written, derived once per plan (memoized on the plan)."""
 
-    spends: tuple[Spend, ...]
-    task_id: str  # the task whose budget the task spends charge ('' if none)
-    task: tuple[tuple[int, Spend, int, int, int], ...]  # position, spend, slot, amount, limit
-    log: str  # the identity whose admission log the call is checked against ('' if none)
-    log_day: bool  # a spend reads today's totals
-    logged: tuple[tuple[int, Spend, int, int, float], ...]  # position, spend, index, amount, lim
-    cost: int  # the call's cost in micro-units, added to the log's cost total
+    task_id: str
+    """The task whose budget the task spends charge ('' if none)."""
+    task: tuple[TaskCheck, ...]
+    log: str
+    """The identity whose admission log the call is checked against ('' if none)."""
+    log_day: bool
+    """A spend reads today's totals."""
+    logged: tuple[_LogCheck, ...]
+    cost: int
+    """The call's cost in micro-units, added to the log's cost total."""
     marks: str
-    watches: tuple[tuple[Spend, int], ...]  # anomaly watch, index
-    refused: str  # the identity's refused-attempts log
-    columns: str  # the SQL of the read, after SELECT
-    checks: tuple[tuple[bool, int, int, float], ...]  # daily?, field of a log row, amount, lim
-    adds: Totals  # what a log row of this call adds to the totals
-
-
-_SHAPES: dict[int, _Shape] = {}
-_SHAPES_MAX = 1024
+    watches: tuple[_Watch, ...]
+    refused: str
+    """The key of the identity's refused-attempts log."""
+    columns: str
+    """The SQL of the read, after SELECT."""
+    checks: tuple[_FastCheck, ...]
+    adds: Totals
+    """What a log row of this call adds to the totals."""
 
 
 def _shape(spends: Sequence[Spend]) -> _Shape:
-    hit = _SHAPES.get(id(spends))
-    if hit is not None and hit.spends is spends:
-        return hit
-    spends = tuple(spends)
+    """The plan's shape: memoized on a :class:`~toolguard.budget.Plan` (what
+    :func:`~toolguard.budget.plan` returns), computed afresh for any other sequence."""
+    if isinstance(spends, Plan):
+        hit = spends.compiled
+        if isinstance(hit, _Shape):
+            return hit
+        shape = _compile(spends)
+        spends.compiled = shape
+        return shape
+    return _compile(tuple(spends))
+
+
+def _compile(spends: tuple[Spend, ...]) -> _Shape:
     task = tuple(
-        (i, s, int(s.scope.rpartition("#")[2]), to_units(s.amount), to_units(s.limit))
+        TaskCheck(i, s, s.index, to_units(s.amount), to_units(s.limit))
         for i, s in enumerate(spends)
         if s.slot == "#"
     )
-    logged: list[tuple[int, Spend, int, int, float]] = []
+    logged: list[_LogCheck] = []
     for i, s in enumerate(spends):
         if s.slot in _INDEX and s.kind != "attempts":
             if s.slot == "c":
-                logged.append((i, s, 4, to_units(s.amount), to_units(s.limit)))
+                logged.append(_LogCheck(i, s, 4, to_units(s.amount), to_units(s.limit)))
             else:
-                logged.append((i, s, _INDEX[s.slot], 1, s.limit))
-    watches = tuple((s, _INDEX[s.slot]) for s in spends if s.kind == "attempts")
-    log_day = any(s.kind == "day" for _, s, *_ in logged)
-    marks = logged[0][1].marks if logged else ""
-    cost = sum(amount for _, s, index, amount, _ in logged if index == 4)
+                logged.append(_LogCheck(i, s, _INDEX[s.slot], 1, s.limit))
+    watches = tuple(_Watch(s, _INDEX[s.slot]) for s in spends if s.kind == "attempts")
+    log_day = any(c.spend.kind == "day" for c in logged)
+    marks = logged[0].spend.marks if logged else ""
+    cost = sum(c.amount for c in logged if c.total == 4)
     columns: list[str] = []
     if logged:
         columns += (_ADMITTED.newest, _ADMITTED.before)
         columns += (_ADMITTED.before,) if log_day else ()
     shape = _Shape(
-        spends=spends,
-        task_id=_task_of(task[0][1].scope) if task else "",
+        task_id=task[0].spend.owner if task else "",
         task=task,
-        log=_identity_of(logged[0][1].scope) if logged else "",
+        log=logged[0].spend.owner if logged else "",
         log_day=log_day,
         logged=tuple(logged),
         cost=cost,
         marks=marks,
         watches=watches,
-        refused=watches[0][0].scope.rpartition("#")[0] if watches else "",
+        refused=_refused_key(watches[0].spend.owner) if watches else "",
         columns=", ".join(columns),
         checks=tuple(
-            (s.kind == "day", index + 1, amount if s.kind == "day" else 1, lim)
-            for _, s, index, amount, lim in logged
+            _FastCheck(
+                c.spend.kind == "day",
+                c.total + 1,
+                c.amount if c.spend.kind == "day" else 1,
+                c.limit,
+            )
+            for c in logged
         ),
-        adds=(1, 1, int("w" in marks), int("d" in marks), cost),
+        adds=Totals(1, 1, int("w" in marks), int("d" in marks), cost),
     )
-    if len(_SHAPES) >= _SHAPES_MAX:
-        _SHAPES.clear()
-    _SHAPES[id(spends)] = shape
     return shape
-
-
-def _identity_of(scope: str) -> str:
-    """The identity of an admission-log spend's scope (``identity:<name>:log#<slot>``)."""
-    return scope.rpartition("#")[0][len("identity:") : -len(":log")]
-
-
-def _task_of(scope: str) -> str:
-    """The task id of a task spend's scope (``task:<id>:budget#<k>``)."""
-    return scope.rpartition("#")[0][len("task:") : -len(":budget")]
 
 
 class Charge:
@@ -534,7 +592,7 @@ def _watch(
 
 def settle(
     conn: sqlite3.Connection,
-    deltas: Iterable[tuple[str, str, float]],
+    deltas: Iterable[Settlement],
     tasks: TaskBudgets,
     *,
     now: float,
@@ -548,17 +606,16 @@ def settle(
     call counts are not refunded: a call whose credential could not be minted stays counted in
     the per-minute and per-day limits (its ``request`` is in the trail); the task's slots are.
     """
-    for scope, period, delta in deltas:
-        slot = scope.rpartition("#")[2]
-        if slot.isdigit():
-            tasks.settle(_task_of(scope), int(slot), to_units(delta))
-        elif slot == "c" and period == day_key(now):
-            identity = _identity_of(scope)
+    for spend, period, delta in deltas:
+        if spend.slot == "#":
+            tasks.settle(spend.owner, spend.index, to_units(delta))
+        elif spend.slot == "c" and period == day_key(now):
+            identity = spend.owner
             newest = _one(conn, _ADMITTED.newest[1:-1], (identity,))
             if newest:
                 ts_us, (n, a, w, d, c) = _parse(newest)
                 at_us = max(ts_us, round(now * _US))
-                totals = (n + 1, a, w, d, c + to_units(delta))
+                totals = Totals(n + 1, a, w, d, c + to_units(delta))
                 conn.execute(
                     INSERT_TALLY, (identity, _period(at_us, totals), at_us / _US, at_us / _US)
                 )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..budget import Spend
+from ..budget import Settlement, Spend
 from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
 from ..errors import AuditError, BudgetExceeded, PolicyDenied
 from ..numbers import MAX_COST, MAX_TIMESTAMP, is_finite_number
@@ -73,7 +73,7 @@ class PendingOutcome:
     """An outcome event waiting for the next transaction, with its budget settlement."""
 
     event: dict[str, Any]
-    settle: tuple[tuple[str, str, float], ...] = ()
+    settle: tuple[Settlement, ...] = ()
     taint: bool = False
 
 
@@ -541,7 +541,7 @@ class Store(Queries):
 
     def _write_outcome(self, conn: sqlite3.Connection, item: PendingOutcome) -> None:
         if item.settle:  # task counters and the identity's cost (toolguard.store.budgets)
-            for _scope, _period, delta in item.settle:
+            for _spend, _period, delta in item.settle:
                 if not is_finite_number(delta) or abs(delta) > MAX_COST:
                     raise ValueError(f"a settlement of {delta!r} is not a finite cost")
             settle(conn, item.settle, self._tasks, now=self.clock())
@@ -1002,8 +1002,3 @@ _END_KEYS = frozenset({"kind", "task_id", "identity", "intent", "outcome", "reas
 
 def _sane_time(value: object) -> bool:
     return is_finite_number(value) and 0 < float(value) < MAX_TIMESTAMP  # type: ignore[arg-type]
-
-
-def loads_list(value: str | None) -> list[str]:
-    """Decode a JSON list column (``resources``)."""
-    return list(json.loads(value)) if value else []

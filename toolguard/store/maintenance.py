@@ -22,6 +22,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..budget import DAY_SECONDS, day_start
 from ..errors import AuditError
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ _COUNT_PRUNED = (
 
 def _log_bound(before: float, now: float) -> str:
     """Admission-log entries below this tally may go: older than the cut and yesterday."""
-    yesterday = (now // 86400 - 1) * 86400
+    yesterday = day_start(now) - DAY_SECONDS
     return f"t{max(0, round(min(before, yesterday) * 1_000_000)):017d}"
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..chain import EVENT_FIELDS, HASHED_FIELDS
+from ..chain import EVENT_FIELDS
 from ..errors import AuditError
 
 __all__ = [
@@ -168,13 +168,6 @@ class Queries:
         for values in self.iter_query(sql, params):
             yield dict(zip(EVENT_FIELDS, values))
 
-    def iter_chain(self) -> Iterator[dict[str, Any]]:
-        """Every event's hashed columns with ``prev_hash`` and ``hash``, by ``seq`` (verify)."""
-        columns = (*HASHED_FIELDS, "prev_hash", "hash")
-        sql = f"SELECT {', '.join(columns)} FROM events ORDER BY seq"
-        for values in self.iter_query(sql):
-            yield dict(zip(columns, values))
-
     def head(self) -> tuple[int, str] | None:
         """``(seq, hash)`` of the newest event, or None on an empty trail."""
         rows = self.query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
@@ -186,11 +179,6 @@ class Queries:
             "SELECT id, ts, before_seq, head_hash, removed FROM prunes ORDER BY id DESC LIMIT 1"
         )
         return rows[0] if rows else None
-
-    def first_seq_since(self, ts: float) -> int | None:
-        """The lowest ``seq`` of an event at or after ``ts`` (the ``ts`` index), or None."""
-        rows = self.query("SELECT MIN(seq) AS seq FROM events WHERE ts >= ?", (ts,))
-        return int(rows[0]["seq"]) if rows and rows[0]["seq"] is not None else None
 
     def revocations_for_task(
         self, task_id: str, *, identity: str | None, since: float, until: float, jtis: Sequence[str]

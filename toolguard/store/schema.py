@@ -170,8 +170,9 @@ def create_schema(conn: sqlite3.Connection) -> None:
     columns: dict[str, Any] = {name: str for name in HASHED_FIELDS}
     columns.update(seq=int, ts=float, duration_ms=float, cost=float, prev_hash=str, hash=str)
     db.table("events").create(columns, pk="seq")
-    # Every index is written on every guarded call: keep them few (DESIGN §10). A task's
-    # timeline uses (task_id, seq); time ranges use (ts); denials have a partial index.
+    # Every index is written on every guarded call: keep them few (docs/architecture.md,
+    # "The store"). A task's timeline uses (task_id, seq); time ranges use (ts); denials
+    # have a partial index.
     db.table("events").create_index(["task_id", "seq"])
     db.table("events").create_index(["ts"])
     conn.execute("CREATE INDEX idx_events_denied ON events (seq) WHERE kind = 'denied'")

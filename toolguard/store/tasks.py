@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from ..budget import COST_RESOLUTION, Spend, to_units
 
-__all__ = ["TaskBudgets", "spent_from_trail"]
+__all__ = ["TaskBudgets", "TaskCheck", "spent_from_trail"]
 
 _M = COST_RESOLUTION
 
@@ -26,6 +27,18 @@ _TRAIL = (
     " ON t.parent_id = d.id) SELECT kind, jti, tool, operation, cost, outcome FROM events"
     " WHERE task_id IN (SELECT id FROM d) AND kind IN ('request', 'outcome') ORDER BY seq"
 )
+
+
+class TaskCheck(NamedTuple):
+    """A task limit of a call's plan, as the store checks it (amounts in micro-units)."""
+
+    position: int
+    """In the plan (the first refusal in plan order is reported)."""
+    spend: Spend
+    slot: int
+    """The counter of the task's budget (:func:`~toolguard.budget.task_slots`)."""
+    amount: int
+    limit: int
 
 
 def spent_from_trail(conn: sqlite3.Connection, task_id: str, label: str) -> int:
@@ -82,10 +95,10 @@ class TaskBudgets:
         self,
         conn: sqlite3.Connection,
         task_id: str,
-        spends: Sequence[tuple[int, Spend, int, int, int]],
+        spends: Sequence[TaskCheck],
     ) -> list[tuple[int, int]] | None:
-        """The new values of the slots a call spends (position, spend, slot, amount, limit),
-        or None if one would pass its limit. Changes nothing but what it counts from the
+        """The new values ``(slot, value)`` of the slots a call spends, or None if one would
+        pass its limit. Changes nothing but what it counts from the
         trail."""
         row = self._rows.get(task_id)
         news = []

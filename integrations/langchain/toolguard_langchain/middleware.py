@@ -26,12 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import re
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Optional
 
 from langchain.agents.middleware.types import (
     AgentMiddleware,
@@ -43,34 +42,24 @@ from langchain.agents.middleware.types import (
 )
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool, ToolException
 from langgraph.errors import GraphBubbleUp
-
-try:
-    from langgraph.errors import is_invalid_resume
-except ImportError:  # pragma: no cover - langgraph before 1.2 never marks resume errors
-
-    def is_invalid_resume(error: BaseException) -> bool:
-        return False
-
-
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from typing_extensions import NotRequired
 
 from toolguard import AuditError, ConfigError, Guard, GuardedTool, PolicyDenied, TaskSession
+from toolguard._langchain_compat import is_invalid_resume, var_child_runnable_config
 from toolguard.context import task_var
-from toolguard.engine import Permit
-from toolguard.tools import RunInterrupted, _build
+from toolguard.engine import OnDeny, Permit
+from toolguard.intent import template_parameters
+from toolguard.tools import RunInterrupted, guarded_twin
 
 __all__ = ["STATE_KEY", "GuardMiddleware", "GuardState", "RunInterrupted", "RunScope"]
 
 STATE_KEY = "toolguard_task_id"
 """The graph-state key that holds the id of the run's task (private to the middleware)."""
 
-OnDeny = Literal["message", "raise"]
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _scope_var: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
     "toolguard_run_scope", default=None
 )
@@ -532,7 +521,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         """The tool's ``guard()`` twin (cached per tool object)."""
         cached = self._twins.get(id(tool))
         if cached is None or cached[0] is not tool:
-            cached = (tool, _build(tool, self.guard, self.on_deny))
+            cached = (tool, guarded_twin(tool, self.guard, self.on_deny))
             with self._lock:
                 if len(self._twins) >= _MAX_TWINS:
                     del self._twins[next(iter(self._twins))]
@@ -583,19 +572,4 @@ def _lookup(context: Any, name: str) -> Any:
 
 def _parameters(guard: Guard, intent: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The intent's required template parameters (patterns) and optional ones (purpose)."""
-    config = guard.config
-    spec = config.intents.get(intent)
-    if spec is None:
-        known = ", ".join(sorted(config.intents)) or "none"
-        raise ConfigError(
-            f"intent {intent!r} is not defined (defined: {known}); add it under intents: or "
-            "pass another intent to GuardMiddleware",
-            problems=[(f"intents.{intent}", "not defined")],
-        )
-    identity = config.identities.get(spec.identity)
-    patterns = [p for ps in spec.allow.values() for p in ps]
-    if identity is not None:
-        patterns += [p for ps in identity.allow.values() for p in ps]
-    required = sorted({m for p in patterns for m in _PLACEHOLDER.findall(p)})
-    optional = sorted(set(_PLACEHOLDER.findall(spec.purpose or "")) - set(required))
-    return tuple(required), tuple(optional)
+    return template_parameters(guard.config, intent, where="GuardMiddleware")

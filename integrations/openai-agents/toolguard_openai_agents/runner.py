@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import re
 import threading
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from agents import Agent, RunHooks, Runner
 from agents.lifecycle import RunHooksBase
@@ -24,15 +23,14 @@ from agents.result import RunResult, RunResultStreaming
 
 from toolguard import AuditError, ConfigError, Guard, PolicyDenied, TaskSession, ToolGuardError
 from toolguard.context import task_var
+from toolguard.engine import OnDeny
+from toolguard.intent import template_parameters
 
 from ._run import RunState, run_var
 
 __all__ = ["GuardedRunner"]
 
 log = logging.getLogger("toolguard")
-
-OnDeny = Literal["message", "raise"]
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class GuardedRunner:
@@ -389,19 +387,4 @@ def _lookup(context: Any, name: str) -> Any:
 
 def _parameters(guard: Guard, intent: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The intent's required template parameters (patterns) and optional ones (purpose)."""
-    config = guard.config
-    spec = config.intents.get(intent)
-    if spec is None:
-        known = ", ".join(sorted(config.intents)) or "none"
-        raise ConfigError(
-            f"intent {intent!r} is not defined (defined: {known}); add it under intents: or "
-            "pass another intent to GuardedRunner",
-            problems=[(f"intents.{intent}", "not defined")],
-        )
-    identity = config.identities.get(spec.identity)
-    patterns = [p for ps in spec.allow.values() for p in ps]
-    if identity is not None:
-        patterns += [p for ps in identity.allow.values() for p in ps]
-    required = sorted({m for p in patterns for m in _PLACEHOLDER.findall(p)})
-    optional = sorted(set(_PLACEHOLDER.findall(spec.purpose or "")) - set(required))
-    return tuple(required), tuple(optional)
+    return template_parameters(guard.config, intent, where="GuardedRunner")

@@ -23,7 +23,7 @@ import copy
 import json
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, Union, cast, overload
+from typing import Any, Union, cast, overload
 
 from agents import FunctionTool, RunContextWrapper, function_tool
 from agents.tool_context import ToolContext
@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from toolguard import AuditError, Credential, Guard, PolicyDenied
 from toolguard.context import permit_var, task_var
 from toolguard.credentials import issued_token
-from toolguard.engine import Permit
+from toolguard.engine import OnDeny, Permit
 from toolguard.errors import CredentialError
 from toolguard.redaction import REDACTED
 
@@ -40,7 +40,6 @@ from . import _run
 
 __all__ = ["GuardedInvoker", "OnDeny", "guard_tools", "is_guarded", "tool_credential"]
 
-OnDeny = Literal["message", "raise"]
 Invoke = Callable[[ToolContext[Any], str], Awaitable[Any]]
 
 # The SDK marks the invoker of a sync ``@function_tool`` (it refuses a timeout for those).

@@ -53,6 +53,7 @@ from toolguard.errors import (
 )
 from toolguard.keys import PublicKeys
 from toolguard.store import Store
+from toolguard.text import PLACEHOLDER
 
 __all__ = [
     "CLAIMS_STATE_KEY",
@@ -67,7 +68,6 @@ __all__ = [
 CLAIMS_STATE_KEY = "toolguard_claims"
 """Where the verified claims are kept: ``request.state.toolguard_claims``."""
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _UNSAFE = re.compile(r"[^\x20\x21\x23-\x5B\x5D-\x7E]")  # RFC 6750 §3 quoted-string content
 _E = TypeVar("_E", bound=Callable[..., Any])
 
@@ -147,7 +147,7 @@ class _Template:
         parts: list[str] = []
         names: list[str] = []
         pos = 0
-        for match in _PLACEHOLDER.finditer(text):
+        for match in PLACEHOLDER.finditer(text):
             parts.append(text[pos : match.start()])
             names.append(match.group(1))
             pos = match.end()
