@@ -26,6 +26,7 @@ from pydantic import (
 
 from .durations import parse_duration
 from .numbers import MAX_COST, MAX_COUNT
+from .text import PLACEHOLDER
 
 __all__ = [
     "AnomalyRule",
@@ -40,6 +41,8 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "MAX_CONFIG_DEPTH",
     "MAX_CONFIG_VALUES",
+    "ConfigProblems",
+    "OPERATION_NAME",
     "PLACEHOLDER",
     "TooLarge",
     "ToolRule",
@@ -55,10 +58,8 @@ Operation = str
 """An operation class such as ``read``, ``write``, ``delete``; any lowercase word is accepted."""
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_OPERATION = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-"""A ``{name}`` placeholder: a task parameter in intent and identity patterns, a call argument
-in tool resources."""
+OPERATION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+"""What an operation's name may be (``read``, ``write``, ``delete``, ``approve-payment``)."""
 
 
 def placeholders(template: str) -> list[str]:
@@ -202,7 +203,7 @@ class ToolRule(_Model):
     @field_validator("operation")
     @classmethod
     def _op(cls, v: str) -> str:
-        if not _OPERATION.match(v):
+        if not OPERATION_NAME.match(v):
             raise ValueError(
                 f"operation {v!r} must be a lowercase word such as read, write, delete"
             )
@@ -276,7 +277,7 @@ class GuardConfig(_Model):
     def _references(self) -> GuardConfig:
         problems = reference_problems(self.identities, self.tools, self.intents)
         if problems:
-            raise _Problems(problems, references=True)
+            raise ConfigProblems(problems, references=True)
         return self
 
     def resolve_path(self, path: str) -> Path:
@@ -336,7 +337,7 @@ def format_path(path: Loc) -> str:
     return out
 
 
-class _Problems(ValueError):
+class ConfigProblems(ValueError):
     """Problems found by a validator; ``relative`` paths are below the field's own."""
 
     def __init__(
@@ -413,7 +414,7 @@ def _check_regexes(v: list[str]) -> list[str]:
 def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
     problems: list[Issue] = []
     for op, patterns in v.items():
-        if not _OPERATION.match(op):
+        if not OPERATION_NAME.match(op):
             problems.append(
                 Issue(
                     (op,),
@@ -427,7 +428,7 @@ def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
                     Issue((op, i), f"pattern {pattern!r} is empty or has control characters")
                 )
     if problems:
-        raise _Problems(problems, relative=True)
+        raise ConfigProblems(problems, relative=True)
     return v
 
 

@@ -31,15 +31,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from .config import (
-    _OPERATION,
     MAX_CONFIG_BYTES,
     MAX_CONFIG_VALUES,
+    OPERATION_NAME,
     PLACEHOLDER,
+    ConfigProblems,
     GuardConfig,
     Issue,
     Loc,
     TooLarge,
-    _Problems,
     format_path,
     reference_problems,
     substitute_env,
@@ -438,7 +438,7 @@ class _Checker:
             for err in exc.errors():
                 ctx_err = err.get("ctx", {}).get("error")
                 loc, on_key = _clean_loc(err["loc"])
-                if isinstance(ctx_err, _Problems):
+                if isinstance(ctx_err, ConfigProblems):
                     if ctx_err.references:  # found on the raw data, with the rest
                         continue
                     for p in ctx_err.problems:
@@ -562,7 +562,7 @@ def _allow(value: Any) -> dict[str, list[tuple[int, str]]]:
     out: dict[str, list[tuple[int, str]]] = {}
     if isinstance(value, Mapping):
         for op, patterns in value.items():
-            if isinstance(op, str) and _OPERATION.match(op) and isinstance(patterns, list):
+            if isinstance(op, str) and OPERATION_NAME.match(op) and isinstance(patterns, list):
                 out[op] = [(i, p) for i, p in enumerate(patterns) if isinstance(p, str) and p]
     return out
 
@@ -641,7 +641,7 @@ class _Warnings:
         self.tools: dict[str, str | None] = {}
         for name, rule in tools.items():
             op = rule.get("operation") if isinstance(rule, Mapping) else None
-            ok = isinstance(op, str) and _OPERATION.match(op)
+            ok = isinstance(op, str) and OPERATION_NAME.match(op)
             self.tools[str(name)] = op if ok else None
         self.intents = {str(k): v for k, v in intents.items() if isinstance(v, Mapping)}
         self.operations = {op for op in self.tools.values() if op}

@@ -26,15 +26,12 @@ import hashlib
 import html
 import json
 import re
-import sqlite3
 from collections.abc import Container, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from .audit import AuditEvent, AuditLog, Summary, Usage
 from .budget import COST_RESOLUTION
 from .chain import EVENT_FIELDS
-from .errors import AuditError
-from .store.tasks import spent_from_trail
 from .text import printable
 from .viewer import TIMELINE_HEADERS, format_cost, format_duration, format_time, plural
 
@@ -669,39 +666,31 @@ def _task_budgets(
     :func:`toolguard.store.tasks.spent_from_trail`) against the limits of its intent in the
     config; with no config, what was spent (limits unknown)."""
     out: dict[str, list[tuple[str, float | None, float]]] = {}
-    try:
-        conn = audit.store.conn
-        for task in tasks:
-            task_id = str(task["task_id"])
-            idle = not int(task.get("calls") or 0) and not children.get(task_id)
-            budget = budgets.get(str(task.get("intent"))) if budgets is not None else None
-            limits: list[tuple[str, float | None]] = []
-            if budget is not None:
-                limits += [("max_calls", budget.max_calls), ("max_cost", budget.max_cost)]
-                limits += [(f"per_tool.{k}", v) for k, v in sorted(budget.per_tool.items())]
-                limits += [
-                    (f"per_operation.{k}", v) for k, v in sorted(budget.per_operation.items())
-                ]
-                limits = [(k, v) for k, v in limits if v is not None]
-            else:
-                tools = sorted(
-                    {
-                        str(r["tool"])
-                        for r in timelines.get(task_id, ())
-                        if r.get("kind") == "request" and r.get("tool")
-                    }
-                )
-                limits = [("max_calls", None), ("max_cost", None)]
-                limits += [(f"per_tool.{t}", None) for t in tools]
-            rows = []
-            for name, limit in limits:  # a task with no call (and no child here) spent 0
-                spent = 0.0 if idle else spent_from_trail(conn, task_id, name) / COST_RESOLUTION
-                rows.append((name, None if limit is None else float(limit), spent))
-            out[task_id] = rows
-    except sqlite3.Error as exc:
-        raise AuditError(
-            f"cannot read the task budgets from the audit database {audit.store.path}: {exc}"
-        ) from exc
+    for task in tasks:
+        task_id = str(task["task_id"])
+        idle = not int(task.get("calls") or 0) and not children.get(task_id)
+        budget = budgets.get(str(task.get("intent"))) if budgets is not None else None
+        limits: list[tuple[str, float | None]] = []
+        if budget is not None:
+            limits += [("max_calls", budget.max_calls), ("max_cost", budget.max_cost)]
+            limits += [(f"per_tool.{k}", v) for k, v in sorted(budget.per_tool.items())]
+            limits += [(f"per_operation.{k}", v) for k, v in sorted(budget.per_operation.items())]
+            limits = [(k, v) for k, v in limits if v is not None]
+        else:
+            tools = sorted(
+                {
+                    str(r["tool"])
+                    for r in timelines.get(task_id, ())
+                    if r.get("kind") == "request" and r.get("tool")
+                }
+            )
+            limits = [("max_calls", None), ("max_cost", None)]
+            limits += [(f"per_tool.{t}", None) for t in tools]
+        rows = []
+        for name, limit in limits:  # a task with no call (and no child here) spent 0
+            spent = 0.0 if idle else audit.store.task_spent(task_id, name) / COST_RESOLUTION
+            rows.append((name, None if limit is None else float(limit), spent))
+        out[task_id] = rows
     return out
 
 

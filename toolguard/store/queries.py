@@ -141,6 +141,19 @@ class Queries:
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit database {self.path}: {exc}") from exc
 
+    def task_spent(self, task_id: str, label: str) -> int:
+        """What a task and its delegated tasks spent of one budget (``max_calls``,
+        ``per_tool.kv_set``, ...), in budget units, counted from the trail as the guard counts
+        it (:func:`toolguard.store.tasks.spent_from_trail`)."""
+        from .tasks import spent_from_trail
+
+        try:
+            return spent_from_trail(self.conn, task_id, label)
+        except sqlite3.Error as exc:
+            raise AuditError(
+                f"cannot read the task budgets from the audit database {self.path}: {exc}"
+            ) from exc
+
     # -- events -------------------------------------------------------------------------------
 
     def event_rows(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import re
 import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -30,14 +29,13 @@ from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, FunctionTools
 
 from toolguard import AuditError, ConfigError, Guard, PolicyDenied, TaskSession, ToolGuardError
 from toolguard.context import task_var
+from toolguard.intent import template_parameters
 
 from .toolset import GuardedToolset
 
 __all__ = ["GuardedAgent", "unguarded_tools"]
 
 log = logging.getLogger("toolguard")
-
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class GuardedAgent(WrapperAgent[Any, Any]):
@@ -292,19 +290,4 @@ def _lookup(deps: Any, name: str) -> Any:
 
 def _parameters(guard: Guard, intent: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The intent's required template parameters (patterns) and optional ones (purpose)."""
-    config = guard.config
-    spec = config.intents.get(intent)
-    if spec is None:
-        known = ", ".join(sorted(config.intents)) or "none"
-        raise ConfigError(
-            f"intent {intent!r} is not defined (defined: {known}); add it under intents: or "
-            "pass another intent to GuardedAgent",
-            problems=[(f"intents.{intent}", "not defined")],
-        )
-    identity = config.identities.get(spec.identity)
-    patterns = [p for ps in spec.allow.values() for p in ps]
-    if identity is not None:
-        patterns += [p for ps in identity.allow.values() for p in ps]
-    required = sorted({m for p in patterns for m in _PLACEHOLDER.findall(p)})
-    optional = sorted(set(_PLACEHOLDER.findall(spec.purpose or "")) - set(required))
-    return tuple(required), tuple(optional)
+    return template_parameters(guard.config, intent, where="GuardedAgent")

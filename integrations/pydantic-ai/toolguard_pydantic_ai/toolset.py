@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic_ai import RunContext
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ToolFailed
@@ -35,7 +35,7 @@ from pydantic_core import to_jsonable_python
 from toolguard import AuditError, Credential, Guard, PolicyDenied
 from toolguard.context import permit_var
 from toolguard.credentials import issued_token
-from toolguard.engine import Permit
+from toolguard.engine import OnDeny, Permit
 from toolguard.errors import CredentialError
 from toolguard.scrub import scrub
 
@@ -48,12 +48,32 @@ __all__ = [
     "tool_credential",
 ]
 
-OnDeny = Literal["message", "raise"]
 DENIED = "Denied by toolguard: "
 
-# id(ctx) -> the credential of the guarded call running with that RunContext (a RunContext is
-# an unhashable dataclass; the entry lives exactly as long as the call, which holds the ctx).
-_credentials: dict[int, Credential] = {}
+
+class _CallCredentials:
+    """The credential of each guarded call running with a given ``RunContext`` (an unhashable
+    dataclass, so it is keyed by identity). An entry holds its context, so the context's id
+    cannot be reused while the entry exists, and a lookup checks it is the same object; the
+    entry lives exactly as long as the call."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[RunContext[Any], Credential]] = {}
+
+    def put(self, ctx: RunContext[Any], credential: Credential) -> None:
+        self._entries[id(ctx)] = (ctx, credential)
+
+    def get(self, ctx: RunContext[Any]) -> Credential | None:
+        entry = self._entries.get(id(ctx))
+        return entry[1] if entry is not None and entry[0] is ctx else None
+
+    def drop(self, ctx: RunContext[Any]) -> None:
+        entry = self._entries.get(id(ctx))
+        if entry is not None and entry[0] is ctx:
+            del self._entries[id(ctx)]
+
+
+_credentials = _CallCredentials()
 
 
 class CallDeferredOutcome(Exception):
@@ -75,7 +95,7 @@ def tool_credential(ctx: RunContext[Any]) -> Credential:
     ``tg.current_credential()`` returns the same credential. Raises
     :class:`~toolguard.CredentialError` outside a guarded call.
     """
-    credential = _credentials.get(id(ctx))
+    credential = _credentials.get(ctx)
     if credential is None:
         permit = permit_var.get()
         if permit is None:
@@ -126,7 +146,7 @@ class GuardedToolset(WrapperToolset[Any]):
         tool: ToolsetTool[Any],
     ) -> Any:
         credential = permit.credential
-        _credentials[id(ctx)] = credential
+        _credentials.put(ctx, credential)
         try:
             with permit:
                 try:
@@ -141,7 +161,7 @@ class GuardedToolset(WrapperToolset[Any]):
                         raise
                     raise scrubbed from None
         finally:
-            _credentials.pop(id(ctx), None)
+            _credentials.drop(ctx)
         self.guard.finish(permit)
         return scrub(result, _secrets(credential))
 
