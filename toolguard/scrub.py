@@ -46,29 +46,49 @@ _CYCLE = "[...]"
 
 
 class SecretForms:
-    """The secrets to remove and the encoded forms they are recognised in (built once)."""
+    """The secrets to remove and the encoded forms they are recognised in.
 
-    __slots__ = ("_b64", "secrets")
+    The base64 forms are built on first use: most tool results are shorter than any form of
+    a token (:attr:`shortest`), and a call whose result is never long enough pays nothing for
+    them."""
+
+    __slots__ = ("_b64", "secrets", "shortest")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets: tuple[str, ...] = tuple(dict.fromkeys(s for s in secrets if s))
-        cores: list[str] = []
+        self._b64: tuple[str, ...] | None = None
+        lengths = [len(s) for s in self.secrets]
         for secret in self.secrets:
-            raw = secret.encode("utf-8", "surrogatepass")
-            for offset in range(3):
-                for encode in (base64.b64encode, base64.urlsafe_b64encode):
-                    text = encode(b"\0" * offset + raw).decode("ascii").rstrip("=")
-                    # drop the characters that also depend on the bytes around the secret
-                    core = text[4 if offset else 0 : len(text) - 4]
-                    if len(core) >= 8:
-                        cores.append(core)
-        self._b64 = tuple(dict.fromkeys(cores))
+            size = len(secret.encode("utf-8", "surrogatepass"))
+            lengths += [n for n in (_core_length(offset, size) for offset in range(3)) if n >= 8]
+        self.shortest = min(lengths, default=0)
+        """No string shorter than this holds a recognised form of a secret (the exact value,
+        a percent-encoded one, which is longer still, or a base64 core)."""
+
+    @property
+    def cores(self) -> tuple[str, ...]:
+        """The base64 cores of the secrets: each secret encoded at the three alignments, in
+        both alphabets, without the characters that also depend on the bytes around it."""
+        if self._b64 is None:
+            cores: list[str] = []
+            for secret in self.secrets:
+                raw = secret.encode("utf-8", "surrogatepass")
+                for offset in range(3):
+                    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+                        text = encode(b"\0" * offset + raw).decode("ascii").rstrip("=")
+                        core = text[4 if offset else 0 : len(text) - 4]
+                        if len(core) >= 8:
+                            cores.append(core)
+            self._b64 = tuple(dict.fromkeys(cores))
+        return self._b64
 
     def __bool__(self) -> bool:
         return bool(self.secrets)
 
     def text(self, value: str) -> str:
         """``value`` with every recognised form of every secret replaced by ``[REDACTED]``."""
+        if len(value) < self.shortest:
+            return value
         for secret in self.secrets:
             if secret in value:
                 value = value.replace(secret, REDACTED)
@@ -83,13 +103,13 @@ class SecretForms:
                     for secret in self.secrets:
                         layer = layer.replace(secret, REDACTED)
                     value = layer
-        for core in self._b64:
+        for core in self.cores:
             while core in value:
                 value = _replace_run(value, core)
         return value
 
     def _hidden_in(self, decoded: str) -> bool:
-        return any(s in decoded for s in self.secrets) or any(c in decoded for c in self._b64)
+        return any(s in decoded for s in self.secrets) or any(c in decoded for c in self.cores)
 
     def data(self, value: bytes) -> bytes:
         """:meth:`text` for bytes (each byte read as one character, so nothing is lost)."""
@@ -98,6 +118,13 @@ class SecretForms:
         if scrubbed is text or scrubbed == text:
             return value
         return scrubbed.encode("latin-1", "replace")
+
+
+def _core_length(offset: int, size: int) -> int:
+    """The length of the base64 core of a ``size``-byte secret at ``offset`` (see
+    :attr:`SecretForms.cores`): the unpadded encoding of ``offset + size`` bytes, less the
+    characters shared with the bytes around it."""
+    return (4 * (offset + size) + 2) // 3 - (4 if offset else 0) - 4
 
 
 def _replace_run(value: str, core: str) -> str:
