@@ -110,6 +110,17 @@ def test_verify_empty_trail_passes(guard: tg.Guard) -> None:
     assert report.ok and report.checked == 0 and report.head_seq == 0 and report.unanchored == 0
 
 
+def test_verify_counts_read_as_words(guard: tg.Guard) -> None:
+    with guard.task("process-job", job_id="42"):
+        pass
+    guard.audit.checkpoint()
+    guard.store.append({"ts": 1.0, "kind": "enable", "identity": "x", "reason": "t"})
+    report = guard.audit.verify()
+
+    assert report.summary().startswith("checked 3 events")
+    assert "1 event after seq 2 is not anchored" in " ".join(report.notes)
+
+
 def test_verify_report_to_dict_is_json(trail: tg.Guard) -> None:
     with _db(trail) as conn:
         conn.execute("UPDATE events SET tool = 'kv_set' WHERE seq = 3")

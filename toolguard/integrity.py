@@ -60,6 +60,7 @@ from .chain import DAMAGE_KINDS, GENESIS, HASHED_FIELDS, ChainScan, Damage
 from .errors import AuditError
 from .keys import KeyRing, PublicKeySource, b64url_decode, b64url_encode, verify_signature
 from .store import Store
+from .text import plural
 
 if TYPE_CHECKING:
     from .config import GuardConfig
@@ -155,7 +156,8 @@ class VerifyReport:
             verdict = f"DAMAGED: {first.kind} at {where}"
             if len(self.damage) > 1:
                 verdict += f" (+{len(self.damage) - 1} more)"
-        return f"checked {self.checked} events{span} in {self.seconds:.2f}s; {anchor}; {verdict}"
+        checked = plural(self.checked, "event")
+        return f"checked {checked}{span} in {self.seconds:.2f}s; {anchor}; {verdict}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``toolguard audit verify --json``)."""
@@ -860,8 +862,8 @@ class Integrity:
         if not self.checkpoints_path.exists():
             report.notes.append(
                 f"the checkpoint file {self.checkpoints_path} does not exist: the trail is not "
-                f"anchored ({report.unanchored} events); a removed tail or a rewritten chain "
-                "cannot be detected"
+                f"anchored ({plural(report.unanchored, 'event')}); a removed tail or a rewritten "
+                "chain cannot be detected"
             )
         elif report.unanchored:
             contradicted = any(d.kind in ("rewritten", "truncated") for d in report.damage)
@@ -874,7 +876,8 @@ class Integrity:
                 ).fetchone()[0]
             )
             message = (
-                f"{report.unanchored} events after seq {report.anchored_seq} are not anchored "
+                f"{plural(report.unanchored, 'event')} after seq {report.anchored_seq}"
+                f" {'is' if report.unanchored == 1 else 'are'} not anchored "
                 "by a signed checkpoint"
             )
             if ends:

@@ -26,7 +26,7 @@ from rich.text import Text
 from .audit import AuditEvent, Summary, UsageRow
 from .integrity import VerifyReport
 from .store import PruneResult
-from .text import printable
+from .text import plural, printable
 
 __all__ = [
     "EVENT_HEADERS",
@@ -91,16 +91,6 @@ def _clean(value: object) -> str:
     """Text safe for a terminal (:func:`toolguard.text.printable`): control characters, bidi
     controls, invisible characters and lone surrogates shown as ``\\xNN``/``\\uXXXX``."""
     return printable(value)
-
-
-_PLURALS = {"identity": "identities", "credential id": "credential ids"}
-
-
-def plural(count: int, word: str) -> str:
-    """``1 call``, ``2 calls``, ``1 identity``, ``0 identities``."""
-    if count == 1:
-        return f"{count} {word}"
-    return f"{count} {_PLURALS.get(word, word + 's')}"
 
 
 def format_time(ts: float | None, *, clock_only: bool = False) -> str:
