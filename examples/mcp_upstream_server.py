@@ -34,7 +34,8 @@ import toolguard as tg
 META_KEY = "io.toolguard/credential"
 
 
-def build_server(verifier: tg.Verifier, log: Path | None = None, **settings: Any) -> FastMCP:
+def build_server(verifier: tg.Verifier | None, log: Path | None = None, **settings: Any) -> FastMCP:
+    """The server; ``verifier=None`` accepts calls without checking (for benchmarks only)."""
     server = FastMCP("kv-upstream", log_level="WARNING", **settings)
     data: dict[str, str] = {}
 
@@ -55,6 +56,8 @@ def build_server(verifier: tg.Verifier, log: Path | None = None, **settings: Any
         return (value, "header") if scheme.lower() == "bearer" and value else (None, "none")
 
     def check(ctx: Context, tool: str, operation: str, key: str) -> str:  # type: ignore[type-arg]
+        if verifier is None:
+            return ""
         token, via = presented(ctx)
         if token is None:
             note(tool=tool, token=None, via=via, verified=False)
@@ -122,17 +125,21 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--config", required=True, help="the toolguard config (keys, store)")
     parser.add_argument("--http", metavar="HOST:PORT", help="serve streamable HTTP at /mcp")
     parser.add_argument("--log", type=Path, help="append a JSON line per call to this file")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="accept calls unchecked (benchmarks only)"
+    )
     args = parser.parse_args(argv)
     guard = tg.Guard(args.config)
+    verifier = None if args.no_verify else guard.verifier()
     if args.log is not None:
         with args.log.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"event": "start", "pid": os.getpid()}) + "\n")
     if args.http:
         host, _, port = args.http.rpartition(":")
-        server = build_server(guard.verifier(), args.log, host=host, port=int(port))
+        server = build_server(verifier, args.log, host=host, port=int(port))
         server.run("streamable-http")
     else:
-        build_server(guard.verifier(), args.log).run("stdio")
+        build_server(verifier, args.log).run("stdio")
 
 
 if __name__ == "__main__":
