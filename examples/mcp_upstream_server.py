@@ -100,6 +100,7 @@ def build_server(verifier: tg.Verifier | None, log: Path | None = None, **settin
     async def wait(key: str, seconds: float, ctx: Context) -> str:  # type: ignore[type-arg]
         """Wait, then answer (to show cancellation)."""
         check(ctx, "wait", "read", key)
+        await ctx.report_progress(0, seconds, "waiting")
         try:
             await anyio.sleep(seconds)
         except anyio.get_cancelled_exc_class():

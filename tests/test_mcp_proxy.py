@@ -307,8 +307,14 @@ def test_a_client_cannot_smuggle_its_own_credential_in_meta(tmp_path: Path) -> N
     assert call["verified"] and call["token"] != "forged"
 
 
-def test_a_cancelled_call_is_forwarded_and_recorded_as_its_outcome(tmp_path: Path) -> None:
+def test_progress_passes_through_and_a_cancelled_call_is_recorded_as_its_outcome(
+    tmp_path: Path,
+) -> None:
     config, log = write_config(tmp_path), tmp_path / "upstream.log"
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
 
     async def main() -> None:
         async with stdio_session(config, log) as session:
@@ -316,7 +322,9 @@ def test_a_cancelled_call_is_forwarded_and_recorded_as_its_outcome(tmp_path: Pat
 
             async def slow() -> None:
                 try:
-                    await session.call_tool("wait", {"key": KEY, "seconds": 60})
+                    await session.call_tool(
+                        "wait", {"key": KEY, "seconds": 60}, progress_callback=on_progress
+                    )
                 except McpError as exc:
                     failures.append(exc)
 
@@ -325,6 +333,9 @@ def test_a_cancelled_call_is_forwarded_and_recorded_as_its_outcome(tmp_path: Pat
                 request = await anyio.to_thread.run_sync(
                     lambda: wait_for(lambda: _request_row(config, "wait"))
                 )
+                with anyio.fail_after(20):  # the upstream is running the call
+                    while not progress:
+                        await anyio.sleep(0.05)
                 await session.send_notification(
                     types.ClientNotification(
                         types.CancelledNotification(
@@ -341,6 +352,7 @@ def test_a_cancelled_call_is_forwarded_and_recorded_as_its_outcome(tmp_path: Pat
             assert not (await session.call_tool("kv_get", {"key": KEY})).isError
 
     anyio.run(main)
+    assert progress == [(0.0, 60.0, "waiting")]  # the upstream's progress reached the client
     wait_for(lambda: any(e.get("event") == "cancelled" for e in read_log(log)))
     _, events = trail(config)
     (request,) = [e for e in events if e.kind == "request" and e.tool == "wait"]
@@ -580,3 +592,32 @@ def test_the_example_runs_offline() -> None:
     assert "offered: ['kv_get', 'kv_set']" in out
     assert "Denied by toolguard" in out
     assert "rejected after the session: CredentialRevoked" in out
+
+
+def test_an_upstream_that_cannot_start_is_reported_and_the_proxy_exits_1(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = subprocess.run(
+        [sys.executable, *proxy_args(config), "--", str(tmp_path / "no-such-server")],
+        capture_output=True, text=True, env=ENV, timeout=60, stdin=subprocess.PIPE,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "could not be started or initialized" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_upstream_error_result_is_recorded_as_an_error_outcome(tmp_path: Path) -> None:
+    config, log = write_config(tmp_path), tmp_path / "upstream.log"
+    guard = tg.Guard(config)
+
+    async def body(session: ClientSession) -> None:
+        result = await session.call_tool("wait", {"key": KEY, "seconds": "not a number"})
+        assert result.isError and not text(result).startswith("Denied by toolguard")
+
+    try:
+        anyio.run(_in_process, _proxy(guard, config, log), body)
+    finally:
+        guard.close()
+    _, events = trail(config)
+    (outcome,) = [e for e in events if e.kind == "outcome"]
+    assert outcome.outcome == "error"
+    assert (outcome.error or "").startswith("UpstreamToolError:")

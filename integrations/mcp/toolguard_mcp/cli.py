@@ -111,12 +111,8 @@ def proxy(
             return
         try:
             healthy = anyio.run(partial(serve_stdio, server, on_abandon=_abandon(guard)))
-        except Exception as exc:
-            click.echo(
-                f"toolguard-mcp: the session with {server.upstream.describe()!r} failed: "
-                f"{type(exc).__name__}: {exc}",
-                err=True,
-            )
+        except Exception as exc:  # already logged by the proxy; say it plainly too
+            click.echo(f"toolguard-mcp: the session failed: {type(exc).__name__}", err=True)
             healthy = False
     if not healthy:
         sys.exit(1)

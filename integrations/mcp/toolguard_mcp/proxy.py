@@ -191,7 +191,7 @@ class GuardingProxy(Server[Any, Any]):
         upstream: Upstream,
         *,
         params: Mapping[str, Any] | None = None,
-        upstream_timeout: float | None = None,
+        upstream_timeout: float = 30.0,
     ) -> None:
         super().__init__("toolguard-mcp")
         self.guard = guard
@@ -199,6 +199,7 @@ class GuardingProxy(Server[Any, Any]):
         self.params: dict[str, Any] = dict(params or {})
         self.upstream = upstream
         self.upstream_timeout = upstream_timeout
+        """Seconds the upstream has to answer ``initialize``."""
         guard.task(intent, **self.params)  # an unknown intent or a missing parameter: now
         self.tools: frozenset[str] = frozenset(guard.config.intents[intent].tools)
         """The tools the intent names: the only upstream tools offered to the client."""
@@ -284,8 +285,15 @@ class GuardingProxy(Server[Any, Any]):
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()) and not state.ended:
                 status, reason = self._end_status(state, cancelled=True)
+            elif state.upstream is None:  # it could not be started, reached or initialized
+                self.upstream_failures += 1
+                reason = (
+                    f"the upstream MCP server {self.upstream.describe()!r} could not be "
+                    f"started or initialized ({_describe(exc)})"
+                )
+                log.error("toolguard-mcp: %s", reason)
             elif not state.ended:
-                reason = f"the proxy session failed ({type(exc).__name__}: {exc})"
+                reason = f"the proxy session failed ({_describe(exc)})"
                 log.error("toolguard-mcp: %s", reason)
             raise
         finally:
@@ -438,7 +446,9 @@ class GuardingProxy(Server[Any, Any]):
             if isinstance(message.root, types.ProgressNotification):
                 related = state.progress.get(message.root.params.progressToken)
             try:
-                await client.send_notification(message, related_request_id=related)
+                await client.send_notification(
+                    types.ServerNotification(_bare(message.root)), related_request_id=related
+                )
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass
 
@@ -467,7 +477,7 @@ class GuardingProxy(Server[Any, Any]):
     async def _forward_notice(self, notification: Any) -> None:
         state = _session_var.get()
         if state is not None and state.upstream is not None:
-            await state.upstream.send_notification(types.ClientNotification(notification))
+            await state.upstream.send_notification(types.ClientNotification(_bare(notification)))
 
     async def _list_tools(self, request: types.ListToolsRequest) -> ServerResult:
         state = self._enter()
@@ -570,10 +580,23 @@ class GuardingProxy(Server[Any, Any]):
                 pass
 
 
+def _describe(exc: BaseException) -> str:
+    leaves = getattr(exc, "exceptions", None)  # an exception group: its first leaf
+    while leaves:
+        exc = leaves[0]
+        leaves = getattr(exc, "exceptions", None)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def _outgoing(request: Any) -> types.ClientRequest:
-    """The client's request as a new request to the upstream: its method and params only (the
-    incoming JSON-RPC envelope, ``id`` and ``jsonrpc``, stays behind)."""
-    return types.ClientRequest(type(request)(method=request.method, params=request.params))
+    """The client's request as a new request to the upstream."""
+    return types.ClientRequest(_bare(request))
+
+
+def _bare(message: Any) -> Any:
+    """A received request or notification without its JSON-RPC envelope (``jsonrpc``, ``id``
+    are kept by the SDK's models as extra fields): just its method and params, to send on."""
+    return type(message)(method=message.method, params=message.params)
 
 
 def _error_result(text: str) -> ServerResult:
