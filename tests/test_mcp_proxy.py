@@ -621,3 +621,45 @@ def test_an_upstream_error_result_is_recorded_as_an_error_outcome(tmp_path: Path
     (outcome,) = [e for e in events if e.kind == "outcome"]
     assert outcome.outcome == "error"
     assert (outcome.error or "").startswith("UpstreamToolError:")
+
+
+def test_an_http_upstream_going_away_ends_the_task_as_an_error(tmp_path: Path) -> None:
+    config, log = write_config(tmp_path), tmp_path / "upstream.log"
+    up_port, proxy_port = free_port(), free_port()
+    upstream = subprocess.Popen(
+        upstream_command(config, log, "--http", f"127.0.0.1:{up_port}"),
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    proxy = subprocess.Popen(
+        [sys.executable, *proxy_args(config),
+         "--upstream-url", f"http://127.0.0.1:{up_port}/mcp",
+         "--listen", f"127.0.0.1:{proxy_port}"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_listening(up_port, upstream)
+        wait_listening(proxy_port, proxy)
+
+        async def main() -> None:
+            url = f"http://127.0.0.1:{proxy_port}/mcp"
+            async with streamable_http_client(url) as (r, w, _), ClientSession(r, w) as session:
+                await session.initialize()
+                assert not (await session.call_tool("kv_get", {"key": KEY})).isError
+                upstream.kill()
+                upstream.wait(timeout=10)
+                with anyio.move_on_after(3):  # the proxy's session with it fails
+                    await session.call_tool("kv_get", {"key": KEY})
+
+        try:
+            anyio.run(main)
+        except Exception:  # the client's session may fail under it
+            pass
+        wait_for(lambda: trail(config)[0][0]["status"] != "active")
+        tasks, events = trail(config)
+        assert tasks[0]["status"] == "error"
+        (end,) = [e for e in events if e.kind == "task_end"]
+        assert "upstream" in (end.reason or "")
+    finally:
+        for process in (proxy, upstream):
+            process.terminate()
+            process.wait(timeout=10)

@@ -279,11 +279,13 @@ class GuardingProxy(Server[Any, Any]):
                     )  # fmt: skip
                 finally:
                     _session_var.reset(token)
-                    status, reason = self._end_status(state)
-                    state.end_task(status, reason)  # before the upstream is shut down
+                status, reason = self._end_status(state)
+                state.end_task(status, reason)  # before the upstream is shut down
                 group.cancel_scope.cancel()
         except BaseException as exc:
-            if isinstance(exc, anyio.get_cancelled_exc_class()) and not state.ended:
+            if state.ended:
+                raise
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
                 status, reason = self._end_status(state, cancelled=True)
             elif state.upstream is None:  # it could not be started, reached or initialized
                 self.upstream_failures += 1
@@ -292,7 +294,13 @@ class GuardingProxy(Server[Any, Any]):
                     f"started or initialized ({_describe(exc)})"
                 )
                 log.error("toolguard-mcp: %s", reason)
-            elif not state.ended:
+            elif _transport_failure(exc):  # e.g. an HTTP upstream gone: its transport fails
+                self.upstream_failures += 1
+                reason = state.upstream_gone = (
+                    f"the connection to the upstream MCP server failed ({_describe(exc)})"
+                )
+                log.error("toolguard-mcp: %s", reason)
+            else:
                 reason = f"the proxy session failed ({_describe(exc)})"
                 log.error("toolguard-mcp: %s", reason)
             raise
@@ -580,12 +588,21 @@ class GuardingProxy(Server[Any, Any]):
                 pass
 
 
-def _describe(exc: BaseException) -> str:
+def _leaf(exc: BaseException) -> BaseException:
     leaves = getattr(exc, "exceptions", None)  # an exception group: its first leaf
     while leaves:
         exc = leaves[0]
         leaves = getattr(exc, "exceptions", None)
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    exc = _leaf(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _transport_failure(exc: BaseException) -> bool:
+    return isinstance(_leaf(exc), (httpx.TransportError, OSError))
 
 
 def _outgoing(request: Any) -> types.ClientRequest:
