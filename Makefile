@@ -7,11 +7,12 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test test-fast check bench venv clean
 
 $(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/starlette/pyproject.toml \
-          integrations/openai-agents/pyproject.toml integrations/pydantic-ai/pyproject.toml
+          integrations/openai-agents/pyproject.toml integrations/pydantic-ai/pyproject.toml \
+          integrations/mcp/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet -e ".[dev]" -e integrations/langchain -e integrations/starlette \
-		-e integrations/openai-agents -e integrations/pydantic-ai
+		-e integrations/openai-agents -e integrations/pydantic-ai -e integrations/mcp
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,7 +34,7 @@ check: $(STAMP)
 	$(PY) -m ruff format --check toolguard integrations
 	$(PY) -m mypy --strict toolguard integrations/langchain/toolguard_langchain integrations/starlette/toolguard_starlette \
 		integrations/openai-agents/toolguard_openai_agents \
-		integrations/pydantic-ai/toolguard_pydantic_ai
+		integrations/pydantic-ai/toolguard_pydantic_ai integrations/mcp/toolguard_mcp
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_overhead.py

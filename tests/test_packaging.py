@@ -88,6 +88,7 @@ PROJECTS = {
         ["toolguard_openai_agents"],
     ),
     "toolguard-pydantic-ai": (ROOT / "integrations" / "pydantic-ai", ["toolguard_pydantic_ai"]),
+    "toolguard-mcp": (ROOT / "integrations" / "mcp", ["toolguard_mcp"]),
 }
 
 
@@ -121,6 +122,7 @@ def _imported_modules(packages: list[Path]) -> dict[str, set[str]]:
         "toolguard_starlette",
         "toolguard_openai_agents",
         "toolguard_pydantic_ai",
+        "toolguard_mcp",
     }
     found: dict[str, set[str]] = {}
     for module in sorted(modules - local - set(sys.stdlib_module_names)):
