@@ -36,7 +36,7 @@ from toolguard_langchain import GuardMiddleware
 import toolguard as tg
 
 HERE = Path(__file__).resolve().parent
-META_KEY = "toolguard/credential"
+META_KEY = "io.toolguard/credential"
 
 
 def present_credential(session: ClientSession, presented: list[str]) -> ToolCallInterceptor:

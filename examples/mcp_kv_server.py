@@ -2,7 +2,7 @@
 
 ``examples/mcp_agent.py`` starts it as ``python examples/mcp_kv_server.py CONFIG WORKDIR``.
 Every tool call must carry the just-in-time credential of the guarded call in the request's
-``_meta`` (key ``toolguard/credential``); the server verifies it with the guard's public key and
+``_meta`` (key ``io.toolguard/credential``); the server verifies it with the guard's public key and
 the shared audit store (signature, expiry, revocation, and that it covers this operation on this
 key) before it reads or writes. Calls without a valid credential are refused.
 """
@@ -17,7 +17,7 @@ from mcp.server.fastmcp.exceptions import ToolError
 
 import toolguard as tg
 
-META_KEY = "toolguard/credential"
+META_KEY = "io.toolguard/credential"
 """Where the client puts the credential: ``_meta`` of the ``tools/call`` request."""
 
 

@@ -55,7 +55,7 @@ def test_mcp_guarded_tools_round_trip(tmp_path: Path) -> None:
             replay = await session.call_tool(
                 "kv_get",
                 {"key": "agents:jobs:42:state"},
-                meta={"toolguard/credential": presented[1]},
+                meta={"io.toolguard/credential": presented[1]},
             )
             return str(written), str(denied), str(read), agent_example._text(replay)
 
@@ -86,7 +86,7 @@ def test_mcp_server_refuses_a_credential_for_another_key(tmp_path: Path) -> None
             result = await session.call_tool(
                 "kv_get",
                 {"key": "agents:jobs:42:b"},
-                meta={"toolguard/credential": permit.credential.token},
+                meta={"io.toolguard/credential": permit.credential.token},
             )
             guard.finish(permit)
             return str(agent_example._text(result))
