@@ -19,7 +19,6 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import run_in_executor
 from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, ConfigDict, PrivateAttr
-from pydantic_core import to_jsonable_python
 
 from ._langchain_compat import (
     get_all_basemodel_annotations,
@@ -28,6 +27,7 @@ from ._langchain_compat import (
     is_injected_arg_type,
     signature_parameters,
 )
+from .adapters import policy_value
 from .credentials import Credential, issued_token
 from .engine import Guard, OnDeny
 from .errors import AuditError, PolicyDenied
@@ -110,23 +110,6 @@ def _scrubbed_error(exc: BaseException, credential: Credential) -> BaseException
     return scrubbed
 
 
-def _policy_value(value: Any) -> Any:
-    """A validated argument as the policy and the audit see it: plain JSON data (a
-    ``pydantic.HttpUrl`` as its normalised text, a model as its JSON form, an enum as its
-    value), so the resource checked is the one the tool will use."""
-    kind = type(value)
-    if value is None or kind is str or kind is int or kind is float or kind is bool:
-        return value
-    if kind is dict:
-        return {k: _policy_value(v) for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [_policy_value(v) for v in value]
-    try:
-        return to_jsonable_python(value)
-    except Exception:  # not JSON (a file object, ...): the policy sees the object itself
-        return value
-
-
 def _placeholder() -> Credential:
     """A stand-in that passes schema validation until the real credential is minted."""
     return object.__new__(Credential)
@@ -192,9 +175,9 @@ class GuardedTool(BaseTool):
         (after its schema's validation), as JSON data, without injected values."""
         if args and not kwargs and len(args) == 1:
             fields = list(self.tool_call_schema_fields())
-            return {fields[0] if fields else "input": _policy_value(args[0])}
+            return {fields[0] if fields else "input": policy_value(args[0])}
         injected = self.wrapped._injected_args_keys
-        return {k: _policy_value(v) for k, v in kwargs.items() if k not in injected}
+        return {k: policy_value(v) for k, v in kwargs.items() if k not in injected}
 
     def tool_call_schema_fields(self) -> list[str]:
         schema = self.args_schema

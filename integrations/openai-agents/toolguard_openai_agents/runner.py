@@ -21,7 +21,8 @@ from agents import Agent, RunHooks, Runner
 from agents.lifecycle import RunHooksBase
 from agents.result import RunResult, RunResultStreaming
 
-from toolguard import AuditError, ConfigError, Guard, PolicyDenied, TaskSession, ToolGuardError
+from toolguard import AuditError, Guard, PolicyDenied, TaskSession, ToolGuardError
+from toolguard.adapters import task_params
 from toolguard.context import task_var
 from toolguard.engine import OnDeny
 from toolguard.intent import template_parameters
@@ -80,7 +81,9 @@ class GuardedRunner:
         self.on_deny: OnDeny = on_deny
         for name in [intent, *self.handoff_intents.values()]:
             if name is not None:
-                _parameters(guard, name)  # an unknown intent is a ConfigError now
+                template_parameters(
+                    guard.config, name, where="GuardedRunner"
+                )  # an unknown intent is a ConfigError now
         self._runs: dict[int, RunState] = {}
         self._lock = threading.Lock()
 
@@ -249,28 +252,16 @@ class GuardedRunner:
         context: Any,
         parent: TaskSession | None,
     ) -> dict[str, Any]:
-        required, optional = _parameters(self.guard, intent)
-        params: dict[str, Any] = {}
-        missing: list[str] = []
-        for name in (*required, *optional):
-            value = values.get(name)
-            if value is None:
-                value = _lookup(context, name)
-            if value is None and parent is not None:
-                value = parent.params.get(name)
-            if value is not None:
-                params[name] = value
-            elif name in required:
-                missing.append(name)
-        if missing:
-            names = ", ".join(repr(m) for m in missing)
-            raise ConfigError(
-                f"intent '{intent}' needs the task parameter(s) {names}; pass them as "
-                f"GuardedRunner(params=...), run(..., params={{{missing[0]!r}: ...}}) or in "
-                "the run's context=",
-                problems=[(f"params.{m}", "missing task parameter") for m in missing],
-            )
-        return params
+        return task_params(
+            self.guard,
+            intent,
+            given=values,
+            context=context,
+            parent=parent,
+            where="GuardedRunner",
+            how="GuardedRunner(params=...), run(..., params={{{first}: ...}}) or in the run's "
+            "context=",
+        )
 
     def _handoff(
         self,
@@ -375,16 +366,3 @@ def _unwrap(exc: BaseException) -> BaseException:
         seen.add(id(current))
         current = current.__cause__
     return exc
-
-
-def _lookup(context: Any, name: str) -> Any:
-    if context is None:
-        return None
-    if isinstance(context, Mapping):
-        return context.get(name)
-    return getattr(context, name, None)
-
-
-def _parameters(guard: Guard, intent: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The intent's required template parameters (patterns) and optional ones (purpose)."""
-    return template_parameters(guard.config, intent, where="GuardedRunner")

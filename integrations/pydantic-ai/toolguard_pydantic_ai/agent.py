@@ -28,6 +28,7 @@ from pydantic_ai.run import AgentRun
 from pydantic_ai.toolsets import AbstractToolset, CombinedToolset, FunctionToolset, WrapperToolset
 
 from toolguard import AuditError, ConfigError, Guard, PolicyDenied, TaskSession, ToolGuardError
+from toolguard.adapters import task_params
 from toolguard.context import task_var
 from toolguard.intent import template_parameters
 
@@ -86,7 +87,9 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         self.allow_unguarded = allow_unguarded
         self._refuse_unguarded(wrapped.toolsets)
         if intent is not None:
-            _parameters(guard, intent)  # an unknown intent is a ConfigError now
+            template_parameters(
+                guard.config, intent, where="GuardedAgent"
+            )  # an unknown intent is a ConfigError now
         self._active: dict[int, TaskSession] = {}
         self._lock = threading.Lock()
 
@@ -196,28 +199,16 @@ class GuardedAgent(WrapperAgent[Any, Any]):
             log.warning("toolguard: could not record the end of the agent run's task: %s", failure)
 
     def _resolve(self, intent: str, deps: Any, parent: TaskSession | None) -> dict[str, Any]:
-        required, optional = _parameters(self.guard, intent)
-        params: dict[str, Any] = {}
-        missing: list[str] = []
-        for name in (*required, *optional):
-            value = self.params.get(name)
-            if value is None:
-                value = _lookup(deps, name)
-            if value is None and parent is not None:
-                value = parent.params.get(name)
-            if value is not None:
-                params[name] = value
-            elif name in required:
-                missing.append(name)
-        if missing:
-            names = ", ".join(repr(m) for m in missing)
-            raise ConfigError(
-                f"intent '{intent}' needs the task parameter(s) {names}; pass them as "
-                f"GuardedAgent(params={{{missing[0]!r}: ...}}) or in the run's deps= (a key or "
-                "an attribute)",
-                problems=[(f"params.{m}", "missing task parameter") for m in missing],
-            )
-        return params
+        return task_params(
+            self.guard,
+            intent,
+            given=self.params,
+            context=deps,
+            parent=parent,
+            where="GuardedAgent",
+            how="GuardedAgent(params={{{first}: ...}}) or in the run's deps= (a key or an "
+            "attribute)",
+        )
 
 
 def unguarded_tools(toolsets: Any) -> list[str]:
@@ -278,16 +269,3 @@ def _unwrap(exc: BaseException) -> BaseException:
             if isinstance(error, kind):
                 return error
     return exc
-
-
-def _lookup(deps: Any, name: str) -> Any:
-    if deps is None:
-        return None
-    if isinstance(deps, Mapping):
-        return deps.get(name)
-    return getattr(deps, name, None)
-
-
-def _parameters(guard: Guard, intent: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The intent's required template parameters (patterns) and optional ones (purpose)."""
-    return template_parameters(guard.config, intent, where="GuardedAgent")

@@ -30,9 +30,9 @@ from pydantic_ai import RunContext
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ToolFailed
 from pydantic_ai.tools import Tool
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool, WrapperToolset
-from pydantic_core import to_jsonable_python
 
 from toolguard import AuditError, Credential, Guard, PolicyDenied
+from toolguard.adapters import CallCredentials, policy_value
 from toolguard.context import permit_var
 from toolguard.credentials import issued_token
 from toolguard.engine import OnDeny, Permit
@@ -51,29 +51,7 @@ __all__ = [
 DENIED = "Denied by toolguard: "
 
 
-class _CallCredentials:
-    """The credential of each guarded call running with a given ``RunContext`` (an unhashable
-    dataclass, so it is keyed by identity). An entry holds its context, so the context's id
-    cannot be reused while the entry exists, and a lookup checks it is the same object; the
-    entry lives exactly as long as the call."""
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[RunContext[Any], Credential]] = {}
-
-    def put(self, ctx: RunContext[Any], credential: Credential) -> None:
-        self._entries[id(ctx)] = (ctx, credential)
-
-    def get(self, ctx: RunContext[Any]) -> Credential | None:
-        entry = self._entries.get(id(ctx))
-        return entry[1] if entry is not None and entry[0] is ctx else None
-
-    def drop(self, ctx: RunContext[Any]) -> None:
-        entry = self._entries.get(id(ctx))
-        if entry is not None and entry[0] is ctx:
-            del self._entries[id(ctx)]
-
-
-_credentials = _CallCredentials()
+_credentials: CallCredentials[RunContext[Any]] = CallCredentials()
 
 
 class CallDeferredOutcome(Exception):
@@ -175,21 +153,7 @@ def _policy_args(args: dict[str, Any]) -> dict[str, Any]:
     """The validated arguments as the policy and the audit see them: plain JSON data (a model as
     its JSON form, a URL as its text, an enum as its value), so the resource checked is the
     one the tool receives. The ``RunContext`` is never among them."""
-    return {str(k): _policy_value(v) for k, v in args.items()}
-
-
-def _policy_value(value: Any) -> Any:
-    kind = type(value)
-    if value is None or kind is str or kind is int or kind is float or kind is bool:
-        return value
-    if kind is dict:
-        return {k: _policy_value(v) for k, v in value.items()}
-    if kind is list or kind is tuple:
-        return [_policy_value(v) for v in value]
-    try:
-        return to_jsonable_python(value)
-    except Exception:  # not JSON (a file object, ...): the policy sees the object itself
-        return value
+    return {str(k): policy_value(v) for k, v in args.items()}
 
 
 def is_guarded(toolset: Any, guard: Guard | None = None) -> bool:
