@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import Clock
 
 import toolguard as tg
-from toolguard.store import SCHEMA_VERSION
+from toolguard.store import SCHEMA_VERSION, Store
 from toolguard.store.budgets import usage
 from toolguard.store.schema import create_schema
 
@@ -215,3 +216,22 @@ def test_a_new_database_has_the_schema_sqlite_utils_created_byte_for_byte() -> N
     assert found == SCHEMA_SQL
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert version == (str(SCHEMA_VERSION),)
+
+
+def test_a_schema_that_cannot_be_created_whole_is_not_created_at_all(tmp_path: Path) -> None:
+    """The DDL runs inside the store's one ``BEGIN IMMEDIATE`` transaction: a failure part way
+    (here a view in the way of one of the last tables) is an ``AuditError`` (with sqlite-utils,
+    its own ``NoTable`` escaped) and leaves no half schema; the next start creates it whole."""
+    path = tmp_path / "audit.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE VIEW checkpoints AS SELECT 1 AS seq")
+    with pytest.raises(tg.AuditError, match="cannot be used"):
+        Store(path).open()
+    with sqlite3.connect(path) as conn:
+        assert _tables(conn) == set()
+        conn.execute("DROP VIEW checkpoints")
+    store = Store(path).open()
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert {"meta", "events", "tasks", "checkpoints"} <= _tables(conn)
+        assert _version(conn) == SCHEMA_VERSION
