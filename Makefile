@@ -6,12 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-fast check bench venv clean
 
-$(STAMP): pyproject.toml integrations/langchain/pyproject.toml integrations/starlette/pyproject.toml \
+$(STAMP): pyproject.toml packages/agent-toolguard/pyproject.toml \
+          integrations/langchain/pyproject.toml integrations/starlette/pyproject.toml \
           integrations/openai-agents/pyproject.toml integrations/pydantic-ai/pyproject.toml \
           integrations/mcp/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -e ".[dev]" -e integrations/langchain -e integrations/starlette \
+	$(PY) -m pip install --quiet -e ".[dev]" -e packages/agent-toolguard \
+		-e integrations/langchain -e integrations/starlette \
 		-e integrations/openai-agents -e integrations/pydantic-ai -e integrations/mcp
 	touch $(STAMP)
 

@@ -187,7 +187,7 @@ def see_again(workdir: Path, task_id: str) -> list[str]:
         else:
             lines.append(f'export PATH="{bin_dir}:$PATH"    # the toolguard command')
     elif on_path is None:
-        lines.append("pip install ./ ./integrations/langchain    # the toolguard command")
+        lines.append("pip install ./ ./packages/agent-toolguard    # the toolguard command")
     lines += [
         f"cd {_shown(workdir)}    # toolguard finds ./{CONFIG_NAME}, this run's config",
         f"toolguard audit show {task_id}",

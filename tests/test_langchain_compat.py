@@ -60,7 +60,8 @@ def test_a_name_that_disappears_fails_with_what_to_do(monkeypatch: pytest.Monkey
     import langchain_core.tools.base as base
 
     monkeypatch.delattr(base, "_handle_tool_error")
-    spec = importlib.util.spec_from_file_location("_compat_copy", compat.__file__)
+    # a copy in the package (its relative imports resolve), not the module tools.py imported
+    spec = importlib.util.spec_from_file_location("toolguard._compat_copy", compat.__file__)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     with pytest.raises(ImportError) as caught:

@@ -2,6 +2,9 @@
 
 The public API, in groups. Every name is imported on first use (PEP 562), so the command line
 and downstream verifiers load only what they need (no LangChain, no pydantic unless used).
+With ``agent-toolguard-core`` alone (no LangChain, no command line: see toolguard/_extras.py),
+the LangChain names (``guard``, ``GuardedTool``, ``ToolDenied``) raise
+:class:`MissingDependency` saying what to install.
 """
 
 import importlib
@@ -23,6 +26,7 @@ if TYPE_CHECKING:  # every name is imported on first use, see __getattr__
         CredentialExpired,
         CredentialInvalid,
         CredentialRevoked,
+        MissingDependency,
         NoActiveTask,
         PolicyDenied,
         ScopeMismatch,
@@ -74,6 +78,7 @@ __all__ = [
     "CredentialExpired",
     "CredentialInvalid",
     "CredentialRevoked",
+    "MissingDependency",
     "NoActiveTask",
     "PolicyDenied",
     "ScopeMismatch",
@@ -120,6 +125,7 @@ _LAZY = {
             "CredentialExpired",
             "CredentialInvalid",
             "CredentialRevoked",
+            "MissingDependency",
             "NoActiveTask",
             "PolicyDenied",
             "ScopeMismatch",

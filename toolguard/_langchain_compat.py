@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from ._extras import LANGCHAIN, raise_if_missing
+
 __all__ = [
     "BASE_TOOL_PRIVATE_MEMBERS",
     "CHECKED_AGAINST",
@@ -73,7 +75,8 @@ try:
     from langchain_core.tools.base import _is_injected_arg_type as is_injected_arg_type
     from langchain_core.tools.base import get_all_basemodel_annotations
     from langchain_core.utils._signature import _signature_parameters as signature_parameters
-except ImportError as exc:  # a name moved: say which and what to do
+except ImportError as exc:  # not installed (the core alone), or a name moved: say what to do
+    raise_if_missing(LANGCHAIN, exc)
     raise _missing(exc) from exc
 
 

@@ -13,8 +13,10 @@ Every error toolguard raises is a :class:`ToolGuardError`::
     │   ├── CredentialRevoked  its task, identity or jti was revoked
     │   └── ScopeMismatch      valid, but not for this operation / resource / tool
     ├── AuditError             the audit trail could not be written: the tool did not run
-    └── UnknownTarget          an incident command's task, identity or credential is not known
-                               (or its prefix is ambiguous or too short); nothing was recorded
+    ├── UnknownTarget          an incident command's task, identity or credential is not known
+    │                          (or its prefix is ambiguous or too short); nothing was recorded
+    └── MissingDependency      a feature needs a package this install left out (LangChain, the
+                               command line): also a ``ModuleNotFoundError``; says what to install
 
 Each exception carries structured fields (``tool``, ``task_id``, ``rule``; budgets add
 ``scope``, ``limit``, ``used`` and ``retry_after``) and builds its message from them.
@@ -30,6 +32,7 @@ __all__ = [
     "CredentialExpired",
     "CredentialInvalid",
     "CredentialRevoked",
+    "MissingDependency",
     "NoActiveTask",
     "PolicyDenied",
     "ScopeMismatch",
@@ -175,6 +178,19 @@ class UnknownTarget(ToolGuardError, LookupError):
         self.scope = scope
         self.value = value
         self.candidates = candidates
+
+
+class MissingDependency(ToolGuardError, ModuleNotFoundError):
+    """A feature needs a package that is not installed: ``agent-toolguard-core`` alone (the
+    install of a verifier-only service) has no LangChain and no command line. The message
+    names the feature and what to install; ``name`` is the missing module (as for any
+    ``ModuleNotFoundError``), ``extra`` the extra of ``agent-toolguard-core`` that brings it.
+    """
+
+    def __init__(self, message: str, *, name: str, extra: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.extra = extra
 
 
 def _num(value: float) -> str:

@@ -32,8 +32,8 @@ from typing import IO, TYPE_CHECKING, Any
 from .audit import AuditEvent, AuditLog, Summary, Usage
 from .budget import COST_RESOLUTION
 from .chain import EVENT_FIELDS
+from .formatting import TIMELINE_HEADERS, format_cost, format_duration, format_time, plural
 from .text import printable
-from .viewer import TIMELINE_HEADERS, format_cost, format_duration, format_time, plural
 
 if TYPE_CHECKING:
     from .config import Budget

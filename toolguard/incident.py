@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, overload
 
 from .errors import UnknownTarget
+from .formatting import plural
 from .store import Store
 from .store.queries import credential_rows, identity_seen, last_revocation, live_credentials
-from .viewer import plural
 
 __all__ = [
     "MAX_TARGET",
@@ -320,7 +320,7 @@ def _shown(text: Any) -> str:
 
 
 def _time(ts: Any) -> str:
-    from .viewer import format_time
+    from .formatting import format_time
 
     return format_time(float(ts))
 

@@ -58,9 +58,9 @@ from typing import TYPE_CHECKING, Any
 
 from .chain import DAMAGE_KINDS, GENESIS, HASHED_FIELDS, ChainScan, Damage
 from .errors import AuditError
+from .formatting import plural
 from .keys import KeyRing, PublicKeySource, b64url_decode, b64url_encode, verify_signature
 from .store import Store
-from .text import plural
 
 if TYPE_CHECKING:
     from .config import GuardConfig

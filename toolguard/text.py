@@ -41,7 +41,6 @@ __all__ = [
     "clip",
     "neutral",
     "printable",
-    "plural",
     "quote",
 ]
 
@@ -135,13 +134,3 @@ def quote(value: str, limit: int = QUOTE_CHARS) -> str:
     escaped, at most ``limit`` characters of the value."""
     shown = clip(printable(scrub_text(value)), limit)
     return "'" + shown.replace("'", "\\'") + "'"
-
-
-_PLURALS = {"identity": "identities", "credential id": "credential ids"}
-
-
-def plural(count: int, word: str) -> str:
-    """``1 call``, ``2 calls``, ``1 identity``, ``0 identities``: counts read as words do."""
-    if count == 1:
-        return f"{count} {word}"
-    return f"{count} {_PLURALS.get(word, word + 's')}"

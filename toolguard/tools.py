@@ -13,12 +13,22 @@ import typing
 from collections.abc import Sequence
 from typing import Any, Optional, Union, overload
 
-from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
-from langchain_core.messages import ToolMessage
-from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import run_in_executor
-from langchain_core.tools import BaseTool, StructuredTool, ToolException
 from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from ._extras import LANGCHAIN, raise_if_missing
+
+try:  # agent-toolguard-core alone has no LangChain: say what to install (toolguard/_extras.py)
+    from langchain_core.callbacks import (
+        AsyncCallbackManagerForToolRun,
+        CallbackManagerForToolRun,
+    )
+    from langchain_core.messages import ToolMessage
+    from langchain_core.runnables import RunnableConfig
+    from langchain_core.runnables.config import run_in_executor
+    from langchain_core.tools import BaseTool, StructuredTool, ToolException
+except ImportError as exc:
+    raise_if_missing(LANGCHAIN, exc)
+    raise
 
 from ._langchain_compat import (
     get_all_basemodel_annotations,

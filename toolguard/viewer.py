@@ -17,16 +17,22 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
 from typing import IO, Any
 
-from rich.console import Console
-from rich.text import Text
+from ._extras import CLI, raise_if_missing
+
+try:  # agent-toolguard-core alone has no rich: say what to install (toolguard/_extras.py)
+    from rich.console import Console
+    from rich.text import Text
+except ImportError as exc:
+    raise_if_missing(CLI, exc)
+    raise
 
 from .audit import AuditEvent, Summary, UsageRow
+from .formatting import TIMELINE_HEADERS, format_cost, format_duration, format_time, plural
 from .integrity import VerifyReport
 from .store import PruneResult
-from .text import plural, printable
+from .text import printable
 
 __all__ = [
     "EVENT_HEADERS",
@@ -38,10 +44,6 @@ __all__ = [
     "plural",
 ]
 
-TIMELINE_HEADERS = (
-    "time", "kind", "tool", "op", "resources", "result", "jti", "duration", "cost", "detail",
-)  # fmt: skip
-"""The columns of a task's timeline (``audit show``, the HTML export)."""
 EVENT_HEADERS = (
     "seq", "time", "kind", "task", "identity", "tool", "op", "resources", "result", "detail",
 )  # fmt: skip
@@ -91,42 +93,6 @@ def _clean(value: object) -> str:
     """Text safe for a terminal (:func:`toolguard.text.printable`): control characters, bidi
     controls, invisible characters and lone surrogates shown as ``\\xNN``/``\\uXXXX``."""
     return printable(value)
-
-
-def format_time(ts: float | None, *, clock_only: bool = False) -> str:
-    """A UTC timestamp: ``2026-09-21 13:46:40Z``, or ``13:46:40.123`` with ``clock_only``."""
-    if ts is None:
-        return "-"
-    moment = datetime.fromtimestamp(float(ts), tz=timezone.utc)
-    if clock_only:
-        return moment.strftime("%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
-    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def format_duration(ms: float | None) -> str:
-    """``0.09ms``, ``12ms``, ``3.2s``, ``4m05s``, ``2h10m``; ``-`` for None."""
-    if ms is None:
-        return "-"
-    ms = float(ms)
-    if ms < 10:
-        return f"{ms:.2f}ms"
-    if ms < 1000:
-        return f"{ms:.0f}ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def format_cost(cost: float | None) -> str:
-    """A cost with up to four decimals (``0.01``); ``-`` for none."""
-    if not cost:
-        return "-"
-    return f"{float(cost):.4f}".rstrip("0").rstrip(".")
 
 
 def _short(value: str | None, size: int) -> str:

@@ -19,19 +19,25 @@ package registers every command on :func:`main`.
 
 from __future__ import annotations
 
-from . import admin, audit, match  # noqa: F401  (importing them registers their commands on main)
-from ._base import (
-    EXIT_ERROR,
-    EXIT_FINDINGS,
-    CliContext,
-    CliError,
-    db_options,
-    filter_options,
-    json_option,
-    main,
-    parse_when,
-    resolve_db,
-)
+from .._extras import CLI, raise_if_missing
+
+try:  # agent-toolguard-core alone has no click and rich: say what to install (toolguard/_extras.py)
+    from . import admin, audit, match  # noqa: F401  (importing them registers their commands)
+    from ._base import (
+        EXIT_ERROR,
+        EXIT_FINDINGS,
+        CliContext,
+        CliError,
+        db_options,
+        filter_options,
+        json_option,
+        main,
+        parse_when,
+        resolve_db,
+    )
+except ImportError as exc:
+    raise_if_missing(CLI, exc)
+    raise
 
 __all__ = [
     "EXIT_ERROR",

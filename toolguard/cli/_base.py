@@ -26,6 +26,7 @@ import click
 if TYPE_CHECKING:
     from ..config import GuardConfig
 
+from .. import __version__
 from ..audit import AuditLog
 from ..durations import parse_duration
 from ..errors import AuditError, ConfigError, ToolGuardError
@@ -438,7 +439,7 @@ def _task_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="agent-toolguard", prog_name="toolguard")
+@click.version_option(__version__, prog_name="toolguard")
 @click.option(
     "--color/--no-color",
     default=None,

@@ -1,11 +1,15 @@
-"""The store's schema, created and migrated with sqlite-utils (never on the hot path)."""
+"""The store's schema, created and migrated with plain ``sqlite3`` DDL (never on the hot path).
+
+The statements are written out here, in the form earlier releases created them with
+sqlite-utils (so ``sqlite_master`` of a new database is the same text as before; the store
+needs no dependency beyond the standard library; ``tests/test_schema.py`` pins it)."""
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from collections.abc import Sequence
 
-from ..chain import HASHED_FIELDS
+from ..chain import HASHED_FIELDS, REAL_FIELDS
 from ..errors import AuditError
 
 __all__ = ["FULL_CHECK_MAX_BYTES", "SCHEMA_VERSION", "check_pages", "create_schema"]
@@ -125,13 +129,108 @@ def _bounded_check(conn: sqlite3.Connection) -> list[str]:
     return found
 
 
+def _table(name: str, columns: Sequence[tuple[str, str]], *, pk: str) -> str:
+    """``CREATE TABLE`` for a table keyed by its column ``pk``."""
+    cells = ",\n".join(
+        f'   "{column}" {kind}{" PRIMARY KEY" if column == pk else ""}' for column, kind in columns
+    )
+    return f'CREATE TABLE "{name}" (\n{cells}\n)'
+
+
+def _index(table: str, *columns: str) -> str:
+    """``CREATE INDEX idx_<table>_<columns>`` on ``columns``."""
+    name = "_".join(("idx", table, *columns))
+    quoted = ", ".join(f'"{c}"' for c in columns)
+    return f'CREATE INDEX "{name}"\n    ON "{table}" ({quoted})'
+
+
+_TEXT, _REAL, _INTEGER = "TEXT", "REAL", "INTEGER"
+
+_TASKS = _table(
+    "tasks",
+    [
+        ("task_id", _TEXT),
+        ("parent_id", _TEXT),
+        ("intent", _TEXT),
+        ("identity", _TEXT),
+        ("params", _TEXT),
+        ("purpose", _TEXT),
+        ("status", _TEXT),
+        ("started_at", _REAL),
+        ("ended_at", _REAL),
+        ("deadline", _REAL),
+        ("tainted", _INTEGER),
+    ],
+    pk="task_id",
+)
+_EVENTS = _table(
+    "events",
+    [
+        *(
+            (name, _INTEGER if name == "seq" else _REAL if name in REAL_FIELDS else _TEXT)
+            for name in HASHED_FIELDS
+        ),
+        ("prev_hash", _TEXT),
+        ("hash", _TEXT),
+    ],
+    pk="seq",
+)
+
+_CREATE = (
+    _TASKS,
+    _index("tasks", "started_at"),
+    _index("tasks", "identity", "started_at"),
+    _index("tasks", "status"),
+    _index("tasks", "parent_id"),
+    _EVENTS,
+    # Every index is written on every guarded call: keep them few (docs/architecture.md,
+    # "The store"). A task's timeline uses (task_id, seq); time ranges use (ts); denials
+    # have a partial index.
+    _index("events", "task_id", "seq"),
+    _index("events", "ts"),
+    "CREATE INDEX idx_events_denied ON events (seq) WHERE kind = 'denied'",
+    _CREDENTIALS,
+    _table(
+        "revocations",
+        [
+            ("id", _INTEGER),
+            ("scope", _TEXT),
+            ("value", _TEXT),
+            ("reason", _TEXT),
+            ("ts", _REAL),
+            ("by", _TEXT),
+        ],
+        pk="id",
+    ),
+    _index("revocations", "scope", "value"),
+    _table(
+        "identity_state",
+        [("identity", _TEXT), ("disabled", _INTEGER), ("reason", _TEXT), ("ts", _REAL)],
+        pk="identity",
+    ),
+    "CREATE TABLE budgets (scope TEXT, period TEXT, used FLOAT, PRIMARY KEY (scope, period))"
+    " WITHOUT ROWID",
+    _table("checkpoints", [("seq", _INTEGER), ("hash", _TEXT), ("ts", _REAL)], pk="seq"),
+    _table(
+        "prunes",
+        [
+            ("id", _INTEGER),
+            ("ts", _REAL),
+            ("before_seq", _INTEGER),
+            ("head_hash", _TEXT),
+            ("removed", _INTEGER),
+        ],
+        pk="id",
+    ),
+)
+"""Every statement of a new database after ``meta``, in order."""
+
+
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create or migrate the tables and indexes inside the caller's transaction."""
-    import sqlite_utils  # creation and migration only, never on the hot path
-
-    db = sqlite_utils.Database(conn)
-    if "meta" not in db.table_names():
-        db.table("meta").create({"key": str, "value": str}, pk="key")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables:
+        conn.execute(_table("meta", [("key", _TEXT), ("value", _TEXT)], pk="key"))
     version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if version is not None:
         found = int(version[0])
@@ -147,52 +246,8 @@ def create_schema(conn: sqlite3.Connection) -> None:
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
         return
-    db.table("tasks").create(
-        {
-            "task_id": str,
-            "parent_id": str,
-            "intent": str,
-            "identity": str,
-            "params": str,
-            "purpose": str,
-            "status": str,
-            "started_at": float,
-            "ended_at": float,
-            "deadline": float,
-            "tainted": int,
-        },
-        pk="task_id",
-    )
-    db.table("tasks").create_index(["started_at"])
-    db.table("tasks").create_index(["identity", "started_at"])
-    db.table("tasks").create_index(["status"])
-    db.table("tasks").create_index(["parent_id"])
-    columns: dict[str, Any] = {name: str for name in HASHED_FIELDS}
-    columns.update(seq=int, ts=float, duration_ms=float, cost=float, prev_hash=str, hash=str)
-    db.table("events").create(columns, pk="seq")
-    # Every index is written on every guarded call: keep them few (docs/architecture.md,
-    # "The store"). A task's timeline uses (task_id, seq); time ranges use (ts); denials
-    # have a partial index.
-    db.table("events").create_index(["task_id", "seq"])
-    db.table("events").create_index(["ts"])
-    conn.execute("CREATE INDEX idx_events_denied ON events (seq) WHERE kind = 'denied'")
-    conn.execute(_CREDENTIALS)
-    db.table("revocations").create(
-        {"id": int, "scope": str, "value": str, "reason": str, "ts": float, "by": str},
-        pk="id",
-    )
-    db.table("revocations").create_index(["scope", "value"])
-    db.table("identity_state").create(
-        {"identity": str, "disabled": int, "reason": str, "ts": float}, pk="identity"
-    )
-    conn.execute(
-        "CREATE TABLE budgets (scope TEXT, period TEXT, used FLOAT, PRIMARY KEY (scope, period))"
-        " WITHOUT ROWID"
-    )
-    db.table("checkpoints").create({"seq": int, "hash": str, "ts": float}, pk="seq")
-    db.table("prunes").create(
-        {"id": int, "ts": float, "before_seq": int, "head_hash": str, "removed": int}, pk="id"
-    )
+    for statement in _CREATE:
+        conn.execute(statement)
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
     )

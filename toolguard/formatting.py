@@ -1,0 +1,61 @@
+"""Plain-text formatting shared by the viewer, the exports and incident messages.
+
+Standard library only (no rich), so that the core (``guard.revoke``, ``toolguard.export``)
+works without the command line's dependencies; :mod:`toolguard.viewer` re-exports these names.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+__all__ = ["TIMELINE_HEADERS", "format_cost", "format_duration", "format_time", "plural"]
+
+TIMELINE_HEADERS = (
+    "time", "kind", "tool", "op", "resources", "result", "jti", "duration", "cost", "detail",
+)  # fmt: skip
+"""The columns of a task's timeline (``audit show``, the HTML export)."""
+
+_PLURALS = {"identity": "identities", "credential id": "credential ids"}
+
+
+def plural(count: int, word: str) -> str:
+    """``1 call``, ``2 calls``, ``1 identity``, ``0 identities``."""
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {_PLURALS.get(word, word + 's')}"
+
+
+def format_time(ts: float | None, *, clock_only: bool = False) -> str:
+    """A UTC timestamp: ``2026-09-21 13:46:40Z``, or ``13:46:40.123`` with ``clock_only``."""
+    if ts is None:
+        return "-"
+    moment = datetime.fromtimestamp(float(ts), tz=timezone.utc)
+    if clock_only:
+        return moment.strftime("%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def format_duration(ms: float | None) -> str:
+    """``0.09ms``, ``12ms``, ``3.2s``, ``4m05s``, ``2h10m``; ``-`` for None."""
+    if ms is None:
+        return "-"
+    ms = float(ms)
+    if ms < 10:
+        return f"{ms:.2f}ms"
+    if ms < 1000:
+        return f"{ms:.0f}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def format_cost(cost: float | None) -> str:
+    """A cost with up to four decimals (``0.01``); ``-`` for none."""
+    if not cost:
+        return "-"
+    return f"{float(cost):.4f}".rstrip("0").rstrip(".")
