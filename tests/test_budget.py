@@ -215,6 +215,7 @@ def test_derived_plans_are_memoized_on_the_plan_not_by_id(tmp_path: Path) -> Non
     assert plain.shape is not first.shape and plain.columns == first.columns
 
 
+@pytest.mark.slow
 @settings(deadline=None, max_examples=200)
 @given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
 def test_day_boundaries_agree(now: float) -> None:

@@ -23,6 +23,8 @@ from conftest import make_config
 import toolguard as tg
 from toolguard.store.budgets import usage
 
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` skips them
+
 FROZEN = 1_790_000_000.0
 KEY = {"key": "agents:jobs:42:state"}
 PROCESSES = 4

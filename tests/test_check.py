@@ -424,6 +424,7 @@ def test_a_mapping_is_checked_the_same_way_without_positions() -> None:
         max_size=4,
     )
 )
+@pytest.mark.slow
 def test_any_damaged_config_gives_a_report_with_positions_in_the_file(
     tmp_path_factory: pytest.TempPathFactory, edits: list[tuple[int, str, int]]
 ) -> None:

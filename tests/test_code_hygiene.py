@@ -46,6 +46,7 @@ def test_a_shared_helper_has_one_definition(pattern: str, home: str) -> None:
     assert found and all(f.startswith(home + ":") for f in found), found
 
 
+@pytest.mark.slow
 def test_no_module_level_cache_is_keyed_by_id() -> None:
     # id() keys are only safe while the object lives; caches hang derived data on the object
     for path in SOURCES:

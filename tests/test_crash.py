@@ -21,7 +21,10 @@ from conftest import make_config
 
 import toolguard as tg
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+pytestmark = [
+    pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL"),
+    pytest.mark.slow,  # subprocesses: `make test-fast` skips them
+]
 
 # The child runs guarded calls until it is killed. Its tool appends the jti of its credential to
 # a side file *before returning*: a line in that file proves the tool ran.

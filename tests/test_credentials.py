@@ -1434,6 +1434,7 @@ def _assert_only_credential_errors(token: object) -> None:
     assert isinstance(result, dict)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.text(), st.binary(), st.integers(), st.none(), _json))
 def test_verifier_random_input_raises_only_credential_errors(token: object) -> None:
@@ -1454,6 +1455,7 @@ def test_verifier_random_segments_raise_only_credential_errors(a: str, b: str, c
     st.dictionaries(st.sampled_from([*REQUIRED_CLAIMS, "act", "x"]), _json, max_size=8),
     st.booleans(),
 )
+@pytest.mark.slow
 def test_verifier_signed_random_json_raises_only_credential_errors(
     head_over: dict[str, Any], body_over: dict[str, Any], es: bool
 ) -> None:

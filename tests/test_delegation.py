@@ -383,6 +383,7 @@ def test_delegation_middleware_delegate_false_starts_a_root_task(dguard: tg.Guar
     assert "act" not in kv.credentials[0].claims
 
 
+@pytest.mark.slow
 def test_delegation_example_runs_offline(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / "delegation.py")],

@@ -286,6 +286,7 @@ def test_html_shows_delegation_links_acknowledge_and_tainted(
     assert f"<code>{parent.task_id}</code> <span" in only_child  # not in this report: no link
 
 
+@pytest.mark.slow
 def test_docs_sqlite_utils_examples_run_on_a_real_trail(
     make_guard: Callable[..., tg.Guard], clock: Clock, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

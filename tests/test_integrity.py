@@ -601,6 +601,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_verify_two_processes_appending_make_one_valid_chain(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     config["busy_timeout"] = 30
@@ -696,6 +697,7 @@ def test_chain_rejects_values_sqlite_would_store_differently(
         row_values({"seq": 1, **fields})
 
 
+@pytest.mark.slow
 def test_verify_checks_many_events_fast(tmp_path: Path) -> None:
     """A smoke check of the fast path: 20,000 events in well under a second."""
     store = Store(tmp_path / "big.db").open()

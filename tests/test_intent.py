@@ -403,6 +403,7 @@ def _instance(draw: st.DrawFn, pattern: str) -> str:
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(data=st.data(), outer=_patterns, inner=_patterns)
 def test_pattern_covers_is_sound(data: st.DataObject, outer: str, inner: str) -> None:

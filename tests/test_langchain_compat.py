@@ -76,6 +76,7 @@ def test_is_invalid_resume_answers_for_any_exception() -> None:
     assert compat.is_invalid_resume(ValueError("x")) is False
 
 
+@pytest.mark.slow
 def test_no_other_module_imports_langchain_internals() -> None:
     found = []
     for base in ("toolguard", "integrations"):

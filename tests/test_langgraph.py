@@ -218,6 +218,7 @@ def test_langgraph_interrupt_passes_through_a_guarded_tool_and_resumes(guard: tg
         ),
     ],
 )
+@pytest.mark.slow
 def test_langgraph_examples_run_offline(example: str, expected: list[str], tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / example)],

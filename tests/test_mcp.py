@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from langchain_mcp_adapters.client import MultiServerMCPClient
 from langchain_mcp_adapters.tools import load_mcp_tools
 
 import toolguard as tg
+
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` skips them
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -260,6 +260,7 @@ def _brought_by(requirement: str) -> set[str]:
 CORE = _pyproject(ROOT)["project"]
 
 
+@pytest.mark.slow
 def test_the_core_declares_what_its_modules_import_module_by_module() -> None:
     extras = CORE["optional-dependencies"]
     declared = _requirements(CORE)
@@ -575,6 +576,7 @@ def _check_guard_and_verifier(tmp_path: Path, path: list[Path], root: Path) -> N
         assert f"agent-toolguard-core[{extra}]" in message, message
 
 
+@pytest.mark.slow
 def test_the_core_alone_runs_the_guard_and_a_verifier_and_says_what_langchain_and_the_cli_need(
     tmp_path: Path,
 ) -> None:
@@ -583,6 +585,7 @@ def test_the_core_alone_runs_the_guard_and_a_verifier_and_says_what_langchain_an
     _check_guard_and_verifier(tmp_path, sources, ROOT)
 
 
+@pytest.mark.slow
 def test_every_core_module_imports_without_the_extras_or_says_what_to_install(
     tmp_path: Path,
 ) -> None:

@@ -173,6 +173,7 @@ def _first_worker(config: dict[str, Any], out: Any) -> None:
     guard.close()
 
 
+@pytest.mark.slow
 def test_resume_in_a_second_process_counts_what_the_first_spent(
     make_guard: Callable[..., tg.Guard], tmp_path: Path
 ) -> None:

@@ -25,6 +25,8 @@ import pytest
 
 import toolguard as tg
 
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "agents:jobs:42:state"
 ISS = "toolguard-test"

@@ -558,6 +558,7 @@ def test_kv_service_checks_the_credential_before_reading_the_body(
     assert kv_client.app.state.kv == {}  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_kv_service_serve_end_to_end_with_a_guarded_tool(guard: tg.Guard) -> None:
     """The quickstart's path: a guarded LangChain tool calls the real service over HTTP."""
     tokens: list[str] = []

@@ -209,6 +209,7 @@ def adv_guard(make_guard: Callable[..., tg.Guard]) -> tg.Guard:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@pytest.mark.slow
 @given(value=_values, encoding=_forms, fmt=st.sampled_from(["content", "content_and_artifact"]))
 def test_adv_guarded_tool_never_shows_the_token_to_the_model(
     adv_guard: tg.Guard, value: Any, encoding: str, fmt: str
@@ -229,6 +230,7 @@ def test_adv_guarded_tool_never_shows_the_token_to_the_model(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@pytest.mark.slow
 @given(value=_values, encoding=_forms, fmt=st.sampled_from(["content", "content_and_artifact"]))
 def test_adv_middleware_never_shows_the_token_to_the_model(
     adv_guard: tg.Guard, value: Any, encoding: str, fmt: str

@@ -270,6 +270,7 @@ def test_the_largest_cost_argument_still_fits_exactly(
         st.none(),
     )
 )
+@pytest.mark.slow
 def test_any_cost_argument_is_allowed_or_denied_never_a_crash(
     tmp_path_factory: pytest.TempPathFactory, amount: object
 ) -> None:

@@ -100,6 +100,7 @@ SEGMENT_PARTS = [
 segments = st.lists(st.sampled_from(SEGMENT_PARTS), max_size=8).map("".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.lists(segments, min_size=1, max_size=5))
 def test_no_accepted_url_under_jobs_42_resolves_outside(parts: list[str]) -> None:

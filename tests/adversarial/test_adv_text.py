@@ -61,6 +61,7 @@ def _rows(guard: tg.Guard) -> int:
 # -- the one definition ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unsafe_covers_every_control_format_separator_and_surrogate() -> None:
     """UNSAFE matches every Cc, Cf, Cs, Zl, Zp code point and no letter, digit or symbol."""
     missed, over = [], []

@@ -304,6 +304,7 @@ _FIELD = st.one_of(
         },
     )
 )
+@pytest.mark.slow
 def test_a_hostile_newest_record_stops_a_guard_with_an_audit_error_or_nothing(
     template: Path, record: dict[str, Any]
 ) -> None:

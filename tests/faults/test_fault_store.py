@@ -283,6 +283,7 @@ def test_fault_store_damaged_page_refuses_a_new_guard(tmp_path: Path) -> None:
     assert db.read_bytes() == damaged  # nothing was appended to the damaged file
 
 
+@pytest.mark.slow
 def test_fault_store_damaged_page_cli_is_one_error_line(tmp_path: Path) -> None:
     config = _trail_with_events(tmp_path)
     db = Path(config["store"])
