@@ -28,8 +28,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The developer loop: everything but the tests marked slow, on two workers (make test runs all).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n 2
 
 check: $(STAMP)
 	$(PY) -m ruff check toolguard integrations tests examples benchmarks
