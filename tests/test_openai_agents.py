@@ -485,6 +485,52 @@ def test_the_calls_token_never_reaches_the_model(guard: tg.Guard) -> None:
         leaky.close()
 
 
+def test_an_encoded_token_or_one_an_error_hides_never_reaches_the_model(guard: tg.Guard) -> None:
+    import base64
+
+    seen: list[str] = []
+
+    class Rejected(Exception):
+        def __str__(self) -> str:  # the token is in neither args nor the message text given
+            return f"rejected {seen[-1]}"
+
+    def leak_b64(key: str) -> str:
+        """Echo the token, base64-encoded as in a Basic header."""
+        seen.append(tg.current_credential().token)
+        return base64.b64encode(f"Bearer {seen[-1]}".encode()).decode()
+
+    def leak_str(key: str) -> str:
+        """Fail with an exception whose text shows the token."""
+        seen.append(tg.current_credential().token)
+        raise Rejected()
+
+    quoting = function_tool(leak_str, failure_error_function=lambda ctx, e: f"error: {e}")
+    config = copy.deepcopy(guard.config.model_dump())
+    for name in ("leak_b64", "leak_str"):
+        config["tools"][name] = {"operation": "read", "resource": "{key}"}
+    config["intents"]["process-job"]["tools"] += ["leak_b64", "leak_str"]
+    leaky = tg.Guard(config)
+    try:
+        steps = [
+            [
+                function_call(name, {"key": "agents:jobs:42:x"}, call_id=f"c-{name}")
+                for name in ("leak_b64", "leak_str")
+            ],
+            [assistant_message("done")],
+        ]
+        agent = _agent(guard_tools([function_tool(leak_b64), quoting], leaky), steps)
+        GuardedRunner(leaky, "process-job", params=JOB).run_sync(agent, "go")
+        model: Any = agent.model
+        seen_by_model = json.dumps(model.calls[1].input, default=str)
+        assert len(seen) == 2
+        for token in seen:
+            encoded = base64.b64encode(f"Bearer {token}".encode()).decode()
+            assert token not in seen_by_model and encoded not in seen_by_model
+        assert seen_by_model.count("[REDACTED]") >= 2
+    finally:
+        leaky.close()
+
+
 # -- the run is a task -----------------------------------------------------------------------
 
 

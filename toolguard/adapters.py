@@ -5,7 +5,9 @@ no framework is imported here.
 - :func:`task_params`: an intent's template parameters for a run, from what the caller gave,
   the run's context and the parent task;
 - :class:`CallCredentials`: the credential of each running call, keyed by the framework's
-  per-call context object (held, compared by identity).
+  per-call context object (held, compared by identity);
+- :func:`call_secrets`, :func:`scrub_error`: what a call's result and errors must not show
+  the model (its token, with :func:`toolguard.scrub.scrub`'s every form).
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic_core import to_jsonable_python
 
+from .credentials import issued_token
 from .errors import ConfigError
 from .intent import template_parameters
+from .scrub import scrub
 
 if TYPE_CHECKING:
     from .credentials import Credential
     from .engine import Guard
     from .task import TaskSession
 
-__all__ = ["CallCredentials", "policy_value", "task_params"]
+__all__ = ["CallCredentials", "call_secrets", "policy_value", "scrub_error", "task_params"]
 
 _Context = TypeVar("_Context")
 
@@ -43,6 +47,21 @@ def policy_value(value: Any) -> Any:
         return to_jsonable_python(value)
     except Exception:  # not JSON (a file object, ...): the policy sees the object itself
         return value
+
+
+def call_secrets(credential: Credential) -> tuple[str, ...]:
+    """The secrets of a call to keep from the model: its token, if one was signed (a token
+    never signed cannot be in a result)."""
+    token = issued_token(credential)
+    return (token,) if token else ()
+
+
+def scrub_error(exc: BaseException, credential: Credential) -> BaseException:
+    """``exc`` without the call's token: scrubbed in place, or a replacement when its text
+    still shows it (see :func:`toolguard.scrub.scrub`). Raise the replacement ``from None``
+    when it is not ``exc``."""
+    scrubbed: BaseException = scrub(exc, call_secrets(credential))
+    return scrubbed
 
 
 def _lookup(context: Any, name: str) -> Any:

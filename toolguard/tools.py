@@ -37,8 +37,8 @@ from ._langchain_compat import (
     is_injected_arg_type,
     signature_parameters,
 )
-from .adapters import policy_value
-from .credentials import Credential, issued_token
+from .adapters import call_secrets, policy_value, scrub_error
+from .credentials import Credential
 from .engine import Guard, OnDeny
 from .errors import AuditError, PolicyDenied
 from .scrub import scrub
@@ -102,17 +102,11 @@ def _mentions_credential(annotation: Any) -> bool:
     return any(_mentions_credential(a) for a in typing.get_args(annotation))
 
 
-def _secrets(credential: Credential) -> tuple[str, ...]:
-    """The secrets of a call to keep from the model: its token, if one was signed."""
-    token = issued_token(credential)
-    return (token,) if token else ()
-
-
 def _scrubbed_error(exc: BaseException, credential: Credential) -> BaseException:
     """``exc`` without the call's token (scrubbed in place); a replacement only when its text
     still shows the token — a ``ToolException`` for a ``ToolException`` (the tool's error
     handling still applies), never for LangGraph control flow (interrupts keep their type)."""
-    scrubbed: BaseException = scrub(exc, _secrets(credential))
+    scrubbed = scrub_error(exc, credential)
     if scrubbed is exc or _outcome_error(exc) is not exc:
         return exc
     if isinstance(exc, ToolException):
@@ -274,7 +268,7 @@ class GuardedTool(BaseTool):
         if isinstance(result, ToolMessage) and result.status == "error":
             error = ToolException(str(result.content))
         self.guard.finish(permit, error=error)
-        return scrub(result, _secrets(permit.credential))
+        return scrub(result, call_secrets(permit.credential))
 
     def _authorize(self, args: tuple[Any, ...], kwargs: dict[str, Any], cid: Optional[str]) -> Any:
         try:

@@ -560,7 +560,9 @@ class GuardingProxy(Server[Any, Any]):
             raise
         except BaseException as exc:
             self.guard.finish(permit, error=exc)
-            scrub(exc, [token])
+            scrubbed = scrub(exc, [token])
+            if scrubbed is not exc:  # its text still showed the token: the replacement goes
+                raise scrubbed from None
             raise
         finally:
             if tag.upstream_id is not None:

@@ -27,14 +27,13 @@ from typing import Any, Union, cast, overload
 
 from agents import FunctionTool, RunContextWrapper, function_tool
 from agents.tool_context import ToolContext
-from pydantic import BaseModel
 
 from toolguard import AuditError, Credential, Guard, PolicyDenied
+from toolguard.adapters import call_secrets, scrub_error
 from toolguard.context import permit_var, task_var
-from toolguard.credentials import issued_token
 from toolguard.engine import OnDeny, Permit
 from toolguard.errors import CredentialError
-from toolguard.redaction import REDACTED
+from toolguard.scrub import scrub
 
 from . import _run
 
@@ -143,14 +142,16 @@ class GuardedInvoker:
                     result = await self._call(ctx, input)
                 except BaseException as exc:
                     self.guard.finish(permit, error=exc)
-                    _scrub_exception(exc, credential)
+                    scrubbed = scrub_error(exc, credential)
+                    if scrubbed is not exc:
+                        raise scrubbed from None
                     raise
         finally:
             _credentials.pop(ctx, None)
             _errors.reset(errors_token)
         # A tool error the SDK's failure handling turned into a message for the model.
         self.guard.finish(permit, error=errors[0] if errors else None)
-        return _scrub(result, credential)
+        return scrub(result, call_secrets(credential))
 
 
 def _recording(impl: Invoke) -> Invoke:
@@ -166,7 +167,9 @@ def _recording(impl: Invoke) -> Invoke:
                 errors.append(exc)
             permit = permit_var.get()
             if permit is not None:  # the failure formatter may quote the message
-                _scrub_exception(exc, permit.credential)
+                scrubbed = scrub_error(exc, permit.credential)
+                if scrubbed is not exc:
+                    raise scrubbed from None
             raise
 
     return run
@@ -182,42 +185,6 @@ def _arguments(input: str) -> dict[str, Any]:
     except ValueError:
         return {"input": input}
     return parsed if isinstance(parsed, dict) else {"input": input}
-
-
-def _scrub(value: Any, credential: Credential) -> Any:
-    """The tool's output with the call's token replaced: a token never reaches the model."""
-    token = issued_token(credential)
-    if token is None:
-        return value
-    return _replace(value, token)
-
-
-def _replace(value: Any, token: str) -> Any:
-    if isinstance(value, str):
-        return value.replace(token, REDACTED) if token in value else value
-    if isinstance(value, (list, tuple)):
-        items = [_replace(item, token) for item in value]
-        return type(value)(items) if isinstance(value, list) else tuple(items)
-    if isinstance(value, dict):
-        return {_replace(k, token): _replace(v, token) for k, v in value.items()}
-    if isinstance(value, BaseModel):
-        update = {}
-        for field in type(value).model_fields:
-            current = getattr(value, field, None)
-            scrubbed = _replace(current, token)
-            if scrubbed is not current:
-                update[field] = scrubbed
-        return value.model_copy(update=update) if update else value
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    text = str(value)  # the SDK sends str(output) for other types: never the token
-    return text.replace(token, REDACTED) if token in text else value
-
-
-def _scrub_exception(exc: BaseException, credential: Credential) -> None:
-    token = issued_token(credential)
-    if token is not None and any(isinstance(a, str) and token in a for a in exc.args):
-        exc.args = tuple(a.replace(token, REDACTED) if isinstance(a, str) else a for a in exc.args)
 
 
 def _reset(token: contextvars.Token[Any]) -> None:

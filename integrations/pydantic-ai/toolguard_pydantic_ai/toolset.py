@@ -32,9 +32,8 @@ from pydantic_ai.tools import Tool
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool, WrapperToolset
 
 from toolguard import AuditError, Credential, Guard, PolicyDenied
-from toolguard.adapters import CallCredentials, policy_value
+from toolguard.adapters import CallCredentials, call_secrets, policy_value, scrub_error
 from toolguard.context import permit_var
-from toolguard.credentials import issued_token
 from toolguard.engine import OnDeny, Permit
 from toolguard.errors import CredentialError
 from toolguard.scrub import scrub
@@ -134,19 +133,14 @@ class GuardedToolset(WrapperToolset[Any]):
                     raise
                 except BaseException as exc:
                     self.guard.finish(permit, error=exc)
-                    scrubbed = scrub(exc, _secrets(credential))
+                    scrubbed = scrub_error(exc, credential)
                     if scrubbed is exc or not isinstance(scrubbed, BaseException):
                         raise
                     raise scrubbed from None
         finally:
             _credentials.drop(ctx)
         self.guard.finish(permit)
-        return scrub(result, _secrets(credential))
-
-
-def _secrets(credential: Credential) -> tuple[str, ...]:
-    token = issued_token(credential)
-    return (token,) if token else ()
+        return scrub(result, call_secrets(credential))
 
 
 def _policy_args(args: dict[str, Any]) -> dict[str, Any]:
