@@ -241,6 +241,18 @@ def test_revoke_task_counts_live_credentials_tasks_and_delegated_children(
                 guard.verifier().verify(cred.token)
 
 
+def test_a_task_revocation_records_one_row_per_task(guard: tg.Guard) -> None:
+    with guard.task("process-job", job_id="42") as parent:
+        child = parent.delegate("summarise-job", job_id="42").start()
+        guard.revoke(task_id=parent.task_id, reason="incident 17")
+    rows = guard.store.query(
+        "SELECT value FROM revocations WHERE scope = 'task' AND reason = 'incident 17'"
+    )
+    assert sorted(r["value"] for r in rows) == sorted([parent.task_id, child.task_id])
+    listed = [r for r in guard.audit.revocations() if r["reason"] == "incident 17"]
+    assert sorted(r["value"] for r in listed) == sorted([parent.task_id, child.task_id])
+
+
 def test_revoke_task_text_names_the_children(run: Run, guard: tg.Guard, db: Path) -> None:
     with guard.task("process-job", job_id="42") as parent:
         child = parent.delegate("summarise-job", job_id="42").start()

@@ -448,9 +448,10 @@ class AuditLog:
         credentials when it ends (``by`` ``task-end``). ``disabled`` is true for a
         ``revoke --identity --disable`` (its ``revoke`` event says so)."""
         rows = self.store.query(
+            # trails written before 2026-12-05 may hold a task's row twice: one per revocation
             "SELECT scope, value, reason, ts, by FROM revocations"
             " WHERE COALESCE(by, '') != 'task-end' AND ts >= ? AND ts < ?"
-            " ORDER BY ts DESC, id DESC LIMIT ?",
+            " GROUP BY scope, value, reason, ts, by ORDER BY ts DESC, MAX(id) DESC LIMIT ?",
             [
                 since if since is not None else float("-inf"),
                 until if until is not None else float("inf"),
@@ -458,14 +459,6 @@ class AuditLog:
             ],
         )
         rows.reverse()
-        seen: set[tuple[Any, ...]] = set()
-        unique = []
-        for row in rows:  # one revocation may be recorded twice (store and guard)
-            key = (row["scope"], row["value"], row["reason"], row["ts"], row["by"])
-            if key not in seen:
-                seen.add(key)
-                unique.append(row)
-        rows = unique
         disabled = {
             (e.ts, e.identity)
             for e in self.events(kind="revoke", since=since, until=until)

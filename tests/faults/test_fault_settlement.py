@@ -212,13 +212,17 @@ def test_a_settlement_that_raises_does_not_block_the_task_end(
     assert guard.audit.verify().ok
 
 
+@pytest.mark.parametrize("rolled_back", [False, True], ids=["statement", "transaction"])
 def test_a_transient_database_fault_keeps_the_items_and_retries_them(
     setup: tuple[tg.Guard, dict[str, tg.GuardedTool]],
     tools: _Tools,
     monkeypatch: pytest.MonkeyPatch,
+    rolled_back: bool,
 ) -> None:
     """A disk-full error while writing the queue is not the item's fault: the transaction
-    fails closed (AuditError), nothing is dropped, and the next write commits the items."""
+    fails closed (AuditError), nothing is dropped, and the next write commits the items.
+    SQLite may have rolled the whole transaction back itself (its savepoint gone with it):
+    the error reported is still the disk's, never "no such savepoint"."""
     guard, t = setup
     tools.reported = 0.25
     with guard.task("process-job", job_id="42") as task:
@@ -229,6 +233,8 @@ def test_a_transient_database_fault_keeps_the_items_and_retries_them(
         def full(self: Store, conn: sqlite3.Connection, item: PendingOutcome) -> None:
             calls["n"] += 1
             if calls["n"] == 1:
+                if rolled_back:  # what SQLite does by itself on SQLITE_FULL or an I/O error
+                    conn.execute("ROLLBACK")
                 raise sqlite3.OperationalError("database or disk is full")
             real(self, conn, item)
 

@@ -289,11 +289,11 @@ class Store(Queries):
                 problem = "was replaced by another file"
             elif wal and self._wal is not None:
                 try:
-                    log = os.stat(f"{self.path}-wal")
+                    wal_stat = os.stat(f"{self.path}-wal")
                 except OSError:
                     problem = "lost its write-ahead log (the -wal file was deleted)"
                 else:
-                    if (log.st_dev, log.st_ino) != self._wal:
+                    if (wal_stat.st_dev, wal_stat.st_ino) != self._wal:
                         problem = "had its write-ahead log (the -wal file) replaced"
         if problem is None:
             return
@@ -508,10 +508,7 @@ class Store(Queries):
         mark = self._tasks.mark()
         conn.execute("SAVEPOINT pending")
         try:
-            if isinstance(item, PendingEnd):
-                self._end_task(conn, item)
-            else:
-                self._write_outcome(conn, item)
+            self._write_item(conn, item)
         except _BAD_ITEM as exc:
             conn.execute("ROLLBACK TO pending")
             self._tasks.rollback(mark)
@@ -527,17 +524,21 @@ class Store(Queries):
             )
             if fallback is not None:
                 try:
-                    if isinstance(fallback, PendingEnd):
-                        self._end_task(conn, fallback)
-                    else:
-                        self._write_outcome(conn, fallback)
+                    self._write_item(conn, fallback)
                 except _BAD_ITEM as again:  # pragma: no cover - the fallback holds sane values
                     conn.execute("ROLLBACK TO pending")
                     self._tasks.rollback(mark)
                     self._local.head = None
                     log.error("toolguard: the replacement could not be written either: %s", again)
-        finally:
-            conn.execute("RELEASE pending")
+        # Not in a `finally`: when SQLite itself rolled the transaction back (disk full, I/O
+        # error) the savepoint is gone, and that error, not "no such savepoint", must surface.
+        conn.execute("RELEASE pending")
+
+    def _write_item(self, conn: sqlite3.Connection, item: PendingOutcome | PendingEnd) -> None:
+        if isinstance(item, PendingEnd):
+            self._end_task(conn, item)
+        else:
+            self._write_outcome(conn, item)
 
     def _write_outcome(self, conn: sqlite3.Connection, item: PendingOutcome) -> None:
         if item.settle:  # task counters and the identity's cost (toolguard.store.budgets)
@@ -871,11 +872,12 @@ class Store(Queries):
             else:
                 ended = []
             for task_id in ended:
-                conn.execute(
-                    "INSERT INTO revocations (scope, value, reason, ts, by) "
-                    "VALUES ('task', ?, ?, ?, ?)",
-                    (task_id, reason, now, by),
-                )
+                if not (scope == "task" and task_id == value):  # the target's row is above
+                    conn.execute(
+                        "INSERT INTO revocations (scope, value, reason, ts, by) "
+                        "VALUES ('task', ?, ?, ?, ?)",
+                        (task_id, reason, now, by),
+                    )
                 conn.execute(
                     "UPDATE tasks SET status = 'revoked', ended_at = ? WHERE task_id = ?"
                     " AND ended_at IS NULL",
