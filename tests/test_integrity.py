@@ -22,8 +22,7 @@ import toolguard as tg
 from toolguard.chain import GENESIS, HASHED_FIELDS, event_hash, row_values, values_hash
 from toolguard.errors import AuditError
 from toolguard.integrity import DAMAGE_KINDS, Integrity, VerifyReport, sign_checkpoint
-from toolguard.keys import KeyRing
-from toolguard.redaction import load_args_key
+from toolguard.keys import KeyRing, load_args_key
 from toolguard.store import Store
 
 TASKS = 5

@@ -20,12 +20,12 @@ from pydantic import BaseModel
 
 import toolguard as tg
 from toolguard.brokers import StaticSecretProvider
+from toolguard.keys import load_args_key
 from toolguard.redaction import (
     REDACTED,
     Redactor,
     args_digest,
     compile_patterns,
-    load_args_key,
     scrub_text,
 )
 

@@ -34,9 +34,10 @@ from .credentials import (
 from .errors import AuditError, ConfigError, NoActiveTask, PolicyDenied
 from .integrity import guard_keys
 from .intent import Call, Policy
+from .keys import load_args_key
 from .numbers import MAX_COST, check_timestamp, is_finite_number
 from .policy import Decision, decide, derive_call
-from .redaction import Redactor, load_args_key
+from .redaction import Redactor
 from .store import PendingOutcome, Store
 from .text import (
     MAX_ERROR_CHARS,

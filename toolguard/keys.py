@@ -43,6 +43,8 @@ from toolguard.errors import AuditError, ConfigError, CredentialError
 from toolguard.numbers import is_finite_number
 
 __all__ = [
+    "ARGS_KEY_ENV",
+    "load_args_key",
     "ALGORITHMS",
     "Algorithm",
     "KeyRing",
@@ -539,24 +541,28 @@ def _load_or_create(path: Path, algorithm: Algorithm, *, create: bool) -> Signin
     return _parse_private_pem(_read_private(path), str(path))
 
 
-def _read_private(path: Path) -> bytes:
-    """Read a private key file, refusing loose permissions (checked on the open descriptor)."""
+def _read_private(path: Path, *, what: str = "signing key", nofollow: bool = False) -> bytes:
+    """Read a private key file, refusing loose permissions (checked on the open descriptor);
+    with ``nofollow``, a symbolic link too."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+    if nofollow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise CredentialError(
-            f"cannot open signing key file {path} ({exc.strerror}); make it readable by the "
-            "user running toolguard, and by no one else (chmod 600)"
+            f"cannot open {what} file {path} ({exc.strerror}); it must be a regular file "
+            "readable by the user running toolguard, and by no one else (chmod 600)"
         ) from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise CredentialError(f"signing key path {path} is not a regular file; fix the path")
+            raise CredentialError(f"{what} path {path} is not a regular file; fix the path")
         if os.name == "posix" and info.st_mode & 0o077:
             raise CredentialError(
-                f"signing key file {path} is accessible by group or others "
+                f"{what} file {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
             )
         chunks = []
@@ -571,7 +577,7 @@ def _read_private(path: Path) -> bytes:
     finally:
         os.close(fd)
     if len(data) > _MAX_KEY_FILE:
-        raise CredentialError(f"signing key file {path} is too large to be a PEM key; fix it")
+        raise CredentialError(f"{what} file {path} is too large to be a key; fix it")
     return data
 
 
@@ -707,3 +713,78 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# -- the arguments key (the keyed digest of a call's arguments, docs/audit.md) --------------
+
+ARGS_KEY_ENV = "TOOLGUARD_ARGS_KEY"
+"""The arguments key as 64 hex characters; wins over the key file."""
+_ARGS_KEY_BYTES = 32
+
+
+def load_args_key(path: Path | None, *, create: bool = True) -> bytes:
+    """The arguments key that keys ``args_sha256`` (:class:`toolguard.redaction.Redactor`):
+    ``$TOOLGUARD_ARGS_KEY`` (64 hex characters) if set, else the file at ``path`` (64 hex
+    characters, mode 0600, a regular file, not a link), created with a new random key when
+    missing and ``create`` is true (as signing keys are: a 0700 directory, a temporary file
+    linked into place, so a concurrent creator's key wins, never a partial one). Raises
+    :class:`ConfigError` for a missing (``create=False``), unreadable, loosely permitted or
+    malformed key, or no key at all (``path`` None and no ``$TOOLGUARD_ARGS_KEY``)."""
+    env = os.environ.get(ARGS_KEY_ENV)
+    if env:
+        return _parse_args_key(env, f"${ARGS_KEY_ENV}")
+    if path is None:
+        raise ConfigError(
+            "the arguments key is needed: pass --config (its args_key_file), --key-file, or "
+            f"set ${ARGS_KEY_ENV}",
+            problems=[("args_key_file", "missing")],
+        )
+    try:
+        return _read_args_key(path)
+    except FileNotFoundError:
+        if not create:
+            raise ConfigError(
+                f"the arguments key file {path} does not exist; point args_key_file (or "
+                f"${ARGS_KEY_ENV}) at the key the guard used",
+                problems=[("args_key_file", "missing")],
+            ) from None
+    data = (secrets.token_hex(_ARGS_KEY_BYTES) + "\n").encode("ascii")
+    try:
+        _ensure_dir(path.parent)
+        _write_atomic(path, data, replace=False)  # False: another process's key is there
+    except (OSError, CredentialError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(
+            f"cannot create the arguments key file {path} ({why}); make its directory "
+            f"writable, point args_key_file elsewhere, or set ${ARGS_KEY_ENV} to 64 hex "
+            "characters",
+            problems=[("args_key_file", "cannot create")],
+        ) from exc
+    return _read_args_key(path)
+
+
+def _read_args_key(path: Path) -> bytes:
+    try:
+        data = _read_private(path, what="the arguments key", nofollow=True)
+    except CredentialError as exc:
+        raise ConfigError(str(exc), problems=[("args_key_file", "unreadable")]) from exc
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        text = ""
+    return _parse_args_key(text, str(path))
+
+
+def _parse_args_key(text: str, source: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != _ARGS_KEY_BYTES:
+        raise ConfigError(
+            f"the arguments key from {source} must be {_ARGS_KEY_BYTES * 2} hex characters "
+            f"({_ARGS_KEY_BYTES} random bytes); create one with "
+            '`python -c "import secrets; print(secrets.token_hex(32))"`',
+            problems=[("args_key_file", "malformed key")],
+        )
+    return key

@@ -19,7 +19,8 @@ Rules, applied at every nesting level of the arguments:
   other object ``<TypeName>``.
 
 ``args_sha256`` is ``hmac-sha256:`` followed by the hex HMAC-SHA256, keyed with the guard's
-*arguments key* (32 random bytes kept outside the database, :func:`load_args_key`), of the
+*arguments key* (32 random bytes kept outside the database,
+:func:`toolguard.keys.load_args_key`), of the
 *original* arguments' canonical JSON (sorted keys, no spaces, UTF-8; models and dataclasses as
 their JSON form, bytes as standard base64). An investigator who holds a value and the key can
 check it was the one used (:func:`args_digest`, ``toolguard audit match-args``); without the key
@@ -33,18 +34,11 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
 import re
-import secrets
-import stat
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-
 __all__ = [
-    "ARGS_KEY_ENV",
     "DIGEST_PREFIX",
     "REDACTED",
     "SECRET_KEY_PATTERN",
@@ -53,16 +47,12 @@ __all__ = [
     "args_digest",
     "canonical_args",
     "compile_patterns",
-    "load_args_key",
     "scrub_text",
 ]
 
 REDACTED = "[REDACTED]"
 DIGEST_PREFIX = "hmac-sha256:"
 """How ``args_sha256`` values start (older trails hold a bare, unkeyed SHA-256 hex)."""
-ARGS_KEY_ENV = "TOOLGUARD_ARGS_KEY"
-"""The arguments key as 64 hex characters; wins over the key file."""
-_ARGS_KEY_BYTES = 32
 
 _KEY_NAMES = (
     r"token|secret|passw(or)?d|passphrase|(^|[_-])pwd($|[_-])|authorization|(^|[_-])auth($|[_-])",
@@ -393,114 +383,3 @@ def args_digest(args: Mapping[str, Any], key: bytes) -> str:
     :func:`hmac.compare_digest`)."""
     data = canonical_args(args).encode("utf-8", "surrogatepass")
     return DIGEST_PREFIX + hmac.new(key, data, hashlib.sha256).hexdigest()
-
-
-def _parse_args_key(text: str, source: str) -> bytes:
-    text = text.strip()
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != _ARGS_KEY_BYTES:
-        raise ConfigError(
-            f"the arguments key from {source} must be {_ARGS_KEY_BYTES * 2} hex characters "
-            f"({_ARGS_KEY_BYTES} random bytes); create one with "
-            '`python -c "import secrets; print(secrets.token_hex(32))"`',
-            problems=[("args_key_file", "malformed key")],
-        )
-    return key
-
-
-def load_args_key(path: Path, *, create: bool = True) -> bytes:
-    """The arguments key: ``$TOOLGUARD_ARGS_KEY`` (64 hex characters) if set, else the file at
-    ``path`` (64 hex characters, mode 0600, a regular file), created with a new random key
-    when missing and ``create`` is true (a new directory is 0700; the file is written under
-    a temporary name and linked into place, so a concurrent creator's key wins, never a
-    partial one). Raises :class:`ConfigError` for a missing (``create=False``), unreadable,
-    loosely permitted or malformed key."""
-    env = os.environ.get(ARGS_KEY_ENV)
-    if env:
-        return _parse_args_key(env, f"${ARGS_KEY_ENV}")
-    try:
-        return _read_args_key(path)
-    except FileNotFoundError:
-        if not create:
-            raise ConfigError(
-                f"the arguments key file {path} does not exist; point args_key_file (or "
-                f"${ARGS_KEY_ENV}) at the key the guard used",
-                problems=[("args_key_file", "missing")],
-            ) from None
-    try:
-        _create_args_key(path)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create the arguments key file {path} ({exc.strerror or exc}); make its "
-            f"directory writable, point args_key_file elsewhere, or set ${ARGS_KEY_ENV} to "
-            "64 hex characters",
-            problems=[("args_key_file", "cannot create")],
-        ) from exc
-    return _read_args_key(path)
-
-
-def _create_args_key(path: Path) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        data = (secrets.token_hex(_ARGS_KEY_BYTES) + "\n").encode("ascii")
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            if written <= 0:  # pragma: no cover - os.write raises on errors
-                raise OSError("short write")
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # fails if another process created it first: use theirs
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    if os.name == "posix":
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-def _read_args_key(path: Path) -> bytes:
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot open the arguments key file {path} ({exc.strerror}); it must be a regular "
-            "file readable by the user running toolguard, and by no one else (chmod 600)",
-            problems=[("args_key_file", "unreadable")],
-        ) from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(
-                f"the arguments key path {path} is not a regular file; fix the path",
-                problems=[("args_key_file", "not a file")],
-            )
-        if os.name == "posix" and info.st_mode & 0o077:
-            raise ConfigError(
-                f"the arguments key file {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`",
-                problems=[("args_key_file", "loose permissions")],
-            )
-        data = os.read(fd, 256)
-    finally:
-        os.close(fd)
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        text = ""
-    return _parse_args_key(text, str(path))

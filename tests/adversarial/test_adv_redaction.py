@@ -24,13 +24,8 @@ from conftest import Clock, make_config
 import toolguard as tg
 from toolguard.cli import CliContext, main
 from toolguard.errors import ConfigError
-from toolguard.redaction import (
-    ARGS_KEY_ENV,
-    DIGEST_PREFIX,
-    Redactor,
-    args_digest,
-    load_args_key,
-)
+from toolguard.keys import ARGS_KEY_ENV, load_args_key
+from toolguard.redaction import DIGEST_PREFIX, Redactor, args_digest
 
 JWT = (
     "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiJhZ2VudCIsImp0aSI6Ing5In0"
@@ -258,6 +253,28 @@ def test_match_args_cli(make_guard: Any, tmp_path: Path, clock: Clock) -> None:
     as_json = run(str(seq), "--args", '{"key": "agents:jobs:42:v", "pin": "0007"}', "--json")
     assert json.loads(as_json.output) == {"match": True, "seq": seq}
     assert hmac.compare_digest("a", "a")
+
+
+def test_match_args_takes_the_key_from_the_environment_alone(
+    make_guard: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = os.urandom(32)
+    monkeypatch.setenv(ARGS_KEY_ENV, key.hex())
+    guard = make_guard(tools=PIN_TOOLS)
+    with guard.task("process-job", job_id="42"):
+        guard.finish(guard.authorize("kv_get", {"key": "agents:jobs:42:v", "pin": "0007"}))
+    seq = guard.audit.events(kind="request")[-1].seq
+    db = str(guard.config.store_path)
+    args = '{"key": "agents:jobs:42:v", "pin": "0007"}'
+    done = CliRunner().invoke(
+        main, ["audit", "match-args", str(seq), "--args", args, "--db", db], obj=CliContext()
+    )
+    assert done.exit_code == 0 and "match" in done.output, done.output
+    monkeypatch.delenv(ARGS_KEY_ENV)
+    done = CliRunner().invoke(
+        main, ["audit", "match-args", str(seq), "--args", args, "--db", db], obj=CliContext()
+    )
+    assert done.exit_code == 2 and "TOOLGUARD_ARGS_KEY" in done.output
 
 
 @pytest.mark.parametrize("size", [0, 1, 32, 64, 65, 200])

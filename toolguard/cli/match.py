@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from ..redaction import DIGEST_PREFIX, args_digest, load_args_key
+from ..keys import load_args_key
+from ..redaction import DIGEST_PREFIX, args_digest
 from ._base import EXIT_FINDINGS, CliError, _load, _log, _obj, db_options, json_option
 from .audit import audit
 
@@ -56,14 +57,9 @@ def match_args_cmd(
     if not isinstance(candidate, dict):
         raise CliError("--args must be a JSON object (the call's arguments by name)")
     config = _load(config_path)
-    if key_file is None:
-        if config is None:
-            raise CliError(
-                "the arguments key is needed: pass --config (its args_key_file), --key-file, "
-                "or set $TOOLGUARD_ARGS_KEY"
-            )
+    if key_file is None and config is not None:
         key_file = config.args_key_path
-    key = load_args_key(key_file, create=False)
+    key = load_args_key(key_file, create=False)  # $TOOLGUARD_ARGS_KEY wins over both
     with _log(db_path, config) as log:
         found = log.events(after_seq=seq - 1, limit=1)
     if not found or found[0].seq != seq:
