@@ -382,7 +382,7 @@ class Guard:
             inherited.append(task_spends(parent.bound, parent.task_id, call))
             parent = parent.parent
         jti = new_jti()
-        redactor = self._redactors.get(tool, self.redactor)
+        redactor = self._redactor(tool)
         args_json, args_sha = redactor(args)
         resources_json = _stored_resources(redactor, call.resources)
         expires = min(now + self.issuer.ttl, session.deadline)
@@ -525,7 +525,7 @@ class Guard:
         exc: Exception,
         resources_json: str,
     ) -> NoReturn:
-        described = _describe(exc, scrub=self._redactors.get(call.tool, self.redactor).scrub)
+        described = _describe(exc, scrub=self._redactor(call.tool).scrub)
         reason = f"no credential could be obtained for this call ({described}); it did not run"
         day = day_key(now)
         refund = tuple(
@@ -586,7 +586,7 @@ class Guard:
         decision: Decision,
         call: Call | None,
     ) -> NoReturn:
-        scrubbed = self._redactors.get(tool, self.redactor).scrub(decision.reason)
+        scrubbed = self._redactor(tool).scrub(decision.reason)
         reason = clip(scrubbed, MAX_REASON_CHARS)
         error = PolicyDenied(reason, tool=tool, task_id=session.task_id, rule=decision.rule)
         self._audit_denial(session, tool, args, cid, now, error, call)
@@ -601,7 +601,7 @@ class Guard:
         error: PolicyDenied,
         call: Call | None = None,
     ) -> NoReturn:
-        redactor = self._redactors.get(tool, self.redactor)
+        redactor = self._redactor(tool)
         args_json, args_sha = redactor(args)
         self.store.append(
             self._event(
@@ -623,8 +623,12 @@ class Guard:
         )
         raise error
 
+    def _redactor(self, tool: str) -> Redactor:
+        """The tool's redaction rules (its own ``redact`` keys and patterns), else the guard's."""
+        return self._redactors.get(tool, self.redactor)
+
     def _describe(self, error: BaseException, permit: Permit) -> str:
-        redactor = self._redactors.get(permit.call.tool, self.redactor)
+        redactor = self._redactor(permit.call.tool)
         return _describe(error, permit.credential, scrub=redactor.scrub)
 
     @staticmethod

@@ -1042,12 +1042,12 @@ def existing_trail(store: Store, checkpoints: str | os.PathLike[str]) -> str | N
     if not path.is_file():  # none yet (or not a database: the store reports that on use)
         return None
     try:
-        row = store.conn.execute("SELECT COUNT(*) FROM (SELECT 1 FROM events LIMIT 1)").fetchone()
-    except (sqlite3.Error, AuditError):
+        head = store.head()
+    except AuditError:
         # an unreadable database fails every guarded call on its own (AuditError, nothing
         # runs); a key created now is refused later by the checkpoints it did not sign
         return None
-    return f"the audit trail {path}" if row and row[0] else None
+    return f"the audit trail {path}" if head is not None else None
 
 
 def guard_keys(config: GuardConfig, store: Store) -> KeyRing:
@@ -1060,11 +1060,19 @@ def guard_keys(config: GuardConfig, store: Store) -> KeyRing:
     if issuer.key:
         keys = KeyRing.from_pem(issuer.key.get_secret_value())
     else:
-        keys = KeyRing.load(
-            config.resolve_path(issuer.key_file),
-            algorithm=issuer.algorithm,
-            existing_trail=lambda: existing_trail(store, checkpoints),
-        )
+        path = config.resolve_path(issuer.key_file)
+        if not os.path.lexists(path):
+            trail = existing_trail(store, checkpoints)
+            if trail:
+                raise AuditError(
+                    f"the signing key file {path} does not exist, but {trail} already exists "
+                    "and was signed with a key: a new key is never created silently next to "
+                    "an existing trail (its checkpoints could no longer be checked). Restore "
+                    "the key file from a backup; or create a new key with `toolguard keys "
+                    "create` and acknowledge the change with `toolguard audit acknowledge "
+                    "--key-change --by NAME --reason TEXT`"
+                )
+        keys = KeyRing.load(path, algorithm=issuer.algorithm)
     Integrity(store, keys=keys, checkpoints=checkpoints).check_continuity()
     return keys
 

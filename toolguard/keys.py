@@ -25,7 +25,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from toolguard.errors import AuditError, ConfigError, CredentialError
+from toolguard.errors import ConfigError, CredentialError
 from toolguard.numbers import is_finite_number
 
 __all__ = [
@@ -238,32 +238,19 @@ class KeyRing:
         algorithm: Algorithm | None = None,
         create: bool = True,
         now: float | None = None,
-        existing_trail: Callable[[], str | None] | None = None,
     ) -> KeyRing:
         """Load the PEM key at ``key_file`` and its retired keys still within ``keep_until``
         (older retired keys are kept in ``archived``, for checkpoint signatures only).
 
         A missing file is created (``algorithm``, default EdDSA; mode 0600, parent dir 0700)
-        when ``create`` is true, unless ``existing_trail`` (called only then) describes an
-        audit trail that the lost key signed: a new key must never appear silently next to
-        it, so that raises :class:`AuditError`. ``algorithm=None`` accepts whatever the file
-        holds; a given algorithm must match it. Loose permissions or a garbled file raise
-        :class:`CredentialError`.
+        when ``create`` is true (a guard first checks that no audit trail signed by a lost key
+        is there: :func:`toolguard.integrity.guard_keys`). ``algorithm=None`` accepts whatever
+        the file holds; a given algorithm must match it. Loose permissions or a garbled file
+        raise :class:`CredentialError`.
         """
         if algorithm is not None:
             _check_algorithm(algorithm)
         path = Path(os.fspath(key_file))
-        if create and existing_trail is not None and not os.path.lexists(path):
-            trail = existing_trail()
-            if trail:
-                raise AuditError(
-                    f"the signing key file {path} does not exist, but {trail} already exists "
-                    "and was signed with a key: a new key is never created silently next to "
-                    "an existing trail (its checkpoints could no longer be checked). Restore "
-                    "the key file from a backup; or create a new key with `toolguard keys "
-                    "create` and acknowledge the change with `toolguard audit acknowledge "
-                    "--key-change --by NAME --reason TEXT`"
-                )
         active = _load_or_create(path, algorithm or "EdDSA", create=create)
         if algorithm is not None and active.algorithm != algorithm:
             raise CredentialError(

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_DURATION",
     "MAX_TIMESTAMP",
     "check_timestamp",
+    "is_timestamp",
     "finite_number",
     "is_finite_number",
 ]
@@ -71,9 +72,15 @@ def finite_number(
     return number
 
 
+def is_timestamp(value: object) -> bool:
+    """Whether ``value`` is a Unix time in seconds toolguard accepts (finite, from 0 to
+    :data:`MAX_TIMESTAMP`, not a bool)."""
+    return is_finite_number(value) and 0 < float(value) < MAX_TIMESTAMP  # type: ignore[arg-type]
+
+
 def check_timestamp(value: object, what: str = "the clock") -> float:
     """A clock value (Unix seconds) as a float, or :class:`ValueError` naming ``what``."""
-    if not is_finite_number(value) or not 0 < float(value) < MAX_TIMESTAMP:  # type: ignore[arg-type]
+    if not is_timestamp(value):
         raise ValueError(
             f"{what} returned {_show(value)}, which is not a Unix time in seconds (a finite "
             f"number between 0 and {MAX_TIMESTAMP:g}); fix the clock= callable"

@@ -29,7 +29,7 @@ from typing import Any
 from ..budget import Settlement, Spend
 from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
 from ..errors import AuditError, BudgetExceeded, PolicyDenied
-from ..numbers import MAX_COST, MAX_TIMESTAMP, is_finite_number
+from ..numbers import MAX_COST, is_finite_number, is_timestamp
 from .budgets import INSERT_TALLY, Anomaly, Charge, charge, settle
 from .queries import Queries
 from .schema import check_pages, create_schema
@@ -921,10 +921,7 @@ class Store(Queries):
             " OR (scope = 'identity' AND value = ? AND ts >= ?) LIMIT 1",
             (jti, *ids, identity, issued_at),
         )
-        row = (rows[0]["scope"], rows[0]["reason"]) if rows else None
-        if row is None:
-            return None
-        return f"{row[0]} revoked: {row[1]}"
+        return f"{rows[0]['scope']} revoked: {rows[0]['reason']}" if rows else None
 
 
 def _identity(path: Path, *, missing_ok: bool = False) -> tuple[int, int] | None:
@@ -961,7 +958,7 @@ def _fallback(
     system clock's), no settlement, and the reason in its ``error``."""
     why = f"{type(exc).__name__}: {exc}"[:300]
     if isinstance(item, PendingEnd):
-        now = item.now if _sane_time(item.now) else time.time()
+        now = item.now if is_timestamp(item.now) else time.time()
         events = [
             {
                 **{k: v for k, v in e.items() if k in _END_KEYS},
@@ -981,7 +978,7 @@ def _fallback(
     return PendingOutcome(
         {
             **{k: v for k, v in event.items() if k in _OUTCOME_KEYS},
-            "ts": ts if _sane_time(ts) else time.time(),
+            "ts": ts if is_timestamp(ts) else time.time(),
             "cost": None,
             "duration_ms": None,
             "error": "; ".join(
@@ -1000,7 +997,3 @@ _OUTCOME_KEYS = frozenset(
     | {"correlation_id", "outcome", "decision", "reason", "rule"}
 )
 _END_KEYS = frozenset({"kind", "task_id", "identity", "intent", "outcome", "reason", "rule"})
-
-
-def _sane_time(value: object) -> bool:
-    return is_finite_number(value) and 0 < float(value) < MAX_TIMESTAMP  # type: ignore[arg-type]
