@@ -12,7 +12,7 @@ no framework is imported here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic_core import to_jsonable_python
@@ -77,21 +77,24 @@ def task_params(
     intent: str,
     *,
     given: Mapping[str, Any],
-    context: Any,
+    contexts: Sequence[Any],
     parent: TaskSession | None,
     where: str,
     how: str,
 ) -> dict[str, Any]:
     """The intent's template parameters for one run: each from ``given`` (the adapter's
-    ``params=``), else the run's ``context`` (a key of a mapping or an attribute), else the
-    ``parent`` task's. A missing required one is a :class:`ConfigError` that says ``how`` to
-    pass it; ``where`` names the adapter in the unknown-intent error."""
+    ``params=``), else the first of the run's ``contexts`` that has it (a key of a mapping or
+    an attribute), else the ``parent`` task's. A missing required one is a
+    :class:`ConfigError` that says ``how`` to pass it; ``where`` names the adapter in the
+    unknown-intent error."""
     required, optional = template_parameters(guard.config, intent, where=where)
     params: dict[str, Any] = {}
     missing: list[str] = []
     for name in (*required, *optional):
         value = given.get(name)
-        if value is None:
+        for context in contexts:
+            if value is not None:
+                break
             value = _lookup(context, name)
         if value is None and parent is not None:
             value = parent.params.get(name)

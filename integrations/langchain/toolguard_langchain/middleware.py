@@ -48,8 +48,9 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from typing_extensions import NotRequired
 
-from toolguard import AuditError, ConfigError, Guard, GuardedTool, PolicyDenied, TaskSession
+from toolguard import AuditError, Guard, GuardedTool, PolicyDenied, TaskSession
 from toolguard._langchain_compat import is_invalid_resume, var_child_runnable_config
+from toolguard.adapters import task_params
 from toolguard.context import task_var
 from toolguard.engine import OnDeny, Permit
 from toolguard.intent import template_parameters
@@ -179,10 +180,8 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         self.delegate = delegate
         self.on_deny: OnDeny = on_deny
         self.tools: list[BaseTool] = []
-        self._required: tuple[str, ...] = ()
-        self._optional: tuple[str, ...] = ()
-        if intent is not None:
-            self._required, self._optional = _parameters(guard, intent)
+        if intent is not None:  # an unknown intent is a ConfigError now
+            template_parameters(guard.config, intent, where="GuardMiddleware")
         self._sessions: dict[str, TaskSession] = {}
         self._lock = threading.Lock()
         self._twins: dict[int, tuple[BaseTool, GuardedTool]] = {}
@@ -209,7 +208,16 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         if config is None:
             config = var_child_runnable_config.get() or {}
         parent = task_var.get() if self.delegate else None
-        params = self._resolve(runtime.context, config.get("configurable") or {}, parent)
+        params = task_params(
+            self.guard,
+            self.intent,
+            given=self.params,
+            contexts=(runtime.context, config.get("configurable") or {}),
+            parent=parent,
+            where="GuardMiddleware",
+            how="config={{'configurable': {{{first}: ...}}}}, in the run's context, or as "
+            "GuardMiddleware(params=...)",
+        )
         if parent is not None:
             session = parent.delegate(self.intent, **params)
         else:
@@ -250,33 +258,6 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
     async def aafter_agent(self, state: GuardState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         """Async twin of :meth:`after_agent`."""
         return self.after_agent(state, runtime)
-
-    def _resolve(
-        self, context: Any, configurable: Mapping[str, Any], parent: TaskSession | None
-    ) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        missing: list[str] = []
-        for name in (*self._required, *self._optional):
-            value = self.params.get(name)
-            if value is None:
-                value = _lookup(context, name)
-            if value is None:
-                value = configurable.get(name)
-            if value is None and parent is not None:
-                value = parent.params.get(name)
-            if value is not None:
-                params[name] = value
-            elif name in self._required:
-                missing.append(name)
-        if missing:
-            names = ", ".join(repr(m) for m in missing)
-            raise ConfigError(
-                f"intent '{self.intent}' needs the task parameter(s) {names}; pass them as "
-                f"config={{'configurable': {{{missing[0]!r}: ...}}}}, in the run's context, or "
-                "as GuardMiddleware(params=...)",
-                problems=[(f"params.{m}", "missing task parameter") for m in missing],
-            )
-        return params
 
     def _prune(self) -> None:
         """Forget ended tasks; end the ones past their TTL (the last resort)."""
@@ -560,16 +541,3 @@ def _reset(token: contextvars.Token[TaskSession | None] | None) -> None:
 def _task_id(state: Any) -> str | None:
     value = state.get(STATE_KEY) if isinstance(state, Mapping) else getattr(state, STATE_KEY, None)
     return value if isinstance(value, str) and value else None
-
-
-def _lookup(context: Any, name: str) -> Any:
-    if context is None:
-        return None
-    if isinstance(context, Mapping):
-        return context.get(name)
-    return getattr(context, name, None)
-
-
-def _parameters(guard: Guard, intent: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The intent's required template parameters (patterns) and optional ones (purpose)."""
-    return template_parameters(guard.config, intent, where="GuardMiddleware")

@@ -256,7 +256,7 @@ class GuardedRunner:
             self.guard,
             intent,
             given=values,
-            context=context,
+            contexts=(context,),
             parent=parent,
             where="GuardedRunner",
             how="GuardedRunner(params=...), run(..., params={{{first}: ...}}) or in the run's "

@@ -203,7 +203,7 @@ class GuardedAgent(WrapperAgent[Any, Any]):
             self.guard,
             intent,
             given=self.params,
-            context=deps,
+            contexts=(deps,),
             parent=parent,
             where="GuardedAgent",
             how="GuardedAgent(params={{{first}: ...}}) or in the run's deps= (a key or an "
