@@ -686,11 +686,12 @@ def _task_budgets(
             )
             limits = [("max_calls", None), ("max_cost", None)]
             limits += [(f"per_tool.{t}", None) for t in tools]
-        rows = []
-        for name, limit in limits:  # a task with no call (and no child here) spent 0
-            spent = 0.0 if idle else audit.store.task_spent(task_id, name) / COST_RESOLUTION
-            rows.append((name, None if limit is None else float(limit), spent))
-        out[task_id] = rows
+        # a task with no call (and no child here) spent 0: no read
+        spent = {} if idle else audit.store.task_spent(task_id, [n for n, _ in limits])
+        out[task_id] = [
+            (name, None if limit is None else float(limit), spent.get(name, 0) / COST_RESOLUTION)
+            for name, limit in limits
+        ]
     return out
 
 

@@ -54,7 +54,7 @@ from ..budget import (
     to_units,
 )
 from ..errors import BudgetExceeded
-from .tasks import TaskBudgets, TaskCheck, spent_from_trail
+from .tasks import TaskBudgets, TaskCheck, spent_on, trail_calls
 
 if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import pydantic
     from ..config import Budget
@@ -634,11 +634,12 @@ def usage(
     ``budget`` gives the layout of the task's row)."""
     out: dict[str, float] = {}
     if task_id is not None and budget is not None:
+        calls = trail_calls(conn, task_id)  # one read for every limit of the task
         for name in task_slots(budget):
             label = {"calls": "max_calls", "cost": "max_cost"}.get(name) or name.replace(
                 "tool:", "per_tool.", 1
             ).replace("op:", "per_operation.", 1)
-            used = spent_from_trail(conn, task_id, label)
+            used = spent_on(calls, label)
             out[f"task.{label}"] = used / _M if name == "cost" else used // _M
     if identity is not None:
         now_us = max(1, round(now * _US))

@@ -141,18 +141,19 @@ class Queries:
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit database {self.path}: {exc}") from exc
 
-    def task_spent(self, task_id: str, label: str) -> int:
-        """What a task and its delegated tasks spent of one budget (``max_calls``,
-        ``per_tool.kv_set``, ...), in budget units, counted from the trail as the guard counts
-        it (:func:`toolguard.store.tasks.spent_from_trail`)."""
-        from .tasks import spent_from_trail
+    def task_spent(self, task_id: str, labels: Sequence[str]) -> dict[str, int]:
+        """What a task and its delegated tasks spent of each budget in ``labels``
+        (``max_calls``, ``per_tool.kv_set``, ...), in budget units, counted from the trail as
+        the guard counts it (:func:`toolguard.store.tasks.spent_from_trail`), in one read."""
+        from .tasks import spent_on, trail_calls
 
         try:
-            return spent_from_trail(self.conn, task_id, label)
+            calls = trail_calls(self.conn, task_id)
         except sqlite3.Error as exc:
             raise AuditError(
                 f"cannot read the task budgets from the audit database {self.path}: {exc}"
             ) from exc
+        return {label: spent_on(calls, label) for label in labels}
 
     # -- events -------------------------------------------------------------------------------
 

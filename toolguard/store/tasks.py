@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from ..budget import COST_RESOLUTION, Spend, to_units
 
-__all__ = ["TaskBudgets", "TaskCheck", "spent_from_trail"]
+__all__ = ["TaskBudgets", "TaskCheck", "spent_from_trail", "spent_on", "trail_calls"]
 
 _M = COST_RESOLUTION
 
@@ -46,6 +46,13 @@ def spent_from_trail(conn: sqlite3.Connection, task_id: str, label: str) -> int:
     ``per_tool.<tool>``, ``per_operation.<op>``, ``max_cost``), counted from the committed
     trail in micro-units: every ``request``, except calls that did not run for lack of a
     credential; the cost an ``outcome`` settled, else the estimate of the ``request``."""
+    return spent_on(trail_calls(conn, task_id), label)
+
+
+def trail_calls(conn: sqlite3.Connection, task_id: str) -> list[tuple[str, str, float]]:
+    """The calls a task and its descendants made, from the committed trail (one query):
+    ``(tool, operation, cost)`` of each call that ran, its cost as its ``outcome`` settled it,
+    else the estimate of its ``request``."""
     calls: dict[str, tuple[str, str, float]] = {}
     for kind, jti, tool, operation, cost, outcome in conn.execute(_TRAIL, (task_id,)):
         if kind == "request":
@@ -56,13 +63,18 @@ def spent_from_trail(conn: sqlite3.Connection, task_id: str, label: str) -> int:
             else:
                 tool, operation, _ = calls[jti]
                 calls[jti] = (tool, operation, cost or 0.0)
+    return list(calls.values())
+
+
+def spent_on(calls: Sequence[tuple[str, str, float]], label: str) -> int:
+    """What ``calls`` (:func:`trail_calls`) spent on one limit, in micro-units."""
     what, _, name = label.partition(".")
     if what == "max_cost":
-        return sum(to_units(cost) for _, _, cost in calls.values())
+        return sum(to_units(cost) for _, _, cost in calls)
     if what == "per_tool":
-        return sum(_M for tool, _, _ in calls.values() if tool == name)
+        return sum(_M for tool, _, _ in calls if tool == name)
     if what == "per_operation":
-        return sum(_M for _, operation, _ in calls.values() if operation == name)
+        return sum(_M for _, operation, _ in calls if operation == name)
     return _M * len(calls)
 
 
