@@ -98,11 +98,12 @@ def revoke_cmd(
     obj = _obj()
     config = _load(config_path)
     viewer = obj.viewer()
-    with _log(db_path, config):  # refuse a missing or foreign database before writing
-        pass
     target = {"task_id": task, "identity": identity, "jti": jti}
     if config is not None and db_path is None:
         from ..engine import Guard
+
+        with _log(db_path, config):  # refuse a missing database before the guard creates one
+            pass
 
         with Guard(config, clock=obj.clock) as guard:
             result = guard.revoke(**target, reason=reason, disable=disable, by="cli")
@@ -142,10 +143,11 @@ def enable_cmd(
     IDENTITY must be in the config or the trail; one that is not disabled is left alone."""
     obj = _obj()
     config = _load(config_path)
-    with _log(db_path, config):  # refuse a missing or foreign database before writing
-        pass
     if config is not None and db_path is None:
         from ..engine import Guard
+
+        with _log(db_path, config):  # refuse a missing database before the guard creates one
+            pass
 
         with Guard(config, clock=obj.clock) as guard:
             result = guard.enable(identity, reason=reason)
