@@ -32,7 +32,14 @@ from typing import IO, TYPE_CHECKING, Any
 from .audit import AuditEvent, AuditLog, Summary, Usage
 from .budget import COST_RESOLUTION
 from .chain import EVENT_FIELDS
-from .formatting import TIMELINE_HEADERS, format_cost, format_duration, format_time, plural
+from .formatting import (
+    TIMELINE_HEADERS,
+    event_result,
+    format_cost,
+    format_duration,
+    format_time,
+    plural,
+)
 from .text import printable
 
 if TYPE_CHECKING:
@@ -386,37 +393,9 @@ def _chart_svg(
     )
 
 
-def _detail(row: Mapping[str, Any]) -> tuple[str, Any]:
-    kind = str(row.get("kind"))
-    if kind == "request":
-        return str(row.get("result") or "incomplete"), row.get("error") or row.get("reason") or ""
-    if kind == "denied":
-        return "DENIED", f"{row.get('reason')} [{row.get('rule')}]"
-    if kind == "task_end":
-        return str(row.get("outcome") or "ended"), row.get("reason") or ""
-    if kind == "task_start":
-        return "started", row.get("reason") or ""
-    if kind == "task_resume":
-        return "resumed", row.get("reason") or ""
-    if kind == "revoke":
-        by = f" by {row['by']}" if row.get("by") else ""
-        result = {"failed": "revoke failed", "not-revocable": "not revocable"}.get(
-            str(row.get("decision")), "revoked"
-        )
-        return result, f"{row.get('reason')} [{row.get('rule')}{by}]"
-    if kind == "enable":
-        return "enabled", f"{row.get('reason')} [{row.get('rule')}]"
-    if kind == "acknowledge":
-        return "acknowledged", f"{row.get('operation')}: {row.get('reason')}"
-    return (
-        str(row.get("outcome") or row.get("decision") or "-"),
-        row.get("error") or row.get("reason") or "",
-    )
-
-
 def _timeline_row(row: Mapping[str, Any]) -> str:
     kind = str(row.get("kind"))
-    result, detail = _detail(row)
+    result, detail = event_result(row)
     cls = {
         "DENIED": "deny",
         "error": "err",

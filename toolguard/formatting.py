@@ -6,9 +6,19 @@ works without the command line's dependencies; :mod:`toolguard.viewer` re-export
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
+from typing import Any
 
-__all__ = ["TIMELINE_HEADERS", "format_cost", "format_duration", "format_time", "plural"]
+__all__ = [
+    "TIMELINE_HEADERS",
+    "event_result",
+    "format_cost",
+    "format_duration",
+    "format_time",
+    "plural",
+    "revoke_result",
+]
 
 TIMELINE_HEADERS = (
     "time", "kind", "tool", "op", "resources", "result", "jti", "duration", "cost", "detail",
@@ -59,3 +69,37 @@ def format_cost(cost: float | None) -> str:
     if not cost:
         return "-"
     return f"{float(cost):.4f}".rstrip("0").rstrip(".")
+
+
+def revoke_result(decision: object) -> str:
+    """A revocation's result: a broker's failed or impossible revocation must not read as done."""
+    if decision == "failed":
+        return "revoke failed"
+    if decision == "not-revocable":
+        return "not revocable"
+    return "revoked"
+
+
+def event_result(row: Mapping[str, Any]) -> tuple[str, str]:
+    """The ``result`` and ``detail`` columns of a timeline row (``audit show`` and the HTML
+    export): one reading of every kind of event."""
+    kind = str(row.get("kind"))
+    reason = str(row.get("reason") or "")
+    if kind == "request":
+        return str(row.get("result") or "incomplete"), str(row.get("error") or reason)
+    if kind == "denied":
+        return "DENIED", f"{row.get('reason')} [{row.get('rule')}]"
+    if kind == "task_end":
+        return str(row.get("outcome") or "ended"), reason
+    if kind == "task_start":
+        return "started", reason
+    if kind == "task_resume":
+        return "resumed", reason
+    if kind == "revoke":
+        by = f" by {row['by']}" if row.get("by") else ""
+        return revoke_result(row.get("decision")), f"{row.get('reason')} [{row.get('rule')}{by}]"
+    if kind == "enable":
+        return "enabled", f"{row.get('reason')} [{row.get('rule')}]"
+    if kind == "acknowledge":
+        return "acknowledged", f"{row.get('operation')}: {row.get('reason')}"
+    return str(row.get("outcome") or row.get("decision") or "-"), str(row.get("error") or reason)

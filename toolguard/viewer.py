@@ -29,7 +29,14 @@ except ImportError as exc:
     raise
 
 from .audit import AuditEvent, Summary, UsageRow
-from .formatting import TIMELINE_HEADERS, format_cost, format_duration, format_time, plural
+from .formatting import (
+    TIMELINE_HEADERS,
+    event_result,
+    format_cost,
+    format_duration,
+    format_time,
+    plural,
+)
 from .integrity import VerifyReport
 from .store import PruneResult
 from .text import printable
@@ -535,33 +542,9 @@ def _resources(value: Any) -> str:
 
 def _timeline_cells(row: Mapping[str, Any]) -> list[tuple[str, str | None]]:
     kind = str(row.get("kind"))
-    result: str = "-"
-    detail = ""
-    if kind == "request":
-        result = str(row.get("result") or "incomplete")
-        detail = str(row.get("error") or row.get("reason") or "")
-    elif kind == "outcome":
-        result = str(row.get("outcome") or "-")
-        detail = str(row.get("error") or row.get("reason") or "")
-    elif kind == "denied":
-        result = "DENIED"
-        detail = f"{row.get('reason')} [{row.get('rule')}]"
-    elif kind == "task_start":
-        result = "started"
-        detail = " ".join(p for p in (str(row.get("reason") or ""), _params(row.get("args"))) if p)
-    elif kind == "task_resume":
-        result = "resumed"
-        detail = str(row.get("reason") or "")
-    elif kind == "task_end":
-        result = str(row.get("outcome") or "ended")
-        detail = str(row.get("reason") or "")
-    elif kind == "revoke":
-        result = _revoke_result(row.get("decision"))
-        by = f" by {row['by']}" if row.get("by") else ""
-        detail = f"{row.get('reason')} [{row.get('rule')}{by}]"
-    else:
-        result = str(row.get("outcome") or row.get("decision") or "-")
-        detail = str(row.get("reason") or "")
+    result, detail = event_result(row)
+    if kind == "task_start":  # the terminal shows the task's parameters with its start
+        detail = " ".join(p for p in (detail, _params(row.get("args"))) if p)
     style = "bold red" if kind == "denied" else _RESULT_STYLES.get(result)
     return [
         (format_time(row.get("ts"), clock_only=True), None),
@@ -577,15 +560,6 @@ def _timeline_cells(row: Mapping[str, Any]) -> list[tuple[str, str | None]]:
     ]
 
 
-def _revoke_result(decision: object) -> str:
-    """A revocation's result: a broker's failed or impossible revocation must not read as done."""
-    if decision == "failed":
-        return "revoke failed"
-    if decision == "not-revocable":
-        return "not revocable"
-    return "revoked"
-
-
 def _event_cells(e: AuditEvent, *, short: bool) -> list[tuple[str, str | None]]:
     if e.kind == "denied":
         result, detail = "DENIED", f"{e.reason} [{e.rule}]"
@@ -596,14 +570,8 @@ def _event_cells(e: AuditEvent, *, short: bool) -> list[tuple[str, str | None]]:
         )
     elif e.kind == "request":
         result, detail = e.decision or "allow", f"jti {_short(e.jti, 8)}"
-    elif e.kind == "task_end":
-        result, detail = e.outcome or "ended", e.reason or ""
-    elif e.kind == "revoke":
-        result, detail = _revoke_result(e.decision), f"{e.reason} [{e.rule}]"
-    elif e.kind == "enable":
-        result, detail = "enabled", f"{e.reason} [{e.rule}]"
     else:
-        result, detail = e.decision or "-", e.reason or ""
+        result, detail = event_result(e.to_dict())
     style = "bold red" if e.kind == "denied" else _RESULT_STYLES.get(result)
     return [
         (str(e.seq), "dim"),
