@@ -49,7 +49,6 @@ __all__ = [
     "format_path",
     "load_config",
     "parse_duration",
-    "placeholders",
     "reference_problems",
     "substitute_env",
 ]
@@ -60,11 +59,6 @@ Operation = str
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 OPERATION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 """What an operation's name may be (``read``, ``write``, ``delete``, ``approve-payment``)."""
-
-
-def placeholders(template: str) -> list[str]:
-    """The placeholder names of ``template``, in order (``"a:{x}:{y}"`` -> ``["x", "y"]``)."""
-    return PLACEHOLDER.findall(template)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

@@ -171,10 +171,10 @@ def check_config(
     (bad encoding, a syntax error, a file over 1 MiB) is a finding.
     """
     if isinstance(source, Mapping):
-        return _Checker(None, None, None).run(dict(source), warnings=warnings)
+        return _Checker(None, None).run(dict(source), warnings=warnings)
     path = Path(source)
     file = str(path)
-    checker = _Checker(file, str(path.resolve().parent), None)
+    checker = _Checker(file, str(path.resolve().parent))
     text = _read(path, checker)
     if text is None:
         return checker.report()
@@ -389,10 +389,10 @@ class _Marks:
 
 
 class _Checker:
-    def __init__(self, file: str | None, base_dir: str | None, marks: _Marks | None) -> None:
+    def __init__(self, file: str | None, base_dir: str | None) -> None:
         self.file = file
         self.base_dir = base_dir
-        self.marks = marks
+        self.marks: _Marks | None = None  # set by the YAML/JSON reader
         self.found: list[_Found] = []
         self.config: GuardConfig | None = None
         self.data: Any = None
@@ -446,8 +446,11 @@ class _Checker:
                     continue
                 msg, code = err["msg"], "invalid"
                 if err["type"] == "extra_forbidden":
-                    msg, code, on_key = "unknown key; remove it or check its spelling", "", True
-                    code = "unknown-key"
+                    msg, code, on_key = (
+                        "unknown key; remove it or check its spelling",
+                        "unknown-key",
+                        True,
+                    )
                     near = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1)
                     if near:
                         msg = f"unknown key (did you mean {near[0]!r}?); remove it or fix it"
@@ -576,12 +579,16 @@ def _covered(pattern: str) -> str:
 def _glob(pattern: str) -> list[str | None]:
     """A pattern as symbols for :func:`_intersect`; a placeholder (any value) is a wildcard."""
     out: list[str | None] = []
-    for part in re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\}|\*)", pattern):
+    for part in re.split(f"({_PLACEHOLDER_ANY}|\\*)", pattern):
         if part == "*" or PLACEHOLDER.fullmatch(part):
             out.append(None)
         else:
             out.extend(part)
     return out
+
+
+_PLACEHOLDER_ANY = PLACEHOLDER.pattern.replace("(", "(?:", 1)
+"""The placeholder pattern without its capturing group (for :func:`re.split`)."""
 
 
 def _intersect(a: list[str | None], b: list[str | None]) -> bool:
