@@ -372,15 +372,22 @@ def _log(
     config: GuardConfig | None,
     *,
     write: bool = False,
+    create: bool = False,
     keys: KeyRing | PublicKeys | None = None,
     checkpoints: Path | None = None,
 ) -> Iterator[AuditLog]:
+    """The audit log of the command's database; ``write`` opens it writable (after checking
+    it is a toolguard trail: a writable store would create or migrate the file), ``create``
+    (with ``write``) starts a missing database anew instead of refusing it."""
     obj = _obj()
     path = resolve_db(db_path, config)
-    store = _checked_store(path, obj, _db_source(db_path, config))
-    if write:  # checked first: a writable store would create or migrate the file
-        store.close()
+    if write and create and not path.exists():
         store = Store(path, clock=obj.clock)
+    else:
+        store = _checked_store(path, obj, _db_source(db_path, config))
+        if write:
+            store.close()
+            store = Store(path, clock=obj.clock)
     if checkpoints is None and config is not None and db_path is None:
         checkpoints = config.checkpoints_path
     try:

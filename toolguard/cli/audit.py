@@ -18,7 +18,6 @@ import click
 from .. import audit as audit_mod
 from ..keys import KeyRing, PublicKeys
 from ..numbers import MAX_COUNT
-from ..store import Store
 from ..viewer import plural
 from ._base import (
     DURATION,
@@ -36,7 +35,6 @@ from ._base import (
     filter_options,
     json_option,
     main,
-    resolve_db,
 )
 
 __all__ = [
@@ -448,31 +446,6 @@ def verify_cmd(
 # -- audit acknowledge --------------------------------------------------------------------------
 
 
-@contextmanager
-def _acknowledge_log(
-    db_path: Path | None,
-    config: Any,
-    keys: KeyRing,
-    checkpoints: Path | None,
-    *,
-    create: bool,
-) -> Iterator[audit_mod.AuditLog]:
-    """The writable trail; with ``create`` (``--truncated``) a deleted database is started
-    anew, since acknowledging that its events are gone is exactly what was asked."""
-    path = resolve_db(db_path, config)
-    if not (create and not path.exists()):
-        with _log(db_path, config, write=True, keys=keys, checkpoints=checkpoints) as log:
-            yield log
-        return
-    if checkpoints is None and config is not None and db_path is None:
-        checkpoints = config.checkpoints_path
-    store = Store(path, clock=_obj().clock)
-    try:
-        yield audit_mod.AuditLog(store, keys=keys, checkpoints=checkpoints)
-    finally:
-        store.close()
-
-
 @audit.command("acknowledge")
 @db_options
 @click.option(
@@ -533,7 +506,9 @@ def acknowledge_cmd(
             "acknowledging signs a gap record with the issuer's key; pass --config or --key-file"
         )
     kinds = [k for k, given in (("truncated", truncated), ("key-change", key_change)) if given]
-    with _acknowledge_log(db_path, config, keys, checkpoints, create=truncated) as log:
+    with _log(
+        db_path, config, write=True, create=truncated, keys=keys, checkpoints=checkpoints
+    ) as log:
         record = log.integrity.acknowledge(kinds, by=by, reason=reason, now=obj.clock())
     viewer = obj.viewer()
     if as_json:
