@@ -43,7 +43,15 @@ from .engine import Guard, OnDeny
 from .errors import AuditError, PolicyDenied
 from .scrub import scrub
 
-__all__ = ["GuardedTool", "RunInterrupted", "ToolDenied", "credential_keys", "guard"]
+__all__ = [
+    "GuardedTool",
+    "RunInterrupted",
+    "ToolDenied",
+    "credential_keys",
+    "guard",
+    "outcome_error",
+    "result_error",
+]
 
 _CALL_ID = "__toolguard_call_id__"
 
@@ -66,7 +74,7 @@ class RunInterrupted(Exception):
         )
 
 
-def _outcome_error(exc: BaseException) -> BaseException:
+def outcome_error(exc: BaseException) -> BaseException:
     """What the trail records for an exception out of a tool: LangGraph control flow
     (``GraphBubbleUp``: an interrupt, a parent command) as :class:`RunInterrupted`."""
     if any(
@@ -75,6 +83,14 @@ def _outcome_error(exc: BaseException) -> BaseException:
     ):
         return RunInterrupted()
     return exc
+
+
+def result_error(result: Any) -> Optional[BaseException]:
+    """What the trail records for what a tool returned: a ``ToolMessage`` with status
+    ``error`` is an error outcome (``None`` otherwise)."""
+    if isinstance(result, ToolMessage) and result.status == "error":
+        return ToolException(str(result.content))
+    return None
 
 
 def credential_keys(tool: BaseTool) -> frozenset[str]:
@@ -107,7 +123,7 @@ def _scrubbed_error(exc: BaseException, credential: Credential) -> BaseException
     still shows the token — a ``ToolException`` for a ``ToolException`` (the tool's error
     handling still applies), never for LangGraph control flow (interrupts keep their type)."""
     scrubbed = scrub_error(exc, credential)
-    if scrubbed is exc or _outcome_error(exc) is not exc:
+    if scrubbed is exc or outcome_error(exc) is not exc:
         return exc
     if isinstance(exc, ToolException):
         return ToolException(str(scrubbed))
@@ -218,7 +234,7 @@ class GuardedTool(BaseTool):
             try:
                 result = inner._run(*args, **kwargs)
             except BaseException as exc:
-                self.guard.finish(permit, error=_outcome_error(exc))
+                self.guard.finish(permit, error=outcome_error(exc))
                 scrubbed = _scrubbed_error(exc, permit.credential)
                 if scrubbed is exc:
                     raise
@@ -254,7 +270,7 @@ class GuardedTool(BaseTool):
                     # run_in_executor copies the context: the task and the credential go along.
                     result = await run_in_executor(None, inner._run, *args, **kwargs)
             except BaseException as exc:
-                self.guard.finish(permit, error=_outcome_error(exc))
+                self.guard.finish(permit, error=outcome_error(exc))
                 scrubbed = _scrubbed_error(exc, permit.credential)
                 if scrubbed is exc:
                     raise
@@ -264,10 +280,7 @@ class GuardedTool(BaseTool):
     def _finished(self, permit: Any, result: Any) -> Any:
         """Record the outcome (a returned error ``ToolMessage`` is an error) and return the
         result without the call's token."""
-        error: Optional[BaseException] = None
-        if isinstance(result, ToolMessage) and result.status == "error":
-            error = ToolException(str(result.content))
-        self.guard.finish(permit, error=error)
+        self.guard.finish(permit, error=result_error(result))
         return scrub(result, call_secrets(permit.credential))
 
     def _authorize(self, args: tuple[Any, ...], kwargs: dict[str, Any], cid: Optional[str]) -> Any:

@@ -42,7 +42,7 @@ from langchain.agents.middleware.types import (
 )
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.tools import BaseTool, ToolException
+from langchain_core.tools import BaseTool
 from langgraph.errors import GraphBubbleUp
 from langgraph.runtime import Runtime
 from langgraph.types import Command
@@ -54,7 +54,7 @@ from toolguard.adapters import task_params
 from toolguard.context import task_var
 from toolguard.engine import OnDeny, Permit
 from toolguard.intent import template_parameters
-from toolguard.tools import RunInterrupted, guarded_twin
+from toolguard.tools import RunInterrupted, guarded_twin, outcome_error, result_error
 
 __all__ = ["STATE_KEY", "GuardMiddleware", "GuardState", "RunInterrupted", "RunScope"]
 
@@ -510,14 +510,10 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         return cached[1]
 
     def _failed(self, permit: Permit, exc: BaseException) -> None:
-        error = RunInterrupted() if isinstance(exc, GraphBubbleUp) else exc
-        self.guard.finish(permit, error=error)
+        self.guard.finish(permit, error=outcome_error(exc))
 
     def _finished(self, permit: Permit, result: ToolMessage | Command[Any]) -> None:
-        error: BaseException | None = None
-        if isinstance(result, ToolMessage) and result.status == "error":
-            error = ToolException(str(result.content))
-        self.guard.finish(permit, error=error)
+        self.guard.finish(permit, error=result_error(result))
 
 
 def _note(exc: BaseException, text: str) -> None:
