@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic_core import to_jsonable_python
 
+from .context import permit_var
 from .credentials import issued_token
-from .errors import ConfigError
+from .errors import ConfigError, CredentialError
 from .intent import template_parameters
 from .scrub import scrub
 
@@ -127,6 +128,21 @@ class CallCredentials(Generic[_Context]):
     def get(self, ctx: _Context) -> Credential | None:
         entry = self._entries.get(id(ctx))
         return entry[1] if entry is not None and entry[0] is ctx else None
+
+    def current(self, ctx: _Context, *, wrapper: str) -> Credential:
+        """The credential of the call running with ``ctx``, else of the call running in this
+        context (``tg.current_credential()``'s); :class:`CredentialError` outside a guarded
+        call, naming ``wrapper``, the adapter function that guards the tools."""
+        credential = self.get(ctx)
+        if credential is not None:
+            return credential
+        permit = permit_var.get()
+        if permit is None:
+            raise CredentialError(
+                "no guarded tool call is running for this context; tool_credential(ctx) works "
+                f"only inside a tool guarded with {wrapper}"
+            )
+        return permit.credential
 
     def drop(self, ctx: _Context) -> None:
         entry = self._entries.get(id(ctx))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextvars
 import copy
 import json
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Union, cast, overload
 
@@ -29,10 +28,9 @@ from agents import FunctionTool, RunContextWrapper, function_tool
 from agents.tool_context import ToolContext
 
 from toolguard import AuditError, Credential, Guard, PolicyDenied
-from toolguard.adapters import call_secrets, scrub_error
+from toolguard.adapters import CallCredentials, call_secrets, scrub_error
 from toolguard.context import permit_var, task_var
 from toolguard.engine import OnDeny, Permit
-from toolguard.errors import CredentialError
 from toolguard.scrub import scrub
 
 from . import _run
@@ -48,9 +46,7 @@ _BIND = "__agents_bind_function_tool__"
 _errors: contextvars.ContextVar[list[BaseException] | None] = contextvars.ContextVar(
     "toolguard_openai_agents_errors", default=None
 )
-_credentials: weakref.WeakKeyDictionary[RunContextWrapper[Any], Credential] = (
-    weakref.WeakKeyDictionary()
-)
+_credentials: CallCredentials[RunContextWrapper[Any]] = CallCredentials()
 
 
 def tool_credential(ctx: RunContextWrapper[Any]) -> Credential:
@@ -62,16 +58,7 @@ def tool_credential(ctx: RunContextWrapper[Any]) -> Credential:
     the same credential; this works from threads that do not carry the context too. Raises
     :class:`~toolguard.CredentialError` outside a guarded call.
     """
-    credential = _credentials.get(ctx)
-    if credential is None:
-        permit = permit_var.get()
-        if permit is None:
-            raise CredentialError(
-                "no guarded tool call is running for this context; tool_credential(ctx) works "
-                "only inside a tool wrapped with toolguard_openai_agents.guard_tools()"
-            )
-        return permit.credential
-    return credential
+    return _credentials.current(ctx, wrapper="toolguard_openai_agents.guard_tools()")
 
 
 class GuardedInvoker:
@@ -135,7 +122,7 @@ class GuardedInvoker:
         credential = permit.credential
         errors: list[BaseException] = []
         errors_token = _errors.set(errors)
-        _credentials[ctx] = credential
+        _credentials.put(ctx, credential)
         try:
             with permit:
                 try:
@@ -147,7 +134,7 @@ class GuardedInvoker:
                         raise scrubbed from None
                     raise
         finally:
-            _credentials.pop(ctx, None)
+            _credentials.drop(ctx)
             _errors.reset(errors_token)
         # A tool error the SDK's failure handling turned into a message for the model.
         self.guard.finish(permit, error=errors[0] if errors else None)

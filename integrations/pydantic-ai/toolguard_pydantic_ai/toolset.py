@@ -33,9 +33,7 @@ from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool, 
 
 from toolguard import AuditError, Credential, Guard, PolicyDenied
 from toolguard.adapters import CallCredentials, call_secrets, policy_value, scrub_error
-from toolguard.context import permit_var
 from toolguard.engine import OnDeny, Permit
-from toolguard.errors import CredentialError
 from toolguard.scrub import scrub
 
 __all__ = [
@@ -72,17 +70,7 @@ def tool_credential(ctx: RunContext[Any]) -> Credential:
     ``tg.current_credential()`` returns the same credential. Raises
     :class:`~toolguard.CredentialError` outside a guarded call.
     """
-    credential = _credentials.get(ctx)
-    if credential is None:
-        permit = permit_var.get()
-        if permit is None:
-            raise CredentialError(
-                "no guarded tool call is running for this context; tool_credential(ctx) works "
-                "only inside a tool of a toolset wrapped with "
-                "toolguard_pydantic_ai.guard_toolset()"
-            )
-        return permit.credential
-    return credential
+    return _credentials.current(ctx, wrapper="toolguard_pydantic_ai.guard_toolset()")
 
 
 @dataclass
