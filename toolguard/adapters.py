@@ -28,9 +28,20 @@ if TYPE_CHECKING:
     from .engine import Guard
     from .task import TaskSession
 
-__all__ = ["CallCredentials", "call_secrets", "policy_value", "scrub_error", "task_params"]
+__all__ = [
+    "DENIED",
+    "CallCredentials",
+    "call_secrets",
+    "policy_value",
+    "scrub_error",
+    "task_params",
+]
 
 _Context = TypeVar("_Context")
+
+DENIED = "Denied by toolguard: "
+"""How the text a model reads for a denied call starts, in every framework (the reason
+follows)."""
 
 
 def policy_value(value: Any) -> Any:

@@ -299,10 +299,10 @@ class Integrity:
         """
         keys = self._signing_keys("writing checkpoints")
         self.store.flush()
-        row = self.store.query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-        if not row:
+        head = self.store.head()
+        if head is None:
             return None
-        seq, digest = int(row[0]["seq"]), str(row[0]["hash"])
+        seq, digest = head
         last = self._last
         if last is not None and last["seq"] == seq and last["hash"] == digest:
             return dict(last)
@@ -576,8 +576,9 @@ class Integrity:
             }
         )
         self.store.flush()
-        row = self.store.query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
-        seq, digest = int(row[0]["seq"]), str(row[0]["hash"])
+        head = self.store.head()
+        assert head is not None  # the acknowledge event was just appended
+        seq, digest = head
         record = sign_gap(
             keys,
             seq,

@@ -37,7 +37,7 @@ from ._langchain_compat import (
     is_injected_arg_type,
     signature_parameters,
 )
-from .adapters import call_secrets, policy_value, scrub_error
+from .adapters import DENIED, call_secrets, policy_value, scrub_error
 from .credentials import Credential
 from .engine import Guard, OnDeny
 from .errors import AuditError, PolicyDenied
@@ -60,7 +60,7 @@ class ToolDenied(ToolException):
     """A denial turned into a tool error: the model reads ``str(exc)`` and the run goes on."""
 
     def __init__(self, denial: PolicyDenied) -> None:
-        super().__init__(f"Denied by toolguard: {denial.reason}")
+        super().__init__(DENIED + denial.reason)
         self.denial = denial
 
 

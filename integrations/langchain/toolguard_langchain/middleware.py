@@ -50,7 +50,7 @@ from typing_extensions import NotRequired
 
 from toolguard import AuditError, Guard, GuardedTool, PolicyDenied, TaskSession
 from toolguard._langchain_compat import is_invalid_resume, var_child_runnable_config
-from toolguard.adapters import task_params
+from toolguard.adapters import DENIED, task_params
 from toolguard.context import task_var
 from toolguard.engine import OnDeny, Permit
 from toolguard.intent import template_parameters
@@ -487,7 +487,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
                 if self.on_deny == "raise":
                     raise
                 message = ToolMessage(
-                    content=f"Denied by toolguard: {denial.reason}",
+                    content=DENIED + denial.reason,
                     status="error",
                     tool_call_id=call.get("id") or "",
                     name=name,

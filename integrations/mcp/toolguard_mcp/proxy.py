@@ -49,6 +49,7 @@ from mcp.shared.session import RequestResponder
 
 import toolguard as tg
 from toolguard import AuditError, Guard, PolicyDenied, TaskSession, ToolGuardError
+from toolguard.adapters import DENIED
 from toolguard.scrub import scrub
 
 __all__ = ["CREDENTIAL_META_KEY", "GuardingProxy", "Upstream", "UpstreamToolError"]
@@ -520,14 +521,14 @@ class GuardingProxy(Server[Any, Any]):
             return _refuse_session(state.start_error)
         if name in self.tools and not await self._upstream_has(state, name):
             return _error_result(
-                f"Denied by toolguard: the upstream MCP server offers no tool '{name}'; the "
+                f"{DENIED}the upstream MCP server offers no tool '{name}'; the "
                 "call was not forwarded"
             )
         try:
             authorize = tg.carry_task(self.guard.authorize, task=state.task)
             permit = authorize(name, arguments, correlation_id=str(request_id))
         except PolicyDenied as denial:
-            return _error_result(f"Denied by toolguard: {denial.reason}")
+            return _error_result(DENIED + denial.reason)
         except ToolGuardError as exc:  # AuditError and the like: nothing ran
             raise _audit_failure(exc) from None
         token = permit.credential.token
@@ -639,7 +640,7 @@ def _audit_failure(exc: BaseException) -> McpError:
 def _refuse_session(error: BaseException) -> ServerResult:
     """Every call of a session whose task could not start: a denial, or a JSON-RPC error."""
     if isinstance(error, PolicyDenied):
-        return _error_result(f"Denied by toolguard: {error.reason}")
+        return _error_result(DENIED + error.reason)
     if isinstance(error, AuditError):
         raise _audit_failure(error)
     raise McpError(

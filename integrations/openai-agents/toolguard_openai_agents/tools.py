@@ -28,7 +28,7 @@ from agents import FunctionTool, RunContextWrapper, function_tool
 from agents.tool_context import ToolContext
 
 from toolguard import AuditError, Credential, Guard, PolicyDenied
-from toolguard.adapters import CallCredentials, call_secrets, scrub_error
+from toolguard.adapters import DENIED, CallCredentials, call_secrets, scrub_error
 from toolguard.context import permit_var, task_var
 from toolguard.engine import OnDeny, Permit
 from toolguard.scrub import scrub
@@ -112,7 +112,7 @@ class GuardedInvoker:
             except PolicyDenied as denial:
                 if self.on_deny == "raise":
                     raise
-                return f"Denied by toolguard: {_run.denial_reason(denial)}"
+                return DENIED + _run.denial_reason(denial)
             return await self._run(permit, ctx, input)
         finally:
             if token is not None:

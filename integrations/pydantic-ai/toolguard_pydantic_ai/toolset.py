@@ -32,7 +32,7 @@ from pydantic_ai.tools import Tool
 from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool, WrapperToolset
 
 from toolguard import AuditError, Credential, Guard, PolicyDenied
-from toolguard.adapters import CallCredentials, call_secrets, policy_value, scrub_error
+from toolguard.adapters import DENIED, CallCredentials, call_secrets, policy_value, scrub_error
 from toolguard.engine import OnDeny, Permit
 from toolguard.scrub import scrub
 
@@ -44,8 +44,6 @@ __all__ = [
     "is_guarded",
     "tool_credential",
 ]
-
-DENIED = "Denied by toolguard: "
 
 
 _credentials: CallCredentials[RunContext[Any]] = CallCredentials()
