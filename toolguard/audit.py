@@ -39,6 +39,10 @@ __all__ = [
     "revoke",
 ]
 
+DISABLED_NOTE = " (identity disabled)"
+"""Ends the ``reason`` of the ``revoke`` event of ``revoke --identity --disable``: how the trail
+(and :meth:`AuditLog.revocations`) tells a disabling apart from a plain revocation."""
+
 log = logging.getLogger("toolguard.audit")
 
 GROUPS = ("identity", "tool")
@@ -462,7 +466,7 @@ class AuditLog:
         disabled = {
             (e.ts, e.identity)
             for e in self.events(kind="revoke", since=since, until=until)
-            if (e.reason or "").endswith("(identity disabled)")
+            if e.rule == "revoke.identity" and (e.reason or "").endswith(DISABLED_NOTE)
         }
         for row in rows:
             row["disabled"] = row["scope"] == "identity" and (row["ts"], row["value"]) in disabled
@@ -697,7 +701,7 @@ def revoke(
         "identity": value if scope == "identity" else None,
         "jti": value if scope == "jti" else None,
         "decision": "revoke",
-        "reason": reason + (" (identity disabled)" if disable else ""),
+        "reason": reason + (DISABLED_NOTE if disable else ""),
         "rule": f"revoke.{scope}",
     }
     return store.revoke(
