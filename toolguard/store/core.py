@@ -598,13 +598,10 @@ class Store(Queries):
                     f"identities.{identity}.disabled to false to re-enable it"
                 )
             else:
-                row = conn.execute(
-                    "SELECT reason FROM identity_state WHERE identity = ? AND disabled = 1",
-                    (identity,),
-                ).fetchone()
-                if row is not None:
+                why = self.identity_disabled(identity)  # on this transaction's connection
+                if why is not None:
                     message = (
-                        f"identity '{identity}' is disabled ({row[0]}); re-enable it with "
+                        f"identity '{identity}' is disabled ({why}); re-enable it with "
                         f"`toolguard enable {identity}`"
                     )
             if message is not None:  # the refusal is audited; the task is not recorded
