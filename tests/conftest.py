@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,6 +76,26 @@ BASE_CONFIG: dict[str, Any] = {
         },
     },
 }
+
+
+_SLOW_MODULE = re.compile(r"^pytestmark = (?:\[[^\]]*?)?pytest\.mark\.slow\b", re.MULTILINE)
+"""A module marked slow as a whole: ``pytestmark = pytest.mark.slow``, or a list holding it."""
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With ``-m "not slow"`` (``make test-fast``), a test module marked slow as a whole is not
+    imported: every one of its tests would be deselected anyway, and every xdist worker would
+    pay for its imports (an SDK, a subprocess harness). ``make test`` and CI collect it."""
+    if config.getoption("markexpr", "") != "not slow":
+        return None
+    name = collection_path.name
+    if not (name.startswith("test_") and name.endswith(".py")):
+        return None
+    try:
+        text = collection_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None  # collected, and its error reported, as usual
+    return True if _SLOW_MODULE.search(text) else None
 
 
 class Clock:

@@ -20,42 +20,56 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("agents")
-pytest.importorskip("toolguard_openai_agents")
-
-from agents import (
-    Agent,
-    FunctionTool,
-    MaxTurnsExceeded,
-    RunContextWrapper,
-    Runner,
-    ToolOutputText,
-    UserError,
-    WebSearchTool,
-    function_tool,
-    set_tracing_disabled,
-)
-from agents.items import ToolCallOutputItem
-from agents.testing import ScriptedModel, assistant_message, function_call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from toolguard_openai_agents import (
-    GuardedRunner,
-    guard_tools,
-    is_guarded,
-    tool_credential,
-)
 
 import toolguard as tg
 
 os.environ.setdefault("OPENAI_API_KEY", "sk-offline-test")  # never used: no network
-set_tracing_disabled(True)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "openai_agents_example.py"
 DOCS = ROOT / "docs" / "agents.md"
 JOB = {"job_id": "42"}
+
+
+pytestmark = pytest.mark.xdist_group("openai-agents")  # one worker imports the SDK (see _sdk)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sdk() -> None:
+    """Import the OpenAI Agents SDK and toolguard_openai_agents into this module when its first
+    test runs, not when pytest collects it: they are the slowest imports of the suite, and with
+    ``make test-fast`` every worker collects every module (``--dist loadgroup`` runs this
+    module's tests on one of them). Skipped where the SDK is not installed."""
+    pytest.importorskip("agents")
+    pytest.importorskip("toolguard_openai_agents")
+    global Agent, FunctionTool, MaxTurnsExceeded, RunContextWrapper, Runner, ToolOutputText
+    global UserError, WebSearchTool, function_tool, ToolCallOutputItem, ScriptedModel
+    global assistant_message, function_call, GuardedRunner, guard_tools, is_guarded
+    global tool_credential
+    from agents import (
+        Agent,
+        FunctionTool,
+        MaxTurnsExceeded,
+        RunContextWrapper,
+        Runner,
+        ToolOutputText,
+        UserError,
+        WebSearchTool,
+        function_tool,
+        set_tracing_disabled,
+    )
+    from agents.items import ToolCallOutputItem
+    from agents.testing import ScriptedModel, assistant_message, function_call
+    from toolguard_openai_agents import (
+        GuardedRunner,
+        guard_tools,
+        is_guarded,
+        tool_credential,
+    )
+
+    set_tracing_disabled(True)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -21,45 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-
-pytest.importorskip("pydantic_ai")
-pytest.importorskip("toolguard_pydantic_ai")
-
-import pydantic_ai.models
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic_ai import (
-    Agent,
-    CallDeferred,
-    DeferredToolRequests,
-    ModelRetry,
-    RunContext,
-    Tool,
-    ToolReturn,
-    UsageLimitExceeded,
-)
-from pydantic_ai.messages import (
-    ModelMessage,
-    ModelRequest,
-    ModelResponse,
-    TextPart,
-    ToolCallPart,
-    ToolReturnPart,
-)
-from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
-from pydantic_ai.models.test import TestModel
-from pydantic_ai.tools import ToolDefinition
-from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool
-from pydantic_ai.usage import UsageLimits
 from pydantic_core import SchemaValidator, core_schema
-from toolguard_pydantic_ai import (
-    GuardedAgent,
-    GuardedToolset,
-    guard_toolset,
-    is_guarded,
-    tool_credential,
-    unguarded_tools,
-)
 
 import toolguard as tg
 
@@ -67,6 +31,57 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pydantic_ai_example.py"
 DOCS = ROOT / "docs" / "agents.md"
 JOB = {"job_id": "42"}
+
+
+pytestmark = pytest.mark.xdist_group("pydantic-ai")  # one worker imports PydanticAI (see _sdk)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sdk() -> None:
+    """Import PydanticAI and toolguard_pydantic_ai into this module when its first test runs,
+    not when pytest collects it: they are among the slowest imports of the suite, and with
+    ``make test-fast`` every worker collects every module (``--dist loadgroup`` runs this
+    module's tests on one of them). Skipped where PydanticAI is not installed."""
+    pytest.importorskip("pydantic_ai")
+    pytest.importorskip("toolguard_pydantic_ai")
+    global pydantic_ai, Agent, CallDeferred, DeferredToolRequests, ModelRetry, RunContext, Tool
+    global ToolReturn, UsageLimitExceeded, ModelMessage, ModelRequest, ModelResponse, TextPart
+    global ToolCallPart, ToolReturnPart, AgentInfo, DeltaToolCall, FunctionModel, TestModel
+    global ToolDefinition, AbstractToolset, FunctionToolset, ToolsetTool, UsageLimits
+    global GuardedAgent, GuardedToolset, guard_toolset, is_guarded, tool_credential
+    global unguarded_tools
+    import pydantic_ai.models
+    from pydantic_ai import (
+        Agent,
+        CallDeferred,
+        DeferredToolRequests,
+        ModelRetry,
+        RunContext,
+        Tool,
+        ToolReturn,
+        UsageLimitExceeded,
+    )
+    from pydantic_ai.messages import (
+        ModelMessage,
+        ModelRequest,
+        ModelResponse,
+        TextPart,
+        ToolCallPart,
+        ToolReturnPart,
+    )
+    from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
+    from pydantic_ai.models.test import TestModel
+    from pydantic_ai.tools import ToolDefinition
+    from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool
+    from pydantic_ai.usage import UsageLimits
+    from toolguard_pydantic_ai import (
+        GuardedAgent,
+        GuardedToolset,
+        guard_toolset,
+        is_guarded,
+        tool_credential,
+        unguarded_tools,
+    )
 
 
 def _close_default_loop() -> None:
