@@ -37,7 +37,7 @@ FAST_TMP ?= $(wildcard /dev/shm)
 
 test-fast: $(STAMP)
 	$(if $(FAST_TMP),TMPDIR=$(FAST_TMP)) PYTHONDONTWRITEBYTECODE= \
-		$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup -o tmp_path_retention_policy=failed
+		$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile -o tmp_path_retention_policy=failed
 
 check: $(STAMP)
 	$(PY) -m ruff check toolguard integrations tests examples benchmarks

@@ -33,14 +33,11 @@ DOCS = ROOT / "docs" / "agents.md"
 JOB = {"job_id": "42"}
 
 
-pytestmark = pytest.mark.xdist_group("openai-agents")  # one worker imports the SDK (see _sdk)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _sdk() -> None:
     """Import the OpenAI Agents SDK and toolguard_openai_agents into this module when its first
     test runs, not when pytest collects it: they are the slowest imports of the suite, and with
-    ``make test-fast`` every worker collects every module (``--dist loadgroup`` runs this
+    ``make test-fast`` every worker collects every module (``--dist loadfile`` runs this
     module's tests on one of them). Skipped where the SDK is not installed."""
     pytest.importorskip("agents")
     pytest.importorskip("toolguard_openai_agents")

@@ -33,14 +33,11 @@ DOCS = ROOT / "docs" / "agents.md"
 JOB = {"job_id": "42"}
 
 
-pytestmark = pytest.mark.xdist_group("pydantic-ai")  # one worker imports PydanticAI (see _sdk)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _sdk() -> None:
     """Import PydanticAI and toolguard_pydantic_ai into this module when its first test runs,
     not when pytest collects it: they are among the slowest imports of the suite, and with
-    ``make test-fast`` every worker collects every module (``--dist loadgroup`` runs this
+    ``make test-fast`` every worker collects every module (``--dist loadfile`` runs this
     module's tests on one of them). Skipped where PydanticAI is not installed."""
     pytest.importorskip("pydantic_ai")
     pytest.importorskip("toolguard_pydantic_ai")
