@@ -160,11 +160,19 @@ class IdentityConfig(_Model):
     limits: IdentityLimits = Field(default_factory=IdentityLimits)
     disabled: bool = False
     """A disabled identity starts no task (see also ``toolguard revoke --identity --disable``)."""
+    approve: dict[Operation, list[str]] = Field(default_factory=dict)
+    """``operation -> resource patterns`` whose calls a person must approve, in every intent of
+    the identity (added to the intent's own ``approve``; never removes one). Each pattern must
+    lie inside the ceiling's ``allow`` for its operation."""
 
-    @field_validator("allow")
+    @field_validator("allow", "approve")
     @classmethod
     def _ops(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         return _check_allow(v)
+
+    @model_validator(mode="after")
+    def _approve_inside_allow(self) -> IdentityConfig:
+        return _check_approve_inside(self, self.approve, self.allow, "the identity's ceiling")
 
 
 class ToolRule(_Model):
@@ -227,11 +235,21 @@ class IntentConfig(_Model):
     budget: Budget = Field(default_factory=Budget)
     ttl: Duration = 900.0
     audience: str | None = None
+    approve: dict[Operation, list[str]] = Field(default_factory=dict)
+    """``operation -> resource patterns``: an allowed call on a matching resource is held until
+    a person approves it (docs/agents.md, "Human approval"). Each pattern must lie inside the
+    intent's ``allow`` for its operation."""
+    approval_ttl: Duration = 1800.0
+    """How long an approval request waits for a decision (and a held call waits for it)."""
 
-    @field_validator("allow")
+    @field_validator("allow", "approve")
     @classmethod
     def _ops(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         return _check_allow(v)
+
+    @model_validator(mode="after")
+    def _approve_inside_allow(self) -> IntentConfig:
+        return _check_approve_inside(self, self.approve, self.allow, "the intent")
 
 
 class GuardConfig(_Model):
@@ -424,6 +442,35 @@ def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
     if problems:
         raise ConfigProblems(problems, relative=True)
     return v
+
+
+def _check_approve_inside(
+    model: Any, approve: dict[str, list[str]], allow: dict[str, list[str]], whose: str
+) -> Any:
+    """An ``approve`` pattern must hold only resources ``allow`` allows for its operation (a
+    rule outside it could never hold a call: a mistake)."""
+    from .intent import pattern_covers  # intent imports this module
+
+    def literal(pattern: str) -> str:  # placeholders compare as the same (unknown) text
+        return PLACEHOLDER.sub(lambda m: "\x00{" + m.group(1) + "}\x01", pattern)
+
+    problems: list[Issue] = []
+    for op, patterns in approve.items():
+        allowed = [literal(p) for p in allow.get(op, [])]
+        for i, pattern in enumerate(patterns):
+            if not any(pattern_covers(a, literal(pattern)) for a in allowed):
+                shown = ", ".join(repr(p) for p in allow.get(op, [])) or "nothing"
+                problems.append(
+                    Issue(
+                        ("approve", op, i),
+                        f"approval rule {op} {pattern!r} is outside what {whose} allows "
+                        f"({op} on {shown}); add it under allow.{op} or remove the rule",
+                        "approve-outside-allow",
+                    )
+                )
+    if problems:
+        raise ConfigProblems(problems, relative=True)
+    return model
 
 
 MAX_CONFIG_BYTES = 1 << 20
