@@ -172,7 +172,8 @@ class IdentityConfig(_Model):
 
     @model_validator(mode="after")
     def _approve_inside_allow(self) -> IdentityConfig:
-        return _check_approve_inside(self, self.approve, self.allow, "the identity's ceiling")
+        _check_approve_inside(self.approve, self.allow, "the identity's ceiling")
+        return self
 
 
 class ToolRule(_Model):
@@ -249,7 +250,8 @@ class IntentConfig(_Model):
 
     @model_validator(mode="after")
     def _approve_inside_allow(self) -> IntentConfig:
-        return _check_approve_inside(self, self.approve, self.allow, "the intent")
+        _check_approve_inside(self.approve, self.allow, "the intent")
+        return self
 
 
 class GuardConfig(_Model):
@@ -445,8 +447,8 @@ def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 def _check_approve_inside(
-    model: Any, approve: dict[str, list[str]], allow: dict[str, list[str]], whose: str
-) -> Any:
+    approve: dict[str, list[str]], allow: dict[str, list[str]], whose: str
+) -> None:
     """An ``approve`` pattern must hold only resources ``allow`` allows for its operation (a
     rule outside it could never hold a call: a mistake)."""
     from .intent import pattern_covers  # intent imports this module
@@ -470,7 +472,6 @@ def _check_approve_inside(
                 )
     if problems:
         raise ConfigProblems(problems, relative=True)
-    return model
 
 
 MAX_CONFIG_BYTES = 1 << 20

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
+from .approval import ApprovalGate, Approver, approved_reason
 from .budget import Settlement, Spend, day_key, plan, task_spends
 from .config import GuardConfig, load_config
 from .context import permit_var, task_var
@@ -39,6 +40,7 @@ from .numbers import MAX_COST, check_timestamp, is_finite_number
 from .policy import Decision, decide, derive_call
 from .redaction import Redactor
 from .store import PendingOutcome, Store
+from .store.approvals import ApprovalRecord
 from .text import (
     MAX_ERROR_CHARS,
     MAX_NAME_CHARS,
@@ -141,12 +143,18 @@ class Guard:
         *,
         clock: Callable[[], float] = time.time,
         providers: Mapping[str, object] | None = None,
+        approver: Approver | None = None,
     ) -> None:
         """``providers`` maps tool names to the credential provider of their calls (an external
         broker, a static secret: a :class:`~toolguard.credentials.CredentialProvider`, or a
         provider of the earlier keyword ``mint`` interface); every other tool gets credentials
-        from the built-in issuer."""
+        from the built-in issuer. ``approver`` decides the calls an ``approve`` rule holds
+        (``approver(request) -> {"approved": bool, "by": str, "note": str}`` or a bool, sync or
+        async); without one they wait for ``toolguard approvals`` or a LangGraph resume
+        (docs/agents.md, "Human approval")."""
         self.config = load_config(config if config is not None else {})
+        self.approvals = ApprovalGate(self, approver)
+        """The approval step of held calls (its ``approver``, the queue, interrupts)."""
         checked = clock if clock is time.time else CheckedClock(clock)
         self.clock: Callable[[], float] = checked
         """The guard's clock; a bad value (nan, inf, not a number) raises AuditError."""
@@ -201,9 +209,12 @@ class Guard:
         source: GuardConfig | Mapping[str, Any] | str | os.PathLike[str],
         *,
         clock: Callable[[], float] = time.time,
+        providers: Mapping[str, object] | None = None,
+        approver: Approver | None = None,
     ) -> Guard:
-        """A guard from a config file (YAML, TOML, JSON), a mapping, or a ``GuardConfig``."""
-        return cls(source, clock=clock)
+        """A guard from a config file (YAML, TOML, JSON), a mapping, or a ``GuardConfig``;
+        every keyword of :class:`Guard` is accepted."""
+        return cls(source, clock=clock, providers=providers, approver=approver)
 
     # -- public API --------------------------------------------------------------------------
 
@@ -375,6 +386,16 @@ class Guard:
         )
         if not decision.allowed:
             self._deny(session, tool, args, cid, now, decision, call)
+        held = bound.held_by(call.operation, call.resources) if bound.approvals else None
+        approval: ApprovalRecord | None = None
+        if held is not None:  # wait for a person; ApprovalDenied (audited) if none approves
+            approval = self.approvals.hold(session, call, held, self._redactor(tool)(args)[0], now)
+            now = self.clock()  # decided again now: the task may have ended while it waited
+            decision = decide(
+                bound, call, ended=session.ended_reason, now=now, deadline=session.deadline
+            )
+            if not decision.allowed:
+                self._deny(session, tool, args, cid, now, decision, call)
         spends: tuple[Spend, ...] = plan(bound, session.task_id, call)
         inherited: list[tuple[Spend, ...]] = []
         parent = session.parent
@@ -396,7 +417,7 @@ class Guard:
             "operation": call.operation,
             "resources": resources_json,
             "decision": "allow",
-            "reason": None,
+            "reason": None if approval is None else approved_reason(approval),
             "rule": "allow",
             "jti": jti,
             "correlation_id": cid,
@@ -435,6 +456,7 @@ class Guard:
             now=now,
             on_denied=denied_event,
             inherited=inherited,
+            precheck=None if approval is None else self.approvals.precheck(approval, tool),
         )
         if denial is not None:
             if denial.ended:  # an on_anomaly revocation ended the identity's tasks

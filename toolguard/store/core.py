@@ -690,6 +690,7 @@ class Store(Queries):
         now: float,
         on_denied: Callable[[PolicyDenied], dict[str, Any]],
         inherited: Sequence[Sequence[Spend]] = (),
+        precheck: Callable[[sqlite3.Connection, float], PolicyDenied | None] | None = None,
     ) -> Denial | None:
         """The pre-call transaction: revocation check, budgets, the request event, the jti.
 
@@ -701,10 +702,16 @@ class Store(Queries):
         nothing spent) when a revocation or a budget refuses. When the identity's attempted
         calls pass its ``on_anomaly`` threshold the identity is revoked in this same
         transaction (its active tasks end, verifiers reject its credentials) and the call is
-        denied.
+        denied. ``precheck(conn, now)``, run first in the transaction, may refuse the call too
+        (an approval already used, see :mod:`toolguard.store.approvals`).
         """
         step = Charge(spends, now)
         with self._write("request") as conn:
+            if precheck is not None:
+                refused_first = precheck(conn, now)
+                if refused_first is not None:
+                    self._append(conn, on_denied(refused_first))
+                    return Denial(refused_first)
             # One read for the revocation check (as ``reason<US>scope``) and every budget.
             revoked = (
                 "(SELECT COALESCE(reason, '') || char(31) || scope FROM revocations"
