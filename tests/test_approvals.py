@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ def approval_config(tmp_path: Path, **intent: Any) -> dict[str, Any]:
 def make(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., tg.Guard]]:
     guards: list[tg.Guard] = []
 
-    def factory(approver: Any = None, **intent: Any) -> tg.Guard:
+    def factory(
+        approver: Any = None, *, clock: Callable[[], float] = clock, **intent: Any
+    ) -> tg.Guard:
         guard = tg.Guard(approval_config(tmp_path, **intent), clock=clock, approver=approver)
         guards.append(guard)
         return guard
@@ -208,3 +211,157 @@ def test_parse_decision_accepts_the_contract_shapes() -> None:
     assert parse_decision(True, default_by="x").approved
     d = parse_decision({"approved": False, "by": "alice", "note": "no"}, default_by="x")
     assert (d.approved, d.by, d.note) == (False, "alice", "no")
+
+
+# -- the store-backed queue and the CLI ---------------------------------------------------------
+
+
+class Waiting:
+    """A held call running in a thread (no approver): its credential id or its error."""
+
+    def __init__(self, guard: tg.Guard, task: tg.TaskSession, tool: str, args: dict[str, Any],
+                 cid: str) -> None:  # fmt: skip
+        self.guard, self.cid = guard, cid
+        self.result: str | None = None
+        self.error: BaseException | None = None
+
+        def call() -> None:
+            try:
+                self.result = task.carry(run)(guard, tool, args, cid)
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=call)
+        self.thread.start()
+        self.task_id = task.task_id
+
+    def request(self) -> Any:
+        """The request once the waiting call has recorded it (polled, no sleeping)."""
+        while True:
+            found = find_requests(self.guard.store, task_id=self.task_id, correlation_id=self.cid)
+            if found:
+                return found[-1]
+            assert self.thread.is_alive(), self.error
+
+    def join(self) -> None:
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "toolguard", *args], capture_output=True, text=True, timeout=60,
+        cwd=cwd, env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_an_approval_from_another_process_lets_the_waiting_call_run(
+    make: Callable[..., tg.Guard],
+) -> None:
+    guard = make(clock=time.time)  # the CLI in another process reads the system clock
+    db = str(guard.config.store_path)
+    with guard.task("process-job", job_id="42") as task:
+        waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "call-7")
+        request = waiting.request()
+        listed = cli("approvals", "list", "--db", db, "--json")
+        assert listed.returncode == 0, listed.stderr
+        (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert row["request_id"] == request.request_id and row["state"] == "pending"
+        assert row["tool"] == "kv_delete" and row["args"] == {"key": "agents:jobs:42:tmp"}
+        done = cli("approvals", "approve", request.request_id[:8], "--db", db, "--by", "alice",
+                   "--note", "checked")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "approved request" in done.stdout
+        waiting.join()
+        assert waiting.error is None and waiting.result
+    order = kinds(guard, task.task_id)
+    assert order[1:5] == ["approval_requested", "approved", "request", "outcome"]
+    again = cli("approvals", "reject", request.request_id, "--db", db, "--by", "bob")
+    assert again.returncode == 1 and "already approved by alice" in again.stdout
+    assert kinds(guard, task.task_id) == order  # nothing changed
+    verify = cli("audit", "verify", "--db", db)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_rejection_from_the_cli_denies_the_waiting_call(
+    make: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    from click.testing import CliRunner
+
+    from toolguard.cli import CliContext, main
+
+    guard = make()
+    db = str(guard.config.store_path)
+    with guard.task("process-job", job_id="42") as task:
+        waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "call-8")
+        request = waiting.request()
+        clock.advance(90)
+        shown = CliRunner().invoke(main, ["approvals", "list", "--db", db],
+                                   obj=CliContext(clock=clock))  # fmt: skip
+        assert "awaiting approval" in shown.output and "1m30s" in shown.output, shown.output
+        show = CliRunner().invoke(main, ["approvals", "show", request.request_id, "--db", db],
+                                  obj=CliContext(clock=clock))  # fmt: skip
+        assert request.digest in show.output and "kv_delete" in show.output
+        done = CliRunner().invoke(
+            main, ["approvals", "reject", request.request_id[:6], "--db", db, "--note", "no"],
+            obj=CliContext(clock=clock),
+        )
+        assert done.exit_code == 0, done.output
+        waiting.join()
+    assert isinstance(waiting.error, tg.ApprovalDenied)
+    assert "rejected by cli: no" in str(waiting.error)
+    assert kinds(guard, task.task_id)[1:4] == ["approval_requested", "rejected", "denied"]
+    empty = CliRunner().invoke(main, ["approvals", "list", "--db", db], obj=CliContext(clock=clock))
+    assert "no approval requests match" in empty.output
+    everything = CliRunner().invoke(main, ["approvals", "list", "--all", "--db", db],
+                                    obj=CliContext(clock=clock))  # fmt: skip
+    assert "rejected" in everything.output
+
+
+def test_an_unanswered_request_expires_and_the_call_is_denied(
+    make: Callable[..., tg.Guard], clock: Clock
+) -> None:
+    from click.testing import CliRunner
+
+    from toolguard.cli import CliContext, main
+
+    guard = make(approval_ttl="10m")
+    db = str(guard.config.store_path)
+    with guard.task("process-job", job_id="42") as task:
+        waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "call-9")
+        request = waiting.request()
+        assert request.expires_at == request.requested_at + 600
+        clock.advance(601)
+        waiting.join()
+        assert isinstance(waiting.error, tg.ApprovalDenied)
+        assert "approval_ttl" in str(waiting.error)
+        late = CliRunner().invoke(
+            main, ["approvals", "approve", request.request_id, "--db", db, "--by", "alice"],
+            obj=CliContext(clock=clock),
+        )
+        assert late.exit_code == 1 and "expired" in late.output
+    order = kinds(guard, task.task_id)
+    assert order[1:4] == ["approval_requested", "approval_expired", "denied"]
+    assert "request" not in order
+
+
+
+
+def test_the_cli_refuses_bad_ids_and_bad_names(make: Callable[..., tg.Guard]) -> None:
+    from click.testing import CliRunner
+
+    from toolguard.cli import main
+
+    guard = make()
+    with guard.task("process-job", job_id="42"):
+        run(guard, "kv_get", {"key": "agents:jobs:42:x"})
+    db = str(guard.config.store_path)
+    for args, message in (
+        (["approvals", "approve", "zz\x1b[2J", "--db", db, "--by", "a"], "not an approval"),
+        (["approvals", "approve", "abcdef", "--db", db, "--by", "a"], "no approval request"),
+        (["approvals", "approve", "abcdef", "--db", db, "--by", "\u202eevil"], "invisible"),
+        (["approvals", "approve", "abcdef", "--db", db, "--by", ""], "empty"),
+    ):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and message in result.output, result.output

@@ -80,6 +80,14 @@ def revoke_result(decision: object) -> str:
     return "revoked"
 
 
+_APPROVAL_RESULTS = {
+    "approval_requested": "AWAITING APPROVAL",
+    "approved": "approved",
+    "rejected": "REJECTED",
+    "approval_expired": "EXPIRED",
+}
+
+
 def event_result(row: Mapping[str, Any]) -> tuple[str, str]:
     """The ``result`` and ``detail`` columns of a timeline row (``audit show`` and the HTML
     export): one reading of every kind of event."""
@@ -102,4 +110,6 @@ def event_result(row: Mapping[str, Any]) -> tuple[str, str]:
         return "enabled", f"{row.get('reason')} [{row.get('rule')}]"
     if kind == "acknowledge":
         return "acknowledged", f"{row.get('operation')}: {row.get('reason')}"
+    if kind in _APPROVAL_RESULTS:
+        return _APPROVAL_RESULTS[kind], f"{reason} [{row.get('rule')}]"
     return str(row.get("outcome") or row.get("decision") or "-"), str(row.get("error") or reason)

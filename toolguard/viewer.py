@@ -39,6 +39,7 @@ from .formatting import (
 )
 from .integrity import VerifyReport
 from .store import PruneResult
+from .store.approvals import ApprovalRecord
 from .text import printable
 
 __all__ = [
@@ -73,6 +74,10 @@ _RESULT_STYLES = {
     "abandoned": "yellow",
     "revoke failed": "bold red",
     "not revocable": "yellow",
+    "AWAITING APPROVAL": "bold yellow",
+    "approved": "green",
+    "REJECTED": "bold red",
+    "EXPIRED": "yellow",
 }
 _KIND_STYLES = {
     "task_start": "cyan",
@@ -81,6 +86,10 @@ _KIND_STYLES = {
     "denied": "bold red",
     "revoke": "magenta",
     "enable": "magenta",
+    "approval_requested": "bold yellow",
+    "approved": "green",
+    "rejected": "bold red",
+    "approval_expired": "yellow",
 }
 
 
@@ -346,6 +355,71 @@ class Viewer:
             self._table(rows)
         else:
             self.line(f"idle identities (no task in {summary.idle_days:g} days): none", "dim")
+
+    # -- approvals ----------------------------------------------------------------------------
+
+    def approvals(
+        self, records: Sequence[ApprovalRecord], now: float, *, title: str | None = None
+    ) -> None:
+        """Approval requests: the awaiting ones with their age and time left; the decided ones
+        with who decided and when."""
+        if not records:
+            self.line("no approval requests match", "dim")
+            return
+        rows = _Rows(
+            ["id", "state", "age", "tool", "op", "resources", "task", "detail"], title=title
+        )
+        for r in records:
+            state = r.state(now)
+            if state == "pending":
+                detail = f"expires in {format_duration((r.expires_at - now) * 1000)}; {r.reason}"
+            elif r.decision is None:
+                detail = "expired without a decision"
+            else:
+                detail = f"{r.decision} by {r.by or '?'}" + (f": {r.note}" if r.note else "")
+                detail += f" at {format_time(r.decided_at)}"
+            style = {"pending": "bold yellow", "approved": "green", "rejected": "bold red"}
+            rows.add(
+                r.request_id[:12],
+                (state, style.get(state, "yellow")),
+                format_duration(max(0.0, now - r.requested_at) * 1000),
+                r.tool or "-",
+                r.operation or "-",
+                ",".join(r.resources) or "-",
+                r.task_id[:12],
+                detail,
+            )
+        self._table(rows)
+
+    def approval(self, record: ApprovalRecord, now: float) -> None:
+        """One approval request in full (``toolguard approvals show``)."""
+        state = record.state(now)
+        self.line(f"approval request {record.request_id}: {state}", "bold")
+        fields = [
+            ("task", record.task_id),
+            ("intent", record.intent or "-"),
+            ("identity", record.identity or "-"),
+            ("tool", record.tool or "-"),
+            ("operation", record.operation or "-"),
+            ("resources", ", ".join(record.resources) or "-"),
+            ("arguments", json.dumps(record.args, sort_keys=True, ensure_ascii=False)),
+            ("why held", record.reason or "-"),
+            ("rule", record.rule or "-"),
+            ("digest", record.digest),
+            ("tool call", record.correlation_id or "-"),
+            ("requested", f"{format_time(record.requested_at)} "
+                          f"({format_duration(max(0.0, now - record.requested_at) * 1000)} ago)"),
+            ("expires", format_time(record.expires_at)),
+        ]  # fmt: skip
+        if record.decision is not None:
+            fields.append(
+                ("decision", f"{record.decision} by {record.by or '?'} at "
+                             f"{format_time(record.decided_at)}")
+            )  # fmt: skip
+            if record.note:
+                fields.append(("note", record.note))
+        for name, value in fields:
+            self.line(f"  {name:<10} {value}")
 
     # -- verify, prune, messages --------------------------------------------------------------
 
