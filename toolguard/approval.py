@@ -262,7 +262,7 @@ class ApprovalGate:
             if state == "approved" and unused_approval(store.conn, store, record, now) is None:
                 return record, False
             break
-        request_id = os.urandom(16).hex()
+        request_id = os.urandom(12).hex()  # 24 hex digits: never read as a LangGraph interrupt id
         expires = now + session.bound.approval_ttl
         redactor = self.guard._redactor(call.tool)
         resources_json = json.dumps(
