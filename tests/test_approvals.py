@@ -365,3 +365,146 @@ def test_the_cli_refuses_bad_ids_and_bad_names(make: Callable[..., tg.Guard]) ->
     ):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+# -- binding: edits, replays, single use -----------------------------------------------------------
+
+
+class Replayer:
+    """An approver (a relay) that answers every request with the first decision it saw, naming
+    that first request: a replayed approval."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, Any] | None = None
+        self.asked = 0
+
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.asked += 1
+        if self.first is None:
+            self.first = dict(request)
+        return {"approved": True, "by": "alice", "request_id": self.first["request_id"],
+                "digest": self.first["digest"]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tool", "args"),
+    [
+        pytest.param("kv_delete", {"key": "agents:jobs:42:other"}, id="another-argument"),
+        pytest.param("kv_set", {"key": "agents:jobs:42:final", "value": "x"}, id="another-tool"),
+    ],
+)
+def test_an_approval_does_not_cover_an_edited_action(
+    make: Callable[..., tg.Guard], tool: str, args: dict[str, Any]
+) -> None:
+    replayer = Replayer()
+    guard = make(replayer)
+    with guard.task("process-job", job_id="42"):
+        run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"}, cid="c1")
+        with pytest.raises(tg.ApprovalDenied, match="answers another request"):
+            run(guard, tool, args, cid="c1")  # the same call id, another action
+    assert replayer.asked == 2
+
+
+def test_an_approval_cannot_be_replayed_in_another_task(make: Callable[..., tg.Guard]) -> None:
+    replayer = Replayer()
+    guard = make(replayer)
+    with guard.task("process-job", job_id="42") as first:
+        run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"}, cid="c1")
+    with guard.task("process-job", job_id="42") as second:  # the same action, another task
+        with pytest.raises(tg.ApprovalDenied, match="answers another request"):
+            run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"}, cid="c1")
+    (a,) = find_requests(guard.store, task_id=first.task_id)
+    (b,) = find_requests(guard.store, task_id=second.task_id)
+    assert a.digest != b.digest  # the task id is part of the digest
+
+
+def test_an_approval_is_used_once(make: Callable[..., tg.Guard], clock: Clock) -> None:
+    asked: list[str] = []
+    guard = make(lambda r: asked.append(r["request_id"]) or True)
+    with guard.task("process-job", job_id="42") as task:
+        run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"}, cid="c1")
+        run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"}, cid="c1")  # asks again
+        assert len(set(asked)) == 2
+        used = find_requests(guard.store, task_id=task.task_id)[0]
+        # the request transaction refuses an approval that was used already
+        check = guard.approvals.precheck(used, "kv_delete")
+        refusal = check(guard.store.conn, clock())
+        assert refusal is not None and "used already" in refusal.reason
+        clock.advance(3600)
+        assert "expired" in check(guard.store.conn, clock()).reason  # type: ignore[union-attr]
+
+
+def test_two_deciders_cannot_both_win(make: Callable[..., tg.Guard], clock: Clock) -> None:
+    from toolguard.store.approvals import decide
+
+    guard = make()
+    db = str(guard.config.store_path)
+    with guard.task("process-job", job_id="42") as task:
+        waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "c1")
+        request = waiting.request()
+        first = decide(guard.store, request, "rejected", by="bob", note=None, reason="r",
+                       now=clock())  # fmt: skip
+        second = decide(guard.store, request, "approved", by="eve", note=None, reason="a",
+                        now=clock())  # fmt: skip
+        waiting.join()
+    assert first.recorded and not second.recorded and second.record.by == "bob"
+    assert isinstance(waiting.error, tg.ApprovalDenied)
+    assert kinds(guard, task.task_id).count("approved") == 0
+    del db
+
+
+def test_from_config_takes_every_keyword_of_guard(tmp_path: Path, clock: Clock) -> None:
+    import inspect
+
+    from toolguard.engine import Guard
+
+    guard_kw = set(inspect.signature(Guard.__init__).parameters) - {"self", "config"}
+    from_kw = set(inspect.signature(Guard.from_config).parameters) - {"source"}
+    assert guard_kw == from_kw == {"clock", "providers", "approver"}
+    path = tmp_path / "toolguard.json"
+    path.write_text(json.dumps(approval_config(tmp_path)))
+    with tg.Guard.from_config(path, clock=clock, approver=lambda r: False) as guard:
+        assert guard.clock() == clock()
+        with guard.task("process-job", job_id="42"):
+            with pytest.raises(tg.ApprovalDenied):
+                run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})
+
+
+def test_an_identity_can_add_approvals_to_every_intent(tmp_path: Path, clock: Clock) -> None:
+    config = approval_config(tmp_path)
+    del config["intents"]["process-job"]["approve"]
+    config["identities"]["agent-runner"]["approve"] = {"write": ["agents:jobs:*:final"]}
+    asked: list[str] = []
+    with tg.Guard(config, clock=clock, approver=lambda r: asked.append(r["rule"]) or True) as guard:
+        with guard.task("process-job", job_id="42"):
+            run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})  # the intent holds nothing
+            run(guard, "kv_set", {"key": "agents:jobs:42:final", "value": "v"})
+    assert asked == ["identities.agent-runner.approve.write"]
+
+
+@pytest.mark.parametrize(
+    ("where", "rule", "message"),
+    [
+        ("intents", {"delete": ["agents:other:*"]}, "outside what the intent allows"),
+        ("intents", {"write": ["agents:jobs:{job_id}:x"]}, "outside what the intent allows"),
+        ("identities", {"write": ["elsewhere:*"]}, "outside what the identity's ceiling allows"),
+        ("intents", {"Bad Op": ["x"]}, "must be a lowercase word"),
+    ],
+)
+def test_an_approval_rule_outside_what_is_allowed_is_a_config_error(
+    tmp_path: Path, where: str, rule: dict[str, Any], message: str
+) -> None:
+    import yaml
+
+    config = approval_config(tmp_path)
+    if where == "intents":
+        config["intents"]["summarise-job"]["approve"] = rule
+    else:
+        config["identities"]["agent-runner"]["approve"] = rule
+    path = tmp_path / "toolguard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(tg.ConfigError, match=message) as info:
+        tg.Guard(path)
+    assert f"{path}:" in str(info.value)  # with file:line:col
+    checked = cli("check", str(path))
+    assert checked.returncode == 1 and message in checked.stdout + checked.stderr
