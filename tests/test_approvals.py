@@ -508,3 +508,45 @@ def test_an_approval_rule_outside_what_is_allowed_is_a_config_error(
     assert f"{path}:" in str(info.value)  # with file:line:col
     checked = cli("check", str(path))
     assert checked.returncode == 1 and message in checked.stdout + checked.stderr
+
+
+def test_the_summary_the_report_and_audit_denied_show_approvals(
+    make: Callable[..., tg.Guard], clock: Clock, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from toolguard.cli import CliContext, main
+
+    guard = make(approval_ttl="1h")
+    db = str(guard.config.store_path)
+    obj = CliContext(clock=clock)
+    with guard.task("process-job", job_id="42") as task:
+        rejected = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:old"}, "c1")
+        CliRunner().invoke(main, ["approvals", "reject", rejected.request().request_id,
+                                  "--db", db, "--by", "bob", "--note", "keep"], obj=obj)  # fmt: skip
+        rejected.join()
+        waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "c2")
+        request = waiting.request()
+        clock.advance(125)
+        summary = CliRunner().invoke(main, ["audit", "summary", "--db", db], obj=obj)
+        assert "awaiting approval (1)" in summary.output and "2m05s" in summary.output
+        as_json = CliRunner().invoke(main, ["audit", "summary", "--db", db, "--json"], obj=obj)
+        (pending,) = json.loads(as_json.output)["awaiting_approval"]
+        assert pending["request_id"] == request.request_id and pending["age_s"] == 125
+        page = tmp_path / "report.html"
+        report = CliRunner().invoke(
+            main, ["audit", "export", "--format", "html", "--db", db, "--output", str(page)],
+            obj=obj,
+        )
+        assert report.exit_code == 0, report.output
+        html = page.read_text()
+        assert "Awaiting approval (1)" in html and request.request_id[:12] in html
+        assert "REJECTED" in html and "rejected by bob: keep" in html  # in the task's timeline
+        denied = CliRunner().invoke(main, ["audit", "denied", "--db", db], obj=obj)
+        assert "rejected by bob: keep" in denied.output
+        shown = CliRunner().invoke(main, ["audit", "show", task.task_id, "--db", db], obj=obj)
+        assert "AWAITING APPROVAL" in shown.output and "REJECTED" in shown.output
+        CliRunner().invoke(main, ["approvals", "approve", request.request_id, "--db", db,
+                                  "--by", "alice"], obj=obj)  # fmt: skip
+        waiting.join()
+        assert waiting.error is None

@@ -40,6 +40,7 @@ from .formatting import (
     format_time,
     plural,
 )
+from .store.approvals import ApprovalRecord, find_requests
 from .text import printable
 
 if TYPE_CHECKING:
@@ -219,8 +220,11 @@ class HtmlReport:
         limits_known: bool = False,
         children: Mapping[str, Sequence[str]] | None = None,
         window: tuple[float, float] | None = None,
+        approvals: Sequence[ApprovalRecord] = (),
     ) -> None:
         self.title = title
+        self.approvals = approvals
+        """The approval requests awaiting a decision (oldest first)."""
         self.generated_at = generated_at
         self.source = source
         self.filters = filters
@@ -571,6 +575,33 @@ def _revocations_html(report: HtmlReport, present: Container[str]) -> str:
     return "\n".join(parts)
 
 
+def _approvals_html(report: HtmlReport) -> str:
+    """The requests awaiting a person's decision, oldest first, with their age: what an
+    on-call person looks for first."""
+    if not report.approvals:
+        return ""
+    now = report.generated_at
+    rows = [
+        [
+            r.request_id[:12],
+            format_duration(max(0.0, now - r.requested_at) * 1000),
+            format_duration(max(0.0, r.expires_at - now) * 1000),
+            r.tool or "-",
+            r.operation or "-",
+            ", ".join(r.resources) or "-",
+            r.task_id[:12],
+            r.reason or "-",
+        ]
+        for r in report.approvals
+    ]
+    headers = ["request", "age", "expires in", "tool", "op", "resources", "task", "why held"]
+    return (
+        f'<h2 id="approvals">Awaiting approval ({len(rows)})</h2>'
+        '<p class="muted">Answer with <code>toolguard approvals approve ID --by NAME</code> or '
+        "<code>toolguard approvals reject ID</code>.</p>" + _table(headers, rows)
+    )
+
+
 def render_html(report: HtmlReport) -> str:
     """The whole page as one string (no external resources)."""
     identities = sorted({str(t.get("identity")) for t in report.tasks if t.get("identity")})
@@ -608,6 +639,7 @@ def render_html(report: HtmlReport) -> str:
 <h1>{_e(report.title)}</h1>
 <p class="muted">Generated {_e(format_time(report.generated_at))} from {_e(report.source)}.
 Filters: {_e(filters or "none")}. Times are UTC.</p>
+{_approvals_html(report)}
 {_revocations_html(report, present)}
 <h2 id="usage">Usage</h2>
 {_chart_svg(report.usage, report.window)}
@@ -776,6 +808,7 @@ def write_html(
         limits_known=budgets is not None,
         children=children,
         window=(start, max(end, start + 60.0)),
+        approvals=[r for r in find_requests(audit.store) if r.state(now) == "pending"],
     )
     out.write(render_html(report))
     return len(tasks)

@@ -18,6 +18,7 @@ import click
 from .. import audit as audit_mod
 from ..keys import KeyRing, PublicKeys
 from ..numbers import MAX_COUNT
+from ..store.approvals import find_requests
 from ..viewer import plural
 from ._base import (
     DURATION,
@@ -392,10 +393,22 @@ def summary_cmd(
             spike_window=spike_window,
             spike_factor=spike_factor,
         )
+        now = obj.clock()
+        awaiting = [r for r in find_requests(log.store) if r.state(now) == "pending"]
     viewer = obj.viewer()
     if as_json:
-        viewer.json(summary.to_dict())
+        viewer.json(
+            {
+                **summary.to_dict(),
+                "awaiting_approval": [
+                    {**r.request(), "age_s": round(max(0.0, now - r.requested_at), 3)}
+                    for r in awaiting
+                ],
+            }
+        )
     else:
+        if awaiting:  # what an on-call person looks for first
+            viewer.approvals(awaiting, now, title=f"awaiting approval ({len(awaiting)})")
         viewer.summary(summary)
 
 
