@@ -64,7 +64,9 @@ def kinds(guard: tg.Guard, task_id: str) -> list[str]:
 # -- approver -----------------------------------------------------------------------------------
 
 
-def test_an_approved_call_runs_after_its_approval_with_a_credential(make: Callable[..., tg.Guard]) -> None:
+def test_an_approved_call_runs_after_its_approval_with_a_credential(
+    make: Callable[..., tg.Guard],
+) -> None:
     seen: list[dict[str, Any]] = []
 
     def approver(request: dict[str, Any]) -> dict[str, Any]:
@@ -76,8 +78,17 @@ def test_an_approved_call_runs_after_its_approval_with_a_credential(make: Callab
         jti = run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"}, cid="call-1")
         run(guard, "kv_get", {"key": "agents:jobs:42:tmp"})  # not held
     (request,) = seen
-    assert {"request_id", "task_id", "tool", "operation", "resources", "args", "digest",
-            "reason", "expires_at"} <= set(request)  # fmt: skip
+    assert {
+        "request_id",
+        "task_id",
+        "tool",
+        "operation",
+        "resources",
+        "args",
+        "digest",
+        "reason",
+        "expires_at",
+    } <= set(request)
     assert request["tool"] == "kv_delete" and request["resources"] == ["agents:jobs:42:tmp"]
     assert request["args"] == {"key": "agents:jobs:42:tmp"}
     assert request["task_id"] == task.task_id and len(request["digest"]) == 64
@@ -86,7 +97,9 @@ def test_an_approved_call_runs_after_its_approval_with_a_credential(make: Callab
     order = [e.kind for e in events]
     assert order[:5] == ["task_start", "approval_requested", "approved", "request", "outcome"]
     approved = events[2]
-    assert approved.correlation_id == "call-1" and approved.reason == "approved by alice: ok to delete"
+    assert (
+        approved.correlation_id == "call-1" and approved.reason == "approved by alice: ok to delete"
+    )
     request_event = events[3]
     assert request_event.jti == jti and request["request_id"] in (request_event.reason or "")
     assert events[1].jti is None and events[2].jti is None  # no credential before approval
@@ -102,7 +115,12 @@ def test_a_rejected_call_is_denied_with_a_reason_the_model_reads_and_spends_noth
             run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})
         run(guard, "kv_get", {"key": "agents:jobs:42:x"})  # the task goes on
     assert info.value.request_id
-    assert kinds(guard, task.task_id)[:4] == ["task_start", "approval_requested", "rejected", "denied"]
+    assert kinds(guard, task.task_id)[:4] == [
+        "task_start",
+        "approval_requested",
+        "rejected",
+        "denied",
+    ]
     with guard.store.conn as conn:
         rows = conn.execute("SELECT tool FROM credentials WHERE task_id = ?", (task.task_id,))
         assert [r[0] for r in rows] == ["kv_get"]  # the refused call has no credential
@@ -131,9 +149,11 @@ def test_a_decision_that_is_not_one_is_a_denial_never_an_allow(
     make: Callable[..., tg.Guard], decision: Any
 ) -> None:
     guard = make(lambda request: decision)
-    with guard.task("process-job", job_id="42") as task:
-        with pytest.raises(tg.ApprovalDenied, match="no valid decision"):
-            run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})
+    with (
+        guard.task("process-job", job_id="42") as task,
+        pytest.raises(tg.ApprovalDenied, match="no valid decision"),
+    ):
+        run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})
     assert "request" not in kinds(guard, task.task_id)
 
 
@@ -142,9 +162,11 @@ def test_an_approver_that_raises_denies_the_call(make: Callable[..., tg.Guard]) 
         raise RuntimeError("pager down")
 
     guard = make(approver)
-    with guard.task("process-job", job_id="42"):
-        with pytest.raises(tg.ApprovalDenied, match="pager down"):
-            run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})
+    with (
+        guard.task("process-job", job_id="42"),
+        pytest.raises(tg.ApprovalDenied, match="pager down"),
+    ):
+        run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})
 
 
 def test_an_async_approver_and_a_bare_bool(make: Callable[..., tg.Guard]) -> None:
@@ -171,9 +193,8 @@ def test_only_calls_matching_an_approve_rule_are_held(make: Callable[..., tg.Gua
 def test_a_denied_call_is_never_held_for_approval(make: Callable[..., tg.Guard]) -> None:
     asked: list[Any] = []
     guard = make(lambda r: asked.append(r) or True)
-    with guard.task("process-job", job_id="42"):
-        with pytest.raises(tg.PolicyDenied, match="outside"):
-            run(guard, "kv_delete", {"key": "agents:jobs:43:tmp"})
+    with guard.task("process-job", job_id="42"), pytest.raises(tg.PolicyDenied, match="outside"):
+        run(guard, "kv_delete", {"key": "agents:jobs:43:tmp"})
     assert asked == []
 
 
@@ -190,21 +211,36 @@ def test_the_budget_is_spent_only_after_approval(make: Callable[..., tg.Guard]) 
 
 
 def test_the_digest_binds_every_part_of_the_action() -> None:
-    base = dict(tool="kv_delete", operation="delete", resources=["a"], args={"key": "a"},
-                task_id="t1", intent="process-job", config="c" * 64)  # fmt: skip
+    base = dict(
+        tool="kv_delete",
+        operation="delete",
+        resources=["a"],
+        args={"key": "a"},
+        task_id="t1",
+        intent="process-job",
+        config="c" * 64,
+    )
     digest = action_digest(**base)  # type: ignore[arg-type]
     assert digest == action_digest(**{**base, "args": {"key": "a"}})  # type: ignore[arg-type]
-    for change in ({"tool": "kv_set"}, {"operation": "write"}, {"resources": ["b"]},
-                   {"args": {"key": "a", "x": 1}}, {"task_id": "t2"}, {"intent": "other"},
-                   {"config": "d" * 64}):  # fmt: skip
+    for change in (
+        {"tool": "kv_set"},
+        {"operation": "write"},
+        {"resources": ["b"]},
+        {"args": {"key": "a", "x": 1}},
+        {"task_id": "t2"},
+        {"intent": "other"},
+        {"config": "d" * 64},
+    ):
         assert action_digest(**{**base, **change}) != digest  # type: ignore[arg-type]
 
 
 def test_a_call_whose_arguments_are_not_json_is_denied(make: Callable[..., tg.Guard]) -> None:
     guard = make(lambda r: True)
-    with guard.task("process-job", job_id="42"):
-        with pytest.raises(tg.ApprovalDenied, match="cannot be bound"):
-            run(guard, "kv_delete", {"key": "agents:jobs:42:tmp", "n": float("nan")})
+    with (
+        guard.task("process-job", job_id="42"),
+        pytest.raises(tg.ApprovalDenied, match="cannot be bound"),
+    ):
+        run(guard, "kv_delete", {"key": "agents:jobs:42:tmp", "n": float("nan")})
 
 
 def test_parse_decision_accepts_the_contract_shapes() -> None:
@@ -219,8 +255,9 @@ def test_parse_decision_accepts_the_contract_shapes() -> None:
 class Waiting:
     """A held call running in a thread (no approver): its credential id or its error."""
 
-    def __init__(self, guard: tg.Guard, task: tg.TaskSession, tool: str, args: dict[str, Any],
-                 cid: str) -> None:  # fmt: skip
+    def __init__(
+        self, guard: tg.Guard, task: tg.TaskSession, tool: str, args: dict[str, Any], cid: str
+    ) -> None:
         self.guard, self.cid = guard, cid
         self.result: str | None = None
         self.error: BaseException | None = None
@@ -250,9 +287,13 @@ class Waiting:
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "toolguard", *args], capture_output=True, text=True, timeout=60,
-        cwd=cwd, env={**os.environ, "NO_COLOR": "1"},
-    )  # fmt: skip
+        [sys.executable, "-m", "toolguard", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
 
 
 @pytest.mark.slow
@@ -269,8 +310,17 @@ def test_an_approval_from_another_process_lets_the_waiting_call_run(
         (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
         assert row["request_id"] == request.request_id and row["state"] == "pending"
         assert row["tool"] == "kv_delete" and row["args"] == {"key": "agents:jobs:42:tmp"}
-        done = cli("approvals", "approve", request.request_id[:8], "--db", db, "--by", "alice",
-                   "--note", "checked")  # fmt: skip
+        done = cli(
+            "approvals",
+            "approve",
+            request.request_id[:8],
+            "--db",
+            db,
+            "--by",
+            "alice",
+            "--note",
+            "checked",
+        )
         assert done.returncode == 0, done.stderr
         assert "approved request" in done.stdout
         waiting.join()
@@ -297,14 +347,17 @@ def test_a_rejection_from_the_cli_denies_the_waiting_call(
         waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "call-8")
         request = waiting.request()
         clock.advance(90)
-        shown = CliRunner().invoke(main, ["approvals", "list", "--db", db],
-                                   obj=CliContext(clock=clock))  # fmt: skip
+        shown = CliRunner().invoke(
+            main, ["approvals", "list", "--db", db], obj=CliContext(clock=clock)
+        )
         assert "awaiting approval" in shown.output and "1m30s" in shown.output, shown.output
-        show = CliRunner().invoke(main, ["approvals", "show", request.request_id, "--db", db],
-                                  obj=CliContext(clock=clock))  # fmt: skip
+        show = CliRunner().invoke(
+            main, ["approvals", "show", request.request_id, "--db", db], obj=CliContext(clock=clock)
+        )
         assert request.digest in show.output and "kv_delete" in show.output
         done = CliRunner().invoke(
-            main, ["approvals", "reject", request.request_id[:6], "--db", db, "--note", "no"],
+            main,
+            ["approvals", "reject", request.request_id[:6], "--db", db, "--note", "no"],
             obj=CliContext(clock=clock),
         )
         assert done.exit_code == 0, done.output
@@ -314,8 +367,9 @@ def test_a_rejection_from_the_cli_denies_the_waiting_call(
     assert kinds(guard, task.task_id)[1:4] == ["approval_requested", "rejected", "denied"]
     empty = CliRunner().invoke(main, ["approvals", "list", "--db", db], obj=CliContext(clock=clock))
     assert "no approval requests match" in empty.output
-    everything = CliRunner().invoke(main, ["approvals", "list", "--all", "--db", db],
-                                    obj=CliContext(clock=clock))  # fmt: skip
+    everything = CliRunner().invoke(
+        main, ["approvals", "list", "--all", "--db", db], obj=CliContext(clock=clock)
+    )
     assert "rejected" in everything.output
 
 
@@ -337,15 +391,14 @@ def test_an_unanswered_request_expires_and_the_call_is_denied(
         assert isinstance(waiting.error, tg.ApprovalDenied)
         assert "approval_ttl" in str(waiting.error)
         late = CliRunner().invoke(
-            main, ["approvals", "approve", request.request_id, "--db", db, "--by", "alice"],
+            main,
+            ["approvals", "approve", request.request_id, "--db", db, "--by", "alice"],
             obj=CliContext(clock=clock),
         )
         assert late.exit_code == 1 and "expired" in late.output
     order = kinds(guard, task.task_id)
     assert order[1:4] == ["approval_requested", "approval_expired", "denied"]
     assert "request" not in order
-
-
 
 
 def test_the_cli_refuses_bad_ids_and_bad_names(make: Callable[..., tg.Guard]) -> None:
@@ -382,8 +435,12 @@ class Replayer:
         self.asked += 1
         if self.first is None:
             self.first = dict(request)
-        return {"approved": True, "by": "alice", "request_id": self.first["request_id"],
-                "digest": self.first["digest"]}  # fmt: skip
+        return {
+            "approved": True,
+            "by": "alice",
+            "request_id": self.first["request_id"],
+            "digest": self.first["digest"],
+        }
 
 
 @pytest.mark.parametrize(
@@ -410,9 +467,11 @@ def test_an_approval_cannot_be_replayed_in_another_task(make: Callable[..., tg.G
     guard = make(replayer)
     with guard.task("process-job", job_id="42") as first:
         run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"}, cid="c1")
-    with guard.task("process-job", job_id="42") as second:  # the same action, another task
-        with pytest.raises(tg.ApprovalDenied, match="answers another request"):
-            run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"}, cid="c1")
+    with (  # the same action, another task
+        guard.task("process-job", job_id="42") as second,
+        pytest.raises(tg.ApprovalDenied, match="answers another request"),
+    ):
+        run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"}, cid="c1")
     (a,) = find_requests(guard.store, task_id=first.task_id)
     (b,) = find_requests(guard.store, task_id=second.task_id)
     assert a.digest != b.digest  # the task id is part of the digest
@@ -442,10 +501,12 @@ def test_two_deciders_cannot_both_win(make: Callable[..., tg.Guard], clock: Cloc
     with guard.task("process-job", job_id="42") as task:
         waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "c1")
         request = waiting.request()
-        first = decide(guard.store, request, "rejected", by="bob", note=None, reason="r",
-                       now=clock())  # fmt: skip
-        second = decide(guard.store, request, "approved", by="eve", note=None, reason="a",
-                        now=clock())  # fmt: skip
+        first = decide(
+            guard.store, request, "rejected", by="bob", note=None, reason="r", now=clock()
+        )
+        second = decide(
+            guard.store, request, "approved", by="eve", note=None, reason="a", now=clock()
+        )
         waiting.join()
     assert first.recorded and not second.recorded and second.record.by == "bob"
     assert isinstance(waiting.error, tg.ApprovalDenied)
@@ -465,9 +526,8 @@ def test_from_config_takes_every_keyword_of_guard(tmp_path: Path, clock: Clock) 
     path.write_text(json.dumps(approval_config(tmp_path)))
     with tg.Guard.from_config(path, clock=clock, approver=lambda r: False) as guard:
         assert guard.clock() == clock()
-        with guard.task("process-job", job_id="42"):
-            with pytest.raises(tg.ApprovalDenied):
-                run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})
+        with guard.task("process-job", job_id="42"), pytest.raises(tg.ApprovalDenied):
+            run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})
 
 
 def test_an_identity_can_add_approvals_to_every_intent(tmp_path: Path, clock: Clock) -> None:
@@ -475,10 +535,10 @@ def test_an_identity_can_add_approvals_to_every_intent(tmp_path: Path, clock: Cl
     del config["intents"]["process-job"]["approve"]
     config["identities"]["agent-runner"]["approve"] = {"write": ["agents:jobs:*:final"]}
     asked: list[str] = []
-    with tg.Guard(config, clock=clock, approver=lambda r: asked.append(r["rule"]) or True) as guard:
-        with guard.task("process-job", job_id="42"):
-            run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})  # the intent holds nothing
-            run(guard, "kv_set", {"key": "agents:jobs:42:final", "value": "v"})
+    guard = tg.Guard(config, clock=clock, approver=lambda r: asked.append(r["rule"]) or True)
+    with guard, guard.task("process-job", job_id="42"):
+        run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})  # the intent holds nothing
+        run(guard, "kv_set", {"key": "agents:jobs:42:final", "value": "v"})
     assert asked == ["identities.agent-runner.approve.write"]
 
 
@@ -522,8 +582,21 @@ def test_the_summary_the_report_and_audit_denied_show_approvals(
     obj = CliContext(clock=clock)
     with guard.task("process-job", job_id="42") as task:
         rejected = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:old"}, "c1")
-        CliRunner().invoke(main, ["approvals", "reject", rejected.request().request_id,
-                                  "--db", db, "--by", "bob", "--note", "keep"], obj=obj)  # fmt: skip
+        CliRunner().invoke(
+            main,
+            [
+                "approvals",
+                "reject",
+                rejected.request().request_id,
+                "--db",
+                db,
+                "--by",
+                "bob",
+                "--note",
+                "keep",
+            ],
+            obj=obj,
+        )
         rejected.join()
         waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "c2")
         request = waiting.request()
@@ -535,7 +608,8 @@ def test_the_summary_the_report_and_audit_denied_show_approvals(
         assert pending["request_id"] == request.request_id and pending["age_s"] == 125
         page = tmp_path / "report.html"
         report = CliRunner().invoke(
-            main, ["audit", "export", "--format", "html", "--db", db, "--output", str(page)],
+            main,
+            ["audit", "export", "--format", "html", "--db", db, "--output", str(page)],
             obj=obj,
         )
         assert report.exit_code == 0, report.output
@@ -546,7 +620,8 @@ def test_the_summary_the_report_and_audit_denied_show_approvals(
         assert "rejected by bob: keep" in denied.output
         shown = CliRunner().invoke(main, ["audit", "show", task.task_id, "--db", db], obj=obj)
         assert "AWAITING APPROVAL" in shown.output and "REJECTED" in shown.output
-        CliRunner().invoke(main, ["approvals", "approve", request.request_id, "--db", db,
-                                  "--by", "alice"], obj=obj)  # fmt: skip
+        CliRunner().invoke(
+            main, ["approvals", "approve", request.request_id, "--db", db, "--by", "alice"], obj=obj
+        )
         waiting.join()
         assert waiting.error is None

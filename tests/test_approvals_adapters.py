@@ -73,8 +73,12 @@ def test_openai_agents_a_held_call_waits_for_the_approver(tmp_path: Path) -> Non
     approver = Approver()
     with tg.Guard(_config(tmp_path), approver=approver) as guard:
         kv = Kv()
-        steps = [[_set("c1", FINAL, "a")], [_set("c2", FINAL, "b")], [_set("c3", "agents:jobs:42:x")],
-                 [_assistant("done")]]  # fmt: skip
+        steps = [
+            [_set("c1", FINAL, "a")],
+            [_set("c2", FINAL, "b")],
+            [_set("c3", "agents:jobs:42:x")],
+            [_assistant("done")],
+        ]
         agent = _agent(guard_tools(kv.tools, guard), steps)
         result = GuardedRunner(guard, "process-job", params=JOB).run_sync(agent, "go")
         outputs = _outputs(result)

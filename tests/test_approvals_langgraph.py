@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,11 @@ class Deleter:
 def _agent(guard: tg.Guard, deleter: Deleter, script: list[Any]) -> Any:
     model = fm.ScriptedChatModel(script=script)
     return create_agent(
-        model, [deleter.tool], middleware=[GuardMiddleware(guard, intent="process-job")],
+        model,
+        [deleter.tool],
+        middleware=[GuardMiddleware(guard, intent="process-job")],
         checkpointer=InMemorySaver(),
-    )  # fmt: skip
+    )
 
 
 def _config(thread: str = "t-1") -> Any:
@@ -129,8 +131,10 @@ def test_a_bad_resume_value_is_a_denial(guard: tg.Guard) -> None:
 def test_parallel_held_calls_each_need_their_own_approval(guard: tg.Guard) -> None:
     deleter = Deleter()
     script = [
-        turn(call("kv_delete", "d1", key="agents:jobs:42:a"),
-             call("kv_delete", "d2", key="agents:jobs:42:b")),  # fmt: skip
+        turn(
+            call("kv_delete", "d1", key="agents:jobs:42:a"),
+            call("kv_delete", "d2", key="agents:jobs:42:b"),
+        ),
         answer("done"),
     ]
     agent = _agent(guard, deleter, script)
@@ -207,9 +211,10 @@ def test_an_action_edited_after_its_request_needs_a_new_approval(
             assert isinstance(ai, AIMessage)
             edited = {**ai.tool_calls[0], **edit}
             graph.update_state(
-                config, {"messages": [AIMessage(content="", id=ai.id, tool_calls=[edited])]},
+                config,
+                {"messages": [AIMessage(content="", id=ai.id, tool_calls=[edited])]},
                 as_node="model",
-            )  # fmt: skip
+            )
             again = graph.invoke(Command(resume={"approved": True, "by": "alice"}), config)
             assert deleter.deleted == []
             (pending,) = again["__interrupt__"]
@@ -279,8 +284,10 @@ def test_an_interrupted_run_is_resumed_by_another_process_with_a_checkpointer(
     def run(*args: str) -> str:
         done = subprocess.run(
             [sys.executable, str(script), str(EXAMPLES), *args],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1]
 

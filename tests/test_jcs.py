@@ -54,10 +54,14 @@ def test_numbers_as_the_rfc_serialises_them(bits: str, text: str) -> None:
 
 def test_the_rfc_sorting_example() -> None:
     value = {
-        "\u20ac": "Euro Sign", "\r": "Carriage Return", "\ufb33": "Hebrew Letter Dalet With Dagesh",
-        "1": "One", "\U0001f600": "Emoji: Grinning Face", "\u0080": "Control",
+        "\u20ac": "Euro Sign",
+        "\r": "Carriage Return",
+        "\ufb33": "Hebrew Letter Dalet With Dagesh",
+        "1": "One",
+        "\U0001f600": "Emoji: Grinning Face",
+        "\u0080": "Control",
         "\u00f6": "Latin Small Letter O With Diaeresis",
-    }  # fmt: skip
+    }
     keys = list(json.loads(canonicalize(value)))
     # UTF-16 code units: the emoji (a surrogate pair, 0xD83D) sorts before U+FB33
     assert keys == ["\r", "1", "\u0080", "\u00f6", "\u20ac", "\U0001f600", "\ufb33"]
@@ -69,16 +73,29 @@ def test_the_rfc_main_example() -> None:
         "string": "\u20ac$\u000f\u000aA'\u0042\u0022\u005c\\\"/",
         "literals": [None, True, False],
     }
-    assert canonicalize(value) == (
-        '{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],'
-        '"string":"\u20ac$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'
-    ).encode()
+    assert (
+        canonicalize(value)
+        == (
+            '{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],'
+            '"string":"\u20ac$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'
+        ).encode()
+    )
 
 
 @pytest.mark.parametrize(
     "value",
-    [math.nan, math.inf, -math.inf, {"a": [math.nan]}, 2**53 + 1, {1: "x"}, "\ud800", b"x",
-     object(), {"a": {1, 2}}],  # fmt: skip
+    [
+        math.nan,
+        math.inf,
+        -math.inf,
+        {"a": [math.nan]},
+        2**53 + 1,
+        {1: "x"},
+        "\ud800",
+        b"x",
+        object(),
+        {"a": {1, 2}},
+    ],
 )
 def test_what_json_cannot_say_exactly_is_refused(value: Any) -> None:
     with pytest.raises(CanonicalizationError):
@@ -91,12 +108,17 @@ def test_integers_a_double_holds_are_numbers_and_tuples_are_lists() -> None:
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.integers(-(2**53), 2**53) | st.text(st.characters(exclude_categories=["Cs"])),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(st.characters(exclude_categories=["Cs"])), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.integers(-(2**53), 2**53)
+    | st.text(st.characters(exclude_categories=["Cs"])),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(st.characters(exclude_categories=["Cs"])), inner, max_size=4)
+    ),
     max_leaves=12,
-)  # fmt: skip
+)
 
 
 @given(_json)
