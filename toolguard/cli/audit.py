@@ -80,6 +80,10 @@ EVENT_KINDS = (
     "revoke",
     "enable",
     "acknowledge",
+    "approval_requested",
+    "approved",
+    "rejected",
+    "approval_expired",
 )
 """The kinds of event toolguard writes; ``--kind`` also takes any other kind found in the
 trail."""
