@@ -23,7 +23,6 @@ import concurrent.futures
 import inspect
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -219,12 +218,12 @@ class ApprovalGate:
 
     def precheck(
         self, record: ApprovalRecord, tool: str
-    ) -> Callable[[sqlite3.Connection, float], PolicyDenied | None]:
+    ) -> Callable[[Any, float], PolicyDenied | None]:
         """The check of the call's ``request`` transaction: its approval is recorded, unexpired
         and unused (single use), else a denial."""
         store = self.guard.store
 
-        def check(conn: sqlite3.Connection, now: float) -> PolicyDenied | None:
+        def check(conn: Any, now: float) -> PolicyDenied | None:  # the store's transaction
             problem = unused_approval(conn, store, record, now)
             if problem is None:
                 return None
@@ -377,10 +376,10 @@ class ApprovalGate:
         """Pause the graph run with the request; the resume value is the decision. A value
         that does not answer this request (keyed by another request id, naming another digest,
         or given before this request existed) is skipped: the run pauses again."""
-        from langgraph.types import interrupt
+        from ._langchain_compat import graph_interrupt
 
         while True:
-            value = interrupt(record.request())  # raises GraphInterrupt when there is none
+            value = graph_interrupt(record.request())  # raises GraphInterrupt when there is none
             if isinstance(value, Mapping) and "approved" not in value:
                 if record.request_id not in value:
                     continue
@@ -445,15 +444,7 @@ def _problem(exc: BaseException) -> str:
 def _in_graph() -> bool:
     """True inside a LangGraph run that can be interrupted and resumed (a checkpointer)."""
     try:
-        from langgraph._internal._constants import (
-            CONFIG_KEY_CHECKPOINTER,
-            CONFIG_KEY_SCRATCHPAD,
-        )
-        from langgraph.config import get_config
-    except ImportError:
+        from ._langchain_compat import in_resumable_graph
+    except ImportError:  # the core alone (MissingDependency): no LangGraph runs
         return False
-    try:
-        conf = get_config().get("configurable", {})
-    except RuntimeError:  # not inside a runnable
-        return False
-    return CONFIG_KEY_SCRATCHPAD in conf and conf.get(CONFIG_KEY_CHECKPOINTER) is not None
+    return in_resumable_graph()

@@ -13,9 +13,10 @@ Used for the digest of an action held for approval (:mod:`toolguard.approval`).
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from .numbers import is_finite_number
 
 __all__ = ["CanonicalizationError", "canonicalize", "canonical_sha256", "number_text"]
 
@@ -33,14 +34,14 @@ _MAX_DEPTH = 200
 def number_text(value: float | int) -> str:
     """ECMAScript ``Number.prototype.toString`` of a finite double (RFC 8785 §3.2.2.3)."""
     if isinstance(value, int):
-        as_float = float(value) if abs(value) < 1 << 1024 else math.inf
+        as_float = float(value) if abs(value) < 1 << 1024 else float("inf")
         if as_float != value:
             raise CanonicalizationError(
                 f"the integer {value} cannot be represented exactly as a JSON number (IEEE-754"
                 " double); pass it as a string"
             )
         value = as_float
-    if not math.isfinite(value):
+    if not is_finite_number(value):
         raise CanonicalizationError(f"{value!r} is not a JSON number (NaN and infinities are not)")
     if value == 0:
         return "0"  # -0 too
