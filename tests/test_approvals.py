@@ -625,3 +625,21 @@ def test_the_summary_the_report_and_audit_denied_show_approvals(
         )
         waiting.join()
         assert waiting.error is None
+
+
+def test_a_delegated_task_needs_the_approvals_its_parent_needs(
+    make: Callable[..., tg.Guard],
+) -> None:
+    asked: list[tuple[str, str]] = []
+    guard = make(
+        lambda r: asked.append((r["task_id"], r["rule"])) or False,
+        approve={"read": ["agents:jobs:{job_id}:secret"]},
+    )
+    with (
+        guard.task("process-job", job_id="42") as parent,
+        parent.delegate("summarise-job", job_id="42") as child,
+    ):
+        with pytest.raises(tg.ApprovalDenied):
+            run(guard, "kv_get", {"key": "agents:jobs:42:secret"})
+        run(guard, "kv_get", {"key": "agents:jobs:42:summary"})  # not held
+    assert asked == [(child.task_id, "intents.process-job.approve.read")]

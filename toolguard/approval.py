@@ -51,6 +51,7 @@ __all__ = [
     "Decision",
     "action_digest",
     "approved_reason",
+    "held_by",
     "config_hash",
     "parse_decision",
 ]
@@ -153,6 +154,19 @@ def decision_reason(kind: str, by: str, note: str | None) -> str:
     verb = {"approved": "approved", "rejected": "rejected"}.get(kind, "expired")
     text = f"{verb} by {by}" + (f": {note}" if note else "")
     return clip(printable(text), MAX_REASON_CHARS)
+
+
+def held_by(session: TaskSession, call: Call) -> ApprovalRule | None:
+    """The ``approve`` rule that holds ``call``: the task's own, else one of its ancestors' (a
+    delegated task cannot do without an approval its parent needs: approvals only add)."""
+    task: TaskSession | None = session
+    while task is not None:
+        if task.bound.approvals:
+            rule = task.bound.held_by(call.operation, call.resources)
+            if rule is not None:
+                return rule
+        task = task.parent
+    return None
 
 
 def approved_reason(record: ApprovalRecord) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
 
-from .approval import ApprovalGate, Approver, approved_reason
+from .approval import ApprovalGate, Approver, approved_reason, held_by
 from .budget import Settlement, Spend, day_key, plan, task_spends
 from .config import GuardConfig, load_config
 from .context import permit_var, task_var
@@ -386,7 +386,7 @@ class Guard:
         )
         if not decision.allowed:
             self._deny(session, tool, args, cid, now, decision, call)
-        held = bound.held_by(call.operation, call.resources) if bound.approvals else None
+        held = held_by(session, call)
         approval: ApprovalRecord | None = None
         if held is not None:  # wait for a person; ApprovalDenied (audited) if none approves
             approval = self.approvals.hold(session, call, held, self._redactor(tool)(args)[0], now)
