@@ -305,3 +305,26 @@ def test_an_interrupted_run_is_resumed_by_another_process_with_a_checkpointer(
         (approved,) = [e for e in events if e.kind == "approved"]
         assert approved.reason == "approved by alice: after the restart"
         assert guard.audit.verify().ok
+
+
+def test_a_request_that_expired_while_the_run_was_paused_is_asked_again(
+    tmp_path: Path, clock: Clock
+) -> None:
+    config = approval_config(tmp_path)
+    config["intents"]["process-job"]["approval_ttl"] = "5m"
+    deleter = Deleter()
+    with tg.Guard(config, clock=clock) as guard:
+        agent = _agent(guard, deleter, [turn(call("kv_delete", "d1", key=KEY)), answer("done")])
+        first = agent.invoke(USER, _config())["__interrupt__"][0].value
+        clock.advance(6 * 60)  # past approval_ttl: the approval given now answers nothing
+        again = agent.invoke(Command(resume={"approved": True, "by": "alice"}), _config())
+        second = again["__interrupt__"][0].value
+        assert second["request_id"] != first["request_id"] and deleter.deleted == []
+        kinds = _kinds(guard)
+        assert kinds.count("approval_expired") == 1 and "request" not in kinds
+        # the late approval of the expired request answers only that one: the new request is
+        # answered by the next resume value (here a rejection)
+        final = agent.invoke(Command(resume={"approved": False, "by": "bob"}), _config())
+        assert deleter.deleted == [] and "rejected by bob" in str(
+            _tool_messages(final)["d1"].content
+        )

@@ -274,6 +274,8 @@ class ApprovalGate:
                 return record, False
             if state == "approved" and unused_approval(store.conn, store, record, now) is None:
                 return record, False
+            if record.decision is None:  # past its expiry, never answered: recorded so
+                self._settle(record, None)
             break
         request_id = os.urandom(12).hex()  # 24 hex digits: never read as a LangGraph interrupt id
         expires = now + session.bound.approval_ttl
@@ -389,16 +391,31 @@ class ApprovalGate:
     def _interrupt(self, record: ApprovalRecord, fresh: bool) -> Decision:
         """Pause the graph run with the request; the resume value is the decision. A value
         that does not answer this request (keyed by another request id, naming another digest,
-        or given before this request existed) is skipped: the run pauses again."""
+        or given before this request existed) is skipped: the run pauses again.
+
+        Resume values come back in the order the call's interrupts were raised, one per
+        request of the call (the trail's order): a bare value at the position of an earlier
+        request answered that one, not this one."""
         from ._langchain_compat import graph_interrupt
 
+        earlier = 0
+        if not fresh:
+            earlier = sum(
+                1
+                for r in find_requests(
+                    self.guard.store, task_id=record.task_id, correlation_id=record.correlation_id
+                )
+                if r.seq < record.seq
+            )
+        position = 0
         while True:
             value = graph_interrupt(record.request())  # raises GraphInterrupt when there is none
+            position += 1
             if isinstance(value, Mapping) and "approved" not in value:
                 if record.request_id not in value:
                     continue
                 value = value[record.request_id]
-            elif fresh:
+            elif fresh or position <= earlier:
                 continue  # answered before this request existed: it answers another one
             if isinstance(value, Mapping) and not _answers(value, record):
                 continue
