@@ -219,6 +219,7 @@ def test_the_digest_binds_every_part_of_the_action() -> None:
         task_id="t1",
         intent="process-job",
         config="c" * 64,
+        args_key=b"k" * 32,
     )
     digest = action_digest(**base)  # type: ignore[arg-type]
     assert digest == action_digest(**{**base, "args": {"key": "a"}})  # type: ignore[arg-type]
@@ -230,8 +231,35 @@ def test_the_digest_binds_every_part_of_the_action() -> None:
         {"task_id": "t2"},
         {"intent": "other"},
         {"config": "d" * 64},
+        {"args_key": b"j" * 32},
     ):
         assert action_digest(**{**base, **change}) != digest  # type: ignore[arg-type]
+
+
+def test_the_digest_is_the_rfc_8785_form_of_the_action_with_keyed_arguments() -> None:
+    """Anyone with the arguments key can recompute a digest from the trail; without it, a
+    low-entropy argument (a PIN) cannot be guessed from the stored digest."""
+    import hashlib
+    import hmac
+
+    key = bytes(range(32))
+    args = {"pin": "1234", "key": "a"}
+    keyed = hmac.new(key, b'{"key":"a","pin":"1234"}', hashlib.sha256).hexdigest()
+    expected = hashlib.sha256(
+        b'{"args":"hmac-sha256:' + keyed.encode() + b'","config_hash":"c","intent":"i",'
+        b'"operation":"delete","resources":["a"],"task_id":"t","tool":"kv_delete"}'
+    ).hexdigest()
+    found = action_digest(
+        tool="kv_delete",
+        operation="delete",
+        resources=["a"],
+        args=args,
+        task_id="t",
+        intent="i",
+        config="c",
+        args_key=key,
+    )
+    assert found == expected
 
 
 def test_a_call_whose_arguments_are_not_json_is_denied(make: Callable[..., tg.Guard]) -> None:

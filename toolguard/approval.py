@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+import hmac
 import inspect
 import json
 import os
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ApprovalDenied, AuditError, PolicyDenied
 from .intent import ApprovalRule, Call
-from .jcs import CanonicalizationError, canonical_sha256
+from .jcs import CanonicalizationError, canonical_sha256, canonicalize
 from .store.approvals import (
     ApprovalRecord,
     decide,
@@ -90,15 +92,21 @@ def action_digest(
     task_id: str,
     intent: str,
     config: str,
+    args_key: bytes,
 ) -> str:
     """The digest an approval answers: SHA-256 (hex) of the RFC 8785 canonical JSON of the
-    action. :class:`~toolguard.jcs.CanonicalizationError` if the arguments are not JSON."""
+    action: ``tool``, ``operation``, ``resources``, ``args`` (the arguments as their keyed
+    digest: ``hmac-sha256:<hex>`` under the arguments key of their canonical JSON, so that the
+    digest, stored in the trail, cannot be brute-forced for a low-entropy argument such as a
+    PIN), ``task_id``, ``intent`` and ``config_hash``.
+    :class:`~toolguard.jcs.CanonicalizationError` if the arguments are not JSON."""
+    keyed = "hmac-sha256:" + hmac.new(args_key, canonicalize(args), hashlib.sha256).hexdigest()
     return canonical_sha256(
         {
             "tool": tool,
             "operation": operation,
             "resources": list(resources),
-            "args": args,
+            "args": keyed,
             "task_id": task_id,
             "intent": intent,
             "config_hash": config,
@@ -207,7 +215,7 @@ class ApprovalGate:
             digest = action_digest(
                 tool=call.tool, operation=call.operation, resources=call.resources,
                 args=dict(call.args), task_id=session.task_id, intent=bound.intent,
-                config=self.config_hash,
+                config=self.config_hash, args_key=self.guard._args_key,
             )  # fmt: skip
         except CanonicalizationError as exc:
             self._deny(

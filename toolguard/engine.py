@@ -178,11 +178,13 @@ class Guard:
         self.issuer = Issuer(
             name=issuer_cfg.name, audience=issuer_cfg.audience, keys=self.keys, ttl=issuer_cfg.ttl
         )
+        self._args_key = load_args_key(self.config.args_key_path)
+        """The arguments key: keys ``args_sha256`` and the arguments in an approval's digest."""
         self.redactor = Redactor(
             extra_keys=self.config.redact_keys,
             patterns=self.config.redact_patterns,
             max_chars=self.config.max_arg_chars,
-            digest_key=load_args_key(self.config.args_key_path),
+            digest_key=self._args_key,
         )
         self._redactors = {
             name: self.redactor.with_keys(rule.redact, patterns=rule.redact_patterns)
