@@ -10,6 +10,7 @@ polls with a deadline (never a sleep for timing); the grace logic runs on an inj
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sqlite3
@@ -23,6 +24,7 @@ import httpx
 import pytest
 import respx
 import uvicorn
+from conftest import make_config
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -34,6 +36,7 @@ from toolguard_starlette import (
     RevocationFeed,
     ToolGuardAuth,
     revocation_app,
+    revocation_app_from_config,
     verifier_from,
 )
 from toolguard_starlette.feed import FEED_MEDIA_TYPE, FEED_TYP, revocation_digest
@@ -548,6 +551,27 @@ def test_feed_rejects_a_huge_body_without_reading_it_all(
         _assert_rejected_and_kept(hostile, guard, "larger than max_bytes")
 
 
+def test_feed_abandons_a_reply_that_drips_past_the_timeout(
+    hostile: tuple[Hostile, RevocationFeed, Verifier], guard: tg.Guard
+) -> None:
+    async def drip() -> Any:
+        for _ in range(1000):  # each piece well within httpx's per-read timeout
+            yield b"A"
+            await asyncio.sleep(0.02)
+
+    front, _, verifier = hostile
+    with RevocationFeed(
+        hostile[1].url, keys=guard.keys, issuer=ISS, interval=0.2, start=False
+    ) as feed:
+        front.reply = StreamingResponse(drip(), media_type=FEED_MEDIA_TYPE)
+        started = time.monotonic()
+        assert not feed.refresh()
+        took = time.monotonic() - started
+    assert "took longer than the timeout (0.2s)" in (feed.last_error or "")
+    assert took < 2.0  # not the 20 s the whole reply would take
+    assert _accepts(verifier, _mint(guard))  # the other client's list is unaffected
+
+
 def test_feed_does_not_follow_redirects(
     hostile: tuple[Hostile, RevocationFeed, Verifier], guard: tg.Guard
 ) -> None:
@@ -635,3 +659,21 @@ def _protected(auth: ToolGuardAuth) -> Starlette:
         return PlainTextResponse("ok")
 
     return Starlette(routes=[Route("/kv/{key}", put, methods=["PUT"])])
+
+
+def test_revocation_app_from_config_serves_the_guards_store_with_its_key(
+    guard: tg.Guard, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    config_file = tmp_path / "toolguard.json"
+    config_file.write_text(json.dumps(config), encoding="utf-8")
+    record_revocation(guard.store, task_id="t-cfg", now=time.time())
+    with TestClient(revocation_app_from_config(config_file)) as client:
+        signed = client.get("/revocations").text
+    feed = RevocationFeed("http://127.0.0.1:1/r", keys=guard.keys, issuer=ISS, start=False)
+    with feed:
+        listed = feed._parse(signed.encode(), time.time())
+    assert revocation_digest("task", "t-cfg") in listed.task
+
+    with pytest.raises(tg.CredentialError, match="does not exist"):  # never creates a key
+        revocation_app_from_config({**config, "issuer": {**config["issuer"], "key_file": "nope"}})

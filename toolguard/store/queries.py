@@ -213,18 +213,23 @@ class Queries:
         )
         return self.query(sql, params)
 
-    def revocation_marker(self) -> tuple[int, int]:
-        """``(count, largest id)`` of ``revocations``: changes with every revocation written
-        (rows are never deleted), so a reader knows when to read :meth:`revocation_rows`
-        again. One index lookup and one count."""
-        rows = self.query("SELECT count(*) AS n, coalesce(max(id), 0) AS top FROM revocations")
-        return int(rows[0]["n"]), int(rows[0]["top"])
+    def revocation_marker(self) -> int:
+        """A value that changes whenever a revocation is written, so a reader knows when to
+        read :meth:`revocation_rows` again: on SQLite the largest id (rows are never deleted,
+        and ids are assigned under the database's write lock, so a smaller id is never
+        committed after a larger one). One index lookup."""
+        rows = self.query("SELECT coalesce(max(id), 0) AS top FROM revocations")
+        return int(rows[0]["top"])
 
     def revocation_rows(self) -> list[tuple[str, str, float]]:
         """Every revocation as ``(scope, value, ts)``, oldest first, read in one statement
         (one snapshot): what the HTTP revocation feed publishes."""
-        rows = self.query("SELECT scope, value, ts FROM revocations ORDER BY id")
-        return [(str(r["scope"]), str(r["value"]), float(r["ts"])) for r in rows]
+        return [
+            (str(scope), str(value), float(ts))
+            for scope, value, ts in self.iter_query(
+                "SELECT scope, value, ts FROM revocations ORDER BY id"
+            )
+        ]
 
     # -- tasks --------------------------------------------------------------------------------
 

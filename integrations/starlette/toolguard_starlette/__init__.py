@@ -55,7 +55,7 @@ from toolguard.keys import PublicKeys
 from toolguard.store import Store
 from toolguard.text import PLACEHOLDER
 
-from .feed import FeedError, RevocationFeed, revocation_app
+from .feed import FeedError, RevocationFeed, revocation_app, revocation_app_from_config
 
 __all__ = [
     "CLAIMS_STATE_KEY",
@@ -67,6 +67,7 @@ __all__ = [
     "ToolGuardAuth",
     "get_claims",
     "revocation_app",
+    "revocation_app_from_config",
     "verifier_from",
 ]
 

@@ -34,12 +34,12 @@ background thread every ``interval`` seconds and answers the verifier from memor
   while the held list was signed less than ``grace / 2`` ago; after that the client asks for a
   freshly signed list, so a replayed or forged 304 cannot keep an old list alive for longer
   than ``1.5 * grace``.
-- **Rejected replies** (each one counts as a failed poll, the last good list is kept): a status
+- **Rejected replies** (each counts as a failed poll; the last good list is kept): a status
   other than 200/304 (redirects are never followed), another content type, a body over
-  ``max_bytes`` (read no further), a token that is not a JWS with the feed's ``typ``, an
-  unknown key or a bad signature, claims that are not exactly the ones above, another
-  ``iss``, a ``version`` lower than the held one (rollback), an ``iat`` older than the held
-  list's (replay), older than ``grace`` or in the future.
+  ``max_bytes`` (read no further) or still arriving after ``timeout``, a token that is not a
+  JWS with the feed's ``typ``, an unknown key or a bad signature, claims that are not exactly
+  the ones above, another ``iss``, a ``version`` lower than the held one (rollback), an ``iat``
+  older than the held list's (replay), older than ``grace`` or in the future.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ __all__ = [
     "RevocationFeed",
     "RevocationList",
     "revocation_app",
+    "revocation_app_from_config",
     "revocation_digest",
 ]
 
@@ -140,67 +141,82 @@ class RevocationList:
 
 
 class _Snapshot:
-    """The published content for one state of the store: claims without ``iat``, and ETag."""
+    """The published content for one state of the store: the claims without ``iat`` as JSON
+    (``{"iss":...}``), its version, and its ETag."""
 
-    __slots__ = ("content", "etag", "marker")
+    __slots__ = ("claims_json", "etag", "marker", "version")
 
-    def __init__(self, marker: object, content: dict[str, Any]) -> None:
+    def __init__(self, marker: object, version: int, claims_json: str) -> None:
         self.marker = marker
-        self.content = content
-        canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
-        digest = hashlib.sha256(canonical).hexdigest()[:32]
-        self.etag = f'"v{content["version"]}-{digest}"'
+        self.version = version
+        self.claims_json = claims_json
+        digest = hashlib.sha256(claims_json.encode()).hexdigest()[:32]
+        self.etag = f'"v{version}-{digest}"'
 
 
 class _Publisher:
+    """Builds and signs the list. The store is read again only when its revocation marker
+    (or this process's pending task ends) changed; digests of rows already seen are kept."""
+
     def __init__(
         self, store: Store, keys: KeyRing, issuer: str, clock: Callable[[], float]
     ) -> None:
         self.store, self.keys, self.issuer, self.clock = store, keys, issuer, clock
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
+        self._digests: dict[tuple[str, str], str] = {}
+
+    def _digest(self, scope: str, value: str) -> str:
+        key = (scope, value)
+        found = self._digests.get(key)
+        if found is None:
+            found = self._digests[key] = revocation_digest(scope, value)
+        return found
 
     def snapshot(self) -> _Snapshot:
-        """The current content: the store is re-read only when its marker changed."""
+        """The current content (raises on any store failure)."""
         pending = self.store.pending_ends()
         marker = (self.store.revocation_marker(), pending)
         with self._lock:
             if self._snapshot is not None and self._snapshot.marker == marker:
                 return self._snapshot
-        rows = self.store.revocation_rows()
-        jtis: set[str] = set()
-        tasks: set[str] = {revocation_digest("task", t) for t in pending}
-        identities: dict[str, float] = {}
-        for scope, value, ts in rows:
-            if scope == "jti":
-                jtis.add(revocation_digest("jti", value))
-            elif scope == "task":
-                tasks.add(revocation_digest("task", value))
-            elif scope == "identity":
-                digest = revocation_digest("identity", value)
-                identities[digest] = max(ts, identities.get(digest, -math.inf))
-            else:  # a scope this feed does not know would be silently dropped: refuse instead
-                raise FeedError(f"the store holds a revocation of unknown scope {scope[:32]!r}")
-        content = {
-            "iss": self.issuer,
-            "version": len(rows),
-            "jti": sorted(jtis),
-            "task": sorted(tasks),
-            "identity": dict(sorted(identities.items())),
-        }
-        snap = _Snapshot(marker, content)
-        with self._lock:
-            self._snapshot = snap
-        return snap
+            rows = self.store.revocation_rows()
+            digest = self._digest
+            jtis: dict[str, None] = {}
+            tasks: dict[str, None] = {}
+            identities: dict[str, float] = {}
+            for scope, value, ts in rows:
+                if scope == "task":
+                    tasks[digest("task", value)] = None
+                elif scope == "jti":
+                    jtis[digest("jti", value)] = None
+                elif scope == "identity":
+                    key = digest("identity", value)
+                    identities[key] = max(ts, identities.get(key, -math.inf))
+                else:  # a scope the feed does not know would be silently dropped: refuse
+                    raise FeedError(f"the store holds a revocation of unknown scope {scope[:32]!r}")
+            for task_id in sorted(pending):
+                tasks[digest("task", task_id)] = None
+            content = {
+                "iss": self.issuer,
+                "version": len(rows),
+                "jti": list(jtis),
+                "task": list(tasks),
+                "identity": identities,
+            }
+            claims_json = json.dumps(content, separators=(",", ":"), allow_nan=False)
+            self._snapshot = _Snapshot(marker, len(rows), claims_json)
+            return self._snapshot
 
-    def sign(self, content: Mapping[str, Any]) -> bytes:
+    def sign(self, snap: _Snapshot) -> bytes:
+        """The list as a compact JWS, signed now (its ``iat``)."""
         key = self.keys.active
         header = {"alg": key.algorithm, "typ": FEED_TYP, "kid": key.kid}
-        claims = {**content, "iat": self.clock()}
+        claims = f'{{"iat":{json.dumps(float(self.clock()))},{snap.claims_json[1:]}'
         signing_input = (
             b64url_encode(json.dumps(header, separators=(",", ":")).encode())
             + "."
-            + b64url_encode(json.dumps(claims, separators=(",", ":")).encode())
+            + b64url_encode(claims.encode())
         )
         return f"{signing_input}.{b64url_encode(key.sign(signing_input.encode()))}".encode()
 
@@ -256,7 +272,7 @@ def revocation_app(
             hmac.compare_digest(tag.strip(), snap.etag) for tag in wanted.split(",")
         ):
             return Response(status_code=304, headers=headers)
-        return Response(publisher.sign(snap.content), media_type=FEED_MEDIA_TYPE, headers=headers)
+        return Response(publisher.sign(snap), media_type=FEED_MEDIA_TYPE, headers=headers)
 
     def keyset(request: Request) -> Response:
         return JSONResponse(jwks, headers={"Cache-Control": "max-age=60"})
@@ -269,6 +285,32 @@ def revocation_app(
     )
 
 
+def revocation_app_from_config(
+    config: str | os.PathLike[str] | Mapping[str, Any], *, busy_timeout: float = 2.0
+) -> Starlette:
+    """:func:`revocation_app` for a guard's config file (or mapping): its store (read-only),
+    its issuer's name and signing key (``issuer.key``, else ``issuer.key_file``, which must
+    exist: the feed never creates a key). For an ASGI server's command line::
+
+        # feed.py
+        from toolguard_starlette import revocation_app_from_config
+        app = revocation_app_from_config("toolguard.yaml")
+
+        $ uvicorn feed:app --host 0.0.0.0 --port 8700
+    """
+    from toolguard.config import load_config
+
+    cfg = load_config(config)
+    issuer = cfg.issuer
+    if issuer.key is not None:
+        keys = KeyRing.from_pem(issuer.key.get_secret_value())
+    else:
+        keys = KeyRing.load(cfg.resolve_path(issuer.key_file), create=False)
+    return revocation_app(
+        store=cfg.store_path, keys=keys, issuer=issuer.name, busy_timeout=busy_timeout
+    )
+
+
 # -- the client ----------------------------------------------------------------------------
 
 
@@ -276,13 +318,14 @@ class RevocationFeed:
     """A verifier's revocation source that polls a :func:`revocation_app` over HTTP.
 
     ``url`` is the feed's ``/revocations`` address (http or https); ``keys`` are the issuer's
-    public keys (the verifier's JWKS) and ``issuer`` its name. A background thread polls every
-    ``interval`` seconds (each request bounded by ``timeout``, default ``interval``), so a
-    revocation reaches :meth:`revoked_reason` within ``interval + timeout`` (default 1 s) while
-    the feed answers. If it does not, or its reply is rejected, the last good list is used for
-    ``grace`` seconds after the last successful poll; then every check raises
-    :class:`FeedError` (the verifier rejects every credential: fail closed) until a poll
-    succeeds again. Before the first good list, every check fails closed too.
+    public keys (the verifier's JWKS) and ``issuer`` its name. A background thread starts a
+    poll every ``interval`` seconds (each abandoned after ``timeout``: by default, and at
+    most, ``interval``), so a revocation reaches :meth:`revoked_reason` within
+    ``interval + timeout`` (default 1 s) while the feed answers. If it does not, or its reply
+    is rejected, the last good list is used for ``grace`` seconds after the last successful
+    poll; then every check raises :class:`FeedError` (the verifier rejects every credential:
+    fail closed) until a poll succeeds again. Before the first good list, every check fails
+    closed too.
 
     ``start=False`` does not start the thread: call :meth:`refresh` yourself. :meth:`close`
     stops the thread. ``clock`` is the verifier's clock (grace and ``iat`` checks).
@@ -315,8 +358,10 @@ class RevocationFeed:
             if not is_finite_number(value) or not 0 < value <= 3600:
                 raise ConfigError(f"feed {name} must be a number of seconds, above 0, up to 3600")
         timeout = interval if timeout is None else timeout
-        if not is_finite_number(timeout) or not 0 < timeout <= 60:
-            raise ConfigError("feed timeout must be a number of seconds, above 0, up to 60")
+        if not is_finite_number(timeout) or not 0 < timeout <= interval:
+            raise ConfigError(
+                "feed timeout must be a number of seconds, above 0, up to the poll interval"
+            )
         if grace < interval:
             raise ConfigError(
                 "feed grace must be at least the poll interval, else every poll would "
@@ -439,9 +484,13 @@ class RevocationFeed:
         return f"RevocationFeed(url={self.url!r}, version={version!r})"
 
     def _run(self) -> None:
+        # fixed rate: a poll starts every interval (timeout <= interval), so a revocation
+        # written just after one poll read the store is seen by the next one's end:
+        # within interval + timeout
         while not self._stop.is_set():
+            started = time.monotonic()
             self.refresh()
-            self._stop.wait(self.interval)
+            self._stop.wait(max(0.0, started + self.interval - time.monotonic()))
 
     def _failed(self, why: str) -> None:
         if self.last_error is None:
@@ -454,6 +503,7 @@ class RevocationFeed:
             held, etag = self._list, self._etag
         conditional = held is not None and etag is not None and held.iat >= now - self.grace / 2
         headers = {"If-None-Match": etag} if conditional and etag is not None else {}
+        deadline = time.monotonic() + self.timeout  # httpx's timeout is per read, not in all
         with self._client.stream("GET", self.url, headers=headers) as response:
             status = response.status_code
             if status == 304:
@@ -478,6 +528,10 @@ class RevocationFeed:
                 body += chunk
                 if len(body) > self.max_bytes:
                     raise FeedError(f"the feed's reply is larger than max_bytes ({self.max_bytes})")
+                if time.monotonic() > deadline:
+                    raise FeedError(
+                        f"the feed's reply took longer than the timeout ({self.timeout:g}s)"
+                    )
             new_etag = response.headers.get("etag")
         fresh = self._parse(bytes(body), self._clock())
         with self._lock:
