@@ -23,6 +23,12 @@ be read -> 503 (fail closed: nothing is let through). The service needs only the
 and read access to the audit store: revocations (``guard.revoke(...)``, task ends) take effect
 at once for every verifier sharing the store, in any process.
 
+A service without database access polls a signed revocation list over HTTP instead
+(``verifier_from(jwks=..., feed="https://.../revocations", ...)``, served by
+:func:`revocation_app` next to the guards; see :mod:`toolguard_starlette.feed`): a revocation
+reaches it within 1 s by default, and if the feed goes silent it keeps its last list for a
+10 s grace period, then rejects every credential (503) until the feed answers again.
+
 This module does not use ``from __future__ import annotations``: FastAPI resolves a
 dependency's annotations from its module globals, and string annotations would not resolve.
 """
