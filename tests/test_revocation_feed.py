@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sqlite3
 import threading
@@ -376,7 +377,7 @@ def test_feed_background_thread_recovers_after_the_feed_comes_back(
     served = serve(_feed_app(guard))
     verifier = verifier_from(
         jwks=guard.keys.jwks(), feed=f"{served.url}/revocations", issuer=ISS, audience=AUD,
-        feed_interval=0.05, feed_grace=0.2,
+        feed_interval=0.1, feed_grace=0.5,
     )  # fmt: skip
     feed = verifier.revocations
     assert isinstance(feed, RevocationFeed)
@@ -387,6 +388,35 @@ def test_feed_background_thread_recovers_after_the_feed_comes_back(
     served.start()
     _until(lambda: _accepts(verifier, token))
     feed.close()
+
+
+def test_feed_in_a_forked_worker_polls_with_a_thread_of_its_own(
+    guard: tg.Guard, remote: Verifier
+) -> None:
+    """A pre-forking server builds the verifier, then forks workers: the child's first check
+    starts its own poller, so revocations keep reaching it."""
+    token = _mint(guard, task_id="t-fork")
+    assert _accepts(remote, token)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            feed = remote.revocations
+            assert isinstance(feed, RevocationFeed)
+            assert _accepts(remote, token)  # starts the child's poller
+            assert feed._thread is not None and feed._thread.is_alive()
+            os.write(write, b"r")  # ready: the parent revokes now
+            _until(lambda: not _accepts(remote, token))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    assert os.read(read, 1) == b"r"
+    record_revocation(guard.store, task_id="t-fork", now=time.time())
+    _, status = os.waitpid(pid, 0)
+    os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # -- hostile feed replies ------------------------------------------------------------------------

@@ -397,14 +397,31 @@ class RevocationFeed:
         self.last_error: str | None = None
         """Why the last poll failed (None after a successful one); never holds a token."""
         self._stop = threading.Event()
-        self._client = httpx.Client(
+        self._client = self._new_client()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        if start:
+            self.start()
+
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(
             timeout=self.timeout,
             follow_redirects=False,
             trust_env=False,
             headers={"Accept": FEED_MEDIA_TYPE, "User-Agent": "toolguard-starlette feed"},
         )
-        self._thread: threading.Thread | None = None
-        if start:
+
+    def _after_fork(self) -> None:
+        """In a forked child (a pre-forking server's worker): the parent's thread and
+        connections did not come along; start over with the list inherited (its grace runs
+        on) and a thread of this process's own."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
+        self._client = self._new_client()
+        self._stop = threading.Event()
+        if self._thread is not None:
+            self._thread = None
             self.start()
 
     # -- the verifier's side ------------------------------------------------------------
@@ -414,6 +431,8 @@ class RevocationFeed:
     ) -> str | None:
         """Why a credential is revoked, or None; raises :class:`FeedError` when there is no
         list newer than the grace period (the verifier then rejects: fail closed)."""
+        if os.getpid() != self._pid:
+            self._after_fork()
         with self._lock:
             current, last_ok = self._list, self._last_ok
         if current is None or last_ok is None:
