@@ -323,6 +323,32 @@ def test_feed_answers_503_when_the_store_cannot_be_read(guard: tg.Guard, tmp_pat
     assert response.headers["cache-control"] == "no-store"
 
 
+def test_feed_with_a_secret_answers_only_clients_that_send_it(
+    guard: tg.Guard, serve: Callable[[ASGIApp], Served]
+) -> None:
+    secret = "s3cret-s3cret-s3cret"
+    app = revocation_app(store=guard.config.store_path, keys=guard.keys, issuer=ISS, secret=secret)
+    served = serve(app)
+    url = f"{served.url}/revocations"
+    for wrong in (None, "wrong-wrong-wrong-wrong"):
+        with RevocationFeed(url, keys=guard.keys, issuer=ISS, secret=wrong, start=False) as feed:
+            assert not feed.refresh()
+            assert feed.last_error == "the feed answered HTTP 401"
+    verifier = verifier_from(
+        jwks=guard.keys.jwks(), feed=url, feed_secret=secret, issuer=ISS, audience=AUD
+    )
+    _until(lambda: _accepts(verifier, _mint(guard)))
+    verifier.revocations.close()  # type: ignore[union-attr]
+    assert secret not in repr(verifier.revocations)
+    with pytest.raises(ConfigError, match="at least 16"):
+        revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, secret="short")
+    with pytest.raises(ConfigError, match="feed_secret goes with feed=URL"):
+        verifier_from(
+            jwks=guard.keys.jwks(), store=guard.config.store_path, feed_secret=secret,
+            issuer=ISS, audience=AUD,
+        )  # fmt: skip
+
+
 # -- feed down: grace period, then fail closed, then back ---------------------------------------
 
 

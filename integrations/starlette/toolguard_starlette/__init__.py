@@ -98,6 +98,7 @@ def verifier_from(
     busy_timeout: float = 2.0,
     feed_interval: float = 0.5,
     feed_grace: float = 10.0,
+    feed_secret: str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Verifier:
     """A :class:`toolguard.Verifier` from the issuer's JWKS and a revocation source: the audit
@@ -113,9 +114,10 @@ def verifier_from(
     feed answers; when it does not (or sends a reply that is rejected: bad signature, older
     version, ...), the last good list is used for ``feed_grace`` seconds (default 10 s) after
     the last successful poll, then every credential is rejected (503) until the feed answers
-    again. The list is signed with the issuer's key and checked against ``jwks``. Stop the
-    polling with ``verifier.revocations.close()``. ``max_ttl`` must be at least the issuer's
-    ``ttl`` (``issuer.max_ttl`` in the guard's config).
+    again. The list is signed with the issuer's key and checked against ``jwks``;
+    ``feed_secret`` is the feed's client secret, if it has one (``revocation_app(secret=)``).
+    Stop the polling with ``verifier.revocations.close()``. ``max_ttl`` must be at least the
+    issuer's ``ttl`` (``issuer.max_ttl`` in the guard's config).
     """
     keys = PublicKeys.from_jwks(jwks)
     if not keys.public_keys():
@@ -127,12 +129,16 @@ def verifier_from(
             "give exactly one revocation source: store= (the audit database) or feed= (the URL "
             "of a revocation feed, for services without database access)"
         )
+    if feed_secret is not None and not isinstance(feed, str):
+        raise ConfigError(
+            "feed_secret goes with feed=URL; a RevocationFeed takes its own secret= argument"
+        )
     if isinstance(feed, RevocationFeed):
         revocations = feed
     elif feed is not None:
         revocations = RevocationFeed(
             feed, keys=keys, issuer=issuer, algorithms=algs, interval=feed_interval,
-            grace=feed_grace, leeway=leeway, clock=clock,
+            grace=feed_grace, leeway=leeway, secret=feed_secret, clock=clock,
         )  # fmt: skip
     else:
         assert store is not None

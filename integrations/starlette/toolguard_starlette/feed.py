@@ -226,6 +226,7 @@ def revocation_app(
     store: Store | str | os.PathLike[str],
     keys: KeyRing,
     issuer: str,
+    secret: str | None = None,
     busy_timeout: float = 2.0,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
@@ -241,19 +242,35 @@ def revocation_app(
                              issuer="toolguard-local")
         uvicorn.run(app, host="0.0.0.0", port=8700)
 
-    If the store cannot be read, ``/revocations`` answers 503 (verifiers keep their last list
-    for their grace period, then fail closed).
+    With ``secret`` (at least 16 characters), ``/revocations`` answers only requests with
+    ``Authorization: Bearer <secret>`` (compared in constant time; 401 otherwise): give it to
+    the verifiers as ``feed_secret=``. If the store cannot be read, ``/revocations`` answers
+    503 (verifiers keep their last list for their grace period, then fail closed).
     """
     if not isinstance(keys, KeyRing):
         raise ConfigError("keys must be the issuer's KeyRing (it signs the revocation list)")
     if not isinstance(issuer, str) or not issuer:
         raise ConfigError("issuer must be the issuer's name, a non-empty string")
+    expected = None if secret is None else _check_secret(secret).encode()
     if not isinstance(store, Store):
         store = Store(os.fspath(store), readonly=True, busy_timeout=busy_timeout)
     publisher = _Publisher(store, keys, issuer, clock)
     jwks = keys.jwks()
 
     def revocations(request: Request) -> Response:
+        if expected is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), expected
+            ):
+                return JSONResponse(
+                    {
+                        "error": "invalid_client",
+                        "error_description": "this feed needs Authorization: Bearer <secret>",
+                    },
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="toolguard-feed"'},
+                )
         try:
             snap = publisher.snapshot()
         except Exception as exc:
@@ -286,11 +303,15 @@ def revocation_app(
 
 
 def revocation_app_from_config(
-    config: str | os.PathLike[str] | Mapping[str, Any], *, busy_timeout: float = 2.0
+    config: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    secret: str | None = None,
+    busy_timeout: float = 2.0,
 ) -> Starlette:
     """:func:`revocation_app` for a guard's config file (or mapping): its store (read-only),
     its issuer's name and signing key (``issuer.key``, else ``issuer.key_file``, which must
-    exist: the feed never creates a key). For an ASGI server's command line::
+    exist: the feed never creates a key); ``secret`` as for :func:`revocation_app`. For an ASGI
+    server's command line::
 
         # feed.py
         from toolguard_starlette import revocation_app_from_config
@@ -307,8 +328,9 @@ def revocation_app_from_config(
     else:
         keys = KeyRing.load(cfg.resolve_path(issuer.key_file), create=False)
     return revocation_app(
-        store=cfg.store_path, keys=keys, issuer=issuer.name, busy_timeout=busy_timeout
-    )
+        store=cfg.store_path, keys=keys, issuer=issuer.name, secret=secret,
+        busy_timeout=busy_timeout,
+    )  # fmt: skip
 
 
 # -- the client ----------------------------------------------------------------------------
@@ -327,6 +349,8 @@ class RevocationFeed:
     fail closed) until a poll succeeds again. Before the first good list, every check fails
     closed too.
 
+    ``secret`` is the feed's client secret (``revocation_app(secret=...)``), sent as a bearer
+    token; never logged (and never sent elsewhere: redirects are not followed).
     ``start=False`` does not start the thread: call :meth:`refresh` yourself. :meth:`close`
     stops the thread. ``clock`` is the verifier's clock (grace and ``iat`` checks).
     """
@@ -343,6 +367,7 @@ class RevocationFeed:
         timeout: float | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         leeway: float = 5.0,
+        secret: str | None = None,
         clock: Callable[[], float] = time.time,
         start: bool = True,
     ) -> None:
@@ -379,6 +404,7 @@ class RevocationFeed:
             raise ConfigError(
                 f"the feed's algorithms must be a non-empty list drawn from {', '.join(ALGORITHMS)}"
             )
+        self._secret = None if secret is None else _check_secret(secret)
         self.url = url
         self.keys = keys
         self.issuer = issuer
@@ -404,11 +430,11 @@ class RevocationFeed:
             self.start()
 
     def _new_client(self) -> httpx.Client:
+        headers = {"Accept": FEED_MEDIA_TYPE, "User-Agent": "toolguard-starlette feed"}
+        if self._secret is not None:
+            headers["Authorization"] = f"Bearer {self._secret}"
         return httpx.Client(
-            timeout=self.timeout,
-            follow_redirects=False,
-            trust_env=False,
-            headers={"Accept": FEED_MEDIA_TYPE, "User-Agent": "toolguard-starlette feed"},
+            timeout=self.timeout, follow_redirects=False, trust_env=False, headers=headers
         )
 
     def _after_fork(self) -> None:
@@ -635,6 +661,21 @@ class RevocationFeed:
             task=sets["task"],
             identity={str(k): float(v) for k, v in identities.items()},
         )
+
+
+def _check_secret(secret: object) -> str:
+    if (
+        not isinstance(secret, str)
+        or len(secret) < 16
+        or not secret.isprintable()
+        or (secret != secret.strip())
+    ):
+        raise ConfigError(
+            "the feed secret must be a string of at least 16 printable characters without "
+            'surrounding spaces; generate one with `python -c "import secrets; '
+            'print(secrets.token_urlsafe(32))"`'
+        )
+    return secret
 
 
 def _is_digest(value: object) -> bool:
