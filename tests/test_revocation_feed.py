@@ -15,6 +15,8 @@ import json
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -261,6 +263,23 @@ def test_feed_task_end_and_delegating_parent_reach_the_remote_verifier(
     assert _accepts(remote, child)
     record_revocation(guard.store, task_id="parent-1", now=time.time())
     assert _until(lambda: not _accepts(remote, child)) <= BOUND + SLACK
+
+
+@pytest.mark.slow  # a CLI subprocess
+def test_feed_carries_a_cli_revocation_to_the_remote_verifier(
+    guard: tg.Guard, remote: Verifier
+) -> None:
+    with guard.task("process-job", job_id="42") as task:
+        token = _credential(guard).token
+        assert _accepts(remote, token)
+        done = subprocess.run(
+            [sys.executable, "-m", "toolguard", "revoke", "--task", task.task_id,
+             "--reason", "incident 18", "--db", str(guard.config.store_path)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        took = _until(lambda: not _accepts(remote, token))
+    assert took <= BOUND + SLACK
 
 
 def test_feed_publishes_the_task_ends_its_guard_could_not_write_yet(
