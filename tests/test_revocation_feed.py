@@ -438,8 +438,8 @@ def test_feed_background_thread_recovers_after_the_feed_comes_back(
 def test_feed_in_a_forked_worker_polls_with_a_thread_of_its_own(
     guard: tg.Guard, remote: Verifier
 ) -> None:
-    """A pre-forking server builds the verifier, then forks workers: the child's first check
-    starts its own poller, so revocations keep reaching it."""
+    """A pre-forking server builds the verifier, then forks workers: each child starts a poller
+    of its own at the fork, so revocations keep reaching it."""
     token = _mint(guard, task_id="t-fork")
     assert _accepts(remote, token)
     read, write = os.pipe()
@@ -449,8 +449,8 @@ def test_feed_in_a_forked_worker_polls_with_a_thread_of_its_own(
         try:
             feed = remote.revocations
             assert isinstance(feed, RevocationFeed)
-            assert _accepts(remote, token)  # starts the child's poller
-            assert feed._thread is not None and feed._thread.is_alive()
+            assert feed._thread is not None and feed._thread.is_alive()  # the child's own
+            assert _accepts(remote, token)  # the inherited list, within its grace period
             os.write(write, b"r")  # ready: the parent revokes now
             _until(lambda: not _accepts(remote, token))
             code = 0

@@ -52,6 +52,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -425,7 +426,7 @@ class RevocationFeed:
         self._stop = threading.Event()
         self._client = self._new_client()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
+        _FEEDS.add(self)
         if start:
             self.start()
 
@@ -438,10 +439,9 @@ class RevocationFeed:
         )
 
     def _after_fork(self) -> None:
-        """In a forked child (a pre-forking server's worker): the parent's thread and
-        connections did not come along; start over with the list inherited (its grace runs
-        on) and a thread of this process's own."""
-        self._pid = os.getpid()
+        """In a forked child (a pre-forking server's worker), before anything else runs: the
+        parent's thread, connections and lock states did not come along; start over with the
+        list inherited (its grace period runs on) and a thread of this process's own."""
         self._lock = threading.Lock()
         self._fetch_lock = threading.Lock()
         self._client = self._new_client()
@@ -457,8 +457,6 @@ class RevocationFeed:
     ) -> str | None:
         """Why a credential is revoked, or None; raises :class:`FeedError` when there is no
         list newer than the grace period (the verifier then rejects: fail closed)."""
-        if os.getpid() != self._pid:
-            self._after_fork()
         with self._lock:
             current, last_ok = self._list, self._last_ok
         if current is None or last_ok is None:
@@ -511,6 +509,7 @@ class RevocationFeed:
 
     def close(self) -> None:
         """Stop polling. Later checks fail closed once the grace period has passed."""
+        _FEEDS.discard(self)
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -661,6 +660,19 @@ class RevocationFeed:
             task=sets["task"],
             identity={str(k): float(v) for k, v in identities.items()},
         )
+
+
+_FEEDS: weakref.WeakSet[RevocationFeed] = weakref.WeakSet()
+"""The live feed clients of this process, restarted in a forked child."""
+
+
+def _restart_in_child() -> None:
+    for feed in list(_FEEDS):
+        feed._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_restart_in_child)
 
 
 def _check_secret(secret: object) -> str:
