@@ -217,7 +217,9 @@ class Queries:
         """A value that changes whenever a revocation is written, so a reader knows when to
         read :meth:`revocation_rows` again: on SQLite the largest id (rows are never deleted,
         and ids are assigned under the database's write lock, so a smaller id is never
-        committed after a larger one). One index lookup."""
+        committed after a larger one). One index lookup. A backend whose ids can become
+        visible out of order (PostgreSQL sequences) must return something else that changes
+        with every committed revocation, such as ``(count, largest id)``."""
         rows = self.query("SELECT coalesce(max(id), 0) AS top FROM revocations")
         return int(rows[0]["top"])
 
