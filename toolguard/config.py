@@ -42,6 +42,7 @@ __all__ = [
     "MAX_CONFIG_DEPTH",
     "MAX_CONFIG_VALUES",
     "ConfigProblems",
+    "Mode",
     "OPERATION_NAME",
     "PLACEHOLDER",
     "TooLarge",
@@ -59,6 +60,12 @@ Operation = str
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 OPERATION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 """What an operation's name may be (``read``, ``write``, ``delete``, ``approve-payment``)."""
+
+
+Mode = Literal["enforce", "shadow"]
+"""How a task's decisions take effect: ``enforce`` (the default) denies what the policy or a
+budget refuses; ``shadow`` runs it anyway and records the call as ``would_deny`` (see
+docs/shadow.md for what stays denied even in shadow mode)."""
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -160,6 +167,9 @@ class IdentityConfig(_Model):
     limits: IdentityLimits = Field(default_factory=IdentityLimits)
     disabled: bool = False
     """A disabled identity starts no task (see also ``toolguard revoke --identity --disable``)."""
+    mode: Mode | None = None
+    """``shadow``: the identity's intents that set no ``mode`` of their own run in shadow mode
+    (denied calls run and are recorded as ``would_deny``); default ``enforce``."""
 
     @field_validator("allow")
     @classmethod
@@ -227,6 +237,9 @@ class IntentConfig(_Model):
     budget: Budget = Field(default_factory=Budget)
     ttl: Duration = 900.0
     audience: str | None = None
+    mode: Mode | None = None
+    """``enforce`` or ``shadow`` (calls the policy or a budget refuses run anyway and are
+    recorded as ``would_deny``); unset: the identity's ``mode``, else ``enforce``."""
 
     @field_validator("allow")
     @classmethod
@@ -273,6 +286,15 @@ class GuardConfig(_Model):
         if problems:
             raise ConfigProblems(problems, references=True)
         return self
+
+    def mode(self, intent: str) -> Mode:
+        """The mode of an intent's tasks: the intent's own ``mode``, else its identity's, else
+        ``enforce`` (an unknown intent is ``enforce``)."""
+        spec = self.intents.get(intent)
+        if spec is None:
+            return "enforce"
+        identity = self.identities.get(spec.identity)
+        return spec.mode or (identity.mode if identity is not None else None) or "enforce"
 
     def resolve_path(self, path: str) -> Path:
         """A config path made absolute against the config file's directory."""

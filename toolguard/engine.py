@@ -36,7 +36,7 @@ from .integrity import guard_keys
 from .intent import Call, Policy
 from .keys import load_args_key
 from .numbers import MAX_COST, check_timestamp, is_finite_number
-from .policy import Decision, decide, derive_call
+from .policy import Decision, decide, derive_call, shadowable
 from .redaction import Redactor
 from .store import PendingOutcome, Store
 from .text import (
@@ -373,8 +373,13 @@ class Guard:
         decision = decide(
             bound, call, ended=session.ended_reason, now=now, deadline=session.deadline
         )
+        # shadow mode (the task's and every ancestor's): a policy refusal runs, as would_deny
+        shadow = _shadow(session)
+        would: str | None = None
         if not decision.allowed:
-            self._deny(session, tool, args, cid, now, decision, call)
+            if not (shadow and shadowable(decision)):
+                self._deny(session, tool, args, cid, now, decision, call)
+            would = clip(self._redactor(tool).scrub(decision.reason), MAX_REASON_CHARS)
         spends: tuple[Spend, ...] = plan(bound, session.task_id, call)
         inherited: list[tuple[Spend, ...]] = []
         parent = session.parent
@@ -395,9 +400,9 @@ class Guard:
             "tool": tool,
             "operation": call.operation,
             "resources": resources_json,
-            "decision": "allow",
-            "reason": None,
-            "rule": "allow",
+            "decision": "allow" if would is None else "would_deny",
+            "reason": would,
+            "rule": "allow" if would is None else decision.rule,
             "jti": jti,
             "correlation_id": cid,
             "args": args_json,
@@ -435,6 +440,7 @@ class Guard:
             now=now,
             on_denied=denied_event,
             inherited=inherited,
+            shadow=shadow,
         )
         if denial is not None:
             if denial.ended:  # an on_anomaly revocation ended the identity's tasks
@@ -634,6 +640,17 @@ class Guard:
     @staticmethod
     def _event(kind: str, now: float, **fields: Any) -> dict[str, Any]:
         return {"ts": now, "kind": kind, **fields}
+
+
+def _shadow(session: TaskSession) -> bool:
+    """A task runs in shadow mode when its intent does and so does every ancestor's: a
+    delegated task never runs what an enforcing parent would refuse."""
+    s: TaskSession | None = session
+    while s is not None:
+        if s.bound.mode != "shadow":
+            return False
+        s = s.parent
+    return True
 
 
 class StoreRevocations:

@@ -305,6 +305,9 @@ class BoundTask:
     audience: str | None
     purpose: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    mode: str = "enforce"
+    """``enforce``, or ``shadow``: a call the policy or a budget refuses runs anyway and is
+    recorded as ``would_deny`` (:meth:`GuardConfig.mode`)."""
 
     def allows(self, operation: str, resource: str) -> str | None:
         """None if allowed, else the rule that refused."""
@@ -407,4 +410,5 @@ class Policy:
             ttl=intent.ttl,
             audience=intent.audience,
             purpose=purpose,
+            mode=self.config.mode(intent_name),
         )

@@ -1,0 +1,254 @@
+"""Shadow mode (``mode: shadow`` on an intent or an identity): a call the policy or a budget
+refuses runs anyway and is recorded as ``would_deny``, budgets spend, and what must fail closed
+stays denied."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BASE_CONFIG, Clock
+
+import toolguard as tg
+from toolguard.configcheck import check_config
+
+Factory = Callable[..., tg.Guard]
+
+
+def _intents(**modes: str) -> dict[str, Any]:
+    intents = copy.deepcopy(BASE_CONFIG["intents"])
+    for name, mode in modes.items():
+        intents[name]["mode"] = mode
+    return intents
+
+
+def _run(guard: tg.Guard, tool: str, args: dict[str, Any]) -> tg.Credential:
+    """Authorize one call, 'run' it, record its outcome; the credential it got."""
+    permit = guard.authorize(tool, args)
+    with permit as credential:
+        pass
+    guard.finish(permit)
+    return credential
+
+
+def _requests(db: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute(
+            "SELECT kind, tool, decision, reason, rule, jti, resources FROM events"
+            " WHERE kind IN ('request', 'denied') ORDER BY seq"
+        ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def test_shadow_intent_runs_a_policy_denial_and_records_would_deny(
+    make_guard: Factory, clock: Clock, tmp_path: Path
+) -> None:
+    guard = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
+    with guard.task("process-job", job_id="42"):
+        _run(guard, "kv_get", {"key": "agents:jobs:42:input"})
+        credential = _run(guard, "kv_set", {"key": "agents:jobs:7:result", "value": "x"})
+        claims = guard.verifier().verify(credential.token)
+    rows = _requests(tmp_path / "audit.db")
+    assert [(r["kind"], r["decision"]) for r in rows] == [
+        ("request", "allow"),
+        ("request", "would_deny"),
+    ]
+    would = rows[1]
+    assert would["rule"] == "intents.process-job.allow.write"
+    assert "outside what this task may do" in would["reason"]
+    assert would["jti"] == credential.jti
+    # the credential names the call's own resource, not the intent's patterns
+    assert claims["res"] == ["agents:jobs:7:result"]
+    assert credential.resources == ("agents:jobs:7:result",)
+
+
+def test_enforce_is_the_default_and_still_denies(make_guard: Factory, clock: Clock) -> None:
+    guard = make_guard(clock=clock)
+    with guard.task("process-job", job_id="42"), pytest.raises(tg.PolicyDenied):
+        guard.authorize("kv_set", {"key": "agents:jobs:7:result", "value": "x"})
+
+
+def test_intent_enforce_wins_over_a_shadow_identity(make_guard: Factory, clock: Clock) -> None:
+    identities = copy.deepcopy(BASE_CONFIG["identities"])
+    identities["agent-runner"]["mode"] = "shadow"
+    guard = make_guard(
+        clock=clock, identities=identities, intents=_intents(**{"process-job": "enforce"})
+    )
+    with guard.task("process-job", job_id="42"), pytest.raises(tg.PolicyDenied):
+        guard.authorize("kv_set", {"key": "agents:jobs:7:result", "value": "x"})
+
+
+def test_shadow_identity_covers_its_intents(
+    make_guard: Factory, clock: Clock, tmp_path: Path
+) -> None:
+    identities = copy.deepcopy(BASE_CONFIG["identities"])
+    identities["summariser"]["mode"] = "shadow"
+    guard = make_guard(clock=clock, identities=identities)
+    with guard.task("summarise-job", job_id="42"):
+        # outside the intent and outside the identity's ceiling (read only): would_deny
+        _run(guard, "kv_get", {"key": "agents:context:x"})
+    with guard.task("process-job", job_id="42"), pytest.raises(tg.PolicyDenied):
+        guard.authorize("kv_set", {"key": "agents:jobs:7:result", "value": "x"})  # enforced
+    rows = _requests(tmp_path / "audit.db")
+    assert [(r["kind"], r["decision"]) for r in rows] == [
+        ("request", "would_deny"),
+        ("denied", "deny"),
+    ]
+    assert rows[0]["rule"] == "intents.summarise-job.allow.read"
+
+
+def test_a_tool_outside_the_intent_is_a_would_deny(
+    make_guard: Factory, clock: Clock, tmp_path: Path
+) -> None:
+    guard = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
+    with guard.task("process-job", job_id="42"):
+        _run(guard, "kv_delete", {"key": "agents:jobs:42:x"})
+    (row,) = _requests(tmp_path / "audit.db")
+    assert (row["decision"], row["rule"]) == ("would_deny", "intents.process-job.tools")
+
+
+def test_budget_refusals_run_in_shadow_and_spend(
+    make_guard: Factory, clock: Clock, tmp_path: Path
+) -> None:
+    guard = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
+    with guard.task("process-job", job_id="42") as task:
+        for i in range(7):  # per_tool.kv_set is 5
+            _run(guard, "kv_set", {"key": f"agents:jobs:42:k{i}", "value": "x"})
+        used = guard.store.task_spent(task.task_id, ["per_tool.kv_set", "max_calls"])
+    rows = _requests(tmp_path / "audit.db")
+    assert [r["decision"] for r in rows] == ["allow"] * 5 + ["would_deny"] * 2
+    assert rows[5]["rule"] == "intents.process-job.budget.per_tool.kv_set"
+    assert "budget 'task.per_tool.kv_set' is exhausted (5 of 5 used)" in rows[5]["reason"]
+    assert "6 of 5" in rows[6]["reason"]  # the would-deny call spent
+    assert used == {"per_tool.kv_set": 7 * 1_000_000, "max_calls": 7 * 1_000_000}
+
+
+def test_identity_rate_refusal_runs_in_shadow_and_counts(
+    make_guard: Factory, clock: Clock, tmp_path: Path
+) -> None:
+    identities = copy.deepcopy(BASE_CONFIG["identities"])
+    identities["agent-runner"]["limits"] = {
+        "writes_per_minute": 2,
+        "on_anomaly": {"revoke_when_rate_exceeds": "2x"},
+    }
+    guard = make_guard(
+        clock=clock, identities=identities, intents=_intents(**{"process-job": "shadow"})
+    )
+    with guard.task("process-job", job_id="42"):
+        for i in range(5):  # 2x of 2 per minute would revoke an enforced identity
+            _run(guard, "kv_set", {"key": f"agents:jobs:42:k{i}", "value": "x"})
+    rows = _requests(tmp_path / "audit.db")
+    assert [r["decision"] for r in rows] == ["allow"] * 2 + ["would_deny"] * 3
+    assert rows[2]["rule"] == "identities.agent-runner.limits.writes_per_minute"
+    assert "(4 of 2 used)" in rows[4]["reason"]  # the would-deny calls are in the window
+    with sqlite3.connect(tmp_path / "audit.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM revocations WHERE by = 'anomaly'").fetchone()[
+            0
+        ] == 0
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "rule"),
+    [
+        ("kv_nope", {"key": "agents:jobs:42:x"}, "tools.kv_nope"),  # unknown tool
+        ("kv_set", {"value": "x"}, "tools.kv_set.resource"),  # no resource argument
+        ("kv_set", {"key": ["a"], "value": "x"}, "tools.kv_set.resource"),  # not a string
+        ("kv_set", {"key": "agents:jobs:42:\x1b[2J", "value": "x"}, "tools.kv_set.resource"),
+    ],
+)
+def test_what_stays_denied_in_shadow_mode(
+    make_guard: Factory, clock: Clock, tmp_path: Path, tool: str, args: dict[str, Any], rule: str
+) -> None:
+    guard = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
+    with guard.task("process-job", job_id="42"), pytest.raises(tg.PolicyDenied) as err:
+        guard.authorize(tool, args)
+    assert err.value.rule == rule
+    (row,) = _requests(tmp_path / "audit.db")
+    assert (row["kind"], row["decision"], row["jti"]) == ("denied", "deny", None)
+
+
+def test_path_escape_stays_denied_in_shadow(tmp_path: Path, clock: Clock) -> None:
+    from conftest import make_config
+
+    config = make_config(tmp_path, intents=_intents(**{"process-job": "shadow"}))
+    config["tools"]["read_file"] = {"operation": "read", "resource": "{path}", "kind": "path"}
+    config["intents"]["process-job"]["tools"].append("read_file")
+    with tg.Guard(config, clock=clock) as guard, guard.task("process-job", job_id="42"):
+        with pytest.raises(tg.PolicyDenied) as err:
+            guard.authorize("read_file", {"path": "agents/../../etc/passwd"})
+    assert err.value.rule == "tools.read_file.resource"
+
+
+def test_revoked_ended_and_expired_tasks_stay_denied_in_shadow(
+    make_guard: Factory, clock: Clock
+) -> None:
+    guard = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
+    with guard.task("process-job", job_id="42") as task:
+        guard.revoke(task_id=task.task_id, reason="incident")
+        with pytest.raises(tg.PolicyDenied) as err:
+            guard.authorize("kv_get", {"key": "agents:jobs:7:x"})
+        assert err.value.rule in ("task.active", "revocation.task")
+    with guard.task("process-job", job_id="42"):
+        clock.advance(16 * 60)  # past the intent's ttl of 15m
+        with pytest.raises(tg.PolicyDenied) as err:
+            guard.authorize("kv_get", {"key": "agents:jobs:7:x"})
+        assert err.value.rule == "task.ttl"
+    session = guard.task("process-job", job_id="42")
+    with session:
+        pass
+    with pytest.raises(tg.ToolGuardError):
+        guard.authorize("kv_get", {"key": "agents:jobs:7:x"})  # no active task
+
+
+def test_disabled_identity_stays_refused_in_shadow(make_guard: Factory, clock: Clock) -> None:
+    guard = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
+    guard.revoke(identity="agent-runner", disable=True, reason="incident")
+    with pytest.raises(tg.PolicyDenied):
+        guard.task("process-job", job_id="42").__enter__()
+
+
+def test_identity_revocation_stays_denied_in_shadow(make_guard: Factory, clock: Clock) -> None:
+    guard = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
+    with guard.task("process-job", job_id="42"):
+        clock.advance(1)
+        guard.revoke(identity="agent-runner", reason="incident")
+        with pytest.raises(tg.PolicyDenied) as err:
+            guard.authorize("kv_get", {"key": "agents:jobs:7:x"})
+    assert err.value.rule in ("revocation.identity", "task.active")
+
+
+def test_a_shadow_child_of_an_enforcing_parent_is_enforced(
+    make_guard: Factory, clock: Clock
+) -> None:
+    intents = _intents(**{"summarise-job": "shadow"})
+    guard = make_guard(clock=clock, intents=intents)
+    with guard.task("process-job", job_id="42") as parent:
+        with parent.delegate("summarise-job", job_id="42"), pytest.raises(tg.PolicyDenied):
+            guard.authorize("kv_get", {"key": "agents:jobs:7:x"})
+
+
+def test_check_warns_about_shadow_mode(tmp_path: Path) -> None:
+    config = copy.deepcopy(BASE_CONFIG)
+    config["intents"]["process-job"]["mode"] = "shadow"
+    config["identities"]["summariser"]["mode"] = "shadow"
+    report = check_config(config)
+    found = {(f.path, f.code) for f in report.warnings}
+    assert ("intents.process-job.mode", "shadow-mode") in found
+    assert ("identities.summariser.mode", "shadow-mode") in found
+    assert not report.errors
+
+
+def test_check_refuses_an_unknown_mode(tmp_path: Path) -> None:
+    config = copy.deepcopy(BASE_CONFIG)
+    config["intents"]["process-job"]["mode"] = "audit-only"
+    report = check_config(config)
+    assert [e.path for e in report.errors] == ["intents.process-job.mode"]
+    with pytest.raises(tg.ConfigError):
+        tg.Guard(config)
+    assert json.dumps(report.errors[0].to_dict())
