@@ -220,7 +220,7 @@ def test_identity_revocation_stays_denied_in_shadow(make_guard: Factory, clock: 
         guard.revoke(identity="agent-runner", reason="incident")
         with pytest.raises(tg.PolicyDenied) as err:
             guard.authorize("kv_get", {"key": "agents:jobs:7:x"})
-    assert err.value.rule in ("revocation.identity", "task.active")
+    assert err.value.rule.startswith(("revocation.", "task.active"))
 
 
 def test_a_shadow_child_of_an_enforcing_parent_is_enforced(
