@@ -179,9 +179,9 @@ def test_path_escape_stays_denied_in_shadow(tmp_path: Path, clock: Clock) -> Non
     config = make_config(tmp_path, intents=_intents(**{"process-job": "shadow"}))
     config["tools"]["read_file"] = {"operation": "read", "resource": "{path}", "kind": "path"}
     config["intents"]["process-job"]["tools"].append("read_file")
-    with tg.Guard(config, clock=clock) as guard, guard.task("process-job", job_id="42"):
-        with pytest.raises(tg.PolicyDenied) as err:
-            guard.authorize("read_file", {"path": "agents/../../etc/passwd"})
+    guard = tg.Guard(config, clock=clock)
+    with guard, guard.task("process-job", job_id="42"), pytest.raises(tg.PolicyDenied) as err:
+        guard.authorize("read_file", {"path": "agents/../../etc/passwd"})
     assert err.value.rule == "tools.read_file.resource"
 
 
@@ -228,9 +228,9 @@ def test_a_shadow_child_of_an_enforcing_parent_is_enforced(
 ) -> None:
     intents = _intents(**{"summarise-job": "shadow"})
     guard = make_guard(clock=clock, intents=intents)
-    with guard.task("process-job", job_id="42") as parent:
-        with parent.delegate("summarise-job", job_id="42"), pytest.raises(tg.PolicyDenied):
-            guard.authorize("kv_get", {"key": "agents:jobs:7:x"})
+    parent = guard.task("process-job", job_id="42")
+    with parent, parent.delegate("summarise-job", job_id="42"), pytest.raises(tg.PolicyDenied):
+        guard.authorize("kv_get", {"key": "agents:jobs:7:x"})
 
 
 def test_check_warns_about_shadow_mode(tmp_path: Path) -> None:
