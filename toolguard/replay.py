@@ -266,9 +266,7 @@ def replay(
             continue
         ts = float(event["ts"])
         reported = ts >= since and (intent is None or t.row.get("intent") == intent)
-        before = (
-            "deny" if event["kind"] == "denied" else str(event.get("decision") or "allow")
-        )
+        before = "deny" if event["kind"] == "denied" else str(event.get("decision") or "allow")
         outcome = outcomes.get(str(event.get("correlation_id")))
         after, decision, spends, call = _evaluate(policy, t, event, outcome, before)
         if after == "cannot-replay":

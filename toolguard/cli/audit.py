@@ -1,8 +1,9 @@
 """``toolguard audit ...``: read, follow, summarise, verify, export and prune the audit trail.
 
 The ``audit`` group and its subcommands ``tasks``, ``show``, ``tail``, ``denied``, ``summary``,
-``verify``, ``acknowledge``, ``export``, ``prune`` and ``replay``. Queries live in :mod:`toolguard.audit`,
-rendering in :mod:`toolguard.viewer` and :mod:`toolguard.export`.
+``verify``, ``acknowledge``, ``export``, ``prune`` and ``replay``. Queries live in
+:mod:`toolguard.audit` (and :mod:`toolguard.replay`), rendering in :mod:`toolguard.viewer` and
+:mod:`toolguard.export`.
 """
 
 from __future__ import annotations
