@@ -148,9 +148,9 @@ def test_identity_rate_refusal_runs_in_shadow_and_counts(
     assert rows[2]["rule"] == "identities.agent-runner.limits.writes_per_minute"
     assert "(4 of 2 used)" in rows[4]["reason"]  # the would-deny calls are in the window
     with sqlite3.connect(tmp_path / "audit.db") as conn:
-        assert conn.execute("SELECT COUNT(*) FROM revocations WHERE by = 'anomaly'").fetchone()[
-            0
-        ] == 0
+        assert (
+            conn.execute("SELECT COUNT(*) FROM revocations WHERE by = 'anomaly'").fetchone()[0] == 0
+        )
 
 
 @pytest.mark.parametrize(
@@ -252,3 +252,130 @@ def test_check_refuses_an_unknown_mode(tmp_path: Path) -> None:
     with pytest.raises(tg.ConfigError):
         tg.Guard(config)
     assert json.dumps(report.errors[0].to_dict())
+
+
+# -- the viewer, the summary and the report ------------------------------------------------------
+
+
+@pytest.fixture
+def shadow_trail(tmp_path: Path, clock: Clock) -> tuple[Path, str]:
+    """A trail with one allowed call, one would_deny call and one denial; (config, task id)."""
+    from conftest import make_config
+
+    config = make_config(tmp_path, intents=_intents(**{"process-job": "shadow"}))
+    path = tmp_path / "toolguard.json"
+    path.write_text(json.dumps(config))
+    with tg.Guard.from_config(path, clock=clock) as guard:
+        with guard.task("process-job", job_id="42") as task:
+            _run(guard, "kv_get", {"key": "agents:jobs:42:input"})
+            _run(guard, "kv_set", {"key": "agents:jobs:7:result", "value": "x"})
+            with pytest.raises(tg.PolicyDenied):
+                guard.authorize("kv_nope", {"key": "x"})
+        task_id = task.task_id
+    return path, task_id
+
+
+def _cli(clock: Clock, *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from toolguard.cli import CliContext, main
+
+    context = CliContext(clock=clock, sleep=lambda s: None, max_polls=1)
+    result = CliRunner().invoke(main, list(args), obj=context)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def test_show_tail_and_tasks_mark_would_deny(shadow_trail: tuple[Path, str], clock: Clock) -> None:
+    config, task_id = shadow_trail
+    show = _cli(clock, "audit", "show", task_id, "--config", str(config)).stdout
+    (line,) = [x for x in show.splitlines() if "agents:jobs:7:result" in x]
+    assert "WOULD-DENY (ok)" in line
+    assert "would deny:" in line and "intents.process-job.allow.write" in line
+    tail = _cli(clock, "audit", "tail", "--config", str(config)).stdout
+    (line,) = [x for x in tail.splitlines() if "agents:jobs:7:result" in x and "request" in x]
+    assert "WOULD-DENY" in line and "intents.process-job.allow.write" in line
+    tasks = _cli(clock, "audit", "tasks", "--config", str(config)).stdout.splitlines()
+    header, row = tasks[0].split(), tasks[1].split()
+    assert header[6:8] == ["denied", "would-deny"]
+    assert row[header.index("calls") + 1 : header.index("calls") + 4] == ["2", "1", "1"]
+    as_json = _cli(clock, "audit", "tasks", "--config", str(config), "--json").stdout
+    assert json.loads(as_json)["would_deny"] == 1
+    timeline = json.loads(_cli(clock, "audit", "show", task_id, "--config", str(config), "--json")
+                          .stdout)["timeline"]  # fmt: skip
+    assert [r["decision"] for r in timeline if r["kind"] == "request"] == ["allow", "would_deny"]
+
+
+def test_tasks_without_shadow_calls_have_no_would_deny_column(
+    make_guard: Factory, clock: Clock, tmp_path: Path
+) -> None:
+    guard = make_guard(clock=clock)
+    with guard.task("process-job", job_id="42"):
+        _run(guard, "kv_get", {"key": "agents:jobs:42:input"})
+    guard.close()
+    out = _cli(clock, "audit", "tasks", "--db", str(tmp_path / "audit.db")).stdout
+    assert "would-deny" not in out
+
+
+def test_denied_lists_denials_or_would_deny_calls(
+    shadow_trail: tuple[Path, str], clock: Clock
+) -> None:
+    config, _ = shadow_trail
+    denied = _cli(clock, "audit", "denied", "--config", str(config), "--json").stdout
+    assert [json.loads(x)["tool"] for x in denied.splitlines()] == ["kv_nope"]
+    would = _cli(clock, "audit", "denied", "--would-deny", "--config", str(config), "--json")
+    rows = [json.loads(x) for x in would.stdout.splitlines()]
+    assert [(r["tool"], r["decision"], r["kind"]) for r in rows] == [
+        ("kv_set", "would_deny", "request")
+    ]
+    text = _cli(clock, "audit", "denied", "--would-deny", "--config", str(config)).stdout
+    assert "WOULD-DENY" in text
+    tail = _cli(clock, "audit", "tail", "--decision", "would_deny", "--config", str(config))
+    assert "agents:jobs:7:result" in tail.stdout and "kv_get" not in tail.stdout
+
+
+def test_summary_counts_would_deny_apart(shadow_trail: tuple[Path, str], clock: Clock) -> None:
+    config, _ = shadow_trail
+    out = _cli(clock, "audit", "summary", "--config", str(config), "--json").stdout
+    rows = {r["key"]: r for r in json.loads(out)["by_tool"]}
+    assert (rows["kv_set"]["calls"], rows["kv_set"]["would_deny"]) == (1, 1)
+    assert (rows["kv_get"]["would_deny"], rows["kv_nope"]["denials"]) == (0, 1)
+    text = _cli(clock, "audit", "summary", "--config", str(config), "--by", "tool").stdout
+    header = next(x for x in text.splitlines() if x.split()[:1] == ["tool"]).split()
+    assert header[:5] == ["tool", "calls", "denied", "would-deny", "errors"]
+    (line,) = [x.split() for x in text.splitlines() if x.startswith("kv_set")]
+    assert line[:5] == ["kv_set", "1", "0", "1", "0"]
+
+
+def test_html_report_has_a_would_deny_section(
+    shadow_trail: tuple[Path, str], clock: Clock, tmp_path: Path
+) -> None:
+    config, task_id = shadow_trail
+    page = tmp_path / "report.html"
+    _cli(clock, "audit", "export", "--format", "html", "-o", str(page), "--config", str(config))
+    html = page.read_text()
+    assert 'id="would-deny"' in html and "1 call that would be denied" in html
+    assert '<tr class="would" data-kind="request">' in html
+    assert 'class="badge would">1 would-deny</span>' in html
+    assert f'data-task-id="{task_id}"' in html and 'data-would-deny="1"' in html
+    exported = _cli(clock, "audit", "export", "--config", str(config)).stdout
+    decisions = [json.loads(x)["decision"] for x in exported.splitlines()]
+    assert "would_deny" in decisions
+
+
+def test_a_guarded_langchain_tool_runs_in_shadow_mode(make_guard: Factory, clock: Clock) -> None:
+    from langchain_core.tools import tool
+
+    ran: list[str] = []
+
+    @tool
+    def kv_set(key: str, value: str) -> str:
+        """Write a key."""
+        ran.append(tg.current_credential().resources[0])
+        return "ok"
+
+    shadow = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
+    (guarded,) = shadow.wrap([kv_set])
+    with shadow.task("process-job", job_id="42"):
+        assert guarded.invoke({"key": "agents:jobs:7:result", "value": "x"}) == "ok"
+    assert ran == ["agents:jobs:7:result"]
