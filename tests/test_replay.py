@@ -279,6 +279,8 @@ def test_a_hostile_config_exits_2_with_its_location(
     assert result.exit_code == EXIT_ERROR and "intents.process-job.mode" in result.output
     missing = run("audit", "replay", "--config", str(tmp_path / "none.yaml"))
     assert missing.exit_code == EXIT_ERROR
+    no_config = run("audit", "replay", "--db", old["store"])
+    assert no_config.exit_code == EXIT_ERROR and "pass --config" in no_config.output
     no_db = run("audit", "replay", "--config", str(_write(tmp_path / "ok.yaml", old)), "--db",
                 str(tmp_path / "nothing.db"))  # fmt: skip
     assert no_db.exit_code == EXIT_ERROR and "no audit database" in no_db.output

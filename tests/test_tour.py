@@ -208,6 +208,7 @@ DISCOVERING = {
     # event 1 is the task start, with no arguments to match (exit 2), found in the config's trail
     "audit match-args": ["audit", "match-args", "1", "--args", "{}"],
     "check": ["check"],
+    "audit replay": ["audit", "replay"],
 }
 # Commands above that end with exit 2 on this trail, and what they must say about it.
 REFUSING = {

@@ -34,6 +34,7 @@ from ._base import (
     _task_json,
     db_options,
     filter_options,
+    find_config,
     json_option,
     main,
 )
@@ -705,8 +706,8 @@ def prune_cmd(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="The config to try: the recorded calls are re-evaluated under it.",
+    help="The config to try: the recorded calls are re-evaluated under it (default: "
+    "$TOOLGUARD_CONFIG, else ./toolguard.yaml, e.g. after editing it).",
 )
 @click.option(
     "--db",
@@ -725,7 +726,7 @@ def prune_cmd(
 @click.option("--intent", help="Only the calls of tasks of this intent.")
 @json_option
 def replay_cmd(
-    config_path: Path,
+    config_path: Path | None,
     db_path: Path | None,
     since: float,
     until: float | None,
@@ -743,16 +744,21 @@ def replay_cmd(
     from ..replay import replay
 
     config = _load(config_path)
-    assert config is not None  # --config is required
+    if config is None:
+        raise CliError(
+            "replay re-evaluates the trail under a config: pass --config NEW.yaml (with --db "
+            "for a trail other than its store)"
+        )
+    shown = str(config_path or find_config(None)[0])
     if intent is not None and intent not in config.intents:
         known = ", ".join(sorted(config.intents)) or "none"
-        raise CliError(f"intent {intent!r} is not in {config_path} (its intents: {known})")
+        raise CliError(f"intent {intent!r} is not in {shown} (its intents: {known})")
     with _log(db_path, config) as log:
         report = replay(log.store, config, since=since, until=until, intent=intent)
     viewer = _obj().viewer()
     if as_json:
         viewer.json(report.to_dict())
     else:
-        viewer.replay(report, str(config_path))
+        viewer.replay(report, shown)
     if report.exit_code:
         click.get_current_context().exit(EXIT_FINDINGS)
