@@ -284,3 +284,31 @@ def test_a_hostile_config_exits_2_with_its_location(
     no_db = run("audit", "replay", "--config", str(_write(tmp_path / "ok.yaml", old)), "--db",
                 str(tmp_path / "nothing.db"))  # fmt: skip
     assert no_db.exit_code == EXIT_ERROR and "no audit database" in no_db.output
+
+
+def test_a_malformed_row_is_a_clean_error(
+    old: dict[str, Any], clock: Clock, tmp_path: Path, run: Run
+) -> None:
+    import sqlite3
+
+    _trail(old, clock, [("process-job", "kv_get", {"key": "agents:jobs:42:input"})])
+    with sqlite3.connect(old["store"]) as conn:
+        conn.execute("UPDATE tasks SET started_at = 'yesterday'")
+    result = run("audit", "replay", "--config", str(_write(tmp_path / "new.yaml", old)))
+    assert result.exit_code == EXIT_ERROR
+    assert "malformed row" in result.output and "Traceback" not in result.output
+
+
+def test_budget_state_counts_calls_before_since(
+    old: dict[str, Any], clock: Clock, tmp_path: Path, run: Run
+) -> None:
+    with tg.Guard(old, clock=clock) as guard, guard.task("process-job", job_id="42"):
+        for i in range(3):
+            assert _call(guard, "kv_set", {"key": f"agents:jobs:42:k{i}", "value": "v"})
+            clock.advance(120)
+    new = copy.deepcopy(old)
+    new["intents"]["process-job"]["budget"]["per_tool"]["kv_set"] = 2
+    _, out = _replay(run, _write(tmp_path / "new.yaml", new), "--since", "3m")
+    # only the third call is reported, and it is refused: the two before it spent the budget
+    assert out["calls"] == 1
+    assert [c["resources"] for c in out["newly_denied"]] == [["agents:jobs:42:k2"]]

@@ -247,18 +247,17 @@ def replay(
 
     # the budget state starts with the day (and the tasks) running at ``since``
     load_from = day_start(since)
-    for row in store.task_rows({"until": since}, limit=None):
-        if float(row.get("deadline") or 0.0) >= load_from:  # it could still call then
-            load_from = min(load_from, float(row["started_at"] or load_from))
-    events = list(store.iter_call_events(since=load_from, until=until))
-    outcomes = {
-        str(e["correlation_id"]): e
-        for e in events
-        if e["kind"] == "outcome" and e.get("correlation_id")
-    }
+    running = store.earliest_running_start(since, load_from)
+    if running is not None:
+        load_from = min(load_from, running)
+    # first pass: what each call's outcome settled (a reported cost, or that it did not run)
+    outcomes: dict[str, Mapping[str, Any]] = {}
+    for e in store.iter_call_events(since=load_from, until=until):
+        if e["kind"] == "outcome" and e.get("correlation_id"):
+            outcomes[str(e["correlation_id"])] = {"cost": e.get("cost"), "outcome": e["outcome"]}
     budgets = _Budgets()
     exhausted: dict[tuple[str, str], Exhaustion] = {}
-    for event in events:
+    for event in store.iter_call_events(since=load_from, until=until):
         if event["kind"] == "outcome" or not event.get("task_id") or not event.get("tool"):
             continue
         t = task(str(event["task_id"]))

@@ -754,7 +754,13 @@ def replay_cmd(
         known = ", ".join(sorted(config.intents)) or "none"
         raise CliError(f"intent {intent!r} is not in {shown} (its intents: {known})")
     with _log(db_path, config) as log:
-        report = replay(log.store, config, since=since, until=until, intent=intent)
+        try:
+            report = replay(log.store, config, since=since, until=until, intent=intent)
+        except (ValueError, TypeError, KeyError) as exc:  # a row no guard writes
+            raise CliError(
+                f"the trail holds a malformed row ({type(exc).__name__}: {exc}); nothing was "
+                "replayed. Check it with `toolguard audit verify`"
+            ) from exc
     viewer = _obj().viewer()
     if as_json:
         viewer.json(report.to_dict())

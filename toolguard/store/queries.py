@@ -196,6 +196,15 @@ class Queries:
         for values in self.iter_query(sql, params):
             yield dict(zip(EVENT_FIELDS, values))
 
+    def earliest_running_start(self, since: float, at: float) -> float | None:
+        """The earliest start of the tasks started before ``since`` whose deadline is not
+        before ``at`` (they could still make calls then), or None (``tasks(started_at)``)."""
+        rows = self.query(
+            "SELECT MIN(started_at) AS ts FROM tasks WHERE started_at < ? AND deadline >= ?",
+            (since, at),
+        )
+        return float(rows[0]["ts"]) if rows and rows[0]["ts"] is not None else None
+
     def head(self) -> tuple[int, str] | None:
         """``(seq, hash)`` of the newest event, or None on an empty trail."""
         rows = self.query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
