@@ -51,9 +51,10 @@ def test_shadow_intent_runs_a_policy_denial_and_records_would_deny(
 ) -> None:
     guard = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
     with guard.task("process-job", job_id="42"):
-        _run(guard, "kv_get", {"key": "agents:jobs:42:input"})
+        allowed = _run(guard, "kv_get", {"key": "agents:jobs:42:input"})
         credential = _run(guard, "kv_set", {"key": "agents:jobs:7:result", "value": "x"})
         claims = guard.verifier().verify(credential.token)
+        assert "shadow" not in guard.verifier().verify(allowed.token)
     rows = _requests(tmp_path / "audit.db")
     assert [(r["kind"], r["decision"]) for r in rows] == [
         ("request", "allow"),
@@ -65,6 +66,7 @@ def test_shadow_intent_runs_a_policy_denial_and_records_would_deny(
     assert would["jti"] == credential.jti
     # the credential names the call's own resource, not the intent's patterns
     assert claims["res"] == ["agents:jobs:7:result"]
+    assert claims["shadow"] == "would_deny"  # a downstream service can tell and refuse
     assert credential.resources == ("agents:jobs:7:result",)
 
 
@@ -118,9 +120,13 @@ def test_budget_refusals_run_in_shadow_and_spend(
 ) -> None:
     guard = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
     with guard.task("process-job", job_id="42") as task:
-        for i in range(7):  # per_tool.kv_set is 5
+        credentials = [
             _run(guard, "kv_set", {"key": f"agents:jobs:42:k{i}", "value": "x"})
+            for i in range(7)  # per_tool.kv_set is 5
+        ]
         used = guard.store.task_spent(task.task_id, ["per_tool.kv_set", "max_calls"])
+        marks = [guard.verifier().verify(c.token).get("shadow") for c in credentials]
+    assert marks == [None] * 5 + ["would_deny"] * 2
     rows = _requests(tmp_path / "audit.db")
     assert [r["decision"] for r in rows] == ["allow"] * 5 + ["would_deny"] * 2
     assert rows[5]["rule"] == "intents.process-job.budget.per_tool.kv_set"
@@ -379,3 +385,32 @@ def test_a_guarded_langchain_tool_runs_in_shadow_mode(make_guard: Factory, clock
     with shadow.task("process-job", job_id="42"):
         assert guarded.invoke({"key": "agents:jobs:7:result", "value": "x"}) == "ok"
     assert ran == ["agents:jobs:7:result"]
+
+
+def test_a_provider_is_told_the_call_would_be_denied(make_guard: Factory, clock: Clock) -> None:
+    class Recording:
+        jit = True
+
+        def __init__(self) -> None:
+            self.seen: list[bool] = []
+            self.issuer: Any = None
+
+        def bind(self, guard: tg.Guard) -> None:
+            self.issuer = guard.issuer
+
+        def mint(self, request: tg.MintRequest, /) -> tg.Credential:
+            self.seen.append(request.would_deny)
+            credential: tg.Credential = self.issuer.mint(request)
+            return credential
+
+        def end_task(self, task_id: str, jtis: Any) -> None:
+            pass
+
+    provider = Recording()
+    guard = make_guard(
+        clock=clock, intents=_intents(**{"process-job": "shadow"}), providers={"kv_set": provider}
+    )
+    with guard.task("process-job", job_id="42"):
+        _run(guard, "kv_set", {"key": "agents:jobs:42:ok", "value": "x"})
+        _run(guard, "kv_set", {"key": "agents:jobs:7:no", "value": "x"})
+    assert provider.seen == [False, True]

@@ -457,6 +457,7 @@ class Guard:
                     jti, session.task_id, bound.identity, bound.intent, tool, call.operation,
                     call.resources, now, session.deadline,
                     self.policy.tools[tool].rule.audience or bound.audience, session.act,
+                    event["decision"] == "would_deny",
                 )
             )  # fmt: skip
         except Exception as exc:  # any provider failure denies the call (fail closed)

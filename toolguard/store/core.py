@@ -697,8 +697,8 @@ class Store(Queries):
         ``shadow`` (a task in shadow mode): a budget refusal does not deny the call; every
         budget is spent all the same and the ``request`` event is recorded with decision
         ``would_deny`` and the refusal's reason and rule (unless the policy already made it
-        a ``would_deny``: the first refusal is recorded). A revocation still denies, and no
-        ``on_anomaly`` revocation is made for a shadow call.
+        a ``would_deny``: the first refusal is recorded), set in ``event`` itself. A
+        revocation still denies, and no ``on_anomaly`` revocation is made for a shadow call.
 
         ``inherited`` holds, per ancestor of a delegated task, the ancestor's task budget
         spends: each is charged too (a savepoint undoes every spend if one of them refuses).
@@ -740,13 +740,9 @@ class Store(Queries):
                         or refused
                     )
                 if shadow and isinstance(refused, BudgetExceeded):  # spent; it runs
-                    if event.get("decision") != "would_deny":
-                        event = {
-                            **event,
-                            "decision": "would_deny",
-                            "reason": refused.reason,
-                            "rule": refused.rule,
-                        }
+                    if event.get("decision") != "would_deny":  # the caller reads it back
+                        event.update(decision="would_deny", reason=refused.reason,
+                                     rule=refused.rule)  # fmt: skip
                     refused = None
                 if isinstance(refused, Anomaly):
                     watch = refused.spend
