@@ -236,6 +236,26 @@ class Queries:
         )
         return self.query(sql, params)
 
+    def revocation_marker(self) -> int:
+        """A value that changes whenever a revocation is written, so a reader knows when to
+        read :meth:`revocation_rows` again: on SQLite the largest id (rows are never deleted,
+        and ids are assigned under the database's write lock, so a smaller id is never
+        committed after a larger one). One index lookup. A backend whose ids can become
+        visible out of order (PostgreSQL sequences) must return something else that changes
+        with every committed revocation, such as ``(count, largest id)``."""
+        rows = self.query("SELECT coalesce(max(id), 0) AS top FROM revocations")
+        return int(rows[0]["top"])
+
+    def revocation_rows(self) -> list[tuple[str, str, float]]:
+        """Every revocation as ``(scope, value, ts)``, oldest first, read in one statement
+        (one snapshot): what the HTTP revocation feed publishes."""
+        return [
+            (str(scope), str(value), float(ts))
+            for scope, value, ts in self.iter_query(
+                "SELECT scope, value, ts FROM revocations ORDER BY id"
+            )
+        ]
+
     # -- tasks --------------------------------------------------------------------------------
 
     def identity_disabled(self, identity: str) -> str | None:
