@@ -671,3 +671,29 @@ def test_a_delegated_task_needs_the_approvals_its_parent_needs(
             run(guard, "kv_get", {"key": "agents:jobs:42:secret"})
         run(guard, "kv_get", {"key": "agents:jobs:42:summary"})  # not held
     assert asked == [(child.task_id, "intents.process-job.approve.read")]
+
+
+# -- approvals and shadow mode (docs/shadow.md) -------------------------------------------------
+
+
+def test_shadow_mode_never_skips_an_approval_and_a_rejection_stays_a_denial(
+    make: Callable[..., tg.Guard],
+) -> None:
+    answers = iter([False, True])
+    asked: list[str] = []
+
+    def approver(request: dict[str, Any]) -> bool:
+        asked.append(request["tool"])
+        return next(answers)
+
+    guard = make(approver, mode="shadow")
+    with guard.task("process-job", job_id="42") as task:
+        with pytest.raises(tg.PolicyDenied):  # a person said no: shadow mode does not run it
+            run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})
+        run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})  # approved: runs
+        run(guard, "kv_set", {"key": "agents:jobs:7:x", "value": "1"})  # would_deny, not held
+    assert asked == ["kv_delete", "kv_delete"]
+    events = guard.audit.events(task_id=task.task_id)
+    requests = [(e.tool, e.decision) for e in events if e.kind == "request"]
+    assert requests == [("kv_delete", "allow"), ("kv_set", "would_deny")]
+    assert [e.kind for e in events].count("rejected") == 1

@@ -213,6 +213,7 @@ DISCOVERING = {
     "approvals show": ["approvals", "show", "abcdef"],
     "approvals approve": ["approvals", "approve", "abcdef", "--by", "me"],
     "approvals reject": ["approvals", "reject", "abcdef"],
+    "audit replay": ["audit", "replay"],
 }
 # Commands above that end with exit 2 on this trail, and what they must say about it.
 REFUSING = {

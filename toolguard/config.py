@@ -42,6 +42,7 @@ __all__ = [
     "MAX_CONFIG_DEPTH",
     "MAX_CONFIG_VALUES",
     "ConfigProblems",
+    "Mode",
     "OPERATION_NAME",
     "PLACEHOLDER",
     "TooLarge",
@@ -59,6 +60,12 @@ Operation = str
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 OPERATION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 """What an operation's name may be (``read``, ``write``, ``delete``, ``approve-payment``)."""
+
+
+Mode = Literal["enforce", "shadow"]
+"""How a task's decisions take effect: ``enforce`` (the default) denies what the policy or a
+budget refuses; ``shadow`` runs it anyway and records the call as ``would_deny`` (see
+docs/shadow.md for what stays denied even in shadow mode)."""
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -164,6 +171,9 @@ class IdentityConfig(_Model):
     """``operation -> resource patterns`` whose calls a person must approve, in every intent of
     the identity (added to the intent's own ``approve``; never removes one). Each pattern must
     lie inside the ceiling's ``allow`` for its operation."""
+    mode: Mode | None = None
+    """``shadow``: the identity's intents that set no ``mode`` of their own run in shadow mode
+    (denied calls run and are recorded as ``would_deny``); default ``enforce``."""
 
     @field_validator("allow", "approve")
     @classmethod
@@ -242,6 +252,9 @@ class IntentConfig(_Model):
     intent's ``allow`` for its operation."""
     approval_ttl: Duration = 1800.0
     """How long an approval request waits for a decision (and a held call waits for it)."""
+    mode: Mode | None = None
+    """``enforce`` or ``shadow`` (calls the policy or a budget refuses run anyway and are
+    recorded as ``would_deny``); unset: the identity's ``mode``, else ``enforce``."""
 
     @field_validator("allow", "approve")
     @classmethod
@@ -293,6 +306,15 @@ class GuardConfig(_Model):
         if problems:
             raise ConfigProblems(problems, references=True)
         return self
+
+    def mode(self, intent: str) -> Mode:
+        """The mode of an intent's tasks: the intent's own ``mode``, else its identity's, else
+        ``enforce`` (an unknown intent is ``enforce``)."""
+        spec = self.intents.get(intent)
+        if spec is None:
+            return "enforce"
+        identity = self.identities.get(spec.identity)
+        return spec.mode or (identity.mode if identity is not None else None) or "enforce"
 
     def resolve_path(self, path: str) -> Path:
         """A config path made absolute against the config file's directory."""

@@ -37,7 +37,7 @@ from .integrity import guard_keys
 from .intent import Call, Policy
 from .keys import load_args_key
 from .numbers import MAX_COST, check_timestamp, is_finite_number
-from .policy import Decision, decide, derive_call
+from .policy import Decision, decide, derive_call, shadowable
 from .redaction import Redactor
 from .store import PendingOutcome, Store
 from .store.approvals import ApprovalRecord
@@ -386,8 +386,11 @@ class Guard:
         decision = decide(
             bound, call, ended=session.ended_reason, now=now, deadline=session.deadline
         )
+        # shadow mode (the task's and every ancestor's): a policy refusal runs, as would_deny
+        shadow = _shadow(session)
+        would: str | None = None
         if not decision.allowed:
-            self._deny(session, tool, args, cid, now, decision, call)
+            would = self._refuse(session, tool, args, cid, now, decision, call, shadow=shadow)
         held = held_by(session, call)
         approval: ApprovalRecord | None = None
         if held is not None:  # wait for a person; ApprovalDenied (audited) if none approves
@@ -396,8 +399,9 @@ class Guard:
             decision = decide(
                 bound, call, ended=session.ended_reason, now=now, deadline=session.deadline
             )
+            would = None
             if not decision.allowed:
-                self._deny(session, tool, args, cid, now, decision, call)
+                would = self._refuse(session, tool, args, cid, now, decision, call, shadow=shadow)
         spends: tuple[Spend, ...] = plan(bound, session.task_id, call)
         inherited: list[tuple[Spend, ...]] = []
         parent = session.parent
@@ -418,9 +422,9 @@ class Guard:
             "tool": tool,
             "operation": call.operation,
             "resources": resources_json,
-            "decision": "allow",
-            "reason": None if approval is None else approved_reason(approval),
-            "rule": "allow",
+            "decision": "allow" if would is None else "would_deny",
+            "reason": would if would is not None or approval is None else approved_reason(approval),
+            "rule": "allow" if would is None else decision.rule,
             "jti": jti,
             "correlation_id": cid,
             "args": args_json,
@@ -459,6 +463,7 @@ class Guard:
             on_denied=denied_event,
             inherited=inherited,
             precheck=None if approval is None else self.approvals.precheck(approval, tool),
+            shadow=shadow,
         )
         if denial is not None:
             if denial.ended:  # an on_anomaly revocation ended the identity's tasks
@@ -475,6 +480,7 @@ class Guard:
                     jti, session.task_id, bound.identity, bound.intent, tool, call.operation,
                     call.resources, now, session.deadline,
                     self.policy.tools[tool].rule.audience or bound.audience, session.act,
+                    event["decision"] == "would_deny",
                 )
             )  # fmt: skip
         except Exception as exc:  # any provider failure denies the call (fail closed)
@@ -600,6 +606,24 @@ class Guard:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    def _refuse(
+        self,
+        session: TaskSession,
+        tool: str,
+        args: Mapping[str, Any],
+        cid: str,
+        now: float,
+        decision: Decision,
+        call: Call | None,
+        *,
+        shadow: bool,
+    ) -> str:
+        """Deny a refused call (audited, raises), unless shadow mode lets this refusal run:
+        then the ``would_deny`` reason to record (docs/shadow.md)."""
+        if not (shadow and shadowable(decision)):
+            self._deny(session, tool, args, cid, now, decision, call)
+        return clip(self._redactor(tool).scrub(decision.reason), MAX_REASON_CHARS)
+
     def _deny(
         self,
         session: TaskSession,
@@ -658,6 +682,17 @@ class Guard:
     @staticmethod
     def _event(kind: str, now: float, **fields: Any) -> dict[str, Any]:
         return {"ts": now, "kind": kind, **fields}
+
+
+def _shadow(session: TaskSession) -> bool:
+    """A task runs in shadow mode when its intent does and so does every ancestor's: a
+    delegated task never runs what an enforcing parent would refuse."""
+    s: TaskSession | None = session
+    while s is not None:
+        if s.bound.mode != "shadow":
+            return False
+        s = s.parent
+    return True
 
 
 class StoreRevocations:

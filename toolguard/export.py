@@ -34,6 +34,7 @@ from .budget import COST_RESOLUTION
 from .chain import EVENT_FIELDS
 from .formatting import (
     TIMELINE_HEADERS,
+    WOULD_DENY,
     event_result,
     format_cost,
     format_duration,
@@ -118,11 +119,14 @@ th{background:#f3f4f6}
 td.num{text-align:right}
 .t{white-space:nowrap;font-variant-numeric:tabular-nums}
 .deny,.deny td{color:#b91c1c;font-weight:600}
+.would,.would td{color:#c2410c;font-weight:600}
 .err{color:#b45309}.inc{color:#7e22ce}.ok{color:#15803d}.rev{color:#a21caf}
 .act{color:#0e7490}.warn{color:#b45309}
 .task{border:1px solid #e5e7eb;border-radius:4px;margin:.3em 0;padding:.2em .6em}
 .task summary{cursor:pointer}
 .task.has-deny{border-left:4px solid #b91c1c}
+.task.has-would{border-right:4px solid #c2410c}
+.badge.would{background:#ffedd5;color:#9a3412}
 .badge{border-radius:3px;padding:0 4px;font-size:.85em;font-weight:600}
 .badge.tainted{background:#fef3c7;color:#92400e}
 .badge.disabled{background:#fee2e2;color:#991b1b}
@@ -263,6 +267,10 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, raw: bool =
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _summary_headers(by: str) -> list[str]:
+    return [by, "calls", "denied", "would-deny", "errors", "cost", "peak/min", "today", "quota"]
+
+
 def _summary_html(summary: Summary) -> str:
     parts = []
     for by, rows in summary.rows.items():
@@ -280,6 +288,7 @@ def _summary_html(summary: Summary) -> str:
                     f"<td>{_e(r.key)}</td>",
                     f'<td class="num">{r.calls}</td>',
                     f'<td class="num{" deny" if r.denials else ""}">{r.denials}</td>',
+                    f'<td class="num{" would" if r.would_deny else ""}">{r.would_deny}</td>',
                     f'<td class="num{" err" if r.errors else ""}">{r.errors}</td>',
                     f'<td class="num">{_e(format_cost(r.cost))}</td>',
                     f'<td class="num">{r.peak_per_minute}</td>',
@@ -289,7 +298,7 @@ def _summary_html(summary: Summary) -> str:
             )
         parts.append(
             _table(
-                [by, "calls", "denied", "errors", "cost", "peak/min", "today", "quota"],
+                _summary_headers(by),
                 body,
                 raw=True,
             )
@@ -411,6 +420,8 @@ def _timeline_row(row: Mapping[str, Any]) -> str:
         "acknowledged": "warn",
         "enabled": "rev",
     }.get(result, "")
+    if kind == "request" and row.get("decision") == WOULD_DENY:
+        cls = "would"
     resources = row.get("resources") or []
     if isinstance(resources, str):
         resources = [resources]
@@ -477,6 +488,7 @@ def _task_html(
 ) -> str:
     task_id = str(task["task_id"])
     denied = int(task.get("denied") or 0)
+    would = int(task.get("would_deny") or 0)
     params = task.get("params") or ""
     try:
         loaded = json.loads(params) if params else {}
@@ -497,7 +509,8 @@ def _task_html(
         + (' <span class="badge tainted">tainted</span>' if tainted else "")
         + f" &middot; {plural(int(task.get('calls') or 0), 'call')}"
         f' &middot; <span class="{"deny" if denied else ""}">{denied} denied</span>'
-        f" &middot; cost {_e(format_cost(task.get('cost')))}"
+        + (f' <span class="badge would">{would} would-deny</span>' if would else "")
+        + f" &middot; cost {_e(format_cost(task.get('cost')))}"
         f' <span class="muted">{_e(params)}</span>'
     )
     meta = []
@@ -519,10 +532,12 @@ def _task_html(
         )
     meta_html = f'<div class="meta">{"".join(meta)}</div>' if meta else ""
     return (
-        f'<details class="task{" has-deny" if denied else ""}" id="task-{_e(task_id)}"'
+        f'<details class="task{" has-deny" if denied else ""}{" has-would" if would else ""}"'
+        f' id="task-{_e(task_id)}"'
         f' data-task-id="{_e(task_id)}" data-identity="{_e(task.get("identity"))}"'
         f' data-status="{_e(status)}" data-denied="{1 if denied else 0}"'
-        f' data-tainted="{1 if tainted else 0}"{" open" if denied else ""}>'
+        f' data-would-deny="{would}"'
+        f' data-tainted="{1 if tainted else 0}"{" open" if denied or would else ""}>'
         f"<summary>{head}</summary>{meta_html}{_budget_html(task, report)}"
         f"{_timeline_table(rows)}</details>"
     )
@@ -630,6 +645,7 @@ def render_html(report: HtmlReport) -> str:
     counts = f"{plural(with_denials, 'task')} with denials (open below)" + (
         f', <span class="badge tainted">{plural(tainted, "tainted task")}</span>' if tainted else ""
     )
+    shadow = _shadow_html(report)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
@@ -644,6 +660,7 @@ Filters: {_e(filters or "none")}. Times are UTC.</p>
 <h2 id="usage">Usage</h2>
 {_chart_svg(report.usage, report.window)}
 {_summary_html(report.summary)}
+{shadow}
 <h2 id="tasks">Tasks (<span id="shown">{len(report.tasks)}</span> of {len(report.tasks)})</h2>
 <p>{counts}</p>
 {truncated}
@@ -660,6 +677,42 @@ Filters: {_e(filters or "none")}. Times are UTC.</p>
 <script>{_SCRIPT}</script>
 </body></html>
 """
+
+
+def _shadow_html(report: HtmlReport) -> str:
+    """The section of the calls shadow mode let run although refused (``would_deny``), from
+    the tasks of the page; empty when there are none."""
+    rows = [
+        (task_id, r)
+        for task_id, timeline in report.timelines.items()
+        for r in timeline
+        if r.get("kind") == "request" and r.get("decision") == WOULD_DENY
+    ]
+    if not rows:
+        return ""
+    rows.sort(key=lambda item: float(item[1].get("ts") or 0.0))
+    body = [
+        [
+            f'<td class="t">{_e(_time_ms(r.get("ts")))}</td>',
+            f'<td><a href="#task-{_e(task_id)}"><code>{_e(task_id[:12])}</code></a></td>',
+            f"<td>{_e(r.get('tool') or '-')}</td>",
+            f"<td>{_e(r.get('operation') or '-')}</td>",
+            f"<td>{_e(', '.join(str(x) for x in r.get('resources') or []) or '-')}</td>",
+            f'<td class="would">{_e(r.get("result") or "incomplete")}</td>',
+            f"<td>{_e(r.get('reason') or '-')} [{_e(r.get('rule') or '-')}]</td>",
+        ]
+        for task_id, r in rows
+    ]
+    return (
+        f'<h2 id="would-deny">Shadow mode: {plural(len(rows), "call")} that would be denied</h2>'
+        '<p class="muted">These calls ran because their intent or identity is in shadow mode; '
+        "in enforce mode they would have been refused.</p>"
+        + _table(
+            ["time", "task", "tool", "op", "resources", "outcome", "why it would be denied"],
+            body,
+            raw=True,
+        )
+    )
 
 
 _OUTSIDE_KINDS = ("denied", "acknowledge", "enable")

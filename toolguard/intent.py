@@ -329,6 +329,10 @@ class BoundTask:
                 return rule
         return None
 
+    mode: str = "enforce"
+    """``enforce``, or ``shadow``: a call the policy or a budget refuses runs anyway and is
+    recorded as ``would_deny`` (:meth:`GuardConfig.mode`)."""
+
     def allows(self, operation: str, resource: str) -> str | None:
         """None if allowed, else the rule that refused."""
         if not _match(self.intent_allow.get(operation), resource):
@@ -446,4 +450,5 @@ class Policy:
             purpose=purpose,
             approvals=approvals,
             approval_ttl=intent.approval_ttl,
+            mode=self.config.mode(intent_name),
         )
