@@ -33,12 +33,13 @@ DOCS = ROOT / "docs" / "agents.md"
 JOB = {"job_id": "42"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _sdk() -> None:
+def _load_sdk() -> None:
     """Import the OpenAI Agents SDK and toolguard_openai_agents into this module when its first
     test runs, not when pytest collects it: they are the slowest imports of the suite, and with
     ``make test-fast`` every worker collects every module (``--dist loadfile`` runs this
     module's tests on one of them). Skipped where the SDK is not installed."""
+    if "Agent" in globals():
+        return  # loaded (the helpers below call this too: other test modules import them)
     pytest.importorskip("agents")
     pytest.importorskip("toolguard_openai_agents")
     global Agent, FunctionTool, MaxTurnsExceeded, RunContextWrapper, Runner, ToolOutputText
@@ -69,6 +70,11 @@ def _sdk() -> None:
     set_tracing_disabled(True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _sdk() -> None:
+    _load_sdk()
+
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
@@ -97,6 +103,7 @@ class Kv:
     """Tools over a dict; each call records the credential it ran with (keyed by the key)."""
 
     def __init__(self) -> None:
+        _load_sdk()
         self.data: dict[str, str] = {}
         self.credentials: dict[str, tg.Credential] = {}
         self.fail = False
@@ -124,6 +131,7 @@ class Kv:
 
 
 def _agent(tools: list[Any], steps: list[Any], **kwargs: Any) -> Agent[Any]:
+    _load_sdk()
     return Agent(
         name=kwargs.pop("name", "worker"), tools=tools, model=ScriptedModel(steps), **kwargs
     )
@@ -131,6 +139,7 @@ def _agent(tools: list[Any], steps: list[Any], **kwargs: Any) -> Agent[Any]:
 
 def _outputs(result: Any) -> dict[str, str]:
     """call_id -> the tool output the model read."""
+    _load_sdk()
     return {
         item.raw_item["call_id"]: str(item.output)
         for item in result.new_items
@@ -139,6 +148,7 @@ def _outputs(result: Any) -> dict[str, str]:
 
 
 def _set(call_id: str, key: str, value: str = "v") -> Any:
+    _load_sdk()
     return function_call("kv_set", {"key": key, "value": value}, call_id=call_id)
 
 

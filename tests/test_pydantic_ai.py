@@ -33,12 +33,13 @@ DOCS = ROOT / "docs" / "agents.md"
 JOB = {"job_id": "42"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _sdk() -> None:
+def _load_sdk() -> None:
     """Import PydanticAI and toolguard_pydantic_ai into this module when its first test runs,
     not when pytest collects it: they are among the slowest imports of the suite, and with
     ``make test-fast`` every worker collects every module (``--dist loadfile`` runs this
     module's tests on one of them). Skipped where PydanticAI is not installed."""
+    if "Agent" in globals():
+        return  # loaded (the helpers below call this too: other test modules import them)
     pytest.importorskip("pydantic_ai")
     pytest.importorskip("toolguard_pydantic_ai")
     global pydantic_ai, Agent, CallDeferred, DeferredToolRequests, ModelRetry, RunContext, Tool
@@ -81,6 +82,11 @@ def _sdk() -> None:
     )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _sdk() -> None:
+    _load_sdk()
+
+
 def _close_default_loop() -> None:
     """``run_sync`` runs on the thread's default event loop and leaves it open (as plain
     PydanticAI does); close it after each test, and before ``asyncio.run`` replaces it."""
@@ -113,6 +119,7 @@ class Script:
     calls, a final text, or an exception to raise. It keeps what the model was sent."""
 
     def __init__(self, steps: list[Any]) -> None:
+        _load_sdk()
         self.steps = list(steps)
         self.seen: list[list[ModelMessage]] = []
         self.tools: list[list[ToolDefinition]] = []
@@ -162,6 +169,7 @@ class Script:
 
 
 def _set(call_id: str, key: str, value: str = "v") -> ToolCallPart:
+    _load_sdk()
     return ToolCallPart("kv_set", {"key": key, "value": value}, tool_call_id=call_id)
 
 
@@ -173,6 +181,7 @@ class Kv:
     """Tools over a dict; each call records the credential it ran with (keyed by the key)."""
 
     def __init__(self) -> None:
+        _load_sdk()
         self.data: dict[str, str] = {}
         self.credentials: dict[str, tg.Credential] = {}
         self.fail: BaseException | None = None
@@ -198,6 +207,7 @@ class Kv:
 
 
 def _agent(toolset: Any, script: Script, **kwargs: Any) -> Agent[Any, str]:
+    _load_sdk()
     return Agent(script.model(), toolsets=[toolset], **kwargs)
 
 
