@@ -25,7 +25,7 @@ from langchain_core.tools import BaseTool, tool
 
 import toolguard as tg
 from toolguard.config import Budget
-from toolguard.store.budgets import usage
+from toolguard.store.sqlite.budgets import usage
 
 JOB_KEY = "agents:jobs:42:input"
 OUT_KEY = "agents:jobs:42:result"

@@ -90,7 +90,7 @@ def test_the_core_wheel_holds_every_module_of_the_source_tree(tmp_path: Path) ->
         if "__pycache__" not in p.parts
     }
     assert on_disk <= names, sorted(on_disk - names)
-    assert {"toolguard/store/core.py", "toolguard/cli/__init__.py"} <= names
+    assert {"toolguard/store/sqlite/core.py", "toolguard/cli/__init__.py"} <= names
     assert "toolguard/py.typed" in names
     assert not any(n.endswith("entry_points.txt") for n in names)  # the command: agent-toolguard
     requires = _requires_dist(metadata.decode())

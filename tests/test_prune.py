@@ -1,4 +1,4 @@
-"""Tests for retention (toolguard.store.maintenance and AuditLog.prune): old events go, the
+"""Tests for retention (toolguard.store.sqlite.maintenance and AuditLog.prune): old events go, the
 cut is signed and recorded, verify still passes, the chain continues from the cut, and what
 must stay (active tasks, revocations, today's counters) stays."""
 

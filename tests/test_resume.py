@@ -18,7 +18,7 @@ from langchain_core.tools import tool
 
 import toolguard as tg
 from toolguard.cli import CliContext, main
-from toolguard.store.budgets import usage
+from toolguard.store.sqlite.budgets import usage
 
 KEY = "agents:jobs:42:state"
 

@@ -91,7 +91,7 @@ def _check_value(
     instead of answering "no tasks match"."""
     if value is None or value in known:
         return
-    from ..store.queries import event_kind_used, task_status_used
+    from ..store.sqlite.queries import event_kind_used, task_status_used
 
     used = task_status_used if option == "--status" else event_kind_used
     if used(log.store, value):

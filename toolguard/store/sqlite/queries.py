@@ -3,7 +3,7 @@
 Every SQL string the audit module and the viewer need lives here, behind a named method. Column
 names are never taken from the caller: filters and grouping keys are looked up in fixed maps,
 and every value is a bound parameter. Each query is shaped to use an index of
-:mod:`toolguard.store.schema` (a task's timeline: ``events(task_id, seq)``; time ranges:
+:mod:`toolguard.store.sqlite.schema` (a task's timeline: ``events(task_id, seq)``; time ranges:
 ``events(ts)`` and ``tasks(started_at)``; denials: the partial index on ``kind = 'denied'``;
 identities: ``tasks(identity, started_at)``), so the viewer stays fast at millions of rows.
 Filters outside those (``identity`` or ``tool`` on events without a time range) scan.
@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..chain import EVENT_FIELDS
-from ..errors import AuditError
+from ...chain import EVENT_FIELDS
+from ...errors import AuditError
 
 __all__ = [
     "EVENT_FILTERS",
@@ -144,7 +144,7 @@ class Queries:
     def task_spent(self, task_id: str, labels: Sequence[str]) -> dict[str, int]:
         """What a task and its delegated tasks spent of each budget in ``labels``
         (``max_calls``, ``per_tool.kv_set``, ...), in budget units, counted from the trail as
-        the guard counts it (:func:`toolguard.store.tasks.spent_from_trail`), in one read."""
+        the guard counts it (:func:`toolguard.store.sqlite.tasks.spent_from_trail`), in one read."""
         from .tasks import spent_on, trail_calls
 
         try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from ..chain import HASHED_FIELDS, REAL_FIELDS
-from ..errors import AuditError
+from ...chain import HASHED_FIELDS, REAL_FIELDS
+from ...errors import AuditError
 
 __all__ = ["FULL_CHECK_MAX_BYTES", "SCHEMA_VERSION", "check_pages", "create_schema"]
 
@@ -18,7 +18,7 @@ SCHEMA_VERSION = 3
 """1: the first layout. 2: no ``rate_events`` table (never used); no budget rows per task (a
 task's budget is its trail); an identity's admission log is the ``tally`` of its
 ``credentials`` rows (one row per allowed call, keyed by identity and tally), see
-:mod:`toolguard.store.budgets`. 3: ``tasks.tainted`` (1 when a queued outcome of the task
+:mod:`toolguard.store.sqlite.budgets`. 3: ``tasks.tainted`` (1 when a queued outcome of the task
 could be written only without its settlement, see docs/budgets.md)."""
 
 _CREDENTIALS = (
@@ -28,8 +28,8 @@ _CREDENTIALS = (
 )
 """One row per allowed call (ids and expiry, never tokens). ``tally`` orders an identity's rows:
 ``t<time µs>:<row>:<calls>:<writes>:<deletes>:<cost>`` when the identity has limits (its
-admission log: running totals, see :mod:`toolguard.store.budgets`; rows with no ``jti`` are log
-entries only: the anchor, a settled cost, a call that did not run), else ``j<jti>``."""
+admission log: running totals, see :mod:`toolguard.store.sqlite.budgets`; rows with no ``jti``
+are log entries only: the anchor, a settled cost, a call that did not run), else ``j<jti>``."""
 
 
 def _to_v2(conn: sqlite3.Connection) -> None:
