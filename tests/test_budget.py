@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BASE_CONFIG, Clock, make_config
+from conftest import BASE_CONFIG, Clock, make_config, raw_sql
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -309,11 +309,11 @@ def test_rolling_window_admits_exactly_what_a_reference_allows(
                     leaves = inside[len(inside) - limit] + ROLLING_WINDOW
                     assert refused.retry_after == pytest.approx(leaves - now, abs=2e-6)
     assert len(admitted) == len(guard.audit.events(kind="request"))
-    with sqlite3.connect(guard.config.store_path) as conn:
-        (rows,) = conn.execute(
-            "SELECT COUNT(*) FROM credentials WHERE identity = 'agent-runner' AND jti IS NOT NULL"
-            " AND tally > 't' AND tally < 'u'"
-        ).fetchone()
+    ((rows,),) = raw_sql(
+        guard,
+        "SELECT COUNT(*) FROM credentials WHERE identity = 'agent-runner' AND jti IS NOT NULL"
+        " AND tally > 't' AND tally < 'u'",
+    )
     assert rows == len(admitted), "each admitted call's credentials row is its log entry"
 
 
@@ -522,12 +522,12 @@ def test_the_combined_read_denies_a_revocation_without_a_reason(
     guard = _guard(make_guard, clock, budget={"max_calls": 5})
     with guard.task("process-job", job_id="42") as task:
         assert _call(guard) is None
-        with sqlite3.connect(guard.config.store_path) as conn:
-            conn.execute(
-                "INSERT INTO revocations (scope, value, reason, ts, by)"
-                " VALUES ('task', ?, NULL, ?, 'test')",
-                (task.task_id, clock()),
-            )
+        raw_sql(
+            guard,
+            "INSERT INTO revocations (scope, value, reason, ts, by)"
+            " VALUES ('task', ?, NULL, ?, 'test')",
+            (task.task_id, clock()),
+        )
         with pytest.raises(tg.PolicyDenied) as info:
             guard.authorize("kv_get", {"key": JOB})
     assert info.value.rule == "revocation.task"

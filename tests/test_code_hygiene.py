@@ -121,7 +121,7 @@ def test_the_fake_model_loader_is_defined_once() -> None:
     assert copies == ["tests/conftest.py"], copies
 
 
-PURE = ("config", "intent", "policy", "budget", "text", "numbers", "durations", "chain",
+PURE = ("config", "location", "intent", "policy", "budget", "text", "numbers", "durations", "chain",
         "redaction", "scrub", "errors")  # fmt: skip
 FORBIDDEN_IN_PURE = ("sqlite3", "langchain", "langgraph", "httpx", "click", "rich")
 FORBIDDEN_SIBLINGS = ("store", "engine", "task", "audit", "cli", "integrity", "incident",

@@ -284,7 +284,7 @@ class Integrity:
         self.store = store
         self.keys = keys
         self.checkpoints_path = (
-            Path(checkpoints) if checkpoints is not None else Path(str(store.path) + ".checkpoints")
+            Path(checkpoints) if checkpoints is not None else store.default_checkpoints()
         )
         self._lock = threading.Lock()
         self._last: dict[str, Any] | None = None

@@ -73,7 +73,7 @@ __all__ = [
 )
 @json_option
 def revoke_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     task: str | None,
     identity: str | None,
@@ -136,7 +136,7 @@ def revoke_cmd(
 )
 @json_option
 def enable_cmd(
-    identity: str, db_path: Path | None, config_path: Path | None, reason: str, as_json: bool
+    identity: str, db_path: str | None, config_path: Path | None, reason: str, as_json: bool
 ) -> None:
     """Let IDENTITY start tasks again after `toolguard revoke --identity --disable`.
 

@@ -123,7 +123,7 @@ def _check_value(
 )
 @json_option
 def tasks_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     identity: str | None,
     tool: str | None,
@@ -166,7 +166,7 @@ def tasks_cmd(
 @click.argument("task_id")
 @db_options
 @json_option
-def show_cmd(task_id: str, db_path: Path | None, config_path: Path | None, as_json: bool) -> None:
+def show_cmd(task_id: str, db_path: str | None, config_path: Path | None, as_json: bool) -> None:
     """Show the timeline of one task (TASK_ID: an id or a unique prefix).
 
     One line per event: start, each call with its decision, operation, resources, credential
@@ -221,7 +221,7 @@ def show_cmd(task_id: str, db_path: Path | None, config_path: Path | None, as_js
 )
 @json_option
 def tail_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     identity: str | None,
     tool: str | None,
@@ -292,7 +292,7 @@ def tail_cmd(
 )
 @json_option
 def denied_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     identity: str | None,
     tool: str | None,
@@ -364,7 +364,7 @@ def denied_cmd(
 )
 @json_option
 def summary_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     by: str | None,
     since: float,
@@ -416,7 +416,7 @@ def summary_cmd(
 )
 @json_option
 def verify_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     jwks: Path | None,
     checkpoints: Path | None,
@@ -474,7 +474,7 @@ def verify_cmd(
 )
 @json_option
 def acknowledge_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     truncated: bool,
     key_change: bool,
@@ -565,7 +565,7 @@ def _output(path: Path | None) -> Iterator[IO[str]]:
 )
 @json_option
 def export_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     fmt: str,
     output: Path | None,
@@ -647,7 +647,7 @@ def export_cmd(
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
 def prune_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     before: float,
     key_file: Path | None,

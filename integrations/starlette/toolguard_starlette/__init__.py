@@ -34,7 +34,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, cast
 
 from starlette.exceptions import HTTPException
@@ -52,7 +51,7 @@ from toolguard.errors import (
     ScopeMismatch,
 )
 from toolguard.keys import PublicKeys
-from toolguard.store import Store
+from toolguard.store import open_store, parse_store
 from toolguard.text import PLACEHOLDER
 
 __all__ = [
@@ -85,7 +84,8 @@ def verifier_from(
     busy_timeout: float = 2.0,
     clock: Callable[[], float] = time.time,
 ) -> Verifier:
-    """A :class:`toolguard.Verifier` from the issuer's JWKS and the audit store's path.
+    """A :class:`toolguard.Verifier` from the issuer's JWKS and the audit store (a SQLite path
+    or ``sqlite:///`` URL, or ``postgresql://user:password@host:port/dbname``).
 
     ``jwks`` is a JWKS document or the path of a JSON file holding one (public keys only);
     ``algorithms`` defaults to those of its keys. Revocations are read from ``store`` through a
@@ -97,8 +97,9 @@ def verifier_from(
     if not keys.public_keys():
         raise ConfigError("the JWKS holds no keys; export the issuer's with `toolguard keys jwks`")
     algs = algorithms or sorted({alg for alg, _ in keys.public_keys().values()})
-    path = Path(os.fspath(store))
-    revocations = StoreRevocations(Store(path, readonly=True, busy_timeout=busy_timeout))
+    # a path or sqlite:/// URL (SQLite), or postgresql://... (ConfigError for other schemes)
+    location = parse_store(store)
+    revocations = StoreRevocations(open_store(location, readonly=True, busy_timeout=busy_timeout))
     return Verifier(
         issuer=issuer,
         audience=audience,

@@ -340,6 +340,10 @@ class Store(Queries):
                     pass
         self._local = _Local()
 
+    def default_checkpoints(self) -> Path:
+        """Where this store's signed checkpoints go when none are configured."""
+        return Path(f"{self.path}.checkpoints")
+
     def open(self) -> Store:
         """Open (and create or migrate) the database now rather than on first use."""
         _ = self.conn
