@@ -123,8 +123,9 @@ def parse_store(value: str | os.PathLike[str], *, base: Path | str | None = None
     match = _SCHEME.match(text)
     if match is None:
         if _KNOWN_PREFIX.match(text):
+            scheme = text.split(":", 1)[0]
             raise ConfigError(
-                f"the store {redact_url(text)!r} looks like a URL but lacks '//' after its "
+                f"the store starts with {scheme + ':'!r} like a URL but lacks '//' after its "
                 f"scheme; {_SUPPORTED}"
             )
         return StoreLocation("sqlite", path=_resolve(Path(os.path.expanduser(text)), base))

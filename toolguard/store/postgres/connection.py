@@ -199,6 +199,11 @@ class PgConnection:
                 self.raw.execute("ROLLBACK")
             except psycopg.Error:
                 pass
+            if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
+                raise sqlite3.OperationalError(
+                    f"the store's writer lock was not granted within busy_timeout "
+                    f"({self.lock_timeout:g}s; raise it or reduce concurrent writers)"
+                ) from exc
             raise sqlite_error(exc, "write") from exc
 
     def close(self) -> None:

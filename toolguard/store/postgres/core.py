@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -86,11 +87,18 @@ class _PooledReads:
                 raise
             self.local.pinned = PgConnection(raw, lock_timeout=self.store.busy_timeout)
             return Rows(None, [])
-        raw = self.store.borrow(pool)
-        try:
-            return run(raw, sql, params, where="read")
-        finally:
-            pool.putconn(raw)
+        for attempt in (1, 2):
+            raw = self.store.borrow(pool)
+            try:
+                return run(raw, sql, params, where="read")
+            except sqlite3.OperationalError:
+                # a pooled connection the server dropped (restart, pg_terminate_backend): a
+                # read is safe to repeat once on a new one; any other failure is reported
+                if attempt == 2 or not (raw.closed or raw.broken):
+                    raise
+            finally:
+                pool.putconn(raw)  # a broken one is discarded by the pool
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:  # a borrowed connection goes back to the pool by itself
         return None
