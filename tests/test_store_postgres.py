@@ -4,6 +4,7 @@ both stores through ``make_guard`` (tests/conftest.py, BOTH_BACKENDS)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import threading
 import time
@@ -117,8 +118,15 @@ def test_three_hosts_spend_exact_budgets_and_the_trail_verifies(
     def verify(*extra: str) -> Any:
         return CliRunner().invoke(main, ["audit", "verify", "--db", pg_url, *extra])
 
-    ok = verify("--checkpoints", str(tmp_path / "host-a.checkpoints"))
-    assert ok.exit_code == 0, ok.output
+    one = verify("--checkpoints", str(tmp_path / "host-a.checkpoints"))
+    assert one.exit_code == 0, one.output  # the other hosts' events: unanchored, a note
+    files = [str(tmp_path / f"host-{h}.checkpoints") for h in "abc"]
+    every = verify(*(a for f in files for a in ("--checkpoints", f)), "--json")
+    assert every.exit_code == 0, every.output
+    report = json.loads(every.output)
+    written = sum(len(Path(f).read_text().splitlines()) for f in files)
+    assert report["ok"] and report["checkpoints"] == written >= 3  # each host wrote some
+    assert report["damage"] == []
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE events SET tool = 'kv_delete' WHERE seq = 5")
     bad = verify("--checkpoints", str(tmp_path / "host-a.checkpoints"))
@@ -131,7 +139,7 @@ def test_a_revoke_on_one_host_is_seen_at_once_by_a_verifier_on_another(
 ) -> None:
     host_a = tg.Guard(_config(tmp_path, pg_url, "a"))
     jwks = tmp_path / "jwks.json"
-    jwks.write_text(__import__("json").dumps(host_a.keys.jwks()))
+    jwks.write_text(json.dumps(host_a.keys.jwks()))
     service = verifier_from(
         jwks=jwks, store=pg_url, issuer="toolguard-test", audience="kv-service"
     )  # host B: a service with read access to the database only
@@ -297,3 +305,12 @@ def test_a_stopped_server_fails_calls_closed_and_the_trail_stays_whole(
         ["audit", "verify", "--db", pg_url, "--checkpoints", str(tmp_path / "host-a.checkpoints")],
     )
     assert result.exit_code == 0, result.output
+
+
+def test_db_migrate_creates_the_schema_for_operators(pg_url: str) -> None:
+    result = CliRunner().invoke(main, ["db", "migrate", "--db", pg_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"schema_version": 3' in result.output
+    assert _events(pg_url) == 0  # the tables exist, empty
+    again = CliRunner().invoke(main, ["db", "migrate", "--db", pg_url])
+    assert again.exit_code == 0 and "schema version 3" in again.output

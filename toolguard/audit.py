@@ -251,10 +251,13 @@ class AuditLog:
         *,
         keys: KeyRing | PublicKeySource | None = None,
         checkpoints: str | os.PathLike[str] | None = None,
+        also_checkpoints: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         self.store = store
         self.keys = keys
-        self.integrity = Integrity(store, keys=keys, checkpoints=checkpoints)
+        self.integrity = Integrity(
+            store, keys=keys, checkpoints=checkpoints, also_checkpoints=also_checkpoints
+        )
         self.checkpoints_path = self.integrity.checkpoints_path
 
     # -- events -------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,12 +280,17 @@ class Integrity:
         *,
         keys: KeyRing | PublicKeySource | None = None,
         checkpoints: str | os.PathLike[str] | None = None,
+        also_checkpoints: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
+        """``checkpoints`` is the file this process writes (and reads); ``also_checkpoints``
+        are more files :meth:`verify` reads: those of the other hosts writing to the same
+        PostgreSQL store (every guard writes its checkpoints to its own file)."""
         self.store = store
         self.keys = keys
         self.checkpoints_path = (
             Path(checkpoints) if checkpoints is not None else store.default_checkpoints()
         )
+        self.also_checkpoints = [Path(p) for p in also_checkpoints]
         self._lock = threading.Lock()
         self._last: dict[str, Any] | None = None
 
@@ -607,17 +612,24 @@ class Integrity:
         A line that does not end with ``}`` is the prefix of a record cut by a crash; any other
         unreadable line was edited.
         """
-        try:
-            data = self.checkpoints_path.read_bytes()
-        except FileNotFoundError:
-            return [], [], []
-        except OSError as exc:
-            raise AuditError(
-                f"cannot read the checkpoint file {self.checkpoints_path}: {exc.strerror}"
-            ) from exc
         records: list[_Record] = []
         bad: list[int] = []
         torn: list[int] = []
+        for path in (self.checkpoints_path, *self.also_checkpoints):
+            self._read_file(path, records, bad, torn)
+        if self.also_checkpoints:  # several hosts' checkpoints of one chain, in chain order
+            records.sort(key=lambda r: r.seq)
+        return records, bad, torn
+
+    def _read_file(
+        self, path: Path, records: list[_Record], bad: list[int], torn: list[int]
+    ) -> None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise AuditError(f"cannot read the checkpoint file {path}: {exc.strerror}") from exc
         text = data.decode("utf-8", "replace")
         for number, raw_line in enumerate(text.split("\n"), 1):
             line = raw_line.strip()
@@ -630,14 +642,15 @@ class Integrity:
                 bad.append(number)
             else:  # a prefix of a record: a crash in the middle of a write, not an edit
                 torn.append(number)
-        return records, bad, torn
 
     # -- verify -------------------------------------------------------------------------------
 
     def verify(self) -> VerifyReport:
         """Recompute the chain and check it against the signed checkpoints."""
         started = time.perf_counter()
-        report = VerifyReport(checkpoint_file=str(self.checkpoints_path))
+        report = VerifyReport(
+            checkpoint_file=", ".join(map(str, (self.checkpoints_path, *self.also_checkpoints)))
+        )
         # The checkpoint file is read before the database snapshot: every checkpoint in it was
         # written after its head was committed, so none can be ahead of the snapshot.
         records, bad_lines, torn = self._read_records()

@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -377,6 +377,7 @@ def _log(
     create: bool = False,
     keys: KeyRing | PublicKeys | None = None,
     checkpoints: Path | None = None,
+    also_checkpoints: Sequence[Path] = (),
 ) -> Iterator[AuditLog]:
     """The audit log of the command's database; ``write`` opens it writable (after checking
     it is a toolguard trail: a writable store would create or migrate the file), ``create``
@@ -396,7 +397,7 @@ def _log(
     elif checkpoints is None and location.is_postgres:
         checkpoints = location.default_checkpoints()
     try:
-        yield AuditLog(store, keys=keys, checkpoints=checkpoints)
+        yield AuditLog(store, keys=keys, checkpoints=checkpoints, also_checkpoints=also_checkpoints)
     except sqlite3.Error as exc:  # a last resort: the store wraps its own errors
         raise AuditError(f"the audit database {path} could not be read: {exc}") from exc
     finally:

@@ -412,14 +412,16 @@ def summary_cmd(
 @click.option(
     "--checkpoints",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The checkpoint file (default: the config's, else <db>.checkpoints).",
+    multiple=True,
+    help="A checkpoint file (default: the config's, else <db>.checkpoints). Repeat it for a "
+    "PostgreSQL store written by several hosts: one file per host.",
 )
 @json_option
 def verify_cmd(
     db_path: str | None,
     config_path: Path | None,
     jwks: Path | None,
-    checkpoints: Path | None,
+    checkpoints: tuple[Path, ...],
     as_json: bool,
 ) -> None:
     """Recompute the hash chain and check it against the signed checkpoints.
@@ -432,7 +434,11 @@ def verify_cmd(
         keys = PublicKeys.from_jwks(jwks)
     elif config is not None:
         keys = _config_keys(config)
-    with _log(db_path, config, keys=keys, checkpoints=checkpoints) as log:
+    files = list(checkpoints)
+    if not files and config is not None and config.checkpoints:
+        files = [config.checkpoints_path]  # the config's checkpoints:, with --db too
+    first = files[0] if files else None
+    with _log(db_path, config, keys=keys, checkpoints=first, also_checkpoints=files[1:]) as log:
         report = log.verify()
     viewer = _obj().viewer()
     if as_json:

@@ -37,6 +37,7 @@ WRITER_LOCK = 0x746F6F6C67756172  # "toolguar": the store's writer lock (pg_advi
 """The advisory lock key every writer of one database takes in its transaction."""
 
 _BEGIN_WRITE = "BEGIN IMMEDIATE"
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
 _SPECIAL = {
     # SQLite truncates toward zero when casting a REAL to INTEGER; PostgreSQL rounds
     "CAST((ts - ?) / ? AS INTEGER)": "CAST(TRUNC((ts - ?) / ?) AS BIGINT)",
@@ -190,10 +191,9 @@ class PgConnection:
     def _begin_write(self) -> None:
         """``BEGIN`` and the writer lock, waited for at most ``lock_timeout``; on any failure
         nothing stays open."""
-        try:
-            self.raw.execute("BEGIN")
-            self.raw.execute(f"SET LOCAL lock_timeout = {max(1, int(self.lock_timeout * 1000))}")
-            self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+        try:  # one round trip (no parameters: the simple protocol takes both statements);
+            # the connection's lock_timeout and statement_timeout bound the wait
+            self.raw.execute(_BEGIN_LOCKED)
         except psycopg.Error as exc:
             try:
                 self.raw.execute("ROLLBACK")
