@@ -586,7 +586,8 @@ def test_cli_verify_reads_the_checkpoints_of_the_config_even_with_db(
         build_trail(guard, clock)
         db = str(guard.config.store_path)
     assert elsewhere.stat().st_size > 0
-    doc = json.loads(_ok(run("audit", "verify", "--config", str(path), "--db", db, "--json")).stdout)
+    result = _ok(run("audit", "verify", "--config", str(path), "--db", db, "--json"))
+    doc = json.loads(result.stdout)
     assert doc["checkpoint_file"] == str(elsewhere)
     assert doc["ok"] and doc["checkpoints"] == len(elsewhere.read_text().splitlines())
     assert doc["unanchored"] == 0
