@@ -133,16 +133,18 @@ def overhead(base: str, workdir: Path, calls: int) -> dict[str, Any]:
     return out
 
 
-def _writer(url: str, workdir: str, name: str, seconds: float, start: float, out: Any) -> None:
+def _writer(
+    url: str, workdir: str, name: str, seconds: float, ready: Any, go: Any, out: Any
+) -> None:
     guard = tg.Guard(_config(Path(workdir), url, name))
     guarded = tg.guard(kv_get, guard)
     times: list[float] = []
     errors = 0
     with guard.task("read-job"):
         guarded.invoke({"key": KEY})  # connected before the clock starts
-        while time.time() < start:
-            time.sleep(0.001)
-        end = start + seconds
+        ready.put(name)
+        go.wait()
+        end = time.time() + seconds
         while (t := time.perf_counter()) and time.time() < end:
             try:
                 guarded.invoke({"key": KEY})
@@ -159,14 +161,18 @@ def fleet(base: str, workdir: Path, seconds: float, writers: list[int]) -> list[
     for n in writers:
         url = _new_db(base)
         tg.Guard(_config(workdir, url, "setup")).close()  # schema and key first
-        out = ctx.Queue()
-        start = time.time() + 3.0
+        out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
         procs = [
-            ctx.Process(target=_writer, args=(url, str(workdir), f"w{n}-{i}", seconds, start, out))
+            ctx.Process(
+                target=_writer, args=(url, str(workdir), f"w{n}-{i}", seconds, ready, go, out)
+            )
             for i in range(n)
         ]
         for p in procs:
             p.start()
+        for _ in procs:  # every writer connected and warm
+            ready.get(timeout=120)
+        go.set()
         results = [out.get(timeout=seconds + 120) for _ in procs]
         for p in procs:
             p.join()

@@ -127,6 +127,10 @@ def test_three_hosts_spend_exact_budgets_and_the_trail_verifies(
     written = sum(len(Path(f).read_text().splitlines()) for f in files)
     assert report["ok"] and report["checkpoints"] == written >= 3  # each host wrote some
     assert report["damage"] == []
+    for command in (["tasks"], ["tail", "-n", "5"], ["denied"], ["summary"], ["export"]):
+        viewed = CliRunner().invoke(main, ["audit", *command, "--db", pg_url, "--json"])
+        assert viewed.exit_code == 0, (command, viewed.output)
+        assert viewed.output.strip()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE events SET tool = 'kv_delete' WHERE seq = 5")
     bad = verify("--checkpoints", str(tmp_path / "host-a.checkpoints"))
@@ -153,6 +157,26 @@ def test_a_revoke_on_one_host_is_seen_at_once_by_a_verifier_on_another(
             with pytest.raises(tg.CredentialRevoked, match="incident 7"):
                 service.verify(token)
         assert _events(pg_url, "kind = 'revoke'") == 1
+        # the command line, from a third "host": revoke and re-enable an identity
+        with host_a.task("process-job", job_id="43"):
+            permit = host_a.authorize("kv_set", {"key": "agents:jobs:43:out", "value": "v"})
+            host_a.finish(permit)
+            revoke = CliRunner().invoke(
+                main,
+                ["revoke", "--identity", "agent-runner", "--disable", "--reason", "incident 8",
+                 "--db", pg_url],
+            )  # fmt: skip
+            assert revoke.exit_code == 0, revoke.output
+            with pytest.raises(tg.CredentialRevoked, match="incident 8"):
+                service.verify(permit.credential.token)
+        with pytest.raises(tg.PolicyDenied, match="disabled"):
+            host_a.task("process-job", job_id="44").start()
+        enable = CliRunner().invoke(
+            main, ["enable", "agent-runner", "--reason", "reviewed", "--db", pg_url]
+        )
+        assert enable.exit_code == 0, enable.output
+        with host_a.task("process-job", job_id="45"):
+            pass
     finally:
         host_a.close()
 
