@@ -122,6 +122,13 @@ BOTH_BACKENDS = frozenset(
         "test_delegation.py",
         "test_resume.py",
         "test_audit.py",
+        "test_engine.py",
+        "test_prune.py",
+        "test_integrity.py",
+        "test_middleware.py",
+        "test_anomaly.py",
+        "test_revocation_crossprocess.py",
+        "test_budget_race.py",
     }
 )
 """Test files whose guards (``make_guard``, ``guard``) run on both stores: SQLite, and a real
@@ -181,6 +188,33 @@ def store_arg(guard: tg.Guard) -> str:
     """The guard's store as ``--db`` takes it (a SQLite path or a PostgreSQL URL)."""
     location = guard.config.store_location
     return location.url if location.is_postgres else str(location.path)
+
+
+def raw_connection(guard: tg.Guard) -> Any:
+    """A connection of one's own to the guard's store (autocommit; ``BEGIN``/``COMMIT`` by
+    hand), with sqlite3's ``execute`` on either backend: an attacker's or an operator's."""
+    location = guard.config.store_location
+    if location.is_postgres:
+        import psycopg
+
+        from toolguard.store.postgres.connection import PgConnection
+
+        class Own(PgConnection):
+            """Closed when dropped, like a sqlite3 connection; ``with`` as sqlite3's."""
+
+            def __enter__(self) -> Own:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+            def __del__(self) -> None:
+                self.close()
+
+        return Own(psycopg.connect(location.url, autocommit=True), lock_timeout=5.0)
+    import sqlite3
+
+    return sqlite3.connect(str(location.path), isolation_level=None)
 
 
 def raw_sql(guard: tg.Guard, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -44,6 +44,10 @@ _SPECIAL = {
     # PostgreSQL does not see that a CTE's key determines its other columns
     " GROUP BY t.task_id ORDER BY": " GROUP BY t.task_id, t.parent_id, t.intent, t.identity,"
     " t.params, t.purpose, t.status, t.started_at, t.ended_at, t.deadline, t.tainted ORDER BY",
+    # which revocation a check reports when several match: SQLite's OR plan finds the jti,
+    # then the task, then the identity; PostgreSQL would take any
+    "AND ts >= ?) LIMIT 1": "AND ts >= ?)"
+    " ORDER BY CASE scope WHEN 'jti' THEN 0 WHEN 'task' THEN 1 ELSE 2 END, id LIMIT 1",
     # a task tree's ids: the seed compares with the ids of the table (COLLATE "C")
     "WITH RECURSIVE d(id) AS (SELECT ? UNION": (
         'WITH RECURSIVE d(id) AS (SELECT ? COLLATE "C" UNION'
@@ -171,6 +175,7 @@ class PgConnection:
     connections are) behind the subset of :class:`sqlite3.Connection` the store uses."""
 
     def __init__(self, conn: psycopg.Connection[Any], *, lock_timeout: float) -> None:
+        configure(conn)
         self.raw = conn
         self.lock_timeout = lock_timeout
 

@@ -159,7 +159,6 @@ class PostgresStore(Store):
             raise AuditError(
                 f"cannot connect to the audit database {self.path}: {sqlite_error(exc, 'connect')}"
             ) from exc
-        configure(conn)
         return conn
 
     def pool(self) -> ConnectionPool[Any]:
@@ -201,6 +200,7 @@ class PostgresStore(Store):
             return
         conn = self._new_connection()
         try:
+            configure(conn)
             if self.readonly:
                 if schema_version(conn) is None:
                     raise AuditError(
