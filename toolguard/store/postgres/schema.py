@@ -16,7 +16,7 @@ import psycopg
 
 from ...chain import HASHED_FIELDS, REAL_FIELDS
 from ...errors import AuditError
-from ..sqlite.schema import SCHEMA_VERSION
+from ..sqlite.schema import APPROVALS_INDEX, SCHEMA_VERSION
 from .connection import WRITER_LOCK, sqlite_error
 
 __all__ = ["SCHEMA_VERSION", "TABLES", "create_schema", "schema_version"]
@@ -43,6 +43,7 @@ _CREATE = (
     "CREATE INDEX idx_events_task_id_seq ON events (task_id, seq)",
     "CREATE INDEX idx_events_ts ON events (ts)",
     "CREATE INDEX idx_events_denied ON events (seq) WHERE kind = 'denied'",
+    APPROVALS_INDEX,
     f"CREATE TABLE credentials (identity {_T} NOT NULL, tally {_T} NOT NULL, jti {_T},"
     f" task_id {_T}, tool {_T}, operation {_T}, issued_at {_R}, expires_at {_R}, jit {_I},"
     " PRIMARY KEY (identity, tally))",
