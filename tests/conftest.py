@@ -129,6 +129,9 @@ BOTH_BACKENDS = frozenset(
         "test_anomaly.py",
         "test_revocation_crossprocess.py",
         "test_budget_race.py",
+        "test_approvals.py",
+        "test_replay.py",
+        "test_revocation_feed.py",
     }
 )
 """Test files whose guards (``make_guard``, ``guard``) run on both stores: SQLite, and a real
