@@ -315,6 +315,32 @@ class Queries:
         )
         return self.query(sql, params)
 
+    def recent_revocations(self, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` revocations in ``[since, until)``, newest first, without the
+        routine revocations of task ends (``by`` ``task-end``)."""
+        return self.query(
+            # trails written before 2026-12-05 may hold a task's row twice: one per revocation
+            "SELECT scope, value, reason, ts, by FROM revocations"
+            " WHERE COALESCE(by, '') != 'task-end' AND ts >= ? AND ts < ?"
+            " GROUP BY scope, value, reason, ts, by ORDER BY ts DESC, MAX(id) DESC LIMIT ?",
+            [since, until, _limit(limit)],
+        )
+
+    def child_rows(self, task_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """``task_id`` and ``parent_id`` of the children of ``task_ids`` (at most ~500 at a
+        time: one bound parameter each), oldest first."""
+        return self.query(
+            "SELECT task_id, parent_id FROM tasks WHERE parent_id IN"
+            f" ({', '.join('?' * len(task_ids))}) ORDER BY started_at, task_id",
+            list(task_ids),
+        )
+
+    def disabled_identity_rows(self) -> list[dict[str, Any]]:
+        """The identities disabled now (``identity``, ``reason``, ``ts``), by name."""
+        return self.query(
+            "SELECT identity, reason, ts FROM identity_state WHERE disabled = 1 ORDER BY identity"
+        )
+
     def known_identities(self) -> list[str]:
         """Every identity that ever started a task (the ``tasks(identity, ...)`` index)."""
         rows = self.query(
