@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import _SLOW_MODULE
+from conftest import _SLOW_MODULE, _deselects_every_slow_test
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHONPATH = os.pathsep.join(
@@ -51,6 +51,25 @@ def test_a_module_with_some_slow_tests_is_collected(text: str) -> None:
     assert not _SLOW_MODULE.search(text)
 
 
+@pytest.mark.parametrize(
+    ("markexpr", "skips_slow_modules"),
+    [
+        ("not slow", True),
+        ("not slow and not postgres", True),  # make test-fast
+        ("not (slow or postgres)", True),
+        ("not slow or postgres", False),  # a slow test marked postgres is selected
+        ("(not slow) or (slow and no_such_mark)", False),
+        ("slow", False),
+        ("postgres", False),
+        ("", False),
+    ],
+)
+def test_only_an_expression_deselecting_every_slow_test_skips_slow_modules(
+    markexpr: str, skips_slow_modules: bool
+) -> None:
+    assert _deselects_every_slow_test(markexpr) is skips_slow_modules
+
+
 def _collect(*args: str, plugins: Path | None = None) -> str:
     """``pytest --collect-only -q ARGS`` in a subprocess (with the plugin modules found in the
     folder ``plugins``): its output."""
@@ -70,9 +89,10 @@ def _ids(output: str) -> list[str]:
 
 @pytest.mark.slow
 def test_the_fast_loop_selects_every_test_not_marked_slow() -> None:
-    # -m "not slow" skips importing wholly slow modules; any other expression imports them all
-    fast = _ids(_collect("-m", "not slow"))
-    reference = _ids(_collect("-m", "not slow and not no_such_mark"))
+    # make test-fast's -m skips importing wholly slow modules; this one, selecting the same
+    # tests (no test is marked no_such_mark), imports them all
+    fast = _ids(_collect("-m", "not slow and not postgres"))
+    reference = _ids(_collect("-m", "(not slow and not postgres) or (slow and no_such_mark)"))
     assert fast == reference
     assert len(fast) > 1000
     assert not any(n.startswith(("tests/test_mcp.py", "tests/test_crash.py")) for n in fast)
