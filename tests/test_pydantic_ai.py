@@ -452,7 +452,10 @@ def test_an_audit_error_always_raises_and_nothing_runs(
         "process-job",
         params=JOB,
     )
-    locker = sqlite3.connect(guard.config.store_path, isolation_level=None)
+    # authorize runs on the guard's writer thread (aauthorize), not on this one
+    locker = sqlite3.connect(
+        guard.config.store_path, isolation_level=None, check_same_thread=False
+    )
     original = guard.authorize
 
     def authorize(*args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,134 @@
+"""The writer thread: where the store work of async callers runs, off the event loop.
+
+The store is synchronous (SQLite): its wait for the write lock (a bounded, jittered retry that
+sleeps), its ``COMMIT`` and SQLite's automatic WAL checkpoint inside it (a device flush) would
+stall every coroutine of the loop if they ran on it. Async entry points (``Guard.aauthorize``,
+``async with guard.task(...)``, the adapters' async hooks) hand that work to one thread per
+guard and await it: a single thread, so the jobs of one guard run in the order they were
+submitted (a task's end never overtakes a call of that task), and the loop keeps running.
+
+Each job runs in a copy of the caller's context (the current task, the running call). A job
+cannot be stopped once it runs: when the awaiting coroutine is cancelled the job completes
+anyway, and its ``abandon`` callback (in the writer thread) undoes what nobody will use (an
+allowed call is recorded as not run; a started task is ended). A job cancelled before it
+started never runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
+
+__all__ = ["WriterThread"]
+
+_T = TypeVar("_T")
+
+
+class _Job(Generic[_T]):
+    """One piece of store work; delivers its result, or abandons it when nobody waits."""
+
+    __slots__ = (
+        "abandon", "abandoned", "args", "context", "delivered", "fn", "kwargs", "lock", "result",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        fn: Callable[..., _T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        abandon: Callable[[_T], object] | None,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.abandon = abandon
+        self.context = contextvars.copy_context()
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.delivered = False
+        self.result: _T | None = None
+
+    def __call__(self) -> _T:  # in the writer thread
+        result = self.context.run(self.fn, *self.args, **self.kwargs)
+        with self.lock:
+            if not self.abandoned:
+                self.delivered = True
+                self.result = result
+                return result
+        self._abandon(result)
+        return result
+
+    def give_up(self) -> None:
+        """The awaiting coroutine was cancelled (on the loop) while the job ran or after it
+        returned: abandon its result now if it was delivered, else when it is."""
+        with self.lock:
+            self.abandoned = True
+            delivered, result = self.delivered, self.result
+            self.result = None
+        if delivered:
+            self._abandon(result)  # type: ignore[arg-type]  # delivered: fn returned it
+
+    def _abandon(self, result: _T) -> None:
+        if self.abandon is not None:
+            self.context.run(self.abandon, result)
+
+
+class WriterThread:
+    """One thread that runs store work for async callers (see the module docstring).
+
+    Started on first use; a forked child starts its own; :meth:`close` stops it."""
+
+    def __init__(self, name: str = "toolguard-writer") -> None:
+        self._name = name
+        self._executor: ThreadPoolExecutor | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _get(self) -> ThreadPoolExecutor:
+        pid = os.getpid()
+        executor = self._executor
+        if executor is not None and self._pid == pid:
+            return executor
+        with self._lock:
+            if self._executor is None or self._pid != pid:  # a fork's copy has no thread
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._name)
+                self._pid = pid
+            return self._executor
+
+    async def run(
+        self,
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        abandon: Callable[[_T], object] | None = None,
+        **kwargs: Any,
+    ) -> _T:
+        """``fn(*args, **kwargs)`` on the writer thread, in a copy of this context, awaited.
+
+        If this coroutine is cancelled, ``fn`` still completes (unless it had not started) and
+        ``abandon(result)`` runs with its result; the cancellation goes on."""
+        job = _Job(fn, args, kwargs, abandon)
+        future = self._get().submit(job)
+        try:
+            # cancelling this await cancels ``future`` if the job has not started (it never
+            # runs); a running job cannot be stopped, and its result is dropped
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancelled():  # it runs or ran: undo what nobody will use
+                job.give_up()
+            raise
+
+    def close(self) -> None:
+        """Wait for the jobs submitted so far and stop the thread (a later job starts a new
+        one). Never from the writer thread itself."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+            mine = self._pid == os.getpid()
+        if executor is not None and mine:
+            executor.shutdown(wait=True)
+
