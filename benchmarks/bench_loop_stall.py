@@ -17,9 +17,9 @@ IMMEDIATE``, ``--hold`` ms, ``COMMIT``, ``--gap`` ms; ``--hold 0`` for no holder
 Reports the worst stall and the p99 and p99.9 of the ticker's lateness, the guarded calls per
 second, the holder's bursts, and how many of the store's write transactions ran on the loop's
 thread and for how long (``store_on_loop*``: the guard's own share of the stall, unlike the
-ticker not inflated by a loaded machine preempting the whole process); writes ``benchmarks/results/loop_stall.json``. Goal (issue 15):
-worst stall <= 5 ms with the holder on. ``PYTHONPATH=<an older tree>`` measures another
-version of toolguard with the same script.
+ticker not inflated by a loaded machine preempting the whole process); writes
+``benchmarks/results/loop_stall.json``. Goal (issue 15): worst stall <= 5 ms with the holder
+on. ``PYTHONPATH=<an older tree>`` measures another version of toolguard with the same script.
 """
 
 from __future__ import annotations
