@@ -131,4 +131,3 @@ class WriterThread:
             mine = self._pid == os.getpid()
         if executor is not None and mine:
             executor.shutdown(wait=True)
-
