@@ -243,3 +243,40 @@ def test_the_writer_thread_runs_jobs_in_order_in_the_callers_context() -> None:
     finally:
         writer.close()
     assert order == list(range(20))
+
+
+def test_a_task_end_whose_await_is_cancelled_is_written_all_the_same(
+    guard: tg.Guard, gate: Callable[[str], _Gate]
+) -> None:
+    """The writer thread is busy (another task's start); the coroutine leaving ``async with``
+    is cancelled while its end waits in the queue: the end still runs, in order."""
+    session = guard.task("process-job", job_id="42")
+    blocked = gate("start_task")
+
+    async def main() -> None:
+        other = guard.task("process-job", job_id="43")
+
+        async def leave() -> None:
+            await session.__aexit__(None, None, None)
+
+        blocked.release.set()  # the first start (this session's) passes
+        await session.__aenter__()
+        blocked.release.clear()
+        blocked.entered.clear()
+        starting = asyncio.ensure_future(other.astart())
+        await blocked.wait_entered()  # the writer thread now waits inside other's start
+        leaving = asyncio.ensure_future(leave())
+        await asyncio.sleep(0)  # its end is queued behind the start
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        blocked.release.set()
+        await starting
+        await other.aend("ok")
+
+    asyncio.run(main())
+    guard.close()
+    assert session.status == "ok"
+    rows = {r["task_id"]: r for r in guard.audit.tasks()}
+    assert rows[session.task_id]["status"] == "ok" and rows[session.task_id]["ended_at"]
+    assert guard.audit.verify().ok

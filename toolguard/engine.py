@@ -357,14 +357,16 @@ class Guard:
         /,
         *args: Any,
         abandon: Callable[[_T], object] | None = None,
+        always: bool = False,
         **kwargs: Any,
     ) -> _T:
         """``fn(*args, **kwargs)`` on the guard's writer thread (in a copy of the caller's
         context), awaited: how async code runs anything that writes to the store (a task's
         start and end, an authorization) without blocking the event loop. Jobs run one at a
-        time, in order. If the caller is cancelled, ``fn`` still completes and
-        ``abandon(result)`` runs (in the writer thread) to undo what nobody will use."""
-        return await self._writer.run(fn, *args, abandon=abandon, **kwargs)
+        time, in order. If the caller is cancelled, ``fn`` still completes (unless it had not
+        started; with ``always`` it runs all the same: for what must be written, like a task's
+        end) and ``abandon(result)`` runs (in the writer thread) to undo what nobody uses."""
+        return await self._writer.run(fn, *args, abandon=abandon, always=always, **kwargs)
 
     def __enter__(self) -> Guard:
         return self

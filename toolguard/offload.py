@@ -106,20 +106,25 @@ class WriterThread:
         /,
         *args: Any,
         abandon: Callable[[_T], object] | None = None,
+        always: bool = False,
         **kwargs: Any,
     ) -> _T:
         """``fn(*args, **kwargs)`` on the writer thread, in a copy of this context, awaited.
 
         If this coroutine is cancelled, ``fn`` still completes (unless it had not started) and
-        ``abandon(result)`` runs with its result; the cancellation goes on."""
+        ``abandon(result)`` runs with its result; the cancellation goes on. With ``always``
+        (a task's end: it must be written), a job that had not started runs all the same."""
         job = _Job(fn, args, kwargs, abandon)
         future = self._get().submit(job)
+        waiter = asyncio.wrap_future(future)
         try:
             # cancelling this await cancels ``future`` if the job has not started (it never
-            # runs); a running job cannot be stopped, and its result is dropped
-            return await asyncio.wrap_future(future)
+            # runs) unless ``always``; a running job cannot be stopped, its result is dropped
+            return await (asyncio.shield(waiter) if always else waiter)
         except asyncio.CancelledError:
-            if not future.cancelled():  # it runs or ran: undo what nobody will use
+            if always:
+                waiter.add_done_callback(_retrieve)
+            if not future.cancelled():  # it runs, ran or will run: undo what nobody uses
                 job.give_up()
             raise
 
@@ -131,3 +136,11 @@ class WriterThread:
             mine = self._pid == os.getpid()
         if executor is not None and mine:
             executor.shutdown(wait=True)
+
+
+def _retrieve(waiter: asyncio.Future[Any]) -> None:
+    """Mark the exception of a job nobody awaits any more as retrieved (asyncio would log it;
+    the job itself reports its failures, e.g. a task end that could not be written is kept
+    and retried by the store)."""
+    if not waiter.cancelled():
+        waiter.exception()

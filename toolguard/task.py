@@ -303,7 +303,7 @@ class TaskSession:
         try:
             self._reset()
         finally:  # on the writer thread; a cancellation of this await does not stop it
-            await self.guard.offload(self.end, self._status_for(exc))
+            await self.guard.offload(self.end, self._status_for(exc), always=True)
 
     async def astart(self) -> TaskSession:
         """:meth:`start` for async callers: written on the guard's writer thread."""
@@ -311,7 +311,7 @@ class TaskSession:
 
     async def aend(self, status: str = "ok", *, reason: str | None = None) -> None:
         """:meth:`end` for async callers: written on the guard's writer thread."""
-        await self.guard.offload(self.end, status, reason=reason)
+        await self.guard.offload(self.end, status, reason=reason, always=True)
 
     def _leave(self, exc: BaseException | None) -> None:
         try:

@@ -272,7 +272,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
 
     async def aafter_agent(self, state: GuardState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         """Async twin of :meth:`after_agent` (the end is written on the guard's writer thread)."""
-        return await self.guard.offload(self.after_agent, state, runtime)
+        return await self.guard.offload(self.after_agent, state, runtime, always=True)
 
     def _prune(self) -> None:
         """Forget ended tasks; end the ones past their TTL (the last resort)."""
@@ -373,7 +373,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         try:
             return await handler(request)
         except BaseException as exc:
-            await self.guard.offload(self._abort, request.state, exc, "a model call")
+            await self.guard.offload(self._abort, request.state, exc, "a model call", always=True)
             raise
 
     def wrap_tool_call(
@@ -434,7 +434,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
                 _reset(prepared.token)
         except BaseException as exc:
             where = f"tool call '{request.tool_call.get('name')}'"
-            await self.guard.offload(self._abort, request.state, exc, where)
+            await self.guard.offload(self._abort, request.state, exc, where, always=True)
             raise
 
     def _abort(self, state: Any, exc: BaseException, where: str) -> None:
