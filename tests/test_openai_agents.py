@@ -1020,3 +1020,34 @@ def test_the_trail_looks_the_same_as_for_a_langchain_guarded_tool(
 
     assert sorted(shape(openai_guard), key=str) == sorted(shape(langchain_guard), key=str)
     assert {e[0] for e in shape(openai_guard)} == {"request", "outcome", "denied"}
+
+
+def test_the_runs_store_work_never_runs_on_the_event_loop(
+    guard: tg.Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task's start and end and every check are written on the guard's writer thread."""
+    import threading
+
+    from toolguard.store import Store
+
+    seen: list[tuple[str, int]] = []
+    original = Store._write
+
+    def spy(self: Store, what: str) -> Any:
+        seen.append((what, threading.get_ident()))
+        return original(self, what)
+
+    monkeypatch.setattr(Store, "_write", spy)
+    kv = Kv()
+    agent = _agent(
+        guard_tools(kv.tools, guard),
+        [[_set("call-a", "agents:jobs:42:state", "done")], [assistant_message("finished")]],
+    )
+
+    async def main() -> int:
+        await GuardedRunner(guard, "process-job").run(agent, "go", params=JOB)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert {w for w, _ in seen} >= {"task start", "request", "task end"}
+    assert all(thread != loop_thread for _, thread in seen), seen
