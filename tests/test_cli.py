@@ -91,9 +91,31 @@ def _foreign_checkpoint(db: Path, tmp_path: Path) -> str:
     return str(path)
 
 
+def _held_call(db: Path, task_id: str) -> str:
+    """A call of ``task_id`` waiting for approval (its request, in the trail); its id."""
+    from toolguard.store import Store
+    from toolguard.store.approvals import request_event
+
+    store = Store(db)
+    try:
+        ts = store.conn.execute("SELECT MAX(ts) FROM events").fetchone()[0]
+        extra = {"request_id": "ab" * 12, "digest": "0" * 64, "expires_at": 1e10, "args": {}}
+        event = {
+            "ts": ts, "task_id": task_id, "identity": "agent-runner", "intent": "process-job",
+            "tool": "kv_set", "operation": "write", "resources": '["agents:jobs:42:final"]',
+            "decision": "hold", "reason": "held", "rule": "intents.process-job.approve.write",
+            "correlation_id": "held-1",
+        }  # fmt: skip
+        store.append(request_event(event, extra))
+    finally:
+        store.close()
+    return "ab" * 12
+
+
 def _commands(ids: dict[str, str], db: Path, config: Path, tmp_path: Path) -> dict[str, list[str]]:
     key = str(tmp_path / "other" / "key.pem")
     cfg = str(config)
+    held = _held_call(db, ids["job"])
     with sqlite3.connect(db) as conn:  # a request whose arguments had nothing to redact
         seq, args = conn.execute(
             "SELECT seq, args FROM events WHERE kind = 'request' AND args NOT LIKE '%REDACTED%'"
@@ -114,6 +136,7 @@ def _commands(ids: dict[str, str], db: Path, config: Path, tmp_path: Path) -> di
         ],
         "audit-export": ["audit", "export", "--db", str(db)],
         "audit-prune": ["audit", "prune", "--before", "1h", "--config", str(config)],
+        "audit-replay": ["audit", "replay", "--config", str(config)],
         "revoke": ["revoke", "--task", ids["job"][:8], "--db", str(db)],
         "enable": ["enable", "agent-runner", "--config", str(config)],
         "keys-create": ["keys", "create", "--key-file", key],
@@ -121,6 +144,10 @@ def _commands(ids: dict[str, str], db: Path, config: Path, tmp_path: Path) -> di
         "keys-jwks": ["keys", "jwks", "--config", str(config)],
         "check": ["check", str(config)],
         "check-schema": ["check", "--schema"],
+        "approvals-list": ["approvals", "list", "--db", str(db)],
+        "approvals-show": ["approvals", "show", held[:6], "--db", str(db)],
+        "approvals-approve": ["approvals", "approve", held, "--by", "alice", "--db", str(db)],
+        "approvals-reject": ["approvals", "reject", held, "--config", str(config)],
     }
 
 
@@ -135,6 +162,7 @@ COMMANDS = [
     "audit-acknowledge",
     "audit-export",
     "audit-prune",
+    "audit-replay",
     "audit-match-args",
     "revoke",
     "enable",
@@ -143,6 +171,10 @@ COMMANDS = [
     "keys-jwks",
     "check",
     "check-schema",
+    "approvals-list",
+    "approvals-show",
+    "approvals-approve",
+    "approvals-reject",
 ]
 
 

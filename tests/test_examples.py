@@ -263,3 +263,28 @@ def test_readme_shows_the_lines_make_demo_prints(monkeypatch: pytest.MonkeyPatch
     )]  # fmt: skip
     assert shown[0] == ". .venv/bin/activate"
     assert shown[1:] == [line for line in printed if not line.startswith(". ")][: len(shown) - 1]
+
+
+@pytest.mark.slow
+def test_the_approvals_example_runs_offline() -> None:
+    """``examples/approvals.py``: an approver approves one delete and rejects another; a
+    LangGraph agent pauses with the request and resumes approved; the trail verifies."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "approvals.py")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHONUTF8": "1", "NO_COLOR": "1",
+             "PYTHONPATH": PYTHONPATH},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = _lines(result)
+    assert "  deleted agents:jobs:42:tmp" in lines
+    assert (
+        "  Denied by toolguard: a person rejected this call (rejected by alice: temp data only);"
+        " it did not run"
+    ) in lines
+    resumed = lines[_index(lines, "^  paused: kv_delete") + 1]
+    assert resumed == "  resumed: deleted agents:jobs:7:cache"
+    counts = "approval_requested x3, approved x2, rejected x1, request x2, denied x1"
+    assert f"audit events: {counts}" in lines
+    assert "trail verifies: True" in lines
+    assert lines[-1] == "deleted: ['agents:jobs:42:tmp', 'agents:jobs:7:cache']"

@@ -55,7 +55,7 @@ def test_a_version_1_database_is_migrated_when_a_guard_opens_it(
     reopened.store.open()
 
     with sqlite3.connect(guard.config.store_path) as conn:
-        assert _version(conn) == SCHEMA_VERSION == 3
+        assert _version(conn) == SCHEMA_VERSION == 4
         assert "rate_events" not in _tables(conn)
         scopes = [r[0] for r in conn.execute("SELECT scope FROM budgets")]
         rows = conn.execute(
@@ -86,7 +86,7 @@ def test_a_version_2_database_gets_the_tainted_column_and_keeps_working(
     with reopened.task("process-job", job_id="43") as task:
         pass
     with sqlite3.connect(guard.config.store_path) as conn:
-        assert _version(conn) == 3
+        assert _version(conn) == SCHEMA_VERSION
         rows = conn.execute("SELECT task_id, tainted FROM tasks ORDER BY started_at").fetchall()
     assert len(rows) == 2 and rows[-1] == (task.task_id, 0)
     assert reopened.audit.verify().ok
@@ -158,6 +158,10 @@ SCHEMA_SQL = {
     ),
     "idx_events_ts": ('CREATE INDEX "idx_events_ts"\n    ON "events" ("ts")'),
     "idx_events_denied": "CREATE INDEX idx_events_denied ON events (seq) WHERE kind = 'denied'",
+    "idx_events_approvals": (
+        "CREATE INDEX idx_events_approvals ON events (seq) WHERE kind IN"
+        " ('approval_requested', 'approved', 'rejected', 'approval_expired')"
+    ),
     "credentials": (
         "CREATE TABLE credentials (identity TEXT NOT NULL, tally TEXT NOT NULL, jti TEXT,"
         " task_id TEXT, tool TEXT, operation TEXT, issued_at FLOAT, expires_at FLOAT,"
@@ -235,3 +239,24 @@ def test_a_schema_that_cannot_be_created_whole_is_not_created_at_all(tmp_path: P
     with sqlite3.connect(path) as conn:
         assert {"meta", "events", "tasks", "checkpoints"} <= _tables(conn)
         assert _version(conn) == SCHEMA_VERSION
+
+
+def test_a_version_3_database_gets_the_approvals_index(tmp_path: Path) -> None:
+    """Schema 4 adds the partial index of the approval queue; a version 3 database is migrated
+    in place (its events are kept) and the queue query uses the index."""
+    path = tmp_path / "audit.db"
+    Store(path).open().close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX idx_events_approvals")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    Store(path).open().close()
+    with sqlite3.connect(path) as conn:
+        assert _version(conn) == SCHEMA_VERSION == 4
+        plan = " ".join(
+            str(r[-1])
+            for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE kind IN ('approval_requested',"
+                " 'approved', 'rejected', 'approval_expired') ORDER BY seq"
+            )
+        )
+        assert "idx_events_approvals" in plan

@@ -46,4 +46,5 @@ def test_security_page_has_a_section_per_promise() -> None:
         "No secret at rest, no token to the model",
         "Bounded and well-formed input",
         "Incident commands and config",
+        "Human approval bound to the exact action",
     ]

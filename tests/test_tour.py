@@ -208,9 +208,18 @@ DISCOVERING = {
     # event 1 is the task start, with no arguments to match (exit 2), found in the config's trail
     "audit match-args": ["audit", "match-args", "1", "--args", "{}"],
     "check": ["check"],
+    "approvals list": ["approvals", "list", "--all"],
+    # no such request (exit 2), said of the config's trail: they found the config
+    "approvals show": ["approvals", "show", "abcdef"],
+    "approvals approve": ["approvals", "approve", "abcdef", "--by", "me"],
+    "approvals reject": ["approvals", "reject", "abcdef"],
+    "audit replay": ["audit", "replay"],
 }
 # Commands above that end with exit 2 on this trail, and what they must say about it.
 REFUSING = {
+    "approvals show": "no approval request 'abcdef'",
+    "approvals approve": "no approval request 'abcdef'",
+    "approvals reject": "no approval request 'abcdef'",
     "audit acknowledge": "nothing to acknowledge: the trail",
     "audit match-args": "seq 1",
 }

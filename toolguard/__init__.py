@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # every name is imported on first use, see __getattr__
     from .engine import Guard
     from .incident import Enablement, Revocation
     from .errors import (
+        ApprovalDenied,
         AuditError,
         BudgetExceeded,
         ConfigError,
@@ -71,6 +72,7 @@ __all__ = [
     "Revocation",
     "VerifyReport",
     # Errors
+    "ApprovalDenied",
     "AuditError",
     "BudgetExceeded",
     "ConfigError",
@@ -118,6 +120,7 @@ _LAZY = {
     # Errors
     **dict.fromkeys(
         [
+            "ApprovalDenied",
             "AuditError",
             "BudgetExceeded",
             "ConfigError",

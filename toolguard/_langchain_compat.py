@@ -27,7 +27,9 @@ __all__ = [
     "PRIVATE_NAMES",
     "get_all_basemodel_annotations",
     "get_runnable_config_param",
+    "graph_interrupt",
     "handle_tool_error",
+    "in_resumable_graph",
     "is_injected_arg_type",
     "is_invalid_resume",
     "signature_parameters",
@@ -93,3 +95,27 @@ def is_invalid_resume(error: BaseException) -> bool:
     """``langgraph.errors.is_invalid_resume`` where langgraph has it (1.2 and later; imported
     on first use, not with toolguard), else False."""
     return _invalid_resume()(error)
+
+
+def in_resumable_graph() -> bool:
+    """True inside a LangGraph run that can be interrupted and resumed: a node's config with a
+    scratchpad and a checkpointer (langgraph's private config keys, read here and nowhere else;
+    langgraph imported on first use, not with toolguard). False outside a run, without a
+    checkpointer, or without langgraph."""
+    try:
+        from langgraph._internal._constants import CONFIG_KEY_CHECKPOINTER, CONFIG_KEY_SCRATCHPAD
+        from langgraph.config import get_config
+    except ImportError:
+        return False
+    try:
+        conf = get_config().get("configurable", {})
+    except RuntimeError:  # not inside a runnable
+        return False
+    return CONFIG_KEY_SCRATCHPAD in conf and conf.get(CONFIG_KEY_CHECKPOINTER) is not None
+
+
+def graph_interrupt(value: object) -> object:
+    """``langgraph.types.interrupt(value)``: the resume value, or ``GraphInterrupt`` raised."""
+    from langgraph.types import interrupt
+
+    return interrupt(value)

@@ -106,7 +106,7 @@ class UsageRow:
 
     key: str
     calls: int
-    """Allowed calls (``request`` events)."""
+    """Calls that ran (``request`` events, ``would_deny`` ones included)."""
     denials: int
     errors: int
     """Calls whose tool raised."""
@@ -119,6 +119,8 @@ class UsageRow:
     today_cost: float = 0.0
     quota: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     """Identity limits from the config: ``{"requests_per_day": {"used": 12, "limit": 1000}}``."""
+    would_deny: int = 0
+    """Calls that ran in shadow mode although the policy or a budget refused them."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -126,6 +128,7 @@ class UsageRow:
             "key": self.key,
             "calls": self.calls,
             "denials": self.denials,
+            "would_deny": self.would_deny,
             "errors": self.errors,
             "cost": self.cost,
             "peak_per_minute": self.peak_per_minute,
@@ -546,6 +549,7 @@ class AuditLog:
                         key=key,
                         calls=int(r["calls"] or 0),
                         denials=int(r["denials"] or 0),
+                        would_deny=int(r["would_deny"] or 0),
                         errors=int(r["errors"] or 0),
                         cost=float(r["cost"] or 0.0),
                         peak_per_minute=peaks.get(key, 0),

@@ -42,6 +42,7 @@ __all__ = [
     "MAX_CONFIG_DEPTH",
     "MAX_CONFIG_VALUES",
     "ConfigProblems",
+    "Mode",
     "OPERATION_NAME",
     "PLACEHOLDER",
     "TooLarge",
@@ -59,6 +60,12 @@ Operation = str
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 OPERATION_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 """What an operation's name may be (``read``, ``write``, ``delete``, ``approve-payment``)."""
+
+
+Mode = Literal["enforce", "shadow"]
+"""How a task's decisions take effect: ``enforce`` (the default) denies what the policy or a
+budget refuses; ``shadow`` runs it anyway and records the call as ``would_deny`` (see
+docs/shadow.md for what stays denied even in shadow mode)."""
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -160,11 +167,23 @@ class IdentityConfig(_Model):
     limits: IdentityLimits = Field(default_factory=IdentityLimits)
     disabled: bool = False
     """A disabled identity starts no task (see also ``toolguard revoke --identity --disable``)."""
+    approve: dict[Operation, list[str]] = Field(default_factory=dict)
+    """``operation -> resource patterns`` whose calls a person must approve, in every intent of
+    the identity (added to the intent's own ``approve``; never removes one). Each pattern must
+    lie inside the ceiling's ``allow`` for its operation."""
+    mode: Mode | None = None
+    """``shadow``: the identity's intents that set no ``mode`` of their own run in shadow mode
+    (denied calls run and are recorded as ``would_deny``); default ``enforce``."""
 
-    @field_validator("allow")
+    @field_validator("allow", "approve")
     @classmethod
     def _ops(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         return _check_allow(v)
+
+    @model_validator(mode="after")
+    def _approve_inside_allow(self) -> IdentityConfig:
+        _check_approve_inside(self.approve, self.allow, "the identity's ceiling")
+        return self
 
 
 class ToolRule(_Model):
@@ -227,11 +246,25 @@ class IntentConfig(_Model):
     budget: Budget = Field(default_factory=Budget)
     ttl: Duration = 900.0
     audience: str | None = None
+    approve: dict[Operation, list[str]] = Field(default_factory=dict)
+    """``operation -> resource patterns``: an allowed call on a matching resource is held until
+    a person approves it (docs/agents.md, "Human approval"). Each pattern must lie inside the
+    intent's ``allow`` for its operation."""
+    approval_ttl: Duration = 1800.0
+    """How long an approval request waits for a decision (and a held call waits for it)."""
+    mode: Mode | None = None
+    """``enforce`` or ``shadow`` (calls the policy or a budget refuses run anyway and are
+    recorded as ``would_deny``); unset: the identity's ``mode``, else ``enforce``."""
 
-    @field_validator("allow")
+    @field_validator("allow", "approve")
     @classmethod
     def _ops(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
         return _check_allow(v)
+
+    @model_validator(mode="after")
+    def _approve_inside_allow(self) -> IntentConfig:
+        _check_approve_inside(self.approve, self.allow, "the intent")
+        return self
 
 
 class GuardConfig(_Model):
@@ -273,6 +306,15 @@ class GuardConfig(_Model):
         if problems:
             raise ConfigProblems(problems, references=True)
         return self
+
+    def mode(self, intent: str) -> Mode:
+        """The mode of an intent's tasks: the intent's own ``mode``, else its identity's, else
+        ``enforce`` (an unknown intent is ``enforce``)."""
+        spec = self.intents.get(intent)
+        if spec is None:
+            return "enforce"
+        identity = self.identities.get(spec.identity)
+        return spec.mode or (identity.mode if identity is not None else None) or "enforce"
 
     def resolve_path(self, path: str) -> Path:
         """A config path made absolute against the config file's directory."""
@@ -424,6 +466,34 @@ def _check_allow(v: dict[str, list[str]]) -> dict[str, list[str]]:
     if problems:
         raise ConfigProblems(problems, relative=True)
     return v
+
+
+def _check_approve_inside(
+    approve: dict[str, list[str]], allow: dict[str, list[str]], whose: str
+) -> None:
+    """An ``approve`` pattern must hold only resources ``allow`` allows for its operation (a
+    rule outside it could never hold a call: a mistake)."""
+    from .intent import pattern_covers  # intent imports this module
+
+    def literal(pattern: str) -> str:  # placeholders compare as the same (unknown) text
+        return PLACEHOLDER.sub(lambda m: "\x00{" + m.group(1) + "}\x01", pattern)
+
+    problems: list[Issue] = []
+    for op, patterns in approve.items():
+        allowed = [literal(p) for p in allow.get(op, [])]
+        for i, pattern in enumerate(patterns):
+            if not any(pattern_covers(a, literal(pattern)) for a in allowed):
+                shown = ", ".join(repr(p) for p in allow.get(op, [])) or "nothing"
+                problems.append(
+                    Issue(
+                        ("approve", op, i),
+                        f"approval rule {op} {pattern!r} is outside what {whose} allows "
+                        f"({op} on {shown}); add it under allow.{op} or remove the rule",
+                        "approve-outside-allow",
+                    )
+                )
+    if problems:
+        raise ConfigProblems(problems, relative=True)
 
 
 MAX_CONFIG_BYTES = 1 << 20

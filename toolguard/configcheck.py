@@ -70,6 +70,7 @@ CODES: dict[str, Severity] = {
     "unreachable": "warning",
     "placeholder-typo": "warning",
     "disabled-identity": "warning",
+    "shadow-mode": "warning",
 }
 """Every problem code and its severity (described in docs/cli.md, ``toolguard check``)."""
 
@@ -674,6 +675,14 @@ class _Warnings:
                     "true): its tasks are refused",
                     "disabled-identity",
                 )
+            if ident.get("mode") == "shadow":
+                self.warn(
+                    ("identities", name, "mode"),
+                    f"identity {name} is in shadow mode: calls of its intents that the policy "
+                    "or a budget refuses still run (recorded as would_deny); set mode: enforce "
+                    "once `toolguard audit replay` shows no surprise",
+                    "shadow-mode",
+                )
             for op in _allow(ident.get("allow")):
                 self._operation(("identities", name, "allow", op), op)
         for name in self.tools:
@@ -706,6 +715,14 @@ class _Warnings:
 
     def _intent(self, name: str, intent: Mapping[str, Any]) -> None:
         where: Loc = ("intents", name)
+        if intent.get("mode") == "shadow":
+            self.warn(
+                (*where, "mode"),
+                f"intent {name} is in shadow mode: calls that the policy or a budget refuses "
+                "still run (recorded as would_deny); set mode: enforce once `toolguard audit "
+                "replay` shows no surprise",
+                "shadow-mode",
+            )
         listed = intent.get("tools")
         tools: list[Any] = listed if isinstance(listed, list) else []
         performs = {t: self.tools[t] for t in tools if isinstance(t, str) and self.tools.get(t)}

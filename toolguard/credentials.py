@@ -310,7 +310,9 @@ def _encode_minted(p: dict[str, Any]) -> str:
     return _MINTED % (
         esc(p["iss"]), esc(p["sub"]), esc(p["aud"]), p["iat"], p["nbf"], p["exp"],
         esc(p["jti"]), esc(p["task_id"]), esc(p["intent"]), esc(p["tool"]), esc(p["op"]),
-        ",".join(map(esc, p["res"])), "" if act is None else ',"act":' + _ENCODER.encode(act),
+        ",".join(map(esc, p["res"])),
+        ("" if act is None else ',"act":' + _ENCODER.encode(act))
+        + ("" if "shadow" not in p else ',"shadow":' + esc(p["shadow"])),
     )  # fmt: skip
 
 
@@ -354,6 +356,9 @@ class MintRequest:
     """The audience the call's tool rule or intent asks for, if any."""
     act: Mapping[str, Any] | None = None
     """The delegation chain (``{"sub": parent identity, "task_id": ..., "act": ...}``)."""
+    would_deny: bool = False
+    """The call runs in shadow mode although the policy or a budget refused it (its
+    ``request`` is recorded ``would_deny``); the issuer's token says so (claim ``shadow``)."""
 
     def __post_init__(self) -> None:
         resources = self.resources
@@ -374,8 +379,9 @@ class MintRequest:
         return cls(**keywords)
 
     def keywords(self) -> dict[str, Any]:
-        """The request as the keyword arguments of the earlier ``mint(jti=..., ...)``."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The request as the keyword arguments of the earlier ``mint(jti=..., ...)`` (which
+        had no ``would_deny``: a provider of that interface is not told)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "would_deny"}
 
 
 @runtime_checkable
@@ -534,6 +540,8 @@ class Issuer:
         }  # fmt: skip
         if act is not None:
             payload["act"] = _freeze(act)
+        if r.would_deny:  # a downstream service may refuse what enforce mode would have
+            payload["shadow"] = "would_deny"
         return Credential._minted(payload, self.keys.active)
 
     def verifier(

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
+from .approval import ApprovalGate, Approver, approved_reason, held_by
 from .budget import Settlement, Spend, day_key, plan, task_spends
 from .config import GuardConfig, load_config
 from .context import permit_var, task_var
@@ -39,9 +40,10 @@ from .intent import Call, Policy
 from .keys import load_args_key
 from .numbers import MAX_COST, check_timestamp, is_finite_number
 from .offload import WriterThread
-from .policy import Decision, decide, derive_call
+from .policy import Decision, decide, derive_call, shadowable
 from .redaction import Redactor
 from .store import PendingOutcome, Store
+from .store.approvals import ApprovalRecord
 from .text import (
     MAX_ERROR_CHARS,
     MAX_NAME_CHARS,
@@ -146,12 +148,18 @@ class Guard:
         *,
         clock: Callable[[], float] = time.time,
         providers: Mapping[str, object] | None = None,
+        approver: Approver | None = None,
     ) -> None:
         """``providers`` maps tool names to the credential provider of their calls (an external
         broker, a static secret: a :class:`~toolguard.credentials.CredentialProvider`, or a
         provider of the earlier keyword ``mint`` interface); every other tool gets credentials
-        from the built-in issuer."""
+        from the built-in issuer. ``approver`` decides the calls an ``approve`` rule holds
+        (``approver(request) -> {"approved": bool, "by": str, "note": str}`` or a bool, sync or
+        async); without one they wait for ``toolguard approvals`` or a LangGraph resume
+        (docs/agents.md, "Human approval")."""
         self.config = load_config(config if config is not None else {})
+        self.approvals = ApprovalGate(self, approver)
+        """The approval step of held calls (its ``approver``, the queue, interrupts)."""
         checked = clock if clock is time.time else CheckedClock(clock)
         self.clock: Callable[[], float] = checked
         """The guard's clock; a bad value (nan, inf, not a number) raises AuditError."""
@@ -175,11 +183,13 @@ class Guard:
         self.issuer = Issuer(
             name=issuer_cfg.name, audience=issuer_cfg.audience, keys=self.keys, ttl=issuer_cfg.ttl
         )
+        self._args_key = load_args_key(self.config.args_key_path)
+        """The arguments key: keys ``args_sha256`` and the arguments in an approval's digest."""
         self.redactor = Redactor(
             extra_keys=self.config.redact_keys,
             patterns=self.config.redact_patterns,
             max_chars=self.config.max_arg_chars,
-            digest_key=load_args_key(self.config.args_key_path),
+            digest_key=self._args_key,
         )
         self._redactors = {
             name: self.redactor.with_keys(rule.redact, patterns=rule.redact_patterns)
@@ -207,9 +217,12 @@ class Guard:
         source: GuardConfig | Mapping[str, Any] | str | os.PathLike[str],
         *,
         clock: Callable[[], float] = time.time,
+        providers: Mapping[str, object] | None = None,
+        approver: Approver | None = None,
     ) -> Guard:
-        """A guard from a config file (YAML, TOML, JSON), a mapping, or a ``GuardConfig``."""
-        return cls(source, clock=clock)
+        """A guard from a config file (YAML, TOML, JSON), a mapping, or a ``GuardConfig``;
+        every keyword of :class:`Guard` is accepted."""
+        return cls(source, clock=clock, providers=providers, approver=approver)
 
     # -- public API --------------------------------------------------------------------------
 
@@ -400,8 +413,22 @@ class Guard:
         decision = decide(
             bound, call, ended=session.ended_reason, now=now, deadline=session.deadline
         )
+        # shadow mode (the task's and every ancestor's): a policy refusal runs, as would_deny
+        shadow = _shadow(session)
+        would: str | None = None
         if not decision.allowed:
-            self._deny(session, tool, args, cid, now, decision, call)
+            would = self._refuse(session, tool, args, cid, now, decision, call, shadow=shadow)
+        held = held_by(session, call)
+        approval: ApprovalRecord | None = None
+        if held is not None:  # wait for a person; ApprovalDenied (audited) if none approves
+            approval = self.approvals.hold(session, call, held, self._redactor(tool)(args)[0], now)
+            now = self.clock()  # decided again now: the task may have ended while it waited
+            decision = decide(
+                bound, call, ended=session.ended_reason, now=now, deadline=session.deadline
+            )
+            would = None
+            if not decision.allowed:
+                would = self._refuse(session, tool, args, cid, now, decision, call, shadow=shadow)
         spends: tuple[Spend, ...] = plan(bound, session.task_id, call)
         inherited: list[tuple[Spend, ...]] = []
         parent = session.parent
@@ -422,9 +449,9 @@ class Guard:
             "tool": tool,
             "operation": call.operation,
             "resources": resources_json,
-            "decision": "allow",
-            "reason": None,
-            "rule": "allow",
+            "decision": "allow" if would is None else "would_deny",
+            "reason": would if would is not None or approval is None else approved_reason(approval),
+            "rule": "allow" if would is None else decision.rule,
             "jti": jti,
             "correlation_id": cid,
             "args": args_json,
@@ -462,6 +489,8 @@ class Guard:
             now=now,
             on_denied=denied_event,
             inherited=inherited,
+            precheck=None if approval is None else self.approvals.precheck(approval, tool),
+            shadow=shadow,
         )
         if denial is not None:
             if denial.ended:  # an on_anomaly revocation ended the identity's tasks
@@ -478,6 +507,7 @@ class Guard:
                     jti, session.task_id, bound.identity, bound.intent, tool, call.operation,
                     call.resources, now, session.deadline,
                     self.policy.tools[tool].rule.audience or bound.audience, session.act,
+                    event["decision"] == "would_deny",
                 )
             )  # fmt: skip
         except Exception as exc:  # any provider failure denies the call (fail closed)
@@ -618,6 +648,24 @@ class Guard:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    def _refuse(
+        self,
+        session: TaskSession,
+        tool: str,
+        args: Mapping[str, Any],
+        cid: str,
+        now: float,
+        decision: Decision,
+        call: Call | None,
+        *,
+        shadow: bool,
+    ) -> str:
+        """Deny a refused call (audited, raises), unless shadow mode lets this refusal run:
+        then the ``would_deny`` reason to record (docs/shadow.md)."""
+        if not (shadow and shadowable(decision)):
+            self._deny(session, tool, args, cid, now, decision, call)
+        return clip(self._redactor(tool).scrub(decision.reason), MAX_REASON_CHARS)
+
     def _deny(
         self,
         session: TaskSession,
@@ -685,6 +733,17 @@ class CallerCancelled(Exception):
         super().__init__(
             "the caller was cancelled while the call was authorized; the tool did not run"
         )
+
+
+def _shadow(session: TaskSession) -> bool:
+    """A task runs in shadow mode when its intent does and so does every ancestor's: a
+    delegated task never runs what an enforcing parent would refuse."""
+    s: TaskSession | None = session
+    while s is not None:
+        if s.bound.mode != "shadow":
+            return False
+        s = s.parent
+    return True
 
 
 class StoreRevocations:

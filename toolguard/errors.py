@@ -25,6 +25,7 @@ Each exception carries structured fields (``tool``, ``task_id``, ``rule``; budge
 import math
 
 __all__ = [
+    "ApprovalDenied",
     "AuditError",
     "BudgetExceeded",
     "ConfigError",
@@ -99,6 +100,23 @@ class PolicyDenied(ToolGuardError):
     ) -> None:
         super().__init__(reason, tool=tool, task_id=task_id, rule=rule)
         self.reason = reason
+
+
+class ApprovalDenied(PolicyDenied):
+    """A call held for a person's approval did not get it: rejected, expired, or answered
+    with a decision that is not one (see docs/agents.md, "Human approval")."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        tool: str | None = None,
+        task_id: str | None = None,
+        rule: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(reason, tool=tool, task_id=task_id, rule=rule)
+        self.request_id = request_id
 
 
 class NoActiveTask(PolicyDenied):

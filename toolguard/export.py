@@ -34,12 +34,14 @@ from .budget import COST_RESOLUTION
 from .chain import EVENT_FIELDS
 from .formatting import (
     TIMELINE_HEADERS,
+    WOULD_DENY,
     event_result,
     format_cost,
     format_duration,
     format_time,
     plural,
 )
+from .store.approvals import ApprovalRecord, find_requests
 from .text import printable
 
 if TYPE_CHECKING:
@@ -117,11 +119,14 @@ th{background:#f3f4f6}
 td.num{text-align:right}
 .t{white-space:nowrap;font-variant-numeric:tabular-nums}
 .deny,.deny td{color:#b91c1c;font-weight:600}
+.would,.would td{color:#c2410c;font-weight:600}
 .err{color:#b45309}.inc{color:#7e22ce}.ok{color:#15803d}.rev{color:#a21caf}
 .act{color:#0e7490}.warn{color:#b45309}
 .task{border:1px solid #e5e7eb;border-radius:4px;margin:.3em 0;padding:.2em .6em}
 .task summary{cursor:pointer}
 .task.has-deny{border-left:4px solid #b91c1c}
+.task.has-would{border-right:4px solid #c2410c}
+.badge.would{background:#ffedd5;color:#9a3412}
 .badge{border-radius:3px;padding:0 4px;font-size:.85em;font-weight:600}
 .badge.tainted{background:#fef3c7;color:#92400e}
 .badge.disabled{background:#fee2e2;color:#991b1b}
@@ -219,8 +224,11 @@ class HtmlReport:
         limits_known: bool = False,
         children: Mapping[str, Sequence[str]] | None = None,
         window: tuple[float, float] | None = None,
+        approvals: Sequence[ApprovalRecord] = (),
     ) -> None:
         self.title = title
+        self.approvals = approvals
+        """The approval requests awaiting a decision (oldest first)."""
         self.generated_at = generated_at
         self.source = source
         self.filters = filters
@@ -259,6 +267,10 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, raw: bool =
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _summary_headers(by: str) -> list[str]:
+    return [by, "calls", "denied", "would-deny", "errors", "cost", "peak/min", "today", "quota"]
+
+
 def _summary_html(summary: Summary) -> str:
     parts = []
     for by, rows in summary.rows.items():
@@ -276,6 +288,7 @@ def _summary_html(summary: Summary) -> str:
                     f"<td>{_e(r.key)}</td>",
                     f'<td class="num">{r.calls}</td>',
                     f'<td class="num{" deny" if r.denials else ""}">{r.denials}</td>',
+                    f'<td class="num{" would" if r.would_deny else ""}">{r.would_deny}</td>',
                     f'<td class="num{" err" if r.errors else ""}">{r.errors}</td>',
                     f'<td class="num">{_e(format_cost(r.cost))}</td>',
                     f'<td class="num">{r.peak_per_minute}</td>',
@@ -285,7 +298,7 @@ def _summary_html(summary: Summary) -> str:
             )
         parts.append(
             _table(
-                [by, "calls", "denied", "errors", "cost", "peak/min", "today", "quota"],
+                _summary_headers(by),
                 body,
                 raw=True,
             )
@@ -407,6 +420,8 @@ def _timeline_row(row: Mapping[str, Any]) -> str:
         "acknowledged": "warn",
         "enabled": "rev",
     }.get(result, "")
+    if kind == "request" and row.get("decision") == WOULD_DENY:
+        cls = "would"
     resources = row.get("resources") or []
     if isinstance(resources, str):
         resources = [resources]
@@ -473,6 +488,7 @@ def _task_html(
 ) -> str:
     task_id = str(task["task_id"])
     denied = int(task.get("denied") or 0)
+    would = int(task.get("would_deny") or 0)
     params = task.get("params") or ""
     try:
         loaded = json.loads(params) if params else {}
@@ -493,7 +509,8 @@ def _task_html(
         + (' <span class="badge tainted">tainted</span>' if tainted else "")
         + f" &middot; {plural(int(task.get('calls') or 0), 'call')}"
         f' &middot; <span class="{"deny" if denied else ""}">{denied} denied</span>'
-        f" &middot; cost {_e(format_cost(task.get('cost')))}"
+        + (f' <span class="badge would">{would} would-deny</span>' if would else "")
+        + f" &middot; cost {_e(format_cost(task.get('cost')))}"
         f' <span class="muted">{_e(params)}</span>'
     )
     meta = []
@@ -515,10 +532,12 @@ def _task_html(
         )
     meta_html = f'<div class="meta">{"".join(meta)}</div>' if meta else ""
     return (
-        f'<details class="task{" has-deny" if denied else ""}" id="task-{_e(task_id)}"'
+        f'<details class="task{" has-deny" if denied else ""}{" has-would" if would else ""}"'
+        f' id="task-{_e(task_id)}"'
         f' data-task-id="{_e(task_id)}" data-identity="{_e(task.get("identity"))}"'
         f' data-status="{_e(status)}" data-denied="{1 if denied else 0}"'
-        f' data-tainted="{1 if tainted else 0}"{" open" if denied else ""}>'
+        f' data-would-deny="{would}"'
+        f' data-tainted="{1 if tainted else 0}"{" open" if denied or would else ""}>'
         f"<summary>{head}</summary>{meta_html}{_budget_html(task, report)}"
         f"{_timeline_table(rows)}</details>"
     )
@@ -571,6 +590,33 @@ def _revocations_html(report: HtmlReport, present: Container[str]) -> str:
     return "\n".join(parts)
 
 
+def _approvals_html(report: HtmlReport) -> str:
+    """The requests awaiting a person's decision, oldest first, with their age: what an
+    on-call person looks for first."""
+    if not report.approvals:
+        return ""
+    now = report.generated_at
+    rows = [
+        [
+            r.request_id[:12],
+            format_duration(max(0.0, now - r.requested_at) * 1000),
+            format_duration(max(0.0, r.expires_at - now) * 1000),
+            r.tool or "-",
+            r.operation or "-",
+            ", ".join(r.resources) or "-",
+            r.task_id[:12],
+            r.reason or "-",
+        ]
+        for r in report.approvals
+    ]
+    headers = ["request", "age", "expires in", "tool", "op", "resources", "task", "why held"]
+    return (
+        f'<h2 id="approvals">Awaiting approval ({len(rows)})</h2>'
+        '<p class="muted">Answer with <code>toolguard approvals approve ID --by NAME</code> or '
+        "<code>toolguard approvals reject ID</code>.</p>" + _table(headers, rows)
+    )
+
+
 def render_html(report: HtmlReport) -> str:
     """The whole page as one string (no external resources)."""
     identities = sorted({str(t.get("identity")) for t in report.tasks if t.get("identity")})
@@ -599,6 +645,7 @@ def render_html(report: HtmlReport) -> str:
     counts = f"{plural(with_denials, 'task')} with denials (open below)" + (
         f', <span class="badge tainted">{plural(tainted, "tainted task")}</span>' if tainted else ""
     )
+    shadow = _shadow_html(report)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
@@ -608,10 +655,12 @@ def render_html(report: HtmlReport) -> str:
 <h1>{_e(report.title)}</h1>
 <p class="muted">Generated {_e(format_time(report.generated_at))} from {_e(report.source)}.
 Filters: {_e(filters or "none")}. Times are UTC.</p>
+{_approvals_html(report)}
 {_revocations_html(report, present)}
 <h2 id="usage">Usage</h2>
 {_chart_svg(report.usage, report.window)}
 {_summary_html(report.summary)}
+{shadow}
 <h2 id="tasks">Tasks (<span id="shown">{len(report.tasks)}</span> of {len(report.tasks)})</h2>
 <p>{counts}</p>
 {truncated}
@@ -628,6 +677,42 @@ Filters: {_e(filters or "none")}. Times are UTC.</p>
 <script>{_SCRIPT}</script>
 </body></html>
 """
+
+
+def _shadow_html(report: HtmlReport) -> str:
+    """The section of the calls shadow mode let run although refused (``would_deny``), from
+    the tasks of the page; empty when there are none."""
+    rows = [
+        (task_id, r)
+        for task_id, timeline in report.timelines.items()
+        for r in timeline
+        if r.get("kind") == "request" and r.get("decision") == WOULD_DENY
+    ]
+    if not rows:
+        return ""
+    rows.sort(key=lambda item: float(item[1].get("ts") or 0.0))
+    body = [
+        [
+            f'<td class="t">{_e(_time_ms(r.get("ts")))}</td>',
+            f'<td><a href="#task-{_e(task_id)}"><code>{_e(task_id[:12])}</code></a></td>',
+            f"<td>{_e(r.get('tool') or '-')}</td>",
+            f"<td>{_e(r.get('operation') or '-')}</td>",
+            f"<td>{_e(', '.join(str(x) for x in r.get('resources') or []) or '-')}</td>",
+            f'<td class="would">{_e(r.get("result") or "incomplete")}</td>',
+            f"<td>{_e(r.get('reason') or '-')} [{_e(r.get('rule') or '-')}]</td>",
+        ]
+        for task_id, r in rows
+    ]
+    return (
+        f'<h2 id="would-deny">Shadow mode: {plural(len(rows), "call")} that would be denied</h2>'
+        '<p class="muted">These calls ran because their intent or identity is in shadow mode; '
+        "in enforce mode they would have been refused.</p>"
+        + _table(
+            ["time", "task", "tool", "op", "resources", "outcome", "why it would be denied"],
+            body,
+            raw=True,
+        )
+    )
 
 
 _OUTSIDE_KINDS = ("denied", "acknowledge", "enable")
@@ -776,6 +861,7 @@ def write_html(
         limits_known=budgets is not None,
         children=children,
         window=(start, max(end, start + 60.0)),
+        approvals=[r for r in find_requests(audit.store) if r.state(now) == "pending"],
     )
     out.write(render_html(report))
     return len(tasks)

@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "TIMELINE_HEADERS",
+    "WOULD_DENY",
     "event_result",
     "format_cost",
     "format_duration",
@@ -24,6 +25,10 @@ TIMELINE_HEADERS = (
     "time", "kind", "tool", "op", "resources", "result", "jti", "duration", "cost", "detail",
 )  # fmt: skip
 """The columns of a task's timeline (``audit show``, the HTML export)."""
+
+WOULD_DENY = "would_deny"
+"""The ``decision`` of a ``request`` event that ran in shadow mode although the policy or a
+budget refused it (its ``reason`` and ``rule`` say why)."""
 
 _PLURALS = {"identity": "identities", "credential id": "credential ids"}
 
@@ -80,13 +85,25 @@ def revoke_result(decision: object) -> str:
     return "revoked"
 
 
+_APPROVAL_RESULTS = {
+    "approval_requested": "AWAITING APPROVAL",
+    "approved": "approved",
+    "rejected": "REJECTED",
+    "approval_expired": "EXPIRED",
+}
+
+
 def event_result(row: Mapping[str, Any]) -> tuple[str, str]:
     """The ``result`` and ``detail`` columns of a timeline row (``audit show`` and the HTML
     export): one reading of every kind of event."""
     kind = str(row.get("kind"))
     reason = str(row.get("reason") or "")
     if kind == "request":
-        return str(row.get("result") or "incomplete"), str(row.get("error") or reason)
+        result, detail = str(row.get("result") or "incomplete"), str(row.get("error") or reason)
+        if row.get("decision") == WOULD_DENY:  # shadow mode: refused, but it ran
+            why = f"would deny: {reason} [{row.get('rule')}]"
+            return f"WOULD-DENY ({result})", "; ".join(d for d in (why, row.get("error")) if d)
+        return result, detail
     if kind == "denied":
         return "DENIED", f"{row.get('reason')} [{row.get('rule')}]"
     if kind == "task_end":
@@ -102,4 +119,6 @@ def event_result(row: Mapping[str, Any]) -> tuple[str, str]:
         return "enabled", f"{row.get('reason')} [{row.get('rule')}]"
     if kind == "acknowledge":
         return "acknowledged", f"{row.get('operation')}: {row.get('reason')}"
+    if kind in _APPROVAL_RESULTS:
+        return _APPROVAL_RESULTS[kind], f"{reason} [{row.get('rule')}]"
     return str(row.get("outcome") or row.get("decision") or "-"), str(row.get("error") or reason)

@@ -21,6 +21,7 @@ from .numbers import MAX_COST, finite_number
 from .text import MAX_RESOURCE_CHARS, PLACEHOLDER, check_text, quote
 
 __all__ = [
+    "ApprovalRule",
     "BoundTask",
     "Call",
     "CompiledTool",
@@ -71,9 +72,9 @@ def template_parameters(
             problems=[(f"intents.{intent}", "not defined")],
         )
     identity = config.identities.get(spec.identity)
-    patterns = [p for ps in spec.allow.values() for p in ps]
+    patterns = [p for ps in (*spec.allow.values(), *spec.approve.values()) for p in ps]
     if identity is not None:
-        patterns += [p for ps in identity.allow.values() for p in ps]
+        patterns += [p for ps in (*identity.allow.values(), *identity.approve.values()) for p in ps]
     required = sorted({m for p in patterns for m in PLACEHOLDER.findall(p)})
     optional = sorted(set(PLACEHOLDER.findall(spec.purpose or "")) - set(required))
     return tuple(required), tuple(optional)
@@ -287,6 +288,18 @@ def _normalize_url(value: str, rule: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRule:
+    """An ``approve`` rule bound to a task: calls of ``operation`` on a resource matching
+    ``pattern`` are held for a person's approval; ``rule`` names it in the trail."""
+
+    operation: str
+    pattern: re.Pattern[str]
+    rule: str
+    shown: str
+    """The pattern with its placeholders bound, as the approval request shows it."""
+
+
+@dataclass(frozen=True, slots=True)
 class BoundTask:
     """An intent bound to parameters: what one task may do. Immutable; shared by its calls."""
 
@@ -305,6 +318,20 @@ class BoundTask:
     audience: str | None
     purpose: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    approvals: tuple[ApprovalRule, ...] = ()
+    """The intent's and the identity's ``approve`` rules (either one holds a call)."""
+    approval_ttl: float = 1800.0
+
+    def held_by(self, operation: str, resources: Sequence[str]) -> ApprovalRule | None:
+        """The first ``approve`` rule that holds a call of ``operation`` on ``resources``."""
+        for rule in self.approvals:
+            if rule.operation == operation and any(rule.pattern.match(r) for r in resources):
+                return rule
+        return None
+
+    mode: str = "enforce"
+    """``enforce``, or ``shadow``: a call the policy or a budget refuses runs anyway and is
+    recorded as ``would_deny`` (:meth:`GuardConfig.mode`)."""
 
     def allows(self, operation: str, resource: str) -> str | None:
         """None if allowed, else the rule that refused."""
@@ -384,6 +411,20 @@ class Policy:
             )
             for op, ps in identity.allow.items()
         }
+        approvals = tuple(
+            ApprovalRule(
+                op,
+                _compile_union([bind_pattern(p, str_params, where=f"{base}.{op}[{i}]")]),
+                f"{base}.{op}",
+                _substitute(p, str_params).replace("\x00", "").replace("\x01", ""),
+            )
+            for source, base in (
+                (intent.approve, f"intents.{intent_name}.approve"),
+                (identity.approve, f"identities.{intent.identity}.approve"),
+            )
+            for op, ps in source.items()
+            for i, p in enumerate(ps)
+        )
         purpose = intent.purpose
         if purpose:
             for key, value in str_params.items():
@@ -407,4 +448,7 @@ class Policy:
             ttl=intent.ttl,
             audience=intent.audience,
             purpose=purpose,
+            approvals=approvals,
+            approval_ttl=intent.approval_ttl,
+            mode=self.config.mode(intent_name),
         )

@@ -14,7 +14,7 @@ from typing import Any
 from .intent import BoundTask, Call, CompiledTool, ResourceError
 from .text import quote
 
-__all__ = ["ALLOW", "Decision", "derive_call", "decide"]
+__all__ = ["ALLOW", "Decision", "derive_call", "decide", "shadowable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,17 @@ def decide(
                 refused_by,
             )
     return ALLOW
+
+
+def shadowable(decision: Decision) -> bool:
+    """True for a denial that shadow mode lets run (recorded as ``would_deny``): a tool the
+    intent does not list, an operation or resource outside the intent or the identity's
+    ceiling. Everything else stays denied even in shadow mode (fail closed): an ended,
+    revoked or timed-out task, an unknown tool, an argument that names no valid resource.
+    (Budget refusals are decided in the store: see :meth:`toolguard.store.Store.record_call`.)
+    """
+    rule = decision.rule
+    return not decision.allowed and rule.startswith(("intents.", "identities."))
 
 
 def _who(task: BoundTask, rule: str) -> str:

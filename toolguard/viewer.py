@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ._extras import CLI, raise_if_missing
 
@@ -31,6 +31,7 @@ except ImportError as exc:
 from .audit import AuditEvent, Summary, UsageRow
 from .formatting import (
     TIMELINE_HEADERS,
+    WOULD_DENY,
     event_result,
     format_cost,
     format_duration,
@@ -39,7 +40,11 @@ from .formatting import (
 )
 from .integrity import VerifyReport
 from .store import PruneResult
+from .store.approvals import ApprovalRecord
 from .text import printable
+
+if TYPE_CHECKING:  # the replay needs the config (pydantic); the viewer does not
+    from .replay import ReplayReport
 
 __all__ = [
     "EVENT_HEADERS",
@@ -73,6 +78,10 @@ _RESULT_STYLES = {
     "abandoned": "yellow",
     "revoke failed": "bold red",
     "not revocable": "yellow",
+    "AWAITING APPROVAL": "bold yellow",
+    "approved": "green",
+    "REJECTED": "bold red",
+    "EXPIRED": "yellow",
 }
 _KIND_STYLES = {
     "task_start": "cyan",
@@ -81,6 +90,10 @@ _KIND_STYLES = {
     "denied": "bold red",
     "revoke": "magenta",
     "enable": "magenta",
+    "approval_requested": "bold yellow",
+    "approved": "green",
+    "rejected": "bold red",
+    "approval_expired": "yellow",
 }
 
 
@@ -199,6 +212,7 @@ class Viewer:
         if not tasks:
             self.line("no tasks match", "dim")
             return
+        shadow = any(int(t.get("would_deny") or 0) for t in tasks)
         rows = _Rows(
             [
                 "task",
@@ -208,6 +222,7 @@ class Viewer:
                 "status",
                 "calls",
                 "denied",
+                *(["would-deny"] if shadow else []),
                 "errors",
                 "cost",
                 "duration",
@@ -222,6 +237,7 @@ class Viewer:
                 else None
             )
             denied = int(t.get("denied") or 0)
+            would = int(t.get("would_deny") or 0)
             rows.add(
                 str(t["task_id"])[:12] if self.rich else str(t["task_id"]),
                 format_time(t.get("started_at")),
@@ -230,6 +246,7 @@ class Viewer:
                 (status, _RESULT_STYLES.get(str(t.get("status")))),
                 str(t.get("calls") or 0),
                 (str(denied), "bold red" if denied else None),
+                *([(str(would), _WOULD_STYLE if would else None)] if shadow else []),
                 (str(t.get("errors") or 0), "yellow" if t.get("errors") else None),
                 format_cost(t.get("cost")),
                 format_duration(duration),
@@ -301,6 +318,52 @@ class Viewer:
             padded = [v.ljust(w) for (v, _), w in zip(cells[:-1], widths)] + [cells[-1][0]]
             self.file.write("  ".join(padded).rstrip() + "\n")
 
+    # -- replay -------------------------------------------------------------------------------
+
+    def replay(self, report: ReplayReport, config: str) -> None:
+        """What ``audit replay`` found: the changes, the budgets that would run out, the calls
+        that cannot be replayed."""
+        what = f" of intent {report.intent}" if report.intent else ""
+        self.line(
+            f"replayed {plural(report.calls, 'call')}{what} from {format_time(report.since)}"
+            f" under {config}: {len(report.newly_denied)} newly denied, "
+            f"{len(report.newly_allowed)} newly allowed, {len(report.shadowed)} shadow "
+            f"changes, {len(report.cannot_replay)} cannot replay, {report.unchanged} unchanged",
+            "bold",
+        )
+        sections = (
+            ("would now be denied (they ran)", report.newly_denied, "bold red"),
+            ("would now be allowed (they were denied)", report.newly_allowed, "green"),
+            ("shadow mode changes (they run either way)", report.shadowed, _WOULD_STYLE),
+            ("cannot replay (never guessed)", report.cannot_replay, "magenta"),
+        )
+        for title, changes, style in sections:
+            if not changes:
+                continue
+            rows = _Rows(
+                ["time", "task", "intent", "tool", "op", "resources", "change", "detail"],
+                title=title,
+            )
+            for c in changes:
+                rows.add(
+                    format_time(c.ts),
+                    c.task_id[:12] if self.rich else c.task_id,
+                    c.intent,
+                    c.tool,
+                    c.operation or "-",
+                    ",".join(c.resources) or "-",
+                    (f"{c.before} -> {c.after}", style),
+                    f"{c.reason} [{c.rule}]" if c.rule else c.reason or "-",
+                )
+            self._table(rows)
+        if report.budgets:
+            rows = _Rows(["budget", "rule", "of", "runs out", "calls refused"], title="budgets")
+            for b in report.budgets:
+                rows.add(b.scope, b.rule, b.owner, format_time(b.first_ts), str(b.refused))
+            self._table(rows)
+        if not report.newly_denied:
+            self.line("nothing would newly be denied", "green")
+
     # -- summary ------------------------------------------------------------------------------
 
     def summary(self, summary: Summary) -> None:
@@ -310,12 +373,16 @@ class Viewer:
         )
         self.line(f"usage {window} (today = {format_time(summary.now)[:10]} UTC)", "bold")
         for by, usage in summary.rows.items():
-            rows = _Rows(
-                [by, "calls", "denied", "errors", "cost", "peak/min", "today", "quota"],
-                title=f"by {by}",
-            )
+            shadow = any(r.would_deny for r in usage)
+            headers = [by, "calls", "denied", "errors", "cost", "peak/min", "today", "quota"]
+            if shadow:  # calls that ran in shadow mode although refused
+                headers.insert(3, "would-deny")
+            rows = _Rows(headers, title=f"by {by}")
             for r in usage:
-                rows.add(*_usage_cells(r))
+                cells = _usage_cells(r)
+                if shadow:
+                    cells.insert(3, (str(r.would_deny), _WOULD_STYLE if r.would_deny else None))
+                rows.add(*cells)
             if usage:
                 self._table(rows)
             else:
@@ -346,6 +413,71 @@ class Viewer:
             self._table(rows)
         else:
             self.line(f"idle identities (no task in {summary.idle_days:g} days): none", "dim")
+
+    # -- approvals ----------------------------------------------------------------------------
+
+    def approvals(
+        self, records: Sequence[ApprovalRecord], now: float, *, title: str | None = None
+    ) -> None:
+        """Approval requests: the awaiting ones with their age and time left; the decided ones
+        with who decided and when."""
+        if not records:
+            self.line("no approval requests match", "dim")
+            return
+        rows = _Rows(
+            ["id", "state", "age", "tool", "op", "resources", "task", "detail"], title=title
+        )
+        for r in records:
+            state = r.state(now)
+            if state == "pending":
+                detail = f"expires in {format_duration((r.expires_at - now) * 1000)}; {r.reason}"
+            elif r.decision is None:
+                detail = "expired without a decision"
+            else:
+                detail = f"{r.decision} by {r.by or '?'}" + (f": {r.note}" if r.note else "")
+                detail += f" at {format_time(r.decided_at)}"
+            style = {"pending": "bold yellow", "approved": "green", "rejected": "bold red"}
+            rows.add(
+                r.request_id[:12],
+                (state, style.get(state, "yellow")),
+                format_duration(max(0.0, now - r.requested_at) * 1000),
+                r.tool or "-",
+                r.operation or "-",
+                ",".join(r.resources) or "-",
+                r.task_id[:12],
+                detail,
+            )
+        self._table(rows)
+
+    def approval(self, record: ApprovalRecord, now: float) -> None:
+        """One approval request in full (``toolguard approvals show``)."""
+        state = record.state(now)
+        self.line(f"approval request {record.request_id}: {state}", "bold")
+        fields = [
+            ("task", record.task_id),
+            ("intent", record.intent or "-"),
+            ("identity", record.identity or "-"),
+            ("tool", record.tool or "-"),
+            ("operation", record.operation or "-"),
+            ("resources", ", ".join(record.resources) or "-"),
+            ("arguments", json.dumps(record.args, sort_keys=True, ensure_ascii=False)),
+            ("why held", record.reason or "-"),
+            ("rule", record.rule or "-"),
+            ("digest", record.digest),
+            ("tool call", record.correlation_id or "-"),
+            ("requested", f"{format_time(record.requested_at)} "
+                          f"({format_duration(max(0.0, now - record.requested_at) * 1000)} ago)"),
+            ("expires", format_time(record.expires_at)),
+        ]  # fmt: skip
+        if record.decision is not None:
+            fields.append(
+                ("decision", f"{record.decision} by {record.by or '?'} at "
+                             f"{format_time(record.decided_at)}")
+            )  # fmt: skip
+            if record.note:
+                fields.append(("note", record.note))
+        for name, value in fields:
+            self.line(f"  {name:<10} {value}")
 
     # -- verify, prune, messages --------------------------------------------------------------
 
@@ -540,12 +672,19 @@ def _resources(value: Any) -> str:
     return ",".join(str(v) for v in value or ()) or "-"
 
 
+_WOULD_STYLE = "bold yellow"
+"""A call that ran in shadow mode although refused (``would_deny``)."""
+
+
 def _timeline_cells(row: Mapping[str, Any]) -> list[tuple[str, str | None]]:
     kind = str(row.get("kind"))
     result, detail = event_result(row)
     if kind == "task_start":  # the terminal shows the task's parameters with its start
         detail = " ".join(p for p in (detail, _params(row.get("args"))) if p)
-    style = "bold red" if kind == "denied" else _RESULT_STYLES.get(result)
+    would = kind == "request" and row.get("decision") == WOULD_DENY
+    style = (
+        "bold red" if kind == "denied" else _WOULD_STYLE if would else _RESULT_STYLES.get(result)
+    )
     return [
         (format_time(row.get("ts"), clock_only=True), None),
         (kind, _KIND_STYLES.get(kind)),
@@ -568,11 +707,19 @@ def _event_cells(e: AuditEvent, *, short: bool) -> list[tuple[str, str | None]]:
             e.outcome or "-",
             f"{format_duration(e.duration_ms)} {e.error or ''}".strip(),
         )
+    elif e.kind == "request" and e.decision == WOULD_DENY:  # shadow mode: refused, but ran
+        result, detail = "WOULD-DENY", f"{e.reason} [{e.rule}] jti {_short(e.jti, 8)}"
     elif e.kind == "request":
         result, detail = e.decision or "allow", f"jti {_short(e.jti, 8)}"
     else:
         result, detail = event_result(e.to_dict())
-    style = "bold red" if e.kind == "denied" else _RESULT_STYLES.get(result)
+    style = (
+        "bold red"
+        if e.kind == "denied"
+        else _WOULD_STYLE
+        if result == "WOULD-DENY"
+        else _RESULT_STYLES.get(result)
+    )
     return [
         (str(e.seq), "dim"),
         (format_time(e.ts), None),

@@ -22,7 +22,7 @@ from __future__ import annotations
 from .._extras import CLI, raise_if_missing
 
 try:  # agent-toolguard-core alone has no click and rich: say what to install (toolguard/_extras.py)
-    from . import admin, audit, match  # noqa: F401  (importing them registers their commands)
+    from . import admin, approvals, audit, match  # noqa: F401  (importing them registers their commands)
     from ._base import (
         EXIT_ERROR,
         EXIT_FINDINGS,

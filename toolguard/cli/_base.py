@@ -245,8 +245,9 @@ _FILTERS: dict[str, Callable[[_F], _F]] = {
     "tool": click.option("--tool", help="Only this tool."),
     "decision": click.option(
         "--decision",
-        type=click.Choice(["allow", "deny", "revoke"]),
-        help="Only events (or tasks with events) with this decision.",
+        type=click.Choice(["allow", "deny", "would_deny", "revoke"]),
+        help="Only events (or tasks with events) with this decision (would_deny: calls that "
+        "ran in shadow mode although refused).",
     ),
     "task": click.option("--task", "task", help="Only this task (an id or a unique prefix)."),
     "since": click.option(

@@ -1,8 +1,9 @@
 """``toolguard audit ...``: read, follow, summarise, verify, export and prune the audit trail.
 
 The ``audit`` group and its subcommands ``tasks``, ``show``, ``tail``, ``denied``, ``summary``,
-``verify``, ``acknowledge``, ``export`` and ``prune``. Queries live in :mod:`toolguard.audit`,
-rendering in :mod:`toolguard.viewer` and :mod:`toolguard.export`.
+``verify``, ``acknowledge``, ``export``, ``prune`` and ``replay``. Queries live in
+:mod:`toolguard.audit` (and :mod:`toolguard.replay`), rendering in :mod:`toolguard.viewer` and
+:mod:`toolguard.export`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import click
 from .. import audit as audit_mod
 from ..keys import KeyRing, PublicKeys
 from ..numbers import MAX_COUNT
+from ..store.approvals import find_requests
 from ..viewer import plural
 from ._base import (
     DURATION,
@@ -33,6 +35,7 @@ from ._base import (
     _task_json,
     db_options,
     filter_options,
+    find_config,
     json_option,
     main,
 )
@@ -43,6 +46,7 @@ __all__ = [
     "denied_cmd",
     "export_cmd",
     "prune_cmd",
+    "replay_cmd",
     "show_cmd",
     "summary_cmd",
     "tail_cmd",
@@ -79,6 +83,10 @@ EVENT_KINDS = (
     "revoke",
     "enable",
     "acknowledge",
+    "approval_requested",
+    "approved",
+    "rejected",
+    "approval_expired",
 )
 """The kinds of event toolguard writes; ``--kind`` also takes any other kind found in the
 trail."""
@@ -290,6 +298,12 @@ def tail_cmd(
     show_default=True,
     help="Show at most this many of the newest denials (0: no limit).",
 )
+@click.option(
+    "--would-deny",
+    "would_deny",
+    is_flag=True,
+    help="Show the calls that ran in shadow mode although refused (would_deny) instead.",
+)
 @json_option
 def denied_cmd(
     db_path: Path | None,
@@ -300,15 +314,20 @@ def denied_cmd(
     since: float | None,
     until: float | None,
     limit: int,
+    would_deny: bool,
     as_json: bool,
 ) -> None:
-    """Show the newest denials with their reason and rule."""
+    """Show the newest denials with their reason and rule; with --would-deny, the calls that
+    shadow mode let run although the policy or a budget refused them."""
     config = _load(config_path)
+    which: dict[str, str] = (
+        {"kind": "request", "decision": "would_deny"} if would_deny else {"kind": "denied"}
+    )
     with _log(db_path, config) as log:
         newest = log.events(
             limit=limit or None,
             newest_first=True,
-            kind="denied",
+            **which,
             identity=identity,
             tool=tool,
             task_id=_resolve_task(log, task),
@@ -320,7 +339,9 @@ def denied_cmd(
     if as_json:
         viewer.json_lines(e.to_dict() for e in events)
     else:
-        viewer.events(events, empty="no denials match")
+        viewer.events(
+            events, empty="no would-deny calls match" if would_deny else "no denials match"
+        )
 
 
 # -- audit summary ------------------------------------------------------------------------------
@@ -392,10 +413,22 @@ def summary_cmd(
             spike_window=spike_window,
             spike_factor=spike_factor,
         )
+        now = obj.clock()
+        awaiting = [r for r in find_requests(log.store) if r.state(now) == "pending"]
     viewer = obj.viewer()
     if as_json:
-        viewer.json(summary.to_dict())
+        viewer.json(
+            {
+                **summary.to_dict(),
+                "awaiting_approval": [
+                    {**r.request(), "age_s": round(max(0.0, now - r.requested_at), 3)}
+                    for r in awaiting
+                ],
+            }
+        )
     else:
+        if awaiting:  # what an on-call person looks for first
+            viewer.approvals(awaiting, now, title=f"awaiting approval ({len(awaiting)})")
         viewer.summary(summary)
 
 
@@ -680,3 +713,75 @@ def prune_cmd(
         viewer.json(result.to_dict())
     else:
         viewer.prune(result)
+
+
+# -- audit replay -------------------------------------------------------------------------------
+
+
+@audit.command("replay")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The config to try: the recorded calls are re-evaluated under it (default: "
+    "$TOOLGUARD_CONFIG, else ./toolguard.yaml, e.g. after editing it).",
+)
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The audit database (default: the store of --config, else $TOOLGUARD_DB).",
+)
+@click.option(
+    "--since",
+    type=WHEN,
+    default="7d",
+    show_default=True,
+    help="Replay the calls from this time: a duration ago (1h, 7d) or a date.",
+)
+@click.option("--until", type=WHEN, help="Replay the calls before this time (default: now).")
+@click.option("--intent", help="Only the calls of tasks of this intent.")
+@json_option
+def replay_cmd(
+    config_path: Path | None,
+    db_path: Path | None,
+    since: float,
+    until: float | None,
+    intent: str | None,
+    as_json: bool,
+) -> None:
+    """Re-evaluate the recorded calls under another config and show what would change.
+
+    Lists the calls that ran and would now be denied (by the policy or a budget), those that
+    were denied and would now run, the budgets that would run out (first when), and the
+    calls that cannot be replayed exactly (an argument the new rules need was redacted or
+    cut in the trail). Reads the trail only; writes nothing. Exits with 1 when a call would
+    newly be denied, 0 otherwise, 2 on errors.
+    """
+    from ..replay import replay
+
+    config = _load(config_path)
+    if config is None:
+        raise CliError(
+            "replay re-evaluates the trail under a config: pass --config NEW.yaml (with --db "
+            "for a trail other than its store)"
+        )
+    shown = str(config_path or find_config(None)[0])
+    if intent is not None and intent not in config.intents:
+        known = ", ".join(sorted(config.intents)) or "none"
+        raise CliError(f"intent {intent!r} is not in {shown} (its intents: {known})")
+    with _log(db_path, config) as log:
+        try:
+            report = replay(log.store, config, since=since, until=until, intent=intent)
+        except (ValueError, TypeError, KeyError) as exc:  # a row no guard writes
+            raise CliError(
+                f"the trail holds a malformed row ({type(exc).__name__}: {exc}); nothing was "
+                "replayed. Check it with `toolguard audit verify`"
+            ) from exc
+    viewer = _obj().viewer()
+    if as_json:
+        viewer.json(report.to_dict())
+    else:
+        viewer.replay(report, shown)
+    if report.exit_code:
+        click.get_current_context().exit(EXIT_FINDINGS)

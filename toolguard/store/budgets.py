@@ -434,13 +434,18 @@ class Charge:
         *,
         tool: str | None = None,
         task_id: str | None = None,
+        force: bool = False,
     ) -> BudgetExceeded | Anomaly | None:
         """Check every spend against the task counters in ``tasks`` and the ``values`` read
         and, if all fit, spend them: the task counters at once, the identity's through
         :attr:`tally`, which the caller writes with the call's credential. Returns None when
         spent; otherwise nothing is spent and the result is the first refusal in the plan's
         order, or an :class:`Anomaly` when the refused call takes an ``attempts`` watch past
-        its threshold."""
+        its threshold.
+
+        ``force`` (shadow mode): a refused call is spent all the same (it runs) and the first
+        refusal is returned; the ``on_anomaly`` watches are not consulted and no refused
+        attempt is logged (the call is in the admission log)."""
         shape = self.shape
         if shape is None:
             return None
@@ -450,24 +455,24 @@ class Charge:
         if shape.task:
             news = tasks.fit(conn, shape.task_id, shape.task)
             if news is None:
-                return self._apply(conn, values, tasks, tool=tool, task_id=task_id)
+                return self._apply(conn, values, tasks, tool=tool, task_id=task_id, force=force)
         log = shape.log
         if log:
             newest = values[0]
             window = values[1]
             day = values[2] if shape.log_day else window
             if newest is None or not window or not day:
-                return self._apply(conn, values, tasks, tool=tool, task_id=task_id)
+                return self._apply(conn, values, tasks, tool=tool, task_id=task_id, force=force)
             # time in µs, row, calls, writes, deletes, cost
             top = list(map(int, newest[1:].split(":")))
             now_us = self.now_us
             if top[0] > now_us:
-                return self._apply(conn, values, tasks, tool=tool, task_id=task_id)
+                return self._apply(conn, values, tasks, tool=tool, task_id=task_id, force=force)
             starts = window.split(":")
             days = day.split(":") if shape.log_day else starts
             for daily, at, amount, ceiling in shape.checks:
                 if top[at] - int((days if daily else starts)[at]) + amount > ceiling:
-                    return self._apply(conn, values, tasks, tool=tool, task_id=task_id)
+                    return self._apply(conn, values, tasks, tool=tool, task_id=task_id, force=force)
             n = top[1]
             _, calls, writes, deletes, cost = shape.adds
             row = _FORMAT % (
@@ -491,6 +496,7 @@ class Charge:
         *,
         tool: str | None = None,
         task_id: str | None = None,
+        force: bool = False,
     ) -> BudgetExceeded | Anomaly | None:
         """The general path of :meth:`apply` (refusals, clocks behind, repaired logs)."""
         shape = self.shape
@@ -523,7 +529,7 @@ class Charge:
                         retry_w = log.retry_after(conn, index, lim, now) if lim >= 1 else None
                         refusals[i] = _exceeded(spend, used, retry_w, tool, task_id)
 
-        if refusals:
+        if refusals and not force:
             anomaly = _watch(conn, shape, log, self.now_us)
             return anomaly if anomaly is not None else refusals[min(refusals)]
         if log is not None:
@@ -532,7 +538,7 @@ class Charge:
             self.tally = log.next_period(shape.marks, shape.cost)
         if news:
             tasks.spend(shape.task_id, news)
-        return None
+        return refusals[min(refusals)] if refusals else None
 
 
 def charge(
@@ -543,13 +549,15 @@ def charge(
     *,
     tool: str | None = None,
     task_id: str | None = None,
+    force: bool = False,
 ) -> BudgetExceeded | Anomaly | None:
     """Check and spend task ``spends`` on their own (a :class:`Charge` with its own
     ``SELECT``): an ancestor's budget. Identity spends need their :attr:`Charge.tally` written
-    with the call's credential, so they go through :meth:`Store.record_call`."""
+    with the call's credential, so they go through :meth:`Store.record_call`. ``force`` as in
+    :meth:`Charge.apply`."""
     step = Charge(spends, now)
     values = conn.execute("SELECT " + step.columns, step.params).fetchone() if step.columns else ()
-    return step.apply(conn, values, tasks, tool=tool, task_id=task_id)
+    return step.apply(conn, values, tasks, tool=tool, task_id=task_id, force=force)
 
 
 def _exceeded(

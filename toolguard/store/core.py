@@ -716,8 +716,16 @@ class Store(Queries):
         now: float,
         on_denied: Callable[[PolicyDenied], dict[str, Any]],
         inherited: Sequence[Sequence[Spend]] = (),
+        precheck: Callable[[sqlite3.Connection, float], PolicyDenied | None] | None = None,
+        shadow: bool = False,
     ) -> Denial | None:
         """The pre-call transaction: revocation check, budgets, the request event, the jti.
+
+        ``shadow`` (a task in shadow mode): a budget refusal does not deny the call; every
+        budget is spent all the same and the ``request`` event is recorded with decision
+        ``would_deny`` and the refusal's reason and rule (unless the policy already made it
+        a ``would_deny``: the first refusal is recorded), set in ``event`` itself. A
+        revocation still denies, and no ``on_anomaly`` revocation is made for a shadow call.
 
         ``inherited`` holds, per ancestor of a delegated task, the ancestor's task budget
         spends: each is charged too (a savepoint undoes every spend if one of them refuses).
@@ -727,10 +735,16 @@ class Store(Queries):
         nothing spent) when a revocation or a budget refuses. When the identity's attempted
         calls pass its ``on_anomaly`` threshold the identity is revoked in this same
         transaction (its active tasks end, verifiers reject its credentials) and the call is
-        denied.
+        denied. ``precheck(conn, now)``, run first in the transaction, may refuse the call too
+        (an approval already used, see :mod:`toolguard.store.approvals`).
         """
         step = Charge(spends, now)
         with self._write("request") as conn:
+            if precheck is not None:
+                refused_first = precheck(conn, now)
+                if refused_first is not None:
+                    self._append(conn, on_denied(refused_first))
+                    return Denial(refused_first)
             # One read for the revocation check (as ``reason<US>scope``) and every budget.
             revoked = (
                 "(SELECT COALESCE(reason, '') || char(31) || scope FROM revocations"
@@ -751,9 +765,18 @@ class Store(Queries):
                     self._tasks,
                     tool=event.get("tool"),
                     task_id=event.get("task_id"),
+                    force=shadow,
                 )
-                if refused is None and inherited:
-                    refused = self._charge_inherited(conn, inherited, now, event, mark)
+                if (refused is None or shadow) and inherited:
+                    refused = (
+                        self._charge_inherited(conn, inherited, now, event, mark, force=shadow)
+                        or refused
+                    )
+                if shadow and isinstance(refused, BudgetExceeded):  # spent; it runs
+                    if event.get("decision") != "would_deny":  # the caller reads it back
+                        event.update(decision="would_deny", reason=refused.reason,
+                                     rule=refused.rule)  # fmt: skip
+                    refused = None
                 if isinstance(refused, Anomaly):
                     watch = refused.spend
                     why = (
@@ -821,21 +844,27 @@ class Store(Queries):
         now: float,
         event: Mapping[str, Any],
         mark: int,
+        *,
+        force: bool = False,
     ) -> BudgetExceeded | Anomaly | None:
         """Charge the ancestors' task budgets; on a refusal undo every spend of this call
-        (``mark``: where this call's changes to the task counters start)."""
+        (``mark``: where this call's changes to the task counters start). With ``force``
+        (shadow mode) every budget is spent and the first refusal returned."""
+        first: BudgetExceeded | Anomaly | None = None
         for spends in inherited:
             if not spends:
                 continue
             refused = charge(
-                conn, spends, now, self._tasks, tool=event.get("tool"), task_id=event.get("task_id")
-            )
-            if refused is not None:
+                conn, spends, now, self._tasks, tool=event.get("tool"),
+                task_id=event.get("task_id"), force=force,
+            )  # fmt: skip
+            if refused is not None and not force:
                 conn.execute("ROLLBACK TO toolguard_inherited")
                 self._tasks.rollback(mark)
                 return refused
+            first = first or refused
         conn.execute("RELEASE toolguard_inherited")
-        return None
+        return first
 
     def _revoked(self, found: str | None, event: Mapping[str, Any]) -> PolicyDenied | None:
         """The denial for a revocation found by :meth:`record_call` (``reason<US>scope``)."""

@@ -182,6 +182,29 @@ class Queries:
         for values in self.iter_query(sql, params):
             yield dict(zip(EVENT_FIELDS, values))
 
+    def iter_call_events(
+        self, *, since: float, until: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The ``request``, ``denied`` and ``outcome`` events from ``since`` (to ``until``,
+        exclusive), in trail order: what ``toolguard audit replay`` re-evaluates (the
+        ``events(ts)`` index)."""
+        span, params = _span(since, until)
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {span} AND kind IN {_CALL_KINDS}"
+            " ORDER BY seq"
+        )
+        for values in self.iter_query(sql, params):
+            yield dict(zip(EVENT_FIELDS, values))
+
+    def earliest_running_start(self, since: float, at: float) -> float | None:
+        """The earliest start of the tasks started before ``since`` whose deadline is not
+        before ``at`` (they could still make calls then), or None (``tasks(started_at)``)."""
+        rows = self.query(
+            "SELECT MIN(started_at) AS ts FROM tasks WHERE started_at < ? AND deadline >= ?",
+            (since, at),
+        )
+        return float(rows[0]["ts"]) if rows and rows[0]["ts"] is not None else None
+
     def head(self) -> tuple[int, str] | None:
         """``(seq, hash)`` of the newest event, or None on an empty trail."""
         rows = self.query("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")
@@ -212,6 +235,26 @@ class Queries:
             f" WHERE {' OR '.join(clauses)} ORDER BY ts, id"
         )
         return self.query(sql, params)
+
+    def revocation_marker(self) -> int:
+        """A value that changes whenever a revocation is written, so a reader knows when to
+        read :meth:`revocation_rows` again: on SQLite the largest id (rows are never deleted,
+        and ids are assigned under the database's write lock, so a smaller id is never
+        committed after a larger one). One index lookup. A backend whose ids can become
+        visible out of order (PostgreSQL sequences) must return something else that changes
+        with every committed revocation, such as ``(count, largest id)``."""
+        rows = self.query("SELECT coalesce(max(id), 0) AS top FROM revocations")
+        return int(rows[0]["top"])
+
+    def revocation_rows(self) -> list[tuple[str, str, float]]:
+        """Every revocation as ``(scope, value, ts)``, oldest first, read in one statement
+        (one snapshot): what the HTTP revocation feed publishes."""
+        return [
+            (str(scope), str(value), float(ts))
+            for scope, value, ts in self.iter_query(
+                "SELECT scope, value, ts FROM revocations ORDER BY id"
+            )
+        ]
 
     # -- tasks --------------------------------------------------------------------------------
 
@@ -252,7 +295,8 @@ class Queries:
         self, filters: Mapping[str, Any], *, limit: int | None = 100
     ) -> list[dict[str, Any]]:
         """Tasks matching ``filters`` (keys of :data:`TASK_FILTERS`), newest first, with
-        ``calls``, ``denied``, ``errors`` and ``cost`` counted from their events."""
+        ``calls``, ``denied``, ``would_deny`` (calls that ran in shadow mode although refused),
+        ``errors`` and ``cost`` counted from their events."""
         where, params = _where(filters, TASK_FILTERS)
         limit_sql = ""
         if limit is not None:
@@ -263,6 +307,7 @@ class Queries:
             "SELECT t.*,"
             " COALESCE(SUM(e.kind = 'request'), 0) AS calls,"
             " COALESCE(SUM(e.kind = 'denied'), 0) AS denied,"
+            " COALESCE(SUM(e.kind = 'request' AND e.decision = 'would_deny'), 0) AS would_deny,"
             " COALESCE(SUM(e.kind = 'outcome' AND e.outcome = 'error'), 0) AS errors,"
             " COALESCE(SUM(CASE WHEN e.kind = 'outcome' THEN e.cost END), 0) AS cost"
             " FROM t LEFT JOIN events e ON e.task_id = t.task_id"
@@ -288,13 +333,15 @@ class Queries:
         self, by: str, *, since: float, until: float | None = None
     ) -> list[dict[str, Any]]:
         """Per identity or tool from ``since`` (to ``until``, exclusive): ``calls`` (requests),
-        ``denials``, ``errors``, ``cost`` (of outcomes), ``first_ts``, ``last_ts``."""
+        ``denials``, ``would_deny`` (requests that ran in shadow mode although refused),
+        ``errors``, ``cost`` (of outcomes), ``first_ts``, ``last_ts``."""
         column = _group_column(by)
         span, params = _span(since, until)
         sql = (
             f"SELECT {column} AS key,"
             " SUM(kind = 'request') AS calls,"
             " SUM(kind = 'denied') AS denials,"
+            " SUM(kind = 'request' AND decision = 'would_deny') AS would_deny,"
             " SUM(kind = 'outcome' AND outcome = 'error') AS errors,"
             " COALESCE(SUM(CASE WHEN kind = 'outcome' THEN cost END), 0) AS cost,"
             " MIN(ts) AS first_ts, MAX(ts) AS last_ts"

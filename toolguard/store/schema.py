@@ -14,12 +14,13 @@ from ..errors import AuditError
 
 __all__ = ["FULL_CHECK_MAX_BYTES", "SCHEMA_VERSION", "check_pages", "create_schema"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: the first layout. 2: no ``rate_events`` table (never used); no budget rows per task (a
 task's budget is its trail); an identity's admission log is the ``tally`` of its
 ``credentials`` rows (one row per allowed call, keyed by identity and tally), see
 :mod:`toolguard.store.budgets`. 3: ``tasks.tainted`` (1 when a queued outcome of the task
-could be written only without its settlement, see docs/budgets.md)."""
+could be written only without its settlement, see docs/budgets.md). 4: the partial index
+``idx_events_approvals`` (the approval queue, see :mod:`toolguard.store.approvals`)."""
 
 _CREDENTIALS = (
     "CREATE TABLE credentials (identity TEXT NOT NULL, tally TEXT NOT NULL, jti TEXT,"
@@ -57,7 +58,17 @@ def _to_v3(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE tasks ADD COLUMN tainted INTEGER DEFAULT 0")
 
 
-_MIGRATIONS = {1: _to_v2, 2: _to_v3}
+_APPROVALS_INDEX = (
+    "CREATE INDEX idx_events_approvals ON events (seq) WHERE kind IN"
+    " ('approval_requested', 'approved', 'rejected', 'approval_expired')"
+)
+
+
+def _to_v4(conn: sqlite3.Connection) -> None:
+    conn.execute(_APPROVALS_INDEX.replace("INDEX", "INDEX IF NOT EXISTS", 1))
+
+
+_MIGRATIONS = {1: _to_v2, 2: _to_v3, 3: _to_v4}
 """Version -> the step that brings a database of that version to the next one."""
 
 
@@ -189,6 +200,7 @@ _CREATE = (
     _index("events", "task_id", "seq"),
     _index("events", "ts"),
     "CREATE INDEX idx_events_denied ON events (seq) WHERE kind = 'denied'",
+    _APPROVALS_INDEX,
     _CREDENTIALS,
     _table(
         "revocations",

@@ -23,6 +23,12 @@ be read -> 503 (fail closed: nothing is let through). The service needs only the
 and read access to the audit store: revocations (``guard.revoke(...)``, task ends) take effect
 at once for every verifier sharing the store, in any process.
 
+A service without database access polls a signed revocation list over HTTP instead
+(``verifier_from(jwks=..., feed="https://.../revocations", ...)``, served by
+:func:`revocation_app` next to the guards; see :mod:`toolguard_starlette.feed`): a revocation
+reaches it within 1 s by default, and if the feed goes silent it keeps its last list for a
+10 s grace period, then rejects every credential (503) until the feed answers again.
+
 This module does not use ``from __future__ import annotations``: FastAPI resolves a
 dependency's annotations from its module globals, and string annotations would not resolve.
 """
@@ -43,7 +49,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from toolguard.credentials import Verifier
+from toolguard.credentials import RevocationSource, Verifier
 from toolguard.engine import StoreRevocations
 from toolguard.errors import (
     ConfigError,
@@ -55,13 +61,19 @@ from toolguard.keys import PublicKeys
 from toolguard.store import Store
 from toolguard.text import PLACEHOLDER
 
+from .feed import FeedError, RevocationFeed, revocation_app, revocation_app_from_config
+
 __all__ = [
     "CLAIMS_STATE_KEY",
     "AuthFailure",
     "CredentialMiddleware",
+    "FeedError",
     "PathRule",
+    "RevocationFeed",
     "ToolGuardAuth",
     "get_claims",
+    "revocation_app",
+    "revocation_app_from_config",
     "verifier_from",
 ]
 
@@ -75,7 +87,8 @@ _E = TypeVar("_E", bound=Callable[..., Any])
 def verifier_from(
     *,
     jwks: Union[Mapping[str, Any], str, "os.PathLike[str]"],
-    store: Union[str, "os.PathLike[str]"],
+    store: Union[str, "os.PathLike[str]", None] = None,
+    feed: Union[str, RevocationFeed, None] = None,
     issuer: str,
     audience: str,
     algorithms: Sequence[str] | None = None,
@@ -83,22 +96,54 @@ def verifier_from(
     leeway: float = 5.0,
     single_use: bool = False,
     busy_timeout: float = 2.0,
+    feed_interval: float = 0.5,
+    feed_grace: float = 10.0,
+    feed_secret: str | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Verifier:
-    """A :class:`toolguard.Verifier` from the issuer's JWKS and the audit store's path.
+    """A :class:`toolguard.Verifier` from the issuer's JWKS and a revocation source: the audit
+    store's path (``store=``) or the URL of a revocation feed (``feed=``); exactly one.
 
     ``jwks`` is a JWKS document or the path of a JSON file holding one (public keys only);
-    ``algorithms`` defaults to those of its keys. Revocations are read from ``store`` through a
+    ``algorithms`` defaults to those of its keys. With ``store``, revocations are read through a
     read-only connection on every verification (no cache, so a revocation counts at once); if
-    the store cannot be read, every credential is rejected. ``max_ttl`` must be at least the
+    the store cannot be read, every credential is rejected. With ``feed`` (the ``/revocations``
+    address of a :func:`revocation_app`, or a :class:`RevocationFeed`), the signed revocation
+    list is polled every ``feed_interval`` seconds on a background thread: a revocation counts
+    within ``feed_interval`` + the poll's timeout (by default 0.5 s + 0.5 s = 1 s) while the
+    feed answers; when it does not (or sends a reply that is rejected: bad signature, older
+    version, ...), the last good list is used for ``feed_grace`` seconds (default 10 s) after
+    the last successful poll, then every credential is rejected (503) until the feed answers
+    again. The list is signed with the issuer's key and checked against ``jwks``;
+    ``feed_secret`` is the feed's client secret, if it has one (``revocation_app(secret=)``).
+    Stop the polling with ``verifier.revocations.close()``. ``max_ttl`` must be at least the
     issuer's ``ttl`` (``issuer.max_ttl`` in the guard's config).
     """
     keys = PublicKeys.from_jwks(jwks)
     if not keys.public_keys():
         raise ConfigError("the JWKS holds no keys; export the issuer's with `toolguard keys jwks`")
     algs = algorithms or sorted({alg for alg, _ in keys.public_keys().values()})
-    path = Path(os.fspath(store))
-    revocations = StoreRevocations(Store(path, readonly=True, busy_timeout=busy_timeout))
+    revocations: RevocationSource
+    if (store is None) == (feed is None):
+        raise ConfigError(
+            "give exactly one revocation source: store= (the audit database) or feed= (the URL "
+            "of a revocation feed, for services without database access)"
+        )
+    if feed_secret is not None and not isinstance(feed, str):
+        raise ConfigError(
+            "feed_secret goes with feed=URL; a RevocationFeed takes its own secret= argument"
+        )
+    if isinstance(feed, RevocationFeed):
+        revocations = feed
+    elif feed is not None:
+        revocations = RevocationFeed(
+            feed, keys=keys, issuer=issuer, algorithms=algs, interval=feed_interval,
+            grace=feed_grace, leeway=leeway, secret=feed_secret, clock=clock,
+        )  # fmt: skip
+    else:
+        assert store is not None
+        path = Path(os.fspath(store))
+        revocations = StoreRevocations(Store(path, readonly=True, busy_timeout=busy_timeout))
     return Verifier(
         issuer=issuer,
         audience=audience,
@@ -208,8 +253,8 @@ class ToolGuardAuth:
                 raise AuthFailure(
                     503,
                     "temporarily_unavailable",
-                    "the revocation store cannot be read, so no credential is accepted; "
-                    "retry later",
+                    "the revocation store or feed cannot be read, so no credential is "
+                    "accepted; retry later",
                     {"Retry-After": "5"},
                 ) from None
             raise self._invalid(exc) from None
