@@ -280,3 +280,56 @@ def test_a_task_end_whose_await_is_cancelled_is_written_all_the_same(
     rows = {r["task_id"]: r for r in guard.audit.tasks()}
     assert rows[session.task_id]["status"] == "ok" and rows[session.task_id]["ended_at"]
     assert guard.audit.verify().ok
+
+
+def test_a_call_held_for_approval_does_not_hold_up_other_async_calls(
+    tmp_path: Any, clock: Any
+) -> None:
+    """While one coroutine's call waits for a person (its approver blocks), another task's
+    call is checked and runs: held calls wait on a side thread, not the writer thread."""
+    from conftest import make_config
+
+    other_done = threading.Event()
+    asked: list[str] = []
+
+    def approver(request: dict[str, Any]) -> dict[str, Any]:
+        asked.append(request["tool"])
+        assert other_done.wait(10), "the other call never ran while this one was held"
+        return {"approved": True, "by": "alice", "note": "ok"}
+
+    config = make_config(tmp_path)
+    config["intents"]["process-job"]["approve"] = {"write": ["agents:jobs:{job_id}:final"]}
+    guard = tg.Guard(config, clock=clock, approver=approver)
+
+    @tool
+    def kv_set(key: str, value: str) -> str:
+        """Store a value under a key."""
+        return "stored"
+
+    @tool
+    def kv_get(key: str) -> str:
+        """Read a key."""
+        return "value"
+
+    held_tool, free_tool = tg.guard(kv_set, guard), tg.guard(kv_get, guard)
+
+    async def held() -> str:
+        async with guard.task("process-job", job_id="42"):
+            return str(await held_tool.ainvoke({"key": "agents:jobs:42:final", "value": "v"}))
+
+    async def free() -> str:
+        async with guard.task("summarise-job", job_id="42"):
+            while not asked:  # the held call is waiting for its approver
+                await asyncio.sleep(0.001)
+            result = str(await free_tool.ainvoke({"key": "agents:jobs:42:x"}))
+            other_done.set()
+            return result
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(held(), free()))
+
+    try:
+        assert asyncio.run(main()) == ["stored", "value"]
+    finally:
+        other_done.set()
+        guard.close()

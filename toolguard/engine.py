@@ -522,9 +522,13 @@ class Guard:
         (the event loop never waits for the database). If the caller is cancelled meanwhile,
         an allowed call is recorded as not run (outcome ``error``; its credential is revoked
         with its task)."""
+        # a call its task (or an ancestor) may hold for a person's approval can wait for
+        # minutes: it goes to a side thread, not the writer thread's queue of every other call
+        session = task_var.get()
         return await self._writer.run(
-            self.authorize, tool, args, correlation_id=correlation_id, abandon=self._abandoned
-        )
+            self.authorize, tool, args, correlation_id=correlation_id, abandon=self._abandoned,
+            side=session is not None and _may_hold(session),
+        )  # fmt: skip
 
     def _abandoned(self, permit: Permit) -> None:
         """The outcome of a call authorized for a caller that was cancelled meanwhile."""
@@ -733,6 +737,16 @@ class CallerCancelled(Exception):
         super().__init__(
             "the caller was cancelled while the call was authorized; the tool did not run"
         )
+
+
+def _may_hold(session: TaskSession) -> bool:
+    """Whether the task or one of its ancestors has ``approve`` rules (see ``held_by``)."""
+    s: TaskSession | None = session
+    while s is not None:
+        if s.bound.approvals:
+            return True
+        s = s.parent
+    return False
 
 
 def _shadow(session: TaskSession) -> bool:

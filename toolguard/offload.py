@@ -83,21 +83,31 @@ class WriterThread:
 
     Started on first use; a forked child starts its own; :meth:`close` stops it."""
 
-    def __init__(self, name: str = "toolguard-writer") -> None:
+    def __init__(self, name: str = "toolguard-writer", *, side_workers: int = 8) -> None:
         self._name = name
+        self._side_workers = side_workers
         self._executor: ThreadPoolExecutor | None = None
+        self._side: ThreadPoolExecutor | None = None
         self._pid = 0
         self._lock = threading.Lock()
 
-    def _get(self) -> ThreadPoolExecutor:
+    def _get(self, side: bool = False) -> ThreadPoolExecutor:
         pid = os.getpid()
-        executor = self._executor
+        executor = self._side if side else self._executor
         if executor is not None and self._pid == pid:
             return executor
         with self._lock:
-            if self._executor is None or self._pid != pid:  # a fork's copy has no thread
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._name)
+            if self._pid != pid:  # a fork's copies have no threads
+                self._executor = self._side = None
                 self._pid = pid
+            if side:
+                if self._side is None:
+                    self._side = ThreadPoolExecutor(
+                        self._side_workers, thread_name_prefix=f"{self._name}-side"
+                    )
+                return self._side
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._name)
             return self._executor
 
     async def run(
@@ -107,15 +117,19 @@ class WriterThread:
         *args: Any,
         abandon: Callable[[_T], object] | None = None,
         always: bool = False,
+        side: bool = False,
         **kwargs: Any,
     ) -> _T:
         """``fn(*args, **kwargs)`` on the writer thread, in a copy of this context, awaited.
 
         If this coroutine is cancelled, ``fn`` still completes (unless it had not started) and
         ``abandon(result)`` runs with its result; the cancellation goes on. With ``always``
-        (a task's end: it must be written), a job that had not started runs all the same."""
+        (a task's end: it must be written), a job that had not started runs all the same.
+        With ``side``, the job runs on one of a few side threads instead, unordered: for work
+        that may wait long (a call held for a person's approval) and must not hold up the
+        writer thread's queue (the store's own checks order it against a task's end)."""
         job = _Job(fn, args, kwargs, abandon)
-        future = self._get().submit(job)
+        future = self._get(side).submit(job)
         waiter = asyncio.wrap_future(future)
         try:
             # cancelling this await cancels ``future`` if the job has not started (it never
@@ -132,10 +146,12 @@ class WriterThread:
         """Wait for the jobs submitted so far and stop the thread (a later job starts a new
         one). Never from the writer thread itself."""
         with self._lock:
-            executor, self._executor = self._executor, None
+            executors = [e for e in (self._executor, self._side) if e is not None]
+            self._executor = self._side = None
             mine = self._pid == os.getpid()
-        if executor is not None and mine:
-            executor.shutdown(wait=True)
+        if mine:
+            for executor in executors:
+                executor.shutdown(wait=True)
 
 
 def _retrieve(waiter: asyncio.Future[Any]) -> None:
