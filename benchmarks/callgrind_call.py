@@ -20,6 +20,7 @@ instructions): use them to decide between two versions of the code, and wall-clo
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -60,6 +61,9 @@ def run_calls(variant: str, calls: int, warmup: int) -> None:
                     with guard.task(i, job_id="42"):
                         for _ in range(warmup):
                             t.invoke(bo.ARGS)
+            # the collector's passes come at allocation counts, not per call: off while measured
+            gc.collect()
+            gc.disable()
             if intent is None:
                 for _ in range(calls):
                     tool.invoke(bo.ARGS)
@@ -68,6 +72,7 @@ def run_calls(variant: str, calls: int, warmup: int) -> None:
                     for _ in range(calls):
                         tool.invoke(bo.ARGS)
         finally:
+            gc.enable()
             guard.close()
 
 
