@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml packages/agent-toolguard/pyproject.toml \
           integrations/mcp/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -e ".[dev]" -e packages/agent-toolguard \
+	$(PY) -m pip install --quiet -e ".[dev,postgres]" -e packages/agent-toolguard \
 		-e integrations/langchain -e integrations/starlette \
 		-e integrations/openai-agents -e integrations/pydantic-ai -e integrations/mcp
 	touch $(STAMP)

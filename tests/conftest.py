@@ -17,6 +17,8 @@ import toolguard as tg
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
+pytest_plugins = ["pg_cluster"]  # tests/pg_cluster.py: pg_cluster, pg_url (a real PostgreSQL)
+
 
 def fake_model() -> ModuleType:
     """``examples/_fake_model.py`` (the scripted chat model of the examples and agent tests),
@@ -112,10 +114,62 @@ def make_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+BOTH_BACKENDS = frozenset(
+    {
+        "test_budget.py",
+        "test_budget_cost.py",
+        "test_task.py",
+        "test_delegation.py",
+        "test_resume.py",
+        "test_audit.py",
+        "test_engine.py",
+        "test_prune.py",
+        "test_integrity.py",
+        "test_middleware.py",
+        "test_anomaly.py",
+        "test_revocation_crossprocess.py",
+        "test_budget_race.py",
+        "test_approvals.py",
+        "test_replay.py",
+        "test_revocation_feed.py",
+    }
+)
+"""Test files whose guards (``make_guard``, ``guard``) run on both stores: SQLite, and a real
+PostgreSQL (``[postgres]``, marked ``postgres``; tests/pg_cluster.py). One fixture, no copies."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if (
+        "backend" in metafunc.fixturenames
+        and Path(str(metafunc.definition.path)).name in BOTH_BACKENDS
+        and metafunc.definition.get_closest_marker("sqlite_only") is None
+    ):
+        metafunc.parametrize(
+            "backend",
+            ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+            indirect=True,
+        )
+
+
 @pytest.fixture
-def make_guard(tmp_path: Path) -> Iterator[Callable[..., tg.Guard]]:
-    """``make_guard(clock=None, providers=None, **config_overrides)`` on real files."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store of ``make_guard``: ``sqlite`` (a file in tmp_path), or ``postgres`` (a new
+    database of the test server) in the files of :data:`BOTH_BACKENDS`."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def make_guard(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., tg.Guard]]:
+    """``make_guard(clock=None, providers=None, **config_overrides)`` on real files (and, with
+    ``backend`` postgres, a real PostgreSQL database, its checkpoints still in tmp_path)."""
     guards: list[tg.Guard] = []
+    if backend == "postgres":
+        pg_url = request.getfixturevalue("pg_url")
+        defaults = {"store": pg_url, "checkpoints": str(tmp_path / "audit.db.checkpoints")}
+    else:
+        defaults = {}
 
     def factory(clock: Callable[[], float] | None = None, **overrides: Any) -> tg.Guard:
         providers = overrides.pop("providers", None)
@@ -124,13 +178,64 @@ def make_guard(tmp_path: Path) -> Iterator[Callable[..., tg.Guard]]:
             kwargs["clock"] = clock
         if providers is not None:
             kwargs["providers"] = providers
-        guard = tg.Guard(make_config(tmp_path, **overrides), **kwargs)
+        guard = tg.Guard(make_config(tmp_path, **{**defaults, **overrides}), **kwargs)
         guards.append(guard)
         return guard
 
     yield factory
     for guard in guards:
         guard.close()
+
+
+def store_arg(guard: tg.Guard) -> str:
+    """The guard's store as ``--db`` takes it (a SQLite path or a PostgreSQL URL)."""
+    location = guard.config.store_location
+    return location.url if location.is_postgres else str(location.path)
+
+
+def raw_connection(guard: tg.Guard) -> Any:
+    """A connection of one's own to the guard's store (autocommit; ``BEGIN``/``COMMIT`` by
+    hand), with sqlite3's ``execute`` on either backend: an attacker's or an operator's."""
+    location = guard.config.store_location
+    if location.is_postgres:
+        import psycopg
+
+        from toolguard.store.postgres.connection import PgConnection
+
+        class Own(PgConnection):
+            """Closed when dropped, like a sqlite3 connection; ``with`` as sqlite3's."""
+
+            def __enter__(self) -> Own:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+            def __del__(self) -> None:
+                self.close()
+
+        return Own(psycopg.connect(location.url, autocommit=True), lock_timeout=5.0)
+    import sqlite3
+
+    return sqlite3.connect(str(location.path), isolation_level=None)
+
+
+def raw_sql(guard: tg.Guard, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on the guard's store behind its back (as an attacker or an operator
+    with a database client would), on either backend; returns the rows."""
+    location = guard.config.store_location
+    if location.is_postgres:
+        import psycopg
+
+        from toolguard.store.postgres.connection import translate
+
+        with psycopg.connect(location.url, autocommit=True) as conn:
+            cur = conn.execute(translate(sql), params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+    import sqlite3
+
+    with sqlite3.connect(str(location.path)) as conn:
+        return conn.execute(sql, params).fetchall()
 
 
 @pytest.fixture

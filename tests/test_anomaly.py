@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import copy
 import json
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import BASE_CONFIG, Clock
+from conftest import BASE_CONFIG, Clock, raw_sql
 
 import toolguard as tg
 
@@ -99,10 +98,9 @@ def test_the_revocation_commits_with_the_denial_that_triggered_it(
     denied = [e for e in events if e.rule == "identities.agent-runner.limits.on_anomaly"]
     assert [e.kind for e in denied] == ["denied", "revoke"]
     assert denied[1].seq == denied[0].seq + 1 and denied[1].ts == denied[0].ts
-    with sqlite3.connect(guard.config.store_path) as conn:
-        rows = conn.execute(
-            "SELECT scope, value, by FROM revocations WHERE ts = ? ORDER BY id", (denied[0].ts,)
-        ).fetchall()
+    rows = raw_sql(
+        guard, "SELECT scope, value, by FROM revocations WHERE ts = ? ORDER BY id", (denied[0].ts,)
+    )
     assert rows[0] == ("identity", "agent-runner", "anomaly")
     assert ("task", task.task_id, "anomaly") in rows
 

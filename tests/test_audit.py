@@ -506,6 +506,7 @@ def _plans(guard: tg.Guard, fn: Callable[[], object]) -> list[str]:
         ),
     ],
 )
+@pytest.mark.sqlite_only  # SQLite's query plans
 def test_viewer_queries_use_indexes(
     trail: tuple[tg.Guard, dict[str, str]],
     clock: Clock,

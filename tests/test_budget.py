@@ -1,5 +1,5 @@
 """Tests for toolguard.budget (the pure plan of a call's spends) and the budget state in
-toolguard.store.budgets, through guards on real SQLite files with a controllable clock:
+toolguard.store.sqlite.budgets, through guards on real SQLite files with a controllable clock:
 rolling per-minute windows (also across clock minutes), UTC days, exact counters, the fields of
 BudgetExceeded, and denials that spend nothing."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BASE_CONFIG, Clock, make_config
+from conftest import BASE_CONFIG, Clock, make_config, raw_sql
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,7 +35,7 @@ from toolguard.budget import (
 from toolguard.config import Budget
 from toolguard.intent import Policy
 from toolguard.policy import derive_call
-from toolguard.store.budgets import usage
+from toolguard.store.sqlite.budgets import usage
 
 JOB = "agents:jobs:42:state"
 MIDNIGHT = 1_790_035_200.0  # 2026-09-22T00:00:00Z
@@ -206,7 +206,7 @@ def test_derived_plans_are_memoized_on_the_plan_not_by_id(tmp_path: Path) -> Non
     assert isinstance(full, Plan) and isinstance(only, Plan)
     assert full.task_only is only and task_spends(bound, "t1", call) is only
     assert only == tuple(s for s in full if s.kind == "total") and len(only) < len(full)
-    from toolguard.store.budgets import Charge
+    from toolguard.store.sqlite.budgets import Charge
 
     assert full.compiled is None
     first = Charge(full, MINUTE)
@@ -309,11 +309,11 @@ def test_rolling_window_admits_exactly_what_a_reference_allows(
                     leaves = inside[len(inside) - limit] + ROLLING_WINDOW
                     assert refused.retry_after == pytest.approx(leaves - now, abs=2e-6)
     assert len(admitted) == len(guard.audit.events(kind="request"))
-    with sqlite3.connect(guard.config.store_path) as conn:
-        (rows,) = conn.execute(
-            "SELECT COUNT(*) FROM credentials WHERE identity = 'agent-runner' AND jti IS NOT NULL"
-            " AND tally > 't' AND tally < 'u'"
-        ).fetchone()
+    ((rows,),) = raw_sql(
+        guard,
+        "SELECT COUNT(*) FROM credentials WHERE identity = 'agent-runner' AND jti IS NOT NULL"
+        " AND tally > 't' AND tally < 'u'",
+    )
     assert rows == len(admitted), "each admitted call's credentials row is its log entry"
 
 
@@ -522,12 +522,12 @@ def test_the_combined_read_denies_a_revocation_without_a_reason(
     guard = _guard(make_guard, clock, budget={"max_calls": 5})
     with guard.task("process-job", job_id="42") as task:
         assert _call(guard) is None
-        with sqlite3.connect(guard.config.store_path) as conn:
-            conn.execute(
-                "INSERT INTO revocations (scope, value, reason, ts, by)"
-                " VALUES ('task', ?, NULL, ?, 'test')",
-                (task.task_id, clock()),
-            )
+        raw_sql(
+            guard,
+            "INSERT INTO revocations (scope, value, reason, ts, by)"
+            " VALUES ('task', ?, NULL, ?, 'test')",
+            (task.task_id, clock()),
+        )
         with pytest.raises(tg.PolicyDenied) as info:
             guard.authorize("kv_get", {"key": JOB})
     assert info.value.rule == "revocation.task"
@@ -592,8 +592,8 @@ def _charge_world(limits: dict[str, Any] | None, budget: dict[str, Any] | None) 
     """A policy, a bound task and two identical stores (connection + task counters)."""
     import tempfile
 
-    from toolguard.store.schema import create_schema
-    from toolguard.store.tasks import TaskBudgets
+    from toolguard.store.sqlite.schema import create_schema
+    from toolguard.store.sqlite.tasks import TaskBudgets
 
     policy = Policy(tg.load_config(_config(Path(tempfile.mkdtemp()), limits=limits, budget=budget)))
     bound = policy.bind("process-job", {"job_id": "42"})
@@ -641,7 +641,7 @@ def test_the_fast_path_of_charge_decides_exactly_as_the_general_one(
     rows, step after step (clocks going back, windows and days passing, refusals, anomalies)."""
     import dataclasses
 
-    from toolguard.store.budgets import Charge
+    from toolguard.store.sqlite.budgets import Charge
 
     policy, bound, worlds = _charge_world(*shape)
     now = start

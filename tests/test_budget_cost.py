@@ -14,7 +14,7 @@ from conftest import BASE_CONFIG, Clock
 from langchain_core.tools import BaseTool, tool
 
 import toolguard as tg
-from toolguard.store.budgets import usage
+from toolguard.store.sqlite.budgets import usage
 
 MIDNIGHT = 1_790_035_200.0  # 2026-09-22T00:00:00Z
 

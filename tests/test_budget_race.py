@@ -21,7 +21,7 @@ import pytest
 from conftest import make_config
 
 import toolguard as tg
-from toolguard.store.budgets import usage
+from toolguard.store.sqlite.budgets import usage
 
 pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` skips them
 

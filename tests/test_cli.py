@@ -144,6 +144,7 @@ def _commands(ids: dict[str, str], db: Path, config: Path, tmp_path: Path) -> di
         "keys-jwks": ["keys", "jwks", "--config", str(config)],
         "check": ["check", str(config)],
         "check-schema": ["check", "--schema"],
+        "db-migrate": ["db", "migrate", "--db", str(db)],
         "approvals-list": ["approvals", "list", "--db", str(db)],
         "approvals-show": ["approvals", "show", held[:6], "--db", str(db)],
         "approvals-approve": ["approvals", "approve", held, "--by", "alice", "--db", str(db)],
@@ -171,6 +172,7 @@ COMMANDS = [
     "keys-jwks",
     "check",
     "check-schema",
+    "db-migrate",
     "approvals-list",
     "approvals-show",
     "approvals-approve",
@@ -604,6 +606,23 @@ def test_cli_verify_clean_trail(run: Run, config_file: Path, ids: dict[str, str]
     out = _ok(run("audit", "verify", "--config", str(config_file))).stdout
     assert out.startswith("checked 13 events")
     assert "OK" in out.splitlines()[0]
+
+
+def test_cli_verify_reads_the_checkpoints_of_the_config_even_with_db(
+    run: Run, tmp_path: Path, clock: Clock
+) -> None:
+    elsewhere = tmp_path / "anchors" / "trail.checkpoints"
+    path = tmp_path / "custom.json"
+    path.write_text(json.dumps(make_config(tmp_path, tools=TOOLS, checkpoints=str(elsewhere))))
+    with tg.Guard.from_config(path, clock=clock) as guard:
+        build_trail(guard, clock)
+        db = str(guard.config.store_path)
+    assert elsewhere.stat().st_size > 0
+    result = _ok(run("audit", "verify", "--config", str(path), "--db", db, "--json"))
+    doc = json.loads(result.stdout)
+    assert doc["checkpoint_file"] == str(elsewhere)
+    assert doc["ok"] and doc["checkpoints"] == len(elsewhere.read_text().splitlines())
+    assert doc["unanchored"] == 0
 
 
 def test_cli_verify_tampered_trail_exits_1(

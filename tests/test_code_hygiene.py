@@ -121,7 +121,7 @@ def test_the_fake_model_loader_is_defined_once() -> None:
     assert copies == ["tests/conftest.py"], copies
 
 
-PURE = ("config", "intent", "policy", "budget", "text", "numbers", "durations", "chain",
+PURE = ("config", "location", "intent", "policy", "budget", "text", "numbers", "durations", "chain",
         "redaction", "scrub", "errors")  # fmt: skip
 FORBIDDEN_IN_PURE = ("sqlite3", "langchain", "langgraph", "httpx", "click", "rich")
 FORBIDDEN_SIBLINGS = ("store", "engine", "task", "audit", "cli", "integrity", "incident",
@@ -163,3 +163,14 @@ def test_only_the_store_and_the_documented_exceptions_speak_sql() -> None:
     )
     # integrity.py reads the chain itself; cli/_base.py only catches sqlite3.Error
     assert speaking == ["toolguard/cli/_base.py", "toolguard/integrity.py"], speaking
+
+
+def test_no_sql_outside_the_store() -> None:
+    """Only toolguard/store/ speaks SQL (its backends, SQLite and PostgreSQL, behind one API):
+    no statement, no ``execute`` anywhere else."""
+    pattern = (
+        r"\.execute(many)?\(|\bUPDATE \w+ SET\b"
+        r"|\b(SELECT|INSERT INTO|DELETE FROM|CREATE (TABLE|INDEX)|BEGIN IMMEDIATE)\b"
+    )
+    found = [f for f in _where(pattern) if not f.startswith("toolguard/store/")]
+    assert not found, found

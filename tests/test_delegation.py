@@ -4,7 +4,6 @@ links, parents that end or are revoked, and the same through GuardMiddleware."""
 from __future__ import annotations
 
 import copy
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -90,14 +89,9 @@ def _read(guard: tg.Guard, task: tg.TaskSession, kv: _Kv, key: str) -> tg.Creden
 
 
 def _task_row(guard: tg.Guard, task_id: str) -> dict[str, Any]:
-    conn = sqlite3.connect(guard.config.store_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        row = conn.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        result: dict[str, Any] = dict(row)
-        return result
-    finally:
-        conn.close()
+    row = guard.store.task_row(task_id)
+    assert row is not None
+    return dict(row)
 
 
 # -- attenuation ------------------------------------------------------------------------------

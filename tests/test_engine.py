@@ -25,7 +25,7 @@ from langchain_core.tools import BaseTool, tool
 
 import toolguard as tg
 from toolguard.config import Budget
-from toolguard.store.budgets import usage
+from toolguard.store.sqlite.budgets import usage
 
 JOB_KEY = "agents:jobs:42:input"
 OUT_KEY = "agents:jobs:42:result"
@@ -43,8 +43,9 @@ def _header(token: str) -> dict[str, Any]:
 class _Recorder:
     """Tools that record what they saw, including the committed audit state when they ran."""
 
-    def __init__(self, db: Path) -> None:
-        self.db = db
+    def __init__(self, db: Path, connect: Callable[[], Any]) -> None:
+        self.db = db  # the SQLite file (its folder holds the test's other files)
+        self.connect = connect  # a read connection of one's own to the store
         self.ran: list[str] = []
         self.seen: list[dict[str, Any]] = []
         self.credentials: list[tg.Credential] = []
@@ -62,8 +63,8 @@ class _Recorder:
             self.ran.append(key)
             cred = tg.current_credential()
             self.credentials.append(cred)
-            with sqlite3.connect(self.db) as other:
-                other.execute("PRAGMA query_only=1")
+            other = self.connect()
+            try:
                 request = other.execute(
                     "SELECT kind, tool, resources FROM events WHERE jti = ? AND kind = 'request'",
                     (cred.jti,),
@@ -73,6 +74,8 @@ class _Recorder:
                 stored = other.execute(
                     "SELECT task_id, tool, operation FROM credentials WHERE jti = ?", (cred.jti,)
                 ).fetchall()
+            finally:
+                other.close()
             self.seen.append({"request": request, "calls": calls, "credential": stored})
             return "stored"
 
@@ -84,8 +87,25 @@ class _Recorder:
 
 
 @pytest.fixture
-def recorder(tmp_path: Path) -> _Recorder:
-    return _Recorder(tmp_path / "audit.db")
+def recorder(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> _Recorder:
+    if backend == "postgres":
+        import psycopg
+
+        from toolguard.store.postgres.connection import PgConnection
+
+        url = request.getfixturevalue("pg_url")  # the database of make_guard
+
+        def connect() -> Any:
+            return PgConnection(psycopg.connect(url, autocommit=True), lock_timeout=5.0)
+
+        return _Recorder(tmp_path / "audit.db", connect)
+
+    def connect_sqlite() -> Any:
+        conn = sqlite3.connect(tmp_path / "audit.db")
+        conn.execute("PRAGMA query_only=1")
+        return conn
+
+    return _Recorder(tmp_path / "audit.db", connect_sqlite)
 
 
 # -- the allowed call --------------------------------------------------------------------------
@@ -348,6 +368,7 @@ def blocker(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     conn.close()
 
 
+@pytest.mark.sqlite_only  # a fault of the SQLite file (PostgreSQL's: test_store_postgres)
 @pytest.mark.parametrize("on_deny", ["message", "raise"])
 def test_locked_database_fails_closed(
     locked_guard: tg.Guard,
@@ -378,6 +399,7 @@ def test_locked_database_fails_closed(
     assert seen["calls"] == [(2.0,)]  # the failed attempts spent nothing
 
 
+@pytest.mark.sqlite_only  # a fault of the SQLite file (PostgreSQL's: test_store_postgres)
 def test_locked_database_fails_task_start(
     locked_guard: tg.Guard, blocker: sqlite3.Connection
 ) -> None:
@@ -390,6 +412,7 @@ def test_locked_database_fails_task_start(
     assert body == []
 
 
+@pytest.mark.sqlite_only  # a fault of the SQLite file (PostgreSQL's: test_store_postgres)
 def test_task_end_that_could_not_be_written_still_revokes(
     locked_guard: tg.Guard, recorder: _Recorder, blocker: sqlite3.Connection
 ) -> None:
@@ -464,6 +487,7 @@ def test_read_only_database_file_fails_closed(
     assert [e.kind for e in guard.audit.events(task_id=task.task_id, kind="request")] == ["request"]
 
 
+@pytest.mark.sqlite_only  # a fault of the SQLite file (PostgreSQL's: test_store_postgres)
 def test_unwritable_database_fails_closed_in_a_new_connection(
     guard: tg.Guard, recorder: _Recorder, tmp_path: Path
 ) -> None:
@@ -483,6 +507,7 @@ def test_unwritable_database_fails_closed_in_a_new_connection(
     assert recorder.ran == []
 
 
+@pytest.mark.sqlite_only  # a fault of the SQLite file (PostgreSQL's: test_store_postgres)
 def test_database_that_is_a_directory_fails_at_task_start(
     make_guard: Callable[..., tg.Guard], tmp_path: Path
 ) -> None:
@@ -495,6 +520,7 @@ def test_database_that_is_a_directory_fails_at_task_start(
     assert body == []
 
 
+@pytest.mark.sqlite_only  # a fault of the SQLite file (PostgreSQL's: test_store_postgres)
 def test_wal_that_cannot_be_created_fails_at_task_start(
     make_guard: Callable[..., tg.Guard], tmp_path: Path
 ) -> None:
@@ -510,6 +536,7 @@ def test_wal_that_cannot_be_created_fails_at_task_start(
     assert body == []
 
 
+@pytest.mark.sqlite_only  # a fault of the SQLite file (PostgreSQL's: test_store_postgres)
 def test_broken_schema_fails_closed(guard: tg.Guard, recorder: _Recorder, tmp_path: Path) -> None:
     kv_get, _ = tg.guard(recorder.tools(), guard)
     with guard.task("process-job", job_id="42"):
@@ -520,6 +547,7 @@ def test_broken_schema_fails_closed(guard: tg.Guard, recorder: _Recorder, tmp_pa
     assert recorder.ran == []
 
 
+@pytest.mark.sqlite_only  # a fault of the SQLite file (PostgreSQL's: test_store_postgres)
 def test_not_a_database_fails_closed(make_guard: Callable[..., tg.Guard], tmp_path: Path) -> None:
     (tmp_path / "audit.db").write_bytes(os.urandom(4096))
     guard = make_guard()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Clock, make_config
+from conftest import Clock, make_config, raw_connection
 from langchain_core.tools import tool
 
 import toolguard as tg
@@ -23,7 +23,7 @@ from toolguard.chain import GENESIS, HASHED_FIELDS, event_hash, row_values, valu
 from toolguard.errors import AuditError
 from toolguard.integrity import DAMAGE_KINDS, Integrity, VerifyReport, sign_checkpoint
 from toolguard.keys import KeyRing, load_args_key
-from toolguard.store import Store
+from toolguard.store import Store, open_store
 
 TASKS = 5
 EVENTS_PER_TASK = 8  # task_start, 3 x (request, outcome), task_end
@@ -52,9 +52,9 @@ def trail(guard: tg.Guard, clock: Clock) -> tg.Guard:
     return guard
 
 
-def _db(guard: tg.Guard) -> sqlite3.Connection:
-    """The attacker's own connection to the database."""
-    return sqlite3.connect(guard.config.store_path, isolation_level=None)
+def _db(guard: tg.Guard) -> Any:
+    """The attacker's own connection to the database (SQLite or PostgreSQL)."""
+    return raw_connection(guard)
 
 
 def _rows(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -447,7 +447,7 @@ def test_verify_without_keys_compares_but_says_signatures_were_not_checked(
 
 def test_verify_with_published_jwks_only(trail: tg.Guard) -> None:
     public = KeyRing.from_jwks(trail.keys.jwks())
-    readonly = Store(trail.config.store_path, readonly=True)
+    readonly = open_store(trail.config.store_location, readonly=True)
     try:
         report = Integrity(
             readonly, keys=public, checkpoints=trail.config.checkpoints_path
@@ -735,6 +735,7 @@ def _doc_code() -> dict[str, Any]:
     return namespace
 
 
+@pytest.mark.sqlite_only  # the recipe of docs/audit.md reads the SQLite file
 def test_docs_hand_verification_recipe_matches_toolguard(trail: tg.Guard) -> None:
     doc = _doc_code()
     db, checkpoints = trail.config.store_path, trail.config.checkpoints_path

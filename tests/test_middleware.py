@@ -4,14 +4,13 @@ errors, runs that raise, interrupts and resumes, context parameters, and tools g
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from conftest import fake_model
+from conftest import fake_model, raw_connection
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, HumanInTheLoopMiddleware
 from langchain_core.messages import ToolMessage
@@ -75,12 +74,10 @@ def _agent(guard: tg.Guard, script: list[Any], tools: list[Any], **kwargs: Any) 
 
 def _task_rows(guard: tg.Guard) -> list[dict[str, Any]]:
     guard.store.open()
-    conn = sqlite3.connect(guard.config.store_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM tasks ORDER BY started_at, rowid")]
-    finally:
-        conn.close()
+    return guard.store.query(  # in the order they started (their task_start events)
+        "SELECT * FROM tasks t ORDER BY started_at,"
+        " (SELECT MIN(seq) FROM events e WHERE e.task_id = t.task_id)"
+    )
 
 
 def _kinds(guard: tg.Guard, task_id: str) -> list[tuple[str, str | None]]:
@@ -257,8 +254,9 @@ def test_middleware_audit_error_always_raises(make_guard: Callable[..., tg.Guard
         middleware=[GuardMiddleware(guard)],
     )
     with guard.task("process-job", job_id="42"):
-        locker = sqlite3.connect(guard.config.store_path, isolation_level=None)
-        locker.execute("BEGIN EXCLUSIVE")
+        locker = raw_connection(guard)  # holds the store's write lock
+        pg = guard.config.store_location.is_postgres
+        locker.execute("BEGIN IMMEDIATE" if pg else "BEGIN EXCLUSIVE")
         try:
             with pytest.raises(tg.AuditError, match="nothing ran"):
                 agent.invoke(USER)

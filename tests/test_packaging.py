@@ -90,7 +90,7 @@ def test_the_core_wheel_holds_every_module_of_the_source_tree(tmp_path: Path) ->
         if "__pycache__" not in p.parts
     }
     assert on_disk <= names, sorted(on_disk - names)
-    assert {"toolguard/store/core.py", "toolguard/cli/__init__.py"} <= names
+    assert {"toolguard/store/sqlite/core.py", "toolguard/cli/__init__.py"} <= names
     assert "toolguard/py.typed" in names
     assert not any(n.endswith("entry_points.txt") for n in names)  # the command: agent-toolguard
     requires = _requires_dist(metadata.decode())
@@ -113,7 +113,8 @@ def test_the_metapackage_wheel_is_the_core_with_both_extras_and_the_command(
     assert all(".dist-info/" in n for n in names), sorted(names)  # no modules of its own
     assert "toolguard = toolguard.cli:main" in scripts
     assert _requires_dist(metadata.decode()) == [
-        f"agent-toolguard-core[cli,langchain]=={toolguard.__version__}"
+        f"agent-toolguard-core[cli,langchain]=={toolguard.__version__}",
+        f'agent-toolguard-core[postgres]=={toolguard.__version__}; extra == "postgres"',
     ]
 
 
@@ -159,6 +160,7 @@ NEEDS_EXTRA = {
     "toolguard._langchain_compat": "langchain",
     "toolguard.viewer": "cli",
     "toolguard.cli": "cli",  # and its submodules
+    "toolguard.store.postgres": "postgres",  # and its submodules
 }
 """The core modules that import an extra's packages (and raise ``MissingDependency`` without
 them, toolguard/_extras.py). Every other module of the core runs on the core's own
@@ -615,7 +617,7 @@ print(json.dumps(found))
             assert found[name] is not None, f"{name} imports without the {needs} extra"
             kind, extra, message = found[name]
             assert (kind, extra) == ("MissingDependency", needs), found[name]
-            assert "pip install agent-toolguard" in message
+            assert re.search(r"pip install [\"']?agent-toolguard", message), message
 
 
 def test_python_m_toolguard_without_the_cli_extra_is_one_error_line_saying_what_to_install(

@@ -1,13 +1,11 @@
-"""Tests for retention (toolguard.store.maintenance and AuditLog.prune): old events go, the
+"""Tests for retention (toolguard.store.sqlite.maintenance and AuditLog.prune): old events go, the
 cut is signed and recorded, verify still passes, the chain continues from the cut, and what
 must stay (active tasks, revocations, today's counters) stays."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
-from conftest import Clock
+from conftest import Clock, raw_sql
 from langchain_core.tools import tool
 
 import toolguard as tg
@@ -38,8 +36,7 @@ def _days_of_tasks(guard: tg.Guard, clock: Clock, days: int) -> list[str]:
 
 
 def _count(guard: tg.Guard, table: str) -> int:
-    with sqlite3.connect(guard.config.store_path) as conn:
-        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+    return int(raw_sql(guard, f"SELECT COUNT(*) FROM {table}")[0][0])
 
 
 def test_prune_then_verify_passes(guard: tg.Guard, clock: Clock) -> None:

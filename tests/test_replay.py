@@ -19,7 +19,7 @@ from conftest import Clock, make_config
 
 import toolguard as tg
 from toolguard.cli import EXIT_ERROR, EXIT_FINDINGS, CliContext, main
-from toolguard.store import core as store_core
+from toolguard.store.sqlite import core as store_core
 
 Run = Callable[..., Result]
 

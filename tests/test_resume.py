@@ -6,19 +6,18 @@ every process."""
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import Clock, make_config
+from conftest import Clock, make_config, raw_sql, store_arg
 from langchain_core.tools import tool
 
 import toolguard as tg
 from toolguard.cli import CliContext, main
-from toolguard.store.budgets import usage
+from toolguard.store.sqlite.budgets import usage
 
 KEY = "agents:jobs:42:state"
 
@@ -103,18 +102,18 @@ def test_resume_refuses_a_revoked_task_and_a_disabled_identity(
     revoked = here.task("process-job", job_id="42").start()
     other = here.task("process-job", job_id="43").start()
     # revoked outside the store's bookkeeping (as a hand-written row would be): still refused
-    with sqlite3.connect(here.config.store_path) as conn:
-        conn.execute(
-            "INSERT INTO revocations (scope, value, reason, ts, by) VALUES ('task', ?, ?, ?, ?)",
-            (revoked.task_id, "incident", here.clock(), "test"),
-        )
+    raw_sql(
+        here,
+        "INSERT INTO revocations (scope, value, reason, ts, by) VALUES ('task', ?, ?, ?, ?)",
+        (revoked.task_id, "incident", here.clock(), "test"),
+    )
     with pytest.raises(tg.PolicyDenied, match="was revoked"):
         there.resume(revoked.task_id)
-    with sqlite3.connect(here.config.store_path) as conn:  # disabled by hand, task still active
-        conn.execute(
-            "INSERT INTO identity_state (identity, disabled, reason, ts) VALUES (?, 1, ?, ?)",
-            ("agent-runner", "under review", here.clock()),
-        )
+    raw_sql(  # disabled by hand, task still active
+        here,
+        "INSERT INTO identity_state (identity, disabled, reason, ts) VALUES (?, 1, ?, ?)",
+        ("agent-runner", "under review", here.clock()),
+    )
     with pytest.raises(tg.PolicyDenied, match=r"identity 'agent-runner' is disabled"):
         there.resume(other.task_id)
     here.revoke(identity="agent-runner", reason="incident")
@@ -180,7 +179,8 @@ def test_resume_in_a_second_process_counts_what_the_first_spent(
     guard = make_guard()  # the real clock: the child process has its own
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    child = ctx.Process(target=_first_worker, args=(make_config(tmp_path), out))
+    config = make_config(tmp_path, store=guard.config.store, checkpoints=guard.config.checkpoints)
+    child = ctx.Process(target=_first_worker, args=(config, out))
     child.start()
     (task_id,) = set(out.get(timeout=60))
     child.join(60)
@@ -202,7 +202,7 @@ def test_the_viewer_shows_where_a_task_was_resumed(
     with there.resume(task.task_id):
         pass
     context = CliContext(clock=clock, sleep=lambda s: None, max_polls=1)
-    db = str(here.config.store_path)
+    db = store_arg(here)
     result = CliRunner().invoke(main, ["audit", "show", task.task_id, "--db", db], obj=context)
     assert result.exit_code == 0, result.output
     (line,) = [ln for ln in result.output.splitlines() if "task_resume" in ln]

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import store_arg
 
 import toolguard as tg
 
@@ -109,7 +110,7 @@ def verifier_process() -> Iterator[_Child]:
 @pytest.fixture
 def child(verifier_process: _Child, guard: tg.Guard) -> _Child:
     """The verifier process, verifying against this test's guard (its JWKS and store)."""
-    assert verifier_process.ask(("use", guard.keys.jwks(), str(guard.config.store_path)))[0] == "ok"
+    assert verifier_process.ask(("use", guard.keys.jwks(), store_arg(guard)))[0] == "ok"
     return verifier_process
 
 
@@ -176,7 +177,7 @@ def kv_url(guard: tg.Guard, tmp_path: Path) -> Iterator[str]:
             "--jwks",
             str(jwks),
             "--db",
-            str(guard.config.store_path),
+            store_arg(guard),
             "--issuer",
             ISS,
             "--port",

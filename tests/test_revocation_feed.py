@@ -27,7 +27,7 @@ import httpx
 import pytest
 import respx
 import uvicorn
-from conftest import make_config
+from conftest import make_config, store_arg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -143,7 +143,7 @@ def guard(make_guard: Callable[..., tg.Guard]) -> tg.Guard:
 
 def _feed_app(guard: tg.Guard, clock: Callable[[], float] = time.time) -> Starlette:
     """The feed as a remote host runs it: the store's path (read-only) and the issuer's keys."""
-    return revocation_app(store=guard.config.store_path, keys=guard.keys, issuer=ISS, clock=clock)
+    return revocation_app(store=store_arg(guard), keys=guard.keys, issuer=ISS, clock=clock)
 
 
 def _credential(guard: tg.Guard, tool: str = "kv_set") -> tg.Credential:
@@ -274,7 +274,7 @@ def test_feed_carries_a_cli_revocation_to_the_remote_verifier(
         assert _accepts(remote, token)
         done = subprocess.run(
             [sys.executable, "-m", "toolguard", "revoke", "--task", task.task_id,
-             "--reason", "incident 18", "--db", str(guard.config.store_path)],
+             "--reason", "incident 18", "--db", store_arg(guard)],
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -282,6 +282,7 @@ def test_feed_carries_a_cli_revocation_to_the_remote_verifier(
     assert took <= BOUND + SLACK
 
 
+@pytest.mark.sqlite_only  # blocks the SQLite file
 def test_feed_publishes_the_task_ends_its_guard_could_not_write_yet(
     make_guard: Callable[..., tg.Guard], serve: Callable[[ASGIApp], Served]
 ) -> None:
@@ -346,7 +347,7 @@ def test_feed_with_a_secret_answers_only_clients_that_send_it(
     guard: tg.Guard, serve: Callable[[ASGIApp], Served]
 ) -> None:
     secret = "s3cret-s3cret-s3cret"
-    app = revocation_app(store=guard.config.store_path, keys=guard.keys, issuer=ISS, secret=secret)
+    app = revocation_app(store=store_arg(guard), keys=guard.keys, issuer=ISS, secret=secret)
     served = serve(app)
     url = f"{served.url}/revocations"
     for wrong in (None, "wrong-wrong-wrong-wrong"):
@@ -363,7 +364,7 @@ def test_feed_with_a_secret_answers_only_clients_that_send_it(
         revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, secret="short")
     with pytest.raises(ConfigError, match="feed_secret goes with feed=URL"):
         verifier_from(
-            jwks=guard.keys.jwks(), store=guard.config.store_path, feed_secret=secret,
+            jwks=guard.keys.jwks(), store=store_arg(guard), feed_secret=secret,
             issuer=ISS, audience=AUD,
         )  # fmt: skip
 
@@ -684,7 +685,7 @@ def test_verifier_from_needs_exactly_one_revocation_source(guard: tg.Guard) -> N
         verifier_from(jwks=guard.keys.jwks(), issuer=ISS, audience=AUD)
     with pytest.raises(ConfigError, match="exactly one"):
         verifier_from(
-            jwks=guard.keys.jwks(), store=guard.config.store_path, feed="http://127.0.0.1:1/r",
+            jwks=guard.keys.jwks(), store=store_arg(guard), feed="http://127.0.0.1:1/r",
             issuer=ISS, audience=AUD,
         )  # fmt: skip
 
@@ -739,7 +740,7 @@ def _protected(auth: ToolGuardAuth) -> Starlette:
 def test_revocation_app_from_config_serves_the_guards_store_with_its_key(
     guard: tg.Guard, tmp_path: Path
 ) -> None:
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, store=guard.config.store)  # the guard's, either backend
     config_file = tmp_path / "toolguard.json"
     config_file.write_text(json.dumps(config), encoding="utf-8")
     record_revocation(guard.store, task_id="t-cfg", now=time.time())

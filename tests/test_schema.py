@@ -12,8 +12,8 @@ from conftest import Clock
 
 import toolguard as tg
 from toolguard.store import SCHEMA_VERSION, Store
-from toolguard.store.budgets import usage
-from toolguard.store.schema import create_schema
+from toolguard.store.sqlite.budgets import usage
+from toolguard.store.sqlite.schema import create_schema
 
 
 def _version(conn: sqlite3.Connection) -> int:
@@ -210,7 +210,8 @@ SCHEMA_SQL = {
     ),
 }
 """``sqlite_master`` of a new database, as sqlite-utils created it up to 0.1.0: the plain DDL
-of toolguard/store/schema.py writes the same text (tools that read the schema see no change)."""
+of toolguard/store/sqlite/schema.py writes the same text (tools that read the schema see no
+change)."""
 
 
 def test_a_new_database_has_the_schema_sqlite_utils_created_byte_for_byte() -> None:

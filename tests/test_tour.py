@@ -214,6 +214,7 @@ DISCOVERING = {
     "approvals approve": ["approvals", "approve", "abcdef", "--by", "me"],
     "approvals reject": ["approvals", "reject", "abcdef"],
     "audit replay": ["audit", "replay"],
+    "db migrate": ["db", "migrate"],
 }
 # Commands above that end with exit 2 on this trail, and what they must say about it.
 REFUSING = {

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from .errors import MissingDependency
 
-__all__ = ["CLI", "EXTRAS", "LANGCHAIN", "raise_if_missing"]
+__all__ = ["CLI", "EXTRAS", "LANGCHAIN", "POSTGRES", "raise_if_missing"]
 
 EXTRAS: dict[str, dict[str, str]] = {
     "langchain": {"langchain_core": "langchain-core"},
     "cli": {"click": "click", "rich": "rich"},
+    "postgres": {"psycopg": "psycopg", "psycopg_pool": "psycopg-pool"},
 }
 """Extra of ``agent-toolguard-core`` -> {top-level module: the distribution that provides it}."""
 
 LANGCHAIN = ("toolguard's LangChain support (tg.guard, guard.wrap, toolguard.tools)", "langchain")
 CLI = ("the toolguard command (toolguard.cli, toolguard.viewer)", "cli")
+POSTGRES = ("a PostgreSQL store (store: postgresql://...; toolguard.store.postgres)", "postgres")
 """(the feature, its extra): the first argument of :func:`raise_if_missing`."""
 
 
@@ -38,6 +40,14 @@ def raise_if_missing(feature: tuple[str, str], exc: ImportError) -> None:
     if not isinstance(exc, ModuleNotFoundError) or exc.name not in modules:
         return
     wanted = " and ".join(sorted(set(modules.values())))
+    if extra == "postgres":
+        raise MissingDependency(
+            f"{what} needs {wanted}; {exc.name!r} is not installed. Install them with "
+            f'`pip install "agent-toolguard[postgres]"` (or '
+            f"`pip install 'agent-toolguard-core[postgres]'`), or use a SQLite store (a path)",
+            name=exc.name,
+            extra=extra,
+        ) from exc
     raise MissingDependency(
         f"{what} needs {wanted}; {exc.name!r} is not installed (agent-toolguard-core alone "
         f"leaves out {wanted}). Install the full toolguard with `pip install agent-toolguard` "

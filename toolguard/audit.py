@@ -254,10 +254,13 @@ class AuditLog:
         *,
         keys: KeyRing | PublicKeySource | None = None,
         checkpoints: str | os.PathLike[str] | None = None,
+        also_checkpoints: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         self.store = store
         self.keys = keys
-        self.integrity = Integrity(store, keys=keys, checkpoints=checkpoints)
+        self.integrity = Integrity(
+            store, keys=keys, checkpoints=checkpoints, also_checkpoints=also_checkpoints
+        )
         self.checkpoints_path = self.integrity.checkpoints_path
 
     # -- events -------------------------------------------------------------------------------
@@ -454,16 +457,10 @@ class AuditLog:
         ``reason``, ``ts``, ``by``), oldest first, without the routine revocation of a task's
         credentials when it ends (``by`` ``task-end``). ``disabled`` is true for a
         ``revoke --identity --disable`` (its ``revoke`` event says so)."""
-        rows = self.store.query(
-            # trails written before 2026-12-05 may hold a task's row twice: one per revocation
-            "SELECT scope, value, reason, ts, by FROM revocations"
-            " WHERE COALESCE(by, '') != 'task-end' AND ts >= ? AND ts < ?"
-            " GROUP BY scope, value, reason, ts, by ORDER BY ts DESC, MAX(id) DESC LIMIT ?",
-            [
-                since if since is not None else float("-inf"),
-                until if until is not None else float("inf"),
-                limit,
-            ],
+        rows = self.store.recent_revocations(
+            since if since is not None else float("-inf"),
+            until if until is not None else float("inf"),
+            limit,
         )
         rows.reverse()
         disabled = {
@@ -482,19 +479,13 @@ class AuditLog:
         ids = list(task_ids)
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
-            for row in self.store.query(
-                "SELECT task_id, parent_id FROM tasks WHERE parent_id IN"
-                f" ({', '.join('?' * len(chunk))}) ORDER BY started_at, task_id",
-                chunk,
-            ):
+            for row in self.store.child_rows(chunk):
                 found.setdefault(str(row["parent_id"]), []).append(str(row["task_id"]))
         return found
 
     def disabled_identities(self) -> list[dict[str, Any]]:
         """The identities disabled now (``identity``, ``reason``, ``ts``), by name."""
-        return self.store.query(
-            "SELECT identity, reason, ts FROM identity_state WHERE disabled = 1 ORDER BY identity"
-        )
+        return self.store.disabled_identity_rows()
 
     # -- usage --------------------------------------------------------------------------------
 

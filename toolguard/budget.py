@@ -2,7 +2,7 @@
 
 :func:`plan` turns a call of a task into the :class:`Spend` of every limit it must fit in; the
 store checks and spends all of them atomically, in the transaction that records the call
-(:mod:`toolguard.store.budgets`). Kinds of window:
+(:mod:`toolguard.store.sqlite.budgets`). Kinds of window:
 
 - ``total``: for the life of the scope (a task's ``max_calls``, ``max_cost``, ``per_tool``,
   ``per_operation``);
@@ -96,7 +96,7 @@ class Spend:
 class Settlement(NamedTuple):
     """A change to what a call spent, applied after it ran: its actual cost in place of the
     estimate, or a refund when no credential could be minted
-    (:func:`toolguard.store.budgets.settle`)."""
+    (:func:`toolguard.store.sqlite.budgets.settle`)."""
 
     spend: Spend
     """The limit whose state moves (a task counter, or the identity's cost total)."""
@@ -135,13 +135,13 @@ class Plan(tuple[Spend, ...]):
     """The spends of one call (a tuple, as :func:`plan` returns it), with what is derived from
     it memoized on the plan itself rather than in a cache keyed by ``id()``: its task-only
     part (:func:`task_spends`) and the store's compiled form of it
-    (:mod:`toolguard.store.budgets`). A plan is built once per task, tool, operation and cost,
-    so a task's later calls reuse both."""
+    (:mod:`toolguard.store.sqlite.budgets`). A plan is built once per task, tool, operation and
+    cost, so a task's later calls reuse both."""
 
     task_only: Plan | None = None
     """The task-scope spends (``kind == "total"``), once :func:`task_spends` asked for them."""
     compiled: object = None
-    """The store's form of the plan (a ``toolguard.store.budgets`` shape), once compiled."""
+    """The store's form of the plan (a ``toolguard.store.sqlite.budgets`` shape), once compiled."""
 
 
 _PLANS: dict[tuple[str, str, str, float], tuple[BoundTask, Plan]] = {}

@@ -25,6 +25,8 @@ from pydantic import (
 )
 
 from .durations import parse_duration
+from .errors import ConfigError
+from .location import DEFAULT_DB, StoreLocation, parse_store
 from .numbers import MAX_COST, MAX_COUNT
 from .text import PLACEHOLDER
 
@@ -270,8 +272,24 @@ class IntentConfig(_Model):
 class GuardConfig(_Model):
     """The whole configuration of a :class:`toolguard.Guard`."""
 
-    store: str | None = None
-    """SQLite audit database; default ``$TOOLGUARD_DB`` or ``./.toolguard/audit.db``."""
+    store: str | None = Field(default=None, repr=False)
+    """The store: a SQLite file (a path, ``sqlite:///relative`` or ``sqlite:////absolute``) or
+    a PostgreSQL server (``postgresql://user:password@host:port/dbname``); default
+    ``$TOOLGUARD_DB``, else ``./.toolguard/audit.db``. Any other ``scheme://`` is refused.
+    Not in ``repr`` (a URL holds a password)."""
+    store_pool_size: int = Field(default=4, ge=1, le=1000)
+    """PostgreSQL only: the most connections a guard process opens to the server (its pool)."""
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_store(v)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
     durability: Literal["normal", "full"] = "normal"
     """``normal`` survives process crashes; ``full`` also survives power loss (slower)."""
     busy_timeout: Duration = 5.0
@@ -324,10 +342,24 @@ class GuardConfig(_Model):
         return p
 
     @property
-    def store_path(self) -> Path:
+    def store_location(self) -> StoreLocation:
+        """The store this config names (``store``, else ``$TOOLGUARD_DB``, else the default
+        SQLite file); a relative SQLite path resolves against the config file's folder."""
         if self.store:
-            return self.resolve_path(self.store)
-        return Path(os.environ.get("TOOLGUARD_DB", ".toolguard/audit.db"))
+            return parse_store(os.path.expanduser(self.store), base=self.base_dir)
+        return parse_store(os.environ.get("TOOLGUARD_DB") or DEFAULT_DB)
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite file of the store; :class:`ConfigError` for a PostgreSQL store (use
+        :attr:`store_location`)."""
+        location = self.store_location
+        if location.path is None:
+            raise ConfigError(
+                f"the store {location.display} is a PostgreSQL server, not a file; use "
+                "store_location"
+            )
+        return location.path
 
     @property
     def args_key_path(self) -> Path:
@@ -340,7 +372,8 @@ class GuardConfig(_Model):
     def checkpoints_path(self) -> Path:
         if self.checkpoints:
             return self.resolve_path(self.checkpoints)
-        return Path(str(self.store_path) + ".checkpoints")
+        base = Path(self.base_dir) if self.base_dir else None
+        return self.store_location.default_checkpoints(base)
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:

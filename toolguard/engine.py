@@ -42,7 +42,7 @@ from .numbers import MAX_COST, check_timestamp, is_finite_number
 from .offload import WriterThread
 from .policy import Decision, decide, derive_call, shadowable
 from .redaction import Redactor
-from .store import PendingOutcome, Store
+from .store import PendingOutcome, Store, open_store
 from .store.approvals import ApprovalRecord
 from .text import (
     MAX_ERROR_CHARS,
@@ -164,8 +164,9 @@ class Guard:
         self.clock: Callable[[], float] = checked
         """The guard's clock; a bad value (nan, inf, not a number) raises AuditError."""
         self.policy = Policy(self.config)
-        self.store = Store(
-            self.config.store_path,
+        self.store = open_store(
+            self.config.store_location,
+            pool_size=self.config.store_pool_size,
             durability=self.config.durability,
             busy_timeout=self.config.busy_timeout,
             # inside a transaction (settlements, task ends) a bad clock value must not poison

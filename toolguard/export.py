@@ -727,7 +727,7 @@ def _task_budgets(
     children: Mapping[str, Sequence[str]],
 ) -> dict[str, list[tuple[str, float | None, float]]]:
     """Each task's budget (what it and its delegated tasks spent, as the guard counts it:
-    :func:`toolguard.store.tasks.spent_from_trail`) against the limits of its intent in the
+    :func:`toolguard.store.sqlite.tasks.spent_from_trail`) against the limits of its intent in the
     config; with no config, what was spent (limits unknown)."""
     out: dict[str, list[tuple[str, float | None, float]]] = {}
     for task in tasks:

@@ -30,7 +30,7 @@ from typing import Any, overload
 from .errors import UnknownTarget
 from .formatting import plural
 from .store import Store
-from .store.queries import credential_rows, identity_seen, last_revocation, live_credentials
+from .store.sqlite.queries import credential_rows, identity_seen, last_revocation, live_credentials
 
 __all__ = [
     "MAX_TARGET",

@@ -50,17 +50,18 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .chain import DAMAGE_KINDS, GENESIS, HASHED_FIELDS, ChainScan, Damage
+from .chain import DAMAGE_KINDS, GENESIS, ChainScan, Damage
 from .errors import AuditError
 from .formatting import plural
 from .keys import KeyRing, PublicKeySource, b64url_decode, b64url_encode, verify_signature
 from .store import Store
+from .store.sqlite.trail import count_after, event_rows, last_prune, read_snapshot, stored_at
 
 if TYPE_CHECKING:
     from .config import GuardConfig
@@ -91,8 +92,6 @@ _TAIL_CHUNK = 16 * 1024
 
 CHECKPOINT_VERSION = 1
 """The ``v`` member of the checkpoint records this module writes and reads."""
-
-_SELECT_EVENTS = f"SELECT {', '.join(HASHED_FIELDS)}, prev_hash, hash FROM events"
 
 
 @dataclass(slots=True)
@@ -280,12 +279,17 @@ class Integrity:
         *,
         keys: KeyRing | PublicKeySource | None = None,
         checkpoints: str | os.PathLike[str] | None = None,
+        also_checkpoints: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
+        """``checkpoints`` is the file this process writes (and reads); ``also_checkpoints``
+        are more files :meth:`verify` reads: those of the other hosts writing to the same
+        PostgreSQL store (every guard writes its checkpoints to its own file)."""
         self.store = store
         self.keys = keys
         self.checkpoints_path = (
-            Path(checkpoints) if checkpoints is not None else Path(str(store.path) + ".checkpoints")
+            Path(checkpoints) if checkpoints is not None else store.default_checkpoints()
         )
+        self.also_checkpoints = [Path(p) for p in also_checkpoints]
         self._lock = threading.Lock()
         self._last: dict[str, Any] | None = None
 
@@ -422,11 +426,8 @@ class Integrity:
             return None, 0, 0
         try:
             conn = self.store.conn
-            row = conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
-            # two queries: SQLite answers MIN or MAX alone from the b-tree, both at once by a scan
-            first = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
-            last = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
-            cut = _last_prune(conn)
+            row, first, last = stored_at(conn, seq)
+            cut = last_prune(conn)
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit database {path}: {exc}") from exc
         found = row[0] if row is not None and isinstance(row[0], str) else None
@@ -607,17 +608,24 @@ class Integrity:
         A line that does not end with ``}`` is the prefix of a record cut by a crash; any other
         unreadable line was edited.
         """
-        try:
-            data = self.checkpoints_path.read_bytes()
-        except FileNotFoundError:
-            return [], [], []
-        except OSError as exc:
-            raise AuditError(
-                f"cannot read the checkpoint file {self.checkpoints_path}: {exc.strerror}"
-            ) from exc
         records: list[_Record] = []
         bad: list[int] = []
         torn: list[int] = []
+        for path in (self.checkpoints_path, *self.also_checkpoints):
+            self._read_file(path, records, bad, torn)
+        if self.also_checkpoints:  # several hosts' checkpoints of one chain, in chain order
+            records.sort(key=lambda r: r.seq)
+        return records, bad, torn
+
+    def _read_file(
+        self, path: Path, records: list[_Record], bad: list[int], torn: list[int]
+    ) -> None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise AuditError(f"cannot read the checkpoint file {path}: {exc.strerror}") from exc
         text = data.decode("utf-8", "replace")
         for number, raw_line in enumerate(text.split("\n"), 1):
             line = raw_line.strip()
@@ -630,14 +638,15 @@ class Integrity:
                 bad.append(number)
             else:  # a prefix of a record: a crash in the middle of a write, not an edit
                 torn.append(number)
-        return records, bad, torn
 
     # -- verify -------------------------------------------------------------------------------
 
     def verify(self) -> VerifyReport:
         """Recompute the chain and check it against the signed checkpoints."""
         started = time.perf_counter()
-        report = VerifyReport(checkpoint_file=str(self.checkpoints_path))
+        report = VerifyReport(
+            checkpoint_file=", ".join(map(str, (self.checkpoints_path, *self.also_checkpoints)))
+        )
         # The checkpoint file is read before the database snapshot: every checkpoint in it was
         # written after its head was committed, so none can be ahead of the snapshot.
         records, bad_lines, torn = self._read_records()
@@ -652,7 +661,7 @@ class Integrity:
         checker = _SignatureChecker(keys, report)
         wanted = {r.seq for r in records if r.type in _ANCHORS}
         with self._snapshot() as conn:
-            prune = _last_prune(conn)
+            prune = last_prune(conn)
             if prune is not None and prune[0] is None:
                 prune = None
                 report.damage.append(
@@ -669,7 +678,7 @@ class Integrity:
                 start_seq, start_hash = 1, GENESIS
             report.first_seq = start_seq
             scan = ChainScan(start_seq, start_hash, wanted)
-            scan.run(_event_rows(conn))
+            scan.run(event_rows(conn))
             report.checked = scan.checked
             report.head_seq = scan.head_seq if scan.checked else start_seq - 1
             report.damage.extend(scan.damage)
@@ -681,9 +690,7 @@ class Integrity:
                 self._check_prune(report, records, checker, start_seq, start_hash)
             self._check_checkpoints(report, records, checker, scan.hashes, start_seq, start_hash)
             if report.checked:
-                report.unanchored = conn.execute(
-                    "SELECT COUNT(*) FROM events WHERE seq > ?", (report.anchored_seq,)
-                ).fetchone()[0]
+                report.unanchored = count_after(conn, report.anchored_seq)
             self._anchor_notes(report, conn)
         for number in bad_lines:
             report.damage.append(
@@ -705,20 +712,11 @@ class Integrity:
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
         """One read transaction, so the scan and its side queries see the same trail."""
-        conn = self.store.conn
         try:
-            conn.execute("BEGIN")
+            with read_snapshot(self.store.conn) as conn:
+                yield conn
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit database {self.store.path}: {exc}") from exc
-        try:
-            yield conn
-        except sqlite3.Error as exc:
-            raise AuditError(f"cannot read the audit database {self.store.path}: {exc}") from exc
-        finally:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:  # pragma: no cover - nothing to undo in a read transaction
-                pass
 
     def _check_prune(
         self,
@@ -868,14 +866,7 @@ class Integrity:
             )
         elif report.unanchored:
             contradicted = any(d.kind in ("rewritten", "truncated") for d in report.damage)
-            ends = (
-                0
-                if contradicted
-                else conn.execute(
-                    "SELECT COUNT(*) FROM events WHERE kind = 'task_end' AND seq > ?",
-                    (report.anchored_seq,),
-                ).fetchone()[0]
-            )
+            ends = 0 if contradicted else count_after(conn, report.anchored_seq, task_ends=True)
             message = (
                 f"{plural(report.unanchored, 'event')} after seq {report.anchored_seq}"
                 f" {'is' if report.unanchored == 1 else 'are'} not anchored "
@@ -887,80 +878,6 @@ class Integrity:
                     "checkpoint file may have been cut, or a process died before writing it"
                 )
             report.notes.append(message)
-
-
-_TOLERANT_COLUMNS = ", ".join(
-    f"typeof({c}), CASE WHEN typeof({c}) = 'text' THEN CAST({c} AS BLOB) ELSE {c} END"
-    for c in (*HASHED_FIELDS, "prev_hash", "hash")
-)
-
-
-def _is_decode_error(exc: sqlite3.Error) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and "decode" in str(exc).lower()
-
-
-def _tolerant_row(conn: sqlite3.Connection, seq: int) -> tuple[Any, ...] | None:
-    """One event read without decoding its text: text that is not UTF-8 comes back as bytes
-    (which hash to nothing, so the row is reported as modified)."""
-    row = conn.execute(f"SELECT {_TOLERANT_COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
-    if row is None:
-        return None
-    values: list[Any] = []
-    for kind, value in zip(row[::2], row[1::2], strict=True):
-        if kind == "text" and isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                pass  # kept as bytes: a foreign value
-        values.append(value)
-    return tuple(values)
-
-
-def _event_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
-    """Every event in ``seq`` order, fast; a row whose text is not valid UTF-8 (which makes
-    sqlite3 abort the whole query) is read on its own and the scan resumes after it."""
-    last: int | None = None
-    while True:
-        if last is None:
-            cursor = conn.execute(f"{_SELECT_EVENTS} ORDER BY seq")
-        else:
-            cursor = conn.execute(f"{_SELECT_EVENTS} WHERE seq > ? ORDER BY seq", (last,))
-        row: tuple[Any, ...] | None = None
-        try:
-            for row in cursor:
-                yield row
-            return
-        except sqlite3.Error as exc:
-            if not _is_decode_error(exc):
-                raise
-        if row is not None:  # the last row read before the one that failed
-            last = row[0]
-        after = -(2**63) if last is None else last
-        found = conn.execute(
-            "SELECT seq FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (after,)
-        ).fetchone()
-        row = _tolerant_row(conn, found[0]) if found is not None else None
-        if row is None:  # pragma: no cover - the failing row vanished inside our snapshot
-            return
-        last = row[0]
-        yield row
-
-
-def _last_prune(conn: sqlite3.Connection) -> tuple[int | None, str] | None:
-    """The newest prune ``(before_seq, head_hash)``; ``(None, "")`` when it is unreadable."""
-    try:
-        row = conn.execute(
-            "SELECT before_seq, head_hash FROM prunes ORDER BY id DESC LIMIT 1"
-        ).fetchone()
-    except sqlite3.Error as exc:
-        if not _is_decode_error(exc):
-            raise
-        return None, ""
-    if row is None:
-        return None
-    if type(row[0]) is not int or not isinstance(row[1], str):
-        return None, ""
-    return row[0], row[1]
 
 
 class _SignatureChecker:

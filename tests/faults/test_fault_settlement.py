@@ -195,7 +195,7 @@ def test_a_settlement_that_raises_does_not_block_the_task_end(
     it, the end and revocation follow in the same transaction."""
     guard, t = setup
     tools.reported = 0.25
-    import toolguard.store.core as core
+    import toolguard.store.sqlite.core as core
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise fault

@@ -319,7 +319,7 @@ def test_fault_store_bounded_check_of_a_large_database(
 ) -> None:
     """Above the full-check size, the bounded check still reads the tables it covers and
     refuses a damaged page there (here: forced on a small database)."""
-    from toolguard.store import schema
+    from toolguard.store.sqlite import schema
 
     config = _trail_with_events(tmp_path)
     db = Path(config["store"])

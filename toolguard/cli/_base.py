@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,7 +31,7 @@ from ..audit import AuditLog
 from ..durations import parse_duration
 from ..errors import AuditError, ConfigError, ToolGuardError
 from ..keys import KeyRing, PublicKeys
-from ..store import Store
+from ..store import DEFAULT_DB, Store, StoreLocation, open_store, parse_store
 from ..text import printable
 from ..viewer import Viewer
 
@@ -63,7 +63,6 @@ EXIT_ERROR = 2
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-DEFAULT_DB = Path(".toolguard") / "audit.db"
 DEFAULT_CONFIG = Path("toolguard.yaml")
 """The config a command finds in the current folder when given no ``--config``."""
 CONFIG_ENV = "TOOLGUARD_CONFIG"
@@ -225,10 +224,11 @@ def db_options(f: _F) -> _F:
     f = click.option(
         "--db",
         "db_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="The audit database (default: the config's store, else $TOOLGUARD_DB, else "
-        "./.toolguard/audit.db). Without --config, only this database is used (no config is "
-        "looked for).",
+        metavar="PATH|URL",
+        help="The audit database: a SQLite file (a path or sqlite:///path) or a PostgreSQL "
+        "server (postgresql://user:password@host:port/dbname). Default: the config's store, "
+        "else $TOOLGUARD_DB, else ./.toolguard/audit.db. Without --config, only this database "
+        "is used (no config is looked for).",
     )(f)
     return f
 
@@ -321,18 +321,19 @@ def _load(config_path: Path | None) -> GuardConfig | None:
     return load_config(path)
 
 
-def resolve_db(db_path: Path | None, config: GuardConfig | None) -> Path:
+def resolve_db(db_path: str | None, config: GuardConfig | None) -> StoreLocation:
     """``--db``, else the config's store (the config from ``--config``, ``$TOOLGUARD_CONFIG``
-    or ``./toolguard.yaml``), else ``$TOOLGUARD_DB``, else the default."""
+    or ``./toolguard.yaml``), else ``$TOOLGUARD_DB``, else the default. A URL of a scheme
+    toolguard does not support is a :class:`ConfigError` (never a file named after it)."""
     if db_path is not None:
-        return db_path
+        return parse_store(db_path)
     if config is not None:
-        return config.store_path
+        return config.store_location
     env = os.environ.get("TOOLGUARD_DB")
-    return Path(env) if env else DEFAULT_DB
+    return parse_store(env if env else DEFAULT_DB)
 
 
-def _db_source(db_path: Path | None, config: GuardConfig | None) -> str:
+def _db_source(db_path: str | None, config: GuardConfig | None) -> str:
     """Where the database path came from, and what to do when nothing is there."""
     if db_path is not None:
         return "check the path given with --db"
@@ -346,11 +347,12 @@ def _db_source(db_path: Path | None, config: GuardConfig | None) -> str:
     return "pass --db PATH or --config FILE, or set TOOLGUARD_DB"
 
 
-def _checked_store(path: Path, obj: CliContext, source: str = "") -> Store:
+def _checked_store(location: StoreLocation, obj: CliContext, source: str = "") -> Store:
     """A read-only store, refused with a clean error when missing or not toolguard's."""
-    if not path.exists():
+    path = location.display
+    if location.path is not None and not location.path.exists():
         raise CliError(f"no audit database at {path}" + (f"; {source}" if source else ""))
-    store = Store(path, readonly=True, clock=obj.clock)
+    store = open_store(location, readonly=True, clock=obj.clock)
     try:
         store.open()
     except AuditError as exc:
@@ -369,30 +371,34 @@ def _checked_store(path: Path, obj: CliContext, source: str = "") -> Store:
 
 @contextmanager
 def _log(
-    db_path: Path | None,
+    db_path: str | None,
     config: GuardConfig | None,
     *,
     write: bool = False,
     create: bool = False,
     keys: KeyRing | PublicKeys | None = None,
     checkpoints: Path | None = None,
+    also_checkpoints: Sequence[Path] = (),
 ) -> Iterator[AuditLog]:
     """The audit log of the command's database; ``write`` opens it writable (after checking
     it is a toolguard trail: a writable store would create or migrate the file), ``create``
     (with ``write``) starts a missing database anew instead of refusing it."""
     obj = _obj()
-    path = resolve_db(db_path, config)
-    if write and create and not path.exists():
-        store = Store(path, clock=obj.clock)
+    location = resolve_db(db_path, config)
+    path = location.display
+    if write and create and location.path is not None and not location.path.exists():
+        store = open_store(location, clock=obj.clock)
     else:
-        store = _checked_store(path, obj, _db_source(db_path, config))
+        store = _checked_store(location, obj, _db_source(db_path, config))
         if write:
             store.close()
-            store = Store(path, clock=obj.clock)
+            store = open_store(location, clock=obj.clock)
     if checkpoints is None and config is not None and db_path is None:
         checkpoints = config.checkpoints_path
+    elif checkpoints is None and location.is_postgres:
+        checkpoints = location.default_checkpoints()
     try:
-        yield AuditLog(store, keys=keys, checkpoints=checkpoints)
+        yield AuditLog(store, keys=keys, checkpoints=checkpoints, also_checkpoints=also_checkpoints)
     except sqlite3.Error as exc:  # a last resort: the store wraps its own errors
         raise AuditError(f"the audit database {path} could not be read: {exc}") from exc
     finally:

@@ -33,10 +33,13 @@ from ._base import (
     find_config,
     json_option,
     main,
+    resolve_db,
 )
 
 __all__ = [
     "check_cmd",
+    "db_group",
+    "db_migrate",
     "enable_cmd",
     "key_options",
     "keys_create",
@@ -73,7 +76,7 @@ __all__ = [
 )
 @json_option
 def revoke_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     task: str | None,
     identity: str | None,
@@ -136,7 +139,7 @@ def revoke_cmd(
 )
 @json_option
 def enable_cmd(
-    identity: str, db_path: Path | None, config_path: Path | None, reason: str, as_json: bool
+    identity: str, db_path: str | None, config_path: Path | None, reason: str, as_json: bool
 ) -> None:
     """Let IDENTITY start tasks again after `toolguard revoke --identity --disable`.
 
@@ -367,3 +370,33 @@ def check_cmd(
             )
     if failed:
         click.get_current_context().exit(EXIT_FINDINGS)
+
+
+# -- db -----------------------------------------------------------------------------------------
+
+
+@main.group("db", cls=_Group)
+def db_group() -> None:
+    """The audit database itself."""
+
+
+@db_group.command("migrate")
+@db_options
+@json_option
+def db_migrate(db_path: str | None, config_path: Path | None, as_json: bool) -> None:
+    """Create the store's tables, or bring them to this version's schema (guards do this by
+    themselves when they may; run it with a role that may create tables when they may not)."""
+    from ..store import SCHEMA_VERSION, open_store
+
+    config = _load(config_path)
+    location = resolve_db(db_path, config)
+    store = open_store(location, clock=_obj().clock)
+    try:
+        store.open()
+    finally:
+        store.close()
+    viewer = _obj().viewer()
+    if as_json:
+        viewer.json({"store": location.display, "schema_version": SCHEMA_VERSION})
+    else:
+        viewer.line(f"{location.display}: schema version {SCHEMA_VERSION}")

@@ -70,7 +70,7 @@ def _one(records: list[ApprovalRecord], given: str, path: Path) -> ApprovalRecor
 @db_options
 @click.option("--all", "show_all", is_flag=True, help="Decided and expired requests too.")
 @json_option
-def list_cmd(db_path: Path | None, config_path: Path | None, show_all: bool, as_json: bool) -> None:
+def list_cmd(db_path: str | None, config_path: Path | None, show_all: bool, as_json: bool) -> None:
     """The requests awaiting a decision (oldest first, with their age), or every one."""
     obj = _obj()
     config = _load(config_path)
@@ -90,9 +90,7 @@ def list_cmd(db_path: Path | None, config_path: Path | None, show_all: bool, as_
 @click.argument("request_id")
 @db_options
 @json_option
-def show_cmd(
-    request_id: str, db_path: Path | None, config_path: Path | None, as_json: bool
-) -> None:
+def show_cmd(request_id: str, db_path: str | None, config_path: Path | None, as_json: bool) -> None:
     """One request: the held call, why, its digest, and its decision."""
     obj = _obj()
     config = _load(config_path)
@@ -107,7 +105,7 @@ def show_cmd(
 
 
 def _decide(
-    request_id: str, db_path: Path | None, config_path: Path | None, *, approved: bool,
+    request_id: str, db_path: str | None, config_path: Path | None, *, approved: bool,
     by: str, note: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     try:
@@ -153,7 +151,7 @@ def _decide(
 @click.option("--note", help="Why (recorded in the trail).")
 @json_option
 def approve_cmd(
-    request_id: str, db_path: Path | None, config_path: Path | None, by: str,
+    request_id: str, db_path: str | None, config_path: Path | None, by: str,
     note: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Approve REQUEST_ID (an id or a unique prefix): the held call runs, once."""
@@ -167,7 +165,7 @@ def approve_cmd(
 @click.option("--note", help="Why (recorded in the trail; the agent reads it).")
 @json_option
 def reject_cmd(
-    request_id: str, db_path: Path | None, config_path: Path | None, by: str,
+    request_id: str, db_path: str | None, config_path: Path | None, by: str,
     note: str | None, as_json: bool,
 ) -> None:  # fmt: skip
     """Reject REQUEST_ID (an id or a unique prefix): the held call is denied."""

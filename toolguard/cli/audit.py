@@ -99,7 +99,7 @@ def _check_value(
     instead of answering "no tasks match"."""
     if value is None or value in known:
         return
-    from ..store.queries import event_kind_used, task_status_used
+    from ..store.sqlite.queries import event_kind_used, task_status_used
 
     used = task_status_used if option == "--status" else event_kind_used
     if used(log.store, value):
@@ -131,7 +131,7 @@ def _check_value(
 )
 @json_option
 def tasks_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     identity: str | None,
     tool: str | None,
@@ -174,7 +174,7 @@ def tasks_cmd(
 @click.argument("task_id")
 @db_options
 @json_option
-def show_cmd(task_id: str, db_path: Path | None, config_path: Path | None, as_json: bool) -> None:
+def show_cmd(task_id: str, db_path: str | None, config_path: Path | None, as_json: bool) -> None:
     """Show the timeline of one task (TASK_ID: an id or a unique prefix).
 
     One line per event: start, each call with its decision, operation, resources, credential
@@ -229,7 +229,7 @@ def show_cmd(task_id: str, db_path: Path | None, config_path: Path | None, as_js
 )
 @json_option
 def tail_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     identity: str | None,
     tool: str | None,
@@ -306,7 +306,7 @@ def tail_cmd(
 )
 @json_option
 def denied_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     identity: str | None,
     tool: str | None,
@@ -385,7 +385,7 @@ def denied_cmd(
 )
 @json_option
 def summary_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     by: str | None,
     since: float,
@@ -445,14 +445,16 @@ def summary_cmd(
 @click.option(
     "--checkpoints",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The checkpoint file (default: the config's, else <db>.checkpoints).",
+    multiple=True,
+    help="A checkpoint file (default: the config's, else <db>.checkpoints). Repeat it for a "
+    "PostgreSQL store written by several hosts: one file per host.",
 )
 @json_option
 def verify_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     jwks: Path | None,
-    checkpoints: Path | None,
+    checkpoints: tuple[Path, ...],
     as_json: bool,
 ) -> None:
     """Recompute the hash chain and check it against the signed checkpoints.
@@ -465,7 +467,11 @@ def verify_cmd(
         keys = PublicKeys.from_jwks(jwks)
     elif config is not None:
         keys = _config_keys(config)
-    with _log(db_path, config, keys=keys, checkpoints=checkpoints) as log:
+    files = list(checkpoints)
+    if not files and config is not None and config.checkpoints:
+        files = [config.checkpoints_path]  # the config's checkpoints:, with --db too
+    first = files[0] if files else None
+    with _log(db_path, config, keys=keys, checkpoints=first, also_checkpoints=files[1:]) as log:
         report = log.verify()
     viewer = _obj().viewer()
     if as_json:
@@ -507,7 +513,7 @@ def verify_cmd(
 )
 @json_option
 def acknowledge_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     truncated: bool,
     key_change: bool,
@@ -598,7 +604,7 @@ def _output(path: Path | None) -> Iterator[IO[str]]:
 )
 @json_option
 def export_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     fmt: str,
     output: Path | None,
@@ -680,7 +686,7 @@ def export_cmd(
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
 def prune_cmd(
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     before: float,
     key_file: Path | None,
@@ -744,7 +750,7 @@ def prune_cmd(
 @json_option
 def replay_cmd(
     config_path: Path | None,
-    db_path: Path | None,
+    db_path: str | None,
     since: float,
     until: float | None,
     intent: str | None,

@@ -40,7 +40,7 @@ def match_args_cmd(
     seq: int,
     args_text: str,
     key_file: Path | None,
-    db_path: Path | None,
+    db_path: str | None,
     config_path: Path | None,
     as_json: bool,
 ) -> None:

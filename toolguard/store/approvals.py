@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AuditError
 
 if TYPE_CHECKING:
-    from .core import Store
+    from .sqlite.core import Store
 
 __all__ = [
     "APPROVAL_KINDS",

@@ -40,7 +40,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, cast
 
 from starlette.exceptions import HTTPException
@@ -58,7 +57,7 @@ from toolguard.errors import (
     ScopeMismatch,
 )
 from toolguard.keys import PublicKeys
-from toolguard.store import Store
+from toolguard.store import open_store, parse_store
 from toolguard.text import PLACEHOLDER
 
 from .feed import FeedError, RevocationFeed, revocation_app, revocation_app_from_config
@@ -102,7 +101,9 @@ def verifier_from(
     clock: Callable[[], float] = time.time,
 ) -> Verifier:
     """A :class:`toolguard.Verifier` from the issuer's JWKS and a revocation source: the audit
-    store's path (``store=``) or the URL of a revocation feed (``feed=``); exactly one.
+    store (``store=``: a SQLite path or ``sqlite:///`` URL, or
+    ``postgresql://user:password@host:port/dbname``) or the URL of a revocation feed
+    (``feed=``); exactly one.
 
     ``jwks`` is a JWKS document or the path of a JSON file holding one (public keys only);
     ``algorithms`` defaults to those of its keys. With ``store``, revocations are read through a
@@ -142,8 +143,11 @@ def verifier_from(
         )  # fmt: skip
     else:
         assert store is not None
-        path = Path(os.fspath(store))
-        revocations = StoreRevocations(Store(path, readonly=True, busy_timeout=busy_timeout))
+        # a path or sqlite:/// URL (SQLite), or postgresql://... (ConfigError for other schemes)
+        location = parse_store(store)
+        revocations = StoreRevocations(
+            open_store(location, readonly=True, busy_timeout=busy_timeout)
+        )
     return Verifier(
         issuer=issuer,
         audience=audience,

@@ -74,7 +74,7 @@ from toolguard.keys import (
     verify_signature,
 )
 from toolguard.numbers import is_finite_number
-from toolguard.store import Store
+from toolguard.store import Store, StoreLocation, open_store
 
 __all__ = [
     "FEED_MEDIA_TYPE",
@@ -224,7 +224,7 @@ class _Publisher:
 
 def revocation_app(
     *,
-    store: Store | str | os.PathLike[str],
+    store: Store | StoreLocation | str | os.PathLike[str],
     keys: KeyRing,
     issuer: str,
     secret: str | None = None,
@@ -253,8 +253,8 @@ def revocation_app(
     if not isinstance(issuer, str) or not issuer:
         raise ConfigError("issuer must be the issuer's name, a non-empty string")
     expected = None if secret is None else _check_secret(secret).encode()
-    if not isinstance(store, Store):
-        store = Store(os.fspath(store), readonly=True, busy_timeout=busy_timeout)
+    if not isinstance(store, Store):  # a path, sqlite:/// or postgresql:// (parse_store)
+        store = open_store(store, readonly=True, busy_timeout=busy_timeout)
     publisher = _Publisher(store, keys, issuer, clock)
     jwks = keys.jwks()
 
@@ -329,7 +329,7 @@ def revocation_app_from_config(
     else:
         keys = KeyRing.load(cfg.resolve_path(issuer.key_file), create=False)
     return revocation_app(
-        store=cfg.store_path, keys=keys, issuer=issuer.name, secret=secret,
+        store=cfg.store_location, keys=keys, issuer=issuer.name, secret=secret,
         busy_timeout=busy_timeout,
     )  # fmt: skip
 

@@ -22,8 +22,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..budget import DAY_SECONDS, day_start
-from ..errors import AuditError
+from ...budget import DAY_SECONDS, day_start
+from ...errors import AuditError
 
 if TYPE_CHECKING:
     from .core import Store

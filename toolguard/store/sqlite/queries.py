@@ -3,7 +3,7 @@
 Every SQL string the audit module and the viewer need lives here, behind a named method. Column
 names are never taken from the caller: filters and grouping keys are looked up in fixed maps,
 and every value is a bound parameter. Each query is shaped to use an index of
-:mod:`toolguard.store.schema` (a task's timeline: ``events(task_id, seq)``; time ranges:
+:mod:`toolguard.store.sqlite.schema` (a task's timeline: ``events(task_id, seq)``; time ranges:
 ``events(ts)`` and ``tasks(started_at)``; denials: the partial index on ``kind = 'denied'``;
 identities: ``tasks(identity, started_at)``), so the viewer stays fast at millions of rows.
 Filters outside those (``identity`` or ``tool`` on events without a time range) scan.
@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..chain import EVENT_FIELDS
-from ..errors import AuditError
+from ...chain import EVENT_FIELDS
+from ...errors import AuditError
 
 __all__ = [
     "EVENT_FILTERS",
@@ -144,7 +144,7 @@ class Queries:
     def task_spent(self, task_id: str, labels: Sequence[str]) -> dict[str, int]:
         """What a task and its delegated tasks spent of each budget in ``labels``
         (``max_calls``, ``per_tool.kv_set``, ...), in budget units, counted from the trail as
-        the guard counts it (:func:`toolguard.store.tasks.spent_from_trail`), in one read."""
+        the guard counts it (:func:`toolguard.store.sqlite.tasks.spent_from_trail`), in one read."""
         from .tasks import spent_on, trail_calls
 
         try:
@@ -314,6 +314,32 @@ class Queries:
             " GROUP BY t.task_id ORDER BY t.started_at DESC, t.task_id"
         )
         return self.query(sql, params)
+
+    def recent_revocations(self, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` revocations in ``[since, until)``, newest first, without the
+        routine revocations of task ends (``by`` ``task-end``)."""
+        return self.query(
+            # trails written before 2026-12-05 may hold a task's row twice: one per revocation
+            "SELECT scope, value, reason, ts, by FROM revocations"
+            " WHERE COALESCE(by, '') != 'task-end' AND ts >= ? AND ts < ?"
+            " GROUP BY scope, value, reason, ts, by ORDER BY ts DESC, MAX(id) DESC LIMIT ?",
+            [since, until, _limit(limit)],
+        )
+
+    def child_rows(self, task_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """``task_id`` and ``parent_id`` of the children of ``task_ids`` (at most ~500 at a
+        time: one bound parameter each), oldest first."""
+        return self.query(
+            "SELECT task_id, parent_id FROM tasks WHERE parent_id IN"
+            f" ({', '.join('?' * len(task_ids))}) ORDER BY started_at, task_id",
+            list(task_ids),
+        )
+
+    def disabled_identity_rows(self) -> list[dict[str, Any]]:
+        """The identities disabled now (``identity``, ``reason``, ``ts``), by name."""
+        return self.query(
+            "SELECT identity, reason, ts FROM identity_state WHERE disabled = 1 ORDER BY identity"
+        )
 
     def known_identities(self) -> list[str]:
         """Every identity that ever started a task (the ``tasks(identity, ...)`` index)."""

@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from ..budget import COST_RESOLUTION, Spend, to_units
+from ...budget import COST_RESOLUTION, Spend, to_units
 
 __all__ = ["TaskBudgets", "TaskCheck", "spent_from_trail", "spent_on", "trail_calls"]
 

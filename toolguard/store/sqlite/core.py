@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..budget import Settlement, Spend
-from ..chain import GENESIS, HASHED_FIELDS, row_values, values_hash
-from ..errors import AuditError, BudgetExceeded, PolicyDenied
-from ..numbers import MAX_COST, is_finite_number, is_timestamp
+from ...budget import Settlement, Spend
+from ...chain import GENESIS, HASHED_FIELDS, row_values, values_hash
+from ...errors import AuditError, BudgetExceeded, PolicyDenied
+from ...numbers import MAX_COST, is_finite_number, is_timestamp
 from .budgets import INSERT_TALLY, Anomaly, Charge, charge, settle
 from .queries import Queries
 from .schema import check_pages, create_schema
@@ -340,6 +340,10 @@ class Store(Queries):
                     pass
         self._local = _Local()
 
+    def default_checkpoints(self) -> Path:
+        """Where this store's signed checkpoints go when none are configured."""
+        return Path(f"{self.path}.checkpoints")
+
     def open(self) -> Store:
         """Open (and create or migrate) the database now rather than on first use."""
         _ = self.conn
@@ -567,7 +571,7 @@ class Store(Queries):
             self._write_outcome(conn, item)
 
     def _write_outcome(self, conn: sqlite3.Connection, item: PendingOutcome) -> None:
-        if item.settle:  # task counters and the identity's cost (toolguard.store.budgets)
+        if item.settle:  # task counters and the identity's cost (toolguard.store.sqlite.budgets)
             for _spend, _period, delta in item.settle:
                 if not is_finite_number(delta) or abs(delta) > MAX_COST:
                     raise ValueError(f"a settlement of {delta!r} is not a finite cost")
@@ -731,7 +735,8 @@ class Store(Queries):
         spends: each is charged too (a savepoint undoes every spend if one of them refuses).
 
         Every budget scope is checked and spent here, atomically with the ``request`` event
-        (:class:`toolguard.store.budgets.Charge`). Returns a :class:`Denial` (already audited,
+        (:class:`toolguard.store.sqlite.budgets.Charge`). Returns a :class:`Denial` (already
+        audited,
         nothing spent) when a revocation or a budget refuses. When the identity's attempted
         calls pass its ``on_anomaly`` threshold the identity is revoked in this same
         transaction (its active tasks end, verifiers reject its credentials) and the call is

@@ -4,7 +4,7 @@
 Amounts are whole numbers of micro-units (:data:`~toolguard.budget.COST_RESOLUTION`) and
 compared as such, so a sum of costs never drifts (``100 x 0.01`` is exactly ``1.00``).
 
-A task's budget is its trail, counted in :mod:`toolguard.store.tasks`.
+A task's budget is its trail, counted in :mod:`toolguard.store.sqlite.tasks`.
 
 The identity's limits are shared by every process using the database, so their state is in
 the database; a restarted process finds them spent.
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..budget import (
+from ...budget import (
     COST_RESOLUTION,
     DAY_SECONDS,
     ROLLING_WINDOW,
@@ -53,11 +53,11 @@ from ..budget import (
     task_slots,
     to_units,
 )
-from ..errors import BudgetExceeded
+from ...errors import BudgetExceeded
 from .tasks import TaskBudgets, TaskCheck, spent_on, trail_calls
 
 if TYPE_CHECKING:  # annotations only: the store (and the CLI) need not import pydantic
-    from ..config import Budget
+    from ...config import Budget
 
 __all__ = ["INSERT_TALLY", "Anomaly", "Charge", "charge", "settle", "usage"]
 

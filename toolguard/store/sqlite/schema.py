@@ -9,16 +9,22 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from ..chain import HASHED_FIELDS, REAL_FIELDS
-from ..errors import AuditError
+from ...chain import HASHED_FIELDS, REAL_FIELDS
+from ...errors import AuditError
 
-__all__ = ["FULL_CHECK_MAX_BYTES", "SCHEMA_VERSION", "check_pages", "create_schema"]
+__all__ = [
+    "APPROVALS_INDEX",
+    "FULL_CHECK_MAX_BYTES",
+    "SCHEMA_VERSION",
+    "check_pages",
+    "create_schema",
+]
 
 SCHEMA_VERSION = 4
 """1: the first layout. 2: no ``rate_events`` table (never used); no budget rows per task (a
 task's budget is its trail); an identity's admission log is the ``tally`` of its
 ``credentials`` rows (one row per allowed call, keyed by identity and tally), see
-:mod:`toolguard.store.budgets`. 3: ``tasks.tainted`` (1 when a queued outcome of the task
+:mod:`toolguard.store.sqlite.budgets`. 3: ``tasks.tainted`` (1 when a queued outcome of the task
 could be written only without its settlement, see docs/budgets.md). 4: the partial index
 ``idx_events_approvals`` (the approval queue, see :mod:`toolguard.store.approvals`)."""
 
@@ -29,8 +35,8 @@ _CREDENTIALS = (
 )
 """One row per allowed call (ids and expiry, never tokens). ``tally`` orders an identity's rows:
 ``t<time µs>:<row>:<calls>:<writes>:<deletes>:<cost>`` when the identity has limits (its
-admission log: running totals, see :mod:`toolguard.store.budgets`; rows with no ``jti`` are log
-entries only: the anchor, a settled cost, a call that did not run), else ``j<jti>``."""
+admission log: running totals, see :mod:`toolguard.store.sqlite.budgets`; rows with no ``jti``
+are log entries only: the anchor, a settled cost, a call that did not run), else ``j<jti>``."""
 
 
 def _to_v2(conn: sqlite3.Connection) -> None:
@@ -58,14 +64,15 @@ def _to_v3(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE tasks ADD COLUMN tainted INTEGER DEFAULT 0")
 
 
-_APPROVALS_INDEX = (
+APPROVALS_INDEX = (
     "CREATE INDEX idx_events_approvals ON events (seq) WHERE kind IN"
     " ('approval_requested', 'approved', 'rejected', 'approval_expired')"
 )
+"""The partial index of the approval queue (schema 4); the PostgreSQL schema has it too."""
 
 
 def _to_v4(conn: sqlite3.Connection) -> None:
-    conn.execute(_APPROVALS_INDEX.replace("INDEX", "INDEX IF NOT EXISTS", 1))
+    conn.execute(APPROVALS_INDEX.replace("INDEX", "INDEX IF NOT EXISTS", 1))
 
 
 _MIGRATIONS = {1: _to_v2, 2: _to_v3, 3: _to_v4}
@@ -200,7 +207,7 @@ _CREATE = (
     _index("events", "task_id", "seq"),
     _index("events", "ts"),
     "CREATE INDEX idx_events_denied ON events (seq) WHERE kind = 'denied'",
-    _APPROVALS_INDEX,
+    APPROVALS_INDEX,
     _CREDENTIALS,
     _table(
         "revocations",

@@ -1,0 +1,218 @@
+"""The PostgreSQL store: per-call overhead beside SQLite's, and fleet throughput.
+
+- ``overhead``: a bare LangChain tool against the same tool guarded with the store on SQLite
+  (a file, WAL) and on a local PostgreSQL (one database), median and p99 per call;
+- ``fleet``: 1, 2, 4 and 8 writer processes (each its own guard, as hosts are), each calling a
+  guarded tool in a loop for ``--seconds`` with identity limits (``requests_per_minute``,
+  ``requests_per_day``) set high enough never to trip, so every call spends exact budgets:
+  guarded calls/s of the fleet, p50/p99 latency of one call.
+
+The server: ``--url`` (or ``$TOOLGUARD_BENCH_PG``), else a throwaway cluster started with the
+machine's PostgreSQL binaries (``fsync=off``: the commit rate of a server whose WAL sits on
+fast storage; say which in a report).
+
+    python benchmarks/bench_postgres.py [--url URL] [--calls 2000] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from langchain_core.tools import tool
+
+import toolguard as tg
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "postgres.json"
+KEY = "agents:jobs:42:input"
+
+
+@tool("kv_get")
+def kv_get(key: str) -> str:
+    """Read the value stored under a key."""
+    return f"value of {key}"
+
+
+def _config(workdir: Path, store: str, name: str) -> dict[str, Any]:
+    return {
+        "store": store,
+        "checkpoints": str(workdir / f"{name}.checkpoints"),
+        "issuer": {"name": "bench", "audience": "kv", "key_file": str(workdir / "key.pem")},
+        "identities": {
+            "bench": {
+                "allow": {"read": ["agents:*"]},
+                "limits": {"requests_per_minute": 10**9, "requests_per_day": 10**9},
+            }
+        },
+        "tools": {"kv_get": {"operation": "read", "resource": "{key}"}},
+        "intents": {"read-job": {"identity": "bench", "tools": ["kv_get"], "ttl": "1h"}},
+    }
+
+
+def _start_cluster() -> tuple[str, Path]:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise SystemExit("no PostgreSQL binaries: pass --url or set TOOLGUARD_BENCH_PG")
+    bindir = Path(found[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="toolguard-bench-pg-"))
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if prefix:
+        shutil.chown(data, "postgres", "postgres")
+    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data / "d"), "-A", "trust",
+                    "-U", "postgres", "--no-sync"], check=True, capture_output=True)  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data / "d"), "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+                    " -c max_connections=200", "-l", str(data / "log"), "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres", data
+
+
+def _stop_cluster(data: Path) -> None:
+    bindir = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1]).parent
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data / "d"), "-m", "immediate",
+                    "stop"], capture_output=True)  # fmt: skip
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def _new_db(base: str) -> str:
+    name = "bench_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def _pcts(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
+    return {
+        "p50_us": round(statistics.median(times) * 1e6, 1),
+        "p99_us": round(times[int(len(times) * 0.99) - 1] * 1e6, 1),
+    }
+
+
+def overhead(base: str, workdir: Path, calls: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    bare = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        kv_get.invoke({"key": KEY})
+        bare.append(time.perf_counter() - t)
+    out["bare"] = _pcts(bare)
+    for name, store in (("sqlite", str(workdir / "o.db")), ("postgres", _new_db(base))):
+        guard = tg.Guard(_config(workdir, store, f"overhead-{name}"))
+        guarded = tg.guard(kv_get, guard)
+        times = []
+        with guard.task("read-job"):
+            for _ in range(50):
+                guarded.invoke({"key": KEY})  # warm: connections, prepared statements
+            for _ in range(calls):
+                t = time.perf_counter()
+                guarded.invoke({"key": KEY})
+                times.append(time.perf_counter() - t)
+        guard.close()
+        out[name] = _pcts(times)
+    for name in ("sqlite", "postgres"):
+        out[name]["overhead_p50_us"] = round(out[name]["p50_us"] - out["bare"]["p50_us"], 1)
+    return out
+
+
+def _writer(
+    url: str, workdir: str, name: str, seconds: float, ready: Any, go: Any, out: Any
+) -> None:
+    guard = tg.Guard(_config(Path(workdir), url, name))
+    guarded = tg.guard(kv_get, guard)
+    times: list[float] = []
+    errors = 0
+    with guard.task("read-job"):
+        guarded.invoke({"key": KEY})  # connected before the clock starts
+        ready.put(name)
+        go.wait()
+        end = time.time() + seconds
+        while (t := time.perf_counter()) and time.time() < end:
+            try:
+                guarded.invoke({"key": KEY})
+            except tg.AuditError:
+                errors += 1
+            times.append(time.perf_counter() - t)
+    guard.close()
+    out.put((times, errors))
+
+
+def fleet(base: str, workdir: Path, seconds: float, writers: list[int]) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    for n in writers:
+        url = _new_db(base)
+        tg.Guard(_config(workdir, url, "setup")).close()  # schema and key first
+        out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+        procs = [
+            ctx.Process(
+                target=_writer, args=(url, str(workdir), f"w{n}-{i}", seconds, ready, go, out)
+            )
+            for i in range(n)
+        ]
+        for p in procs:
+            p.start()
+        for _ in procs:  # every writer connected and warm
+            ready.get(timeout=120)
+        go.set()
+        results = [out.get(timeout=seconds + 120) for _ in procs]
+        for p in procs:
+            p.join()
+        times = [t for r in results for t in r[0]]
+        rows.append({
+            "writers": n,
+            "calls_per_s": round(len(times) / seconds),
+            **_pcts(times),
+            "audit_errors": sum(r[1] for r in results),
+        })  # fmt: skip
+        print(f"  {n} writers: {rows[-1]}", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("TOOLGUARD_BENCH_PG"))
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--writers", default="1,2,4,8")
+    args = parser.parse_args()
+    cluster = None
+    base = args.url
+    if not base:
+        base, cluster = _start_cluster()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            print("per call (µs):", flush=True)
+            over = overhead(base, workdir, args.calls)
+            for name, row in over.items():
+                print(f"  {name}: {row}")
+            print("fleet:", flush=True)
+            rows = fleet(base, workdir, args.seconds, [int(w) for w in args.writers.split(",")])
+    finally:
+        if cluster is not None:
+            _stop_cluster(cluster)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({"overhead": over, "fleet": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

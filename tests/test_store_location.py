@@ -1,0 +1,127 @@
+"""Which store a string names (toolguard/location.py): SQLite paths and URLs, PostgreSQL URLs,
+and a ConfigError for anything else; a password never shows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import make_config
+
+import toolguard as tg
+from toolguard.cli import main
+from toolguard.errors import ConfigError, MissingDependency
+from toolguard.location import parse_store, redact_url
+
+SECRET = "s3cr3t-pw"
+
+
+@pytest.mark.parametrize(
+    ("given", "backend", "path"),
+    [
+        ("audit.db", "sqlite", "base/audit.db"),
+        ("/abs/audit.db", "sqlite", "/abs/audit.db"),
+        ("sqlite:///rel/audit.db", "sqlite", "base/rel/audit.db"),
+        ("sqlite:////abs/audit.db", "sqlite", "/abs/audit.db"),
+        ("C:\\trails\\audit.db", "sqlite", "base/C:\\trails\\audit.db"),
+        (f"postgresql://tg:{SECRET}@db.internal:5432/trail", "postgresql", None),
+        (f"postgres://tg:{SECRET}@db.internal/trail", "postgresql", None),
+    ],
+)
+def test_a_store_string_selects_its_backend(given: str, backend: str, path: str | None) -> None:
+    location = parse_store(given, base="base")
+    assert location.backend == backend
+    assert (str(location.path) if location.path else None) == path
+    if backend == "postgresql":
+        assert location.url == given
+        assert SECRET not in str(location) and SECRET not in repr(location)
+        assert "tg:***@db.internal" in location.display
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        f"mysql://tg:{SECRET}@db/trail",
+        f"http://tg:{SECRET}@db/trail",
+        f"postgresql:/tg:{SECRET}@db/trail",  # a URL without //: not a file either
+        "sqlite://host/audit.db",
+        "sqlite:///",
+        "",
+    ],
+)
+def test_an_unsupported_store_is_a_config_error_without_the_password(given: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_store(given)
+    assert SECRET not in str(info.value)
+
+
+def test_a_password_in_the_query_is_redacted_too() -> None:
+    shown = redact_url(f"postgresql://db/trail?user=tg&password={SECRET}")
+    assert SECRET not in shown and "password=***" in shown
+
+
+def test_a_postgresql_url_no_longer_becomes_a_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"postgresql://tg:{SECRET}@127.0.0.1:1/trail"
+    config = make_config(tmp_path, store=url, busy_timeout="0.5s")
+    guard = tg.Guard(config)
+    try:
+        with pytest.raises(tg.AuditError) as info:
+            guard.task("process-job", job_id="1").start()
+    finally:
+        guard.close()
+    assert SECRET not in str(info.value) and "127.0.0.1:1/trail" in str(info.value)
+    assert SECRET not in repr(guard.config)
+    # nothing named after the URL, anywhere under the working folder
+    assert not [p for p in tmp_path.rglob("*") if "postgresql" in p.name or "trail" in p.name]
+
+
+def test_an_unsupported_scheme_in_the_config_is_refused_at_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        tg.Guard(make_config(tmp_path, store=f"mysql://tg:{SECRET}@db/trail"))
+    assert "mysql" in str(info.value) and SECRET not in str(info.value)
+    assert not list(tmp_path.glob("*trail*"))
+
+
+@pytest.mark.slow  # the unreachable server: connecting is retried for busy_timeout (5 s)
+def test_the_cli_takes_urls_and_never_prints_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    bad = CliRunner().invoke(main, ["audit", "tasks", "--db", f"mysql://tg:{SECRET}@db/x"])
+    assert bad.exit_code == 2 and "mysql" in bad.output and SECRET not in bad.output
+    monkeypatch.setenv("TOOLGUARD_DB", f"ftp://tg:{SECRET}@db/x")
+    env = CliRunner().invoke(main, ["audit", "tasks"])
+    assert env.exit_code == 2 and "ftp" in env.output and SECRET not in env.output
+    monkeypatch.delenv("TOOLGUARD_DB")
+    gone = CliRunner().invoke(
+        main, ["audit", "tasks", "--db", f"postgresql://tg:{SECRET}@127.0.0.1:1/x"]
+    )
+    assert gone.exit_code != 0 and SECRET not in gone.output
+    assert not list(tmp_path.iterdir())  # no file named after either URL
+
+
+def test_a_sqlite_url_works_on_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    guard = tg.Guard(make_config(tmp_path))
+    with guard.task("process-job", job_id="1"):
+        pass
+    guard.close()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["audit", "tasks", "--db", "sqlite:///audit.db"])
+    assert result.exit_code == 0, result.output
+    assert "process-job" in result.output
+
+
+def test_without_psycopg_a_postgresql_store_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [m for m in sys.modules if m.startswith("toolguard.store.postgres")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(MissingDependency) as info:
+        tg.Guard(make_config(tmp_path, store="postgresql://tg@127.0.0.1/trail"))
+    assert 'pip install "agent-toolguard[postgres]"' in str(info.value)

@@ -1,0 +1,341 @@
+"""The PostgreSQL store on a real server (tests/pg_cluster.py): several hosts on one database,
+revocation seen at once, verify, and failing closed. The backend-independent tests run on
+both stores through ``make_guard`` (tests/conftest.py, BOTH_BACKENDS)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from conftest import BASE_CONFIG, make_config
+from pg_cluster import Cluster
+from toolguard_starlette import verifier_from
+
+import toolguard as tg
+from toolguard.cli import main
+from toolguard.store import SCHEMA_VERSION
+from toolguard.store.postgres.connection import WRITER_LOCK
+
+pytestmark = pytest.mark.postgres
+
+OUT = "agents:jobs:42:out"
+JOB = "agents:jobs:42:in"
+
+
+def _config(tmp_path: Path, url: str, host: str = "a", **overrides: Any) -> dict[str, Any]:
+    """A guard of ``host`` on the database at ``url``: its own checkpoints file, one key."""
+    identities = {
+        **BASE_CONFIG["identities"],
+        "agent-runner": {
+            **BASE_CONFIG["identities"]["agent-runner"],
+            "limits": {"writes_per_minute": 10, "requests_per_day": 100_000},
+        },
+        "summariser": {**BASE_CONFIG["identities"]["summariser"],
+                       "limits": {"requests_per_day": 25}},
+    }  # fmt: skip
+    intents = {
+        **BASE_CONFIG["intents"],
+        "process-job": {**BASE_CONFIG["intents"]["process-job"], "budget": {}},
+    }
+    return make_config(
+        tmp_path,
+        store=url,
+        checkpoints=str(tmp_path / f"host-{host}.checkpoints"),
+        identities=identities,
+        intents=intents,
+        **overrides,
+    )
+
+
+def _events(url: str, where: str = "TRUE") -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(f"SELECT COUNT(*) FROM events WHERE {where}").fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return int(row[0])
+
+
+def _host(config: dict[str, Any], out: Any) -> None:
+    """One "host": its own guard, 4 threads, each a task of 3 writes and one of 4 reads."""
+    guard = tg.Guard(config)
+    counts = {"writes": 0, "reads": 0, "errors": []}
+    lock = threading.Lock()
+
+    def work() -> None:
+        for intent, tool, n, key in (
+            ("process-job", "kv_set", 3, "writes"),
+            ("summarise-job", "kv_get", 4, "reads"),
+        ):
+            with guard.task(intent, job_id="42"):
+                for _ in range(n):
+                    try:
+                        permit = guard.authorize(tool, {"key": OUT if key == "writes" else JOB,
+                                                        "value": "v"})  # fmt: skip
+                    except tg.BudgetExceeded:
+                        continue
+                    except tg.AuditError as exc:
+                        with lock:
+                            counts["errors"].append(str(exc))  # type: ignore[attr-defined]
+                        continue
+                    guard.finish(permit)
+                    with lock:
+                        counts[key] += 1  # type: ignore[operator]
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    guard.close()
+    out.put(counts)
+
+
+@pytest.mark.slow
+def test_three_hosts_spend_exact_budgets_and_the_trail_verifies(
+    pg_url: str, tmp_path: Path
+) -> None:
+    tg.Guard(_config(tmp_path, pg_url)).close()  # creates the schema and the key
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    hosts = [ctx.Process(target=_host, args=(_config(tmp_path, pg_url, h), out)) for h in "abc"]
+    for p in hosts:
+        p.start()
+    results = [out.get(timeout=120) for _ in hosts]
+    for p in hosts:
+        p.join(60)
+        assert p.exitcode == 0
+    assert [r["errors"] for r in results] == [[], [], []]  # no AuditError under contention
+    assert sum(r["writes"] for r in results) == 10  # writes_per_minute: 36 tried
+    assert sum(r["reads"] for r in results) == 25  # requests_per_day: 48 tried
+    assert _events(pg_url, "kind = 'request' AND tool = 'kv_set'") == 10
+    assert _events(pg_url, "kind = 'request' AND tool = 'kv_get'") == 25
+
+    def verify(*extra: str) -> Any:
+        return CliRunner().invoke(main, ["audit", "verify", "--db", pg_url, *extra])
+
+    one = verify("--checkpoints", str(tmp_path / "host-a.checkpoints"))
+    assert one.exit_code == 0, one.output  # the other hosts' events: unanchored, a note
+    files = [str(tmp_path / f"host-{h}.checkpoints") for h in "abc"]
+    every = verify(*(a for f in files for a in ("--checkpoints", f)), "--json")
+    assert every.exit_code == 0, every.output
+    report = json.loads(every.output)
+    written = sum(len(Path(f).read_text().splitlines()) for f in files)
+    assert report["ok"] and report["checkpoints"] == written >= 3  # each host wrote some
+    assert report["damage"] == []
+    for command in (["tasks"], ["tail", "-n", "5"], ["denied"], ["summary"], ["export"]):
+        viewed = CliRunner().invoke(main, ["audit", *command, "--db", pg_url, "--json"])
+        assert viewed.exit_code == 0, (command, viewed.output)
+        assert viewed.output.strip()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE events SET tool = 'kv_delete' WHERE seq = 5")
+    bad = verify("--checkpoints", str(tmp_path / "host-a.checkpoints"))
+    assert bad.exit_code == 1, bad.output
+    assert "seq 5" in bad.output
+
+
+def test_a_revoke_on_one_host_is_seen_at_once_by_a_verifier_on_another(
+    pg_url: str, tmp_path: Path
+) -> None:
+    host_a = tg.Guard(_config(tmp_path, pg_url, "a"))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(host_a.keys.jwks()))
+    service = verifier_from(
+        jwks=jwks, store=pg_url, issuer="toolguard-test", audience="kv-service"
+    )  # host B: a service with read access to the database only
+    try:
+        with host_a.task("process-job", job_id="42") as task:
+            permit = host_a.authorize("kv_set", {"key": OUT, "value": "v"})
+            token = permit.credential.token
+            host_a.finish(permit)
+            assert service.verify(token)["tool"] == "kv_set"
+            host_a.revoke(task_id=task.task_id, reason="incident 7")
+            with pytest.raises(tg.CredentialRevoked, match="incident 7"):
+                service.verify(token)
+        assert _events(pg_url, "kind = 'revoke'") == 1
+        # the command line, from a third "host": revoke and re-enable an identity
+        with host_a.task("process-job", job_id="43"):
+            permit = host_a.authorize("kv_set", {"key": "agents:jobs:43:out", "value": "v"})
+            host_a.finish(permit)
+            revoke = CliRunner().invoke(
+                main,
+                ["revoke", "--identity", "agent-runner", "--disable", "--reason", "incident 8",
+                 "--db", pg_url],
+            )  # fmt: skip
+            assert revoke.exit_code == 0, revoke.output
+            with pytest.raises(tg.CredentialRevoked, match="incident 8"):
+                service.verify(permit.credential.token)
+        with pytest.raises(tg.PolicyDenied, match="disabled"):
+            host_a.task("process-job", job_id="44").start()
+        enable = CliRunner().invoke(
+            main, ["enable", "agent-runner", "--reason", "reviewed", "--db", pg_url]
+        )
+        assert enable.exit_code == 0, enable.output
+        with host_a.task("process-job", job_id="45"):
+            pass
+    finally:
+        host_a.close()
+
+
+# -- failing closed ------------------------------------------------------------------------------
+
+
+def _admin(url: str, sql: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+def test_a_killed_connection_fails_the_call_closed_and_the_next_one_reconnects(
+    pg_url: str, tmp_path: Path
+) -> None:
+    guard = tg.Guard(_config(tmp_path, pg_url))
+    try:
+        with guard.task("process-job", job_id="42"):
+            guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+            guard.store.flush()
+            before = _events(pg_url)
+            _admin(
+                pg_url,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            with pytest.raises(tg.AuditError, match="could not be written"):
+                guard.authorize("kv_set", {"key": OUT, "value": "v"})
+            assert _events(pg_url) == before  # nothing half-written, the tool did not run
+            guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+    finally:
+        guard.close()
+    assert _events(pg_url, "kind = 'request'") == 2
+
+
+def test_a_connection_killed_inside_its_transaction_writes_nothing(
+    pg_url: str, tmp_path: Path
+) -> None:
+    guard = tg.Guard(_config(tmp_path, pg_url))
+    with guard.task("process-job", job_id="42"):
+        guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+        guard.store.flush()
+        before = _events(pg_url)
+        failures: list[BaseException] = []
+        with psycopg.connect(pg_url, autocommit=True) as holder:
+            holder.execute("BEGIN")
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+
+            def call() -> None:
+                try:
+                    guard.authorize("kv_set", {"key": OUT, "value": "v"})
+                except BaseException as exc:
+                    failures.append(exc)
+
+            caller = threading.Thread(target=call)
+            caller.start()
+            deadline = time.monotonic() + 5
+            killed = 0
+            while not killed and time.monotonic() < deadline:  # the call waits on the lock
+                row = holder.execute(
+                    "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    " AND pid <> pg_backend_pid()"
+                ).fetchone()
+                killed = int(row[0]) if row else 0
+            caller.join(10)
+            holder.execute("ROLLBACK")
+        assert killed == 1
+        assert len(failures) == 1 and isinstance(failures[0], tg.AuditError), failures
+        assert _events(pg_url) == before
+    guard.close()
+
+
+def test_a_held_writer_lock_fails_the_call_within_busy_timeout(pg_url: str, tmp_path: Path) -> None:
+    guard = tg.Guard(_config(tmp_path, pg_url, busy_timeout="0.3s"))
+    try:
+        with guard.task("process-job", job_id="42"):
+            guard.store.flush()
+            before = _events(pg_url)
+            with psycopg.connect(pg_url, autocommit=True) as holder:
+                holder.execute("BEGIN")
+                holder.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+                started = time.monotonic()
+                with pytest.raises(tg.AuditError, match="lock"):
+                    guard.authorize("kv_set", {"key": OUT, "value": "v"})
+                assert time.monotonic() - started < 0.3 + 1.0
+                holder.execute("ROLLBACK")
+            assert _events(pg_url) == before
+    finally:
+        guard.close()
+
+
+def test_a_statement_timeout_fails_closed(pg_url: str, tmp_path: Path) -> None:
+    guard = tg.Guard(_config(tmp_path, pg_url, busy_timeout="0.3s"))
+    try:
+        with guard.task("process-job", job_id="42"):
+            guard.store.flush()
+            before = _events(pg_url)
+            with psycopg.connect(pg_url, autocommit=True) as holder:
+                holder.execute("BEGIN")
+                holder.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # blocks inserts
+                with pytest.raises(tg.AuditError, match="could not be written"):
+                    guard.authorize("kv_set", {"key": OUT, "value": "v"})
+                holder.execute("ROLLBACK")
+            assert _events(pg_url) == before
+    finally:
+        guard.close()
+
+
+def test_a_read_only_role_cannot_run_a_tool(pg_url: str, tmp_path: Path) -> None:
+    tg.Guard(_config(tmp_path, pg_url)).close()
+    _admin(pg_url, "DROP ROLE IF EXISTS tg_reader")
+    _admin(pg_url, "CREATE ROLE tg_reader LOGIN")
+    _admin(pg_url, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO tg_reader")
+    reader_url = pg_url.replace("postgres@", "tg_reader@")
+    guard = tg.Guard(_config(tmp_path, reader_url))
+    try:
+        with pytest.raises(tg.AuditError, match="permission denied"):
+            guard.task("process-job", job_id="42").start()
+    finally:
+        guard.close()
+        _admin(pg_url, "REVOKE ALL ON ALL TABLES IN SCHEMA public FROM tg_reader")
+        _admin(pg_url, "DROP ROLE tg_reader")
+    assert _events(pg_url) == 0
+
+
+@pytest.mark.slow
+def test_a_stopped_server_fails_calls_closed_and_the_trail_stays_whole(
+    pg_url: str, pg_cluster: Cluster, tmp_path: Path
+) -> None:
+    if pg_cluster.data is None:
+        pytest.skip("the server of $TOOLGUARD_TEST_PG is not ours to stop")
+    guard = tg.Guard(_config(tmp_path, pg_url, busy_timeout="0.5s"))
+    with guard.task("process-job", job_id="42"):
+        guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+        guard.store.flush()
+        pg_cluster.stop()
+        try:
+            started = time.monotonic()
+            with pytest.raises(tg.AuditError):
+                guard.authorize("kv_set", {"key": OUT, "value": "v"})
+            assert time.monotonic() - started < 0.5 + 2.5  # libpq waits 2 s at least
+        finally:
+            pg_cluster.start()
+        guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+    guard.close()
+    assert _events(pg_url, "kind = 'request'") == 2
+    result = CliRunner().invoke(
+        main,
+        ["audit", "verify", "--db", pg_url, "--checkpoints", str(tmp_path / "host-a.checkpoints")],
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_db_migrate_creates_the_schema_for_operators(pg_url: str) -> None:
+    result = CliRunner().invoke(main, ["db", "migrate", "--db", pg_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["schema_version"] == SCHEMA_VERSION
+    assert _events(pg_url) == 0  # the tables exist, empty
+    again = CliRunner().invoke(main, ["db", "migrate", "--db", pg_url])
+    assert again.exit_code == 0 and f"schema version {SCHEMA_VERSION}" in again.output

@@ -1,0 +1,275 @@
+"""The PostgreSQL store: the SQLite store's transactions, budgets and queries on a server.
+
+:class:`PostgresStore` is the SQLite :class:`~toolguard.store.sqlite.core.Store` with its
+connections replaced (see :mod:`.connection` for how its SQL runs on PostgreSQL):
+
+- one writer connection per process (threads queue on the process lock, as on SQLite); each
+  write transaction takes the database's writer lock (``pg_advisory_xact_lock``), so every
+  budget of every scope is exact across processes and hosts, the hash chain has one head, and
+  a revocation is committed before :meth:`revoke` returns;
+- reads (the viewer, verifiers' revocation checks) borrow a connection of the process's pool
+  (``store_pool_size``) per statement, or per read transaction (``verify``'s snapshot);
+- ``busy_timeout`` bounds the wait for the writer lock (``lock_timeout``), every statement
+  (``statement_timeout``) and the connection set-up; a connection that fails is replaced on
+  the next transaction (connecting is retried with tenacity; a statement never is).
+
+Fail closed as on SQLite: server unreachable, connection dropped mid-transaction, timeout,
+permission denied: :class:`AuditError`, the transaction rolled back (PostgreSQL undoes a
+transaction whose connection drops), the tool not run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from ...errors import AuditError
+from ...location import StoreLocation
+from ..sqlite.core import Store
+from .connection import PgConnection, Rows, configure, run, sqlite_error
+from .schema import create_schema, schema_version
+
+__all__ = ["PostgresStore"]
+
+
+class _ServerName(str):
+    """What ``Store.path`` is for a PostgreSQL store: the URL without its password (for
+    messages), never a file (``exists`` is True: the server answers, or the read fails)."""
+
+    def exists(self) -> bool:
+        return True
+
+    def is_file(self) -> bool:
+        return True
+
+
+class _Reader(threading.local):
+    def __init__(self) -> None:
+        self.pinned: PgConnection | None = None
+
+
+class _PooledReads:
+    """The store's read connection: each statement borrows a pool connection; a ``BEGIN``
+    pins one to the thread (a repeatable-read snapshot) until ``ROLLBACK`` or ``COMMIT``."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.local = _Reader()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        pinned = self.local.pinned
+        word = sql.strip().upper()
+        if pinned is not None:
+            if word in ("ROLLBACK", "COMMIT"):
+                self.local.pinned = None
+                try:
+                    return run(pinned.raw, word, where="read")
+                finally:
+                    self.store.pool().putconn(pinned.raw)
+            return run(pinned.raw, sql, params, where="read")
+        pool = self.store.pool()
+        if word == "BEGIN":
+            raw = self.store.borrow(pool)
+            try:
+                run(raw, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", where="read")
+            except BaseException:
+                pool.putconn(raw)
+                raise
+            self.local.pinned = PgConnection(raw, lock_timeout=self.store.busy_timeout)
+            return Rows(None, [])
+        for attempt in (1, 2):
+            raw = self.store.borrow(pool)
+            try:
+                return run(raw, sql, params, where="read")
+            except sqlite3.OperationalError:
+                # a pooled connection the server dropped (restart, pg_terminate_backend): a
+                # read is safe to repeat once on a new one; any other failure is reported
+                if attempt == 2 or not (raw.closed or raw.broken):
+                    raise
+            finally:
+                pool.putconn(raw)  # a broken one is discarded by the pool
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:  # a borrowed connection goes back to the pool by itself
+        return None
+
+
+class PostgresStore(Store):
+    """The store on a PostgreSQL server (``store: postgresql://...``)."""
+
+    def __init__(
+        self,
+        location: StoreLocation,
+        *,
+        durability: str = "normal",
+        busy_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        readonly: bool = False,
+        pool_size: int = 4,
+    ) -> None:
+        super().__init__(
+            Path("."), durability=durability, busy_timeout=busy_timeout, clock=clock,
+            readonly=readonly,
+        )  # fmt: skip
+        self.location = location
+        self.path = cast(Path, _ServerName(location.display))
+        self.pool_size = pool_size
+        self._pool: tuple[int, ConnectionPool[Any]] | None = None
+        self._pool_lock = threading.Lock()
+        self._reads = _PooledReads(self)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _options(self) -> dict[str, Any]:
+        ms = max(1, int(self.busy_timeout * 1000))
+        return {
+            "autocommit": True,
+            # libpq waits at least 2 s for a connection; the pool's timeout bounds the rest
+            "connect_timeout": max(2, math.ceil(self.busy_timeout)),
+            "options": f"-c statement_timeout={ms} -c lock_timeout={ms}"
+            + (" -c default_transaction_read_only=on" if self.readonly else ""),
+            "application_name": "toolguard",
+        }
+
+    def _new_connection(self) -> psycopg.Connection[Any]:
+        """A new connection; connecting is retried (it is safe) until ``busy_timeout``."""
+
+        @retry(
+            retry=retry_if_exception_type(psycopg.OperationalError),
+            stop=stop_after_delay(self.busy_timeout),
+            wait=wait_exponential(multiplier=0.01, max=0.25),
+            reraise=True,
+        )
+        def connect() -> psycopg.Connection[Any]:
+            return psycopg.connect(self.location.url, **self._options())
+
+        try:
+            conn = connect()
+        except psycopg.Error as exc:
+            raise AuditError(
+                f"cannot connect to the audit database {self.path}: {sqlite_error(exc, 'connect')}"
+            ) from exc
+        return conn
+
+    def pool(self) -> ConnectionPool[Any]:
+        """The process's pool of read connections (``store_pool_size``), opened on first use
+        (a forked child opens its own)."""
+        pool = self._pool
+        if pool is not None and pool[0] == os.getpid():
+            return pool[1]
+        with self._pool_lock:
+            pool = self._pool
+            if pool is None or pool[0] != os.getpid():
+                self._ensure_ready()
+                created: ConnectionPool[Any] = ConnectionPool(
+                    self.location.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    kwargs=self._options(),
+                    configure=configure,
+                    timeout=self.busy_timeout,
+                    open=False,
+                    name="toolguard",
+                )
+                created.open(wait=False)
+                pool = self._pool = (os.getpid(), created)
+        return pool[1]
+
+    def borrow(self, pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
+        try:
+            conn: psycopg.Connection[Any] = pool.getconn()
+            return conn
+        except PoolTimeout as exc:
+            raise AuditError(
+                f"cannot read the audit database {self.path}: no connection within busy_timeout "
+                f"({self.busy_timeout:g}s; the server is unreachable, or raise store_pool_size)"
+            ) from exc
+
+    def _ensure_ready(self) -> None:
+        if self._ready:
+            return
+        conn = self._new_connection()
+        try:
+            configure(conn)
+            if self.readonly:
+                if schema_version(conn) is None:
+                    raise AuditError(
+                        f"{self.path} is not a toolguard audit database (no events table); "
+                        "a guard creates it on its first task, or run `toolguard db migrate`"
+                    )
+            else:
+                create_schema(conn, str(self.path))
+        except psycopg.Error as exc:
+            raise AuditError(
+                f"the audit database {self.path} cannot be used: {sqlite_error(exc, 'open')}"
+            ) from exc
+        except Exception as exc:  # sqlite-shaped errors from create_schema
+            if isinstance(exc, AuditError):
+                raise
+            raise AuditError(
+                f"the audit database {self.path} cannot be used: {exc}; check that the role "
+                "may create tables (or run `toolguard db migrate` with one that may)"
+            ) from exc
+        finally:
+            conn.close()
+        self._ready = True
+
+    @property
+    def conn(self) -> Any:
+        """The writer inside a write transaction, else the pooled reads."""
+        tx = self._local.tx
+        if tx is not None:
+            return tx
+        if self._stale is not None:
+            raise AuditError(self._stale)
+        self.pool()
+        return self._reads
+
+    def _writer_conn(self) -> Any:
+        """The process's writer (replaced when it broke); the caller holds the write lock."""
+        writer = self._writer
+        if writer is not None and writer[0] == os.getpid():
+            current = cast(PgConnection, writer[1])
+            if not current.broken:
+                return current
+            current.close()
+        self._ensure_ready()
+        conn = PgConnection(self._new_connection(), lock_timeout=self.busy_timeout)
+        self._writer = (os.getpid(), cast(Any, conn))
+        return conn
+
+    def _connect(self) -> Any:  # pragma: no cover - every connection comes from above
+        raise AssertionError("PostgresStore opens connections through its pool and writer")
+
+    def open(self) -> PostgresStore:
+        """Connect (and create the schema, for a writable store) now rather than on first use."""
+        self._ensure_ready()
+        self.pool()
+        return self
+
+    def default_checkpoints(self) -> Path:
+        return self.location.default_checkpoints()
+
+    def close(self) -> None:
+        """Write pending outcomes, close the writer and the pool."""
+        try:
+            if self._pending and not self.readonly:
+                self.flush()
+        finally:
+            writer, self._writer = self._writer, None
+            if writer is not None and writer[0] == os.getpid():
+                cast(PgConnection, writer[1]).close()
+            pool, self._pool = self._pool, None
+            if pool is not None and pool[0] == os.getpid():
+                pool[1].close(timeout=1.0)
+            self._ready = False
