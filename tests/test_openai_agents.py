@@ -494,8 +494,12 @@ def test_an_encoded_token_or_one_an_error_hides_never_reaches_the_model(guard: t
     seen: list[str] = []
 
     class Rejected(Exception):
+        def __init__(self, token: str) -> None:
+            super().__init__()
+            self.token = token
+
         def __str__(self) -> str:  # the token is in neither args nor the message text given
-            return f"rejected {seen[-1]}"
+            return f"rejected {self.token}"
 
     def leak_b64(key: str) -> str:
         """Echo the token, base64-encoded as in a Basic header."""
@@ -504,8 +508,9 @@ def test_an_encoded_token_or_one_an_error_hides_never_reaches_the_model(guard: t
 
     def leak_str(key: str) -> str:
         """Fail with an exception whose text shows the token."""
-        seen.append(tg.current_credential().token)
-        raise Rejected()
+        token = tg.current_credential().token  # its own: the SDK runs both tools at once
+        seen.append(token)
+        raise Rejected(token)
 
     quoting = function_tool(leak_str, failure_error_function=lambda ctx, e: f"error: {e}")
     config = copy.deepcopy(guard.config.model_dump())
