@@ -503,8 +503,9 @@ def test_an_encoded_token_or_one_an_error_hides_never_reaches_the_model(guard: t
 
     def leak_b64(key: str) -> str:
         """Echo the token, base64-encoded as in a Basic header."""
-        seen.append(tg.current_credential().token)
-        return base64.b64encode(f"Bearer {seen[-1]}".encode()).decode()
+        token = tg.current_credential().token
+        seen.append(token)
+        return base64.b64encode(f"Bearer {token}".encode()).decode()
 
     def leak_str(key: str) -> str:
         """Fail with an exception whose text shows the token."""
