@@ -399,7 +399,10 @@ def test_an_audit_error_always_raises_and_nothing_runs(
 
 async def _run_with_store_locked(guard: tg.Guard, runner: GuardedRunner, agent: Any) -> Any:
     """Start the run's task, then lock the store before the first tool call is audited."""
-    locker = sqlite3.connect(guard.config.store_path, isolation_level=None)
+    # authorize runs on the guard's writer thread (aauthorize), not on this one
+    locker = sqlite3.connect(
+        guard.config.store_path, isolation_level=None, check_same_thread=False
+    )
     original = guard.authorize
 
     def authorize(*args: Any, **kwargs: Any) -> Any:
@@ -512,18 +515,24 @@ def test_an_encoded_token_or_one_an_error_hides_never_reaches_the_model(guard: t
     seen: list[str] = []
 
     class Rejected(Exception):
+        def __init__(self, token: str) -> None:
+            super().__init__()
+            self.token = token
+
         def __str__(self) -> str:  # the token is in neither args nor the message text given
-            return f"rejected {seen[-1]}"
+            return f"rejected {self.token}"
 
     def leak_b64(key: str) -> str:
         """Echo the token, base64-encoded as in a Basic header."""
-        seen.append(tg.current_credential().token)
-        return base64.b64encode(f"Bearer {seen[-1]}".encode()).decode()
+        token = tg.current_credential().token
+        seen.append(token)
+        return base64.b64encode(f"Bearer {token}".encode()).decode()
 
     def leak_str(key: str) -> str:
         """Fail with an exception whose text shows the token."""
-        seen.append(tg.current_credential().token)
-        raise Rejected()
+        token = tg.current_credential().token  # its own: the SDK runs both tools at once
+        seen.append(token)
+        raise Rejected(token)
 
     quoting = function_tool(leak_str, failure_error_function=lambda ctx, e: f"error: {e}")
     config = copy.deepcopy(guard.config.model_dump())
@@ -1038,3 +1047,34 @@ def test_the_trail_looks_the_same_as_for_a_langchain_guarded_tool(
 
     assert sorted(shape(openai_guard), key=str) == sorted(shape(langchain_guard), key=str)
     assert {e[0] for e in shape(openai_guard)} == {"request", "outcome", "denied"}
+
+
+def test_the_runs_store_work_never_runs_on_the_event_loop(
+    guard: tg.Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task's start and end and every check are written on the guard's writer thread."""
+    import threading
+
+    from toolguard.store import Store
+
+    seen: list[tuple[str, int]] = []
+    original = Store._write
+
+    def spy(self: Store, what: str) -> Any:
+        seen.append((what, threading.get_ident()))
+        return original(self, what)
+
+    monkeypatch.setattr(Store, "_write", spy)
+    kv = Kv()
+    agent = _agent(
+        guard_tools(kv.tools, guard),
+        [[_set("call-a", "agents:jobs:42:state", "done")], [assistant_message("finished")]],
+    )
+
+    async def main() -> int:
+        await GuardedRunner(guard, "process-job").run(agent, "go", params=JOB)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert {w for w, _ in seen} >= {"task start", "request", "task end"}
+    assert all(thread != loop_thread for _, thread in seen), seen

@@ -474,7 +474,10 @@ def test_an_audit_error_always_raises_and_nothing_runs(
         "process-job",
         params=JOB,
     )
-    locker = sqlite3.connect(guard.config.store_path, isolation_level=None)
+    # authorize runs on the guard's writer thread (aauthorize), not on this one
+    locker = sqlite3.connect(
+        guard.config.store_path, isolation_level=None, check_same_thread=False
+    )
     original = guard.authorize
 
     def authorize(*args: Any, **kwargs: Any) -> Any:
@@ -1021,3 +1024,32 @@ def test_the_wheel_holds_the_package(tmp_path: Path) -> None:
     }
     assert on_disk <= names and "toolguard_pydantic_ai/py.typed" in names
     assert "Requires-Dist: pydantic-ai-slim<3,>=2.78" in metadata
+
+
+def test_the_runs_store_work_never_runs_on_the_event_loop(
+    guard: tg.Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task's start and end and every check are written on the guard's writer thread."""
+    import threading
+
+    from toolguard.store import Store
+
+    seen: list[tuple[str, int]] = []
+    original = Store._write
+
+    def spy(self: Store, what: str) -> Any:
+        seen.append((what, threading.get_ident()))
+        return original(self, what)
+
+    monkeypatch.setattr(Store, "_write", spy)
+    kv = Kv()
+    script = Script([[_set("call-a", "agents:jobs:42:state", "done")], "finished"])
+    agent = GuardedAgent(_agent(guard_toolset(kv.tools, guard), script), guard, "process-job")
+
+    async def main() -> int:
+        await agent.run("go", deps=JOB)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert {w for w, _ in seen} >= {"task start", "request", "task end"}
+    assert all(thread != loop_thread for _, thread in seen), seen
