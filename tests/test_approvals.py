@@ -679,7 +679,7 @@ def test_a_delegated_task_needs_the_approvals_its_parent_needs(
 def test_shadow_mode_never_skips_an_approval_and_a_rejection_stays_a_denial(
     make: Callable[..., tg.Guard],
 ) -> None:
-    answers = iter([False, True])
+    answers = iter([False, True, True])
     asked: list[str] = []
 
     def approver(request: dict[str, Any]) -> bool:
@@ -691,9 +691,11 @@ def test_shadow_mode_never_skips_an_approval_and_a_rejection_stays_a_denial(
         with pytest.raises(tg.PolicyDenied):  # a person said no: shadow mode does not run it
             run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})
         run(guard, "kv_delete", {"key": "agents:jobs:42:tmp"})  # approved: runs
-        run(guard, "kv_set", {"key": "agents:jobs:7:x", "value": "1"})  # would_deny, not held
-    assert asked == ["kv_delete", "kv_delete"]
+        # a would_deny write: writes have an approve rule, so even outside the intent it is held
+        run(guard, "kv_set", {"key": "agents:jobs:7:x", "value": "1"})
+        run(guard, "kv_get", {"key": "agents:jobs:7:x"})  # a would_deny read: no rule, not held
+    assert asked == ["kv_delete", "kv_delete", "kv_set"]
     events = guard.audit.events(task_id=task.task_id)
     requests = [(e.tool, e.decision) for e in events if e.kind == "request"]
-    assert requests == [("kv_delete", "allow"), ("kv_set", "would_deny")]
+    assert requests == [("kv_delete", "allow"), ("kv_set", "would_deny"), ("kv_get", "would_deny")]
     assert [e.kind for e in events].count("rejected") == 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import hashlib
 import hmac
 import inspect
@@ -164,13 +165,22 @@ def decision_reason(kind: str, by: str, note: str | None) -> str:
     return clip(printable(text), MAX_REASON_CHARS)
 
 
-def held_by(session: TaskSession, call: Call) -> ApprovalRule | None:
+def held_by(session: TaskSession, call: Call, *, outside: bool = False) -> ApprovalRule | None:
     """The ``approve`` rule that holds ``call``: the task's own, else one of its ancestors' (a
-    delegated task cannot do without an approval its parent needs: approvals only add)."""
+    delegated task cannot do without an approval its parent needs: approvals only add).
+
+    ``outside``: the call is outside what the task allows and runs anyway (shadow mode, as a
+    ``would_deny``). Then an ``approve`` rule of its operation holds it whatever its resources:
+    an operation the intent wants a person for never runs on a resource the rule's pattern
+    does not name without one (it would be denied in enforce mode)."""
     task: TaskSession | None = session
     while task is not None:
         if task.bound.approvals:
             rule = task.bound.held_by(call.operation, call.resources)
+            if rule is None and outside:
+                rule = next(
+                    (r for r in task.bound.approvals if r.operation == call.operation), None
+                )
             if rule is not None:
                 return rule
         task = task.parent
@@ -291,9 +301,16 @@ class ApprovalGate:
         resources_json = json.dumps(
             [redactor.scrub(r) for r in call.resources], ensure_ascii=False, separators=(",", ":")
         )
+        outside = not any(rule.pattern.match(r) for r in call.resources)
         reason = clip(
             f"{call.operation} on {', '.join(call.resources)} needs a person's approval "
-            f"({rule.rule}: {rule.shown!r})",
+            f"({rule.rule}: {rule.shown!r}"
+            + (
+                "; shadow mode runs this call outside what the task allows, and every "
+                f"{call.operation} it approves needs a person)"
+                if outside
+                else ")"
+            ),
             MAX_REASON_CHARS,
         )
         reason = redactor.scrub(reason)
@@ -375,20 +392,28 @@ class ApprovalGate:
         record.decided_at, record.decided_seq = found.decided_at, found.decided_seq
 
     def _ask(self, record: ApprovalRecord) -> Any:
-        assert self.approver is not None
-        value = self.approver(record.request())
-        if not inspect.isawaitable(value):
-            return value
+        """The approver's answer, waited for at most until the request expires (``_Timeout``):
+        a sync approver that hangs bounds the call's wait as an async one does."""
+        approver = self.approver
+        assert approver is not None
+        request = record.request()
         timeout = max(0.0, record.expires_at - self.guard.clock())
 
-        async def wait() -> Any:
-            return await value
+        def ask() -> Any:
+            value = approver(request)
+            if not inspect.isawaitable(value):
+                return value
 
-        # the guard's pipeline never awaits: the coroutine runs on its own loop in a worker
-        # thread, for at most approval_ttl
+            async def wait() -> Any:
+                return await value
+
+            return asyncio.run(wait())
+
+        # the guard's pipeline never awaits: the approver (and a coroutine it returns, on its
+        # own loop) runs in a worker thread with the caller's context, for at most approval_ttl
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="toolguard-approver")
         try:
-            future = pool.submit(asyncio.run, wait())
+            future = pool.submit(contextvars.copy_context().run, ask)
             try:
                 return future.result(timeout=timeout)
             except concurrent.futures.TimeoutError:

@@ -419,7 +419,7 @@ class Guard:
         would: str | None = None
         if not decision.allowed:
             would = self._refuse(session, tool, args, cid, now, decision, call, shadow=shadow)
-        held = held_by(session, call)
+        held = held_by(session, call, outside=would is not None)
         approval: ApprovalRecord | None = None
         if held is not None:  # wait for a person; ApprovalDenied (audited) if none approves
             approval = self.approvals.hold(session, call, held, self._redactor(tool)(args)[0], now)

@@ -12,6 +12,9 @@ as the guard (:func:`toolguard.policy.derive_call`, :func:`toolguard.policy.deci
 - **cannot replay**: what the new rules need to derive the call's resources or cost was not
   stored exactly (an argument redacted, cut, or the arguments cut as a whole): replay never
   guesses; the call is listed with the reason and, for the budgets, counted as it happened.
+- **held**: the new config's ``approve`` rules hold the call for a person's approval: replay
+  cannot know what a person would answer, so it neither allows nor denies it (and does not
+  replay a person's past answer under the new config); for the budgets, counted as it happened.
 
 Denials that came from the state of the trail, not from the policy (a revoked, ended or
 timed-out task's calls, a failed credential mint, an ``on_anomaly`` revocation) stay as they
@@ -62,7 +65,8 @@ class Change:
     before: str
     """``allow``, ``would_deny`` or ``deny``: what the trail recorded."""
     after: str
-    """``allow``, ``would_deny``, ``deny`` or ``cannot-replay``."""
+    """``allow``, ``would_deny``, ``deny``, ``held`` (a person would decide) or
+    ``cannot-replay``."""
     reason: str
     """Why the new config decides so (or why it cannot be replayed)."""
     rule: str
@@ -123,6 +127,8 @@ class ReplayReport:
     """Calls that ran and would still run, but as ``would_deny`` (the new config's shadow
     mode), or ran as ``would_deny`` and would now be allowed."""
     cannot_replay: list[Change] = field(default_factory=list)
+    held: list[Change] = field(default_factory=list)
+    """Calls the new config holds for a person's approval (their outcome is a person's)."""
     budgets: list[Exhaustion] = field(default_factory=list)
 
     @property
@@ -141,6 +147,7 @@ class ReplayReport:
             "newly_allowed": [c.to_dict() for c in self.newly_allowed],
             "shadowed": [c.to_dict() for c in self.shadowed],
             "cannot_replay": [c.to_dict() for c in self.cannot_replay],
+            "held": [c.to_dict() for c in self.held],
             "budgets": [b.to_dict() for b in self.budgets],
         }
 
@@ -268,7 +275,15 @@ def replay(
         before = "deny" if event["kind"] == "denied" else str(event.get("decision") or "allow")
         outcome = outcomes.get(str(event.get("correlation_id")))
         after, decision, spends, call = _evaluate(policy, t, event, outcome, before)
-        if after == "cannot-replay":
+        held = _held(t, call, outside=after == "would_deny") if call is not None else None
+        if held is not None and after in ("allow", "would_deny"):
+            after = "held"
+            decision = Decision.deny(
+                f"the new config holds this call for a person's approval ({held}); replay "
+                "cannot know the answer",
+                held,
+            )
+        if after in ("cannot-replay", "held"):
             if before != "deny" and spends:  # it ran: count it as it happened
                 budgets.spend(spends, ts)
         elif after in ("allow", "would_deny") and spends:
@@ -315,6 +330,8 @@ def replay(
         ran_before, runs_after = before != "deny", after in ("allow", "would_deny")
         if after == "cannot-replay":
             report.cannot_replay.append(change)
+        elif after == "held":
+            report.held.append(change)
         elif ran_before and not runs_after:
             report.newly_denied.append(change)
         elif not ran_before and runs_after:
@@ -408,6 +425,23 @@ def _evaluate(
     return "deny", decision, (), call
 
 
+def _held(t: _Task, call: Call, *, outside: bool) -> str | None:
+    """The new config's ``approve`` rule that would hold ``call`` (the task's, else an
+    ancestor's; ``outside``: a shadow-mode ``would_deny``, held by any rule of its operation),
+    as the guard decides it (:func:`toolguard.approval.held_by`)."""
+    task: _Task | None = t
+    while task is not None:
+        if task.bound is not None and task.bound.approvals:
+            rule = task.bound.held_by(call.operation, call.resources)
+            if rule is None and outside:
+                ops = [r for r in task.bound.approvals if r.operation == call.operation]
+                rule = ops[0] if ops else None
+            if rule is not None:
+                return rule.rule
+        task = task.parent
+    return None
+
+
 def _spends(t: _Task, call: Call) -> tuple[Spend, ...]:
     """The call's spends under the new config: its task's plan and every ancestor's task
     limits (keyed by the task's id: ``plan`` is pure)."""
@@ -487,5 +521,11 @@ def _args(policy: Policy, tool: str, stored: object) -> tuple[dict[str, Any], st
 
 def changes(report: ReplayReport) -> Iterable[Change]:
     """Every change of a report, in trail order."""
-    out = [*report.newly_denied, *report.newly_allowed, *report.shadowed, *report.cannot_replay]
+    out = [
+        *report.newly_denied,
+        *report.newly_allowed,
+        *report.shadowed,
+        *report.cannot_replay,
+        *report.held,
+    ]
     return sorted(out, key=lambda c: c.seq)

@@ -328,7 +328,8 @@ class Viewer:
             f"replayed {plural(report.calls, 'call')}{what} from {format_time(report.since)}"
             f" under {config}: {len(report.newly_denied)} newly denied, "
             f"{len(report.newly_allowed)} newly allowed, {len(report.shadowed)} shadow "
-            f"changes, {len(report.cannot_replay)} cannot replay, {report.unchanged} unchanged",
+            f"changes, {len(report.cannot_replay)} cannot replay, {len(report.held)} held for "
+            f"approval, {report.unchanged} unchanged",
             "bold",
         )
         sections = (
@@ -336,6 +337,7 @@ class Viewer:
             ("would now be allowed (they were denied)", report.newly_allowed, "green"),
             ("shadow mode changes (they run either way)", report.shadowed, _WOULD_STYLE),
             ("cannot replay (never guessed)", report.cannot_replay, "magenta"),
+            ("held for a person's approval (their answer is not guessed)", report.held, "yellow"),
         )
         for title, changes, style in sections:
             if not changes:
