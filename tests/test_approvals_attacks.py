@@ -232,3 +232,32 @@ def test_an_approval_request_shows_hostile_arguments_escaped(
         out = cli(*args, "--db", db).output
         assert "\x1b" not in out and "\u202e" not in out
     assert "\\u001b[2J\\u202eevil" in out  # show: the arguments, escaped
+
+
+def test_arguments_changed_while_the_call_waits_are_not_covered_by_its_approval(
+    make: Callable[..., tg.Guard],
+) -> None:
+    """Whoever else holds the arguments (another thread, a parallel tool sharing the model's
+    message) changes them while a person looks at the request: the approval answered the
+    digest of the old ones, so the call does not run."""
+    args: dict[str, Any] = {"key": "agents:jobs:42:final", "value": "1", "extra": ["a"]}
+    changes = iter(
+        [lambda: args.update(value="2"), lambda: args["extra"].append("b"), lambda: None]
+    )
+
+    def approver(request: dict[str, Any]) -> bool:
+        next(changes)()
+        return True
+
+    guard = make(approver)
+    with guard.task("process-job", job_id="42") as task:
+        for _ in range(2):
+            with pytest.raises(tg.ApprovalDenied, match="changed while it waited"):
+                guard.authorize("kv_set", args)
+        permit = guard.authorize("kv_set", {"key": "agents:jobs:42:final", "value": "3"})
+        guard.finish(permit)
+    events = guard.audit.events(task_id=task.task_id)
+    assert [e.kind for e in events if e.kind in ("request", "denied", "approved")] == [
+        "approved", "denied", "approved", "denied", "approved", "request",
+    ]  # fmt: skip
+    assert guard.audit.verify().ok

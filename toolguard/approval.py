@@ -222,11 +222,7 @@ class ApprovalGate:
         (audited) when it is rejected, expires or gets no valid decision."""
         bound = session.bound
         try:
-            digest = action_digest(
-                tool=call.tool, operation=call.operation, resources=call.resources,
-                args=dict(call.args), task_id=session.task_id, intent=bound.intent,
-                config=self.config_hash, args_key=self.guard._args_key,
-            )  # fmt: skip
+            digest = self._digest(session, call)
         except CanonicalizationError as exc:
             self._deny(
                 session, call, None, rule,
@@ -247,6 +243,30 @@ class ApprovalGate:
             "`toolguard approvals approve`"
         )
         self._deny(session, call, record, rule, why + "; it did not run")
+
+    def confirm(
+        self, session: TaskSession, call: Call, rule: ApprovalRule, record: ApprovalRecord
+    ) -> None:
+        """After the wait: the call about to run is still the approved action (its arguments
+        were not changed meanwhile, by whoever else holds them), else :class:`ApprovalDenied`
+        (audited)."""
+        try:
+            digest = self._digest(session, call)
+        except CanonicalizationError:
+            digest = ""
+        if not hmac.compare_digest(digest, record.digest):
+            self._deny(
+                session, call, record, rule,
+                "this call's arguments changed while it waited for approval, so the approval "
+                "does not cover it; it did not run (ask again)",
+            )  # fmt: skip
+
+    def _digest(self, session: TaskSession, call: Call) -> str:
+        return action_digest(
+            tool=call.tool, operation=call.operation, resources=call.resources,
+            args=dict(call.args), task_id=session.task_id, intent=session.bound.intent,
+            config=self.config_hash, args_key=self.guard._args_key,
+        )  # fmt: skip
 
     def precheck(
         self, record: ApprovalRecord, tool: str

@@ -423,6 +423,7 @@ class Guard:
         approval: ApprovalRecord | None = None
         if held is not None:  # wait for a person; ApprovalDenied (audited) if none approves
             approval = self.approvals.hold(session, call, held, self._redactor(tool)(args)[0], now)
+            self.approvals.confirm(session, call, held, approval)  # the arguments did not change
             now = self.clock()  # decided again now: the task may have ended while it waited
             decision = decide(
                 bound, call, ended=session.ended_reason, now=now, deadline=session.deadline
