@@ -244,9 +244,15 @@ class PostgresStore(Store):
                 return current
             current.close()
         self._ensure_ready()
-        conn = PgConnection(self._new_connection(), lock_timeout=self.busy_timeout)
+        conn = PgConnection(self._new_connection(), lock_timeout=self.busy_timeout, pipelined=True)
         self._writer = (os.getpid(), cast(Any, conn))
         return conn
+
+    def _sync(self, conn: Any) -> None:
+        """Send the writer's queued statements now (see :class:`.connection.PgConnection`)."""
+        sync = getattr(conn, "sync", None)  # tests may wrap the writer
+        if sync is not None:
+            sync()
 
     def _connect(self) -> Any:  # pragma: no cover - every connection comes from above
         raise AssertionError("PostgresStore opens connections through its pool and writer")

@@ -1,0 +1,135 @@
+"""The PostgreSQL writer's round trips: a guarded call's transaction reaches the server in four
+requests (queued statements ride with the next read, libpq's pipeline mode), and queueing keeps
+every promise: an error of a queued statement fails the transaction (nothing of it stays), a
+queued outcome the server refuses is still replaced alone, the writer lock still bounds waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from conftest import make_config
+
+import toolguard as tg
+from toolguard.cli import main
+from toolguard.store.postgres.connection import PgConnection
+from toolguard.store.sqlite.core import PendingOutcome
+
+pytestmark = pytest.mark.postgres
+
+OUT = "agents:jobs:42:out"
+
+
+def _count(url: str, sql: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    return int(row[0])
+
+
+def _writer(guard: tg.Guard) -> PgConnection:
+    writer: Any = guard.store._writer
+    assert writer is not None
+    conn = writer[1]
+    assert isinstance(conn, PgConnection)
+    return conn
+
+
+def test_a_guarded_call_is_four_round_trips(pg_url: str, tmp_path: Path) -> None:
+    guard = tg.Guard(make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp")))
+    try:
+        with guard.task("process-job", job_id="42"):
+            guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+            writer = _writer(guard)
+            before = writer.round_trips
+            for _ in range(4):  # each call also writes the previous call's outcome
+                guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+            per_call = (writer.round_trips - before) / 4
+    finally:
+        guard.close()
+    # BEGIN + lock + savepoint + chain head | the outcome (synced: its own savepoint) |
+    # release + revocation and budgets read | request event + credential + COMMIT
+    assert per_call == 4
+    assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'request'") == 5
+    assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'outcome'") == 5
+    verified = CliRunner().invoke(
+        main, ["audit", "verify", "--db", pg_url, "--checkpoints", str(tmp_path / "cp")]
+    )
+    assert verified.exit_code == 0, verified.output
+
+
+def test_a_failed_queued_statement_fails_the_commit_and_keeps_nothing(
+    pg_url: str, tmp_path: Path
+) -> None:
+    tg.Guard(
+        make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp"))
+    ).close()  # the schema
+    conn = PgConnection(psycopg.connect(pg_url, autocommit=True), lock_timeout=5.0, pipelined=True)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('pipeline-test', '1')")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('pipeline-test', '2')")  # duplicate
+        assert conn.round_trips == 0  # all queued
+        with pytest.raises(sqlite3.IntegrityError, match="duplicate key"):
+            conn.execute("COMMIT")
+        conn.execute("ROLLBACK")
+        assert conn.round_trips == 2
+        # the connection is usable again, and the first INSERT did not stay
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute("SELECT COUNT(*) FROM meta WHERE key = 'pipeline-test'").fetchone()
+        conn.execute("COMMIT")
+        assert row == (0,)
+    finally:
+        conn.close()
+
+
+def test_a_rollback_before_anything_was_sent_sends_nothing(pg_url: str, tmp_path: Path) -> None:
+    tg.Guard(make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp"))).close()
+    conn = PgConnection(psycopg.connect(pg_url, autocommit=True), lock_timeout=5.0, pipelined=True)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('pipeline-test', '1')")
+        conn.execute("ROLLBACK")
+        assert conn.round_trips == 0
+        assert conn.execute("SELECT COUNT(*) FROM meta WHERE key = 'pipeline-test'").fetchone() == (
+            0,
+        )
+    finally:
+        conn.close()
+    assert _count(pg_url, "SELECT COUNT(*) FROM meta WHERE key = 'pipeline-test'") == 0
+
+
+def test_a_queued_outcome_the_server_refuses_is_dropped_alone_and_the_call_runs(
+    pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = tg.Guard(make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp")))
+    try:
+        with guard.task("process-job", job_id="42") as task:
+            guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+            guard.store.flush()
+            # PostgreSQL text cannot hold NUL: this outcome can never be written
+            guard.store.queue_outcome(
+                PendingOutcome(
+                    event={
+                        "ts": 1.0,
+                        "kind": "outcome",
+                        "task_id": task.task_id,
+                        "outcome": "error",
+                        "error": "bad\x00value",
+                    }
+                )
+            )
+            with caplog.at_level(logging.WARNING, logger="toolguard"):
+                guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+                guard.store.flush()
+    finally:
+        guard.close()
+    assert "could not be written" in caplog.text
+    assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'request'") == 2
+    assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE error LIKE 'bad%'") == 0
