@@ -1,4 +1,4 @@
-"""The PostgreSQL writer's round trips: a guarded call's transaction reaches the server in four
+"""The PostgreSQL writer's round trips: a guarded call's transaction reaches the server in three
 requests (queued statements ride with the next read, libpq's pipeline mode), and queueing keeps
 every promise: an error of a queued statement fails the transaction (nothing of it stays), a
 queued outcome the server refuses is still replaced alone, the writer lock still bounds waits.
@@ -41,7 +41,7 @@ def _writer(guard: tg.Guard) -> PgConnection:
     return conn
 
 
-def test_a_guarded_call_is_four_round_trips(pg_url: str, tmp_path: Path) -> None:
+def test_a_guarded_call_is_three_round_trips(pg_url: str, tmp_path: Path) -> None:
     guard = tg.Guard(make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp")))
     try:
         with guard.task("process-job", job_id="42"):
@@ -53,9 +53,9 @@ def test_a_guarded_call_is_four_round_trips(pg_url: str, tmp_path: Path) -> None
             per_call = (writer.round_trips - before) / 4
     finally:
         guard.close()
-    # BEGIN + lock + savepoint + chain head | the outcome (synced: its own savepoint) |
-    # release + revocation and budgets read | request event + credential + COMMIT
-    assert per_call == 4
+    # BEGIN + lock + savepoint + chain head | the previous outcome + release + revocation and
+    # budgets read | request event + credential + COMMIT
+    assert per_call == 3
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'request'") == 5
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'outcome'") == 5
     verified = CliRunner().invoke(
@@ -133,3 +133,73 @@ def test_a_queued_outcome_the_server_refuses_is_dropped_alone_and_the_call_runs(
     assert "could not be written" in caplog.text
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'request'") == 2
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE error LIKE 'bad%'") == 0
+
+
+def test_a_screened_outcome_the_server_still_refuses_fails_one_call_closed_then_is_dropped(
+    pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    """The worst case of sending a queued outcome with the next read: the server refuses it
+    there, so the whole transaction fails (AuditError, the tool does not run, nothing written);
+    the next transaction sends each item at once, and the bad one is dropped as on SQLite."""
+    guard = tg.Guard(make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp")))
+    try:
+        with guard.task("process-job", job_id="42") as task:
+            guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+            guard.store.flush()
+            before = _count(pg_url, "SELECT COUNT(*) FROM events")
+            monkeypatch.setattr(PgConnection, "screened", lambda self: True)  # screening misses
+            guard.store.queue_outcome(
+                PendingOutcome(
+                    event={
+                        "ts": 1.0,
+                        "kind": "outcome",
+                        "task_id": task.task_id,
+                        "outcome": "error",
+                        "error": "bad\x00value",
+                    }
+                )
+            )
+            with pytest.raises(tg.AuditError, match="could not be written"):
+                guard.authorize("kv_set", {"key": OUT, "value": "v"})
+            assert _count(pg_url, "SELECT COUNT(*) FROM events") == before
+            with caplog.at_level(logging.WARNING, logger="toolguard"):
+                guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+                guard.store.flush()
+            assert "could not be written" in caplog.text
+            writer = _writer(guard)
+            trips = writer.round_trips
+            guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+            assert writer.round_trips - trips == 3  # back to queueing after a commit
+    finally:
+        guard.close()
+    assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'request'") == 3
+    assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE error LIKE 'bad%'") == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "screened"),
+    [
+        ("plain text", True),
+        ("é ünïcode", "if UTF8"),
+        ("nul\x00inside", False),
+        ("lone \ud800 surrogate", False),
+        (2**63 - 1, True),
+        (2**63, False),
+        (1.5e308, True),
+        (None, True),
+        (b"bytes", False),
+    ],
+)
+def test_screening_sends_at_once_what_postgresql_might_refuse(
+    pg_url: str, value: Any, screened: bool | str
+) -> None:
+    conn = PgConnection(psycopg.connect(pg_url, autocommit=True), lock_timeout=5.0, pipelined=True)
+    if screened == "if UTF8":  # a SQL_ASCII or LATIN1 database may refuse it
+        screened = conn.raw.info.parameter_status("server_encoding") == "UTF8"
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (v) VALUES (?)", (value,))
+        assert conn.screened() is screened
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()

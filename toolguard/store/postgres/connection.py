@@ -204,6 +204,10 @@ class PgConnection:
         self._queue: list[tuple[str, tuple[Any, ...]]] = []
         self._in_tx = False
         self._lock_queued = False
+        self._utf8 = (  # else only ASCII text is sure to be taken
+            conn.info.parameter_status("server_encoding") == "UTF8"
+            and conn.info.encoding == "utf-8"
+        )
         self.round_trips = 0
         """Requests sent to the server (a pipeline is one); for tests and benchmarks."""
 
@@ -236,6 +240,30 @@ class PgConnection:
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> None:
         for params in seq:
             self.execute(sql, params)
+
+    def screened(self) -> bool:
+        """Whether PostgreSQL takes every queued value as the store's columns hold it: ``None``,
+        floats, 64-bit integers, and text without NUL that the server's encoding can hold. A
+        queued item of such values can wait for the next round trip; one with any other value
+        is sent at once (:meth:`sync`), so that its refusal is seen while it can be replaced."""
+        for _, params in self._queue:
+            for value in params:
+                if value is None or type(value) is float:
+                    continue
+                if type(value) is int:
+                    if not -(2**63) <= value < 2**63:
+                        return False
+                elif type(value) is str:
+                    if "\x00" in value or not (value.isascii() or self._utf8):
+                        return False
+                    if not value.isascii():
+                        try:
+                            value.encode("utf-8")
+                        except UnicodeEncodeError:  # a lone surrogate
+                            return False
+                else:
+                    return False
+        return True
 
     def sync(self) -> None:
         """Send the queued statements now; raise the first one's error."""
