@@ -203,3 +203,26 @@ def test_screening_sends_at_once_what_postgresql_might_refuse(
         conn.execute("ROLLBACK")
     finally:
         conn.close()
+
+
+def test_a_savepoint_released_before_anything_was_sent_is_never_sent(
+    pg_url: str, tmp_path: Path
+) -> None:
+    tg.Guard(make_config(tmp_path, store=pg_url)).close()
+    conn = PgConnection(psycopg.connect(pg_url, autocommit=True), lock_timeout=5.0, pipelined=True)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("SAVEPOINT pending")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('pipeline-a', '1')")
+        conn.execute("RELEASE pending")
+        assert [text.split()[0] for text, _ in conn._queue] == ["BEGIN", "SELECT", "INSERT"]
+        conn.execute("SAVEPOINT pending")
+        conn.sync()  # sent: its RELEASE must be sent too
+        conn.execute("INSERT INTO meta (key, value) VALUES ('pipeline-b', '1')")
+        conn.execute("RELEASE pending")
+        assert [text.split()[0] for text, _ in conn._queue] == ["INSERT", "RELEASE"]
+        conn.execute("COMMIT")
+        assert conn.round_trips == 2
+    finally:
+        conn.close()
+    assert _count(pg_url, "SELECT COUNT(*) FROM meta WHERE key LIKE 'pipeline-%'") == 2

@@ -116,6 +116,10 @@ def _param(value: Any) -> Any:
     return int(value) if isinstance(value, bool) else value
 
 
+def _params(values: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple([int(v) if type(v) is bool else v for v in values])
+
+
 def sqlite_error(exc: BaseException, where: str) -> sqlite3.Error:
     """The :mod:`sqlite3` error of the same meaning as a psycopg error (passwords removed)."""
     text = redact_url(str(exc).strip() or type(exc).__name__)
@@ -204,6 +208,7 @@ class PgConnection:
         self._queue: list[tuple[str, tuple[Any, ...]]] = []
         self._in_tx = False
         self._lock_queued = False
+        self._cursor = conn.cursor()  # one for every statement of the writer
         self._utf8 = (  # else only ASCII text is sure to be taken
             conn.info.parameter_status("server_encoding") == "UTF8"
             and conn.info.encoding == "utf-8"
@@ -224,7 +229,9 @@ class PgConnection:
             return run(self.raw, sql, params, where="write")
         word = sql.lstrip()[:12].upper()
         if word.startswith(_DEFERRABLE) and "RETURNING" not in sql.upper():
-            self._queue.append((translate(sql), tuple(_param(p) for p in params)))
+            if word.startswith("RELEASE") and self._elide(sql):
+                return Rows(None, [])
+            self._queue.append((translate(sql), _params(params)))
             return Rows(None, [])
         if word.startswith("ROLLBACK") and not word.startswith("ROLLBACK TO"):
             self._in_tx = False
@@ -235,7 +242,21 @@ class PgConnection:
             return self._send(translate(sql), ())
         if word.startswith(("COMMIT", "END")):
             self._in_tx = False
-        return self._send(translate(sql), tuple(_param(p) for p in params))
+        return self._send(translate(sql), _params(params))
+
+    def _elide(self, release: str) -> bool:
+        """``RELEASE x`` whose ``SAVEPOINT x`` is still queued, with no savepoint after it:
+        both are dropped (nothing was sent in between, so nothing could roll back to it; an
+        error of a statement between them fails the whole transaction either way)."""
+        name = release.split(None, 1)[1].strip()
+        for i in range(len(self._queue) - 1, -1, -1):
+            text = self._queue[i][0]
+            if text.startswith("SAVEPOINT "):
+                if text == f"SAVEPOINT {name}":
+                    del self._queue[i]
+                    return True
+                return False
+        return False
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> None:
         for params in seq:
@@ -298,14 +319,14 @@ class PgConnection:
             queue.append((sql, params))
         locking, self._lock_queued = self._lock_queued, False
         self.round_trips += 1
-        raw = self.raw
+        cur = self._cursor
         try:
             if len(queue) == 1:
-                cur = raw.execute(queue[0][0], queue[0][1])
+                cur.execute(queue[0][0], queue[0][1])
             else:
-                with raw.pipeline():
+                with self.raw.pipeline():
                     for text, values in queue:
-                        cur = raw.execute(text, values)
+                        cur.execute(text, values)
             if sql is None or cur.description is None:
                 return Rows(None, [])
             return Rows([(c.name,) for c in cur.description], cur.fetchall())

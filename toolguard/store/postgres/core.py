@@ -250,6 +250,11 @@ class PostgresStore(Store):
         self._writer = (os.getpid(), cast(Any, conn))
         return conn
 
+    def _begun(self, conn: Any) -> None:
+        """Read the chain head with ``BEGIN`` and the lock (one round trip; the queued items
+        append to it), so that an item's savepoint is never sent: see ``PgConnection``."""
+        self._local.head = self._head(conn)
+
     def _sync(self, conn: Any) -> None:
         """After a queued outcome or task end is written in its savepoint: send it now if the
         server might refuse its values (then the store replaces it, see ``_write_pending``);

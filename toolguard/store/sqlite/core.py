@@ -450,6 +450,8 @@ class Store(Queries):
         with self._pending_lock:
             pending, self._pending = self._pending, []
         try:
+            if pending:
+                self._begun(conn)
             for item in pending:
                 self._write_pending(conn, item)
             yield conn
@@ -539,6 +541,10 @@ class Store(Queries):
         # Not in a `finally`: when SQLite itself rolled the transaction back (disk full, I/O
         # error) the savepoint is gone, and that error, not "no such savepoint", must surface.
         conn.execute("RELEASE pending")
+
+    def _begun(self, conn: sqlite3.Connection) -> None:
+        """A write transaction with queued items has begun (the PostgreSQL store reads the
+        chain head here, in the same round trip as its ``BEGIN``)."""
 
     def _sync(self, conn: sqlite3.Connection) -> None:
         """Make every statement sent on ``conn`` so far have run (and raise its error). SQLite
