@@ -2,12 +2,14 @@
 requests (queued statements ride with the next read, libpq's pipeline mode), and queueing keeps
 every promise: an error of a queued statement fails the transaction (nothing of it stays), a
 queued outcome the server refuses is still replaced alone, the writer lock still bounds waits.
+Also: guards starting together on a new database all get its schema.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from conftest import make_config
 import toolguard as tg
 from toolguard.cli import main
 from toolguard.store.postgres.connection import PgConnection
+from toolguard.store.postgres.schema import create_schema
 from toolguard.store.sqlite.core import PendingOutcome
 
 pytestmark = pytest.mark.postgres
@@ -226,3 +229,28 @@ def test_a_savepoint_released_before_anything_was_sent_is_never_sent(
     finally:
         conn.close()
     assert _count(pg_url, "SELECT COUNT(*) FROM meta WHERE key LIKE 'pipeline-%'") == 2
+
+
+def test_guards_starting_together_on_a_new_database_all_get_the_schema(pg_url: str) -> None:
+    """Each waits for the writer lock; those that waited resolve ``meta`` from a catalog cache
+    of before the wait and try to create it again: they must see the schema, not fail."""
+    conns = [psycopg.connect(pg_url, autocommit=True) for _ in range(6)]
+    barrier = threading.Barrier(len(conns))
+    results: list[object] = []
+
+    def start(conn: psycopg.Connection[Any]) -> None:
+        barrier.wait()
+        try:
+            results.append(create_schema(conn, "test"))
+        except BaseException as exc:  # reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=start, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for c in conns:
+        c.close()
+    assert sorted(map(repr, results)) == ["False"] * 5 + ["True"], results
+    assert _count(pg_url, "SELECT COUNT(*) FROM meta WHERE key = 'schema_version'") == 1
