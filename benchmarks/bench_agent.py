@@ -9,8 +9,10 @@ then answers. Fitting run time against ``K`` (``K = 1`` and ``K = KMAX``) separa
 - the per-run cost (the intercept): for the guarded agent, the task start and end (two
   transactions, the revocation and a signed checkpoint).
 
-Target: the middleware's per-tool-call overhead is at most 10% of the agent's own per-tool-call
-cost. A variant with a pass-through ``wrap_tool_call`` middleware shows how much of the
+The tool reads its credential (a guarded call signs its token) and the intent has a budget and
+its identity limits (issue 15). Target: toolguard's own per-tool-call cost (guarded minus the
+pass-through middleware) is at most 10% of the agent's own per-tool-call cost. A variant
+with a pass-through ``wrap_tool_call`` middleware shows how much of the
 difference is LangChain's own middleware plumbing rather than toolguard's work, and a variant
 with ``toolguard.guard()`` tools and no middleware (each run inside a ``guard.task`` block)
 shows the guard's cost without that plumbing.
@@ -52,8 +54,12 @@ CONFIG: Any = {"configurable": {"job_id": "42"}}
 
 @tool
 def kv_get(key: str) -> str:
-    """Read a key."""
-    return "value"
+    """Read a key (presenting the call's credential when it has one)."""
+    try:
+        token = tg.current_credential().token  # a guarded call signs its token
+    except tg.CredentialError:  # the unguarded variants
+        token = ""
+    return f"value ({len(token)})"
 
 
 class PassThrough(AgentMiddleware):
@@ -70,13 +76,19 @@ def _config(workdir: Path) -> dict[str, Any]:
     return {
         "store": str(workdir / "audit.db"),
         "issuer": {"name": "bench", "audience": "kv", "key_file": str(workdir / "key.pem")},
-        "identities": {"runner": {"allow": {"read": ["agents:*"]}}},
+        "identities": {
+            "runner": {
+                "allow": {"read": ["agents:*"]},
+                "limits": {"requests_per_minute": 10**9, "requests_per_day": 10**9},
+            }
+        },
         "tools": {"kv_get": {"operation": "read", "resource": "{key}"}},
         "intents": {
             "process-job": {
                 "identity": "runner",
                 "tools": ["kv_get"],
                 "allow": {"read": ["agents:jobs:{job_id}:*"]},
+                "budget": {"max_calls": 10**9},
                 "ttl": "1h",
             }
         },
@@ -227,6 +239,13 @@ def measure(rounds: int, runs: int, kmax: int, mode: str) -> dict[str, Any]:
         },
         "agent_per_tool_call_us": round(bare_call * us, 1),
         "middleware_per_tool_call_us": round(per_call * us, 1),
+        # issue 15: toolguard's own cost, without LangChain's middleware plumbing
+        "toolguard_own_per_tool_call_us": round(
+            med(lambda s: slope(s, "guarded") - slope(s, "passthrough")) * us, 1
+        ),
+        "toolguard_own_ratio_per_tool_call": round(
+            med(lambda s: (slope(s, "guarded") - slope(s, "passthrough")) / slope(s, "bare")), 4
+        ),
         "langgraph_plumbing_per_tool_call_us": round(
             med(lambda s: slope(s, "passthrough") - slope(s, "bare")) * us, 1
         ),

@@ -176,7 +176,9 @@ def fleet(base: str, workdir: Path, seconds: float, writers: list[int]) -> list[
     rows = []
     for n in writers:
         url = _new_db(base)
-        tg.Guard(_config(workdir, url, "setup")).close()  # schema and key first
+        setup = tg.Guard(_config(workdir, url, "setup"))
+        setup.store.open()  # the schema and the key before the writers start
+        setup.close()
         out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
         procs = [
             ctx.Process(

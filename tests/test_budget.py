@@ -590,12 +590,11 @@ _PROPERTY_BUDGET = {
 
 def _charge_world(limits: dict[str, Any] | None, budget: dict[str, Any] | None) -> Any:
     """A policy, a bound task and two identical stores (connection + task counters)."""
-    import tempfile
-
     from toolguard.store.sqlite.schema import create_schema
     from toolguard.store.sqlite.tasks import TaskBudgets
 
-    policy = Policy(tg.load_config(_config(Path(tempfile.mkdtemp()), limits=limits, budget=budget)))
+    unused = Path("/nonexistent/toolguard-policy-only")  # a policy opens no store and no key
+    policy = Policy(tg.load_config(_config(unused, limits=limits, budget=budget)))
     bound = policy.bind("process-job", {"job_id": "42"})
     worlds = []
     for _ in range(2):

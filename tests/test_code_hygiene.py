@@ -7,6 +7,7 @@ modules; these checks keep the copies from coming back (docs/architecture.md, "T
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -21,10 +22,22 @@ SOURCES = sorted(
 )
 
 
+@functools.cache
+def _lines(path: Path) -> list[str]:
+    """A source file's lines, read once for all the tests here."""
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    """A source file's syntax tree, parsed once for all the tests here (they only read it)."""
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
 def _where(pattern: str) -> list[str]:
     found = []
     for path in SOURCES:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(_lines(path), 1):
             if re.search(pattern, line):
                 found.append(f"{path.relative_to(ROOT)}:{number}")
     return found
@@ -50,7 +63,7 @@ def test_a_shared_helper_has_one_definition(pattern: str, home: str) -> None:
 def test_no_module_level_cache_is_keyed_by_id() -> None:
     # id() keys are only safe while the object lives; caches hang derived data on the object
     for path in SOURCES:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        tree = _tree(path)
         module_dicts = {
             t.id
             for node in tree.body
@@ -93,7 +106,7 @@ def test_no_private_name_is_reached_across_modules() -> None:
     assert not _where(r"\b(guard|TaskSession)\._(on_task_end|adopt)\b")
     found = []
     for path in SOURCES:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(_tree(path)):
             if not isinstance(node, ast.ImportFrom):
                 continue
             module = node.module or ""
@@ -131,7 +144,7 @@ FORBIDDEN_SIBLINGS = ("store", "engine", "task", "audit", "cli", "integrity", "i
 def _imports(path: Path) -> list[str]:
     """Every module a file imports (absolute names; ``.x`` relative names as ``.x``)."""
     names = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):

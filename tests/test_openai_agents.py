@@ -20,42 +20,59 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("agents")
-pytest.importorskip("toolguard_openai_agents")
-
-from agents import (
-    Agent,
-    FunctionTool,
-    MaxTurnsExceeded,
-    RunContextWrapper,
-    Runner,
-    ToolOutputText,
-    UserError,
-    WebSearchTool,
-    function_tool,
-    set_tracing_disabled,
-)
-from agents.items import ToolCallOutputItem
-from agents.testing import ScriptedModel, assistant_message, function_call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from toolguard_openai_agents import (
-    GuardedRunner,
-    guard_tools,
-    is_guarded,
-    tool_credential,
-)
 
 import toolguard as tg
 
 os.environ.setdefault("OPENAI_API_KEY", "sk-offline-test")  # never used: no network
-set_tracing_disabled(True)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "openai_agents_example.py"
 DOCS = ROOT / "docs" / "agents.md"
 JOB = {"job_id": "42"}
+
+
+def _load_sdk() -> None:
+    """Import the OpenAI Agents SDK and toolguard_openai_agents into this module when its first
+    test runs, not when pytest collects it: they are the slowest imports of the suite, and with
+    ``make test-fast`` every worker collects every module (``--dist loadfile`` runs this
+    module's tests on one of them). Skipped where the SDK is not installed."""
+    if "Agent" in globals():
+        return  # loaded (the helpers below call this too: other test modules import them)
+    pytest.importorskip("agents")
+    pytest.importorskip("toolguard_openai_agents")
+    global Agent, FunctionTool, MaxTurnsExceeded, RunContextWrapper, Runner, ToolOutputText
+    global UserError, WebSearchTool, function_tool, ToolCallOutputItem, ScriptedModel
+    global assistant_message, function_call, GuardedRunner, guard_tools, is_guarded
+    global tool_credential
+    from agents import (
+        Agent,
+        FunctionTool,
+        MaxTurnsExceeded,
+        RunContextWrapper,
+        Runner,
+        ToolOutputText,
+        UserError,
+        WebSearchTool,
+        function_tool,
+        set_tracing_disabled,
+    )
+    from agents.items import ToolCallOutputItem
+    from agents.testing import ScriptedModel, assistant_message, function_call
+    from toolguard_openai_agents import (
+        GuardedRunner,
+        guard_tools,
+        is_guarded,
+        tool_credential,
+    )
+
+    set_tracing_disabled(True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sdk() -> None:
+    _load_sdk()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -86,6 +103,7 @@ class Kv:
     """Tools over a dict; each call records the credential it ran with (keyed by the key)."""
 
     def __init__(self) -> None:
+        _load_sdk()
         self.data: dict[str, str] = {}
         self.credentials: dict[str, tg.Credential] = {}
         self.fail = False
@@ -113,6 +131,7 @@ class Kv:
 
 
 def _agent(tools: list[Any], steps: list[Any], **kwargs: Any) -> Agent[Any]:
+    _load_sdk()
     return Agent(
         name=kwargs.pop("name", "worker"), tools=tools, model=ScriptedModel(steps), **kwargs
     )
@@ -120,6 +139,7 @@ def _agent(tools: list[Any], steps: list[Any], **kwargs: Any) -> Agent[Any]:
 
 def _outputs(result: Any) -> dict[str, str]:
     """call_id -> the tool output the model read."""
+    _load_sdk()
     return {
         item.raw_item["call_id"]: str(item.output)
         for item in result.new_items
@@ -128,6 +148,7 @@ def _outputs(result: Any) -> dict[str, str]:
 
 
 def _set(call_id: str, key: str, value: str = "v") -> Any:
+    _load_sdk()
     return function_call("kv_set", {"key": key, "value": value}, call_id=call_id)
 
 
@@ -378,7 +399,10 @@ def test_an_audit_error_always_raises_and_nothing_runs(
 
 async def _run_with_store_locked(guard: tg.Guard, runner: GuardedRunner, agent: Any) -> Any:
     """Start the run's task, then lock the store before the first tool call is audited."""
-    locker = sqlite3.connect(guard.config.store_path, isolation_level=None)
+    # authorize runs on the guard's writer thread (aauthorize), not on this one
+    locker = sqlite3.connect(
+        guard.config.store_path, isolation_level=None, check_same_thread=False
+    )
     original = guard.authorize
 
     def authorize(*args: Any, **kwargs: Any) -> Any:
@@ -491,18 +515,24 @@ def test_an_encoded_token_or_one_an_error_hides_never_reaches_the_model(guard: t
     seen: list[str] = []
 
     class Rejected(Exception):
+        def __init__(self, token: str) -> None:
+            super().__init__()
+            self.token = token
+
         def __str__(self) -> str:  # the token is in neither args nor the message text given
-            return f"rejected {seen[-1]}"
+            return f"rejected {self.token}"
 
     def leak_b64(key: str) -> str:
         """Echo the token, base64-encoded as in a Basic header."""
-        seen.append(tg.current_credential().token)
-        return base64.b64encode(f"Bearer {seen[-1]}".encode()).decode()
+        token = tg.current_credential().token
+        seen.append(token)
+        return base64.b64encode(f"Bearer {token}".encode()).decode()
 
     def leak_str(key: str) -> str:
         """Fail with an exception whose text shows the token."""
-        seen.append(tg.current_credential().token)
-        raise Rejected()
+        token = tg.current_credential().token  # its own: the SDK runs both tools at once
+        seen.append(token)
+        raise Rejected(token)
 
     quoting = function_tool(leak_str, failure_error_function=lambda ctx, e: f"error: {e}")
     config = copy.deepcopy(guard.config.model_dump())
@@ -1017,3 +1047,34 @@ def test_the_trail_looks_the_same_as_for_a_langchain_guarded_tool(
 
     assert sorted(shape(openai_guard), key=str) == sorted(shape(langchain_guard), key=str)
     assert {e[0] for e in shape(openai_guard)} == {"request", "outcome", "denied"}
+
+
+def test_the_runs_store_work_never_runs_on_the_event_loop(
+    guard: tg.Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task's start and end and every check are written on the guard's writer thread."""
+    import threading
+
+    from toolguard.store import Store
+
+    seen: list[tuple[str, int]] = []
+    original = Store._write
+
+    def spy(self: Store, what: str) -> Any:
+        seen.append((what, threading.get_ident()))
+        return original(self, what)
+
+    monkeypatch.setattr(Store, "_write", spy)
+    kv = Kv()
+    agent = _agent(
+        guard_tools(kv.tools, guard),
+        [[_set("call-a", "agents:jobs:42:state", "done")], [assistant_message("finished")]],
+    )
+
+    async def main() -> int:
+        await GuardedRunner(guard, "process-job").run(agent, "go", params=JOB)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert {w for w, _ in seen} >= {"task start", "request", "task end"}
+    assert all(thread != loop_thread for _, thread in seen), seen

@@ -21,45 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-
-pytest.importorskip("pydantic_ai")
-pytest.importorskip("toolguard_pydantic_ai")
-
-import pydantic_ai.models
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic_ai import (
-    Agent,
-    CallDeferred,
-    DeferredToolRequests,
-    ModelRetry,
-    RunContext,
-    Tool,
-    ToolReturn,
-    UsageLimitExceeded,
-)
-from pydantic_ai.messages import (
-    ModelMessage,
-    ModelRequest,
-    ModelResponse,
-    TextPart,
-    ToolCallPart,
-    ToolReturnPart,
-)
-from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
-from pydantic_ai.models.test import TestModel
-from pydantic_ai.tools import ToolDefinition
-from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool
-from pydantic_ai.usage import UsageLimits
 from pydantic_core import SchemaValidator, core_schema
-from toolguard_pydantic_ai import (
-    GuardedAgent,
-    GuardedToolset,
-    guard_toolset,
-    is_guarded,
-    tool_credential,
-    unguarded_tools,
-)
 
 import toolguard as tg
 
@@ -67,6 +31,60 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pydantic_ai_example.py"
 DOCS = ROOT / "docs" / "agents.md"
 JOB = {"job_id": "42"}
+
+
+def _load_sdk() -> None:
+    """Import PydanticAI and toolguard_pydantic_ai into this module when its first test runs,
+    not when pytest collects it: they are among the slowest imports of the suite, and with
+    ``make test-fast`` every worker collects every module (``--dist loadfile`` runs this
+    module's tests on one of them). Skipped where PydanticAI is not installed."""
+    if "Agent" in globals():
+        return  # loaded (the helpers below call this too: other test modules import them)
+    pytest.importorskip("pydantic_ai")
+    pytest.importorskip("toolguard_pydantic_ai")
+    global pydantic_ai, Agent, CallDeferred, DeferredToolRequests, ModelRetry, RunContext, Tool
+    global ToolReturn, UsageLimitExceeded, ModelMessage, ModelRequest, ModelResponse, TextPart
+    global ToolCallPart, ToolReturnPart, AgentInfo, DeltaToolCall, FunctionModel, TestModel
+    global ToolDefinition, AbstractToolset, FunctionToolset, ToolsetTool, UsageLimits
+    global GuardedAgent, GuardedToolset, guard_toolset, is_guarded, tool_credential
+    global unguarded_tools
+    import pydantic_ai.models
+    from pydantic_ai import (
+        Agent,
+        CallDeferred,
+        DeferredToolRequests,
+        ModelRetry,
+        RunContext,
+        Tool,
+        ToolReturn,
+        UsageLimitExceeded,
+    )
+    from pydantic_ai.messages import (
+        ModelMessage,
+        ModelRequest,
+        ModelResponse,
+        TextPart,
+        ToolCallPart,
+        ToolReturnPart,
+    )
+    from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
+    from pydantic_ai.models.test import TestModel
+    from pydantic_ai.tools import ToolDefinition
+    from pydantic_ai.toolsets import AbstractToolset, FunctionToolset, ToolsetTool
+    from pydantic_ai.usage import UsageLimits
+    from toolguard_pydantic_ai import (
+        GuardedAgent,
+        GuardedToolset,
+        guard_toolset,
+        is_guarded,
+        tool_credential,
+        unguarded_tools,
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sdk() -> None:
+    _load_sdk()
 
 
 def _close_default_loop() -> None:
@@ -101,6 +119,7 @@ class Script:
     calls, a final text, or an exception to raise. It keeps what the model was sent."""
 
     def __init__(self, steps: list[Any]) -> None:
+        _load_sdk()
         self.steps = list(steps)
         self.seen: list[list[ModelMessage]] = []
         self.tools: list[list[ToolDefinition]] = []
@@ -150,6 +169,7 @@ class Script:
 
 
 def _set(call_id: str, key: str, value: str = "v") -> ToolCallPart:
+    _load_sdk()
     return ToolCallPart("kv_set", {"key": key, "value": value}, tool_call_id=call_id)
 
 
@@ -161,6 +181,7 @@ class Kv:
     """Tools over a dict; each call records the credential it ran with (keyed by the key)."""
 
     def __init__(self) -> None:
+        _load_sdk()
         self.data: dict[str, str] = {}
         self.credentials: dict[str, tg.Credential] = {}
         self.fail: BaseException | None = None
@@ -186,6 +207,7 @@ class Kv:
 
 
 def _agent(toolset: Any, script: Script, **kwargs: Any) -> Agent[Any, str]:
+    _load_sdk()
     return Agent(script.model(), toolsets=[toolset], **kwargs)
 
 
@@ -452,7 +474,10 @@ def test_an_audit_error_always_raises_and_nothing_runs(
         "process-job",
         params=JOB,
     )
-    locker = sqlite3.connect(guard.config.store_path, isolation_level=None)
+    # authorize runs on the guard's writer thread (aauthorize), not on this one
+    locker = sqlite3.connect(
+        guard.config.store_path, isolation_level=None, check_same_thread=False
+    )
     original = guard.authorize
 
     def authorize(*args: Any, **kwargs: Any) -> Any:
@@ -999,3 +1024,32 @@ def test_the_wheel_holds_the_package(tmp_path: Path) -> None:
     }
     assert on_disk <= names and "toolguard_pydantic_ai/py.typed" in names
     assert "Requires-Dist: pydantic-ai-slim<3,>=2.78" in metadata
+
+
+def test_the_runs_store_work_never_runs_on_the_event_loop(
+    guard: tg.Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task's start and end and every check are written on the guard's writer thread."""
+    import threading
+
+    from toolguard.store import Store
+
+    seen: list[tuple[str, int]] = []
+    original = Store._write
+
+    def spy(self: Store, what: str) -> Any:
+        seen.append((what, threading.get_ident()))
+        return original(self, what)
+
+    monkeypatch.setattr(Store, "_write", spy)
+    kv = Kv()
+    script = Script([[_set("call-a", "agents:jobs:42:state", "done")], "finished"])
+    agent = GuardedAgent(_agent(guard_toolset(kv.tools, guard), script), guard, "process-job")
+
+    async def main() -> int:
+        await agent.run("go", deps=JOB)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert {w for w, _ in seen} >= {"task start", "request", "task end"}
+    assert all(thread != loop_thread for _, thread in seen), seen

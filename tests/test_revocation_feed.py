@@ -81,7 +81,13 @@ class Served:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=0.1,  # a hostile reply may still be streaming
+        )
         server = self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()

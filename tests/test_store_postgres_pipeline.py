@@ -56,8 +56,8 @@ def test_a_guarded_call_is_three_round_trips(pg_url: str, tmp_path: Path) -> Non
             per_call = (writer.round_trips - before) / 4
     finally:
         guard.close()
-    # BEGIN + lock + savepoint + chain head | the previous outcome + release + revocation and
-    # budgets read | request event + credential + COMMIT
+    # BEGIN + lock + chain head | the previous outcome + the revocation and budgets read |
+    # request event + credential + COMMIT
     assert per_call == 3
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'request'") == 5
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'outcome'") == 5

@@ -3,7 +3,9 @@
 authorize: find the task -> derive the call -> ``policy.decide`` -> one store transaction
 (revocations, budgets, the ``request`` event, the jti) -> mint the credential.
 finish: queue the ``outcome`` event (it rides in the next transaction).
-Sync and async callers share this code; nothing here awaits.
+Sync and async callers share this code; async callers run the store's part of it on the
+guard's writer thread (:meth:`Guard.aauthorize`, :meth:`Guard.offload`, toolguard/offload.py),
+so the wait for the database and its commits never block the event loop.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
 from .approval import ApprovalGate, Approver, approved_reason, held_by
 from .budget import Settlement, Spend, day_key, plan, task_spends
@@ -37,6 +39,7 @@ from .integrity import guard_keys
 from .intent import Call, Policy
 from .keys import load_args_key
 from .numbers import MAX_COST, check_timestamp, is_finite_number
+from .offload import WriterThread
 from .policy import Decision, decide, derive_call, shadowable
 from .redaction import Redactor
 from .store import PendingOutcome, Store, open_store
@@ -69,6 +72,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("toolguard")
+
+_T = TypeVar("_T")
 
 
 OnDeny = Literal["message", "raise"]
@@ -192,6 +197,7 @@ class Guard:
             for name, rule in self.config.tools.items()
         }
         self._audit: AuditLog | None = None
+        self._writer = WriterThread()  # the store work of async callers (offload)
         given = dict(providers or {})
         unknown = sorted(set(given) - set(self.config.tools))
         if unknown:
@@ -352,8 +358,29 @@ class Guard:
         )  # fmt: skip
 
     def close(self) -> None:
-        """Write pending outcomes and close the store's connections."""
-        self.store.close()
+        """Write pending outcomes and close the store's connections (after the store work
+        async callers handed to the writer thread)."""
+        try:
+            self._writer.close()
+        finally:
+            self.store.close()
+
+    async def offload(
+        self,
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        abandon: Callable[[_T], object] | None = None,
+        always: bool = False,
+        **kwargs: Any,
+    ) -> _T:
+        """``fn(*args, **kwargs)`` on the guard's writer thread (in a copy of the caller's
+        context), awaited: how async code runs anything that writes to the store (a task's
+        start and end, an authorization) without blocking the event loop. Jobs run one at a
+        time, in order. If the caller is cancelled, ``fn`` still completes (unless it had not
+        started; with ``always`` it runs all the same: for what must be written, like a task's
+        end) and ``abandon(result)`` runs (in the writer thread) to undo what nobody uses."""
+        return await self._writer.run(fn, *args, abandon=abandon, always=always, **kwargs)
 
     def __enter__(self) -> Guard:
         return self
@@ -488,6 +515,25 @@ class Guard:
             self._mint_failed(session, call, jti, spends, now, exc, resources_json)
         session.jtis.append(jti)
         return Permit(session, call, credential, spends, now, time.perf_counter(), resources_json)
+
+    async def aauthorize(
+        self, tool: str, args: Mapping[str, Any], *, correlation_id: str | None = None
+    ) -> Permit:
+        """:meth:`authorize` for async callers: the same pipeline, on the guard's writer thread
+        (the event loop never waits for the database). If the caller is cancelled meanwhile,
+        an allowed call is recorded as not run (outcome ``error``; its credential is revoked
+        with its task)."""
+        # a call its task (or an ancestor) may hold for a person's approval can wait for
+        # minutes: it goes to a side thread, not the writer thread's queue of every other call
+        session = task_var.get()
+        return await self._writer.run(
+            self.authorize, tool, args, correlation_id=correlation_id, abandon=self._abandoned,
+            side=session is not None and _may_hold(session),
+        )  # fmt: skip
+
+    def _abandoned(self, permit: Permit) -> None:
+        """The outcome of a call authorized for a caller that was cancelled meanwhile."""
+        self.finish(permit, error=CallerCancelled())
 
     def finish(self, permit: Permit, *, error: BaseException | None = None) -> None:
         """Record a call's outcome (queued for the next transaction) and settle its cost."""
@@ -683,6 +729,25 @@ class Guard:
     @staticmethod
     def _event(kind: str, now: float, **fields: Any) -> dict[str, Any]:
         return {"ts": now, "kind": kind, **fields}
+
+
+class CallerCancelled(Exception):
+    """The outcome error of a call whose async caller was cancelled before the tool ran."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the caller was cancelled while the call was authorized; the tool did not run"
+        )
+
+
+def _may_hold(session: TaskSession) -> bool:
+    """Whether the task or one of its ancestors has ``approve`` rules (see ``held_by``)."""
+    s: TaskSession | None = session
+    while s is not None:
+        if s.bound.approvals:
+            return True
+        s = s.parent
+    return False
 
 
 def _shadow(session: TaskSession) -> bool:

@@ -285,7 +285,14 @@ class TaskSession:
         self._leave(exc)
 
     async def __aenter__(self) -> TaskSession:
-        return self.__enter__()
+        # the start is written on the guard's writer thread (never on the event loop); a
+        # task started for a caller cancelled meanwhile is ended there too
+        if self._resumed:
+            self._resumed = False
+        else:
+            await self.guard.offload(self.start, abandon=_end_abandoned)
+        self._token = task_var.set(self)
+        return self
 
     async def __aexit__(
         self,
@@ -293,18 +300,32 @@ class TaskSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._leave(exc)
+        try:
+            self._reset()
+        finally:  # on the writer thread; a cancellation of this await does not stop it
+            await self.guard.offload(self.end, self._status_for(exc), always=True)
+
+    async def astart(self) -> TaskSession:
+        """:meth:`start` for async callers: written on the guard's writer thread."""
+        return await self.guard.offload(self.start, abandon=_end_abandoned)
+
+    async def aend(self, status: str = "ok", *, reason: str | None = None) -> None:
+        """:meth:`end` for async callers: written on the guard's writer thread."""
+        await self.guard.offload(self.end, status, reason=reason, always=True)
 
     def _leave(self, exc: BaseException | None) -> None:
-        token, self._token = self._token, None
         try:
-            if token is not None:
-                try:
-                    task_var.reset(token)
-                except ValueError:  # left in another context (e.g. an async generator)
-                    pass
+            self._reset()
         finally:
             self.end(self._status_for(exc))
+
+    def _reset(self) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                task_var.reset(token)
+            except ValueError:  # left in another context (e.g. an async generator)
+                pass
 
     # -- delegation ------------------------------------------------------------------------
 
@@ -362,6 +383,11 @@ class TaskSession:
     def carry(self, fn: Callable[_P, _R]) -> Callable[_P, _R]:
         """``fn`` bound to this task, for threads that do not inherit contextvars."""
         return carry_task(fn, task=self)
+
+
+def _end_abandoned(session: TaskSession) -> None:
+    """End a task started for an async caller that was cancelled while it started."""
+    session.end("cancelled", reason="the caller was cancelled while the task started")
 
 
 def config_disabled(guard: Guard, identity: str) -> str | None:

@@ -249,7 +249,8 @@ class GuardedTool(BaseTool):
         **kwargs: Any,
     ) -> Any:
         cid = kwargs.pop(_CALL_ID, None)
-        permit = self._authorize(args, kwargs, cid)
+        # authorized on the guard's writer thread: the event loop never waits for the store
+        permit = await self._aauthorize(args, kwargs, cid)
         inner = self.wrapped
         if self._credential_keys:
             for key in self._credential_keys:
@@ -288,6 +289,19 @@ class GuardedTool(BaseTool):
             return self.guard.authorize(
                 self.name, self._call_args(args, kwargs), correlation_id=cid
             )
+        except AuditError:
+            raise
+        except PolicyDenied as denial:
+            if self.on_deny == "raise":
+                raise
+            raise ToolDenied(denial) from None
+
+    async def _aauthorize(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], cid: Optional[str]
+    ) -> Any:
+        call_args = self._call_args(args, kwargs)
+        try:
+            return await self.guard.aauthorize(self.name, call_args, correlation_id=cid)
         except AuditError:
             raise
         except PolicyDenied as denial:

@@ -99,7 +99,7 @@ def scene(
 ) -> Iterator[Scene]:
     root, task_id = base_trail
     shutil.copytree(root, tmp_path / "trail")
-    config = _config(tmp_path / "trail", busy_timeout=0.2)
+    config = _config(tmp_path / "trail", busy_timeout=0.05)  # locked: the lock is held throughout
     db = Path(config["store"])
     guard = tg.Guard(config)
     tokens: list[str] = []

@@ -48,7 +48,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 from typing_extensions import NotRequired
 
-from toolguard import AuditError, Guard, GuardedTool, PolicyDenied, TaskSession
+from toolguard import Guard, GuardedTool, PolicyDenied, TaskSession
 from toolguard._langchain_compat import is_invalid_resume, var_child_runnable_config
 from toolguard.adapters import DENIED, task_params
 from toolguard.context import task_var
@@ -131,6 +131,8 @@ class _Prepared:
     token: contextvars.Token[TaskSession | None] | None = None
     permit: Permit | None = None
     denial: ToolMessage | None = None
+    unchecked: bool = False
+    """A call of a tool the model invented, not yet authorized (``_prepare(authorize=False)``)."""
 
 
 class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
@@ -236,8 +238,21 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         runtime: Runtime[Any],
         config: Optional[RunnableConfig] = None,
     ) -> dict[str, Any] | None:
-        """Async twin of :meth:`before_agent` (the store is synchronous SQLite)."""
-        return self.before_agent(state, runtime, config)
+        """Async twin of :meth:`before_agent`: the task starts on the guard's writer thread
+        (the store is synchronous; the event loop never waits for it)."""
+        if config is None:
+            config = var_child_runnable_config.get() or {}
+        return await self.guard.offload(
+            self.before_agent, state, runtime, config, abandon=self._abandon_start
+        )
+
+    def _abandon_start(self, update: dict[str, Any] | None) -> None:
+        """End a run's task started for a caller cancelled meanwhile (in the writer thread)."""
+        task_id = (update or {}).get(STATE_KEY)
+        with self._lock:
+            session = self._sessions.pop(task_id or "", None)
+        if session is not None:
+            session.end("cancelled", reason="the agent run was cancelled while its task started")
 
     def after_agent(self, state: GuardState, runtime: Runtime[Any]) -> dict[str, Any] | None:
         """End the run's task: revoke its credentials and record ``task_end``."""
@@ -256,8 +271,8 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         return {STATE_KEY: None}
 
     async def aafter_agent(self, state: GuardState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Async twin of :meth:`after_agent`."""
-        return self.after_agent(state, runtime)
+        """Async twin of :meth:`after_agent` (the end is written on the guard's writer thread)."""
+        return await self.guard.offload(self.after_agent, state, runtime, always=True)
 
     def _prune(self) -> None:
         """Forget ended tasks; end the ones past their TTL (the last resort)."""
@@ -358,7 +373,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         try:
             return await handler(request)
         except BaseException as exc:
-            self._abort(request.state, exc, "a model call")
+            await self.guard.offload(self._abort, request.state, exc, "a model call", always=True)
             raise
 
     def wrap_tool_call(
@@ -395,9 +410,12 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
     ) -> ToolMessage | Command[Any]:
-        """Async twin of :meth:`wrap_tool_call`; parallel calls each get their own check."""
+        """Async twin of :meth:`wrap_tool_call`; parallel calls each get their own check, on
+        the guard's writer thread (the event loop never waits for the store)."""
         try:
-            prepared = self._prepare(request)
+            prepared = self._prepare(request, authorize=False)
+            if prepared.unchecked:
+                prepared = await self._acheck(prepared)
             try:
                 if prepared.denial is not None:
                     return prepared.denial
@@ -415,7 +433,8 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
             finally:
                 _reset(prepared.token)
         except BaseException as exc:
-            self._abort(request.state, exc, f"tool call '{request.tool_call.get('name')}'")
+            where = f"tool call '{request.tool_call.get('name')}'"
+            await self.guard.offload(self._abort, request.state, exc, where, always=True)
             raise
 
     def _abort(self, state: Any, exc: BaseException, where: str) -> None:
@@ -450,8 +469,9 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         # the ended session stays known until the next run prunes it: a call of this run
         # that still comes (a retry outside this middleware) is denied as "task ended"
 
-    def _prepare(self, request: ToolCallRequest) -> _Prepared:
-        """Make the run's task current and authorize the call (unless the tool checks itself)."""
+    def _prepare(self, request: ToolCallRequest, *, authorize: bool = True) -> _Prepared:
+        """Make the run's task current and authorize the call (unless the tool checks itself;
+        with ``authorize=False`` a call of an invented tool comes back ``unchecked``)."""
         token: contextvars.Token[TaskSession | None] | None = None
         task_id = _task_id(request.state)
         if task_id is not None:
@@ -476,27 +496,48 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
                 # fills an injected credential in and scrubs the token from the result.
                 return _Prepared(request.override(tool=self._guarded_twin(tool)), token)
             # A tool the model invented: nothing runs it, the call is checked as written.
+            if not authorize:
+                return _Prepared(request, token, unchecked=True)
             call = request.tool_call
-            name = call["name"]
-            args = dict(call.get("args") or {})
             try:
-                permit = self.guard.authorize(name, args, correlation_id=call.get("id"))
-            except AuditError:
-                raise
-            except PolicyDenied as denial:
-                if self.on_deny == "raise":
-                    raise
-                message = ToolMessage(
-                    content=DENIED + denial.reason,
-                    status="error",
-                    tool_call_id=call.get("id") or "",
-                    name=name,
+                permit = self.guard.authorize(
+                    call["name"], dict(call.get("args") or {}), correlation_id=call.get("id")
                 )
-                return _Prepared(request, token, denial=message)
+            except PolicyDenied as denial:
+                return self._denied(request, token, denial)
             return _Prepared(request, token, permit=permit)
         except BaseException:
             _reset(token)
             raise
+
+    async def _acheck(self, prepared: _Prepared) -> _Prepared:
+        """Authorize an ``unchecked`` call on the guard's writer thread."""
+        request, token = prepared.request, prepared.token
+        call = request.tool_call
+        try:
+            try:
+                permit = await self.guard.aauthorize(
+                    call["name"], dict(call.get("args") or {}), correlation_id=call.get("id")
+                )
+            except PolicyDenied as denial:
+                return self._denied(request, token, denial)
+        except BaseException:
+            _reset(token)
+            raise
+        return _Prepared(request, token, permit=permit)
+
+    def _denied(self, request: ToolCallRequest, token: Any, denial: PolicyDenied) -> _Prepared:
+        """A denial of an invented tool's call: raised, or a message to the model."""
+        if self.on_deny == "raise":
+            raise denial
+        call = request.tool_call
+        message = ToolMessage(
+            content=DENIED + denial.reason,
+            status="error",
+            tool_call_id=call.get("id") or "",
+            name=call["name"],
+        )
+        return _Prepared(request, token, denial=message)
 
     def _guarded_twin(self, tool: BaseTool) -> GuardedTool:
         """The tool's ``guard()`` twin (cached per tool object)."""

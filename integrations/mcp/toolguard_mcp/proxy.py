@@ -47,9 +47,9 @@ from mcp.shared.exceptions import McpError
 from mcp.shared.message import ClientMessageMetadata, SessionMessage
 from mcp.shared.session import RequestResponder
 
-import toolguard as tg
 from toolguard import AuditError, Guard, PolicyDenied, TaskSession, ToolGuardError
 from toolguard.adapters import DENIED
+from toolguard.context import task_var
 from toolguard.scrub import scrub
 
 __all__ = ["CREDENTIAL_META_KEY", "GuardingProxy", "Upstream", "UpstreamToolError"]
@@ -525,8 +525,15 @@ class GuardingProxy(Server[Any, Any]):
                 "call was not forwarded"
             )
         try:
-            authorize = tg.carry_task(self.guard.authorize, task=state.task)
-            permit = authorize(name, arguments, correlation_id=str(request_id))
+            # the session's task is current for the check, which runs on the guard's writer
+            # thread (the event loop never waits for the store)
+            current = task_var.set(state.task)
+            try:
+                permit = await self.guard.aauthorize(
+                    name, arguments, correlation_id=str(request_id)
+                )
+            finally:
+                task_var.reset(current)
         except PolicyDenied as denial:
             return _error_result(DENIED + denial.reason)
         except ToolGuardError as exc:  # AuditError and the like: nothing ran

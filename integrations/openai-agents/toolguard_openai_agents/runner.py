@@ -97,20 +97,21 @@ class GuardedRunner:
         params: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> RunResult:
-        """``await Runner.run(starting_agent, input, **kwargs)`` as one task."""
-        state = self._start(params, kwargs)
+        """``await Runner.run(starting_agent, input, **kwargs)`` as one task (its start and end
+        are written on the guard's writer thread: the event loop never waits for the store)."""
+        state = await self.guard.offload(self._start, params, kwargs, abandon=self._abandoned)
         tokens = _enter(state)
         try:
             result = await Runner.run(starting_agent, input, **kwargs)
         except BaseException as exc:
-            self._end_quietly(state, exc)
+            await self.guard.offload(self._end_quietly, state, exc, always=True)
             error = _unwrap(exc)
             if error is exc:
                 raise
             raise error from None
         finally:
             _leave(tokens)
-        self._end(state, None, result)
+        await self.guard.offload(self._end, state, None, result, always=True)
         return result
 
     def run_sync(
@@ -236,6 +237,10 @@ class GuardedRunner:
             error = _unwrap(exc)
             _end_sessions(state, "error", f"the agent run raised {type(error).__name__}")
 
+    def _abandoned(self, state: RunState) -> None:
+        """End the tasks of a run whose caller was cancelled while they started."""
+        self._end_quietly(state, asyncio.CancelledError())
+
     def _end_quietly(self, state: RunState, exc: BaseException | None, result: Any = None) -> None:
         """:meth:`_end` where an error is already on its way (or nobody could catch one): a
         failure to record the end is logged, not raised over the run's own error. The
@@ -321,7 +326,8 @@ class _HandoffHooks(RunHooks[Any]):
 
     async def on_handoff(self, context: Any, from_agent: Any, to_agent: Any) -> None:
         runner, state, values, run_context = self._tg
-        runner._handoff(state, values, run_context, to_agent)
+        # the delegated task starts on the guard's writer thread (never on the event loop)
+        await runner.guard.offload(runner._handoff, state, values, run_context, to_agent)
         await self._inner.on_handoff(context, from_agent, to_agent)
 
 

@@ -104,7 +104,8 @@ class GuardedInvoker:
             try:
                 # The rule checked is the one of the tool that runs (its name when it was
                 # guarded), never a name the call or a later rename of the tool claims.
-                permit = self.guard.authorize(
+                # (on the guard's writer thread: the event loop never waits for the store)
+                permit = await self.guard.aauthorize(
                     self.name, _arguments(input), correlation_id=call_id or None
                 )
             except AuditError:

@@ -100,14 +100,15 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         self, user_prompt: Any = None, **kwargs: Any
     ) -> AsyncIterator[AgentRun[Any, Any]]:
         self._refuse_unguarded([*self.wrapped.toolsets, *(kwargs.get("toolsets") or ())])
-        session = self._start(kwargs.get("deps"))
+        # the task's start and end are written on the guard's writer thread (never on the loop)
+        session = await self.guard.offload(self._start, kwargs.get("deps"), abandon=self._abandoned)
         token = task_var.set(session) if session is not None else None
         run: AgentRun[Any, Any] | None = None
         try:
             async with self.wrapped.iter(user_prompt, **kwargs) as run:
                 yield run
         except BaseException as exc:
-            self._end_quietly(session, exc, run)
+            await self.guard.offload(self._end_quietly, session, exc, run, always=True)
             error = _unwrap(exc)
             if error is exc:
                 raise
@@ -115,7 +116,7 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         finally:
             if token is not None:
                 _reset(token)
-        self._end(session, None, run)
+        await self.guard.offload(self._end, session, None, run, always=True)
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -160,6 +161,10 @@ class GuardedAgent(WrapperAgent[Any, Any]):
         with self._lock:
             self._active[id(session)] = session
         return session
+
+    def _abandoned(self, session: TaskSession | None) -> None:
+        """End the task of a run whose caller was cancelled while it started."""
+        self._end_quietly(session, asyncio.CancelledError(), None)
 
     def _end(
         self, session: TaskSession | None, exc: BaseException | None, run: AgentRun[Any, Any] | None

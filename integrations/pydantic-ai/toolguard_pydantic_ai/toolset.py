@@ -87,7 +87,8 @@ class GuardedToolset(WrapperToolset[Any]):
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
     ) -> Any:
         try:
-            permit = self.guard.authorize(
+            # on the guard's writer thread: the event loop never waits for the store
+            permit = await self.guard.aauthorize(
                 name, _policy_args(tool_args), correlation_id=ctx.tool_call_id or None
             )
         except AuditError:

@@ -250,15 +250,10 @@ class PostgresStore(Store):
         self._writer = (os.getpid(), cast(Any, conn))
         return conn
 
-    def _begun(self, conn: Any) -> None:
-        """Read the chain head with ``BEGIN`` and the lock (one round trip; the queued items
-        append to it), so that an item's savepoint is never sent: see ``PgConnection``."""
-        self._local.head = self._head(conn)
-
     def _sync(self, conn: Any) -> None:
-        """After a queued outcome or task end is written in its savepoint: send it now if the
-        server might refuse its values (then the store replaces it, see ``_write_pending``);
-        else it rides with the transaction's next read (one round trip fewer). Should a
+        """After queued outcomes or task ends are written: send them now if the server might
+        refuse their values (then the store isolates the bad one, see ``_write_queued``); else
+        they ride with the transaction's next read (one round trip fewer). Should a
         screened item still be refused, the transaction fails (the call fails closed, nothing
         is written) and, until a transaction commits again, every item is sent at once."""
         sync = getattr(conn, "sync", None)  # tests may wrap the writer

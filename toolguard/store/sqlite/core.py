@@ -408,34 +408,7 @@ class Store(Queries):
                 )
         try:
             conn = self._writer_conn()
-            # the writer has busy_timeout 0: waits are ours, fair and bounded
-            delay = 50e-6
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    break
-                except sqlite3.OperationalError as exc:
-                    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-                    if not (
-                        code & 0xFF == 5  # SQLITE_BUSY and its extended codes
-                        if code is not None
-                        else str(exc).startswith("database is locked")
-                    ):
-                        raise
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self.busy_timeout
-                elif now >= deadline:
-                    raise AuditError(
-                        f"the audit trail {self.path} could not be written ({what}) within"
-                        " busy_timeout"
-                        f" ({self.busy_timeout:g}s; raise it or reduce concurrent writers):"
-                        " database is locked; nothing ran"
-                    )
-                import random  # only under contention
-
-                time.sleep(min(delay * (0.5 + random.random()), deadline - now))  # noqa: S311
-                delay = min(delay * 2, 250e-6)
+            self._begin(conn, what, deadline)
         except BaseException as exc:
             plock.release()
             if self._stale is not None:
@@ -451,9 +424,7 @@ class Store(Queries):
             pending, self._pending = self._pending, []
         try:
             if pending:
-                self._begun(conn)
-            for item in pending:
-                self._write_pending(conn, item)
+                self._write_queued(conn, pending, what)
             yield conn
             # the file at the path must still be the one written to: else nothing commits
             self._check_file(wal=True)
@@ -479,6 +450,60 @@ class Store(Queries):
             local.tx = None
             local.head = None
             plock.release()
+
+    def _begin(self, conn: sqlite3.Connection, what: str, deadline: float = 0.0) -> None:
+        """``BEGIN IMMEDIATE`` on the writer (busy_timeout 0: the waits are ours, fair and
+        bounded by ``deadline``, else ``busy_timeout`` from the first refusal)."""
+        delay = 50e-6
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+                if not (
+                    code & 0xFF == 5  # SQLITE_BUSY and its extended codes
+                    if code is not None
+                    else str(exc).startswith("database is locked")
+                ):
+                    raise
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + self.busy_timeout
+            elif now >= deadline:
+                raise AuditError(
+                    f"the audit trail {self.path} could not be written ({what}) within"
+                    " busy_timeout"
+                    f" ({self.busy_timeout:g}s; raise it or reduce concurrent writers):"
+                    " database is locked; nothing ran"
+                )
+            import random  # only under contention
+
+            time.sleep(min(delay * (0.5 + random.random()), deadline - now))  # noqa: S311
+            delay = min(delay * 2, 250e-6)
+
+    def _write_queued(
+        self, conn: sqlite3.Connection, pending: Sequence[PendingOutcome | PendingEnd], what: str
+    ) -> None:
+        """Write the queued items at the start of a transaction. First all at once, without
+        a savepoint each (two statements fewer per call, issue 15); if one of them holds
+        values that cannot be written (``_BAD_ITEM``), the transaction is started over and
+        every item gets its own savepoint (:meth:`_write_pending`)."""
+        try:
+            for item in pending:
+                self._write_item(conn, item)
+            self._sync(conn)  # an item's refusal must surface here, not at a later statement
+            return
+        except _BAD_ITEM:
+            pass
+        # Nothing but the queued items was written yet: roll them back, begin again (this
+        # process still holds its write lock) and isolate the bad one.
+        self._tasks.rollback()
+        self._local.head = None
+        conn.execute("ROLLBACK")
+        self._begin(conn, what)
+        for item in pending:
+            self._write_pending(conn, item)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -541,10 +566,6 @@ class Store(Queries):
         # Not in a `finally`: when SQLite itself rolled the transaction back (disk full, I/O
         # error) the savepoint is gone, and that error, not "no such savepoint", must surface.
         conn.execute("RELEASE pending")
-
-    def _begun(self, conn: sqlite3.Connection) -> None:
-        """A write transaction with queued items has begun (the PostgreSQL store reads the
-        chain head here, in the same round trip as its ``BEGIN``)."""
 
     def _sync(self, conn: sqlite3.Connection) -> None:
         """Make every statement sent on ``conn`` so far have run (and raise its error). SQLite

@@ -1,0 +1,115 @@
+"""`make test-fast` checks no less than it selects: the shortcuts of docs/architecture.md ("The
+tests") change when and where modules are imported, never which tests run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import _SLOW_MODULE, _deselects_every_slow_test
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHONPATH = os.pathsep.join(
+    str(p)
+    for p in (
+        ROOT,
+        *(
+            ROOT / "integrations" / name
+            for name in ("langchain", "starlette", "openai-agents", "pydantic-ai", "mcp")
+        ),
+    )
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pytestmark = pytest.mark.slow\n",
+        "pytestmark = pytest.mark.slow  # subprocesses\n",
+        "import x\n\npytestmark = [\n    pytest.mark.skipif(not x, reason='y'),\n"
+        "    pytest.mark.slow,  # z\n]\n",
+    ],
+)
+def test_a_module_marked_slow_as_a_whole_is_recognised(text: str) -> None:
+    assert _SLOW_MODULE.search(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "@pytest.mark.slow\ndef test_one() -> None: ...\n",
+        "pytestmark = pytest.mark.skipif(True, reason='slow')\n",
+        "pytestmark = pytest.mark.xdist_group('slow')\n",
+        "pytestmark = [pytest.mark.slowish]\n",
+        "    pytestmark = pytest.mark.slow\n",
+    ],
+)
+def test_a_module_with_some_slow_tests_is_collected(text: str) -> None:
+    assert not _SLOW_MODULE.search(text)
+
+
+@pytest.mark.parametrize(
+    ("markexpr", "skips_slow_modules"),
+    [
+        ("not slow", True),
+        ("not slow and not postgres", True),  # make test-fast
+        ("not (slow or postgres)", True),
+        ("not slow or postgres", False),  # a slow test marked postgres is selected
+        ("(not slow) or (slow and no_such_mark)", False),
+        ("slow", False),
+        ("postgres", False),
+        ("", False),
+    ],
+)
+def test_only_an_expression_deselecting_every_slow_test_skips_slow_modules(
+    markexpr: str, skips_slow_modules: bool
+) -> None:
+    assert _deselects_every_slow_test(markexpr) is skips_slow_modules
+
+
+def _collect(*args: str, plugins: Path | None = None) -> str:
+    """``pytest --collect-only -q ARGS`` in a subprocess (with the plugin modules found in the
+    folder ``plugins``): its output."""
+    path = PYTHONPATH + (os.pathsep + str(plugins) if plugins is not None else "")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": path},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def _ids(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "::" in line]
+
+
+@pytest.mark.slow
+def test_the_fast_loop_selects_every_test_not_marked_slow() -> None:
+    # make test-fast's -m skips importing wholly slow modules; this one, selecting the same
+    # tests (no test is marked no_such_mark), imports them all
+    fast = _ids(_collect("-m", "not slow and not postgres"))
+    reference = _ids(_collect("-m", "(not slow and not postgres) or (slow and no_such_mark)"))
+    assert fast == reference
+    assert len(fast) > 1000
+    assert not any(n.startswith(("tests/test_mcp.py", "tests/test_crash.py")) for n in fast)
+
+
+@pytest.mark.slow
+def test_collecting_the_sdk_tests_imports_no_sdk(tmp_path: Path) -> None:
+    (tmp_path / "sdk_probe.py").write_text(
+        "import sys\n\n"
+        "def pytest_collection_finish(session):\n"
+        "    loaded = sorted(m for m in ('agents', 'pydantic_ai') if m in sys.modules)\n"
+        "    print('SDK-LOADED', loaded)\n",
+        encoding="utf-8",
+    )
+    output = _collect(
+        "-p", "sdk_probe", "tests/test_openai_agents.py", "tests/test_pydantic_ai.py",
+        plugins=tmp_path,
+    )  # fmt: skip
+    assert len(_ids(output)) > 40
+    assert "SDK-LOADED []" in output, output[-2000:]
