@@ -759,3 +759,95 @@ def test_revocation_app_from_config_serves_the_guards_store_with_its_key(
 
     with pytest.raises(tg.CredentialError, match="does not exist"):  # never creates a key
         revocation_app_from_config({**config, "issuer": {**config["issuer"], "key_file": "nope"}})
+
+
+# -- an attacker's review (issue 11): replays, compression, the server's surface ------------------
+
+
+def test_feed_a_replayed_list_never_outlives_grace_plus_leeway_from_its_signing(
+    hostile: tuple[Hostile, RevocationFeed, Verifier], guard: tg.Guard, clock: Any
+) -> None:
+    """A man in the middle keeps a genuine list and serves it just before it would be refused
+    as stale: the verifier must fail closed grace + leeway after the list was signed, not a
+    whole grace after the replay arrived (which was up to 2 * grace + leeway)."""
+    front, _, _ = hostile
+    signed_at = time.time()
+    captured = _genuine(guard, lambda: signed_at)
+    front.reply = _list_reply(captured)
+    feed = RevocationFeed(
+        hostile[1].url, keys=guard.keys, issuer=ISS, grace=10, leeway=5, clock=clock,
+        start=False,
+    )  # fmt: skip
+    clock.now = signed_at + 14.5  # just within grace + leeway: still accepted
+    assert feed.refresh(), feed.last_error
+    check = {"jti": "j", "task_id": "t", "identity": "i", "chain": (), "issued_at": signed_at}
+    clock.now = signed_at + 14.9
+    assert feed.revoked_reason(**check) is None  # still within its life
+    clock.now = signed_at + 15.5  # grace + leeway after signing: fail closed
+    with pytest.raises(FeedError, match="has not answered"):
+        feed.revoked_reason(**check)
+    assert not feed.refresh()  # and the replay is refused from now on
+    assert "too long ago" in (feed.last_error or "")
+    feed.close()
+
+
+def test_feed_an_honest_list_keeps_the_full_grace_after_the_last_poll(
+    hostile: tuple[Hostile, RevocationFeed, Verifier], guard: tg.Guard, clock: Any
+) -> None:
+    clock.now = time.time()
+    feed = RevocationFeed(
+        hostile[1].url, keys=guard.keys, issuer=ISS, grace=10, clock=clock, start=False
+    )
+    assert feed.refresh()
+    check = {"jti": "j", "task_id": "t", "identity": "i", "chain": (), "issued_at": clock.now}
+    clock.advance(9.5)
+    assert feed.revoked_reason(**check) is None
+    clock.advance(1)
+    with pytest.raises(FeedError):
+        feed.revoked_reason(**check)
+    feed.close()
+
+
+def test_feed_asks_for_no_compression_and_refuses_a_gzip_bomb_reading_max_bytes_at_most(
+    hostile: tuple[Hostile, RevocationFeed, Verifier], guard: tg.Guard
+) -> None:
+    import gzip
+
+    seen: list[bytes] = []
+    bomb = gzip.compress(b"A" * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB in ~64 KiB
+    assert len(bomb) < 100 * 1024
+
+    async def reply(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(dict(scope["headers"]).get(b"accept-encoding", b""))
+        await Response(bomb, media_type=FEED_MEDIA_TYPE, headers={"Content-Encoding": "gzip"})(
+            scope, receive, send
+        )
+
+    hostile[0].reply = reply
+    # read raw (never inflated to 64 MiB): refused as what it is, compressed bytes
+    _assert_rejected_and_kept(hostile, guard, "not a compact JWS")
+    assert seen == [b"identity"]
+    small = gzip.compress(_genuine(guard).encode())  # a compressing proxy: refused, not inflated
+    hostile[0].reply = Response(
+        small, media_type=FEED_MEDIA_TYPE, headers={"Content-Encoding": "gzip"}
+    )
+    _assert_rejected_and_kept(hostile, guard, "not a compact JWS")
+
+
+def test_feed_server_other_methods_and_the_jwks_never_carry_a_private_key(
+    guard: tg.Guard,
+) -> None:
+    secret = "s" * 24
+    app = revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, secret=secret)
+    with TestClient(app) as client:
+        assert client.head("/revocations").status_code == 401  # HEAD is GET: same secret
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+            assert client.request(method, "/revocations").status_code == 405
+            assert client.request(method, "/jwks.json").status_code == 405
+        for wrong in ("", "Bearer", f"Bearer {secret[:-1]}", f"Basic {secret}", secret):
+            assert client.get("/revocations", headers={"Authorization": wrong}).status_code == 401
+        good = {"Authorization": f"Bearer {secret}"}
+        assert client.head("/revocations", headers=good).status_code == 200
+        jwks = client.get("/jwks.json").json()
+    private = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+    assert jwks["keys"] and all(not private & set(key) for key in jwks["keys"])

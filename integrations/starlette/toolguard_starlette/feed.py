@@ -29,7 +29,8 @@ background thread every ``interval`` seconds and answers the verifier from memor
   verifier within ``interval + timeout`` (default 0.5 s + 0.5 s = 1 s).
 - **Grace period, then fail closed**: if the feed cannot be reached, or its reply is rejected,
   the verifier keeps its last good list for ``grace`` seconds (default 10 s) after the last
-  successful poll, then rejects every credential (503 from :class:`ToolGuardAuth`) until the
+  successful poll (for a new list: after its ``iat`` plus ``leeway``, if that is earlier, so a
+  replayed list never outlives ``grace + leeway`` from its signing), then rejects every credential (503 from :class:`ToolGuardAuth`) until the
   feed answers again. A conditional poll (If-None-Match) answered 304 counts as success only
   while the held list was signed less than ``grace / 2`` ago; after that the client asks for a
   freshly signed list, so a replayed or forged 304 cannot keep an old list alive for longer
@@ -431,7 +432,13 @@ class RevocationFeed:
             self.start()
 
     def _new_client(self) -> httpx.Client:
-        headers = {"Accept": FEED_MEDIA_TYPE, "User-Agent": "toolguard-starlette feed"}
+        # identity: the reply is read raw and bounded by max_bytes; a compressed one (from a
+        # proxy) would be refused, so none is asked for
+        headers = {
+            "Accept": FEED_MEDIA_TYPE,
+            "Accept-Encoding": "identity",
+            "User-Agent": "toolguard-starlette feed",
+        }
         if self._secret is not None:
             headers["Authorization"] = f"Bearer {self._secret}"
         return httpx.Client(
@@ -595,6 +602,10 @@ class RevocationFeed:
         with self._lock:
             if fresh is not None:
                 self._list, self._etag = fresh, etag
+                # the grace period runs from when the list was signed (give or take the
+                # leeway), not from when it arrived: a list replayed by a man in the middle
+                # shortly before it would be refused as stale must not live a grace longer
+                now = min(now, fresh.iat + self.leeway)
             self._last_ok = now
 
     def _parse(self, body: bytes, now: float) -> RevocationList:
