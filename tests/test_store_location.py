@@ -253,3 +253,47 @@ def test_the_viewer_reads_a_database_whose_path_has_uri_characters(
     result = CliRunner().invoke(main, ["audit", "tasks", "--db", str(path)])
     assert result.exit_code == 0, result.output
     assert "process-job" in result.output
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (f"postgresql://tg:{SECRET}@db/trail", "not a URL"),  # was "does not exist" + password
+        ("https://feed.internal/checkpoints", "not a URL"),
+        ("", "not an empty value"),  # was "cannot read .: Is a directory"
+        ("   ", "not an empty value"),
+    ],
+)
+def test_checkpoints_flag_refuses_urls_and_empty_values_without_echoing_them(
+    value: str, why: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guard = tg.Guard(make_config(tmp_path))
+    with guard.task("process-job", job_id="1"):
+        pass
+    guard.close()
+    monkeypatch.chdir(tmp_path)
+    for args in (
+        ["audit", "verify", "--db", "audit.db", "--checkpoints", value],
+        ["audit", "verify", "--db", "audit.db", "--checkpoints", "audit.db.checkpoints",
+         "--checkpoints", value],
+        ["audit", "acknowledge", "--db", "audit.db", "--truncated", "--by", "me",
+         "--reason", "test", "--checkpoints", value],
+    ):  # fmt: skip
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert why in result.output and SECRET not in result.output
+        assert "Traceback" not in result.output
+
+
+def test_checkpoints_flag_takes_a_windows_like_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guard = tg.Guard(make_config(tmp_path))
+    with guard.task("process-job", job_id="1"):
+        pass
+    guard.close()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main, ["audit", "verify", "--db", "audit.db", "--checkpoints", "C:/nowhere.checkpoints"]
+    )
+    assert result.exit_code == 0 and "does not exist" in result.output

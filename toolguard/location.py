@@ -204,9 +204,7 @@ def _checked_postgres(url: str) -> str:
     shown = redact_url(url)
     fix = "write postgresql://user:password@host:port/dbname"
     if len(url) > MAX_URL_CHARS:
-        raise ConfigError(
-            f"the PostgreSQL store is longer than {MAX_URL_CHARS} characters; {fix}"
-        )
+        raise ConfigError(f"the PostgreSQL store is longer than {MAX_URL_CHARS} characters; {fix}")
     if not url.isprintable() or " " in url:
         raise ConfigError(
             "the PostgreSQL store holds spaces, control or invisible characters; "

@@ -30,7 +30,8 @@ background thread every ``interval`` seconds and answers the verifier from memor
 - **Grace period, then fail closed**: if the feed cannot be reached, or its reply is rejected,
   the verifier keeps its last good list for ``grace`` seconds (default 10 s) after the last
   successful poll (for a new list: after its ``iat`` plus ``leeway``, if that is earlier, so a
-  replayed list never outlives ``grace + leeway`` from its signing), then rejects every credential (503 from :class:`ToolGuardAuth`) until the
+  replayed list never outlives ``grace + leeway`` from its signing), then rejects every
+  credential (503 from :class:`ToolGuardAuth`) until the
   feed answers again. A conditional poll (If-None-Match) answered 304 counts as success only
   while the held list was signed less than ``grace / 2`` ago; after that the client asks for a
   freshly signed list, so a replayed or forged 304 cannot keep an old list alive for longer
