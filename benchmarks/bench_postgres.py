@@ -59,7 +59,14 @@ def _config(workdir: Path, store: str, name: str) -> dict[str, Any]:
             }
         },
         "tools": {"kv_get": {"operation": "read", "resource": "{key}"}},
-        "intents": {"read-job": {"identity": "bench", "tools": ["kv_get"], "ttl": "1h"}},
+        "intents": {
+            "read-job": {
+                "identity": "bench",
+                "tools": ["kv_get"],
+                "allow": {"read": ["agents:*"]},
+                "ttl": "1h",
+            }
+        },
     }
 
 
@@ -120,14 +127,21 @@ def overhead(base: str, workdir: Path, calls: int) -> dict[str, Any]:
         guarded = tg.guard(kv_get, guard)
         times = []
         with guard.task("read-job"):
-            for _ in range(50):
-                guarded.invoke({"key": KEY})  # warm: connections, prepared statements
+            for _ in range(50):  # warm: connections, prepared statements
+                result = guarded.invoke({"key": KEY})
+                assert result == f"value of {KEY}", f"the benchmark's call is refused: {result}"
+            writer = getattr(guard.store, "_writer", None)
+            trips = getattr(writer[1], "round_trips", None) if writer else None
             for _ in range(calls):
                 t = time.perf_counter()
                 guarded.invoke({"key": KEY})
                 times.append(time.perf_counter() - t)
+            if trips is not None:
+                trips = round((writer[1].round_trips - trips) / calls, 2)  # type: ignore[index]
         guard.close()
         out[name] = _pcts(times)
+        if trips is not None:
+            out[name]["round_trips_per_call"] = trips
     for name in ("sqlite", "postgres"):
         out[name]["overhead_p50_us"] = round(out[name]["p50_us"] - out["bare"]["p50_us"], 1)
     return out
@@ -141,13 +155,15 @@ def _writer(
     times: list[float] = []
     errors = 0
     with guard.task("read-job"):
-        guarded.invoke({"key": KEY})  # connected before the clock starts
+        result = guarded.invoke({"key": KEY})  # connected before the clock starts
+        assert result == f"value of {KEY}", f"the benchmark's call is refused: {result}"
         ready.put(name)
         go.wait()
         end = time.time() + seconds
         while (t := time.perf_counter()) and time.time() < end:
             try:
-                guarded.invoke({"key": KEY})
+                if guarded.invoke({"key": KEY}) != f"value of {KEY}":
+                    errors += 1  # refused: must not happen (limits are set not to trip)
             except tg.AuditError:
                 errors += 1
             times.append(time.perf_counter() - t)
@@ -160,7 +176,9 @@ def fleet(base: str, workdir: Path, seconds: float, writers: list[int]) -> list[
     rows = []
     for n in writers:
         url = _new_db(base)
-        tg.Guard(_config(workdir, url, "setup")).close()  # schema and key first
+        setup = tg.Guard(_config(workdir, url, "setup"))
+        setup.store.open()  # the schema and the key before the writers start
+        setup.close()
         out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
         procs = [
             ctx.Process(
@@ -181,7 +199,7 @@ def fleet(base: str, workdir: Path, seconds: float, writers: list[int]) -> list[
             "writers": n,
             "calls_per_s": round(len(times) / seconds),
             **_pcts(times),
-            "audit_errors": sum(r[1] for r in results),
+            "errors": sum(r[1] for r in results),
         })  # fmt: skip
         print(f"  {n} writers: {rows[-1]}", flush=True)
     return rows
@@ -199,6 +217,13 @@ def main() -> None:
     if not base:
         base, cluster = _start_cluster()
     try:
+        with psycopg.connect(base) as conn:
+            server = {
+                name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+                for name in ("server_version", "fsync", "synchronous_commit")
+            }
+        server["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        print("server:", server, flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             print("per call (µs):", flush=True)
@@ -211,7 +236,9 @@ def main() -> None:
         if cluster is not None:
             _stop_cluster(cluster)
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"overhead": over, "fleet": rows}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps({"server": server, "overhead": over, "fleet": rows}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

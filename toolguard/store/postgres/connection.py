@@ -37,7 +37,6 @@ WRITER_LOCK = 0x746F6F6C67756172  # "toolguar": the store's writer lock (pg_advi
 """The advisory lock key every writer of one database takes in its transaction."""
 
 _BEGIN_WRITE = "BEGIN IMMEDIATE"
-_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
 _SPECIAL = {
     # SQLite truncates toward zero when casting a REAL to INTEGER; PostgreSQL rounds
     "CAST((ts - ?) / ? AS INTEGER)": "CAST(TRUNC((ts - ?) / ?) AS BIGINT)",
@@ -117,6 +116,10 @@ def _param(value: Any) -> Any:
     return int(value) if isinstance(value, bool) else value
 
 
+def _params(values: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple([int(v) if type(v) is bool else v for v in values])
+
+
 def sqlite_error(exc: BaseException, where: str) -> sqlite3.Error:
     """The :mod:`sqlite3` error of the same meaning as a psycopg error (passwords removed)."""
     text = redact_url(str(exc).strip() or type(exc).__name__)
@@ -170,14 +173,48 @@ def run(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] = (), *, 
         raise sqlite_error(exc, where) from exc
 
 
+_DEFERRABLE = ("INSERT", "UPDATE", "DELETE", "SAVEPOINT", "RELEASE")
+"""Statements whose result the store never reads: inside a write transaction they are queued
+and sent with the next statement whose rows are needed (see :class:`PgConnection`)."""
+
+_LOCK_SQL = "SELECT pg_advisory_xact_lock(%s)"
+
+
 class PgConnection:
     """One psycopg connection (autocommit: transactions are explicit, as the store's sqlite3
-    connections are) behind the subset of :class:`sqlite3.Connection` the store uses."""
+    connections are) behind the subset of :class:`sqlite3.Connection` the store uses.
 
-    def __init__(self, conn: psycopg.Connection[Any], *, lock_timeout: float) -> None:
+    Fewer round trips, same transaction (``pipelined``, the store's writer): inside a write
+    transaction, ``BEGIN`` with the writer lock and every statement whose result the store does
+    not read (``INSERT``, ``UPDATE``, ``DELETE``, ``SAVEPOINT``, ``RELEASE``) are queued, and
+    sent in one pipeline (libpq's pipeline mode, one network round trip) with the next statement
+    whose rows are needed, a :meth:`sync`, the ``COMMIT``, or the ``ROLLBACK``. The server runs
+    them in order, inside the transaction, under the lock; the first error stops the rest and
+    is raised by the statement that sent them, so the transaction still commits all or nothing:
+    a failed queued ``INSERT`` fails the ``COMMIT`` (the caller rolls back, the tool does not
+    run). The store calls :meth:`sync` where it must see an item's error at once (a queued
+    outcome, in its savepoint). Outside a transaction every statement runs at once.
+    """
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], *, lock_timeout: float, pipelined: bool = False
+    ) -> None:
         configure(conn)
         self.raw = conn
         self.lock_timeout = lock_timeout
+        self.pipelined = pipelined
+        """Queue as described above (the store's writer); else every statement, ``BEGIN`` with
+        the lock included, runs when executed."""
+        self._queue: list[tuple[str, tuple[Any, ...]]] = []
+        self._in_tx = False
+        self._lock_queued = False
+        self._cursor = conn.cursor()  # one for every statement of the writer
+        self._utf8 = (  # else only ASCII text is sure to be taken
+            conn.info.parameter_status("server_encoding") == "UTF8"
+            and conn.info.encoding == "utf-8"
+        )
+        self.round_trips = 0
+        """Requests sent to the server (a pipeline is one); for tests and benchmarks."""
 
     @property
     def broken(self) -> bool:
@@ -187,24 +224,114 @@ class PgConnection:
         if sql == _BEGIN_WRITE:
             self._begin_write()
             return Rows(None, [])
-        return run(self.raw, sql, params, where="write")
+        if not (self._in_tx and self.pipelined):
+            self.round_trips += 1
+            return run(self.raw, sql, params, where="write")
+        word = sql.lstrip()[:12].upper()
+        if word.startswith(_DEFERRABLE) and "RETURNING" not in sql.upper():
+            if word.startswith("RELEASE") and self._elide(sql):
+                return Rows(None, [])
+            self._queue.append((translate(sql), _params(params)))
+            return Rows(None, [])
+        if word.startswith("ROLLBACK") and not word.startswith("ROLLBACK TO"):
+            self._in_tx = False
+            queued, self._queue = self._queue, []
+            if queued and queued[0][0] == "BEGIN":  # nothing reached the server
+                self._lock_queued = False
+                return Rows(None, [])
+            return self._send(translate(sql), ())
+        if word.startswith(("COMMIT", "END")):
+            self._in_tx = False
+        return self._send(translate(sql), _params(params))
+
+    def _elide(self, release: str) -> bool:
+        """``RELEASE x`` whose ``SAVEPOINT x`` is still queued, with no savepoint after it:
+        both are dropped (nothing was sent in between, so nothing could roll back to it; an
+        error of a statement between them fails the whole transaction either way)."""
+        name = release.split(None, 1)[1].strip()
+        for i in range(len(self._queue) - 1, -1, -1):
+            text = self._queue[i][0]
+            if text.startswith("SAVEPOINT "):
+                if text == f"SAVEPOINT {name}":
+                    del self._queue[i]
+                    return True
+                return False
+        return False
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> None:
         for params in seq:
-            run(self.raw, sql, params, where="write")
+            self.execute(sql, params)
+
+    def screened(self) -> bool:
+        """Whether PostgreSQL takes every queued value as the store's columns hold it: ``None``,
+        floats, 64-bit integers, and text without NUL that the server's encoding can hold. A
+        queued item of such values can wait for the next round trip; one with any other value
+        is sent at once (:meth:`sync`), so that its refusal is seen while it can be replaced."""
+        for _, params in self._queue:
+            for value in params:
+                if value is None or type(value) is float:
+                    continue
+                if type(value) is int:
+                    if not -(2**63) <= value < 2**63:
+                        return False
+                elif type(value) is str:
+                    if "\x00" in value or not (value.isascii() or self._utf8):
+                        return False
+                    if not value.isascii():
+                        try:
+                            value.encode("utf-8")
+                        except UnicodeEncodeError:  # a lone surrogate
+                            return False
+                else:
+                    return False
+        return True
+
+    def sync(self) -> None:
+        """Send the queued statements now; raise the first one's error."""
+        if self._queue:
+            self._send(None, ())
 
     def _begin_write(self) -> None:
-        """``BEGIN`` and the writer lock, waited for at most ``lock_timeout``; on any failure
-        nothing stays open."""
-        try:  # one round trip (no parameters: the simple protocol takes both statements);
-            # the connection's lock_timeout and statement_timeout bound the wait
-            self.raw.execute(_BEGIN_LOCKED)
-        except psycopg.Error as exc:
+        """``BEGIN`` and the writer lock (one round trip). Pipelined, they are queued: they reach
+        the server with the transaction's first read (the chain head or the budgets), in the
+        same round trip. The connection's ``lock_timeout`` and ``statement_timeout`` bound the
+        wait for the lock."""
+        if self._in_tx:  # pragma: no cover - the store never nests transactions
+            raise sqlite3.OperationalError("cannot start a transaction within a transaction")
+        self._queue = [("BEGIN", ()), (_LOCK_SQL, (WRITER_LOCK,))]
+        self._lock_queued = True
+        self._in_tx = True
+        if not self.pipelined:
             try:
-                self.raw.execute("ROLLBACK")
-            except psycopg.Error:
-                pass
-            if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
+                self.sync()
+            except sqlite3.Error:
+                self._in_tx = False
+                try:  # nothing stays open
+                    self.raw.execute("ROLLBACK")
+                except psycopg.Error:
+                    pass
+                raise
+
+    def _send(self, sql: str | None, params: tuple[Any, ...]) -> Rows:
+        """The queued statements and ``sql`` (if any) in one round trip; ``sql``'s rows."""
+        queue, self._queue = self._queue, []
+        if sql is not None:
+            queue.append((sql, params))
+        locking, self._lock_queued = self._lock_queued, False
+        self.round_trips += 1
+        cur = self._cursor
+        try:
+            if len(queue) == 1:
+                cur.execute(queue[0][0], queue[0][1])
+            else:
+                with self.raw.pipeline():
+                    for text, values in queue:
+                        cur.execute(text, values)
+            if sql is None or cur.description is None:
+                return Rows(None, [])
+            return Rows([(c.name,) for c in cur.description], cur.fetchall())
+        except psycopg.Error as exc:
+            if locking and isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
                 raise sqlite3.OperationalError(
                     f"the store's writer lock was not granted within busy_timeout "
                     f"({self.lock_timeout:g}s; raise it or reduce concurrent writers)"

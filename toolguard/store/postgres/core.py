@@ -25,7 +25,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -127,6 +128,7 @@ class PostgresStore(Store):
         self._pool: tuple[int, ConnectionPool[Any]] | None = None
         self._pool_lock = threading.Lock()
         self._reads = _PooledReads(self)
+        self._careful = False
 
     # -- connections ---------------------------------------------------------------------
 
@@ -244,9 +246,34 @@ class PostgresStore(Store):
                 return current
             current.close()
         self._ensure_ready()
-        conn = PgConnection(self._new_connection(), lock_timeout=self.busy_timeout)
+        conn = PgConnection(self._new_connection(), lock_timeout=self.busy_timeout, pipelined=True)
         self._writer = (os.getpid(), cast(Any, conn))
         return conn
+
+    def _sync(self, conn: Any) -> None:
+        """After queued outcomes or task ends are written: send them now if the server might
+        refuse their values (then the store isolates the bad one, see ``_write_queued``); else
+        they ride with the transaction's next read (one round trip fewer). Should a
+        screened item still be refused, the transaction fails (the call fails closed, nothing
+        is written) and, until a transaction commits again, every item is sent at once."""
+        sync = getattr(conn, "sync", None)  # tests may wrap the writer
+        if sync is None:
+            return
+        if self._careful or not conn.screened():
+            sync()
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[Any]:
+        careful = self._careful
+        try:
+            with super()._write(what) as conn:
+                yield conn
+        except BaseException:
+            if self._pending:  # put back: write them one round trip at a time next time
+                self._careful = True
+            raise
+        if careful and self._local.tx is None:
+            self._careful = False
 
     def _connect(self) -> Any:  # pragma: no cover - every connection comes from above
         raise AssertionError("PostgresStore opens connections through its pool and writer")

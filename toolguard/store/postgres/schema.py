@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 
 from ...chain import HASHED_FIELDS, REAL_FIELDS
 from ...errors import AuditError
@@ -95,5 +96,15 @@ def create_schema(conn: psycopg.Connection[Any], where: str) -> bool:
                 (str(SCHEMA_VERSION),),
             )
         return True
+    except (pg_errors.DuplicateTable, pg_errors.DuplicateObject, pg_errors.UniqueViolation) as exc:
+        # Another guard created it while this one waited for the lock: the server resolved
+        # ``meta`` from its catalog cache of before the wait (an advisory lock does not
+        # refresh it). A new transaction sees the schema; anything else is still an error.
+        try:
+            if schema_version(conn) == SCHEMA_VERSION:
+                return False
+        except psycopg.Error as again:
+            raise sqlite_error(again, "schema") from again
+        raise sqlite_error(exc, "schema") from exc
     except psycopg.Error as exc:
         raise sqlite_error(exc, "schema") from exc

@@ -495,6 +495,7 @@ class Store(Queries):
         try:
             for item in pending:
                 self._write_item(conn, item)
+            self._sync(conn)  # an item's refusal must surface here, not at a later statement
             return
         except _BAD_ITEM:
             pass
@@ -542,6 +543,7 @@ class Store(Queries):
         conn.execute("SAVEPOINT pending")
         try:
             self._write_item(conn, item)
+            self._sync(conn)
         except _BAD_ITEM as exc:
             conn.execute("ROLLBACK TO pending")
             self._tasks.rollback(mark)
@@ -558,6 +560,7 @@ class Store(Queries):
             if fallback is not None:
                 try:
                     self._write_item(conn, fallback)
+                    self._sync(conn)
                 except _BAD_ITEM as again:  # pragma: no cover - the fallback holds sane values
                     conn.execute("ROLLBACK TO pending")
                     self._tasks.rollback(mark)
@@ -566,6 +569,10 @@ class Store(Queries):
         # Not in a `finally`: when SQLite itself rolled the transaction back (disk full, I/O
         # error) the savepoint is gone, and that error, not "no such savepoint", must surface.
         conn.execute("RELEASE pending")
+
+    def _sync(self, conn: sqlite3.Connection) -> None:
+        """Make every statement sent on ``conn`` so far have run (and raise its error). SQLite
+        runs each at once; the PostgreSQL store queues some (see its connection)."""
 
     def _write_item(self, conn: sqlite3.Connection, item: PendingOutcome | PendingEnd) -> None:
         if isinstance(item, PendingEnd):
