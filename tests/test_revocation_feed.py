@@ -851,3 +851,30 @@ def test_feed_server_other_methods_and_the_jwks_never_carry_a_private_key(
         jwks = client.get("/jwks.json").json()
     private = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
     assert jwks["keys"] and all(not private & set(key) for key in jwks["keys"])
+
+
+def test_feed_horizon_bounds_the_list_so_it_never_outgrows_max_bytes(guard: tg.Guard) -> None:
+    """Every task end is a revocation the store keeps forever: unbounded, the list outgrows
+    the clients' max_bytes (~500,000 task ends) and every verifier fails closed for good. With
+    a horizon, task and jti revocations older than it (whose credentials have all expired)
+    leave the list; version still counts them all, identities stay."""
+    now = time.time()
+    for number in range(200):
+        record_revocation(guard.store, task_id=f"old-{number}", now=now - 1000)
+    record_revocation(guard.store, jti="old-jti", now=now - 1000)
+    record_revocation(guard.store, identity="old-identity", now=now - 1000)
+    record_revocation(guard.store, task_id="new", now=now)
+
+    def claims(app: Starlette) -> dict[str, Any]:
+        with TestClient(app) as client:
+            return dict(_segment(client.get("/revocations").text.split(".")[1]))
+
+    full = claims(revocation_app(store=guard.store, keys=guard.keys, issuer=ISS))
+    bounded = claims(revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, horizon=600))
+    assert len(full["task"]) == 201 and len(full["jti"]) == 1
+    assert bounded["task"] == [revocation_digest("task", "new")] and bounded["jti"] == []
+    assert bounded["version"] == full["version"] == 203  # rollback detection unchanged
+    assert bounded["identity"] == full["identity"] and len(bounded["identity"]) == 1
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="horizon"):
+            revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, horizon=bad)

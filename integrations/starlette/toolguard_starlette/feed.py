@@ -162,9 +162,15 @@ class _Publisher:
     (or this process's pending task ends) changed; digests of rows already seen are kept."""
 
     def __init__(
-        self, store: Store, keys: KeyRing, issuer: str, clock: Callable[[], float]
+        self,
+        store: Store,
+        keys: KeyRing,
+        issuer: str,
+        clock: Callable[[], float],
+        horizon: float | None = None,
     ) -> None:
         self.store, self.keys, self.issuer, self.clock = store, keys, issuer, clock
+        self.horizon = horizon
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._digests: dict[tuple[str, str], str] = {}
@@ -179,7 +185,10 @@ class _Publisher:
     def snapshot(self) -> _Snapshot:
         """The current content (raises on any store failure)."""
         pending = self.store.pending_ends()
-        marker = (self.store.revocation_marker(), pending)
+        now = self.clock()
+        # with a horizon, old rows leave the list as time passes: rebuild once a minute too
+        tick = None if self.horizon is None else int(now // 60)
+        marker = (self.store.revocation_marker(), pending, tick)
         with self._lock:
             if self._snapshot is not None and self._snapshot.marker == marker:
                 return self._snapshot
@@ -188,7 +197,10 @@ class _Publisher:
             jtis: dict[str, None] = {}
             tasks: dict[str, None] = {}
             identities: dict[str, float] = {}
+            cutoff = -math.inf if self.horizon is None else now - self.horizon
             for scope, value, ts in rows:
+                if ts < cutoff and scope in ("task", "jti"):
+                    continue  # every credential it could reject has expired (see horizon)
                 if scope == "task":
                     tasks[digest("task", value)] = None
                 elif scope == "jti":
@@ -232,6 +244,7 @@ def revocation_app(
     secret: str | None = None,
     busy_timeout: float = 2.0,
     clock: Callable[[], float] = time.time,
+    horizon: float | None = None,
 ) -> Starlette:
     """The feed app: ``GET /revocations`` (the signed list) and ``GET /jwks.json``.
 
@@ -249,7 +262,20 @@ def revocation_app(
     ``Authorization: Bearer <secret>`` (compared in constant time; 401 otherwise): give it to
     the verifiers as ``feed_secret=``. If the store cannot be read, ``/revocations`` answers
     503 (verifiers keep their last list for their grace period, then fail closed).
+
+    The list grows with every task end and every ``jti`` revocation, and the store never
+    forgets them: past the clients' ``max_bytes`` (16 MiB: roughly 500,000 task ends) every
+    verifier would reject it and fail closed. ``horizon`` (seconds) leaves out task and jti
+    revocations older than that: set it to at least the verifiers' ``max_ttl`` plus their
+    leeway (a credential lives at most ``max_ttl``, so every credential such a row could reject
+    has expired). ``version`` still counts every revocation; identity revocations (one entry
+    per identity) are always kept.
     """
+    if horizon is not None and (not is_finite_number(horizon) or not 1 <= horizon <= 10**9):
+        raise ConfigError(
+            "horizon must be a number of seconds of at least 1 (at least the verifiers' "
+            "max_ttl plus their leeway), or None to publish every revocation"
+        )
     if not isinstance(keys, KeyRing):
         raise ConfigError("keys must be the issuer's KeyRing (it signs the revocation list)")
     if not isinstance(issuer, str) or not issuer:
@@ -257,7 +283,7 @@ def revocation_app(
     expected = None if secret is None else _check_secret(secret).encode()
     if not isinstance(store, Store):  # a path, sqlite:/// or postgresql:// (parse_store)
         store = open_store(store, readonly=True, busy_timeout=busy_timeout)
-    publisher = _Publisher(store, keys, issuer, clock)
+    publisher = _Publisher(store, keys, issuer, clock, None if horizon is None else float(horizon))
     jwks = keys.jwks()
 
     def revocations(request: Request) -> Response:
@@ -310,6 +336,7 @@ def revocation_app_from_config(
     *,
     secret: str | None = None,
     busy_timeout: float = 2.0,
+    horizon: float | None = None,
 ) -> Starlette:
     """:func:`revocation_app` for a guard's config file (or mapping): its store (read-only),
     its issuer's name and signing key (``issuer.key``, else ``issuer.key_file``, which must
@@ -332,7 +359,7 @@ def revocation_app_from_config(
         keys = KeyRing.load(cfg.resolve_path(issuer.key_file), create=False)
     return revocation_app(
         store=cfg.store_location, keys=keys, issuer=issuer.name, secret=secret,
-        busy_timeout=busy_timeout,
+        busy_timeout=busy_timeout, horizon=horizon,
     )  # fmt: skip
 
 
