@@ -878,3 +878,54 @@ def test_feed_horizon_bounds_the_list_so_it_never_outgrows_max_bytes(guard: tg.G
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="horizon"):
             revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, horizon=bad)
+
+
+def test_feed_abandons_a_reply_that_drips_its_headers_and_polls_again(guard: tg.Guard) -> None:
+    """A slow-loris in the status line and headers: each byte comes within httpx's per-read
+    timeout, so without a watchdog one poll hung for the whole drip (15 s here) and no list
+    could arrive meanwhile. Now it is abandoned after 2 x timeout, and the next poll runs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def drip(conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(300):
+                if stop.is_set():
+                    return
+                conn.sendall(b"X")
+                stop.wait(0.05)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/revocations"
+    feed = RevocationFeed(url, keys=guard.keys, issuer=ISS, interval=0.2, start=False)
+    try:
+        for _ in range(2):  # the second poll runs on a fresh client, abandoned the same way
+            started = time.monotonic()
+            assert not feed.refresh()
+            assert time.monotonic() - started < 3.0  # not the 15 s of the drip
+            assert "longer than twice the timeout" in (feed.last_error or ""), feed.last_error
+        assert len(accepted) == 2
+        with pytest.raises(FeedError):  # no list ever: fail closed
+            feed.revoked_reason(jti="j", task_id="t", identity="i", chain=(), issued_at=0.0)
+    finally:
+        stop.set()
+        feed.close()
+        listener.close()

@@ -38,7 +38,8 @@ background thread every ``interval`` seconds and answers the verifier from memor
   than ``1.5 * grace``.
 - **Rejected replies** (each counts as a failed poll; the last good list is kept): a status
   other than 200/304 (redirects are never followed), another content type, a body over
-  ``max_bytes`` (read no further) or still arriving after ``timeout``, a token that is not a
+  ``max_bytes`` (read no further) or still arriving after ``timeout`` (its status line and
+  headers: after twice ``timeout``), a token that is not a
   JWS with the feed's ``typ``, an unknown key or a bad signature, claims that are not exactly
   the ones above, another ``iss``, a ``version`` lower than the held one (rollback), an ``iat``
   older than the held list's (replay), older than ``grace`` or in the future.
@@ -583,7 +584,31 @@ class RevocationFeed:
         conditional = held is not None and etag is not None and held.iat >= now - self.grace / 2
         headers = {"If-None-Match": etag} if conditional and etag is not None else {}
         deadline = time.monotonic() + self.timeout  # httpx's timeout is per read, not in all
-        with self._client.stream("GET", self.url, headers=headers) as response:
+        client = self._client
+        # a reply that drips its status line or headers one byte per read keeps httpx waiting
+        # (each read is within its timeout): past twice the timeout, close the client under
+        # it (its next read fails) and start the next poll with a new one
+        watchdog = threading.Timer(2 * self.timeout, client.close)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            self._fetch(client, headers, conditional, deadline)
+        except Exception:
+            if watchdog.finished.is_set() and client.is_closed:  # the watchdog fired
+                raise FeedError(
+                    f"the feed's reply took longer than twice the timeout ({self.timeout:g}s) "
+                    "before its body; abandoned"
+                ) from None
+            raise
+        finally:
+            watchdog.cancel()
+            if client.is_closed and not self._stop.is_set():
+                self._client = self._new_client()
+
+    def _fetch(
+        self, client: httpx.Client, headers: dict[str, str], conditional: bool, deadline: float
+    ) -> None:
+        with client.stream("GET", self.url, headers=headers) as response:
             status = response.status_code
             if status == 304:
                 if not conditional:
