@@ -428,7 +428,26 @@ def test_verify_torn_last_checkpoint_line_is_a_note_and_next_checkpoint_recovers
     _fill(trail, clock, tasks=1)
     report = trail.audit.verify()
     assert report.ok and report.anchored_seq == 48
-    assert any("line 6 of the checkpoint file is incomplete" in n for n in report.notes)
+    assert any(f"line 6 of {path}" in n and "incomplete" in n for n in report.notes)
+
+
+def test_verify_a_file_that_is_not_a_checkpoint_file_is_damage_listed_briefly(
+    trail: tg.Guard,
+) -> None:
+    """The database itself (or any other file) given as the checkpoint file: its lines do
+    not start with '{', so they are not records torn by a crash (a note, exit 0) but damage;
+    and a huge file is not listed line by line."""
+    path = trail.config.checkpoints_path
+    path.write_bytes(b"".join(b"SQLite format 3 garbage line %d\n" % i for i in range(5000)))
+    report = trail.audit.verify()
+    assert not report.ok
+    listed = [d for d in report.damage if "not a readable checkpoint record" in d.detail]
+    assert len(listed) == 10 and f"line 1 of {path}" in listed[0].detail
+    assert any("4990 further unreadable checkpoint lines" in n for n in report.notes)
+    path.write_text("".join('{"alg": "EdDSA", "ha\n' for _ in range(500)))  # 500 torn
+    report = trail.audit.verify()
+    note = next(n for n in report.notes if "incomplete" in n)
+    assert "(and 490 more)" in note and len(note) < 2000
 
 
 def test_verify_without_keys_compares_but_says_signatures_were_not_checked(

@@ -759,3 +759,173 @@ def test_revocation_app_from_config_serves_the_guards_store_with_its_key(
 
     with pytest.raises(tg.CredentialError, match="does not exist"):  # never creates a key
         revocation_app_from_config({**config, "issuer": {**config["issuer"], "key_file": "nope"}})
+
+
+# -- an attacker's review (issue 11): replays, compression, the server's surface ------------------
+
+
+def test_feed_a_replayed_list_never_outlives_grace_plus_leeway_from_its_signing(
+    hostile: tuple[Hostile, RevocationFeed, Verifier], guard: tg.Guard, clock: Any
+) -> None:
+    """A man in the middle keeps a genuine list and serves it just before it would be refused
+    as stale: the verifier must fail closed grace + leeway after the list was signed, not a
+    whole grace after the replay arrived (which was up to 2 * grace + leeway)."""
+    front, _, _ = hostile
+    signed_at = time.time()
+    captured = _genuine(guard, lambda: signed_at)
+    front.reply = _list_reply(captured)
+    feed = RevocationFeed(
+        hostile[1].url, keys=guard.keys, issuer=ISS, grace=10, leeway=5, clock=clock,
+        start=False,
+    )  # fmt: skip
+    clock.now = signed_at + 14.5  # just within grace + leeway: still accepted
+    assert feed.refresh(), feed.last_error
+    check = {"jti": "j", "task_id": "t", "identity": "i", "chain": (), "issued_at": signed_at}
+    clock.now = signed_at + 14.9
+    assert feed.revoked_reason(**check) is None  # still within its life
+    clock.now = signed_at + 15.5  # grace + leeway after signing: fail closed
+    with pytest.raises(FeedError, match="has not answered"):
+        feed.revoked_reason(**check)
+    assert not feed.refresh()  # and the replay is refused from now on
+    assert "too long ago" in (feed.last_error or "")
+    feed.close()
+
+
+def test_feed_an_honest_list_keeps_the_full_grace_after_the_last_poll(
+    hostile: tuple[Hostile, RevocationFeed, Verifier], guard: tg.Guard, clock: Any
+) -> None:
+    clock.now = time.time()
+    feed = RevocationFeed(
+        hostile[1].url, keys=guard.keys, issuer=ISS, grace=10, clock=clock, start=False
+    )
+    assert feed.refresh()
+    check = {"jti": "j", "task_id": "t", "identity": "i", "chain": (), "issued_at": clock.now}
+    clock.advance(9.5)
+    assert feed.revoked_reason(**check) is None
+    clock.advance(1)
+    with pytest.raises(FeedError):
+        feed.revoked_reason(**check)
+    feed.close()
+
+
+def test_feed_asks_for_no_compression_and_refuses_a_gzip_bomb_reading_max_bytes_at_most(
+    hostile: tuple[Hostile, RevocationFeed, Verifier], guard: tg.Guard
+) -> None:
+    import gzip
+
+    seen: list[bytes] = []
+    bomb = gzip.compress(b"A" * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB in ~64 KiB
+    assert len(bomb) < 100 * 1024
+
+    async def reply(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(dict(scope["headers"]).get(b"accept-encoding", b""))
+        await Response(bomb, media_type=FEED_MEDIA_TYPE, headers={"Content-Encoding": "gzip"})(
+            scope, receive, send
+        )
+
+    hostile[0].reply = reply
+    # read raw (never inflated to 64 MiB): refused as what it is, compressed bytes
+    _assert_rejected_and_kept(hostile, guard, "not a compact JWS")
+    assert seen == [b"identity"]
+    small = gzip.compress(_genuine(guard).encode())  # a compressing proxy: refused, not inflated
+    hostile[0].reply = Response(
+        small, media_type=FEED_MEDIA_TYPE, headers={"Content-Encoding": "gzip"}
+    )
+    _assert_rejected_and_kept(hostile, guard, "not a compact JWS")
+
+
+def test_feed_server_other_methods_and_the_jwks_never_carry_a_private_key(
+    guard: tg.Guard,
+) -> None:
+    secret = "s" * 24
+    app = revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, secret=secret)
+    with TestClient(app) as client:
+        assert client.head("/revocations").status_code == 401  # HEAD is GET: same secret
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+            assert client.request(method, "/revocations").status_code == 405
+            assert client.request(method, "/jwks.json").status_code == 405
+        for wrong in ("", "Bearer", f"Bearer {secret[:-1]}", f"Basic {secret}", secret):
+            assert client.get("/revocations", headers={"Authorization": wrong}).status_code == 401
+        good = {"Authorization": f"Bearer {secret}"}
+        assert client.head("/revocations", headers=good).status_code == 200
+        jwks = client.get("/jwks.json").json()
+    private = {"d", "p", "q", "dp", "dq", "qi", "oth", "k"}
+    assert jwks["keys"] and all(not private & set(key) for key in jwks["keys"])
+
+
+def test_feed_horizon_bounds_the_list_so_it_never_outgrows_max_bytes(guard: tg.Guard) -> None:
+    """Every task end is a revocation the store keeps forever: unbounded, the list outgrows
+    the clients' max_bytes (~500,000 task ends) and every verifier fails closed for good. With
+    a horizon, task and jti revocations older than it (whose credentials have all expired)
+    leave the list; version still counts them all, identities stay."""
+    now = time.time()
+    for number in range(200):
+        record_revocation(guard.store, task_id=f"old-{number}", now=now - 1000)
+    record_revocation(guard.store, jti="old-jti", now=now - 1000)
+    record_revocation(guard.store, identity="old-identity", now=now - 1000)
+    record_revocation(guard.store, task_id="new", now=now)
+
+    def claims(app: Starlette) -> dict[str, Any]:
+        with TestClient(app) as client:
+            return dict(_segment(client.get("/revocations").text.split(".")[1]))
+
+    full = claims(revocation_app(store=guard.store, keys=guard.keys, issuer=ISS))
+    bounded = claims(revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, horizon=600))
+    assert len(full["task"]) == 201 and len(full["jti"]) == 1
+    assert bounded["task"] == [revocation_digest("task", "new")] and bounded["jti"] == []
+    assert bounded["version"] == full["version"] == 203  # rollback detection unchanged
+    assert bounded["identity"] == full["identity"] and len(bounded["identity"]) == 1
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="horizon"):
+            revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, horizon=bad)
+
+
+def test_feed_abandons_a_reply_that_drips_its_headers_and_polls_again(guard: tg.Guard) -> None:
+    """A slow-loris in the status line and headers: each byte comes within httpx's per-read
+    timeout, so without a watchdog one poll hung for the whole drip (15 s here) and no list
+    could arrive meanwhile. Now it is abandoned after 2 x timeout, and the next poll runs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def drip(conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(300):
+                if stop.is_set():
+                    return
+                conn.sendall(b"X")
+                stop.wait(0.05)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/revocations"
+    feed = RevocationFeed(url, keys=guard.keys, issuer=ISS, interval=0.2, start=False)
+    try:
+        for _ in range(2):  # the second poll runs on a fresh client, abandoned the same way
+            started = time.monotonic()
+            assert not feed.refresh()
+            assert time.monotonic() - started < 3.0  # not the 15 s of the drip
+            assert "longer than twice the timeout" in (feed.last_error or ""), feed.last_error
+        assert len(accepted) == 2
+        with pytest.raises(FeedError):  # no list ever: fail closed
+            feed.revoked_reason(jti="j", task_id="t", identity="i", chain=(), issued_at=0.0)
+    finally:
+        stop.set()
+        feed.close()
+        listener.close()

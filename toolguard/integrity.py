@@ -93,6 +93,9 @@ _TAIL_CHUNK = 16 * 1024
 CHECKPOINT_VERSION = 1
 """The ``v`` member of the checkpoint records this module writes and reads."""
 
+_LISTED_LINES = 10
+"""Unreadable or incomplete checkpoint lines listed one by one; the rest are counted."""
+
 
 @dataclass(slots=True)
 class VerifyReport:
@@ -602,15 +605,16 @@ class Integrity:
         records, _bad, _torn = self._read_records()
         return [r.raw for r in records]
 
-    def _read_records(self) -> tuple[list[_Record], list[int], list[int]]:
-        """Parsed records, and the numbers of unreadable and of incomplete (torn) lines.
+    def _read_records(self) -> tuple[list[_Record], list[str], list[str]]:
+        """Parsed records, and where the unreadable and the incomplete (torn) lines are
+        (``line N of FILE``).
 
-        A line that does not end with ``}`` is the prefix of a record cut by a crash; any other
-        unreadable line was edited.
+        A line that starts with ``{`` but does not end with ``}`` is the prefix of a record cut
+        by a crash; any other unreadable line was edited (or the file is not a checkpoint file).
         """
         records: list[_Record] = []
-        bad: list[int] = []
-        torn: list[int] = []
+        bad: list[str] = []
+        torn: list[str] = []
         for path in (self.checkpoints_path, *self.also_checkpoints):
             self._read_file(path, records, bad, torn)
         if self.also_checkpoints:  # several hosts' checkpoints of one chain, in chain order
@@ -618,7 +622,7 @@ class Integrity:
         return records, bad, torn
 
     def _read_file(
-        self, path: Path, records: list[_Record], bad: list[int], torn: list[int]
+        self, path: Path, records: list[_Record], bad: list[str], torn: list[str]
     ) -> None:
         try:
             data = path.read_bytes()
@@ -634,10 +638,10 @@ class Integrity:
             record = _parse_record(number, line)
             if record is not None:
                 records.append(record)
-            elif line.endswith("}"):
-                bad.append(number)
-            else:  # a prefix of a record: a crash in the middle of a write, not an edit
-                torn.append(number)
+            elif line.startswith("{") and not line.endswith("}"):
+                torn.append(f"line {number} of {path}")  # a crash in the middle of a write
+            else:  # an edit, or not a checkpoint file at all (the database, a typo)
+                bad.append(f"line {number} of {path}")
 
     # -- verify -------------------------------------------------------------------------------
 
@@ -692,18 +696,21 @@ class Integrity:
             if report.checked:
                 report.unanchored = count_after(conn, report.anchored_seq)
             self._anchor_notes(report, conn)
-        for number in bad_lines:
+        for where in bad_lines[:_LISTED_LINES]:
             report.damage.append(
-                Damage(
-                    0,
-                    "bad-signature",
-                    f"line {number} of the checkpoint file is not a readable checkpoint record",
-                )
+                Damage(0, "bad-signature", f"{where} is not a readable checkpoint record")
+            )
+        if len(bad_lines) > _LISTED_LINES:
+            report.notes.append(
+                f"{len(bad_lines) - _LISTED_LINES} further unreadable checkpoint lines were "
+                "not listed"
             )
         if torn:
+            shown = "; ".join(torn[:_LISTED_LINES])
+            more = f" (and {len(torn) - _LISTED_LINES} more)" if len(torn) > _LISTED_LINES else ""
             report.notes.append(
-                f"line {', '.join(map(str, torn))} of the checkpoint file is incomplete (a crash "
-                "while writing it?) and was ignored"
+                f"incomplete checkpoint lines (a crash while writing them?) were ignored: "
+                f"{shown}{more}"
             )
         report.damage.sort(key=lambda d: (d.seq == 0, d.seq))
         report.seconds = time.perf_counter() - started

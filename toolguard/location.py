@@ -27,6 +27,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_DB",
+    "MAX_URL_CHARS",
     "POSTGRES_SCHEMES",
     "StoreLocation",
     "parse_store",
@@ -39,6 +40,13 @@ DEFAULT_DB = Path(".toolguard/audit.db")
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _KNOWN_PREFIX = re.compile(r"^(postgresql|postgres|sqlite):", re.IGNORECASE)
+MAX_URL_CHARS = 4096
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_CONNINFO = re.compile(
+    r"(?:^|\s)(?:host|hostaddr|port|dbname|user|password|passfile|sslmode|service|options|"
+    r"connect_timeout|application_name)\s*=",
+    re.IGNORECASE,
+)
 _SUPPORTED = (
     "use a file path, sqlite:///relative/path, sqlite:////absolute/path or "
     "postgresql://user:password@host:port/dbname"
@@ -46,25 +54,46 @@ _SUPPORTED = (
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password (``user:password@`` and a ``password=`` query parameter)
-    replaced by ``***``; text that is not a URL comes back unchanged."""
+    """``url`` with its secrets replaced by ``***``: the password of ``user:password@``, and
+    every query parameter whose (percent-decoded) name contains ``password`` (``password=``,
+    ``sslpassword=``). Text that is not a URL comes back unchanged.
+
+    When the authority cannot be told apart with certainty (a ``/``, ``?``, ``#`` or ``@``
+    left un-encoded in the password, a malformed URL), everything between ``//`` and the last
+    ``@`` reads ``***``: too much hidden rather than a password shown."""
+    match = _SCHEME.match(url)
+    if match is None:
+        return url
+    rest = url[len(match.group(0)) :]
     try:
         parts = urlsplit(url)
+        for host in parts.netloc.rpartition("@")[2].split(","):  # a bad port: maybe a password
+            urlsplit(f"//{host}").port  # noqa: B018
     except ValueError:
-        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+        return _redact_all_userinfo(match.group(0), rest)
     netloc = parts.netloc
+    if "@" not in netloc and "@" in rest:
+        return _redact_all_userinfo(match.group(0), rest)
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
         if ":" in userinfo:
             userinfo = userinfo.split(":", 1)[0] + ":***"
         netloc = f"{userinfo}@{hostport}"
     query = parts.query
-    if query and "password" in query.lower():
+    if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
-        )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        if any("password" in k.lower() for k, _ in pairs):
+            query = urlencode(
+                [(k, "***" if "password" in k.lower() else v) for k, v in pairs], safe="*"
+            )
+    fragment = "***" if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _redact_all_userinfo(prefix: str, rest: str) -> str:
+    if "@" not in rest:
+        return prefix + rest if ":" not in rest else prefix + "***"
+    return prefix + "***@" + rest.rpartition("@")[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +124,9 @@ class StoreLocation:
         if self.backend == "sqlite":
             return Path(str(self.path) + ".checkpoints")
         parts = urlsplit(self.url)
-        host = parts.hostname or "local"
-        port = str(parts.port or 5432)
+        first = urlsplit("//" + parts.netloc.rpartition("@")[2].split(",")[0])
+        host = first.hostname or "local"
+        port = str(first.port or 5432)
         db = unquote(parts.path.lstrip("/")) or "postgres"
         digest = hashlib.sha256(redact_url(self.url).encode()).hexdigest()[:8]
         name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{host}-{port}-{db}-{digest}")
@@ -120,6 +150,8 @@ def parse_store(value: str | os.PathLike[str], *, base: Path | str | None = None
     text = value.strip()
     if not text:
         raise ConfigError(f"the store is empty; {_SUPPORTED}")
+    if "\x00" in text:
+        raise ConfigError(f"the store holds a NUL character; {_SUPPORTED}")
     match = _SCHEME.match(text)
     if match is None:
         if _KNOWN_PREFIX.match(text):
@@ -127,6 +159,13 @@ def parse_store(value: str | os.PathLike[str], *, base: Path | str | None = None
             raise ConfigError(
                 f"the store starts with {scheme + ':'!r} like a URL but lacks '//' after its "
                 f"scheme; {_SUPPORTED}"
+            )
+        if _looks_like_conninfo(text):  # never a SQLite file named after a password
+            raise ConfigError(
+                "the store looks like a PostgreSQL key=value connection string "
+                "(host=... dbname=...), which toolguard does not read; write it as a URL: "
+                "postgresql://user:password@host:port/dbname (a path with '=' in a name: "
+                "write ./ before it)"
             )
         return StoreLocation("sqlite", path=_resolve(Path(os.path.expanduser(text)), base))
     scheme = match.group(1).lower()
@@ -160,17 +199,47 @@ def _resolve(path: Path, base: Path | str | None) -> Path:
 
 
 def _checked_postgres(url: str) -> str:
+    """``url`` if libpq will read it as the URL shown; else a :class:`ConfigError` that
+    quotes neither the password nor the parser's own words (they may quote it)."""
+    shown = redact_url(url)
+    fix = "write postgresql://user:password@host:port/dbname"
+    if len(url) > MAX_URL_CHARS:
+        raise ConfigError(f"the PostgreSQL store is longer than {MAX_URL_CHARS} characters; {fix}")
+    if not url.isprintable() or " " in url:
+        raise ConfigError(
+            "the PostgreSQL store holds spaces, control or invisible characters; "
+            f"percent-encode them (%20 for a space) or remove them; {fix}"
+        )
+    if _BAD_ESCAPE.search(url):
+        raise ConfigError(
+            f"the PostgreSQL store {shown!r} has a '%' that is not followed by two hex "
+            "digits; percent-encode '%' in the password as %25"
+        )
+    if "%00" in url:
+        raise ConfigError(f"the PostgreSQL store {shown!r} holds %00 (a NUL character); {fix}")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError as exc:
+        for host in parts.netloc.rpartition("@")[2].split(","):  # libpq: host1:p1,host2:p2
+            urlsplit(f"//{host}").port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
         raise ConfigError(
-            f"the PostgreSQL store {redact_url(url)!r} is not a valid URL ({exc}); write "
-            "postgresql://user:password@host:port/dbname"
+            f"the PostgreSQL store {shown!r} is not a valid URL (its host or port cannot be "
+            "read); percent-encode '/', '?', '#', '@' and ':' in the user name and password; "
+            f"{fix}"
         ) from None
-    if parts.fragment:
+    rest = url.split("//", 1)[1]
+    if "@" not in parts.netloc and "@" in rest:
         raise ConfigError(
-            f"the PostgreSQL store {redact_url(url)!r} has a '#' part; percent-encode '#' in "
+            f"the PostgreSQL store {shown!r} has an '@' after its host; percent-encode "
+            "'/', '?', '#' and '@' in the user name and password (%2F, %3F, %23, %40)"
+        )
+    if parts.fragment or "#" in url:
+        raise ConfigError(
+            f"the PostgreSQL store {shown!r} has a '#' part; percent-encode '#' in "
             "the password as %23"
         )
     return url
+
+
+def _looks_like_conninfo(text: str) -> bool:
+    return _CONNINFO.search(text) is not None

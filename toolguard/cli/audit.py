@@ -8,6 +8,7 @@ The ``audit`` group and its subcommands ``tasks``, ``show``, ``tail``, ``denied`
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -435,6 +436,23 @@ def summary_cmd(
 # -- audit verify -------------------------------------------------------------------------------
 
 
+def _local_checkpoints(
+    ctx: click.Context, param: click.Parameter, value: Path | tuple[Path, ...] | None
+) -> Path | tuple[Path, ...] | None:
+    """``--checkpoints`` names local files: an empty value or a URL (which may hold a
+    password, and would be read as a missing file: "not anchored", exit 0) is refused."""
+    for path in (value,) if isinstance(value, Path) else value or ():
+        text = str(path)
+        if not text.strip() or text == ".":
+            raise click.BadParameter("give the path of a checkpoint file, not an empty value")
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]+:/", text):  # a drive letter C:/ is a path
+            raise click.BadParameter(
+                "a checkpoint file is a local path, not a URL; copy each host's file here "
+                "and give its path"
+            )
+    return value
+
+
 @audit.command("verify")
 @db_options
 @click.option(
@@ -445,6 +463,7 @@ def summary_cmd(
 @click.option(
     "--checkpoints",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_local_checkpoints,
     multiple=True,
     help="A checkpoint file (default: the config's, else <db>.checkpoints). Repeat it for a "
     "PostgreSQL store written by several hosts: one file per host.",
@@ -509,6 +528,7 @@ def verify_cmd(
 @click.option(
     "--checkpoints",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=_local_checkpoints,
     help="The checkpoint file (default: the config's, else <db>.checkpoints).",
 )
 @json_option

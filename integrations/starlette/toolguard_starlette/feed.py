@@ -29,14 +29,17 @@ background thread every ``interval`` seconds and answers the verifier from memor
   verifier within ``interval + timeout`` (default 0.5 s + 0.5 s = 1 s).
 - **Grace period, then fail closed**: if the feed cannot be reached, or its reply is rejected,
   the verifier keeps its last good list for ``grace`` seconds (default 10 s) after the last
-  successful poll, then rejects every credential (503 from :class:`ToolGuardAuth`) until the
+  successful poll (for a new list: after its ``iat`` plus ``leeway``, if that is earlier, so a
+  replayed list never outlives ``grace + leeway`` from its signing), then rejects every
+  credential (503 from :class:`ToolGuardAuth`) until the
   feed answers again. A conditional poll (If-None-Match) answered 304 counts as success only
   while the held list was signed less than ``grace / 2`` ago; after that the client asks for a
   freshly signed list, so a replayed or forged 304 cannot keep an old list alive for longer
   than ``1.5 * grace``.
 - **Rejected replies** (each counts as a failed poll; the last good list is kept): a status
   other than 200/304 (redirects are never followed), another content type, a body over
-  ``max_bytes`` (read no further) or still arriving after ``timeout``, a token that is not a
+  ``max_bytes`` (read no further) or still arriving after ``timeout`` (its status line and
+  headers: after twice ``timeout``), a token that is not a
   JWS with the feed's ``typ``, an unknown key or a bad signature, claims that are not exactly
   the ones above, another ``iss``, a ``version`` lower than the held one (rollback), an ``iat``
   older than the held list's (replay), older than ``grace`` or in the future.
@@ -160,9 +163,15 @@ class _Publisher:
     (or this process's pending task ends) changed; digests of rows already seen are kept."""
 
     def __init__(
-        self, store: Store, keys: KeyRing, issuer: str, clock: Callable[[], float]
+        self,
+        store: Store,
+        keys: KeyRing,
+        issuer: str,
+        clock: Callable[[], float],
+        horizon: float | None = None,
     ) -> None:
         self.store, self.keys, self.issuer, self.clock = store, keys, issuer, clock
+        self.horizon = horizon
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._digests: dict[tuple[str, str], str] = {}
@@ -177,7 +186,10 @@ class _Publisher:
     def snapshot(self) -> _Snapshot:
         """The current content (raises on any store failure)."""
         pending = self.store.pending_ends()
-        marker = (self.store.revocation_marker(), pending)
+        now = self.clock()
+        # with a horizon, old rows leave the list as time passes: rebuild once a minute too
+        tick = None if self.horizon is None else int(now // 60)
+        marker = (self.store.revocation_marker(), pending, tick)
         with self._lock:
             if self._snapshot is not None and self._snapshot.marker == marker:
                 return self._snapshot
@@ -186,7 +198,10 @@ class _Publisher:
             jtis: dict[str, None] = {}
             tasks: dict[str, None] = {}
             identities: dict[str, float] = {}
+            cutoff = -math.inf if self.horizon is None else now - self.horizon
             for scope, value, ts in rows:
+                if ts < cutoff and scope in ("task", "jti"):
+                    continue  # every credential it could reject has expired (see horizon)
                 if scope == "task":
                     tasks[digest("task", value)] = None
                 elif scope == "jti":
@@ -230,6 +245,7 @@ def revocation_app(
     secret: str | None = None,
     busy_timeout: float = 2.0,
     clock: Callable[[], float] = time.time,
+    horizon: float | None = None,
 ) -> Starlette:
     """The feed app: ``GET /revocations`` (the signed list) and ``GET /jwks.json``.
 
@@ -247,7 +263,20 @@ def revocation_app(
     ``Authorization: Bearer <secret>`` (compared in constant time; 401 otherwise): give it to
     the verifiers as ``feed_secret=``. If the store cannot be read, ``/revocations`` answers
     503 (verifiers keep their last list for their grace period, then fail closed).
+
+    The list grows with every task end and every ``jti`` revocation, and the store never
+    forgets them: past the clients' ``max_bytes`` (16 MiB: roughly 500,000 task ends) every
+    verifier would reject it and fail closed. ``horizon`` (seconds) leaves out task and jti
+    revocations older than that: set it to at least the verifiers' ``max_ttl`` plus their
+    leeway (a credential lives at most ``max_ttl``, so every credential such a row could reject
+    has expired). ``version`` still counts every revocation; identity revocations (one entry
+    per identity) are always kept.
     """
+    if horizon is not None and (not is_finite_number(horizon) or not 1 <= horizon <= 10**9):
+        raise ConfigError(
+            "horizon must be a number of seconds of at least 1 (at least the verifiers' "
+            "max_ttl plus their leeway), or None to publish every revocation"
+        )
     if not isinstance(keys, KeyRing):
         raise ConfigError("keys must be the issuer's KeyRing (it signs the revocation list)")
     if not isinstance(issuer, str) or not issuer:
@@ -255,7 +284,7 @@ def revocation_app(
     expected = None if secret is None else _check_secret(secret).encode()
     if not isinstance(store, Store):  # a path, sqlite:/// or postgresql:// (parse_store)
         store = open_store(store, readonly=True, busy_timeout=busy_timeout)
-    publisher = _Publisher(store, keys, issuer, clock)
+    publisher = _Publisher(store, keys, issuer, clock, None if horizon is None else float(horizon))
     jwks = keys.jwks()
 
     def revocations(request: Request) -> Response:
@@ -308,6 +337,7 @@ def revocation_app_from_config(
     *,
     secret: str | None = None,
     busy_timeout: float = 2.0,
+    horizon: float | None = None,
 ) -> Starlette:
     """:func:`revocation_app` for a guard's config file (or mapping): its store (read-only),
     its issuer's name and signing key (``issuer.key``, else ``issuer.key_file``, which must
@@ -330,7 +360,7 @@ def revocation_app_from_config(
         keys = KeyRing.load(cfg.resolve_path(issuer.key_file), create=False)
     return revocation_app(
         store=cfg.store_location, keys=keys, issuer=issuer.name, secret=secret,
-        busy_timeout=busy_timeout,
+        busy_timeout=busy_timeout, horizon=horizon,
     )  # fmt: skip
 
 
@@ -431,7 +461,13 @@ class RevocationFeed:
             self.start()
 
     def _new_client(self) -> httpx.Client:
-        headers = {"Accept": FEED_MEDIA_TYPE, "User-Agent": "toolguard-starlette feed"}
+        # identity: the reply is read raw and bounded by max_bytes; a compressed one (from a
+        # proxy) would be refused, so none is asked for
+        headers = {
+            "Accept": FEED_MEDIA_TYPE,
+            "Accept-Encoding": "identity",
+            "User-Agent": "toolguard-starlette feed",
+        }
         if self._secret is not None:
             headers["Authorization"] = f"Bearer {self._secret}"
         return httpx.Client(
@@ -548,7 +584,31 @@ class RevocationFeed:
         conditional = held is not None and etag is not None and held.iat >= now - self.grace / 2
         headers = {"If-None-Match": etag} if conditional and etag is not None else {}
         deadline = time.monotonic() + self.timeout  # httpx's timeout is per read, not in all
-        with self._client.stream("GET", self.url, headers=headers) as response:
+        client = self._client
+        # a reply that drips its status line or headers one byte per read keeps httpx waiting
+        # (each read is within its timeout): past twice the timeout, close the client under
+        # it (its next read fails) and start the next poll with a new one
+        watchdog = threading.Timer(2 * self.timeout, client.close)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            self._fetch(client, headers, conditional, deadline)
+        except Exception:
+            if watchdog.finished.is_set() and client.is_closed:  # the watchdog fired
+                raise FeedError(
+                    f"the feed's reply took longer than twice the timeout ({self.timeout:g}s) "
+                    "before its body; abandoned"
+                ) from None
+            raise
+        finally:
+            watchdog.cancel()
+            if client.is_closed and not self._stop.is_set():
+                self._client = self._new_client()
+
+    def _fetch(
+        self, client: httpx.Client, headers: dict[str, str], conditional: bool, deadline: float
+    ) -> None:
+        with client.stream("GET", self.url, headers=headers) as response:
             status = response.status_code
             if status == 304:
                 if not conditional:
@@ -595,6 +655,10 @@ class RevocationFeed:
         with self._lock:
             if fresh is not None:
                 self._list, self._etag = fresh, etag
+                # the grace period runs from when the list was signed (give or take the
+                # leeway), not from when it arrived: a list replayed by a man in the middle
+                # shortly before it would be refused as stale must not live a grace longer
+                now = min(now, fresh.iat + self.leeway)
             self._last_ok = now
 
     def _parse(self, body: bytes, now: float) -> RevocationList:

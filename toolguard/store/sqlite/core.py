@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ...budget import Settlement, Spend
 from ...chain import GENESIS, HASHED_FIELDS, row_values, values_hash
@@ -158,7 +159,9 @@ class Store(Queries):
                         f"no audit database at {self.path}; pass --db or set TOOLGUARD_DB"
                     )
                 conn = sqlite3.connect(
-                    f"file:{self.path}?mode=ro",
+                    # quoted: a '?', '#' or '%' in the path is part of the file's name,
+                    # not of the URI (else another file, or another mode, is opened)
+                    f"file:{quote(str(self.path))}?mode=ro",
                     uri=True,
                     timeout=self.busy_timeout,
                     isolation_level=None,
