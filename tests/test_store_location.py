@@ -293,7 +293,26 @@ def test_checkpoints_flag_takes_a_windows_like_relative_path(
         pass
     guard.close()
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "C:").mkdir()  # a relative folder named like a drive: a path, not a URL
+    (tmp_path / "audit.db.checkpoints").rename(tmp_path / "C:" / "host.checkpoints")
     result = CliRunner().invoke(
-        main, ["audit", "verify", "--db", "audit.db", "--checkpoints", "C:/nowhere.checkpoints"]
+        main, ["audit", "verify", "--db", "audit.db", "--checkpoints", "C:/host.checkpoints"]
     )
-    assert result.exit_code == 0 and "does not exist" in result.output
+    assert result.exit_code == 0 and "OK" in result.output, result.output
+
+
+def test_verify_refuses_a_checkpoints_file_given_but_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a typo, or a file someone deleted, must not read as "not anchored" with exit 0
+    guard = tg.Guard(make_config(tmp_path))
+    with guard.task("process-job", job_id="1"):
+        pass
+    guard.close()
+    monkeypatch.chdir(tmp_path)
+    args = ["audit", "verify", "--db", "audit.db", "--checkpoints", "audit.db.checkpoints"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    for missing in ("audit.db.checkpoint", "host-b/\u202eevil.checkpoints"):
+        result = CliRunner().invoke(main, [*args, "--checkpoints", missing])
+        assert result.exit_code == 2, result.output
+        assert "no checkpoint file at" in result.output and "\u202e" not in result.output

@@ -21,6 +21,7 @@ from .. import audit as audit_mod
 from ..keys import KeyRing, PublicKeys
 from ..numbers import MAX_COUNT
 from ..store.approvals import find_requests
+from ..text import printable
 from ..viewer import plural
 from ._base import (
     DURATION,
@@ -453,6 +454,21 @@ def _local_checkpoints(
     return value
 
 
+def _existing_checkpoints(
+    ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]
+) -> tuple[Path, ...]:
+    """``verify --checkpoints`` names files that exist: a file named on purpose and missing (a
+    typo, or a file someone deleted) must not read as "not anchored", exit 0."""
+    _local_checkpoints(ctx, param, value)
+    for path in value:
+        if not path.exists():
+            raise click.BadParameter(
+                f"no checkpoint file at {printable(str(path))}; give the path of each host's "
+                "file (omit --checkpoints to use the config's, which may not exist yet)"
+            )
+    return value
+
+
 @audit.command("verify")
 @db_options
 @click.option(
@@ -463,7 +479,7 @@ def _local_checkpoints(
 @click.option(
     "--checkpoints",
     type=click.Path(dir_okay=False, path_type=Path),
-    callback=_local_checkpoints,
+    callback=_existing_checkpoints,
     multiple=True,
     help="A checkpoint file (default: the config's, else <db>.checkpoints). Repeat it for a "
     "PostgreSQL store written by several hosts: one file per host.",
