@@ -99,6 +99,9 @@ class _PooledReads:
                     raise
             finally:
                 pool.putconn(raw)  # a broken one is discarded by the pool
+            # the server dropped it, and after a restart every idle one with it: discard those
+            # too (the pool pings each), so the repeat gets a live connection
+            pool.check()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:  # a borrowed connection goes back to the pool by itself
