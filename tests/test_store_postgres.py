@@ -342,3 +342,18 @@ def test_db_migrate_creates_the_schema_for_operators(pg_url: str) -> None:
     assert _events(pg_url) == 0  # the tables exist, empty
     again = CliRunner().invoke(main, ["db", "migrate", "--db", pg_url])
     assert again.exit_code == 0 and f"schema version {SCHEMA_VERSION}" in again.output
+
+
+def test_audit_replay_reads_a_postgresql_trail_given_by_url(pg_url: str, tmp_path: Path) -> None:
+    # --db takes a URL as every command does (a path type would fold its "//")
+    with tg.Guard(_config(tmp_path, pg_url)) as guard, guard.task("process-job", job_id="42"):
+        guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+    stricter = _config(tmp_path, "unused.db")
+    stricter["intents"]["process-job"]["allow"]["write"] = ["agents:jobs:{job_id}:final"]
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(stricter))
+    result = CliRunner().invoke(
+        main, ["audit", "replay", "--config", str(new), "--db", pg_url, "--json"]
+    )
+    assert result.exit_code == 1, result.output  # the write would now be denied
+    assert [c["tool"] for c in json.loads(result.stdout)["newly_denied"]] == ["kv_set"]

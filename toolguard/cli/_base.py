@@ -47,6 +47,7 @@ __all__ = [
     "CliError",
     "Duration",
     "When",
+    "db_option",
     "db_options",
     "filter_options",
     "find_config",
@@ -218,10 +219,10 @@ def _config_option(help_text: str) -> Callable[[_F], _F]:
     )
 
 
-def db_options(f: _F) -> _F:
-    """``--db`` and ``--config``: which audit database (and config) to use."""
-    f = _config_option("A toolguard config file: its store, keys and identity limits are used.")(f)
-    f = click.option(
+def db_option(f: _F) -> _F:
+    """``--db``: which audit database, a path or a URL (a string: ``click.Path`` would fold
+    the ``//`` of ``postgresql://``)."""
+    return click.option(
         "--db",
         "db_path",
         metavar="PATH|URL",
@@ -230,7 +231,12 @@ def db_options(f: _F) -> _F:
         "else $TOOLGUARD_DB, else ./.toolguard/audit.db. Without --config, only this database "
         "is used (no config is looked for).",
     )(f)
-    return f
+
+
+def db_options(f: _F) -> _F:
+    """``--db`` and ``--config``: which audit database (and config) to use."""
+    f = _config_option("A toolguard config file: its store, keys and identity limits are used.")(f)
+    return db_option(f)
 
 
 def json_option(f: _F) -> _F:

@@ -35,6 +35,7 @@ from ._base import (
     _obj,
     _resolve_task,
     _task_json,
+    db_option,
     db_options,
     filter_options,
     find_config,
@@ -768,12 +769,7 @@ def prune_cmd(
     help="The config to try: the recorded calls are re-evaluated under it (default: "
     "$TOOLGUARD_CONFIG, else ./toolguard.yaml, e.g. after editing it).",
 )
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The audit database (default: the store of --config, else $TOOLGUARD_DB).",
-)
+@db_option
 @click.option(
     "--since",
     type=WHEN,
