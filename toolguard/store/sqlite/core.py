@@ -404,11 +404,7 @@ class Store(Queries):
         if not plock.acquire(blocking=False):
             deadline = time.monotonic() + self.busy_timeout
             if not plock.acquire(timeout=self.busy_timeout):
-                raise AuditError(
-                    f"the audit trail {self.path} could not be written ({what}) within "
-                    f"busy_timeout ({self.busy_timeout:g}s; raise it or reduce concurrent "
-                    "writers): database is locked; nothing ran"
-                )
+                raise self._not_written(what)
         try:
             conn = self._writer_conn()
             self._begin(conn, what, deadline)
@@ -417,9 +413,7 @@ class Store(Queries):
             if self._stale is not None:
                 self._retire()
             if isinstance(exc, sqlite3.Error):
-                raise AuditError(
-                    f"the audit trail {self.path} could not be written ({what}): {exc}; nothing ran"
-                ) from exc
+                raise self._not_written(what, exc) from exc
             raise
         local.tx = conn
         local.head = None
@@ -445,14 +439,25 @@ class Store(Queries):
             if self._stale is not None:
                 self._retire()
             if isinstance(exc, sqlite3.Error):
-                raise AuditError(
-                    f"the audit trail {self.path} could not be written ({what}): {exc}; nothing ran"
-                ) from exc
+                raise self._not_written(what, exc) from exc
             raise
         finally:
             local.tx = None
             local.head = None
             plock.release()
+
+    def _not_written(self, what: str, exc: sqlite3.Error | None = None) -> AuditError:
+        """The error of a write that did not happen: ``exc``, or the lock not granted within
+        ``busy_timeout``."""
+        if exc is not None:
+            return AuditError(
+                f"the audit trail {self.path} could not be written ({what}): {exc}; nothing ran"
+            )
+        return AuditError(
+            f"the audit trail {self.path} could not be written ({what}) within busy_timeout "
+            f"({self.busy_timeout:g}s; raise it or reduce concurrent writers): database is "
+            "locked; nothing ran"
+        )
 
     def _begin(self, conn: sqlite3.Connection, what: str, deadline: float = 0.0) -> None:
         """``BEGIN IMMEDIATE`` on the writer (busy_timeout 0: the waits are ours, fair and
@@ -474,12 +479,7 @@ class Store(Queries):
             if not deadline:
                 deadline = now + self.busy_timeout
             elif now >= deadline:
-                raise AuditError(
-                    f"the audit trail {self.path} could not be written ({what}) within"
-                    " busy_timeout"
-                    f" ({self.busy_timeout:g}s; raise it or reduce concurrent writers):"
-                    " database is locked; nothing ran"
-                )
+                raise self._not_written(what)
             import random  # only under contention
 
             time.sleep(min(delay * (0.5 + random.random()), deadline - now))  # noqa: S311
