@@ -561,3 +561,29 @@ def test_on_anomaly_needs_a_rate_and_a_multiple_above_one(
     with pytest.raises(tg.ConfigError, match=message) as info:
         load_config(_config(lambda c: c["identities"]["agent-runner"].update(limits=limits)))
     assert info.value.problems[0][0] == "identities.agent-runner.limits"
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "says"),
+    [
+        (("store_pool_size",), 0, "greater than or equal to 1"),
+        (("store_pool_size",), 10**6, "less than or equal to 1000"),
+        (("store_pool_size",), float("nan"), "finite"),
+        (("intents", "process-job", "approval_ttl"), "0s", "must be positive"),
+        (("intents", "process-job", "approval_ttl"), float("nan"), "finite"),
+        (("intents", "process-job", "approval_ttl"), "10000000d", "at most 100 years"),
+        (("intents", "process-job", "mode"), "shadow\u202e", "'enforce' or 'shadow'"),
+        (("identities", "agent-runner", "mode"), "", "'enforce' or 'shadow'"),
+    ],
+)
+def test_pool_size_approval_ttl_and_mode_refuse_bad_values(
+    where: tuple[str, ...], value: object, says: str
+) -> None:
+    config = copy.deepcopy(BASE_CONFIG)
+    node = config
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    with pytest.raises(tg.ConfigError) as caught:
+        tg.load_config(config)
+    assert says in str(caught.value) and ".".join(where) in str(caught.value)
