@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import ApprovalDenied, AuditError, PolicyDenied
+from .errors import ApprovalDenied, AuditError, ConfigError, PolicyDenied
 from .intent import ApprovalRule, Call
 from .jcs import CanonicalizationError, canonical_sha256, canonicalize
 from .store.approvals import (
@@ -54,6 +54,7 @@ __all__ = [
     "Decision",
     "action_digest",
     "approved_reason",
+    "check_approver",
     "held_by",
     "config_hash",
     "parse_decision",
@@ -195,18 +196,23 @@ def approved_reason(record: ApprovalRecord) -> str:
     )
 
 
+def check_approver(approver: object) -> None:
+    """:class:`ConfigError` unless ``approver`` is None or a callable."""
+    if approver is not None and not callable(approver):
+        raise ConfigError(
+            f"approver must be a callable taking the request, not {type(approver).__name__}"
+        )
+
+
 class ApprovalGate:
     """The approval step of one guard's pipeline (see the module's docstring)."""
 
-    def __init__(self, guard: Guard, approver: Approver | None) -> None:
-        if approver is not None and not callable(approver):
-            from .errors import ConfigError
-
-            raise ConfigError(
-                f"approver must be a callable taking the request, not {type(approver).__name__}"
-            )
+    def __init__(self, guard: Guard, approver: Approver | None, args_key: bytes) -> None:
+        check_approver(approver)
         self.guard = guard
         self.approver = approver
+        self._args_key = args_key
+        """The guard's arguments key: the arguments enter the digest as their keyed hash."""
         self._config_hash: str | None = None
 
     @property
@@ -265,7 +271,7 @@ class ApprovalGate:
         return action_digest(
             tool=call.tool, operation=call.operation, resources=call.resources,
             args=dict(call.args), task_id=session.task_id, intent=session.bound.intent,
-            config=self.config_hash, args_key=self.guard._args_key,
+            config=self.config_hash, args_key=self._args_key,
         )  # fmt: skip
 
     def precheck(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
-from .approval import ApprovalGate, Approver, approved_reason, held_by
+from .approval import ApprovalGate, Approver, approved_reason, check_approver, held_by
 from .budget import Settlement, Spend, day_key, plan, task_spends
 from .config import GuardConfig, load_config
 from .context import permit_var, task_var
@@ -158,8 +158,7 @@ class Guard:
         async); without one they wait for ``toolguard approvals`` or a LangGraph resume
         (docs/agents.md, "Human approval")."""
         self.config = load_config(config if config is not None else {})
-        self.approvals = ApprovalGate(self, approver)
-        """The approval step of held calls (its ``approver``, the queue, interrupts)."""
+        check_approver(approver)  # before anything is opened or created
         checked = clock if clock is time.time else CheckedClock(clock)
         self.clock: Callable[[], float] = checked
         """The guard's clock; a bad value (nan, inf, not a number) raises AuditError."""
@@ -184,14 +183,15 @@ class Guard:
         self.issuer = Issuer(
             name=issuer_cfg.name, audience=issuer_cfg.audience, keys=self.keys, ttl=issuer_cfg.ttl
         )
-        self._args_key = load_args_key(self.config.args_key_path)
-        """The arguments key: keys ``args_sha256`` and the arguments in an approval's digest."""
+        args_key = load_args_key(self.config.args_key_path)  # args_sha256, approval digests
         self.redactor = Redactor(
             extra_keys=self.config.redact_keys,
             patterns=self.config.redact_patterns,
             max_chars=self.config.max_arg_chars,
-            digest_key=self._args_key,
+            digest_key=args_key,
         )
+        self.approvals = ApprovalGate(self, approver, args_key)
+        """The approval step of held calls (its ``approver``, the queue, interrupts)."""
         self._redactors = {
             name: self.redactor.with_keys(rule.redact, patterns=rule.redact_patterns)
             for name, rule in self.config.tools.items()
