@@ -699,3 +699,13 @@ def test_shadow_mode_never_skips_an_approval_and_a_rejection_stays_a_denial(
     requests = [(e.tool, e.decision) for e in events if e.kind == "request"]
     assert requests == [("kv_delete", "allow"), ("kv_set", "would_deny"), ("kv_get", "would_deny")]
     assert [e.kind for e in events].count("rejected") == 1
+
+
+def test_an_approver_that_is_not_callable_is_a_config_error_before_any_file_is_made(
+    tmp_path: Path,
+) -> None:
+    config = approval_config(tmp_path)
+    with pytest.raises(tg.ConfigError, match="approver must be a callable"):
+        tg.Guard(config, approver="alice")  # type: ignore[arg-type]
+    assert not (tmp_path / "audit.db").exists()
+    assert not list(tmp_path.rglob("*.key")) and not list(tmp_path.rglob("*.pem"))
