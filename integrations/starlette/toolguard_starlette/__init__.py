@@ -60,7 +60,8 @@ from toolguard.keys import PublicKeys
 from toolguard.store import open_store, parse_store
 from toolguard.text import PLACEHOLDER
 
-from .feed import FeedError, RevocationFeed, revocation_app, revocation_app_from_config
+from .feed import FeedError, revocation_app, revocation_app_from_config
+from .feed_client import RevocationFeed
 
 __all__ = [
     "CLAIMS_STATE_KEY",
