@@ -152,6 +152,20 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+_BASE_AS_DEFINED = copy.deepcopy(BASE_CONFIG)
+
+
+@pytest.fixture(autouse=True)
+def _base_config_unchanged() -> Iterator[None]:
+    """A test that mutates BASE_CONFIG (through a shallow copy) changes every later test's
+    config: fail that test, not the innocent ones after it."""
+    yield
+    if BASE_CONFIG != _BASE_AS_DEFINED:
+        BASE_CONFIG.clear()
+        BASE_CONFIG.update(copy.deepcopy(_BASE_AS_DEFINED))
+        pytest.fail("this test changed tests/conftest.py's BASE_CONFIG (copy it deeply first)")
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

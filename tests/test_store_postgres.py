@@ -4,6 +4,7 @@ both stores through ``make_guard`` (tests/conftest.py, BOTH_BACKENDS)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing
 import threading
@@ -348,7 +349,7 @@ def test_audit_replay_reads_a_postgresql_trail_given_by_url(pg_url: str, tmp_pat
     # --db takes a URL as every command does (a path type would fold its "//")
     with tg.Guard(_config(tmp_path, pg_url)) as guard, guard.task("process-job", job_id="42"):
         guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
-    stricter = _config(tmp_path, "unused.db")
+    stricter = copy.deepcopy(_config(tmp_path, "unused.db"))  # _config shares BASE_CONFIG's
     stricter["intents"]["process-job"]["allow"]["write"] = ["agents:jobs:{job_id}:final"]
     new = tmp_path / "new.json"
     new.write_text(json.dumps(stricter))
