@@ -333,3 +333,91 @@ def test_a_call_held_for_approval_does_not_hold_up_other_async_calls(
     finally:
         other_done.set()
         guard.close()
+
+
+def test_aauthorize_signs_the_token_on_the_writer_thread(
+    guard: tg.Guard, kv_set: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Ed25519 signature releases the GIL: signed on the loop (when the tool first reads
+    its token), the loop thread would wait to get the GIL back, up to the switch interval
+    (5 ms) while the writer thread runs. ``aauthorize`` signs it on the writer thread."""
+    from toolguard.keys import SigningKey
+
+    signed_on: list[int] = []
+    original = SigningKey.sign
+
+    def spy(self: SigningKey, data: bytes) -> bytes:
+        if data.startswith(b"eyJ"):  # a JWT's signing input (not the task end's checkpoint)
+            signed_on.append(threading.get_ident())
+        return original(self, data)
+
+    monkeypatch.setattr(SigningKey, "sign", spy)
+    guarded = tg.guard(kv_set, guard)
+
+    async def main() -> int:
+        async with guard.task("process-job", job_id="42"):
+            permit = await guard.aauthorize("kv_set", {"key": JOB_KEY, "value": "1"})
+            assert len(signed_on) == 1  # before the tool reads it
+            token = permit.credential.token
+            assert token.count(".") == 2 and len(signed_on) == 1  # the same token, cached
+            guard.finish(permit)
+            assert "set" in await guarded.ainvoke({"key": JOB_KEY, "value": "2"})
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert len(signed_on) == 2
+    assert loop_thread not in signed_on
+    assert guard.audit.verify().ok
+
+
+def test_the_writer_thread_lets_go_of_the_gil_after_a_millisecond_of_jobs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Jobs run back to back for ``pace`` seconds: the next one first sleeps ``rest`` (a
+    thread waiting for the GIL, the loop's, gets it); a job after an idle wait does not."""
+    import toolguard.offload as offload
+
+    rests: list[float] = []
+    monkeypatch.setattr(offload.time, "sleep", rests.append)
+    now = [100.0]
+    monkeypatch.setattr(offload.time, "perf_counter", lambda: now[0])
+    pacer = offload._Pacer(pace=1e-3, rest=50e-6)
+
+    def job(seconds: float) -> None:
+        pacer.before()
+        now[0] += seconds
+        pacer.after()
+
+    job(0.4e-3)  # after an idle wait: the writer thread's turn starts
+    job(0.4e-3)
+    assert rests == []
+    job(0.4e-3)  # 0.8 ms of jobs so far
+    assert rests == []
+    job(0.4e-3)  # 1.2 ms back to back: this one lets go first
+    assert rests == [50e-6]
+    job(0.4e-3)
+    assert rests == [50e-6]  # its turn started over
+    now[0] += 1e-3  # the queue was empty: the writer waited (the GIL was free)
+    for _ in range(2):
+        job(0.4e-3)
+    assert rests == [50e-6]
+
+
+def test_a_submitted_job_runs_in_order_without_being_awaited() -> None:
+    writer = WriterThread()
+    order: list[int] = []
+
+    async def main() -> None:
+        first = asyncio.ensure_future(writer.run(order.append, 1))
+        await asyncio.sleep(0)
+        future = writer.submit(order.append, 2)  # e.g. from a loop callback
+        await first
+        await writer.run(order.append, 3)
+        assert future.done() and future.result() is None
+
+    try:
+        asyncio.run(main())
+        late = writer.submit(order.append, 4)
+    finally:
+        writer.close()  # waits for it
+    assert late.done() and order == [1, 2, 3, 4]

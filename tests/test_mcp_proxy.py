@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -564,6 +565,37 @@ def test_parallel_calls_each_get_their_own_decision_and_the_budget_is_exact(
     _, events = trail(config)
     assert len({e.jti for e in events if e.kind == "request"}) == 5
     assert len([e for e in events if e.kind == "outcome"]) == 5
+
+
+def test_the_session_task_start_calls_and_end_write_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: the session's task start (at ``initialize``), its calls and its end are
+    written on the guard's writer thread, never on the loop's."""
+    from toolguard.store import Store
+
+    config, log = write_config(tmp_path), tmp_path / "upstream.log"
+    guard = tg.Guard(config)
+    writes: list[tuple[str, int]] = []
+    original = Store._write
+
+    def spy(self: Store, what: str) -> Any:
+        writes.append((what, threading.get_ident()))
+        return original(self, what)
+
+    monkeypatch.setattr(Store, "_write", spy)
+
+    async def body(session: ClientSession) -> None:
+        assert not (await session.call_tool("kv_get", {"key": KEY})).isError
+
+    try:
+        anyio.run(_in_process, _proxy(guard, config, log), body)
+    finally:
+        guard.close()
+    kinds = [e.kind for e in trail(config)[1]]
+    assert kinds[0] == "task_start" and kinds[-1] == "task_end" and "request" in kinds
+    assert len(writes) >= 3
+    assert threading.get_ident() not in {thread for _, thread in writes}, writes
 
 
 def test_a_session_whose_task_cannot_start_refuses_every_call(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -654,11 +655,52 @@ def test_run_streamed_is_one_task_ended_when_the_stream_ends(guard: tg.Guard) ->
         assert cancelled.run_loop_task is not None
         await asyncio.gather(cancelled.run_loop_task, return_exceptions=True)
         await asyncio.sleep(0)
+        await guard.offload(lambda: None)  # the ends are written on the writer thread
 
     asyncio.run(main())
     assert [t["status"] for t in _tasks(guard)] == ["ok", "error", "cancelled"]
     assert runner.active_tasks == []
     assert kv.data["agents:jobs:42:a"] == "v"
+
+
+def test_arun_streamed_writes_the_task_start_and_end_off_the_event_loop(
+    guard: tg.Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: ``arun_streamed`` writes the task's start on the guard's writer thread, and
+    the end (from the run loop's done-callback) goes there too; nothing runs on the loop."""
+    from toolguard.store import Store
+
+    writes: list[tuple[str, int]] = []
+    original = Store._write
+
+    def spy(self: Store, what: str) -> Any:
+        writes.append((what, threading.get_ident()))
+        return original(self, what)
+
+    monkeypatch.setattr(Store, "_write", spy)
+    runner = GuardedRunner(guard, "process-job", params=JOB)
+    kv = Kv()
+    tools = guard_tools(kv.tools, guard)
+
+    async def main() -> int:
+        ok = await runner.arun_streamed(
+            _agent(tools, [[_set("s1", "agents:jobs:42:a")], [assistant_message("ok")]]), "go"
+        )
+        assert len(runner.active_tasks) == 1
+        async for _ in ok.stream_events():
+            pass
+        assert ok.run_loop_task is not None
+        await asyncio.gather(ok.run_loop_task, return_exceptions=True)
+        await asyncio.sleep(0)  # the run loop's done-callback
+        await guard.offload(lambda: None)  # after the end it submitted
+        assert ok.final_output == "ok"
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert [t["status"] for t in _tasks(guard)] == ["ok"]
+    assert runner.active_tasks == []
+    assert len(writes) >= 3  # task start, the call, task end
+    assert loop_thread not in {thread for _, thread in writes}, writes
 
 
 def test_params_come_from_the_runner_the_call_and_the_context(guard: tg.Guard) -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
@@ -382,6 +383,15 @@ class Guard:
         end) and ``abandon(result)`` runs (in the writer thread) to undo what nobody uses."""
         return await self._writer.run(fn, *args, abandon=abandon, always=always, **kwargs)
 
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        """``fn(*args, **kwargs)`` on the guard's writer thread without waiting for it: for a
+        callback of the event loop that cannot await (e.g. a task's end when a streamed run's
+        loop finishes). It runs after every job handed to the writer thread before it (a
+        task's calls), :meth:`close` waits for it, and what it raises is the returned
+        ``concurrent.futures.Future``'s (nobody sees it unless they look: ``fn`` should log its
+        own failures)."""
+        return self._writer.submit(fn, *args, **kwargs)
+
     def __enter__(self) -> Guard:
         return self
 
@@ -528,9 +538,23 @@ class Guard:
         # minutes: it goes to a side thread, not the writer thread's queue of every other call
         session = task_var.get()
         return await self._writer.run(
-            self.authorize, tool, args, correlation_id=correlation_id, abandon=self._abandoned,
+            self._authorize_signed, tool, args, correlation_id, abandon=self._abandoned,
             side=session is not None and _may_hold(session),
         )  # fmt: skip
+
+    def _authorize_signed(
+        self, tool: str, args: Mapping[str, Any], correlation_id: str | None
+    ) -> Permit:
+        """:meth:`authorize`, then the token signed here, in the writer thread, rather than
+        when the tool first reads it on the event loop: the signature releases the GIL, and
+        a loop thread that releases it in the middle of a callback waits for it to come back
+        (up to ``sys.getswitchinterval()``, 5 ms, while the writer thread runs Python)."""
+        permit = self.authorize(tool, args, correlation_id=correlation_id)
+        try:
+            permit.credential.token  # noqa: B018 - signs and caches it
+        except Exception:  # noqa: S110 - it fails again, in the tool, when the tool reads it
+            pass
+        return permit
 
     def _abandoned(self, permit: Permit) -> None:
         """The outcome of a call authorized for a caller that was cancelled meanwhile."""

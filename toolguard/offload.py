@@ -12,6 +12,16 @@ cannot be stopped once it runs: when the awaiting coroutine is cancelled the job
 anyway, and its ``abandon`` callback (in the writer thread) undoes what nobody will use (an
 allowed call is recorded as not run; a started task is ended). A job cancelled before it
 started never runs.
+
+The writer thread also hands the GIL back to the loop: a thread waiting for the GIL asks for
+it only after ``sys.getswitchinterval()`` (5 ms) without a switch, and its wait starts over
+each time the holder lets go and takes it back at once, which a writer thread does around
+every SQLite statement (the ``sqlite3`` module releases the GIL while SQLite works). A busy
+writer thread could so keep the loop waiting for many milliseconds. So when the writer has run
+jobs back to back for ``pace`` seconds (1 ms), it sleeps ``rest`` (50 µs) before the next one:
+long enough for the loop thread to take the GIL, at most about 5 to 10 % of a saturated writer's
+throughput, nothing when the writer keeps up (it then waits for work, which lets go of the
+GIL for good).
 """
 
 from __future__ import annotations
@@ -20,8 +30,9 @@ import asyncio
 import contextvars
 import os
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
 __all__ = ["WriterThread"]
@@ -29,11 +40,34 @@ __all__ = ["WriterThread"]
 _T = TypeVar("_T")
 
 
+class _Pacer:
+    """Lets the writer thread give the GIL up for a moment after ``pace`` seconds of jobs run
+    back to back (see the module docstring). Used by the one writer thread only."""
+
+    __slots__ = ("busy_since", "last_end", "pace", "rest")
+
+    def __init__(self, pace: float = 1e-3, rest: float = 50e-6) -> None:
+        self.pace, self.rest = pace, rest
+        self.busy_since = self.last_end = 0.0
+
+    def before(self) -> None:
+        now = time.perf_counter()
+        if now - self.last_end > self.rest:  # it waited for this job: the loop had its turn
+            self.busy_since = now
+        elif now - self.busy_since >= self.pace:
+            time.sleep(self.rest)  # lets go of the GIL long enough for a waiting thread
+            self.busy_since = time.perf_counter()
+
+    def after(self) -> None:
+        self.last_end = time.perf_counter()
+
+
 class _Job(Generic[_T]):
     """One piece of store work; delivers its result, or abandons it when nobody waits."""
 
     __slots__ = (
-        "abandon", "abandoned", "args", "context", "delivered", "fn", "kwargs", "lock", "result",
+        "abandon", "abandoned", "args", "context", "delivered", "fn", "kwargs", "lock",
+        "pacer", "result",
     )  # fmt: skip
 
     def __init__(
@@ -42,7 +76,9 @@ class _Job(Generic[_T]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         abandon: Callable[[_T], object] | None,
+        pacer: _Pacer | None = None,
     ) -> None:
+        self.pacer = pacer
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -54,7 +90,15 @@ class _Job(Generic[_T]):
         self.result: _T | None = None
 
     def __call__(self) -> _T:  # in the writer thread
-        result = self.context.run(self.fn, *self.args, **self.kwargs)
+        pacer = self.pacer
+        if pacer is None:
+            result = self.context.run(self.fn, *self.args, **self.kwargs)
+        else:
+            pacer.before()
+            try:
+                result = self.context.run(self.fn, *self.args, **self.kwargs)
+            finally:
+                pacer.after()
         with self.lock:
             if not self.abandoned:
                 self.delivered = True
@@ -90,6 +134,7 @@ class WriterThread:
         self._side: ThreadPoolExecutor | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._pacer = _Pacer()
 
     def _get(self, side: bool = False) -> ThreadPoolExecutor:
         pid = os.getpid()
@@ -128,7 +173,7 @@ class WriterThread:
         With ``side``, the job runs on one of a few side threads instead, unordered: for work
         that may wait long (a call held for a person's approval) and must not hold up the
         writer thread's queue (the store's own checks order it against a task's end)."""
-        job = _Job(fn, args, kwargs, abandon)
+        job = _Job(fn, args, kwargs, abandon, None if side else self._pacer)
         future = self._get(side).submit(job)
         waiter = asyncio.wrap_future(future)
         try:
@@ -141,6 +186,12 @@ class WriterThread:
             if not future.cancelled():  # it runs, ran or will run: undo what nobody uses
                 job.give_up()
             raise
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        """``fn(*args, **kwargs)`` on the writer thread, in a copy of this context, not awaited
+        (for a loop callback that cannot await): it runs after every job submitted before it,
+        :meth:`close` waits for it, and its exception is the returned future's."""
+        return self._get().submit(_Job(fn, args, kwargs, None, self._pacer))
 
     def close(self) -> None:
         """Wait for the jobs submitted so far and stop the thread (a later job starts a new

@@ -118,30 +118,65 @@ class _Session:
     upstream_gone: str | None = None
     ended: bool = False
 
-    def start_task(self) -> None:
-        """Start the session's task (at the client's ``initialize``); a failure is kept and
-        every tool call of the session is refused with it (fail closed)."""
+    async def start_task(self) -> None:
+        """Start the session's task (at the client's ``initialize``), written on the guard's
+        writer thread (the event loop never waits for the store); a failure is kept and every
+        tool call of the session is refused with it (fail closed)."""
         if self.task is not None or self.start_error is not None:
             return
         proxy = self.proxy
         try:
-            self.task = proxy.guard.task(proxy.intent, **proxy.params).start()
+            self.task = await proxy.guard.task(proxy.intent, **proxy.params).astart()
         except Exception as exc:
             self.start_error = exc
             log.error("toolguard-mcp: the session's task could not start: %s", exc)
 
-    def end_task(self, status: str, reason: str) -> None:
-        """End the session's task (idempotent): revoke its credentials, record ``task_end``."""
+    def _ending(self) -> TaskSession | None:
+        """The task to end now (None when it ended, never started or was already ended)."""
         if self.ended:
-            return
+            return None
         self.ended = True
         task = self.task
         if task is None or task.status != "active":
+            return None
+        return task
+
+    def end_task(self, status: str, reason: str) -> None:
+        """End the session's task (idempotent): revoke its credentials, record ``task_end``.
+        From async code use :meth:`aend_task` (this one writes on the calling thread)."""
+        task = self._ending()
+        if task is not None:
+            self._ended(task, status, reason, lambda: task.end(status, reason=reason))
+
+    async def aend_task(self, status: str, reason: str) -> None:
+        """:meth:`end_task` on the guard's writer thread, awaited even by a cancelled caller
+        (the end is written before the upstream is shut down)."""
+        task = self._ending()
+        if task is None:
             return
-        try:
-            task.end(status, reason=reason)
-        except ToolGuardError as exc:  # the credentials are revoked in memory all the same
-            log.error("toolguard-mcp: could not record the end of task %s: %s", task.task_id, exc)
+        with anyio.CancelScope(shield=True):
+            try:
+                await task.aend(status, reason=reason)
+            except ToolGuardError as exc:
+                self._ended(task, status, reason, None, exc)
+            else:
+                self._ended(task, status, reason, None)
+
+    @staticmethod
+    def _ended(
+        task: TaskSession,
+        status: str,
+        reason: str,
+        end: Callable[[], None] | None,
+        error: ToolGuardError | None = None,
+    ) -> None:
+        if end is not None:
+            try:
+                end()
+            except ToolGuardError as exc:
+                error = exc
+        if error is not None:  # the credentials are revoked in memory all the same
+            log.error("toolguard-mcp: could not record the end of task %s: %s", task.task_id, error)
         else:
             log.info("toolguard-mcp: task %s ended (%s): %s", task.task_id, status, reason)
 
@@ -281,7 +316,7 @@ class GuardingProxy(Server[Any, Any]):
                 finally:
                     _session_var.reset(token)
                 status, reason = self._end_status(state)
-                state.end_task(status, reason)  # before the upstream is shut down
+                await state.aend_task(status, reason)  # before the upstream is shut down
                 group.cancel_scope.cancel()
         except BaseException as exc:
             if state.ended:
@@ -306,7 +341,7 @@ class GuardingProxy(Server[Any, Any]):
                 log.error("toolguard-mcp: %s", reason)
             raise
         finally:
-            state.end_task(status, reason)
+            await state.aend_task(status, reason)
             self.sessions.discard(state)
             self.client_closed = state.client_closed and state.upstream_gone is None
 
@@ -322,9 +357,15 @@ class GuardingProxy(Server[Any, Any]):
         return "ok", "the MCP session ended"
 
     def end_all(self, status: str, reason: str) -> None:
-        """End the task of every session still open (at shutdown)."""
+        """End the task of every session still open (at shutdown), on this thread; from async
+        code use :meth:`aend_all`."""
         for state in list(self.sessions):
             state.end_task(status, reason)
+
+    async def aend_all(self, status: str, reason: str) -> None:
+        """:meth:`end_all` on the guard's writer thread (the event loop keeps running)."""
+        for state in list(self.sessions):
+            await state.aend_task(status, reason)
 
     @asynccontextmanager
     async def _connect(self, state: _Session) -> AsyncIterator[tuple[ReadStream, WriteStream]]:
@@ -377,7 +418,7 @@ class GuardingProxy(Server[Any, Any]):
                     if isinstance(message, SessionMessage):
                         root = message.message.root
                         if isinstance(root, types.JSONRPCRequest) and root.method == "initialize":
-                            state.start_task()
+                            await state.start_task()
                         elif isinstance(root, types.JSONRPCNotification) and (
                             root.method == _CANCELLED
                         ):
@@ -419,7 +460,7 @@ class GuardingProxy(Server[Any, Any]):
         if state.upstream_gone is not None and not state.ended:
             self.upstream_failures += 1
             log.error("toolguard-mcp: %s; ending the session", state.upstream_gone)
-            state.end_task("error", state.upstream_gone)
+            await state.aend_task("error", state.upstream_gone)
             group.cancel_scope.cancel()  # closes the client's session too
 
     async def _pump_upstream_writes(

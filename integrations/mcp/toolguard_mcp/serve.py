@@ -36,7 +36,7 @@ async def _watch_signals(proxy: GuardingProxy, scope: anyio.CancelScope) -> None
         async for signum in signals:
             reason = f"toolguard-mcp received {signal.Signals(signum).name}"
             proxy.stop_reason = reason
-            proxy.end_all("cancelled", reason)  # revoke first, then stop serving
+            await proxy.aend_all("cancelled", reason)  # revoke first, then stop serving
             scope.cancel()
             return
 
@@ -95,7 +95,10 @@ def asgi_app(proxy: GuardingProxy, *, host: str = "127.0.0.1", path: str = "/mcp
             async with manager.run():
                 yield
         finally:
-            proxy.end_all("cancelled", proxy.stop_reason or "toolguard-mcp stopped serving")
+            with anyio.CancelScope(shield=True):
+                await proxy.aend_all(
+                    "cancelled", proxy.stop_reason or "toolguard-mcp stopped serving"
+                )
 
     return Starlette(routes=[Route(path, endpoint=_Endpoint(manager))], lifespan=lifespan)
 

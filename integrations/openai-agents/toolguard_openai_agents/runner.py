@@ -148,11 +148,31 @@ class GuardedRunner:
     ) -> RunResultStreaming:
         """``Runner.run_streamed(starting_agent, input, **kwargs)`` as one task.
 
-        Call it from a running event loop, as the SDK requires. The task ends when the
-        streamed run's loop ends: it finished, raised, or was cancelled
-        (``result.cancel()``, or the loop's task cancelled).
+        Call it from a running event loop, as the SDK requires. The task's start is written
+        here, on the calling thread (this call cannot await: from a coroutine prefer
+        :meth:`arun_streamed`, which writes it on the guard's writer thread). The task ends
+        when the streamed run's loop ends: it finished, raised, or was cancelled
+        (``result.cancel()``, or the loop's task cancelled); that end is written on the
+        guard's writer thread, after the run's calls (``guard.close()`` waits for it).
         """
-        state = self._start(params, kwargs)
+        return self._streamed(self._start(params, kwargs), starting_agent, input, kwargs)
+
+    async def arun_streamed(
+        self,
+        starting_agent: Agent[Any],
+        input: Any,
+        *,
+        params: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> RunResultStreaming:
+        """:meth:`run_streamed` with the task's start written on the guard's writer thread
+        too: the event loop never waits for the store."""
+        state = await self.guard.offload(self._start, params, kwargs, abandon=self._abandoned)
+        return self._streamed(state, starting_agent, input, kwargs)
+
+    def _streamed(
+        self, state: RunState, starting_agent: Agent[Any], input: Any, kwargs: dict[str, Any]
+    ) -> RunResultStreaming:
         tokens = _enter(state)
         try:
             result = Runner.run_streamed(starting_agent, input, **kwargs)
@@ -167,13 +187,16 @@ class GuardedRunner:
             raise RuntimeError("Runner.run_streamed() returned no run loop; cannot guard it")
 
         def done(task: asyncio.Task[Any]) -> None:
+            # a callback of the loop: the end is written on the writer thread, not awaited
+            with self._lock:
+                self._runs.pop(id(state), None)
             if task.cancelled():
-                self._end_quietly(state, asyncio.CancelledError())
+                self.guard.submit(self._end_quietly, state, asyncio.CancelledError())
             else:
                 # the SDK keeps a streamed run's error (MaxTurnsExceeded, a guardrail, a tool's
                 # UserError) for stream_events() to raise: the loop's task itself succeeds
                 error = task.exception() or getattr(result, "_stored_exception", None)
-                self._end_quietly(state, error, result)
+                self.guard.submit(self._end_quietly, state, error, result)
 
         loop_task.add_done_callback(done)
         return result
