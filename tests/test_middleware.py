@@ -4,6 +4,7 @@ errors, runs that raise, interrupts and resumes, context parameters, and tools g
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -675,6 +676,43 @@ def test_middleware_resume_in_another_process_continues_the_task(
     verifier = here.verifier(audience="kv-service")
     with pytest.raises(tg.CredentialRevoked):  # the task's end revoked it for every process
         verifier.verify(kv.credentials["agents:jobs:42:state"].token)
+
+
+def test_middleware_async_resume_in_another_process_adopts_the_task_off_the_event_loop(
+    make_guard: Callable[..., tg.Guard], clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: ``ainvoke`` resuming a run another worker interrupted adopts its task (reads
+    the trail, records ``task_resume``) on the guard's writer thread, not on the loop."""
+    from toolguard.store import Store
+
+    kv, saver = _Kv(), InMemorySaver()
+    config = {"configurable": {"job_id": "42", "thread_id": "moved-async"}}
+    here, there = make_guard(clock=clock), make_guard(clock=clock)
+    first, hitl, rest = _interrupted_elsewhere(here, kv, saver, config)
+    (waiting,) = first.active_tasks
+    second = GuardMiddleware(there, intent="process-job")
+    agent = _agent(there, rest, kv.tools, middleware=[hitl, second], checkpointer=saver)
+    writes: list[tuple[str, int]] = []
+    original = Store._write
+
+    def spy(self: Store, what: str) -> Any:
+        writes.append((what, threading.get_ident()))
+        return original(self, what)
+
+    monkeypatch.setattr(Store, "_write", spy)
+
+    async def main() -> int:
+        resume = Command(resume={"decisions": [{"type": "approve"}]})
+        result = await agent.ainvoke(resume, config)
+        (message,) = _tool_messages(result)
+        assert message.status != "error"
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    kinds = [e.kind for e in there.audit.events(task_id=waiting.task_id)]
+    assert kinds == ["task_start", "task_resume", "request", "outcome", "task_end"]
+    assert kv.tasks["agents:jobs:42:state"] == waiting.task_id
+    assert writes and loop_thread not in {thread for _, thread in writes}, writes
 
 
 def test_middleware_resume_of_a_task_that_ended_meanwhile_is_denied(

@@ -306,6 +306,17 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
             self._sessions[task_id] = session
         return session
 
+    async def _aadopt(self, task_id: str | None) -> None:
+        """:meth:`_adopt` on the guard's writer thread (it reads the trail and records
+        ``task_resume``), when the run's task is not known here yet."""
+        if (
+            task_id is not None
+            and self.intent is not None
+            and task_id not in self._sessions
+            and task_id not in self._unresumable
+        ):
+            await self.guard.offload(self._adopt, task_id)
+
     @property
     def active_tasks(self) -> list[TaskSession]:
         """The tasks of runs that have not ended yet (running, interrupted or failed)."""
@@ -413,6 +424,7 @@ class GuardMiddleware(AgentMiddleware[GuardState, Any, Any]):
         """Async twin of :meth:`wrap_tool_call`; parallel calls each get their own check, on
         the guard's writer thread (the event loop never waits for the store)."""
         try:
+            await self._aadopt(_task_id(request.state))
             prepared = self._prepare(request, authorize=False)
             if prepared.unchecked:
                 prepared = await self._acheck(prepared)
