@@ -21,6 +21,7 @@ from langchain_core.tools import tool
 from toolguard_langchain import GuardMiddleware
 
 import toolguard as tg
+from toolguard.context import task_var
 from toolguard.offload import WriterThread
 from toolguard.store import Store
 
@@ -421,3 +422,27 @@ def test_a_submitted_job_runs_in_order_without_being_awaited() -> None:
     finally:
         writer.close()  # waits for it
     assert late.done() and order == [1, 2, 3, 4]
+
+
+def test_aclose_writes_the_pending_outcomes_off_the_event_loop(
+    make_guard: Callable[..., tg.Guard], kv_set: Any, writes: list[tuple[str, int]]
+) -> None:
+    """``await guard.aclose()`` (and ``async with Guard(...)``): the outcome still queued
+    and the store's close run on a worker thread; the guard is closed afterwards."""
+    guard = make_guard()
+    guarded = tg.guard(kv_set, guard)
+
+    async def main() -> int:
+        async with guard:
+            session = await guard.task("process-job", job_id="42").astart()
+            task_var.set(session)  # current, and left active: no task end flushes the outcome
+            await guarded.ainvoke({"key": JOB_KEY, "value": "1"})
+            assert guard.store._pending  # the outcome waits for the next transaction
+            del writes[:]
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert [what for what, _ in writes] == ["outcomes"]
+    assert loop_thread not in {thread for _, thread in writes}
+    with tg.Guard(guard.config) as again:
+        assert [e.kind for e in again.audit.events()] == ["task_start", "request", "outcome"]

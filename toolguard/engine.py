@@ -10,6 +10,7 @@ so the wait for the database and its commits never block the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -392,11 +393,24 @@ class Guard:
         own failures)."""
         return self._writer.submit(fn, *args, **kwargs)
 
+    async def aclose(self) -> None:
+        """:meth:`close` for async code: it waits for the writer thread's jobs and writes the
+        pending outcomes on a worker thread, while the event loop keeps running. A cancelled
+        ``aclose`` still closes the guard (the close goes on in its thread)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.shield(loop.run_in_executor(None, self.close))
+
     def __enter__(self) -> Guard:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Guard:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     # -- the pipeline -----------------------------------------------------------------------
 
