@@ -371,6 +371,41 @@ def test_aauthorize_signs_the_token_on_the_writer_thread(
     assert guard.audit.verify().ok
 
 
+def test_aauthorize_does_not_sign_ahead_for_a_tool_that_does_not_read_its_token(
+    guard: tg.Guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signing ahead is learnt per tool: after a call that did not read its token, the next
+    call of that tool is not signed (a signature saved); a token signed ahead and never read
+    is not issued (nothing to scrub from the result)."""
+    from toolguard.credentials import issued_token
+    from toolguard.keys import SigningKey
+
+    signed: list[int] = []
+    original = SigningKey.sign
+
+    def spy(self: SigningKey, data: bytes) -> bytes:
+        if data.startswith(b"eyJ"):
+            signed.append(threading.get_ident())
+        return original(self, data)
+
+    monkeypatch.setattr(SigningKey, "sign", spy)
+
+    async def main() -> None:
+        async with guard.task("process-job", job_id="42"):
+            first = await guard.aauthorize("kv_set", {"key": JOB_KEY, "value": "1"})
+            assert len(signed) == 1 and issued_token(first.credential) is None
+            guard.finish(first)  # the tool did not read it
+            second = await guard.aauthorize("kv_set", {"key": JOB_KEY, "value": "2"})
+            assert len(signed) == 1  # not signed ahead any more
+            assert second.credential.token  # signed when read, here on the loop
+            guard.finish(second)
+            third = await guard.aauthorize("kv_set", {"key": JOB_KEY, "value": "3"})
+            assert len(signed) == 3  # the last call read it: signed ahead again
+            guard.finish(third)
+
+    asyncio.run(main())
+
+
 def test_the_writer_thread_lets_go_of_the_gil_after_a_millisecond_of_jobs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -127,13 +127,15 @@ class Credential:
     """
 
     __slots__ = (
-        "_claims", "_encode", "_expires_at", "_identity", "_intent", "_issued_at", "_jit",
-        "_jti", "_operation", "_payload", "_resources", "_signer", "_task_id", "_token", "_tool",
+        "_ahead", "_claims", "_encode", "_expires_at", "_identity", "_intent", "_issued_at",
+        "_jit", "_jti", "_operation", "_payload", "_resources", "_signer", "_task_id", "_token",
+        "_tool",
     )  # fmt: skip
 
     _payload: dict[str, Any]
     _signer: SigningKey | None
     _token: str | None
+    _ahead: str | None
     _encode: Callable[[dict[str, Any]], str]
 
     def __init__(
@@ -163,6 +165,7 @@ class Credential:
         self._tool, self._operation, self._resources = tool, operation, tuple(resources)
         self._issued_at, self._expires_at = float(issued_at), float(expires_at)
         self._jit, self._signer, self._token, self._encode = jit, signer, token, _ENCODER.encode
+        self._ahead = None
 
     @classmethod
     def _minted(cls, payload: dict[str, Any], signer: SigningKey) -> Credential:
@@ -175,6 +178,7 @@ class Credential:
         self._resources = payload["res"]
         self._issued_at, self._expires_at = float(payload["iat"]), float(payload["exp"])
         self._jit, self._signer, self._token, self._encode = True, signer, None, _encode_minted
+        self._ahead = None
         return self
 
     @classmethod
@@ -207,15 +211,25 @@ class Credential:
         token = self._token
         if token is not None:
             return token
-        signer = self._signer
-        assert signer is not None  # exactly one of signer/token is set
-        body = b64url_encode(self._encode(self._payload).encode("utf-8"))
-        signing_input = f"{signer.header_segment}.{body}"
-        signed = f"{signing_input}.{b64url_encode(signer.sign(signing_input.encode('ascii')))}"
+        signed = self._ahead or self._sign()
         with _PUBLISH:  # a racing thread may have signed too: everyone returns the first token
             if self._token is None:
                 self._token = signed
             return self._token
+
+    def _sign(self) -> str:
+        signer = self._signer
+        assert signer is not None  # exactly one of signer/token is set
+        body = b64url_encode(self._encode(self._payload).encode("utf-8"))
+        signing_input = f"{signer.header_segment}.{body}"
+        return f"{signing_input}.{b64url_encode(signer.sign(signing_input.encode('ascii')))}"
+
+    def _sign_ahead(self) -> None:
+        """Sign the token now, on this thread, for a reader on another (the event loop's: the
+        signature releases the GIL, see ``Guard.aauthorize``). The token counts as issued
+        (:func:`issued_token`) only once it is read."""
+        if self._token is None and self._ahead is None:
+            self._ahead = self._sign()
 
     @property
     def jti(self) -> str:

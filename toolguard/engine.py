@@ -200,6 +200,7 @@ class Guard:
         }
         self._audit: AuditLog | None = None
         self._writer = WriterThread()  # the store work of async callers (offload)
+        self._reads_token: dict[str, bool] = {}  # per tool: did its last call read its token
         given = dict(providers or {})
         unknown = sorted(set(given) - set(self.config.tools))
         if unknown:
@@ -559,15 +560,18 @@ class Guard:
     def _authorize_signed(
         self, tool: str, args: Mapping[str, Any], correlation_id: str | None
     ) -> Permit:
-        """:meth:`authorize`, then the token signed here, in the writer thread, rather than
-        when the tool first reads it on the event loop: the signature releases the GIL, and
-        a loop thread that releases it in the middle of a callback waits for it to come back
-        (up to ``sys.getswitchinterval()``, 5 ms, while the writer thread runs Python)."""
+        """:meth:`authorize`, then, for a tool whose last call read its token, the token
+        signed here, in the writer thread, rather than when the tool reads it on the event
+        loop: the signature releases the GIL, and a loop thread that releases it in the
+        middle of a callback waits for it to come back (up to ``sys.getswitchinterval()``,
+        5 ms, while the writer thread runs Python). A tool that does not read its token is
+        not made to pay for a signature."""
         permit = self.authorize(tool, args, correlation_id=correlation_id)
-        try:
-            permit.credential.token  # noqa: B018 - signs and caches it
-        except Exception:  # noqa: S110 - it fails again, in the tool, when the tool reads it
-            pass
+        if self._reads_token.get(tool, True):
+            try:
+                permit.credential._sign_ahead()
+            except Exception:  # noqa: S110 - it fails again, in the tool, if the tool reads it
+                pass
         return permit
 
     def _abandoned(self, permit: Permit) -> None:
@@ -578,6 +582,7 @@ class Guard:
         """Record a call's outcome (queued for the next transaction) and settle its cost."""
         duration_ms = (time.perf_counter() - permit.started_perf) * 1000.0
         call = permit.call
+        self._reads_token[call.tool] = issued_token(permit.credential) is not None
         settle: tuple[Settlement, ...] = ()
         cost = call.cost
         actual, problem = permit.actual_cost, None
