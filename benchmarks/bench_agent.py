@@ -163,17 +163,108 @@ class _TaskPerRun:
             return await self.agent.ainvoke(inputs, config)
 
 
-def _agents(guard: tg.Guard, k: int) -> dict[str, Any]:
+def _agents(guard: tg.Guard, k: int, *, timed: bool = True) -> dict[str, Any]:
     def build(middleware: list[Any], tools: list[Any] | None = None) -> Any:
         model = ScriptedChatModel(script=_script(k), cycle=True)
         return create_agent(model, tools or [kv_get], middleware=middleware)
 
+    middleware = TimedGuardMiddleware if timed else GuardMiddleware
     return {
         "bare": build([]),
         "passthrough": build([PassThrough()]),
-        "guarded": build([TimedGuardMiddleware(guard, intent="process-job")]),
+        "guarded": build([middleware(guard, intent="process-job")]),
         "guarded_tools": _TaskPerRun(guard, build([], [tg.guard(kv_get, guard)])),
     }
+
+
+# -- instruction counts (valgrind), for a machine too busy for wall time ---------------------
+
+VARIANTS = ("bare", "passthrough", "guarded", "guarded_tools")
+
+
+def count_runs(variant: str, mode: str, k: int, runs: int) -> None:
+    """The process valgrind measures: two warm-up runs of every variant, then ``runs`` runs of
+    ``variant`` with ``k`` tool calls each, the collector off (its passes come at allocation
+    counts, not per call)."""
+    import gc
+
+    loop = asyncio.new_event_loop() if mode == "async" else None
+    with tempfile.TemporaryDirectory(prefix="toolguard-bench-") as tmp:
+        guard = tg.Guard(_config(Path(tmp)))
+        try:
+            agents = _agents(guard, k, timed=False)
+            for agent in agents.values():
+                _time_runs(agent, 2, loop)
+            gc.collect()
+            gc.disable()
+            _time_runs(agents[variant], runs, loop)
+        finally:
+            gc.enable()
+            guard.close()
+            if loop is not None:
+                loop.close()
+
+
+def _valgrind(
+    variant: str, mode: str, k: int, runs: int, workdir: Path, cache: bool
+) -> dict[str, int]:
+    """Totals of one ``count_runs`` process under callgrind: instructions (``Ir``) and, with
+    ``cache`` (callgrind's cache simulation), last-level cache misses (``ILmr``, ``DLmr``,
+    ``DLmw``) and first-level data misses (``D1mr``, ``D1mw``)."""
+    import re
+    import subprocess
+
+    out = workdir / f"cg.{variant}.{mode}.{k}.out"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    if cache:
+        cmd.append("--cache-sim=yes")
+    cmd += [sys.executable, __file__, "--count-run", variant, "--mode", mode,
+            "--kmax", str(k), "--runs", str(runs)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    events: list[str] = []
+    for line in out.read_text(errors="replace").splitlines():
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        match = re.match(r"(?:summary|totals):\s+([\d ]+)", line)
+        if match:
+            return dict(zip(events, (int(v) for v in match.group(1).split())))
+    raise RuntimeError(f"no totals in {out}")
+
+
+def count(
+    modes: list[str], variants: list[str], runs: int, kmax: int, cache: bool
+) -> dict[str, Any]:
+    """Per tool call, by valgrind: (the ``kmax`` process - the ``k = 1`` process) / (runs x
+    (kmax - 1)) for each variant and mode; toolguard's own cost is ``guarded - passthrough``,
+    its share that over ``bare`` (the agent's own step)."""
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tg-cg-agent-") as tmp:
+        for mode in modes:
+            per_call: dict[str, dict[str, float]] = {}
+            for variant in variants:
+                high = _valgrind(variant, mode, kmax, runs, Path(tmp), cache)
+                low = _valgrind(variant, mode, 1, runs, Path(tmp), cache)
+                per_call[variant] = {e: (high[e] - low[e]) / (runs * (kmax - 1)) for e in high}
+                print(mode, variant, {e: round(v) for e, v in per_call[variant].items()},
+                      flush=True)  # fmt: skip
+            result: dict[str, Any] = {
+                "per_tool_call": {
+                    v: {e: round(n) for e, n in c.items()} for v, c in per_call.items()
+                }
+            }
+            if {"bare", "passthrough", "guarded"} <= set(per_call):
+                own = {
+                    e: per_call["guarded"][e] - per_call["passthrough"][e] for e in per_call["bare"]
+                }
+                result["toolguard_own_per_tool_call"] = {e: round(n) for e, n in own.items()}
+                result["toolguard_own_ratio_instructions"] = round(
+                    own["Ir"] / per_call["bare"]["Ir"], 4
+                )
+                result["plumbing_per_tool_call"] = {
+                    e: round(per_call["passthrough"][e] - per_call["bare"][e]) for e in own
+                }
+            results[mode] = result
+    return results
 
 
 def _time_runs(agent: Any, runs: int, loop: asyncio.AbstractEventLoop | None) -> float:
@@ -278,7 +369,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kmax", type=int, default=10)
     parser.add_argument("--mode", choices=["sync", "async", "both"], default="both")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "agent.json")
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="count instructions per tool call with valgrind (callgrind) instead of timing",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache-sim", action="store_true",
+        help="with --instructions: callgrind's cache simulation too (cache misses per call)",
+    )  # fmt: skip
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--count-run", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.count_run:
+        count_runs(args.count_run, args.mode, args.kmax, args.runs)
+        return 0
+    if args.instructions:
+        modes = ["sync", "async"] if args.mode == "both" else [args.mode]
+        report = {
+            "benchmark": "GuardMiddleware per tool call inside create_agent runs (callgrind)",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "python": platform.python_version(),
+            "runs": args.runs,
+            "tool_calls_per_run": [1, args.kmax],
+            "cache_sim": args.cache_sim,
+            "modes": count(modes, args.variants, args.runs, args.kmax, args.cache_sim),
+            "target_ratio_per_tool_call": 0.10,
+        }
+        out = (
+            args.out
+            if args.out != HERE / "results" / "agent.json"
+            else (HERE / "results" / "agent_callgrind.json")
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+        return 0
     modes = ["sync", "async"] if args.mode == "both" else [args.mode]
     results = {mode: measure(args.rounds, args.runs, args.kmax, mode) for mode in modes}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -76,33 +76,55 @@ def run_calls(variant: str, calls: int, warmup: int) -> None:
             guard.close()
 
 
-def _instructions(variant: str, calls: int, warmup: int, workdir: Path) -> int:
+def _instructions(
+    variant: str, calls: int, warmup: int, workdir: Path, cache: bool = False
+) -> dict[str, int]:
+    """The totals of one run under callgrind: ``Ir`` (instructions) and, with ``cache``
+    (callgrind's cache simulation), the simulated cache misses (``D1mr``, ``DLmr``, ...)."""
     out = workdir / f"cg.{variant}.{calls}.out"
     subprocess.run(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+         *(["--cache-sim=yes"] if cache else []), sys.executable,
          __file__, "--variant", variant, "--calls", str(calls), "--warmup", str(warmup)],
         check=True,
         capture_output=True,
         env={**os.environ, "PYTHONHASHSEED": "0"},
     )  # fmt: skip
+    events: list[str] = ["Ir"]
     for line in out.read_text(errors="replace").splitlines():
-        match = re.match(r"(?:summary|totals):\s+(\d+)", line)
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        match = re.match(r"(?:summary|totals):\s+([\d ]+)", line)
         if match:
-            return int(match.group(1))
+            return dict(zip(events, (int(v) for v in match.group(1).split())))
     raise RuntimeError(f"no instruction total in {out}")
 
 
-def measure(variants: list[str], calls: int, warmup: int) -> dict[str, Any]:
+def measure(variants: list[str], calls: int, warmup: int, cache: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tg-cgout-") as tmp:
         workdir = Path(tmp)
         per_call: dict[str, float] = {}
+        misses: dict[str, dict[str, float]] = {}
         for variant in variants:
-            base = _instructions(variant, 0, warmup, workdir)
-            total = _instructions(variant, calls, warmup, workdir)
-            per_call[variant] = (total - base) / calls
+            base = _instructions(variant, 0, warmup, workdir, cache)
+            total = _instructions(variant, calls, warmup, workdir, cache)
+            per_call[variant] = (total["Ir"] - base["Ir"]) / calls
+            misses[variant] = {e: (total[e] - base[e]) / calls for e in total if e != "Ir"}
             print(f"{variant}: {per_call[variant]:,.0f} instructions per call", flush=True)
+            if cache:
+                print(f"  {variant}: { ({e: round(v) for e, v in misses[variant].items()}) }")
     bare = per_call.get("bare")
+    cache_report = (
+        {
+            "cache_misses_per_call": {
+                v: {e: round(n) for e, n in m.items()} for v, m in misses.items()
+            }
+        }
+        if cache
+        else {}
+    )
     return {
+        **cache_report,
         "benchmark": "callgrind",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "python": sys.version.split()[0],
@@ -120,11 +142,14 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--measure", action="store_true", help="run valgrind for --variants")
+    parser.add_argument(
+        "--cache-sim", action="store_true", help="also simulated cache misses per call"
+    )
     args = parser.parse_args()
     if not args.measure:
         run_calls(args.variant, args.calls, args.warmup)
         return
-    report = measure(args.variants, args.calls, args.warmup)
+    report = measure(args.variants, args.calls, args.warmup, args.cache_sim)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["ratio_to_bare"]))
