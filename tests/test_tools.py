@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 from langchain.agents import create_agent
-from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForToolRun
+from langchain_core.callbacks import BaseCallbackHandler, CallbackManagerForToolRun, Callbacks
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
@@ -688,3 +688,33 @@ def test_guarded_tool_checks_enum_and_model_arguments_as_json(guard: tg.Guard) -
     assert request.args == '{"key":"agents:jobs:42:a","meta":{"tags":["x"]},"value":"state"}'
     ((value, meta),) = seen
     assert value is Part.STATE and isinstance(meta, Meta)  # the tool gets the validated objects
+
+
+def test_a_guarded_structured_tool_gets_what_structured_tool_run_would_pass(
+    guard: tg.Guard,
+) -> None:
+    """GuardedTool calls a plain StructuredTool's function itself (its signature inspected
+    once, not on every call): the function still gets the run's config and child callbacks
+    as StructuredTool._run passes them, on its own call and unguarded alike, and a function
+    replaced on the tool is the one called."""
+    seen: list[tuple[str, Any, Any]] = []
+
+    def read(key: str, config: RunnableConfig, callbacks: Callbacks = None) -> str:
+        seen.append(("first", config.get("tags"), callbacks))
+        return f"value of {key}"
+
+    def read_again(key: str, config: RunnableConfig) -> str:
+        seen.append(("second", config.get("tags"), None))
+        return f"again {key}"
+
+    inner = StructuredTool.from_function(read, name="kv_get", description="Read a key.")
+    guarded = tg.guard(inner, guard)
+    with guard.task("process-job", job_id="42"):
+        assert guarded.invoke({"key": JOB_KEY}, config={"tags": ["t1"]}) == f"value of {JOB_KEY}"
+        inner.invoke({"key": JOB_KEY}, config={"tags": ["t1"]})  # what LangChain itself passes
+        inner.func = read_again
+        assert guarded.invoke({"key": JOB_KEY}, config={"tags": ["t2"]}) == f"again {JOB_KEY}"
+    (guarded_call, bare_call, replaced) = seen
+    assert guarded_call[1] == bare_call[1] == ["t1"]
+    assert type(guarded_call[2]) is type(bare_call[2]) and guarded_call[2] is not None
+    assert replaced == ("second", ["t2"], None)

@@ -157,6 +157,7 @@ class GuardedTool(BaseTool):
     _native_async: bool = PrivateAttr(default=False)
     _async_only: bool = PrivateAttr(default=False)
     _own_handler: Any = PrivateAttr(default=None)
+    _direct: Any = PrivateAttr(default=None)  # (func, takes callbacks, its config parameter)
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
@@ -226,13 +227,22 @@ class GuardedTool(BaseTool):
         if self._credential_keys:
             for key in self._credential_keys:
                 kwargs[key] = permit.credential
-        if self._run_takes_manager:
-            kwargs["run_manager"] = run_manager
-        if self._run_config_param:
-            kwargs[self._run_config_param] = config
+        direct = self._direct_func(inner)
+        if direct is not None:  # StructuredTool._run's own work, its inspection done once
+            func, takes_callbacks, config_param = direct
+            if takes_callbacks and run_manager:
+                kwargs["callbacks"] = run_manager.get_child()
+            if config_param:
+                kwargs[config_param] = config
+        else:
+            if self._run_takes_manager:
+                kwargs["run_manager"] = run_manager
+            if self._run_config_param:
+                kwargs[self._run_config_param] = config
+            func = inner._run
         with permit:
             try:
-                result = inner._run(*args, **kwargs)
+                result = func(*args, **kwargs)
             except BaseException as exc:
                 self.guard.finish(permit, error=outcome_error(exc))
                 scrubbed = _scrubbed_error(exc, permit.credential)
@@ -240,6 +250,25 @@ class GuardedTool(BaseTool):
                     raise
                 raise scrubbed from None
         return self._finished(permit, result)
+
+    def _direct_func(self, inner: BaseTool) -> Optional[tuple[Any, bool, Optional[str]]]:
+        """For a plain ``StructuredTool`` with a sync function: the function, whether it takes
+        ``callbacks`` and its ``RunnableConfig`` parameter, inspected once per function
+        (``StructuredTool._run`` inspects them on every call) so that ``_run`` can call it
+        the way ``StructuredTool._run`` would. None for any other tool."""
+        if type(inner) is not StructuredTool:
+            return None
+        func = inner.func
+        if func is None:
+            return None
+        direct = self._direct
+        if direct is None or direct[0] is not func:  # first call, or the function replaced
+            direct = self._direct = (
+                func,
+                bool(signature_parameters(func).get("callbacks")),
+                get_runnable_config_param(func),
+            )
+        return direct  # type: ignore[no-any-return]
 
     async def _arun(
         self,
