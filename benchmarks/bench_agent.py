@@ -72,6 +72,30 @@ class PassThrough(AgentMiddleware):
         return await handler(request)
 
 
+class PassThroughHooks(PassThrough):
+    """A pass-through with every hook GuardMiddleware has (the model-call wrapper too, and
+    before/after the agent): LangChain's plumbing for the same set of hooks, which in async
+    runs includes LangSmith's wrapper's worker-thread hops around each model call."""
+
+    def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        return handler(request)
+
+    async def awrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        return await handler(request)
+
+    def before_agent(self, state: Any, runtime: Any) -> None:
+        return None
+
+    async def abefore_agent(self, state: Any, runtime: Any) -> None:
+        return None
+
+    def after_agent(self, state: Any, runtime: Any) -> None:
+        return None
+
+    async def aafter_agent(self, state: Any, runtime: Any) -> None:
+        return None
+
+
 def _config(workdir: Path) -> dict[str, Any]:
     return {
         "store": str(workdir / "audit.db"),
@@ -172,6 +196,7 @@ def _agents(guard: tg.Guard, k: int, *, timed: bool = True) -> dict[str, Any]:
     return {
         "bare": build([]),
         "passthrough": build([PassThrough()]),
+        "passthrough_hooks": build([PassThroughHooks()]),
         "guarded": build([middleware(guard, intent="process-job")]),
         "guarded_tools": _TaskPerRun(guard, build([], [tg.guard(kv_get, guard)])),
     }
@@ -179,11 +204,13 @@ def _agents(guard: tg.Guard, k: int, *, timed: bool = True) -> dict[str, Any]:
 
 # -- instruction counts (valgrind), for a machine too busy for wall time ---------------------
 
-VARIANTS = ("bare", "passthrough", "guarded", "guarded_tools")
+VARIANTS = ("bare", "passthrough", "passthrough_hooks", "guarded", "guarded_tools")
 
 
 def count_runs(variant: str, mode: str, k: int, runs: int) -> None:
-    """The process valgrind measures: two warm-up runs of every variant, then ``runs`` runs of
+    """The process valgrind measures: two warm-up runs of every variant with ``WARM_K`` tool
+    calls (the same in every process, whatever ``k``: the difference of two processes is
+    then ``runs x (k1 - k2)`` tool calls of ``variant`` and nothing else), then ``runs`` runs of
     ``variant`` with ``k`` tool calls each, the collector off (its passes come at allocation
     counts, not per call)."""
     import gc
@@ -192,17 +219,20 @@ def count_runs(variant: str, mode: str, k: int, runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="toolguard-bench-") as tmp:
         guard = tg.Guard(_config(Path(tmp)))
         try:
-            agents = _agents(guard, k, timed=False)
-            for agent in agents.values():
+            for agent in _agents(guard, WARM_K, timed=False).values():
                 _time_runs(agent, 2, loop)
+            measured = _agents(guard, k, timed=False)[variant]
             gc.collect()
             gc.disable()
-            _time_runs(agents[variant], runs, loop)
+            _time_runs(measured, runs, loop)
         finally:
             gc.enable()
             guard.close()
             if loop is not None:
                 loop.close()
+
+
+WARM_K = 3
 
 
 def _valgrind(
@@ -263,6 +293,17 @@ def count(
                 result["plumbing_per_tool_call"] = {
                     e: round(per_call["passthrough"][e] - per_call["bare"][e]) for e in own
                 }
+            if {"bare", "passthrough_hooks", "guarded"} <= set(per_call):
+                own = {
+                    e: per_call["guarded"][e] - per_call["passthrough_hooks"][e]
+                    for e in per_call["bare"]
+                }
+                result["toolguard_own_vs_same_hooks_per_tool_call"] = {
+                    e: round(n) for e, n in own.items()
+                }
+                result["toolguard_own_vs_same_hooks_ratio_instructions"] = round(
+                    own["Ir"] / per_call["bare"]["Ir"], 4
+                )
             results[mode] = result
     return results
 
