@@ -42,7 +42,7 @@ from toolguard_starlette import (
     revocation_app_from_config,
     verifier_from,
 )
-from toolguard_starlette.feed import FEED_MEDIA_TYPE, FEED_TYP, revocation_digest
+from toolguard_starlette.feed import FEED_MEDIA_TYPE, FEED_TYP, RevocationList, revocation_digest
 
 import toolguard as tg
 from toolguard.audit import revoke as record_revocation
@@ -854,10 +854,11 @@ def test_feed_server_other_methods_and_the_jwks_never_carry_a_private_key(
 
 
 def test_feed_horizon_bounds_the_list_so_it_never_outgrows_max_bytes(guard: tg.Guard) -> None:
-    """Every task end is a revocation the store keeps forever: unbounded, the list outgrows
-    the clients' max_bytes (~500,000 task ends) and every verifier fails closed for good. With
-    a horizon, task and jti revocations older than it (whose credentials have all expired)
-    leave the list; version still counts them all, identities stay."""
+    """Every task end is a revocation the store keeps forever: unbounded, the list would
+    outgrow the clients' max_bytes (~500,000 task ends) and every verifier fail closed for
+    good. By default, a revocation leaves the list max_ttl + leeway after it (no credential
+    recorded in the store outlives it); with a longer max_ttl they stay, and a horizon cuts
+    task and jti revocations older than it anyway; version still counts them all."""
     now = time.time()
     for number in range(200):
         record_revocation(guard.store, task_id=f"old-{number}", now=now - 1000)
@@ -869,15 +870,25 @@ def test_feed_horizon_bounds_the_list_so_it_never_outgrows_max_bytes(guard: tg.G
         with TestClient(app) as client:
             return dict(_segment(client.get("/revocations").text.split(".")[1]))
 
-    full = claims(revocation_app(store=guard.store, keys=guard.keys, issuer=ISS))
-    bounded = claims(revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, horizon=600))
-    assert len(full["task"]) == 201 and len(full["jti"]) == 1
-    assert bounded["task"] == [revocation_digest("task", "new")] and bounded["jti"] == []
-    assert bounded["version"] == full["version"] == 203  # rollback detection unchanged
-    assert bounded["identity"] == full["identity"] and len(bounded["identity"]) == 1
+    default = claims(revocation_app(store=guard.store, keys=guard.keys, issuer=ISS))
+    full = claims(revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, max_ttl=2000))
+    bounded = claims(
+        revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, max_ttl=2000, horizon=600)
+    )
+    new = [revocation_digest("task", "new")]
+    assert default["task"] == new and default["jti"] == [] and default["identity"] == {}
+    assert len(full["task"]) == 201 and len(full["jti"]) == 1 and len(full["identity"]) == 1
+    assert bounded["task"] == new and bounded["jti"] == []
+    assert bounded["version"] == full["version"] == default["version"] == 203  # rollback check
+    assert bounded["identity"] == full["identity"]
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="horizon"):
             revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, horizon=bad)
+        with pytest.raises(ConfigError, match="max_ttl"):
+            revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, max_ttl=bad)
+    for bad in (-1, 3601, float("nan")):
+        with pytest.raises(ConfigError, match="leeway"):
+            revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, leeway=bad)
 
 
 def test_feed_abandons_a_reply_that_drips_its_headers_and_polls_again(guard: tg.Guard) -> None:
@@ -929,3 +940,152 @@ def test_feed_abandons_a_reply_that_drips_its_headers_and_polls_again(guard: tg.
         stop.set()
         feed.close()
         listener.close()
+
+
+# -- the list holds what can still reject a credential, and no more ----------------------------
+
+
+def _published(app: Starlette) -> dict[str, Any]:
+    with TestClient(app) as client:
+        return dict(_segment(client.get("/revocations").text.split(".")[1]))
+
+
+def _as_list(claims: dict[str, Any]) -> RevocationList:
+    return RevocationList(
+        claims["version"], claims["iat"], frozenset(claims["jti"]), frozenset(claims["task"]),
+        dict(claims["identity"]),
+    )  # fmt: skip
+
+
+def test_feed_revocation_leaves_the_list_exactly_when_its_last_credential_expires(
+    make_guard: Callable[..., tg.Guard], clock: Any
+) -> None:
+    """A task revocation written by a host whose clock is 200 s behind: by its own time it
+    could leave at ts + max_ttl + leeway, but the store knows a credential it rejects lives
+    longer; it stays until that credential's exp + leeway. A verifier fed the list rejects
+    the credential as revoked until then, and as expired from then on."""
+    guard = make_guard(clock=clock)
+    leeway = 5.0
+    app = revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, clock=clock,
+                         leeway=leeway)  # fmt: skip
+    with guard.task("process-job", job_id="42") as task:
+        credential = _credential(guard)
+        task_id = task.task_id
+        revoked_at = clock.now - 200  # the revoking host's clock is slow
+        record_revocation(guard.store, task_id=task_id, now=revoked_at)
+    digest = revocation_digest("task", task_id)
+    exp = credential.expires_at
+    assert exp > revoked_at + 300  # the credential outlives the revocation's own bound
+
+    def verify(claims: dict[str, Any]) -> None:
+        Verifier.from_jwks(
+            guard.keys.jwks(), issuer=ISS, audience=AUD, leeway=leeway, clock=clock,
+            revocations=_as_list(claims),
+        ).verify(credential.token)  # fmt: skip
+
+    clock.now = exp + leeway - 0.5  # still valid for a verifier: it must still be rejected
+    claims = _published(app)
+    assert digest in claims["task"]
+    with pytest.raises(CredentialRevoked, match="task revoked"):
+        verify(claims)
+    clock.now = exp + leeway  # no verifier accepts it any more: it leaves
+    claims = _published(app)
+    assert digest not in claims["task"] and claims["version"] == 2  # revoke + task end
+    with pytest.raises(tg.CredentialError, match="expired"):
+        verify(claims)
+
+
+def test_feed_revocation_without_credentials_leaves_max_ttl_plus_leeway_after_it(
+    make_guard: Callable[..., tg.Guard], clock: Any
+) -> None:
+    """A credential the store never recorded (minted directly) and issued before the
+    revocation lives at most max_ttl: the row stays max_ttl + leeway, to the second."""
+    guard = make_guard(clock=clock)
+    app = revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, clock=clock,
+                         max_ttl=300, leeway=5)  # fmt: skip
+    token = _mint(guard, task_id="t-direct", now=clock.now)
+    revoked_at = clock.now
+    record_revocation(guard.store, task_id="t-direct", now=revoked_at)
+    record_revocation(guard.store, jti="some-jti", now=revoked_at)
+    clock.now = revoked_at + 304.9
+    claims = _published(app)
+    assert claims["task"] == [revocation_digest("task", "t-direct")]
+    assert claims["jti"] == [revocation_digest("jti", "some-jti")]
+    verifier = Verifier.from_jwks(
+        guard.keys.jwks(), issuer=ISS, audience=AUD, clock=clock, revocations=_as_list(claims)
+    )
+    with pytest.raises(CredentialRevoked):
+        verifier.verify(token)
+    clock.now = revoked_at + 305
+    claims = _published(app)
+    assert claims["task"] == [] and claims["jti"] == []
+
+
+def test_feed_identity_revocation_stays_while_the_identity_is_disabled(
+    make_guard: Callable[..., tg.Guard], clock: Any
+) -> None:
+    guard = make_guard(clock=clock)
+    app = revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, clock=clock, leeway=5)
+    guard.revoke(identity="summariser")  # revoked, not disabled
+    guard.revoke(identity="agent-runner", disable=True)
+    runner, summariser = (revocation_digest("identity", i) for i in ("agent-runner", "summariser"))
+    assert set(_published(app)["identity"]) == {runner, summariser}
+    clock.advance(305)  # max_ttl + leeway: the enabled identity's revocation can no longer matter
+    assert set(_published(app)["identity"]) == {runner}
+    clock.advance(100_000)
+    assert set(_published(app)["identity"]) == {runner}  # disabled: it stays
+    guard.enable("agent-runner")
+    clock.advance(60)  # enabling writes no revocation: the list is looked at again each minute
+    assert _published(app)["identity"] == {}
+
+
+def test_feed_list_stays_bounded_under_churn(
+    make_guard: Callable[..., tg.Guard], clock: Any
+) -> None:
+    """Task after task ends (each end is a revocation the store keeps): the list holds only
+    those of the last max_ttl + leeway seconds, however many ended before."""
+    guard = make_guard(clock=clock)
+    app = revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, clock=clock, leeway=5)
+    sizes = []
+    for _ in range(80):
+        with guard.task("process-job", job_id="42") as task:
+            credential = _credential(guard, "kv_get")
+            last = task.task_id
+        clock.advance(20)
+        claims = _published(app)
+        sizes.append(len(claims["task"]))
+        assert revocation_digest("task", last) in claims["task"]
+    assert claims["version"] == 80
+    assert max(sizes) == sizes[-1] == (300 + 5) // 20  # a window of 15 task ends, never more
+    assert credential.expires_at + 5 > clock.now  # the newest still matters, and is listed
+
+
+def test_verifier_names_the_feed_it_cannot_read_without_its_secrets(
+    guard: tg.Guard, tmp_path: Path
+) -> None:
+    feed = RevocationFeed(
+        "http://127.0.0.1:9/revocations?token=s3cret-in-the-query#frag", keys=guard.keys,
+        issuer=ISS, start=False,
+    )  # fmt: skip
+    verifier = Verifier.from_jwks(guard.keys.jwks(), issuer=ISS, audience=AUD, revocations=feed)
+    token = _mint(guard)
+    with pytest.raises(CredentialRevoked) as raised:
+        verifier.verify(token)
+    message = str(raised.value)
+    assert "the revocation feed http://127.0.0.1:9/revocations unavailable" in message
+    assert "s3cret" not in message and "frag" not in message and "store" not in message
+    with TestClient(_protected(ToolGuardAuth(verifier))) as client:
+        response = client.put(f"/kv/{KEY}", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503
+    assert "revocation feed cannot be read" in response.json()["error_description"]
+    feed.close()
+
+    missing = tmp_path / "elsewhere" / "audit.db"
+    on_store = verifier_from(jwks=guard.keys.jwks(), store=str(missing), issuer=ISS, audience=AUD)
+    with pytest.raises(CredentialRevoked) as raised:
+        on_store.verify(token)
+    assert f"the revocation store {missing} unavailable" in str(raised.value)
+    with TestClient(_protected(ToolGuardAuth(on_store))) as client:
+        response = client.put(f"/kv/{KEY}", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503
+    assert "revocation store cannot be read" in response.json()["error_description"]

@@ -767,6 +767,8 @@ class StoreRevocations:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.source = f"the revocation store {store.path}"
+        """What it reads, in words (the verifier's fail-closed message names it)."""
 
     def revoked_reason(
         self, *, jti: str, task_id: str, identity: str, chain: Sequence[str], issued_at: float = 0.0

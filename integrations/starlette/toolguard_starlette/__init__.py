@@ -255,11 +255,13 @@ class ToolGuardAuth:
             ) from None
         except CredentialRevoked as exc:
             if exc.rule == "credential.revocation":  # the store could not be read: fail closed
+                feed = isinstance(self.verifier.revocations, RevocationFeed)
+                what = "feed" if feed else "store"
                 raise AuthFailure(
                     503,
                     "temporarily_unavailable",
-                    "the revocation store or feed cannot be read, so no credential is "
-                    "accepted; retry later",
+                    f"the revocation {what} cannot be read, so no credential is accepted; "
+                    "retry later",
                     {"Retry-After": "5"},
                 ) from None
             raise self._invalid(exc) from None

@@ -116,6 +116,12 @@ class RevocationFeed:
             )
         self._secret = None if secret is None else check_secret(secret)
         self.url = url
+        netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        if ":" in (parts.hostname or "") and parts.hostname is not None:
+            netloc = f"[{parts.hostname}]" + ("" if parts.port is None else f":{parts.port}")
+        self.source = f"the revocation feed {parts.scheme}://{netloc}{parts.path}"
+        """What it reads, in words, for the verifier's fail-closed message: the feed's address
+        without its query or fragment (they may carry a secret; the URL has no user:pass@)."""
         self.keys = keys
         self.issuer = issuer
         self.algorithms = allowed

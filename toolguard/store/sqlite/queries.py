@@ -256,6 +256,27 @@ class Queries:
             )
         ]
 
+    def revocation_reach(self, since: float) -> list[tuple[str, str, float, float | None, bool]]:
+        """Every revocation as ``(scope, value, ts, until, disabled)``, oldest first, read in
+        one statement (one snapshot): what the HTTP revocation feed needs to know which rows
+        can still reject a credential. ``until`` is the latest ``expires_at`` among the
+        credentials expiring at or after ``since`` that the row can reject (a ``jti`` row: that
+        credential; a ``task`` row: the credentials of the task and of every task delegated
+        from it; an ``identity`` row: every credential of the identity), or None when there is
+        none; ``disabled`` whether an ``identity`` row's identity is disabled now. A credential
+        is recorded in the transaction that checks the task's revocations, so none of a revoked
+        task or jti can appear after the revocation."""
+        return [
+            (
+                str(scope),
+                str(value),
+                float(ts),
+                None if until is None else float(until),
+                bool(disabled),
+            )
+            for scope, value, ts, until, disabled in self.iter_query(_REVOCATION_REACH, (since,))
+        ]
+
     # -- tasks --------------------------------------------------------------------------------
 
     def identity_disabled(self, identity: str) -> str | None:
@@ -478,6 +499,30 @@ def identity_seen(queries: Queries, identity: str) -> bool:
         [identity] * 4,
     )
     return bool(rows and rows[0]["seen"])
+
+
+_REVOCATION_REACH = (
+    "WITH RECURSIVE live(task_id, jti, identity, expires) AS ("
+    " SELECT task_id, jti, identity, expires_at FROM credentials"
+    " WHERE jti IS NOT NULL AND expires_at >= ?),"
+    " up(task_id, expires, depth) AS ("
+    " SELECT task_id, expires, 0 FROM live WHERE task_id IS NOT NULL"
+    " UNION ALL SELECT t.parent_id, up.expires, up.depth + 1 FROM up"
+    " JOIN tasks t ON t.task_id = up.task_id WHERE t.parent_id IS NOT NULL AND up.depth < 64),"
+    " by_task(value, expires) AS (SELECT task_id, max(expires) FROM up GROUP BY task_id),"
+    " by_jti(value, expires) AS (SELECT jti, max(expires) FROM live GROUP BY jti),"
+    " by_identity(value, expires) AS (SELECT identity, max(expires) FROM live GROUP BY identity)"
+    " SELECT r.scope, r.value, r.ts, CASE r.scope WHEN 'task' THEN bt.expires"
+    " WHEN 'jti' THEN bj.expires WHEN 'identity' THEN bi.expires END,"
+    " CASE WHEN s.disabled = 1 THEN 1 ELSE 0 END"
+    " FROM revocations r"
+    " LEFT JOIN by_task bt ON r.scope = 'task' AND bt.value = r.value"
+    " LEFT JOIN by_jti bj ON r.scope = 'jti' AND bj.value = r.value"
+    " LEFT JOIN by_identity bi ON r.scope = 'identity' AND bi.value = r.value"
+    " LEFT JOIN identity_state s ON r.scope = 'identity' AND s.identity = r.value"
+    " ORDER BY r.id"
+)
+"""See :meth:`Queries.revocation_reach` (the delegation depth is bounded: 16 in credentials)."""
 
 
 def live_credentials(
