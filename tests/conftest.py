@@ -199,6 +199,7 @@ BOTH_BACKENDS = frozenset(
         "test_approvals.py",
         "test_replay.py",
         "test_revocation_feed.py",
+        "test_store_text.py",
     }
 )
 """Test files whose guards (``make_guard``, ``guard``) run on both stores: SQLite, and a real

@@ -23,6 +23,7 @@ from .chain import EVENT_FIELDS
 from .integrity import Integrity, VerifyReport
 from .keys import KeyRing, PublicKeySource
 from .store import PruneResult, Store, prune
+from .text import storable
 
 if TYPE_CHECKING:
     from .config import IdentityLimits
@@ -689,6 +690,8 @@ def revoke(
     if disable and identity is None:
         raise ValueError("disable=True goes with identity=")
     scope, value = given[0]
+    # the store holds what any backend can: no NUL, no lone surrogate (as in every event)
+    value, reason, by = storable(str(value)), storable(reason), storable(by)
     event = {
         "ts": now,
         "kind": "revoke",
@@ -706,6 +709,7 @@ def revoke(
 
 def enable(store: Store, identity: str, *, reason: str = "re-enabled", now: float) -> None:
     """Allow a disabled identity to start tasks again, with its audit event."""
+    reason = storable(reason)  # as in every event: no NUL, no lone surrogate
     event = {
         "ts": now,
         "kind": "enable",

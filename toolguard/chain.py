@@ -15,7 +15,10 @@ fast to encode, which is what lets ``verify`` check a million events in a few se
 
 :func:`row_values` normalizes an event before it is hashed and written, exactly as SQLite would
 store it (``-0.0`` -> ``0.0``, NaN -> null, an int in a REAL column -> float, an int in a TEXT
-column -> its decimal text), so the hash computed on write is the hash recomputed on read.
+column -> its decimal text), so the hash computed on write is the hash recomputed on read; and
+it escapes in every text column what no store can hold (U+0000, which PostgreSQL refuses, and
+lone surrogates, which are not UTF-8; :func:`toolguard.text.storable`), so both backends record
+and hash the same text.
 
 :class:`ChainScan` walks a stored chain in ``seq`` order (the fast path of
 :meth:`toolguard.integrity.Integrity.verify`) and classifies every break as a :class:`Damage`:
@@ -31,6 +34,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .text import storable
 
 __all__ = [
     "DAMAGE_KINDS",
@@ -154,8 +159,12 @@ def row_values(row: Mapping[str, Any]) -> tuple[Any, ...]:
             values[i] = _real(HASHED_FIELDS[i], v)
     for i in _TEXT_INDEX:
         v = values[i]
-        if v is not None and type(v) is not str:
-            values[i] = _text(HASHED_FIELDS[i], v)
+        if v is None:
+            continue
+        if type(v) is not str:
+            v = values[i] = str(_text(HASHED_FIELDS[i], v))  # not None: v is not
+        if "\x00" in v or not v.isascii():  # NUL and lone surrogates: no store holds them
+            values[i] = storable(v)
     return tuple(values)
 
 

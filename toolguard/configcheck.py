@@ -58,6 +58,7 @@ CODES: dict[str, Severity] = {
     "not-a-mapping": "error",
     "duplicate-key": "error",
     "env-unset": "error",
+    "unstorable": "error",
     "unknown-key": "error",
     "missing": "error",
     "invalid": "error",
@@ -183,6 +184,36 @@ def check_config(
     if checker.found and any(f.issue.code == "syntax" for f in checker.found):
         return checker.report()
     return checker.run(data, warnings=warnings)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(data: Any, path: Loc) -> list[Issue]:
+    """A NUL or a lone surrogate in any key or text of the config: names, purposes, patterns
+    and the rest reach the audit store, which cannot hold them (PostgreSQL refuses NUL; lone
+    surrogates are not UTF-8). Refused, rather than recorded under another spelling."""
+    found: list[Issue] = []
+    items = (
+        data.items() if isinstance(data, Mapping)
+        else enumerate(data) if isinstance(data, list) else ()
+    )  # fmt: skip
+    for key, value in items:
+        here = (*path, key)
+        if isinstance(key, str) and _UNSTORABLE.search(key):
+            found.append(Issue(here, _UNSTORABLE_MESSAGE, "unstorable", on_key=True))
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                found.append(Issue(here, _UNSTORABLE_MESSAGE, "unstorable"))
+        elif isinstance(value, (Mapping, list)):
+            found.extend(_unstorable(value, here))
+    return found
+
+
+_UNSTORABLE_MESSAGE = (
+    "holds a NUL character (\\x00) or a lone surrogate, which the audit trail cannot record; "
+    "remove it"
+)
 
 
 # -- reading and parsing ------------------------------------------------------------------------
@@ -416,6 +447,8 @@ class _Checker:
             return self.report()
         self.data = data
         for issue in env:
+            self.add(issue)
+        for issue in _unstorable(data, ()):
             self.add(issue)
         self._validate(data)
         sections = {k: data.get(k) for k in ("identities", "tools", "intents")}

@@ -18,6 +18,7 @@ from typing import Any
 
 from ...chain import EVENT_FIELDS
 from ...errors import AuditError
+from ...text import storable
 
 __all__ = [
     "EVENT_FILTERS",
@@ -108,6 +109,15 @@ def _group_column(by: str) -> str:
         raise ValueError(f"cannot group usage by {by!r}; use one of {sorted(GROUP_KEYS)}") from None
 
 
+def _storable(params: Any) -> Any:
+    """A read's parameters with the text escaped as the store records it
+    (:func:`toolguard.text.storable`): a filter holding NUL or a lone surrogate matches what
+    was recorded for it, on either backend, instead of failing (PostgreSQL refuses NUL)."""
+    if isinstance(params, Mapping):
+        return {k: storable(v) if type(v) is str else v for k, v in params.items()}
+    return [storable(v) if type(v) is str else v for v in params]
+
+
 class Queries:
     """Read-only queries, mixed into :class:`toolguard.store.Store`."""
 
@@ -124,7 +134,7 @@ class Queries:
     ) -> list[dict[str, Any]]:
         """Rows of a read query as dicts. Prefer the named methods below."""
         try:
-            cur = self.conn.execute(sql, params)
+            cur = self.conn.execute(sql, _storable(params))
             names = [d[0] for d in cur.description or ()]
             return [dict(zip(names, row)) for row in cur.fetchall()]
         except sqlite3.Error as exc:
@@ -135,7 +145,7 @@ class Queries:
     ) -> Iterator[tuple[Any, ...]]:
         """Stream the tuples of a read query (for verify and export at millions of rows)."""
         try:
-            cur = self.conn.execute(sql, params)
+            cur = self.conn.execute(sql, _storable(params))
             while rows := cur.fetchmany(batch):
                 yield from rows
         except sqlite3.Error as exc:
