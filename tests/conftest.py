@@ -200,6 +200,7 @@ BOTH_BACKENDS = frozenset(
         "test_replay.py",
         "test_revocation_feed.py",
         "test_store_text.py",
+        "test_shadow.py",
     }
 )
 """Test files whose guards (``make_guard``, ``guard``) run on both stores: SQLite, and a real
