@@ -201,6 +201,7 @@ BOTH_BACKENDS = frozenset(
         "test_revocation_feed.py",
         "test_store_text.py",
         "test_shadow.py",
+        "test_cli.py",
     }
 )
 """Test files whose guards (``make_guard``, ``guard``) run on both stores: SQLite, and a real
