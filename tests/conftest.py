@@ -202,6 +202,7 @@ BOTH_BACKENDS = frozenset(
         "test_store_text.py",
         "test_shadow.py",
         "test_cli.py",
+        "test_cli_incident.py",
     }
 )
 """Test files whose guards (``make_guard``, ``guard``) run on both stores: SQLite, and a real
