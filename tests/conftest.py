@@ -203,6 +203,10 @@ BOTH_BACKENDS = frozenset(
         "test_shadow.py",
         "test_cli.py",
         "test_cli_incident.py",
+        "test_export.py",
+        "test_starlette.py",
+        "test_approvals_adapters.py",
+        "test_approvals_attacks.py",
     }
 )
 """Test files whose guards (``make_guard``, ``guard``) run on both stores: SQLite, and a real

@@ -901,8 +901,7 @@ def test_cli_check_prints_every_problem_with_its_location(run: Run, tmp_path: Pa
         (5, 42, "intents.job.tools[1]", "error"),
     ]
     assert result.stdout.splitlines() == [
-        f"{bad}:{p['line']}:{p['col']}: {p['severity']}: {p['path']}: {p['message']} "
-        f"[{p['code']}]"
+        f"{bad}:{p['line']}:{p['col']}: {p['severity']}: {p['path']}: {p['message']} [{p['code']}]"
         for p in doc["problems"]
     ] + ["Found 3 errors, 2 warnings."]
 
