@@ -207,6 +207,7 @@ BOTH_BACKENDS = frozenset(
         "test_starlette.py",
         "test_approvals_adapters.py",
         "test_approvals_attacks.py",
+        "test_approvals_langgraph.py",
     }
 )
 """Test files whose guards (``make_guard``, ``guard``) run on both stores: SQLite, and a real
@@ -234,17 +235,23 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_guard(
-    tmp_path: Path, backend: str, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., tg.Guard]]:
+def store_config(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The config keys that put a test's store on its ``backend``: none for SQLite (the file
+    of :func:`make_config`), else ``store`` (a new database of the test server) and
+    ``checkpoints`` (in tmp_path). For tests that build their config themselves:
+    ``make_config(tmp_path, **store_config)``."""
+    if backend == "postgres":
+        pg_url = request.getfixturevalue("pg_url")
+        return {"store": pg_url, "checkpoints": str(tmp_path / "audit.db.checkpoints")}
+    return {}
+
+
+@pytest.fixture
+def make_guard(tmp_path: Path, store_config: dict[str, str]) -> Iterator[Callable[..., tg.Guard]]:
     """``make_guard(clock=None, providers=None, **config_overrides)`` on real files (and, with
     ``backend`` postgres, a real PostgreSQL database, its checkpoints still in tmp_path)."""
     guards: list[tg.Guard] = []
-    if backend == "postgres":
-        pg_url = request.getfixturevalue("pg_url")
-        defaults = {"store": pg_url, "checkpoints": str(tmp_path / "audit.db.checkpoints")}
-    else:
-        defaults = {}
+    defaults = store_config
 
     def factory(clock: Callable[[], float] | None = None, **overrides: Any) -> tg.Guard:
         providers = overrides.pop("providers", None)
