@@ -11,6 +11,7 @@ polls with a deadline (never a sleep for timing); the grace logic runs on an inj
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import socket
@@ -27,7 +28,7 @@ import httpx
 import pytest
 import respx
 import uvicorn
-from conftest import make_config, store_arg
+from conftest import BASE_CONFIG, make_config, store_arg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -1089,3 +1090,35 @@ def test_verifier_names_the_feed_it_cannot_read_without_its_secrets(
         response = client.put(f"/kv/{KEY}", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 503
     assert "revocation store cannot be read" in response.json()["error_description"]
+
+
+def test_feed_a_parent_task_revocation_stays_while_a_delegated_credential_lives(
+    make_guard: Callable[..., tg.Guard], clock: Any
+) -> None:
+    """A delegated task's credential carries its parent in ``act``: the parent's revocation
+    rejects it, so it stays listed until that credential has expired (here the revoking
+    host's clock is slow, so its own bound would have dropped it 200 s too early)."""
+    identities = copy.deepcopy(BASE_CONFIG["identities"])
+    identities["agent-runner"]["allow"]["delegate"] = ["agents:jobs:*"]
+    intents = copy.deepcopy(BASE_CONFIG["intents"])
+    intents["process-job"]["allow"]["delegate"] = ["agents:jobs:{job_id}:*"]
+    guard = make_guard(clock=clock, identities=identities, intents=intents)
+    app = revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, clock=clock, leeway=5)
+    with guard.task("process-job", job_id="42") as parent:
+        with parent.delegate("summarise-job", job_id="42"):
+            permit = guard.authorize("kv_get", {"key": "agents:jobs:42:input"})
+            guard.finish(permit)
+        record_revocation(guard.store, task_id=parent.task_id, now=clock.now - 200)
+    digest = revocation_digest("task", parent.task_id)
+    exp = permit.credential.expires_at
+    clock.now = exp + 5 - 0.5
+    claims = _published(app)
+    assert digest in claims["task"]
+    verifier = Verifier.from_jwks(
+        guard.keys.jwks(), issuer=ISS, audience=AUD, leeway=5, clock=clock,
+        revocations=_as_list(claims),
+    )  # fmt: skip
+    with pytest.raises(CredentialRevoked):
+        verifier.verify(permit.credential.token)
+    clock.now = exp + 5
+    assert digest not in _published(app)["task"]

@@ -203,8 +203,8 @@ class _Publisher:
                 return held
             # a credential is accepted while now < exp + leeway: a row matters while one of the
             # credentials it can reject has exp > now - leeway (read in one statement)
-            rows = self.store.revocation_reach(now - self.leeway)
             life, leeway = self.max_ttl, self.leeway
+            total, rows = self.store.revocation_reach(now - leeway, now - life - leeway)
             seen, digests = self._digests, {}
 
             def digest(scope: str, value: str) -> str:
@@ -249,13 +249,13 @@ class _Publisher:
             self._digests = digests
             content = {
                 "iss": self.issuer,
-                "version": len(rows),
+                "version": total,
                 "jti": list(jtis),
                 "task": list(tasks),
                 "identity": identities,
             }
             claims_json = json.dumps(content, separators=(",", ":"), allow_nan=False)
-            self._snapshot = _Snapshot(marker, len(rows), claims_json, valid_until)
+            self._snapshot = _Snapshot(marker, total, claims_json, valid_until)
             return self._snapshot
 
     def sign(self, snap: _Snapshot) -> bytes:

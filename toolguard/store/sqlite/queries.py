@@ -266,26 +266,38 @@ class Queries:
             )
         ]
 
-    def revocation_reach(self, since: float) -> list[tuple[str, str, float, float | None, bool]]:
-        """Every revocation as ``(scope, value, ts, until, disabled)``, oldest first, read in
-        one statement (one snapshot): what the HTTP revocation feed needs to know which rows
-        can still reject a credential. ``until`` is the latest ``expires_at`` among the
-        credentials expiring at or after ``since`` that the row can reject (a ``jti`` row: that
-        credential; a ``task`` row: the credentials of the task and of every task delegated
-        from it; an ``identity`` row: every credential of the identity), or None when there is
-        none; ``disabled`` whether an ``identity`` row's identity is disabled now. A credential
-        is recorded in the transaction that checks the task's revocations, so none of a revoked
-        task or jti can appear after the revocation."""
-        return [
-            (
-                str(scope),
-                str(value),
-                float(ts),
-                None if until is None else float(until),
-                bool(disabled),
+    def revocation_reach(
+        self, since: float, recent: float = float("-inf")
+    ) -> tuple[int, list[tuple[str, str, float, float | None, bool]]]:
+        """The number of revocations, and those that may still reject a credential as
+        ``(scope, value, ts, until, disabled)``, oldest first, read in one statement (one
+        snapshot): what the HTTP revocation feed publishes. ``until`` is the latest
+        ``expires_at`` among the credentials expiring at or after ``since`` that the row can
+        reject (a ``jti`` row: that credential; a ``task`` row: the credentials of the task and
+        of every task delegated from it; an ``identity`` row: every credential of the
+        identity), or None when there is none; ``disabled`` whether an ``identity`` row's
+        identity is disabled now. Left out: ``task`` and ``jti`` rows older than ``recent``
+        without such a credential (so the read costs what the list holds, not the history).
+        A credential is recorded in the transaction that checks the task's revocations, so
+        none of a revoked task or jti can appear after the revocation."""
+        total = 0
+        rows: list[tuple[str, str, float, float | None, bool]] = []
+        for scope, value, ts, until, disabled, _id in self.iter_query(
+            _REVOCATION_REACH, (since, recent)
+        ):
+            if scope is None:  # the count, last
+                total = int(ts)
+                continue
+            rows.append(
+                (
+                    str(scope),
+                    str(value),
+                    float(ts),
+                    None if until is None else float(until),
+                    bool(disabled),
+                )
             )
-            for scope, value, ts, until, disabled in self.iter_query(_REVOCATION_REACH, (since,))
-        ]
+        return total, rows
 
     # -- tasks --------------------------------------------------------------------------------
 
@@ -522,15 +534,18 @@ _REVOCATION_REACH = (
     " by_task(value, expires) AS (SELECT task_id, max(expires) FROM up GROUP BY task_id),"
     " by_jti(value, expires) AS (SELECT jti, max(expires) FROM live GROUP BY jti),"
     " by_identity(value, expires) AS (SELECT identity, max(expires) FROM live GROUP BY identity)"
-    " SELECT r.scope, r.value, r.ts, CASE r.scope WHEN 'task' THEN bt.expires"
-    " WHEN 'jti' THEN bj.expires WHEN 'identity' THEN bi.expires END,"
-    " CASE WHEN s.disabled = 1 THEN 1 ELSE 0 END"
+    " SELECT * FROM (SELECT r.scope, r.value, r.ts, CASE r.scope WHEN 'task' THEN bt.expires"
+    " WHEN 'jti' THEN bj.expires WHEN 'identity' THEN bi.expires END AS until,"
+    " CASE WHEN s.disabled = 1 THEN 1 ELSE 0 END AS disabled, r.id AS id"
     " FROM revocations r"
     " LEFT JOIN by_task bt ON r.scope = 'task' AND bt.value = r.value"
     " LEFT JOIN by_jti bj ON r.scope = 'jti' AND bj.value = r.value"
     " LEFT JOIN by_identity bi ON r.scope = 'identity' AND bi.value = r.value"
     " LEFT JOIN identity_state s ON r.scope = 'identity' AND s.identity = r.value"
-    " ORDER BY r.id"
+    " WHERE r.scope NOT IN ('task', 'jti') OR r.ts >= ?"
+    " OR bt.expires IS NOT NULL OR bj.expires IS NOT NULL"
+    " UNION ALL SELECT NULL, NULL, count(*), NULL, 0, NULL FROM revocations) q"
+    " ORDER BY q.id IS NULL, q.id"
 )
 """See :meth:`Queries.revocation_reach` (the delegation depth is bounded: 16 in credentials)."""
 
