@@ -103,9 +103,9 @@ def _held_call(db: Path, task_id: str) -> str:
         extra = {"request_id": "ab" * 12, "digest": "0" * 64, "expires_at": 1e10, "args": {}}
         event = Event(
             ts=ts, kind="approval_requested", task_id=task_id, identity="agent-runner",
-            intent="process-job", tool="kv_set", operation="write", resources='["agents:jobs:42:final"]',
-            decision="hold", reason="held", rule="intents.process-job.approve.write",
-            correlation_id="held-1",
+            intent="process-job", tool="kv_set", operation="write",
+            resources='["agents:jobs:42:final"]', decision="hold", reason="held",
+            rule="intents.process-job.approve.write", correlation_id="held-1",
         )  # fmt: skip
         store.append(request_event(event, extra))
     finally:

@@ -578,7 +578,7 @@ class Store(Queries):
             log.warning(
                 "toolguard: a queued %s of task %s could not be written (%s: %s); %s",
                 "task end" if isinstance(item, PendingEnd) else "outcome",
-                item.task_id if isinstance(item, PendingEnd) else _task_of(item.event),
+                item.task_id if isinstance(item, PendingEnd) else _outcome_task(item.event),
                 type(exc).__name__,
                 exc,
                 "writing it without the bad values" if fallback else "dropped",
@@ -1085,6 +1085,6 @@ def _fallback(
     )
 
 
-def _task_of(event: Event) -> Any:
+def _outcome_task(event: Event) -> Any:
     """The task id of a queued outcome, for a warning (whatever the item holds)."""
     return event.task_id if isinstance(event, Event) else None
