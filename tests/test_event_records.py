@@ -134,8 +134,25 @@ def test_both_backends_have_every_member_of_the_interface(backend: str) -> None:
         members = {n for n in vars(protocol) if not n.startswith("_")}
         members |= {n for base in protocol.__mro__ for n in vars(base) if not n.startswith("_")}
         missing = sorted(m for m in members if m != "register" and not hasattr(cls, m))
-        missing = [m for m in missing if m not in ("path", "clock", "readonly", "durability")]
+        missing = [m for m in missing if m not in ("path", "clock", "durability")]
         assert not missing, (protocol.__name__, missing)
     trail_members = {n for n in vars(TrailReads) if not n.startswith("_")}
     assert trail_members <= set(dir(TrailReader))
     assert StoreRevocations(Store(Path("/nonexistent/x.db"))).store is not None
+
+
+def test_the_revocation_feed_takes_any_store_of_the_interface_and_refuses_the_rest(
+    tmp_path: Path,
+) -> None:
+    from toolguard_starlette.feed import revocation_app
+
+    from toolguard.errors import ConfigError
+    from toolguard.keys import KeyRing
+
+    store = Store(tmp_path / "audit.db").open()
+    try:
+        assert revocation_app(store=store, keys=KeyRing.generate(), issuer="x") is not None
+    finally:
+        store.close()
+    with pytest.raises(ConfigError, match="a store is a path or a URL, not int"):
+        revocation_app(store=5, keys=KeyRing.generate(), issuer="x")  # type: ignore[arg-type]

@@ -113,9 +113,6 @@ class StoreReader(RevocationChecks, Protocol):
     def clock(self) -> Callable[[], float]: ...
 
     @property
-    def readonly(self) -> bool: ...
-
-    @property
     def durability(self) -> str: ...
 
     def open(self) -> StoreReader:

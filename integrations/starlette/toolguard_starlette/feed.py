@@ -58,7 +58,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -275,13 +275,10 @@ def revocation_app(
     if not isinstance(issuer, str) or not issuer:
         raise ConfigError("issuer must be the issuer's name, a non-empty string")
     expected = None if secret is None else check_secret(secret).encode()
-    if isinstance(store, (StoreLocation, str, os.PathLike)):  # a path, sqlite:///, postgresql://
-        store = open_store(store, readonly=True, busy_timeout=busy_timeout)
-    elif not callable(getattr(store, "revocation_rows", None)):
-        raise ConfigError(
-            "store must be a store (such as guard.store), the path of the audit database or a "
-            f"store URL, not {type(store).__name__}"
-        )
+    if isinstance(store, (StoreLocation, str, os.PathLike)) or not callable(
+        getattr(store, "revocation_rows", None)
+    ):  # a path, sqlite:/// or postgresql:// (parse_store: anything else is a ConfigError)
+        store = open_store(cast(Any, store), readonly=True, busy_timeout=busy_timeout)
     publisher = _Publisher(store, keys, issuer, clock, None if horizon is None else float(horizon))
     jwks = keys.jwks()
 
