@@ -17,7 +17,9 @@ permission denied, serialization failure) is ``sqlite3.OperationalError``.
 
 from __future__ import annotations
 
+import math
 import re
+import select
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
@@ -26,7 +28,8 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.adapt import Loader
+from psycopg import pq
+from psycopg.adapt import Loader, Transformer
 from psycopg.types.string import StrDumper
 
 from ...location import redact_url
@@ -173,6 +176,41 @@ def run(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] = (), *, 
         raise sqlite_error(exc, where) from exc
 
 
+_TEXT, _INT8, _FLOAT8 = 25, 20, 701  # parameter type oids
+_SYNC = pq.ExecStatus.PIPELINE_SYNC
+_FATAL = pq.ExecStatus.FATAL_ERROR
+_TUPLES = pq.ExecStatus.TUPLES_OK
+_OK = pq.ConnStatus.OK
+_MAX_PREPARED = 200
+"""Statements one connection prepares at most (the store has a few dozen); past it, the rest
+are sent unnamed."""
+_poll = getattr(select, "poll", None)
+_PLACEHOLDER = re.compile(r"%%|%s")
+
+
+@lru_cache(maxsize=1024)
+def _numbered(sql: str) -> bytes:
+    """psycopg's query text (``%s`` placeholders, ``%%``) as the server's (``$1``, ``%``)."""
+    count = 0
+
+    def number(match: re.Match[str]) -> str:
+        nonlocal count
+        if match.group() == "%%":
+            return "%"
+        count += 1
+        return f"${count}"
+
+    return _PLACEHOLDER.sub(number, sql).encode("utf-8")
+
+
+def _float_text(value: float) -> bytes:
+    if value != value:
+        return b"NaN"
+    if value in (math.inf, -math.inf):
+        return b"Infinity" if value > 0 else b"-Infinity"
+    return repr(value).encode()
+
+
 _DEFERRABLE = ("INSERT", "UPDATE", "DELETE", "SAVEPOINT", "RELEASE")
 """Statements whose result the store never reads: inside a write transaction they are queued
 and sent with the next statement whose rows are needed (see :class:`PgConnection`)."""
@@ -215,6 +253,10 @@ class PgConnection:
         )
         self.round_trips = 0
         """Requests sent to the server (a pipeline is one); for tests and benchmarks."""
+        self._prepared: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        """The statements prepared on this connection: (text, parameter types) -> name."""
+        self._names = 0
+        self._loader = Transformer.from_context(conn)
 
     @property
     def broken(self) -> bool:
@@ -321,6 +363,9 @@ class PgConnection:
         self.round_trips += 1
         cur = self._cursor
         try:
+            encoded = self._encode(queue)
+            if encoded is not None:
+                return self._send_prepared(queue, encoded, rows=sql is not None)
             if len(queue) == 1:
                 cur.execute(queue[0][0], queue[0][1])
             else:
@@ -337,6 +382,128 @@ class PgConnection:
                     f"({self.lock_timeout:g}s; raise it or reduce concurrent writers)"
                 ) from exc
             raise sqlite_error(exc, "write") from exc
+
+    def _encode(
+        self, queue: Sequence[tuple[str, tuple[Any, ...]]]
+    ) -> list[tuple[tuple[int, ...], list[bytes | None]]] | None:
+        """Every statement's parameter types and text values for :meth:`_send_prepared`, or
+        None when a value is not one of those it sends as psycopg would (``None``, a 64-bit
+        int, a float, text the server takes): psycopg sends those statements (and refuses a
+        bad value with its own error, see :meth:`screened`)."""
+        out: list[tuple[tuple[int, ...], list[bytes | None]]] = []
+        utf8 = self._utf8
+        for _, params in queue:
+            oids: list[int] = []
+            values: list[bytes | None] = []
+            for value in params:
+                kind = type(value)
+                if value is None:
+                    oids.append(0)  # the server infers it, as for psycopg's None
+                    values.append(None)
+                elif kind is str:
+                    if "\x00" in value or not (utf8 or value.isascii()):
+                        return None
+                    try:
+                        values.append(value.encode("utf-8"))
+                    except UnicodeEncodeError:  # a lone surrogate
+                        return None
+                    oids.append(_TEXT)
+                elif kind is int:
+                    if not -(2**63) <= value < 2**63:
+                        return None
+                    oids.append(_INT8)
+                    values.append(str(value).encode())
+                elif kind is float:
+                    oids.append(_FLOAT8)
+                    values.append(_float_text(value))
+                else:
+                    return None
+            out.append((tuple(oids), values))
+        return out
+
+    def _send_prepared(
+        self,
+        queue: Sequence[tuple[str, tuple[Any, ...]]],
+        encoded: Sequence[tuple[tuple[int, ...], list[bytes | None]]],
+        *,
+        rows: bool,
+    ) -> Rows:
+        """The queued statements in one pipeline on libpq directly, each a prepared statement
+        of this connection (prepared in the same round trip the first time it is sent with
+        these parameter types); psycopg's per-statement work (query building, dumper lookup,
+        the pipeline's bookkeeping) is what made a call cost twice SQLite's CPU. Raises the
+        psycopg error of the first statement that failed; any other failure (an interrupt
+        halfway) closes the connection, so nothing half-sent is ever used again."""
+        pg = self.raw.pgconn
+        prepared = self._prepared
+        new: list[tuple[tuple[str, tuple[int, ...]], bytes]] = []
+        sent = 0
+        try:
+            pg.enter_pipeline_mode()
+            for (text, _), (oids, values) in zip(queue, encoded, strict=True):
+                key = (text, oids)
+                name = prepared.get(key)
+                if name is None and len(prepared) + len(new) < _MAX_PREPARED:
+                    self._names += 1
+                    name = b"tg_%d" % self._names
+                    pg.send_prepare(name, _numbered(text), oids)
+                    new.append((key, name))
+                    sent += 1
+                if name is not None:
+                    pg.send_query_prepared(name, values)
+                else:  # too many distinct statements: this one unnamed, parsed each time
+                    pg.send_query_params(_numbered(text), values, oids)
+                sent += 1
+            pg.pipeline_sync()
+            while pg.flush():
+                self._wait(write=True)
+            error: psycopg.Error | None = None
+            last: Any = None
+            ends = 0
+            while True:
+                while pg.is_busy():
+                    self._wait(write=False)
+                    pg.consume_input()
+                result = pg.get_result()
+                if result is None:  # the end of one statement's results
+                    ends += 1
+                    if ends > sent:  # pragma: no cover - libpq never does this
+                        raise psycopg.OperationalError("the pipeline's results are out of step")
+                    continue
+                status = result.status
+                if status == _SYNC:
+                    break
+                if status == _FATAL and error is None:
+                    error = pg_errors.error_from_result(result, self.raw.info.encoding)
+                last = result
+            pg.exit_pipeline_mode()
+        except psycopg.Error:
+            if self.raw.pgconn.status != _OK:  # a dropped connection: replaced next time
+                raise
+            self.close()  # out of step with the server: never used again
+            raise
+        except BaseException:
+            self.close()
+            raise
+        if error is not None:
+            raise error
+        prepared.update(new)
+        if not rows or last is None or last.status != _TUPLES:
+            return Rows(None, [])
+        tx = self._loader
+        tx.set_pgresult(last)
+        names = [(last.fname(i).decode(),) for i in range(last.nfields)]
+        return Rows(names, tx.load_rows(0, last.ntuples, tuple))
+
+    def _wait(self, *, write: bool) -> None:
+        """Until the connection's socket is readable (or writable)."""
+        fd = self.raw.pgconn.socket
+        if _poll is None:  # pragma: no cover - Windows
+            select.select([], [fd], []) if write else select.select([fd], [], [])
+            return
+        poller = _poll()
+        poller.register(fd, select.POLLOUT if write else select.POLLIN)
+        poller.poll()
 
     def close(self) -> None:
         try:
