@@ -253,6 +253,9 @@ class PgConnection:
         )
         self.round_trips = 0
         """Requests sent to the server (a pipeline is one); for tests and benchmarks."""
+        self.server_hash = self._utf8 and conn.info.server_version >= 110000
+        """Whether events are hashed by the server (``sha256()``; text sent and hashed as
+        UTF-8), see :data:`toolguard.store.postgres.core._APPEND`."""
         self._prepared: dict[tuple[str, tuple[int, ...]], bytes] = {}
         """The statements prepared on this connection: (text, parameter types) -> name."""
         self._names = 0
