@@ -124,7 +124,13 @@ def _params(values: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def sqlite_error(exc: BaseException, where: str) -> sqlite3.Error:
-    """The :mod:`sqlite3` error of the same meaning as a psycopg error (passwords removed)."""
+    """The :mod:`sqlite3` error of the same meaning as a psycopg error (passwords removed).
+
+    Raise it outside the ``except`` block that caught ``exc`` (or ``from None`` where the
+    caught error is itself already clean): a psycopg error keeps the connection it came from
+    (``pgconn``, with the connection's parameters, its password among them) and must be
+    reachable from no error the store raises, neither as ``__cause__`` nor as ``__context__``.
+    """
     text = redact_url(str(exc).strip() or type(exc).__name__)
     message = f"{text} (PostgreSQL {where})"
     if isinstance(exc, psycopg.IntegrityError):
@@ -173,7 +179,8 @@ def run(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] = (), *, 
             return Rows(None, [])
         return Rows([(c.name,) for c in cur.description], cur.fetchall())
     except psycopg.Error as exc:
-        raise sqlite_error(exc, where) from exc
+        error = sqlite_error(exc, where)
+    raise error  # outside the handler: psycopg's error is neither __cause__ nor __context__
 
 
 _TEXT, _INT8, _FLOAT8 = 25, 20, 701  # parameter type oids
@@ -379,12 +386,15 @@ class PgConnection:
                 return Rows(None, [])
             return Rows([(c.name,) for c in cur.description], cur.fetchall())
         except psycopg.Error as exc:
+            error: sqlite3.Error
             if locking and isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
-                raise sqlite3.OperationalError(
+                error = sqlite3.OperationalError(
                     f"the store's writer lock was not granted within busy_timeout "
                     f"({self.lock_timeout:g}s; raise it or reduce concurrent writers)"
-                ) from exc
-            raise sqlite_error(exc, "write") from exc
+                )
+            else:
+                error = sqlite_error(exc, "write")
+        raise error  # outside the handler (see sqlite_error)
 
     def _encode(
         self, queue: Sequence[tuple[str, tuple[Any, ...]]]

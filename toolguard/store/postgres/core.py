@@ -187,12 +187,12 @@ class PostgresStore(Store):
             return psycopg.connect(self.location.url, **self._options())
 
         try:
-            conn = connect()
+            return connect()
         except psycopg.Error as exc:
-            raise AuditError(
+            error = AuditError(
                 f"cannot connect to the audit database {self.path}: {sqlite_error(exc, 'connect')}"
-            ) from exc
-        return conn
+            )
+        raise error  # outside the handler: no psycopg error (it holds the password) chained
 
     def pool(self) -> ConnectionPool[Any]:
         """The process's pool of read connections (``store_pool_size``), opened on first use
@@ -222,11 +222,12 @@ class PostgresStore(Store):
         try:
             conn: psycopg.Connection[Any] = pool.getconn()
             return conn
-        except PoolTimeout as exc:
-            raise AuditError(
-                f"cannot read the audit database {self.path}: no connection within busy_timeout "
-                f"({self.busy_timeout:g}s; the server is unreachable, or raise store_pool_size)"
-            ) from exc
+        except PoolTimeout:
+            pass
+        raise AuditError(  # outside the handler: no psycopg error chained
+            f"cannot read the audit database {self.path}: no connection within busy_timeout "
+            f"({self.busy_timeout:g}s; the server is unreachable, or raise store_pool_size)"
+        )
 
     def _ensure_ready(self) -> None:
         if self._ready:
@@ -243,19 +244,23 @@ class PostgresStore(Store):
             else:
                 create_schema(conn, str(self.path))
         except psycopg.Error as exc:
-            raise AuditError(
+            error = AuditError(
                 f"the audit database {self.path} cannot be used: {sqlite_error(exc, 'open')}"
-            ) from exc
+            )
         except Exception as exc:  # sqlite-shaped errors from create_schema
             if isinstance(exc, AuditError):
                 raise
-            raise AuditError(
+            error = AuditError(
                 f"the audit database {self.path} cannot be used: {exc}; check that the role "
                 "may create tables (or run `toolguard db migrate` with one that may)"
-            ) from exc
+            )
+            error.__cause__ = exc  # a sqlite3 error of ours: no psycopg error behind it
+        else:
+            self._ready = True
+            return
         finally:
             conn.close()
-        self._ready = True
+        raise error  # outside the handlers: no psycopg error chained
 
     @property
     def conn(self) -> Any:
