@@ -21,7 +21,8 @@ import math
 import re
 import select
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -191,6 +192,37 @@ _OK = pq.ConnStatus.OK
 _MAX_PREPARED = 200
 """Statements one connection prepares at most (the store has a few dozen); past it, the rest
 are sent unnamed."""
+_OIDS: dict[type, int] = {type(None): 0, str: _TEXT, int: _INT8, float: _FLOAT8}
+"""The parameter type sent for each Python type (``None``: the server infers it, as for
+psycopg's ``None``); a value of any other type is sent by psycopg."""
+
+
+def _text(value: str) -> bytes:
+    if "\x00" in value:
+        raise ValueError("NUL")  # PostgreSQL's text cannot hold it: psycopg refuses it
+    return value.encode("utf-8")  # a lone surrogate: UnicodeEncodeError, a ValueError
+
+
+def _ascii_text(value: str) -> bytes:
+    if not value.isascii():  # a server encoding other than UTF-8: psycopg encodes it
+        raise ValueError("not ASCII")
+    return _text(value)
+
+
+def _int8(value: int) -> bytes:
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("not a bigint")  # psycopg sends it as numeric
+    return b"%d" % value
+
+
+_ENCODERS: dict[type, Callable[[Any], bytes | None]] = {
+    type(None): lambda _: None,
+    str: _text,
+    int: _int8,
+    float: lambda value: _float_text(value),
+}
+_ASCII_ENCODERS = {**_ENCODERS, str: _ascii_text}
+
 _poll = getattr(select, "poll", None)
 _PLACEHOLDER = re.compile(r"%%|%s")
 
@@ -260,6 +292,11 @@ class PgConnection:
         )
         self.round_trips = 0
         """Requests sent to the server (a pipeline is one); for tests and benchmarks."""
+        self.lock_seconds = 0.0
+        """Time from sending the request that takes the writer lock to the reply to the
+        ``COMMIT`` that releases it, summed over committed transactions: how long this
+        process held the lock, plus its waits for it (for benchmarks)."""
+        self._lock_sent = 0.0
         self.server_hash = self._utf8 and conn.info.server_version >= 110000
         """Whether events are hashed by the server (``sha256()``; text sent and hashed as
         UTF-8), see :data:`toolguard.store.postgres.core._APPEND`."""
@@ -292,9 +329,13 @@ class PgConnection:
                 self._lock_queued = False
                 return Rows(None, [])
             return self._send(translate(sql), ())
-        if word.startswith(("COMMIT", "END")):
-            self._in_tx = False
-        return self._send(translate(sql), _params(params))
+        if not word.startswith(("COMMIT", "END")):
+            return self._send(translate(sql), _params(params))
+        self._in_tx = False
+        try:
+            return self._send(translate(sql), _params(params))
+        finally:
+            self.lock_seconds += time.perf_counter() - self._lock_sent
 
     def _elide(self, release: str) -> bool:
         """``RELEASE x`` whose ``SAVEPOINT x`` is still queued, with no savepoint after it:
@@ -370,6 +411,8 @@ class PgConnection:
         if sql is not None:
             queue.append((sql, params))
         locking, self._lock_queued = self._lock_queued, False
+        if locking:
+            self._lock_sent = time.perf_counter()
         self.round_trips += 1
         cur = self._cursor
         try:
@@ -404,34 +447,14 @@ class PgConnection:
         int, a float, text the server takes): psycopg sends those statements (and refuses a
         bad value with its own error, see :meth:`screened`)."""
         out: list[tuple[tuple[int, ...], list[bytes | None]]] = []
-        utf8 = self._utf8
-        for _, params in queue:
-            oids: list[int] = []
-            values: list[bytes | None] = []
-            for value in params:
-                kind = type(value)
-                if value is None:
-                    oids.append(0)  # the server infers it, as for psycopg's None
-                    values.append(None)
-                elif kind is str:
-                    if "\x00" in value or not (utf8 or value.isascii()):
-                        return None
-                    try:
-                        values.append(value.encode("utf-8"))
-                    except UnicodeEncodeError:  # a lone surrogate
-                        return None
-                    oids.append(_TEXT)
-                elif kind is int:
-                    if not -(2**63) <= value < 2**63:
-                        return None
-                    oids.append(_INT8)
-                    values.append(str(value).encode())
-                elif kind is float:
-                    oids.append(_FLOAT8)
-                    values.append(_float_text(value))
-                else:
-                    return None
-            out.append((tuple(oids), values))
+        encoders = _ENCODERS if self._utf8 else _ASCII_ENCODERS
+        try:
+            for _, params in queue:
+                kinds = tuple(map(type, params))
+                oids = tuple(map(_OIDS.__getitem__, kinds))  # KeyError: another type
+                out.append((oids, [encoders[k](v) for k, v in zip(kinds, params, strict=True)]))
+        except (KeyError, ValueError):  # ValueError: a value psycopg must send (or refuse)
+            return None
         return out
 
     def _send_prepared(
