@@ -5,6 +5,7 @@ connection's parameters, its password among them) reachable from any error the s
 
 from __future__ import annotations
 
+import sqlite3
 import traceback
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,38 @@ def test_no_error_of_the_store_carries_the_password_or_a_psycopg_error(
             _assert_clean(locked.value)
     finally:
         guard.close()
+
+
+def test_past_the_prepared_statements_cap_statements_are_sent_unnamed(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toolguard.store.postgres import connection
+
+    monkeypatch.setattr(connection, "_MAX_PREPARED", 1)
+    conn = PgConnection(psycopg.connect(pg_url, autocommit=True), lock_timeout=5.0, pipelined=True)
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # BEGIN takes the one name; the lock and the rest not
+        for n in range(3):
+            assert conn.execute("SELECT ? + 1, ?", (n, f"n{n}")).fetchall() == [(n + 1, f"n{n}")]
+        assert len(conn._prepared) == 1
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def test_a_failed_pipeline_leaves_the_connection_usable_and_prepares_nothing_half(
+    pg_url: str,
+) -> None:
+    conn = PgConnection(psycopg.connect(pg_url, autocommit=True), lock_timeout=5.0, pipelined=True)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+            conn.execute("SELECT * FROM no_such_table WHERE x = ?", (1,))
+        conn.execute("ROLLBACK")
+        assert not conn.broken
+        assert all(b"no_such_table" not in k[0].encode() for k in conn._prepared)
+        conn.execute("BEGIN IMMEDIATE")
+        assert conn.execute("SELECT ?", ("again",)).fetchall() == [("again",)]
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
