@@ -260,3 +260,25 @@ def test_a_failed_pipeline_leaves_the_connection_usable_and_prepares_nothing_hal
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+def test_prepared_statements_the_server_dropped_fail_one_call_closed_then_are_prepared_again(
+    pg_url: str, tmp_path: Path
+) -> None:
+    guard = tg.Guard(make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp")))
+    try:
+        with guard.task("process-job", job_id="42"):
+            guard.finish(guard.authorize("kv_get", {"key": OUT}))
+            guard.store.flush()
+            writer = _writer(guard)
+            dropped = set(writer._prepared.values())
+            writer.raw.execute("DEALLOCATE ALL")  # as DISCARD ALL or a pooler would
+            with pytest.raises(tg.AuditError, match="prepared statement"):
+                guard.authorize("kv_get", {"key": OUT})
+            assert not dropped & set(writer._prepared.values())  # forgotten
+            guard.finish(guard.authorize("kv_get", {"key": OUT}))  # prepared anew, same writer
+            assert _writer(guard) is writer
+            assert writer._prepared
+    finally:
+        guard.close()
+    _verify(pg_url, tmp_path / "cp")

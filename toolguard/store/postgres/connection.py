@@ -189,6 +189,9 @@ _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _FATAL = pq.ExecStatus.FATAL_ERROR
 _TUPLES = pq.ExecStatus.TUPLES_OK
 _OK = pq.ConnStatus.OK
+_STALE_PREPARED = frozenset({"26000", "0A000"})
+"""A prepared statement the server no longer has (``DEALLOCATE``, ``DISCARD ALL``, a pooler
+that switched server connections), or whose result type a schema change altered."""
 _MAX_PREPARED = 200
 """Statements one connection prepares at most (the store has a few dozen); past it, the rest
 are sent unnamed."""
@@ -522,6 +525,8 @@ class PgConnection:
             self.close()
             raise
         if error is not None:
+            if error.sqlstate in _STALE_PREPARED:  # the server dropped or outdated them:
+                prepared.clear()  # this transaction fails closed; the next prepares anew
             raise error
         prepared.update(new)
         if not rows or last is None or last.status != _TUPLES:
