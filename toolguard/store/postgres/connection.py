@@ -1,18 +1,20 @@
 """A psycopg 3 connection that speaks the store's SQL (written for SQLite) on PostgreSQL.
 
 The store's statements are portable SQL except for a few spellings, translated once per
-statement text (cached, so psycopg's automatic prepared statements still apply): ``?``
-placeholders become ``%s``; ``char(31)`` is ``chr(31)``; the column ``by`` (a reserved word)
-is quoted; ``BEGIN IMMEDIATE`` (SQLite's writer lock) is ``BEGIN`` plus the store's writer
-lock, a transaction-scoped advisory lock (:data:`WRITER_LOCK`) that serialises the writers of
-the whole fleet exactly as SQLite's lock serialises those of one host (see docs/audit.md).
+statement text (cached): ``?`` placeholders become ``%s`` (and ``$1``, ``$2``, ... for the
+writer's prepared statements, see :meth:`PgConnection._send_prepared`); ``char(31)`` is
+``chr(31)``; the column ``by`` (a reserved word) is quoted; ``BEGIN IMMEDIATE`` (SQLite's
+writer lock) is ``BEGIN`` plus the store's writer lock, a transaction-scoped advisory lock
+(:data:`WRITER_LOCK`) that serialises the writers of the whole fleet exactly as SQLite's lock
+serialises those of one host (see docs/audit.md).
 
 Every psycopg error is re-raised as the :mod:`sqlite3` error of the same meaning, so the
 store's fail-closed handling (every failure on the write path is an ``AuditError``; an item
 whose values the database refuses is replaced, never retried) is one code path for both
 backends: :class:`psycopg.DataError` and :class:`psycopg.IntegrityError` are the item's fault
 (``sqlite3.DataError``/``IntegrityError``); everything else (connection lost, timeout,
-permission denied, serialization failure) is ``sqlite3.OperationalError``.
+permission denied, serialization failure) is ``sqlite3.OperationalError``. The psycopg error
+is never chained to it (see :func:`sqlite_error`).
 """
 
 from __future__ import annotations
