@@ -34,7 +34,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from ...chain import GENESIS, HASHED_FIELDS, REAL_FIELDS, encode_values, row_values
+from ...chain import GENESIS, HASHED_FIELDS, REAL_FIELDS, Event, encode_values, event_values
 from ...errors import AuditError
 from ...location import StoreLocation
 from ..sqlite.core import Store
@@ -311,13 +311,13 @@ class PostgresStore(Store):
         if careful and self._local.tx is None:
             self._careful = False
 
-    def _append(self, conn: Any, event: dict[str, Any]) -> None:
+    def _append(self, conn: Any, event: Event) -> None:
         """Append an event; the server reads the chain head and hashes (see :data:`_APPEND`)
         when it can (UTF-8 on both ends, PostgreSQL >= 11), else as on SQLite."""
         if not getattr(conn, "server_hash", False):  # tests may wrap the writer
             super()._append(conn, event)
             return
-        values = row_values({**event, "seq": 0})  # exactly what is stored is what is hashed
+        values = event_values(0, event)  # exactly what is stored is what is hashed
         text = encode_values(values)
         if not text.startswith(_SEQ_PREFIX):  # pragma: no cover - seq is the first field
             raise AssertionError("the canonical JSON of an event starts with its seq")
