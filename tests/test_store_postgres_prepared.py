@@ -282,3 +282,29 @@ def test_prepared_statements_the_server_dropped_fail_one_call_closed_then_are_pr
     finally:
         guard.close()
     _verify(pg_url, tmp_path / "cp")
+
+
+def test_a_chain_appended_by_the_client_and_by_the_server_in_turn_verifies(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A server without sha256() or UTF-8 (``server_hash`` False): the client reads the head
+    and hashes, as on SQLite, in one more round trip; both kinds of append make one chain."""
+    guard = tg.Guard(make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp")))
+    try:
+        with guard.task("process-job", job_id="42"):
+            guard.finish(guard.authorize("kv_get", {"key": OUT}))
+            writer = _writer(guard)
+            for server_hash, trips in ((False, 3), (True, 2), (False, 3)):
+                writer.server_hash = server_hash
+                before = writer.round_trips
+                guard.finish(guard.authorize("kv_get", {"key": f"agents:jobs:42:{TRICKY}"}))
+                assert writer.round_trips - before == trips
+    finally:
+        guard.close()
+    rows = _rows(pg_url)
+    prev = GENESIS
+    for row in rows:
+        assert row["prev_hash"] == prev
+        assert row["hash"] == values_hash(prev, row_values(row))
+        prev = row["hash"]
+    _verify(pg_url, tmp_path / "cp")
