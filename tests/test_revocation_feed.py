@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -48,6 +49,7 @@ import toolguard as tg
 from toolguard.audit import revoke as record_revocation
 from toolguard.credentials import Verifier, new_jti
 from toolguard.errors import ConfigError, CredentialRevoked
+from toolguard.httpauth import tls_context
 from toolguard.keys import KeyRing, b64url_decode, b64url_encode
 
 KEY = "agents:jobs:42:state"
@@ -776,6 +778,23 @@ def test_revocation_feed_refuses_bad_settings(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         RevocationFeed(url, keys=guard.keys, issuer=ISS, start=False, **kwargs)
+
+
+def test_feed_clients_share_the_tls_context_without_the_environments_settings(
+    guard: tg.Guard,
+) -> None:
+    """A feed client ignores the environment's proxy and CA settings (trust_env=False) and
+    shares one TLS context (certifi's bundle loaded once, not per client and per watchdog)."""
+    feeds = [
+        RevocationFeed("https://feed.internal/r", keys=guard.keys, issuer=ISS, start=False)
+        for _ in range(2)
+    ]
+    contexts = [feed._client._transport._pool._ssl_context for feed in feeds]  # type: ignore[attr-defined]
+    assert contexts[0] is contexts[1] is tls_context(trust_env=False)
+    assert contexts[0].verify_mode == ssl.CERT_REQUIRED and contexts[0].check_hostname
+    assert all(not feed._client._trust_env for feed in feeds)
+    for feed in feeds:
+        feed.close()
 
 
 def test_revocation_app_refuses_public_keys_only(guard: tg.Guard) -> None:
