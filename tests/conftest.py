@@ -93,6 +93,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """At the end pytest runs ten full collections to find unraisable exceptions (objects
+    whose ``__del__`` fails), each walking everything the tests left alive (the SDKs imported
+    by a test, caches: ~1 s in all). One collection here finds the same garbage, with the same
+    unraisable hook watching; what survives it is frozen, so pytest's ten walk only what is
+    new (what the finalizers left)."""
+    gc.collect()
+    gc.freeze()
+
+
 _SLOW_MODULE = re.compile(r"^pytestmark = (?:\[[^\]]*?)?pytest\.mark\.slow\b", re.MULTILINE)
 """A module marked slow as a whole: ``pytestmark = pytest.mark.slow``, or a list holding it."""
 
