@@ -142,6 +142,37 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return True if _SLOW_MODULE.search(text) else None
 
 
+SHARED_WORKER = {
+    "tests/test_openai_agents.py": "the SDK tests",
+    "tests/test_pydantic_ai.py": "the SDK tests",
+    "tests/test_approvals_adapters.py": "the SDK tests",
+}
+"""Test modules that ``--dist loadfile`` (``make test-fast``) runs on one worker, as if one file:
+they import the same agent SDKs when their first test runs (OpenAI Agents ~1.2 s of CPU,
+PydanticAI ~0.6 s), which each worker running one of them would pay again."""
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit of work of ``--dist loadfile`` a test belongs to: its file, or the group of
+    :data:`SHARED_WORKER`."""
+    file = nodeid.split("::", 1)[0]
+    return SHARED_WORKER.get(file, file)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with the modules of :data:`SHARED_WORKER` as one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return Scheduling(config, log)
+
+
 class Clock:
     """A controllable clock: ``clock()`` returns ``now``; ``advance(s)`` moves it."""
 

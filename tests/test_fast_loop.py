@@ -113,3 +113,42 @@ def test_collecting_the_sdk_tests_imports_no_sdk(tmp_path: Path) -> None:
     )  # fmt: skip
     assert len(_ids(output)) > 40
     assert "SDK-LOADED []" in output, output[-2000:]
+
+
+def test_the_sdk_modules_are_one_unit_of_work_of_loadfile() -> None:
+    # they import the same agent SDKs: on one worker, imported once
+    from conftest import SHARED_WORKER, xdist_scope
+
+    scopes = {xdist_scope(f"{file}::test_x[a::b]") for file in SHARED_WORKER}
+    assert len(scopes) == 1 and len(SHARED_WORKER) == 3
+    assert all((ROOT / file).is_file() for file in SHARED_WORKER)
+    assert xdist_scope("tests/test_cli.py::test_x[a::b]") == "tests/test_cli.py"
+    assert xdist_scope("tests/faults/test_fault_store.py::C::test_y") == (
+        "tests/faults/test_fault_store.py"
+    )
+
+
+@pytest.mark.slow
+def test_the_fast_loop_runs_the_sdk_modules_on_one_worker(tmp_path: Path) -> None:
+    """Through xdist itself: the tests of two SDK modules (two files: one worker each, before)
+    report from the same worker."""
+    (tmp_path / "worker_probe.py").write_text(
+        "import os\n\n"
+        "def pytest_runtest_logreport(report):\n"
+        "    if report.when == 'call':\n"
+        "        print('RAN', report.nodeid.split('::')[0], getattr(report, 'node', None)"
+        " and report.node.gateway.id, flush=True)\n",
+        encoding="utf-8",
+    )
+    path = PYTHONPATH + os.pathsep + str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "worker_probe", "-n", "2",
+         "--dist", "loadfile", "-m", "not slow and not postgres", "-k", "docs_section",
+         "tests/test_openai_agents.py", "tests/test_pydantic_ai.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": path},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ran = [line.split("RAN ", 1)[1].split() for line in done.stdout.splitlines() if "RAN " in line]
+    assert {file for file, _ in ran} == {"tests/test_openai_agents.py", "tests/test_pydantic_ai.py"}
+    assert len({worker for _, worker in ran}) == 1, done.stdout[-2000:]
