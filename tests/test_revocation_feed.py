@@ -264,6 +264,7 @@ def remote(guard: tg.Guard, serve: Callable[..., Served]) -> Iterator[Verifier]:
 # -- revocations reach the remote verifier within the bound ------------------------------------
 
 
+@pytest.mark.slow  # the default bound's wall time (a poll every 0.5 s); remote's is 0.1 s
 def test_feed_task_revocation_reaches_a_remote_verifier_within_the_bound(
     guard: tg.Guard, remote_default: Verifier
 ) -> None:
