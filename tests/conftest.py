@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import importlib.util
 import os
@@ -103,43 +104,63 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     gc.freeze()
 
 
-_SLOW_MODULE = re.compile(r"^pytestmark = (?:\[[^\]]*?)?pytest\.mark\.slow\b", re.MULTILINE)
+def _whole_module(mark: str) -> re.Pattern[str]:
+    """``pytestmark = pytest.mark.MARK`` (or a list holding it) at a module's top level."""
+    return re.compile(rf"^pytestmark = (?:\[[^\]]*?)?pytest\.mark\.{mark}\b", re.MULTILINE)
+
+
+_SLOW_MODULE = _whole_module("slow")
 """A module marked slow as a whole: ``pytestmark = pytest.mark.slow``, or a list holding it."""
+_POSTGRES_MODULE = _whole_module("postgres")
+"""A module whose every test runs on PostgreSQL (``pytestmark = pytest.mark.postgres``)."""
 
 
-def _deselects_every_slow_test(markexpr: str) -> bool:
-    """Whether ``-m markexpr`` deselects every test marked slow, whatever its other marks."""
+@functools.cache
+def _deselects_every(markexpr: str, mark: str) -> bool:
+    """Whether ``-m markexpr`` deselects every test marked ``mark``, whatever its other marks."""
     from _pytest.mark.expression import Expression
 
     try:
         expression = Expression.compile(markexpr)
     except Exception:  # pytest reports a bad expression itself
         return False
-    names = sorted(set(re.findall(r"[\w.]+", markexpr)) - {"and", "or", "not", "slow"})
+    names = sorted(set(re.findall(r"[\w.]+", markexpr)) - {"and", "or", "not", mark})
     if not markexpr.strip() or len(names) > 8:
         return False
     for bits in range(1 << len(names)):
-        marks = {"slow"} | {n for i, n in enumerate(names) if bits >> i & 1}
+        marks = {mark} | {n for i, n in enumerate(names) if bits >> i & 1}
         if expression.evaluate(lambda name, /, **kwargs: name in marks):
             return False
     return True
+
+
+def _deselects_every_slow_test(markexpr: str) -> bool:
+    """Whether ``-m markexpr`` deselects every test marked slow, whatever its other marks."""
+    return _deselects_every(markexpr, "slow")
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """With a ``-m`` that deselects every slow test (``make test-fast``: ``-m "not slow and not
     postgres"``), a test module marked slow as a whole is not imported: all its tests would be
     deselected anyway, and every xdist worker would pay for its imports (an SDK, a subprocess
-    harness). ``make test`` and CI collect it."""
+    harness). Likewise a module marked postgres as a whole when ``-m`` deselects every postgres
+    test (its imports: psycopg). ``make test`` and CI collect them."""
     name = collection_path.name
     if not (name.startswith("test_") and name.endswith(".py")):
         return None
-    if not _deselects_every_slow_test(config.getoption("markexpr", "") or ""):
+    markexpr = config.getoption("markexpr", "") or ""
+    skipped = [
+        pattern
+        for mark, pattern in (("slow", _SLOW_MODULE), ("postgres", _POSTGRES_MODULE))
+        if _deselects_every(markexpr, mark)
+    ]
+    if not skipped:
         return None
     try:
         text = collection_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None  # collected, and its error reported, as usual
-    return True if _SLOW_MODULE.search(text) else None
+    return True if any(pattern.search(text) for pattern in skipped) else None
 
 
 SHARED_WORKER = {

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import _SLOW_MODULE, _deselects_every_slow_test
+from conftest import _POSTGRES_MODULE, _SLOW_MODULE, _deselects_every, _deselects_every_slow_test
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHONPATH = os.pathsep.join(
@@ -70,6 +70,26 @@ def test_only_an_expression_deselecting_every_slow_test_skips_slow_modules(
     assert _deselects_every_slow_test(markexpr) is skips_slow_modules
 
 
+@pytest.mark.parametrize(
+    ("markexpr", "skips_postgres_modules"),
+    [
+        ("not slow and not postgres", True),  # make test-fast
+        ("not postgres", True),
+        ("not slow", False),
+        ("not postgres or slow", False),
+        ("", False),
+    ],
+)
+def test_a_module_marked_postgres_as_a_whole_is_skipped_only_when_no_postgres_test_is_selected(
+    markexpr: str, skips_postgres_modules: bool
+) -> None:
+    assert _deselects_every(markexpr, "postgres") is skips_postgres_modules
+    assert _POSTGRES_MODULE.search("import x\n\npytestmark = pytest.mark.postgres\n")
+    assert not _POSTGRES_MODULE.search("@pytest.mark.postgres\ndef test_one() -> None: ...\n")
+    for file in ("test_store_postgres.py", "test_store_postgres_pipeline.py"):
+        assert _POSTGRES_MODULE.search((ROOT / "tests" / file).read_text(encoding="utf-8"))
+
+
 def _collect(*args: str, plugins: Path | None = None) -> str:
     """``pytest --collect-only -q ARGS`` in a subprocess (with the plugin modules found in the
     folder ``plugins``): its output."""
@@ -96,6 +116,8 @@ def test_the_fast_loop_selects_every_test_not_marked_slow() -> None:
     assert fast == reference
     assert len(fast) > 1000
     assert not any(n.startswith(("tests/test_mcp.py", "tests/test_crash.py")) for n in fast)
+    assert not any(n.startswith("tests/test_store_postgres") for n in fast)
+    assert any(n.startswith("tests/test_store_postgres.py") for n in _ids(_collect()))
 
 
 @pytest.mark.slow
