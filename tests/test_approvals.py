@@ -515,10 +515,10 @@ def test_an_approval_is_used_once(make: Callable[..., tg.Guard], clock: Clock) -
         used = find_requests(guard.store, task_id=task.task_id)[0]
         # the request transaction refuses an approval that was used already
         check = guard.approvals.precheck(used, "kv_delete")
-        refusal = check(guard.store.conn, clock())
+        refusal = check(clock())
         assert refusal is not None and "used already" in refusal.reason
         clock.advance(3600)
-        assert "expired" in check(guard.store.conn, clock()).reason  # type: ignore[union-attr]
+        assert "expired" in check(clock()).reason  # type: ignore[union-attr]
 
 
 def test_two_deciders_cannot_both_win(make: Callable[..., tg.Guard], clock: Clock) -> None:

@@ -33,6 +33,7 @@ from toolguard.brokers import (
     HttpTokenBroker,
     StaticSecretProvider,
 )
+from toolguard.chain import Event
 from toolguard.credentials import CredentialProvider, Issuer, MintRequest, Verifier, as_provider
 from toolguard.errors import ConfigError, CredentialError
 from toolguard.httpauth import tls_context
@@ -79,8 +80,8 @@ class _Sink:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
 
-    def append(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
+    def append(self, event: Event) -> None:
+        self.events.append(event._asdict())
 
 
 @pytest.fixture

@@ -93,6 +93,7 @@ def _foreign_checkpoint(db: Path, tmp_path: Path) -> str:
 
 def _held_call(db: Path, task_id: str) -> str:
     """A call of ``task_id`` waiting for approval (its request, in the trail); its id."""
+    from toolguard.chain import Event
     from toolguard.store import Store
     from toolguard.store.approvals import request_event
 
@@ -100,12 +101,12 @@ def _held_call(db: Path, task_id: str) -> str:
     try:
         ts = store.conn.execute("SELECT MAX(ts) FROM events").fetchone()[0]
         extra = {"request_id": "ab" * 12, "digest": "0" * 64, "expires_at": 1e10, "args": {}}
-        event = {
-            "ts": ts, "task_id": task_id, "identity": "agent-runner", "intent": "process-job",
-            "tool": "kv_set", "operation": "write", "resources": '["agents:jobs:42:final"]',
-            "decision": "hold", "reason": "held", "rule": "intents.process-job.approve.write",
-            "correlation_id": "held-1",
-        }  # fmt: skip
+        event = Event(
+            ts=ts, kind="approval_requested", task_id=task_id, identity="agent-runner",
+            intent="process-job", tool="kv_set", operation="write",
+            resources='["agents:jobs:42:final"]', decision="hold", reason="held",
+            rule="intents.process-job.approve.write", correlation_id="held-1",
+        )  # fmt: skip
         store.append(request_event(event, extra))
     finally:
         store.close()

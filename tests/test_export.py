@@ -14,7 +14,7 @@ from conftest import Clock
 from test_audit import TOOLS, build_trail, kv_get
 
 import toolguard as tg
-from toolguard.chain import EVENT_FIELDS, GENESIS, event_hash
+from toolguard.chain import EVENT_FIELDS, GENESIS, Event, event_hash
 from toolguard.export import write_csv, write_html, write_jsonl
 from toolguard.text import printable
 
@@ -269,9 +269,10 @@ def test_html_shows_delegation_links_acknowledge_and_tainted(
     ):
         get.invoke({"key": "agents:jobs:42:input"})
     guard.store.append(
-        {"ts": clock.now, "kind": "acknowledge", "decision": "acknowledge",
-         "operation": "truncated", "reason": "acknowledged by alice: restored",
-         "rule": "audit.acknowledge"}
+        Event(
+            ts=clock.now, kind="acknowledge", decision="acknowledge", operation="truncated",
+            reason="acknowledged by alice: restored", rule="audit.acknowledge",
+        )
     )  # fmt: skip
     with sqlite3.connect(guard.config.store_path) as conn:
         conn.execute("UPDATE tasks SET tainted = 1 WHERE task_id = ?", (child.task_id,))

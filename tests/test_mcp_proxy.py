@@ -623,6 +623,37 @@ def test_an_upstream_error_result_is_recorded_as_an_error_outcome(tmp_path: Path
     assert (outcome.error or "").startswith("UpstreamToolError:")
 
 
+def test_a_tool_the_upstream_does_not_offer_is_refused_after_the_policy_and_audited(
+    tmp_path: Path,
+) -> None:
+    config, log = write_config(tmp_path), tmp_path / "upstream.log"
+    data = yaml.safe_load(config.read_text())
+    data["tools"]["ghost"] = {"operation": "read", "resource": "{key}"}
+    data["intents"]["process-job"]["tools"].append("ghost")
+    config.write_text(yaml.safe_dump(data))
+    guard = tg.Guard(config)
+
+    async def body(session: ClientSession) -> None:
+        result = await session.call_tool("ghost", {"key": KEY})
+        assert result.isError and "offers no tool 'ghost'" in text(result)
+        outside = await session.call_tool("ghost", {"key": "agents:jobs:7:state"})
+        assert outside.isError and "offers no tool" not in text(outside)  # the policy first
+
+    try:
+        anyio.run(_in_process, _proxy(guard, config, log), body)
+    finally:
+        guard.close()
+    assert not [e for e in read_log(log) if e.get("tool") == "ghost"]
+    _, events = trail(config)
+    ghost = [e for e in events if e.tool == "ghost"]
+    assert [(e.kind, e.decision) for e in ghost if e.kind != "outcome"] == [
+        ("request", "allow"),
+        ("denied", "deny"),
+    ]
+    (outcome,) = [e for e in ghost if e.kind == "outcome"]
+    assert outcome.outcome == "error" and "offers no tool 'ghost'" in (outcome.error or "")
+
+
 def test_an_http_upstream_going_away_ends_the_task_as_an_error(tmp_path: Path) -> None:
     config, log = write_config(tmp_path), tmp_path / "upstream.log"
     up_port, proxy_port = free_port(), free_port()

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from conftest import make_config
 
 import toolguard as tg
+from toolguard.chain import Event
 from toolguard.cli import main
 from toolguard.store.postgres.connection import PgConnection
 from toolguard.store.postgres.schema import create_schema
@@ -119,13 +120,13 @@ def test_a_queued_outcome_the_server_refuses_is_dropped_alone_and_the_call_runs(
             # PostgreSQL text cannot hold NUL: this outcome can never be written
             guard.store.queue_outcome(
                 PendingOutcome(
-                    event={
-                        "ts": 1.0,
-                        "kind": "outcome",
-                        "task_id": task.task_id,
-                        "outcome": "error",
-                        "error": "bad\x00value",
-                    }
+                    event=Event(
+                        ts=1.0,
+                        kind="outcome",
+                        task_id=task.task_id,
+                        outcome="error",
+                        error="bad\x00value",
+                    )
                 )
             )
             with caplog.at_level(logging.WARNING, logger="toolguard"):
@@ -153,13 +154,13 @@ def test_a_screened_outcome_the_server_still_refuses_fails_one_call_closed_then_
             monkeypatch.setattr(PgConnection, "screened", lambda self: True)  # screening misses
             guard.store.queue_outcome(
                 PendingOutcome(
-                    event={
-                        "ts": 1.0,
-                        "kind": "outcome",
-                        "task_id": task.task_id,
-                        "outcome": "error",
-                        "error": "bad\x00value",
-                    }
+                    event=Event(
+                        ts=1.0,
+                        kind="outcome",
+                        task_id=task.task_id,
+                        outcome="error",
+                        error="bad\x00value",
+                    )
                 )
             )
             with pytest.raises(tg.AuditError, match="could not be written"):

@@ -70,11 +70,20 @@ budget refuses; ``shadow`` runs it anyway and records the call as ``would_deny``
 docs/shadow.md for what stays denied even in shadow mode)."""
 
 
+def _not_a_bool(value: Any) -> Any:
+    # YAML's true/false would otherwise pass as 1/0 (pydantic's lax int and float)
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+NoBool = BeforeValidator(_not_a_bool)
+"""Refuses ``true``/``false`` where a number is meant (``max_calls: true`` is not 1)."""
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 """A positive, finite duration up to 100 years (``30s``, ``5m``, a number of seconds)."""
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Count = Annotated[int, NoBool, Field(ge=0, le=MAX_COUNT)]
 """A call-count limit: a whole number from 0 to 10^9."""
-Cost = Annotated[float, Field(ge=0, le=MAX_COST)]
+Cost = Annotated[float, NoBool, Field(ge=0, le=MAX_COST)]
 """A cost or cost limit: a finite number from 0 to 10^9 (10^15 micro-units)."""
 
 
@@ -104,7 +113,7 @@ class IssuerConfig(_Model):
     """Lifetime of one call's credential; never past the task's deadline."""
     max_ttl: Duration | None = None
     """Verifiers reject lifetimes (exp - iat) above this; defaults to ``ttl``."""
-    leeway: float = Field(default=5.0, ge=0, le=60)
+    leeway: Annotated[float, NoBool] = Field(default=5.0, ge=0, le=60)
     """Clock skew verifiers tolerate, in seconds (0 to 60)."""
 
     @property
@@ -115,7 +124,7 @@ class IssuerConfig(_Model):
 class AnomalyRule(_Model):
     """Automatic revocation when an identity misbehaves."""
 
-    revoke_when_rate_exceeds: float | None = Field(default=None, le=MAX_COUNT)
+    revoke_when_rate_exceeds: Annotated[float, NoBool] | None = Field(default=None, le=MAX_COUNT)
     """Revoke the identity's tasks when its attempted calls per minute exceed this multiple of its
     per-minute limit (``5x`` or ``5``)."""
 
@@ -277,7 +286,7 @@ class GuardConfig(_Model):
     a PostgreSQL server (``postgresql://user:password@host:port/dbname``); default
     ``$TOOLGUARD_DB``, else ``./.toolguard/audit.db``. Any other ``scheme://`` is refused.
     Not in ``repr`` (a URL holds a password)."""
-    store_pool_size: int = Field(default=4, ge=1, le=1000)
+    store_pool_size: Annotated[int, NoBool] = Field(default=4, ge=1, le=1000)
     """PostgreSQL only: the most connections a guard process opens to the server (its pool)."""
 
     @field_validator("store")
@@ -296,7 +305,7 @@ class GuardConfig(_Model):
     """How long a call waits for the database lock before failing closed with AuditError."""
     checkpoints: str | None = None
     """JSON-lines file of signed chain checkpoints; default ``<store>.checkpoints``."""
-    max_arg_chars: int = Field(default=2000, ge=16, le=10_000_000)
+    max_arg_chars: Annotated[int, NoBool] = Field(default=2000, ge=16, le=10_000_000)
     """Audit arguments: longer string values are cut to this many characters."""
     redact_keys: list[str] = Field(default_factory=list)
     """Argument names redacted in the audit trail, in addition to the built-in secret names."""

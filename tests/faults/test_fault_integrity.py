@@ -371,7 +371,7 @@ def test_start_up_reads_only_the_tail_of_a_long_checkpoint_file(
     started = time.perf_counter()
     tg.Guard(config, clock=clock).close()
     elapsed = time.perf_counter() - started
-    assert elapsed < 1.0  # measured ~3 ms for the check itself; see docs/audit.md
+    assert elapsed < 5.0  # ~3 ms measured; the bound only catches a full read on a loaded machine
 
 
 def test_start_up_skips_a_torn_or_garbled_last_line(config: dict[str, Any], clock: Clock) -> None:

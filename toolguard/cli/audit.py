@@ -20,7 +20,6 @@ import click
 from .. import audit as audit_mod
 from ..keys import KeyRing, PublicKeys
 from ..numbers import MAX_COUNT
-from ..store.approvals import find_requests
 from ..text import printable
 from ..viewer import plural
 from ._base import (
@@ -102,10 +101,8 @@ def _check_value(
     instead of answering "no tasks match"."""
     if value is None or value in known:
         return
-    from ..store.sqlite.queries import event_kind_used, task_status_used
-
-    used = task_status_used if option == "--status" else event_kind_used
-    if used(log.store, value):
+    used = log.store.task_status_used if option == "--status" else log.store.event_kind_used
+    if used(value):
         return
     raise click.BadParameter(
         f"{value!r} is not a {option[2:]} toolguard records (one of: {', '.join(known)})",
@@ -417,7 +414,7 @@ def summary_cmd(
             spike_factor=spike_factor,
         )
         now = obj.clock()
-        awaiting = [r for r in find_requests(log.store) if r.state(now) == "pending"]
+        awaiting = [r for r in log.store.approval_requests() if r.state(now) == "pending"]
     viewer = obj.viewer()
     if as_json:
         viewer.json(

@@ -519,11 +519,6 @@ class GuardingProxy(Server[Any, Any]):
         request_id = self.request_context.request_id
         if state.start_error is not None:
             return _refuse_session(state.start_error)
-        if name in self.tools and not await self._upstream_has(state, name):
-            return _error_result(
-                f"{DENIED}the upstream MCP server offers no tool '{name}'; the "
-                "call was not forwarded"
-            )
         try:
             # the session's task is current for the check, which runs on the guard's writer
             # thread (the event loop never waits for the store)
@@ -538,6 +533,12 @@ class GuardingProxy(Server[Any, Any]):
             return _error_result(DENIED + denial.reason)
         except ToolGuardError as exc:  # AuditError and the like: nothing ran
             raise _audit_failure(exc) from None
+        if not await self._upstream_has(state, name):
+            # after the policy (a refused caller learns nothing of the upstream's tools), and in
+            # the trail: the allowed request is followed by this error outcome
+            missing = f"the upstream MCP server offers no tool '{name}'; the call was not forwarded"
+            self.guard.finish(permit, error=UpstreamToolError(missing))
+            return _error_result(DENIED + missing)
         token = permit.credential.token
         meta = params.meta.model_dump(by_alias=True) if params.meta is not None else {}
         meta.pop(CREDENTIAL_META_KEY, None)  # only the proxy presents credentials

@@ -49,7 +49,6 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from toolguard.credentials import RevocationSource, Verifier
-from toolguard.engine import StoreRevocations
 from toolguard.errors import (
     ConfigError,
     CredentialError,
@@ -57,7 +56,7 @@ from toolguard.errors import (
     ScopeMismatch,
 )
 from toolguard.keys import PublicKeys
-from toolguard.store import open_store, parse_store
+from toolguard.store import StoreRevocations, open_store, parse_store
 from toolguard.text import PLACEHOLDER
 
 from .feed import FeedError, revocation_app, revocation_app_from_config

@@ -1,7 +1,7 @@
 """A signed revocation feed over HTTP, for verifiers that cannot read the audit store.
 
 The **server** (:func:`revocation_app`) runs next to the guards, with read access to the store
-(SQLite file, or any backend behind :class:`toolguard.store.Store`'s public methods). It serves::
+(SQLite or PostgreSQL: any store behind :class:`toolguard.store.StoreReader`). It serves::
 
     GET /revocations   the signed revocation list (below); ETag, If-None-Match -> 304,
                        Cache-Control: no-cache
@@ -58,7 +58,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -71,7 +71,7 @@ from toolguard.keys import (
     b64url_encode,
 )
 from toolguard.numbers import is_finite_number
-from toolguard.store import Store, StoreLocation, open_store
+from toolguard.store import StoreLocation, StoreReader, open_store
 
 __all__ = [
     "FEED_MEDIA_TYPE",
@@ -156,7 +156,7 @@ class _Publisher:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreReader,
         keys: KeyRing,
         issuer: str,
         clock: Callable[[], float],
@@ -231,7 +231,7 @@ class _Publisher:
 
 def revocation_app(
     *,
-    store: Store | StoreLocation | str | os.PathLike[str],
+    store: StoreReader | StoreLocation | str | os.PathLike[str],
     keys: KeyRing,
     issuer: str,
     secret: str | None = None,
@@ -241,8 +241,9 @@ def revocation_app(
 ) -> Starlette:
     """The feed app: ``GET /revocations`` (the signed list) and ``GET /jwks.json``.
 
-    ``store`` is a :class:`toolguard.store.Store` (e.g. ``guard.store``: its pending task ends
-    are published too) or the path of the audit database (opened read-only). ``keys`` is the
+    ``store`` is a store (a :class:`toolguard.store.StoreReader`, e.g. ``guard.store``: its
+    pending task ends are published too) or the path or URL of the audit database (opened
+    read-only). ``keys`` is the
     issuer's :class:`~toolguard.keys.KeyRing` (``guard.keys``, or ``KeyRing.load(key_file)``):
     the list is signed with its active key. ``issuer`` is the issuer's name (the ``iss`` the
     verifiers expect). Run it with any ASGI server, or mount it in an app::
@@ -274,8 +275,10 @@ def revocation_app(
     if not isinstance(issuer, str) or not issuer:
         raise ConfigError("issuer must be the issuer's name, a non-empty string")
     expected = None if secret is None else check_secret(secret).encode()
-    if not isinstance(store, Store):  # a path, sqlite:/// or postgresql:// (parse_store)
-        store = open_store(store, readonly=True, busy_timeout=busy_timeout)
+    if isinstance(store, (StoreLocation, str, os.PathLike)) or not callable(
+        getattr(store, "revocation_rows", None)
+    ):  # a path, sqlite:/// or postgresql:// (parse_store: anything else is a ConfigError)
+        store = open_store(cast(Any, store), readonly=True, busy_timeout=busy_timeout)
     publisher = _Publisher(store, keys, issuer, clock, None if horizon is None else float(horizon))
     jwks = keys.jwks()
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...chain import EVENT_FIELDS
 from ...errors import AuditError
+
+if TYPE_CHECKING:
+    from ..approvals import ApprovalRecord
 
 __all__ = [
     "EVENT_FILTERS",
@@ -255,6 +258,67 @@ class Queries:
                 "SELECT scope, value, ts FROM revocations ORDER BY id"
             )
         ]
+
+    # -- incident commands (the functions below) ---------------------------------------------
+
+    def credential_rows(
+        self, jti: str, *, prefix: bool = False, limit: int = 11
+    ) -> list[dict[str, Any]]:
+        """See :func:`credential_rows`."""
+        return credential_rows(self, jti, prefix=prefix, limit=limit)
+
+    def identity_seen(self, identity: str) -> bool:
+        """See :func:`identity_seen`."""
+        return identity_seen(self, identity)
+
+    def live_credentials(
+        self,
+        *,
+        now: float,
+        task_id: str | None = None,
+        identity: str | None = None,
+        jti: str | None = None,
+    ) -> list[str]:
+        """See :func:`live_credentials`."""
+        return live_credentials(self, now=now, task_id=task_id, identity=identity, jti=jti)
+
+    def last_revocation(self, scope: str, value: str) -> dict[str, Any] | None:
+        """See :func:`last_revocation`."""
+        return last_revocation(self, scope, value)
+
+    def task_status_used(self, status: str) -> bool:
+        """See :func:`task_status_used`."""
+        return task_status_used(self, status)
+
+    def event_kind_used(self, kind: str) -> bool:
+        """See :func:`event_kind_used`."""
+        return event_kind_used(self, kind)
+
+    # -- approvals (toolguard.store.approvals) ------------------------------------------------
+
+    def approval_requests(
+        self,
+        *,
+        task_id: str | None = None,
+        correlation_id: str | None = None,
+        request_id: str | None = None,
+    ) -> list[ApprovalRecord]:
+        """Approval requests (oldest first) with their decisions: those of a task (and one
+        call of it), or every one in the trail; ``request_id`` may be a prefix. Inside a write
+        transaction of this thread, read in that transaction."""
+        from ..approvals import find_requests
+
+        return find_requests(
+            self, task_id=task_id, correlation_id=correlation_id, request_id=request_id
+        )
+
+    def unused_approval(self, record: ApprovalRecord, now: float) -> str | None:
+        """None if ``record``'s approval is recorded, unexpired and unused, else why not
+        (:func:`toolguard.store.approvals.unused_approval`). Called by a ``precheck`` of
+        ``record_call``, it reads in the call's transaction."""
+        from ..approvals import unused_approval
+
+        return unused_approval(self.conn, self, record, now)
 
     # -- tasks --------------------------------------------------------------------------------
 
