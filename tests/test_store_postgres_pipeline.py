@@ -1,4 +1,4 @@
-"""The PostgreSQL writer's round trips: a guarded call's transaction reaches the server in three
+"""The PostgreSQL writer's round trips: a guarded call's transaction reaches the server in two
 requests (queued statements ride with the next read, libpq's pipeline mode), and queueing keeps
 every promise: an error of a queued statement fails the transaction (nothing of it stays), a
 queued outcome the server refuses is still replaced alone, the writer lock still bounds waits.
@@ -45,7 +45,7 @@ def _writer(guard: tg.Guard) -> PgConnection:
     return conn
 
 
-def test_a_guarded_call_is_three_round_trips(pg_url: str, tmp_path: Path) -> None:
+def test_a_guarded_call_is_two_round_trips(pg_url: str, tmp_path: Path) -> None:
     guard = tg.Guard(make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp")))
     try:
         with guard.task("process-job", job_id="42"):
@@ -57,9 +57,9 @@ def test_a_guarded_call_is_three_round_trips(pg_url: str, tmp_path: Path) -> Non
             per_call = (writer.round_trips - before) / 4
     finally:
         guard.close()
-    # BEGIN + lock + chain head | the previous outcome + the revocation and budgets read |
-    # request event + credential + COMMIT
-    assert per_call == 3
+    # BEGIN + lock + the previous outcome (the server reads the chain head and hashes) + the
+    # revocation and budgets read | request event + credential + COMMIT
+    assert per_call == 2
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'request'") == 5
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'outcome'") == 5
     verified = CliRunner().invoke(
@@ -173,7 +173,7 @@ def test_a_screened_outcome_the_server_still_refuses_fails_one_call_closed_then_
             writer = _writer(guard)
             trips = writer.round_trips
             guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
-            assert writer.round_trips - trips == 3  # back to queueing after a commit
+            assert writer.round_trips - trips == 2  # back to queueing after a commit
     finally:
         guard.close()
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'request'") == 3
