@@ -588,6 +588,9 @@ def test_an_approval_rule_outside_what_is_allowed_is_a_config_error(
     tmp_path: Path, where: str, rule: dict[str, Any], message: str
 ) -> None:
     import yaml
+    from click.testing import CliRunner
+
+    from toolguard.cli import main
 
     config = approval_config(tmp_path)
     if where == "intents":
@@ -599,8 +602,8 @@ def test_an_approval_rule_outside_what_is_allowed_is_a_config_error(
     with pytest.raises(tg.ConfigError, match=message) as info:
         tg.Guard(path)
     assert f"{path}:" in str(info.value)  # with file:line:col
-    checked = cli("check", str(path))
-    assert checked.returncode == 1 and message in checked.stdout + checked.stderr
+    checked = CliRunner().invoke(main, ["check", str(path)])
+    assert checked.exit_code == 1 and message in checked.output, checked.output
 
 
 def test_the_summary_the_report_and_audit_denied_show_approvals(

@@ -254,6 +254,7 @@ def test_cli_every_command_and_option_has_help(
     assert "Usage:" in result.output
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_python_dash_m_reports_a_missing_database_without_traceback(
     tmp_path: Path,
 ) -> None:

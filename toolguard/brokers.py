@@ -52,6 +52,7 @@ from tenacity import (
 from .chain import Event
 from .credentials import Credential, Issuer, MintRequest
 from .errors import ConfigError, CredentialError
+from .httpauth import tls_context
 from .numbers import MAX_DURATION, is_finite_number
 from .redaction import scrub_text
 
@@ -216,7 +217,9 @@ class HttpTokenBroker:
                 self._client_form["client_secret"] = client_secret
         self._secrets = tuple(s for s in (client_secret,) if s)
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout)
+        self._client = (
+            client if client is not None else httpx.Client(timeout=timeout, verify=tls_context())
+        )
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts),
             wait=wait_random_exponential(multiplier=backoff, max=max_backoff),

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from toolguard.errors import ConfigError
+from toolguard.httpauth import tls_context
 from toolguard.keys import (
     ALGORITHMS,
     PublicKeySource,
@@ -156,8 +157,9 @@ class RevocationFeed:
         if self._secret is not None:
             headers["Authorization"] = f"Bearer {self._secret}"
         return httpx.Client(
-            timeout=self.timeout, follow_redirects=False, trust_env=False, headers=headers
-        )
+            timeout=self.timeout, follow_redirects=False, trust_env=False, headers=headers,
+            verify=tls_context(trust_env=False),
+        )  # fmt: skip
 
     def _after_fork(self) -> None:
         """In a forked child (a pre-forking server's worker), before anything else runs: the
