@@ -743,12 +743,36 @@ def test_cli_prune_with_key_file(
                 "--json")).stdout
     )  # fmt: skip
     assert doc["removed"] == 13
+    assert doc["checkpoints"] == str(guard.store.default_checkpoints())  # where the record went
     files = {guard.config.checkpoints_path, guard.store.default_checkpoints().resolve()}
     assert len(files) == (2 if guard.config.store_location.is_postgres else 1)
     if len(files) == 1:
         assert guard.audit.verify().ok
     given = [arg for path in sorted(files) for arg in ("--checkpoints", str(path))]
     report = json.loads(_ok(run("audit", "verify", "--db", db, *given, "--json")).stdout)
+    assert report["ok"] and not report["damage"]
+
+
+def test_cli_prune_writes_its_record_to_the_checkpoints_file_given_and_says_where(
+    run: Run,
+    guard: tg.Guard,
+    db: str,
+    ids: dict[str, str],
+    clock: Clock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    clock.advance(3600)
+    key = guard.config.resolve_path(guard.config.issuer.key_file)
+    own = guard.config.checkpoints_path  # the guard's file: verify needs no other
+    out = _ok(run("audit", "prune", "--before", "30m", "--db", db, "--key-file", str(key),
+                  "--checkpoints", str(own))).stdout  # fmt: skip
+    assert f"the signed record of the cut is in {own}" in " ".join(out.split())
+    assert not (tmp_path / ".toolguard").exists()  # nothing written beside the operator
+    report = json.loads(
+        _ok(run("audit", "verify", "--db", db, "--checkpoints", str(own), "--json")).stdout
+    )
     assert report["ok"] and not report["damage"]
 
 

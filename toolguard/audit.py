@@ -15,7 +15,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .budget import ROLLING_WINDOW, day_start
@@ -648,7 +648,8 @@ class AuditLog:
         if dry_run or plan.removed == 0 or plan.before_seq is None or plan.head_hash is None:
             return plan
         self.integrity.anchor_prune(plan.before_seq, plan.head_hash, now=now)
-        return self.store.prune(before=before, now=now, expect=(plan.before_seq, plan.head_hash))
+        done = self.store.prune(before=before, now=now, expect=(plan.before_seq, plan.head_hash))
+        return replace(done, checkpoints=str(self.integrity.checkpoints_path))
 
 
 def _quota(

@@ -717,6 +717,13 @@ def export_cmd(
     type=click.Path(dir_okay=False, path_type=Path),
     help="The issuer's signing key, to sign the record of the cut (default: the config's).",
 )
+@click.option(
+    "--checkpoints",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_local_checkpoints,
+    help="The checkpoint file that gets the signed record of the cut (default: the config's, "
+    "else <db>.checkpoints; for PostgreSQL a file of this host under ./.toolguard).",
+)
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
 def prune_cmd(
@@ -724,6 +731,7 @@ def prune_cmd(
     config_path: Path | None,
     before: float,
     key_file: Path | None,
+    checkpoints: Path | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -746,7 +754,7 @@ def prune_cmd(
             "pruning signs a record of the cut with the issuer's key, so that `audit verify` "
             "accepts it; pass --config or --key-file"
         )
-    with _log(db_path, config, write=not dry_run, keys=keys) as log:
+    with _log(db_path, config, write=not dry_run, keys=keys, checkpoints=checkpoints) as log:
         result = log.prune(before=before, now=obj.clock(), dry_run=dry_run)
     viewer = obj.viewer()
     if as_json:
