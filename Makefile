@@ -28,9 +28,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The developer loop, about 15 s on two quiet cores: everything but the tests marked slow, on
-# two workers, each test module on one of them (make test and CI run all, on disk; see
-# docs/architecture.md, "The tests"). Its temporary folders (the tests' keys and audit
+# The developer loop (the goal: 15 s on two quiet cores): everything but the tests marked slow
+# and the PostgreSQL runs, on two workers, each test module (the agent-SDK modules together) on
+# one of them (make test and CI run all, on disk; see docs/architecture.md, "The tests"). Its temporary folders (the tests' keys and audit
 # databases) are in RAM where there is /dev/shm: the same files, SQLite and fsync calls, without
 # waiting for a disk; only the last run's folders are kept. pytest caches its compiled
 # (assertion-rewritten) test modules in __pycache__ even where PYTHONDONTWRITEBYTECODE is set.

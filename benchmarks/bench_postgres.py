@@ -1,7 +1,9 @@
 """The PostgreSQL store: per-call overhead beside SQLite's, and fleet throughput.
 
 - ``overhead``: a bare LangChain tool against the same tool guarded with the store on SQLite
-  (a file, WAL) and on a local PostgreSQL (one database), median and p99 per call;
+  (a file, WAL) and on a local PostgreSQL (one database), median and p99 per call, the
+  client's CPU per call (``time.process_time``: stable on a shared machine, unlike wall time),
+  and for PostgreSQL the round trips per call and how long the writer lock is held per call;
 - ``fleet``: 1, 2, 4 and 8 writer processes (each its own guard, as hosts are), each calling a
   guarded tool in a loop for ``--seconds`` with identity limits (``requests_per_minute``,
   ``requests_per_day``) set high enough never to trip, so every call spends exact budgets:
@@ -131,17 +133,24 @@ def overhead(base: str, workdir: Path, calls: int) -> dict[str, Any]:
                 result = guarded.invoke({"key": KEY})
                 assert result == f"value of {KEY}", f"the benchmark's call is refused: {result}"
             writer = getattr(guard.store, "_writer", None)
-            trips = getattr(writer[1], "round_trips", None) if writer else None
+            conn = writer[1] if writer else None
+            trips = getattr(conn, "round_trips", 0)
+            holds = []
+            cpu = time.process_time()
             for _ in range(calls):
+                h = getattr(conn, "lock_seconds", 0.0)
                 t = time.perf_counter()
                 guarded.invoke({"key": KEY})
                 times.append(time.perf_counter() - t)
-            if trips is not None:
-                trips = round((writer[1].round_trips - trips) / calls, 2)  # type: ignore[index]
+                holds.append(getattr(conn, "lock_seconds", 0.0) - h)
+            cpu = time.process_time() - cpu
         guard.close()
         out[name] = _pcts(times)
-        if trips is not None:
-            out[name]["round_trips_per_call"] = trips
+        out[name]["client_cpu_us"] = round(cpu / calls * 1e6, 1)
+        if conn is not None and hasattr(conn, "round_trips"):
+            out[name]["round_trips_per_call"] = round((conn.round_trips - trips) / calls, 2)
+            if hasattr(conn, "lock_seconds"):  # from the request taking it to the COMMIT's reply
+                out[name]["lock_held_p50_us"] = round(statistics.median(holds) * 1e6, 1)
     for name in ("sqlite", "postgres"):
         out[name]["overhead_p50_us"] = round(out[name]["p50_us"] - out["bare"]["p50_us"], 1)
     return out
@@ -157,8 +166,10 @@ def _writer(
     with guard.task("read-job"):
         result = guarded.invoke({"key": KEY})  # connected before the clock starts
         assert result == f"value of {KEY}", f"the benchmark's call is refused: {result}"
+        writer = guard.store._writer[1]  # type: ignore[index]
         ready.put(name)
         go.wait()
+        held = getattr(writer, "lock_seconds", 0.0)
         end = time.time() + seconds
         while (t := time.perf_counter()) and time.time() < end:
             try:
@@ -167,8 +178,9 @@ def _writer(
             except tg.AuditError:
                 errors += 1
             times.append(time.perf_counter() - t)
+        held = getattr(writer, "lock_seconds", 0.0) - held
     guard.close()
-    out.put((times, errors))
+    out.put((times, errors, held))
 
 
 def fleet(base: str, workdir: Path, seconds: float, writers: list[int]) -> list[dict[str, Any]]:
@@ -199,6 +211,9 @@ def fleet(base: str, workdir: Path, seconds: float, writers: list[int]) -> list[
             "writers": n,
             "calls_per_s": round(len(times) / seconds),
             **_pcts(times),
+            # from the request taking the writer lock to the COMMIT's reply: the hold, plus
+            # the wait for the lock when writers contend
+            "lock_wait_and_hold_us": round(sum(r[2] for r in results) / len(times) * 1e6, 1),
             "errors": sum(r[1] for r in results),
         })  # fmt: skip
         print(f"  {n} writers: {rows[-1]}", flush=True)

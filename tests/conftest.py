@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import importlib.util
 import os
@@ -93,43 +94,104 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     gc.freeze()
 
 
-_SLOW_MODULE = re.compile(r"^pytestmark = (?:\[[^\]]*?)?pytest\.mark\.slow\b", re.MULTILINE)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """At the end pytest runs ten full collections to find unraisable exceptions (objects
+    whose ``__del__`` fails), each walking everything the tests left alive (the SDKs imported
+    by a test, caches: ~1 s in all). One collection here finds the same garbage, with the same
+    unraisable hook watching; what survives it is frozen, so pytest's ten walk only what is
+    new (what the finalizers left)."""
+    gc.collect()
+    gc.freeze()
+
+
+def _whole_module(mark: str) -> re.Pattern[str]:
+    """``pytestmark = pytest.mark.MARK`` (or a list holding it) at a module's top level."""
+    return re.compile(rf"^pytestmark = (?:\[[^\]]*?)?pytest\.mark\.{mark}\b", re.MULTILINE)
+
+
+_SLOW_MODULE = _whole_module("slow")
 """A module marked slow as a whole: ``pytestmark = pytest.mark.slow``, or a list holding it."""
+_POSTGRES_MODULE = _whole_module("postgres")
+"""A module whose every test runs on PostgreSQL (``pytestmark = pytest.mark.postgres``)."""
 
 
-def _deselects_every_slow_test(markexpr: str) -> bool:
-    """Whether ``-m markexpr`` deselects every test marked slow, whatever its other marks."""
+@functools.cache
+def _deselects_every(markexpr: str, mark: str) -> bool:
+    """Whether ``-m markexpr`` deselects every test marked ``mark``, whatever its other marks."""
     from _pytest.mark.expression import Expression
 
     try:
         expression = Expression.compile(markexpr)
     except Exception:  # pytest reports a bad expression itself
         return False
-    names = sorted(set(re.findall(r"[\w.]+", markexpr)) - {"and", "or", "not", "slow"})
+    names = sorted(set(re.findall(r"[\w.]+", markexpr)) - {"and", "or", "not", mark})
     if not markexpr.strip() or len(names) > 8:
         return False
     for bits in range(1 << len(names)):
-        marks = {"slow"} | {n for i, n in enumerate(names) if bits >> i & 1}
+        marks = {mark} | {n for i, n in enumerate(names) if bits >> i & 1}
         if expression.evaluate(lambda name, /, **kwargs: name in marks):
             return False
     return True
+
+
+def _deselects_every_slow_test(markexpr: str) -> bool:
+    """Whether ``-m markexpr`` deselects every test marked slow, whatever its other marks."""
+    return _deselects_every(markexpr, "slow")
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """With a ``-m`` that deselects every slow test (``make test-fast``: ``-m "not slow and not
     postgres"``), a test module marked slow as a whole is not imported: all its tests would be
     deselected anyway, and every xdist worker would pay for its imports (an SDK, a subprocess
-    harness). ``make test`` and CI collect it."""
+    harness). Likewise a module marked postgres as a whole when ``-m`` deselects every postgres
+    test (its imports: psycopg). ``make test`` and CI collect them."""
     name = collection_path.name
     if not (name.startswith("test_") and name.endswith(".py")):
         return None
-    if not _deselects_every_slow_test(config.getoption("markexpr", "") or ""):
+    markexpr = config.getoption("markexpr", "") or ""
+    skipped = [
+        pattern
+        for mark, pattern in (("slow", _SLOW_MODULE), ("postgres", _POSTGRES_MODULE))
+        if _deselects_every(markexpr, mark)
+    ]
+    if not skipped:
         return None
     try:
         text = collection_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None  # collected, and its error reported, as usual
-    return True if _SLOW_MODULE.search(text) else None
+    return True if any(pattern.search(text) for pattern in skipped) else None
+
+
+SHARED_WORKER = {
+    "tests/test_openai_agents.py": "the SDK tests",
+    "tests/test_pydantic_ai.py": "the SDK tests",
+    "tests/test_approvals_adapters.py": "the SDK tests",
+}
+"""Test modules that ``--dist loadfile`` (``make test-fast``) runs on one worker, as if one file:
+they import the same agent SDKs when their first test runs (OpenAI Agents ~1.2 s of CPU,
+PydanticAI ~0.6 s), which each worker running one of them would pay again."""
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit of work of ``--dist loadfile`` a test belongs to: its file, or the group of
+    :data:`SHARED_WORKER`."""
+    file = nodeid.split("::", 1)[0]
+    return SHARED_WORKER.get(file, file)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``, with the modules of :data:`SHARED_WORKER` as one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return Scheduling(config, log)
 
 
 class Clock:
@@ -199,6 +261,15 @@ BOTH_BACKENDS = frozenset(
         "test_approvals.py",
         "test_replay.py",
         "test_revocation_feed.py",
+        "test_store_text.py",
+        "test_shadow.py",
+        "test_cli.py",
+        "test_cli_incident.py",
+        "test_export.py",
+        "test_starlette.py",
+        "test_approvals_adapters.py",
+        "test_approvals_attacks.py",
+        "test_approvals_langgraph.py",
     }
 )
 """Test files whose guards (``make_guard``, ``guard``) run on both stores: SQLite, and a real
@@ -226,17 +297,23 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_guard(
-    tmp_path: Path, backend: str, request: pytest.FixtureRequest
-) -> Iterator[Callable[..., tg.Guard]]:
+def store_config(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The config keys that put a test's store on its ``backend``: none for SQLite (the file
+    of :func:`make_config`), else ``store`` (a new database of the test server) and
+    ``checkpoints`` (in tmp_path). For tests that build their config themselves:
+    ``make_config(tmp_path, **store_config)``."""
+    if backend == "postgres":
+        pg_url = request.getfixturevalue("pg_url")
+        return {"store": pg_url, "checkpoints": str(tmp_path / "audit.db.checkpoints")}
+    return {}
+
+
+@pytest.fixture
+def make_guard(tmp_path: Path, store_config: dict[str, str]) -> Iterator[Callable[..., tg.Guard]]:
     """``make_guard(clock=None, providers=None, **config_overrides)`` on real files (and, with
     ``backend`` postgres, a real PostgreSQL database, its checkpoints still in tmp_path)."""
     guards: list[tg.Guard] = []
-    if backend == "postgres":
-        pg_url = request.getfixturevalue("pg_url")
-        defaults = {"store": pg_url, "checkpoints": str(tmp_path / "audit.db.checkpoints")}
-    else:
-        defaults = {}
+    defaults = store_config
 
     def factory(clock: Callable[[], float] | None = None, **overrides: Any) -> tg.Guard:
         providers = overrides.pop("providers", None)

@@ -9,12 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Clock, make_config
+from conftest import Clock, make_config, raw_sql, store_arg
 
 import toolguard as tg
 from toolguard.approval import action_digest, parse_decision
@@ -23,8 +23,10 @@ from toolguard.store.approvals import find_requests
 APPROVE = {"delete": ["agents:jobs:{job_id}:*"], "write": ["agents:jobs:{job_id}:final"]}
 
 
-def approval_config(tmp_path: Path, **intent: Any) -> dict[str, Any]:
-    config = make_config(tmp_path)
+def approval_config(
+    tmp_path: Path, *, store_config: Mapping[str, str] | None = None, **intent: Any
+) -> dict[str, Any]:
+    config = make_config(tmp_path, **(store_config or {}))
     job = config["intents"]["process-job"]
     job["tools"] = ["kv_get", "kv_set", "kv_delete"]
     job["allow"]["delete"] = ["agents:jobs:{job_id}:*"]
@@ -35,13 +37,17 @@ def approval_config(tmp_path: Path, **intent: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., tg.Guard]]:
+def make(
+    tmp_path: Path, clock: Clock, store_config: dict[str, str]
+) -> Iterator[Callable[..., tg.Guard]]:
+    """Guards with approvals, on the test's backend (tests/conftest.py, BOTH_BACKENDS)."""
     guards: list[tg.Guard] = []
 
     def factory(
         approver: Any = None, *, clock: Callable[[], float] = clock, **intent: Any
     ) -> tg.Guard:
-        guard = tg.Guard(approval_config(tmp_path, **intent), clock=clock, approver=approver)
+        config = approval_config(tmp_path, store_config=store_config, **intent)
+        guard = tg.Guard(config, clock=clock, approver=approver)
         guards.append(guard)
         return guard
 
@@ -121,9 +127,8 @@ def test_a_rejected_call_is_denied_with_a_reason_the_model_reads_and_spends_noth
         "rejected",
         "denied",
     ]
-    with guard.store.conn as conn:
-        rows = conn.execute("SELECT tool FROM credentials WHERE task_id = ?", (task.task_id,))
-        assert [r[0] for r in rows] == ["kv_get"]  # the refused call has no credential
+    rows = raw_sql(guard, "SELECT tool FROM credentials WHERE task_id = ?", (task.task_id,))
+    assert [r[0] for r in rows] == ["kv_get"]  # the refused call has no credential
     assert guard.audit.verify().ok
 
 
@@ -329,7 +334,7 @@ def test_an_approval_from_another_process_lets_the_waiting_call_run(
     make: Callable[..., tg.Guard],
 ) -> None:
     guard = make(clock=time.time)  # the CLI in another process reads the system clock
-    db = str(guard.config.store_path)
+    db = store_arg(guard)
     with guard.task("process-job", job_id="42") as task:
         waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "call-7")
         request = waiting.request()
@@ -370,7 +375,7 @@ def test_a_rejection_from_the_cli_denies_the_waiting_call(
     from toolguard.cli import CliContext, main
 
     guard = make()
-    db = str(guard.config.store_path)
+    db = store_arg(guard)
     with guard.task("process-job", job_id="42") as task:
         waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "call-8")
         request = waiting.request()
@@ -409,7 +414,7 @@ def test_an_unanswered_request_expires_and_the_call_is_denied(
     from toolguard.cli import CliContext, main
 
     guard = make(approval_ttl="10m")
-    db = str(guard.config.store_path)
+    db = store_arg(guard)
     with guard.task("process-job", job_id="42") as task:
         waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "call-9")
         request = waiting.request()
@@ -437,7 +442,7 @@ def test_the_cli_refuses_bad_ids_and_bad_names(make: Callable[..., tg.Guard]) ->
     guard = make()
     with guard.task("process-job", job_id="42"):
         run(guard, "kv_get", {"key": "agents:jobs:42:x"})
-    db = str(guard.config.store_path)
+    db = store_arg(guard)
     for args, message in (
         (["approvals", "approve", "zz\x1b[2J", "--db", db, "--by", "a"], "not an approval"),
         (["approvals", "approve", "abcdef", "--db", db, "--by", "a"], "no approval request"),
@@ -515,17 +520,17 @@ def test_an_approval_is_used_once(make: Callable[..., tg.Guard], clock: Clock) -
         used = find_requests(guard.store, task_id=task.task_id)[0]
         # the request transaction refuses an approval that was used already
         check = guard.approvals.precheck(used, "kv_delete")
-        refusal = check(guard.store.conn, clock())
+        refusal = check(clock())
         assert refusal is not None and "used already" in refusal.reason
         clock.advance(3600)
-        assert "expired" in check(guard.store.conn, clock()).reason  # type: ignore[union-attr]
+        assert "expired" in check(clock()).reason  # type: ignore[union-attr]
 
 
 def test_two_deciders_cannot_both_win(make: Callable[..., tg.Guard], clock: Clock) -> None:
     from toolguard.store.approvals import decide
 
     guard = make()
-    db = str(guard.config.store_path)
+    db = store_arg(guard)
     with guard.task("process-job", job_id="42") as task:
         waiting = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:tmp"}, "c1")
         request = waiting.request()
@@ -583,6 +588,9 @@ def test_an_approval_rule_outside_what_is_allowed_is_a_config_error(
     tmp_path: Path, where: str, rule: dict[str, Any], message: str
 ) -> None:
     import yaml
+    from click.testing import CliRunner
+
+    from toolguard.cli import main
 
     config = approval_config(tmp_path)
     if where == "intents":
@@ -594,8 +602,8 @@ def test_an_approval_rule_outside_what_is_allowed_is_a_config_error(
     with pytest.raises(tg.ConfigError, match=message) as info:
         tg.Guard(path)
     assert f"{path}:" in str(info.value)  # with file:line:col
-    checked = cli("check", str(path))
-    assert checked.returncode == 1 and message in checked.stdout + checked.stderr
+    checked = CliRunner().invoke(main, ["check", str(path)])
+    assert checked.exit_code == 1 and message in checked.output, checked.output
 
 
 def test_the_summary_the_report_and_audit_denied_show_approvals(
@@ -606,7 +614,7 @@ def test_the_summary_the_report_and_audit_denied_show_approvals(
     from toolguard.cli import CliContext, main
 
     guard = make(approval_ttl="1h")
-    db = str(guard.config.store_path)
+    db = store_arg(guard)
     obj = CliContext(clock=clock)
     with guard.task("process-job", job_id="42") as task:
         rejected = Waiting(guard, task, "kv_delete", {"key": "agents:jobs:42:old"}, "c1")

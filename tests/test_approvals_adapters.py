@@ -36,8 +36,8 @@ def _close_the_default_loop() -> Iterator[None]:
     policy.set_event_loop(None)
 
 
-def _config(tmp_path: Path) -> dict[str, Any]:
-    config = make_config(tmp_path)
+def _config(tmp_path: Path, store_config: dict[str, str]) -> dict[str, Any]:
+    config = make_config(tmp_path, **store_config)
     config["intents"]["process-job"]["approve"] = {"write": ["agents:jobs:{job_id}:final"]}
     return config
 
@@ -64,14 +64,16 @@ def _check_trail(guard: tg.Guard, approver: Approver) -> None:
     assert guard.audit.verify().ok
 
 
-def test_openai_agents_a_held_call_waits_for_the_approver(tmp_path: Path) -> None:
+def test_openai_agents_a_held_call_waits_for_the_approver(
+    tmp_path: Path, store_config: dict[str, str]
+) -> None:
     pytest.importorskip("agents")
     pytest.importorskip("toolguard_openai_agents")
     from test_openai_agents import JOB, Kv, _agent, _outputs, _set
     from toolguard_openai_agents import GuardedRunner, guard_tools
 
     approver = Approver()
-    with tg.Guard(_config(tmp_path), approver=approver) as guard:
+    with tg.Guard(_config(tmp_path, store_config), approver=approver) as guard:
         kv = Kv()
         steps = [
             [_set("c1", FINAL, "a")],
@@ -94,7 +96,9 @@ def _assistant(text: str) -> Any:
     return assistant_message(text)
 
 
-def test_pydantic_ai_a_held_call_waits_for_the_approver(tmp_path: Path) -> None:
+def test_pydantic_ai_a_held_call_waits_for_the_approver(
+    tmp_path: Path, store_config: dict[str, str]
+) -> None:
     pytest.importorskip("pydantic_ai")
     pytest.importorskip("toolguard_pydantic_ai")
     from pydantic_ai.toolsets import FunctionToolset
@@ -102,7 +106,7 @@ def test_pydantic_ai_a_held_call_waits_for_the_approver(tmp_path: Path) -> None:
     from toolguard_pydantic_ai import GuardedAgent, guard_toolset
 
     approver = Approver()
-    with tg.Guard(_config(tmp_path), approver=approver) as guard:
+    with tg.Guard(_config(tmp_path, store_config), approver=approver) as guard:
         kv = Kv()
         script = Script([[_set("c1", FINAL, "a")], [_set("c2", FINAL, "b")], "done"])
         toolset = guard_toolset(FunctionToolset(kv.tools, max_retries=0), guard)
@@ -118,7 +122,9 @@ def test_pydantic_ai_a_held_call_waits_for_the_approver(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_mcp_proxy_a_held_call_waits_for_the_approver(tmp_path: Path) -> None:
+def test_mcp_proxy_a_held_call_waits_for_the_approver(
+    tmp_path: Path, store_config: dict[str, str]
+) -> None:
     pytest.importorskip("mcp")
     pytest.importorskip("toolguard_mcp")
     import anyio
@@ -128,6 +134,7 @@ def test_mcp_proxy_a_held_call_waits_for_the_approver(tmp_path: Path) -> None:
     path = write_config(tmp_path)
     config = yaml.safe_load(path.read_text())
     config["intents"]["process-job"]["approve"] = {"write": ["agents:jobs:{job_id}:final"]}
+    config.update(store_config)
     path.write_text(yaml.safe_dump(config))
     log = tmp_path / "upstream.log"
     approver = Approver()

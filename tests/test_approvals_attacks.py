@@ -22,11 +22,14 @@ from toolguard.cli import CliContext, main
 
 
 @pytest.fixture
-def make(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., tg.Guard]]:
+def make(
+    tmp_path: Path, clock: Clock, store_config: dict[str, str]
+) -> Iterator[Callable[..., tg.Guard]]:
     guards: list[tg.Guard] = []
 
     def factory(approver: Any = None, **intent: Any) -> tg.Guard:
-        guard = tg.Guard(approval_config(tmp_path, **intent), clock=clock, approver=approver)
+        config = approval_config(tmp_path, store_config=store_config, **intent)
+        guard = tg.Guard(config, clock=clock, approver=approver)
         guards.append(guard)
         return guard
 

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,10 @@ USER = {"messages": [{"role": "user", "content": "clean up"}]}
 KEY = "agents:jobs:42:tmp"
 
 
-def approval_config(tmp_path: Path) -> dict[str, Any]:
-    config = make_config(tmp_path)
+def approval_config(
+    tmp_path: Path, store_config: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    config = make_config(tmp_path, **(store_config or {}))
     job = config["intents"]["process-job"]
     job["tools"] = ["kv_get", "kv_set", "kv_delete"]
     job["allow"]["delete"] = ["agents:jobs:{job_id}:*"]
@@ -41,8 +43,8 @@ def approval_config(tmp_path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def guard(tmp_path: Path, clock: Clock) -> Iterator[tg.Guard]:
-    with tg.Guard(approval_config(tmp_path), clock=clock) as guard:
+def guard(tmp_path: Path, clock: Clock, store_config: dict[str, str]) -> Iterator[tg.Guard]:
+    with tg.Guard(approval_config(tmp_path, store_config), clock=clock) as guard:
         yield guard
 
 

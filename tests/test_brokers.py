@@ -11,8 +11,10 @@ import base64
 import copy
 import logging
 import sqlite3
+import ssl
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -31,8 +33,10 @@ from toolguard.brokers import (
     HttpTokenBroker,
     StaticSecretProvider,
 )
+from toolguard.chain import Event
 from toolguard.credentials import CredentialProvider, Issuer, MintRequest, Verifier, as_provider
 from toolguard.errors import ConfigError, CredentialError
+from toolguard.httpauth import tls_context
 from toolguard.keys import KeyRing
 
 TOKEN_URL = "https://sts.example.test/oauth2/token"
@@ -76,8 +80,8 @@ class _Sink:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
 
-    def append(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
+    def append(self, event: Event) -> None:
+        self.events.append(event._asdict())
 
 
 @pytest.fixture
@@ -809,6 +813,38 @@ def test_broker_leaves_a_given_client_open() -> None:
     HttpTokenBroker(token_url=TOKEN_URL, client=client).close()
     assert not client.is_closed
     client.close()
+
+
+def _tls_of(client: httpx.Client) -> ssl.SSLContext:
+    """The TLS settings an httpx client connects with (its transport's connection pool's)."""
+    return client._transport._pool._ssl_context  # type: ignore[attr-defined,no-any-return]
+
+
+def test_brokers_share_one_tls_context_that_verifies_certificates() -> None:
+    """Each broker's client verified TLS with a context of its own, loading the whole CA bundle
+    (~20 ms of CPU per broker); they share one now, with httpx's default settings."""
+    first, second = (HttpTokenBroker(token_url=TOKEN_URL) for _ in range(2))
+    try:
+        context = _tls_of(first._client)
+        assert context is _tls_of(second._client) is tls_context()
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+        assert context.cert_store_stats()["x509_ca"] > 0  # the CA bundle is loaded
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_shared_tls_context_reads_the_environment_as_httpx_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tls_context.cache_clear()
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
+    try:
+        assert tls_context(trust_env=False).cert_store_stats()["x509_ca"] > 0  # certifi's
+        with pytest.raises(OSError):  # trust_env: the bundle the environment names
+            tls_context()
+    finally:
+        tls_context.cache_clear()
 
 
 def test_broker_is_a_credential_provider(make_broker: Callable[..., HttpTokenBroker]) -> None:

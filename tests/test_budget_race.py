@@ -1,6 +1,7 @@
 """Budgets hold exactly under contention and across processes: 4 processes x 4 threads on one
-database file (``spawn``), a daily quota that survives a restart, and a bounded wait for the
-database lock that fails closed with AuditError.
+store (``spawn``), a daily quota that survives a restart, and a bounded wait for the database
+lock that fails closed with AuditError. On both backends (tests/conftest.py, BOTH_BACKENDS:
+``store_config``), but the SQLite lock test (PostgreSQL's: tests/test_store_postgres.py).
 
 The clock is frozen in every process, so a per-minute limit cannot free up during the race and
 "exactly the limit" is the only right answer.
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_config
+from conftest import make_config, raw_sql
 
 import toolguard as tg
 from toolguard.store.sqlite.budgets import usage
@@ -151,8 +152,10 @@ def _spawn(target: Callable[..., None], *args: Any) -> list[Any]:
     return results
 
 
-def test_race_across_processes_and_threads_spends_exactly_the_limits(tmp_path: Path) -> None:
-    config = _race_config(tmp_path)
+def test_race_across_processes_and_threads_spends_exactly_the_limits(
+    tmp_path: Path, store_config: dict[str, str]
+) -> None:
+    config = _race_config(tmp_path, **store_config)
     # Schema and signing key before the race; the parent's connection stays open meanwhile:
     # several processes opening a WAL database nobody holds open can get "database is locked"
     # from PRAGMA journal_mode=WAL (Store._connect does not retry it).
@@ -204,19 +207,24 @@ def test_race_across_processes_and_threads_spends_exactly_the_limits(tmp_path: P
         guard.close()
 
 
-def test_a_daily_quota_spent_by_one_process_stays_spent_for_the_next(tmp_path: Path) -> None:
-    config = _race_config(tmp_path)
-    tg.Guard(config, clock=_frozen).close()
+def test_a_daily_quota_spent_by_one_process_stays_spent_for_the_next(
+    tmp_path: Path, store_config: dict[str, str]
+) -> None:
+    config = _race_config(tmp_path, **store_config)
+    guard = tg.Guard(config, clock=_frozen)
+    guard.close()
     assert _spawn(_spend_child, config, 30) == [30]
     assert _spawn(_spend_child, config, 1000) == [DAY_LIMIT - 30]
-    with sqlite3.connect(tmp_path / "audit.db") as conn:
-        (requests,) = conn.execute(
-            "SELECT COUNT(*) FROM events WHERE kind = 'request' AND identity = 'racer-d'"
-        ).fetchone()
+    ((requests,),) = raw_sql(
+        guard, "SELECT COUNT(*) FROM events WHERE kind = 'request' AND identity = 'racer-d'"
+    )
     assert requests == DAY_LIMIT
 
 
-def test_the_wait_for_the_lock_is_bounded_and_fails_closed(tmp_path: Path) -> None:
+@pytest.mark.sqlite_only  # SQLite's file lock (PostgreSQL's writer lock: test_store_postgres)
+def test_the_wait_for_the_lock_is_bounded_and_fails_closed(
+    tmp_path: Path, store_config: dict[str, str]
+) -> None:
     config = _race_config(tmp_path, busy_timeout=0.3)
     guard = tg.Guard(config, clock=_frozen)
     blocker = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
@@ -245,8 +253,10 @@ def test_the_wait_for_the_lock_is_bounded_and_fails_closed(tmp_path: Path) -> No
         guard.close()
 
 
-def test_threads_of_one_process_wait_their_turn_without_errors(tmp_path: Path) -> None:
-    config = _race_config(tmp_path, busy_timeout=2.0)
+def test_threads_of_one_process_wait_their_turn_without_errors(
+    tmp_path: Path, store_config: dict[str, str]
+) -> None:
+    config = _race_config(tmp_path, busy_timeout=2.0, **store_config)
     guard = tg.Guard(config, clock=_frozen)
     try:
         with guard.task("race-task", job_id="42") as task:
@@ -271,11 +281,11 @@ def _forked_spender(guard: tg.Guard, task: tg.TaskSession, go: Any, out: Any) ->
 
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_counts_its_task_from_the_trail_not_from_a_stale_copy(
-    tmp_path: Path,
+    tmp_path: Path, store_config: dict[str, str]
 ) -> None:
     """Counters copied into a forked child are dropped: the child counts the task from the
     trail, which holds the calls the parent made after the fork."""
-    guard = tg.Guard(_race_config(tmp_path), clock=_frozen)
+    guard = tg.Guard(_race_config(tmp_path, **store_config), clock=_frozen)
     ctx = multiprocessing.get_context("fork")
     go, out = ctx.Event(), ctx.Queue()
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from conftest import Clock
+from conftest import Clock, make_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -272,6 +272,39 @@ def test_a_json_file_gives_positions_and_a_toml_file_none(tmp_path: Path) -> Non
     (f,) = check_config(path).findings
     assert (f.path, f.line, f.col) == ("identities.a.owner", None, None)
     assert f.format() == f"{path}: error: identities.a.owner: {f.message} [invalid]"
+
+
+def test_a_json_file_is_read_as_yaml_only_for_positions_a_finding_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a JSON file's positions with YAML took ~50 times json's time on every load;
+    it is done only when a finding is reported (or a key is written twice)."""
+    from toolguard import configcheck
+
+    reads: list[str] = []
+    real = configcheck._yaml_marks
+    monkeypatch.setattr(configcheck, "_yaml_marks", lambda *a: reads.append("yaml") or real(*a))
+    path = tmp_path / "toolguard.json"
+    path.write_text(json.dumps(make_config(tmp_path), indent=2), encoding="utf-8")
+    assert check_config(path, warnings=False).findings == () and reads == []
+    tg.Guard(path).close()
+    assert reads == []
+    data = {"identities": {"a": {"owner": 3}}, "tools": {}, "intents": {}}
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    (f,) = check_config(path).findings
+    assert (f.path, f.line, f.col) == ("identities.a.owner", 4, 16) and reads == ["yaml"]
+
+
+def test_a_key_written_twice_in_a_json_file_is_an_error_with_both_positions(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "toolguard.json"
+    path.write_text('{"store": "a.db",\n "store": "b.db"}', encoding="utf-8")
+    findings = check_config(path).findings
+    assert [(f.code, f.path, f.line, f.col) for f in findings] == [("duplicate-key", "store", 2, 2)]
+    assert "first at 1:2" in findings[0].message
+    with pytest.raises(tg.ConfigError, match=r"toolguard\.json:2:2: .*written twice"):
+        load_config(path)
 
 
 def test_a_missing_file_is_exit_2(run: Any, tmp_path: Path) -> None:

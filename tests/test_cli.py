@@ -18,7 +18,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner, Result
-from conftest import Clock, make_config
+from conftest import Clock, make_config, raw_sql, store_arg
 from test_audit import JOB, TOOLS, build_trail, kv_get
 
 import toolguard as tg
@@ -29,11 +29,22 @@ BOX = set("┏┓┗┛━┃│─┼╇┡┩└┘┌┐")
 
 
 @pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    """The test config (store and key in tmp_path) as a JSON file."""
+def config_file(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Path:
+    """The test config (store and key in tmp_path; with ``backend`` postgres, the store is a
+    new database of the test server, its checkpoints in tmp_path) as a JSON file."""
     path = tmp_path / "toolguard.json"
-    path.write_text(json.dumps(make_config(tmp_path, tools=TOOLS)))
+    path.write_text(json.dumps(_config(tmp_path, backend, request)))
     return path
+
+
+def _config(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, **overrides: Any
+) -> dict[str, Any]:
+    config = make_config(tmp_path, tools=TOOLS)
+    if backend == "postgres":
+        config["store"] = request.getfixturevalue("pg_url")
+        config["checkpoints"] = str(tmp_path / "audit.db.checkpoints")
+    return {**config, **overrides}
 
 
 @pytest.fixture
@@ -49,8 +60,9 @@ def ids(guard: tg.Guard, clock: Clock) -> dict[str, str]:
 
 
 @pytest.fixture
-def db(guard: tg.Guard) -> Path:
-    return guard.config.store_path
+def db(guard: tg.Guard) -> str:
+    """The guard's store as ``--db`` takes it: a SQLite path or a PostgreSQL URL."""
+    return store_arg(guard)
 
 
 Run = Callable[..., Result]
@@ -79,48 +91,46 @@ def _ok(result: Result) -> Result:
 # -- every command, with and without --json -----------------------------------------------------
 
 
-def _foreign_checkpoint(db: Path, tmp_path: Path) -> str:
+def _foreign_checkpoint(guard: tg.Guard, tmp_path: Path) -> str:
     """A checkpoint file whose newest record is signed by a key the config does not hold."""
     from toolguard.integrity import sign_checkpoint
     from toolguard.keys import KeyRing
 
-    with sqlite3.connect(db) as conn:
-        seq, digest = conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC").fetchone()
+    (seq, digest), *_ = raw_sql(guard, "SELECT seq, hash FROM events ORDER BY seq DESC")
     path = tmp_path / "foreign.checkpoints"
     path.write_text(json.dumps(sign_checkpoint(KeyRing.generate(), seq, digest, 1.0)) + "\n")
     return str(path)
 
 
-def _held_call(db: Path, task_id: str) -> str:
+def _held_call(guard: tg.Guard, task_id: str) -> str:
     """A call of ``task_id`` waiting for approval (its request, in the trail); its id."""
-    from toolguard.store import Store
+    from toolguard.chain import Event
     from toolguard.store.approvals import request_event
 
-    store = Store(db)
-    try:
-        ts = store.conn.execute("SELECT MAX(ts) FROM events").fetchone()[0]
-        extra = {"request_id": "ab" * 12, "digest": "0" * 64, "expires_at": 1e10, "args": {}}
-        event = {
-            "ts": ts, "task_id": task_id, "identity": "agent-runner", "intent": "process-job",
-            "tool": "kv_set", "operation": "write", "resources": '["agents:jobs:42:final"]',
-            "decision": "hold", "reason": "held", "rule": "intents.process-job.approve.write",
-            "correlation_id": "held-1",
-        }  # fmt: skip
-        store.append(request_event(event, extra))
-    finally:
-        store.close()
+    ((ts,),) = raw_sql(guard, "SELECT MAX(ts) FROM events")
+    extra = {"request_id": "ab" * 12, "digest": "0" * 64, "expires_at": 1e10, "args": {}}
+    event = Event(
+        ts=ts, kind="approval_requested", task_id=task_id, identity="agent-runner",
+        intent="process-job", tool="kv_set", operation="write",
+        resources='["agents:jobs:42:final"]', decision="hold", reason="held",
+        rule="intents.process-job.approve.write", correlation_id="held-1",
+    )  # fmt: skip
+    guard.store.append(request_event(event, extra))
     return "ab" * 12
 
 
-def _commands(ids: dict[str, str], db: Path, config: Path, tmp_path: Path) -> dict[str, list[str]]:
+def _commands(
+    guard: tg.Guard, ids: dict[str, str], config: Path, tmp_path: Path
+) -> dict[str, list[str]]:
     key = str(tmp_path / "other" / "key.pem")
     cfg = str(config)
-    held = _held_call(db, ids["job"])
-    with sqlite3.connect(db) as conn:  # a request whose arguments had nothing to redact
-        seq, args = conn.execute(
-            "SELECT seq, args FROM events WHERE kind = 'request' AND args NOT LIKE '%REDACTED%'"
-            " ORDER BY seq LIMIT 1"
-        ).fetchone()
+    db = store_arg(guard)
+    held = _held_call(guard, ids["job"])
+    (seq, args), *_ = raw_sql(  # a request whose arguments had nothing to redact
+        guard,
+        "SELECT seq, args FROM events WHERE kind = 'request' AND args NOT LIKE '%REDACTED%'"
+        " ORDER BY seq LIMIT 1",
+    )
     return {
         "audit-match-args": ["audit", "match-args", str(seq), "--args", args, "--config", cfg],
         "audit-tasks": ["audit", "tasks", "--db", str(db)],
@@ -132,7 +142,7 @@ def _commands(ids: dict[str, str], db: Path, config: Path, tmp_path: Path) -> di
         "audit-verify": ["audit", "verify", "--config", str(config)],
         "audit-acknowledge": [
             *("audit", "acknowledge", "--config", str(config), "--key-change", "--by", "ops"),
-            *("--reason", "test", "--checkpoints", _foreign_checkpoint(db, tmp_path)),
+            *("--reason", "test", "--checkpoints", _foreign_checkpoint(guard, tmp_path)),
         ],
         "audit-export": ["audit", "export", "--db", str(db)],
         "audit-prune": ["audit", "prune", "--before", "1h", "--config", str(config)],
@@ -184,8 +194,8 @@ COMMANDS = [
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_cli_every_command_runs_with_and_without_json(
     run: Run,
+    guard: tg.Guard,
     ids: dict[str, str],
-    db: Path,
     config_file: Path,
     tmp_path: Path,
     clock: Clock,
@@ -193,7 +203,7 @@ def test_cli_every_command_runs_with_and_without_json(
     as_json: bool,
 ) -> None:
     clock.advance(7200)  # so that `prune --before 1h` has something to remove
-    args = _commands(ids, db, config_file, tmp_path)[name]
+    args = _commands(guard, ids, config_file, tmp_path)[name]
     result = _ok(run(*args, *(["--json"] if as_json else [])))
     assert result.stdout.strip()
     assert not ANSI.search(result.stdout)
@@ -244,6 +254,7 @@ def test_cli_every_command_and_option_has_help(
     assert "Usage:" in result.output
 
 
+@pytest.mark.slow  # a subprocess
 def test_cli_python_dash_m_reports_a_missing_database_without_traceback(
     tmp_path: Path,
 ) -> None:
@@ -305,19 +316,19 @@ def test_cli_invalid_config_is_a_clean_error(run: Run, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("value", ["yesterday", "-5m", "0"])
-def test_cli_bad_time_is_a_usage_error(run: Run, db: Path, value: str) -> None:
+def test_cli_bad_time_is_a_usage_error(run: Run, db: str, value: str) -> None:
     result = run("audit", "tasks", "--since", value, "--db", str(db))
     assert result.exit_code == 2
     assert "Invalid value for '--since'" in result.stderr
 
 
-def test_cli_unknown_task_is_a_clean_error(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_unknown_task_is_a_clean_error(run: Run, db: str, ids: dict[str, str]) -> None:
     result = run("audit", "show", "ffffffffnotatask", "--db", str(db))
     assert result.exit_code == EXIT_ERROR
     assert "no task 'ffffffffnotatask'" in result.stderr
 
 
-def test_cli_ambiguous_task_prefix_is_a_clean_error(run: Run, guard: tg.Guard, db: Path) -> None:
+def test_cli_ambiguous_task_prefix_is_a_clean_error(run: Run, guard: tg.Guard, db: str) -> None:
     for _ in range(40):  # 40 random hex ids: two share a first character
         with guard.task("process-job", job_id="1"):
             pass
@@ -345,15 +356,16 @@ def test_cli_db_option_wins_over_config(
 
 
 def test_cli_db_from_environment(
-    run: Run, db: Path, ids: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    run: Run, db: str, ids: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TOOLGUARD_DB", str(db))
     rows = _json_lines(_ok(run("audit", "tasks", "--json")))
     assert len(rows) == 2
 
 
+@pytest.mark.sqlite_only  # the default store is the file .toolguard/audit.db
 def test_cli_db_default_path(
-    run: Run, db: Path, ids: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: Run, db: str, ids: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workdir = tmp_path / "work"
     (workdir / ".toolguard").mkdir(parents=True)
@@ -369,7 +381,7 @@ def test_cli_db_default_path(
 # -- tasks, show --------------------------------------------------------------------------------
 
 
-def test_cli_tasks_plain_text_when_piped(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_tasks_plain_text_when_piped(run: Run, db: str, ids: dict[str, str]) -> None:
     lines = _ok(run("audit", "tasks", "--db", str(db))).stdout.splitlines()
     assert lines[0].split() == [
         "task",
@@ -390,14 +402,14 @@ def test_cli_tasks_plain_text_when_piped(run: Run, db: Path, ids: dict[str, str]
     assert not BOX & set("".join(lines))
 
 
-def test_cli_tasks_json_decodes_params_and_counts(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_tasks_json_decodes_params_and_counts(run: Run, db: str, ids: dict[str, str]) -> None:
     rows = _json_lines(_ok(run("audit", "tasks", "--db", str(db), "--json")))
     job = next(r for r in rows if r["task_id"] == ids["job"])
     assert job["params"] == {"job_id": "42"}
     assert (job["calls"], job["denials"], job["errors"], job["cost"]) == (3, 1, 1, 0.5)
 
 
-def test_cli_tasks_filters(run: Run, db: Path, ids: dict[str, str], clock: Clock) -> None:
+def test_cli_tasks_filters(run: Run, db: str, ids: dict[str, str], clock: Clock) -> None:
     def task_ids(*args: str) -> list[str]:
         out = _ok(run("audit", "tasks", "--db", str(db), "--json", *args))
         return [r["task_id"] for r in _json_lines(out)]
@@ -412,14 +424,14 @@ def test_cli_tasks_filters(run: Run, db: Path, ids: dict[str, str], clock: Clock
     assert task_ids("--status", "error") == []
 
 
-def test_cli_tasks_empty(run: Run, guard: tg.Guard, db: Path) -> None:
+def test_cli_tasks_empty(run: Run, guard: tg.Guard, db: str) -> None:
     with guard.task("process-job", job_id="1"):
         pass
     result = _ok(run("audit", "tasks", "--db", str(db), "--identity", "nobody"))
     assert result.stdout == "no tasks match\n"
 
 
-def test_cli_show_timeline_one_line_per_event(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_show_timeline_one_line_per_event(run: Run, db: str, ids: dict[str, str]) -> None:
     out = _ok(run("audit", "show", ids["job"][:8], "--db", str(db))).stdout
     lines = out.splitlines()
     assert lines[0].startswith(f"task {ids['job']}  intent process-job  identity agent-runner")
@@ -436,7 +448,7 @@ def test_cli_show_timeline_one_line_per_event(run: Run, db: Path, ids: dict[str,
 
 
 def test_cli_show_marks_calls_without_outcome_incomplete(
-    run: Run, guard: tg.Guard, db: Path
+    run: Run, guard: tg.Guard, db: str
 ) -> None:
     with guard.task("process-job", job_id="42") as task:
         guard.authorize("kv_get", {"key": JOB})
@@ -446,7 +458,7 @@ def test_cli_show_marks_calls_without_outcome_incomplete(
     assert [r.get("result") for r in doc["timeline"] if r["kind"] == "request"] == ["incomplete"]
 
 
-def test_cli_show_json_has_task_and_timeline(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_show_json_has_task_and_timeline(run: Run, db: str, ids: dict[str, str]) -> None:
     result = _ok(run("audit", "show", ids["job"], "--db", str(db), "--json"))
     assert len(result.stdout.splitlines()) == 1
     doc = json.loads(result.stdout)
@@ -456,7 +468,7 @@ def test_cli_show_json_has_task_and_timeline(run: Run, db: Path, ids: dict[str, 
 
 
 def test_cli_show_in_colour_highlights_denials(
-    run: Run, db: Path, ids: dict[str, str], clock: Clock
+    run: Run, db: str, ids: dict[str, str], clock: Clock
 ) -> None:
     obj = CliContext(clock=clock, force_terminal=True)
     wide = {"COLUMNS": "200"}
@@ -467,13 +479,13 @@ def test_cli_show_in_colour_highlights_denials(
     assert not ANSI.search(plain)
 
 
-def test_cli_color_flag_forces_colour(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_color_flag_forces_colour(run: Run, db: str, ids: dict[str, str]) -> None:
     out = _ok(run("--color", "audit", "denied", "--db", str(db))).stdout
     assert ANSI.search(out)
 
 
 def test_cli_output_never_carries_terminal_escapes_from_the_trail(
-    run: Run, guard: tg.Guard, db: Path, clock: Clock
+    run: Run, guard: tg.Guard, db: str, clock: Clock
 ) -> None:
     get = tg.guard(kv_get, guard)
     with guard.task("process-job", job_id="42") as task:
@@ -490,7 +502,7 @@ def test_cli_output_never_carries_terminal_escapes_from_the_trail(
 
 
 def test_cli_tail_shows_the_newest_events(
-    run: Run, guard: tg.Guard, db: Path, ids: dict[str, str]
+    run: Run, guard: tg.Guard, db: str, ids: dict[str, str]
 ) -> None:
     rows = _json_lines(_ok(run("audit", "tail", "-n", "3", "--db", str(db), "--json")))
     head = guard.audit.head_seq()
@@ -501,7 +513,7 @@ def test_cli_tail_shows_the_newest_events(
 
 
 def test_cli_tail_follow_prints_events_as_they_are_written(
-    run: Run, guard: tg.Guard, db: Path, ids: dict[str, str], clock: Clock
+    run: Run, guard: tg.Guard, db: str, ids: dict[str, str], clock: Clock
 ) -> None:
     get = tg.guard(kv_get, guard)
     naps: list[float] = []
@@ -525,7 +537,7 @@ def test_cli_tail_follow_prints_events_as_they_are_written(
 
 
 def test_cli_tail_follow_stops_after_max_polls_without_events(
-    run: Run, db: Path, ids: dict[str, str], clock: Clock
+    run: Run, db: str, ids: dict[str, str], clock: Clock
 ) -> None:
     obj = CliContext(clock=clock, sleep=lambda s: None, max_polls=3)
     result = _ok(run("audit", "tail", "-f", "-n", "1", "--db", str(db), obj=obj))
@@ -537,7 +549,7 @@ def test_cli_tail_follow_stops_after_max_polls_without_events(
 
 
 def test_cli_tail_follow_on_a_terminal_prints_coloured_lines(
-    run: Run, guard: tg.Guard, db: Path, ids: dict[str, str], clock: Clock
+    run: Run, guard: tg.Guard, db: str, ids: dict[str, str], clock: Clock
 ) -> None:
     get = tg.guard(kv_get, guard)
 
@@ -557,7 +569,7 @@ def test_cli_tail_follow_on_a_terminal_prints_coloured_lines(
     assert not set(lines[0]) & BOX
 
 
-def test_cli_denied_lists_only_denials(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_denied_lists_only_denials(run: Run, db: str, ids: dict[str, str]) -> None:
     rows = _json_lines(_ok(run("audit", "denied", "--db", str(db), "--json")))
     assert [(r["kind"], r["tool"]) for r in rows] == [("denied", "kv_set")]
     none = _ok(run("audit", "denied", "--db", str(db), "--identity", "summariser"))
@@ -580,7 +592,7 @@ def test_cli_summary_with_config_shows_quota(
     assert quota["requests_per_day"] == {"used": 3, "limit": 1000}
 
 
-def test_cli_summary_by_tool_without_config(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_summary_by_tool_without_config(run: Run, db: str, ids: dict[str, str]) -> None:
     doc = json.loads(_ok(run("audit", "summary", "--by", "tool", "--db", str(db), "--json")).stdout)
     assert "by_identity" not in doc
     assert {r["key"]: r["calls"] for r in doc["by_tool"]} == {"kv_get": 2, "kv_set": 2}
@@ -609,14 +621,14 @@ def test_cli_verify_clean_trail(run: Run, config_file: Path, ids: dict[str, str]
 
 
 def test_cli_verify_reads_the_checkpoints_of_the_config_even_with_db(
-    run: Run, tmp_path: Path, clock: Clock
+    run: Run, tmp_path: Path, clock: Clock, backend: str, request: pytest.FixtureRequest
 ) -> None:
     elsewhere = tmp_path / "anchors" / "trail.checkpoints"
     path = tmp_path / "custom.json"
-    path.write_text(json.dumps(make_config(tmp_path, tools=TOOLS, checkpoints=str(elsewhere))))
+    path.write_text(json.dumps(_config(tmp_path, backend, request, checkpoints=str(elsewhere))))
     with tg.Guard.from_config(path, clock=clock) as guard:
         build_trail(guard, clock)
-        db = str(guard.config.store_path)
+        db = store_arg(guard)
     assert elsewhere.stat().st_size > 0
     result = _ok(run("audit", "verify", "--config", str(path), "--db", db, "--json"))
     doc = json.loads(result.stdout)
@@ -626,10 +638,9 @@ def test_cli_verify_reads_the_checkpoints_of_the_config_even_with_db(
 
 
 def test_cli_verify_tampered_trail_exits_1(
-    run: Run, config_file: Path, db: Path, ids: dict[str, str]
+    run: Run, config_file: Path, guard: tg.Guard, ids: dict[str, str]
 ) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE events SET reason = 'nothing to see' WHERE kind = 'denied'")
+    raw_sql(guard, "UPDATE events SET reason = 'nothing to see' WHERE kind = 'denied'")
     result = run("audit", "verify", "--config", str(config_file))
     assert result.exit_code == EXIT_FINDINGS
     assert "DAMAGED: modified" in result.stdout
@@ -639,7 +650,7 @@ def test_cli_verify_tampered_trail_exits_1(
 
 
 def test_cli_verify_with_jwks(
-    run: Run, guard: tg.Guard, db: Path, ids: dict[str, str], tmp_path: Path
+    run: Run, guard: tg.Guard, db: str, ids: dict[str, str], tmp_path: Path
 ) -> None:
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(guard.keys.jwks()))
@@ -656,7 +667,7 @@ def test_cli_verify_with_jwks(
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "html"])
 def test_cli_export_to_a_file(
-    run: Run, db: Path, ids: dict[str, str], tmp_path: Path, fmt: str
+    run: Run, db: str, ids: dict[str, str], tmp_path: Path, fmt: str
 ) -> None:
     target = tmp_path / f"export.{fmt}"
     result = _ok(run("audit", "export", "--format", fmt, "-o", str(target), "--db", str(db)))
@@ -672,13 +683,13 @@ def test_cli_export_to_a_file(
         assert ids["job"] in text
 
 
-def test_cli_export_filters_by_task(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_export_filters_by_task(run: Run, db: str, ids: dict[str, str]) -> None:
     out = _ok(run("audit", "export", "--task", ids["summary"], "--db", str(db), "--json"))
     assert {r["task_id"] for r in _json_lines(out)} == {ids["summary"]}
 
 
 def test_cli_export_to_an_unwritable_path_is_a_clean_error(
-    run: Run, db: Path, ids: dict[str, str], tmp_path: Path
+    run: Run, db: str, ids: dict[str, str], tmp_path: Path
 ) -> None:
     result = run("audit", "export", "-o", str(tmp_path / "no" / "dir" / "x.json"), "--db", str(db))
     assert result.exit_code == EXIT_ERROR
@@ -706,15 +717,25 @@ def test_cli_prune_then_verify_passes(
     assert "were pruned" in verify.stdout
 
 
-def test_cli_prune_needs_the_signing_key(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_prune_needs_the_signing_key(run: Run, db: str, ids: dict[str, str]) -> None:
     result = run("audit", "prune", "--before", "1s", "--db", str(db))
     assert result.exit_code == EXIT_ERROR
     assert "pass --config or --key-file" in result.stderr
 
 
 def test_cli_prune_with_key_file(
-    run: Run, guard: tg.Guard, db: Path, ids: dict[str, str], clock: Clock
+    run: Run,
+    guard: tg.Guard,
+    db: str,
+    ids: dict[str, str],
+    clock: Clock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Without --config the record of the cut goes to the store's default checkpoint file:
+    the guard's own on SQLite (<db>.checkpoints); on PostgreSQL this host's file under
+    ./.toolguard, which verify is then given beside the guard's."""
+    monkeypatch.chdir(tmp_path)
     clock.advance(3600)
     key = guard.config.resolve_path(guard.config.issuer.key_file)
     doc = json.loads(
@@ -722,7 +743,37 @@ def test_cli_prune_with_key_file(
                 "--json")).stdout
     )  # fmt: skip
     assert doc["removed"] == 13
-    assert guard.audit.verify().ok
+    assert doc["checkpoints"] == str(guard.store.default_checkpoints())  # where the record went
+    files = {guard.config.checkpoints_path, guard.store.default_checkpoints().resolve()}
+    assert len(files) == (2 if guard.config.store_location.is_postgres else 1)
+    if len(files) == 1:
+        assert guard.audit.verify().ok
+    given = [arg for path in sorted(files) for arg in ("--checkpoints", str(path))]
+    report = json.loads(_ok(run("audit", "verify", "--db", db, *given, "--json")).stdout)
+    assert report["ok"] and not report["damage"]
+
+
+def test_cli_prune_writes_its_record_to_the_checkpoints_file_given_and_says_where(
+    run: Run,
+    guard: tg.Guard,
+    db: str,
+    ids: dict[str, str],
+    clock: Clock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    clock.advance(3600)
+    key = guard.config.resolve_path(guard.config.issuer.key_file)
+    own = guard.config.checkpoints_path  # the guard's file: verify needs no other
+    out = _ok(run("audit", "prune", "--before", "30m", "--db", db, "--key-file", str(key),
+                  "--checkpoints", str(own))).stdout  # fmt: skip
+    assert f"the signed record of the cut is in {own}" in " ".join(out.split())
+    assert not (tmp_path / ".toolguard").exists()  # nothing written beside the operator
+    report = json.loads(
+        _ok(run("audit", "verify", "--db", db, "--checkpoints", str(own), "--json")).stdout
+    )
+    assert report["ok"] and not report["damage"]
 
 
 # -- revoke, enable -----------------------------------------------------------------------------
@@ -730,7 +781,7 @@ def test_cli_prune_with_key_file(
 
 @pytest.mark.parametrize("with_config", [False, True], ids=["db", "config"])
 def test_cli_revoke_identity_disable_and_enable(
-    run: Run, guard: tg.Guard, db: Path, config_file: Path, with_config: bool
+    run: Run, guard: tg.Guard, db: str, config_file: Path, with_config: bool
 ) -> None:
     where = ["--config", str(config_file)] if with_config else ["--db", str(db)]
     with guard.task("process-job", job_id="1") as active:
@@ -754,7 +805,7 @@ def test_cli_revoke_identity_disable_and_enable(
 
 
 def test_cli_revoke_task_by_prefix_ends_it(
-    run: Run, guard: tg.Guard, db: Path, clock: Clock
+    run: Run, guard: tg.Guard, db: str, clock: Clock
 ) -> None:
     get = tg.guard(kv_get, guard)
     with guard.task("process-job", job_id="42") as task:
@@ -767,7 +818,7 @@ def test_cli_revoke_task_by_prefix_ends_it(
         assert "Denied by toolguard: the task was revoked" in reply
 
 
-def test_cli_revoke_jti(run: Run, guard: tg.Guard, db: Path) -> None:
+def test_cli_revoke_jti(run: Run, guard: tg.Guard, db: str) -> None:
     with guard.task("process-job", job_id="42"):
         permit = guard.authorize("kv_get", {"key": JOB})
         guard.finish(permit)
@@ -789,13 +840,13 @@ def test_cli_revoke_jti(run: Run, guard: tg.Guard, db: Path) -> None:
         pytest.param(["--jti", "b", "--disable"], "--disable goes with --identity", id="disable"),
     ],
 )
-def test_cli_revoke_usage_errors(run: Run, db: Path, args: list[str], message: str) -> None:
+def test_cli_revoke_usage_errors(run: Run, db: str, args: list[str], message: str) -> None:
     result = run("revoke", *args, "--db", str(db))
     assert result.exit_code == 2
     assert message in result.stderr
 
 
-def test_cli_revoke_unknown_task(run: Run, db: Path, ids: dict[str, str]) -> None:
+def test_cli_revoke_unknown_task(run: Run, db: str, ids: dict[str, str]) -> None:
     result = run("revoke", "--task", "nosuchtask", "--db", str(db))
     assert result.exit_code == EXIT_ERROR
     assert "no task 'nosuchtask'" in result.stderr
@@ -876,8 +927,7 @@ def test_cli_check_prints_every_problem_with_its_location(run: Run, tmp_path: Pa
         (5, 42, "intents.job.tools[1]", "error"),
     ]
     assert result.stdout.splitlines() == [
-        f"{bad}:{p['line']}:{p['col']}: {p['severity']}: {p['path']}: {p['message']} "
-        f"[{p['code']}]"
+        f"{bad}:{p['line']}:{p['col']}: {p['severity']}: {p['path']}: {p['message']} [{p['code']}]"
         for p in doc["problems"]
     ] + ["Found 3 errors, 2 warnings."]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import BASE_CONFIG, Clock, make_config
+from conftest import BASE_CONFIG, Clock, make_config, raw_sql, store_arg
 from langchain_core.tools import tool
 
 import toolguard as tg
@@ -37,7 +36,7 @@ def kv_get(key: str) -> str:
     return f"value of {key}"
 
 
-def _config(tmp_path: Path) -> dict[str, Any]:
+def _config(tmp_path: Path, store: dict[str, str] | None = None) -> dict[str, Any]:
     identities = copy.deepcopy(BASE_CONFIG["identities"])
     identities["agent-runner"]["allow"]["delegate"] = ["agents:jobs:*"]
     identities["dormant"] = {"owner": "data-platform", "allow": {"read": ["agents:jobs:*"]}}
@@ -47,13 +46,21 @@ def _config(tmp_path: Path) -> dict[str, Any]:
         **BASE_CONFIG["tools"],
         "summarise": {"operation": "delegate", "resource": "agents:jobs:{job_id}:summary"},
     }
-    return make_config(tmp_path, identities=identities, intents=intents, tools=tools)
+    return make_config(tmp_path, identities=identities, intents=intents, tools=tools, **store or {})
 
 
 @pytest.fixture
-def config_file(tmp_path: Path) -> Path:
+def config_file(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Path:
+    """The config as a file; with ``backend`` postgres its store is a new database of the test
+    server (checkpoints in tmp_path)."""
+    store = None
+    if backend == "postgres":
+        store = {
+            "store": request.getfixturevalue("pg_url"),
+            "checkpoints": str(tmp_path / "audit.db.checkpoints"),
+        }
     path = tmp_path / "toolguard.json"
-    path.write_text(json.dumps(_config(tmp_path)))
+    path.write_text(json.dumps(_config(tmp_path, store)))
     return path
 
 
@@ -64,11 +71,12 @@ def guard(config_file: Path, clock: Clock) -> Iterator[tg.Guard]:
 
 
 @pytest.fixture
-def db(guard: tg.Guard) -> Path:
-    """The guard's database, created (with one ended task of agent-runner)."""
+def db(guard: tg.Guard) -> str:
+    """The guard's database as ``--db`` takes it (a path or a PostgreSQL URL), created (with
+    one ended task of agent-runner)."""
     with guard.task("process-job", job_id="7"):
         pass
-    return guard.config.store_path
+    return store_arg(guard)
 
 
 Run = Callable[..., Result]
@@ -103,24 +111,20 @@ def _read(guard: tg.Guard, task: tg.TaskSession) -> tg.Credential:
     return seen[0]
 
 
-def _revocations(db: Path) -> list[tuple[str, str, str]]:
-    with sqlite3.connect(db) as conn:
-        return [
-            (r[0], r[1], r[2])
-            for r in conn.execute("SELECT scope, value, by FROM revocations ORDER BY id")
-        ]
+def _revocations(guard: tg.Guard) -> list[tuple[str, str, str]]:
+    rows = raw_sql(guard, "SELECT scope, value, by FROM revocations ORDER BY id")
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
-def _events(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+def _events(guard: tg.Guard) -> int:
+    return int(raw_sql(guard, "SELECT COUNT(*) FROM events")[0][0])
 
 
 # -- --jti: the 8-character prefix the viewer prints ----------------------------------------
 
 
 def test_revoke_jti_by_the_viewers_prefix_records_the_full_id(
-    run: Run, guard: tg.Guard, db: Path
+    run: Run, guard: tg.Guard, db: str
 ) -> None:
     with guard.task("process-job", job_id="42") as task:
         credential = _read(guard, task)
@@ -128,7 +132,7 @@ def test_revoke_jti_by_the_viewers_prefix_records_the_full_id(
         assert out.splitlines() == [
             f"revoked credential {credential.jti}: 1 live credential, 0 tasks"
         ]
-        assert _revocations(db)[-1] == ("jti", credential.jti, "cli")
+        assert _revocations(guard)[-1] == ("jti", credential.jti, "cli")
         with pytest.raises(tg.CredentialRevoked):
             guard.verifier().verify(credential.token, operation="read", resource=JOB)
 
@@ -150,7 +154,7 @@ def test_revoke_jti_by_the_viewers_prefix_records_the_full_id(
 def test_revoke_an_unknown_target_exits_2_and_records_nothing(
     run: Run,
     guard: tg.Guard,
-    db: Path,
+    db: str,
     config_file: Path,
     option: str,
     value: str,
@@ -159,17 +163,17 @@ def test_revoke_an_unknown_target_exits_2_and_records_nothing(
 ) -> None:
     with guard.task("process-job", job_id="42") as task:
         _read(guard, task)
-    before = (_revocations(db), _events(db))
+    before = (_revocations(guard), _events(guard))
     where = ["--config", str(config_file)] if with_config else ["--db", str(db)]
     result = run("revoke", option, value, *where)
     assert result.exit_code == EXIT_ERROR
     assert result.stderr.startswith("Error: ") and message in result.stderr
     assert "Traceback" not in result.output
-    assert (_revocations(db), _events(db)) == before
+    assert (_revocations(guard), _events(guard)) == before
 
 
 def test_revoke_an_ambiguous_prefix_lists_the_candidates(
-    run: Run, guard: tg.Guard, db: Path, monkeypatch: pytest.MonkeyPatch
+    run: Run, guard: tg.Guard, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = iter(["abcdef01" + "0" * 24, "abcdef02" + "0" * 24])
     monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(next(ids)))
@@ -181,7 +185,7 @@ def test_revoke_an_ambiguous_prefix_lists_the_candidates(
     ):
         first = _read(guard, one)
         _read(guard, two)
-        before = _revocations(db)
+        before = _revocations(guard)
         for option, prefix, full in [
             ("--task", "abcdef0", (one.task_id, two.task_id)),
             ("--jti", "Zq3-Ab_", ("Zq3-Ab_x" + "1" * 14, "Zq3-Ab_y" + "2" * 14)),
@@ -190,16 +194,16 @@ def test_revoke_an_ambiguous_prefix_lists_the_candidates(
             assert result.exit_code == EXIT_ERROR
             assert "is ambiguous" in result.stderr
             assert all(f in result.stderr for f in full)
-        assert _revocations(db) == before
+        assert _revocations(guard) == before
         # one more character makes each unique
         out = _ok(run("revoke", "--jti", "Zq3-Ab_y", "--db", str(db), "--json")).stdout
         assert json.loads(out)["revoked"] == {"jti": "Zq3-Ab_y" + "2" * 14}
         guard.verifier().verify(first.token)  # the other credential stays valid
-        assert _revocations(db)[-1] == ("jti", "Zq3-Ab_y" + "2" * 14, "cli")
+        assert _revocations(guard)[-1] == ("jti", "Zq3-Ab_y" + "2" * 14, "cli")
 
 
 def test_a_jti_starting_with_a_dash_is_taken_as_the_value(
-    run: Run, guard: tg.Guard, db: Path, monkeypatch: pytest.MonkeyPatch
+    run: Run, guard: tg.Guard, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("toolguard.engine.new_jti", lambda: "-p3sXYZabc_defghijklmno")
     with guard.task("process-job", job_id="42") as task:
@@ -208,12 +212,12 @@ def test_a_jti_starting_with_a_dash_is_taken_as_the_value(
     assert out.startswith("revoked credential -p3sXYZabc_defghijklmno: 1 live credential")
 
 
-def test_revoke_needs_a_reason(run: Run, guard: tg.Guard, db: Path) -> None:
-    before = _revocations(db)
+def test_revoke_needs_a_reason(run: Run, guard: tg.Guard, db: str) -> None:
+    before = _revocations(guard)
     result = run("revoke", "--identity", "agent-runner", "--reason", " ", "--db", str(db))
     assert result.exit_code == EXIT_ERROR
     assert "--reason must say why" in result.stderr
-    assert _revocations(db) == before
+    assert _revocations(guard) == before
     with pytest.raises(ValueError, match="needs a reason"):
         guard.revoke(identity="agent-runner", reason="")
 
@@ -222,7 +226,7 @@ def test_revoke_needs_a_reason(run: Run, guard: tg.Guard, db: Path) -> None:
 
 
 def test_revoke_task_counts_live_credentials_tasks_and_delegated_children(
-    run: Run, guard: tg.Guard, db: Path
+    run: Run, guard: tg.Guard, db: str
 ) -> None:
     with guard.task("process-job", job_id="42") as parent:
         child = parent.delegate("summarise-job", job_id="42").start()
@@ -253,7 +257,7 @@ def test_a_task_revocation_records_one_row_per_task(guard: tg.Guard) -> None:
     assert sorted(r["value"] for r in listed) == sorted([parent.task_id, child.task_id])
 
 
-def test_revoke_task_text_names_the_children(run: Run, guard: tg.Guard, db: Path) -> None:
+def test_revoke_task_text_names_the_children(run: Run, guard: tg.Guard, db: str) -> None:
     with guard.task("process-job", job_id="42") as parent:
         child = parent.delegate("summarise-job", job_id="42").start()
         _read(guard, parent)
@@ -283,7 +287,7 @@ def test_revoke_identity_counts_and_disables(
 
 
 def test_expired_credentials_are_not_counted_live(
-    run: Run, guard: tg.Guard, db: Path, clock: Clock
+    run: Run, guard: tg.Guard, db: str, clock: Clock
 ) -> None:
     with guard.task("process-job", job_id="42") as task:
         _read(guard, task)
@@ -299,7 +303,7 @@ def test_expired_credentials_are_not_counted_live(
 
 
 def test_revoking_an_ended_task_says_it_was_already_revoked(
-    run: Run, guard: tg.Guard, db: Path
+    run: Run, guard: tg.Guard, db: str
 ) -> None:
     with guard.task("process-job", job_id="42") as task:
         _read(guard, task)
@@ -308,10 +312,10 @@ def test_revoking_an_ended_task_says_it_was_already_revoked(
     )
     assert result.stdout.startswith(f"revoked task {task.task_id}: 0 live credentials, 0 tasks")
     assert "(already revoked: the task ended (ok) at " in result.stdout
-    assert _revocations(db)[-1] == ("task", task.task_id, "cli")  # the new reason is recorded
+    assert _revocations(guard)[-1] == ("task", task.task_id, "cli")  # the new reason is recorded
 
 
-def test_revoking_a_revoked_credential_twice(run: Run, guard: tg.Guard, db: Path) -> None:
+def test_revoking_a_revoked_credential_twice(run: Run, guard: tg.Guard, db: str) -> None:
     with guard.task("process-job", job_id="42") as task:
         cred = _read(guard, task)
         _ok(run("revoke", "--jti", cred.jti, "--reason", "leaked", "--db", str(db)))
@@ -321,7 +325,7 @@ def test_revoking_a_revoked_credential_twice(run: Run, guard: tg.Guard, db: Path
 
 
 def test_an_earlier_reason_is_shown_as_one_printable_line(
-    run: Run, guard: tg.Guard, db: Path
+    run: Run, guard: tg.Guard, db: str
 ) -> None:
     with guard.task("process-job", job_id="42") as task:
         cred = _read(guard, task)
@@ -335,7 +339,7 @@ def test_an_earlier_reason_is_shown_as_one_printable_line(
 
 
 def test_an_identity_only_in_the_config_needs_the_config(
-    run: Run, guard: tg.Guard, db: Path, config_file: Path
+    run: Run, guard: tg.Guard, db: str, config_file: Path
 ) -> None:
     result = run("revoke", "--identity", "dormant", "--disable", "--db", str(db))
     assert result.exit_code == EXIT_ERROR
@@ -349,20 +353,20 @@ def test_an_identity_only_in_the_config_needs_the_config(
 
 @pytest.mark.parametrize("with_config", [False, True], ids=["db", "config"])
 def test_enable_an_unknown_identity_exits_2(
-    run: Run, guard: tg.Guard, db: Path, config_file: Path, with_config: bool
+    run: Run, guard: tg.Guard, db: str, config_file: Path, with_config: bool
 ) -> None:
-    before = _events(db)
+    before = _events(guard)
     where = ["--config", str(config_file)] if with_config else ["--db", str(db)]
     result = run("enable", "nobody", *where)
     assert result.exit_code == EXIT_ERROR
     assert "no identity 'nobody'" in result.stderr
-    assert _events(db) == before
+    assert _events(guard) == before
 
 
 def test_enable_an_identity_that_is_not_disabled_writes_nothing(
-    run: Run, guard: tg.Guard, db: Path, config_file: Path
+    run: Run, guard: tg.Guard, db: str, config_file: Path
 ) -> None:
-    before = _events(db)
+    before = _events(guard)
     doc = json.loads(
         _ok(run("enable", "agent-runner", "--config", str(config_file), "--json")).stdout
     )
@@ -372,7 +376,7 @@ def test_enable_an_identity_that_is_not_disabled_writes_nothing(
         "changed": False,
         "was_disabled_for": None,
     }
-    assert _events(db) == before
+    assert _events(guard) == before
 
 
 # -- the Python API -------------------------------------------------------------------------
@@ -404,7 +408,7 @@ def test_guard_revoke_returns_what_it_revoked(guard: tg.Guard) -> None:
     ids=["task", "identity", "jti", "empty", "short"],
 )
 def test_guard_revoke_unknown_target_raises_and_records_nothing(
-    guard: tg.Guard, db: Path, target: dict[str, str]
+    guard: tg.Guard, db: str, target: dict[str, str]
 ) -> None:
     head = guard.audit.head_seq()
     with pytest.raises(tg.UnknownTarget) as caught:
@@ -446,7 +450,7 @@ def _denied(guard: tg.Guard, task: tg.TaskSession, key: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["html", "csv"])
 def test_export_refuses_json_with_another_format(
-    run: Run, guard: tg.Guard, db: Path, tmp_path: Path, fmt: str
+    run: Run, guard: tg.Guard, db: str, tmp_path: Path, fmt: str
 ) -> None:
     report = tmp_path / "report.html"
     result = run("audit", "export", "--format", fmt, "-o", str(report), "--json", "--db", str(db))
@@ -460,7 +464,7 @@ def test_export_refuses_json_with_another_format(
 
 
 def test_csv_keeps_identifiers_exact_and_escapes_free_text(
-    run: Run, guard: tg.Guard, db: Path, monkeypatch: pytest.MonkeyPatch
+    run: Run, guard: tg.Guard, db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("toolguard.engine.new_jti", lambda: "-p3sXYZabc_defghijklmno")
     with guard.task("process-job", job_id="42") as task:
@@ -508,7 +512,7 @@ def _csv_free_text() -> set[str]:
     ],
 )
 def test_status_and_kind_values_are_validated(
-    run: Run, guard: tg.Guard, db: Path, args: list[str], message: str
+    run: Run, guard: tg.Guard, db: str, args: list[str], message: str
 ) -> None:
     result = run(*args, "--db", str(db))
     assert result.exit_code == EXIT_ERROR
@@ -516,7 +520,7 @@ def test_status_and_kind_values_are_validated(
 
 
 def test_status_and_kind_found_in_the_trail_are_accepted(
-    run: Run, guard: tg.Guard, db: Path
+    run: Run, guard: tg.Guard, db: str
 ) -> None:
     task = guard.task("process-job", job_id="42").start()
     task.end("handed-over")
@@ -526,7 +530,7 @@ def test_status_and_kind_found_in_the_trail_are_accepted(
     assert _ok(run("audit", "tail", "--kind", "task_end", "--db", str(db))).stdout
 
 
-def test_no_color_works_after_the_subcommand(run: Run, guard: tg.Guard, db: Path) -> None:
+def test_no_color_works_after_the_subcommand(run: Run, guard: tg.Guard, db: str) -> None:
     with guard.task("process-job", job_id="42") as task:
         _denied(guard, task, "agents:jobs:43:input")
     assert ANSI in _ok(run("--color", "audit", "denied", "--db", str(db))).stdout
@@ -536,7 +540,7 @@ def test_no_color_works_after_the_subcommand(run: Run, guard: tg.Guard, db: Path
     assert "--no-color" in _ok(run("revoke", "--help")).stdout
 
 
-def test_limit_0_means_no_limit_everywhere(run: Run, guard: tg.Guard, db: Path) -> None:
+def test_limit_0_means_no_limit_everywhere(run: Run, guard: tg.Guard, db: str) -> None:
     with guard.task("process-job", job_id="42") as task:
         for n in range(3):
             _denied(guard, task, f"agents:jobs:4{n + 3}:input")
@@ -556,7 +560,7 @@ def test_limit_0_means_no_limit_everywhere(run: Run, guard: tg.Guard, db: Path) 
 
 
 def test_the_json_key_for_denials_is_denials_everywhere(
-    run: Run, guard: tg.Guard, db: Path, config_file: Path
+    run: Run, guard: tg.Guard, db: str, config_file: Path
 ) -> None:
     with guard.task("process-job", job_id="42") as task:
         _denied(guard, task, "agents:jobs:43:input")
@@ -572,7 +576,7 @@ def test_the_json_key_for_denials_is_denials_everywhere(
     assert summary["by_identity"][0]["denials"] == 1
 
 
-def test_plural_forms(run: Run, guard: tg.Guard, db: Path, tmp_path: Path) -> None:
+def test_plural_forms(run: Run, guard: tg.Guard, db: str, tmp_path: Path) -> None:
     with guard.task("summarise-job", job_id="42") as task:
         task.carry(tg.guard(kv_get, guard).invoke)({"key": JOB})
     summary = _ok(run("audit", "summary", "--db", str(db), "--by", "tool")).stdout
@@ -600,6 +604,7 @@ def test_read_only_commands_never_ask_for_a_writable_database(run: Run, tmp_path
         assert "writable" not in result.stderr
 
 
+@pytest.mark.sqlite_only  # a missing database file (an empty PostgreSQL one says `db migrate`)
 def test_a_missing_db_given_with_db_does_not_say_pass_db(
     run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config_file: Path
 ) -> None:

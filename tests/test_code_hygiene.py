@@ -174,8 +174,8 @@ def test_only_the_store_and_the_documented_exceptions_speak_sql() -> None:
         for path in (ROOT / "toolguard").rglob("*.py")
         if "store" not in path.parts and "sqlite3" in _imports(path)
     )
-    # integrity.py reads the chain itself; cli/_base.py only catches sqlite3.Error
-    assert speaking == ["toolguard/cli/_base.py", "toolguard/integrity.py"], speaking
+    # cli/_base.py only catches sqlite3.Error, as a last resort (the store wraps its own)
+    assert speaking == ["toolguard/cli/_base.py"], speaking
 
 
 def test_no_sql_outside_the_store() -> None:
@@ -187,3 +187,33 @@ def test_no_sql_outside_the_store() -> None:
     )
     found = [f for f in _where(pattern) if not f.startswith("toolguard/store/")]
     assert not found, found
+
+
+def test_the_store_is_reached_only_through_its_interface() -> None:
+    """Outside toolguard/store/, a store is a ``StoreProtocol`` (or one of its sides,
+    toolguard/store/protocol.py): nothing reaches its connection, its raw queries or its
+    private writes, imports a backend's modules, or names the concrete SQLite ``Store``."""
+    outside = [p for p in SOURCES if not p.is_relative_to(ROOT / "toolguard" / "store")]
+    reached = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in outside
+        for number, line in enumerate(_lines(path), 1)
+        if re.search(r"\bstore\.(conn|query|iter_query|_write|_append|_local|_writer)\b", line)
+    ]
+    assert not reached, reached
+    backends = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in outside
+        for name in _imports(path)
+        if re.search(r"(^|\.)store\.(sqlite|postgres)\b", name)
+    ]
+    assert not backends, backends
+    concrete = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in outside
+        for node in ast.walk(_tree(path))
+        if isinstance(node, ast.ImportFrom)
+        and (node.module or "").endswith("store")
+        and any(a.name == "Store" for a in node.names)
+    ]
+    assert not concrete, concrete

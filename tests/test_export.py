@@ -14,7 +14,7 @@ from conftest import Clock
 from test_audit import TOOLS, build_trail, kv_get
 
 import toolguard as tg
-from toolguard.chain import EVENT_FIELDS, GENESIS, event_hash
+from toolguard.chain import EVENT_FIELDS, GENESIS, Event, event_hash
 from toolguard.export import write_csv, write_html, write_jsonl
 from toolguard.text import printable
 
@@ -253,9 +253,8 @@ def test_html_shows_delegation_links_acknowledge_and_tainted(
     make_guard: Callable[..., tg.Guard], clock: Clock
 ) -> None:
     import copy
-    import sqlite3
 
-    from conftest import BASE_CONFIG
+    from conftest import BASE_CONFIG, raw_sql
 
     identities = copy.deepcopy(BASE_CONFIG["identities"])
     identities["agent-runner"]["allow"]["delegate"] = ["agents:jobs:*"]
@@ -269,12 +268,12 @@ def test_html_shows_delegation_links_acknowledge_and_tainted(
     ):
         get.invoke({"key": "agents:jobs:42:input"})
     guard.store.append(
-        {"ts": clock.now, "kind": "acknowledge", "decision": "acknowledge",
-         "operation": "truncated", "reason": "acknowledged by alice: restored",
-         "rule": "audit.acknowledge"}
+        Event(
+            ts=clock.now, kind="acknowledge", decision="acknowledge", operation="truncated",
+            reason="acknowledged by alice: restored", rule="audit.acknowledge",
+        )
     )  # fmt: skip
-    with sqlite3.connect(guard.config.store_path) as conn:
-        conn.execute("UPDATE tasks SET tainted = 1 WHERE task_id = ?", (child.task_id,))
+    raw_sql(guard, "UPDATE tasks SET tainted = 1 WHERE task_id = ?", (child.task_id,))
     text = _html(guard, clock)
     assert f'href="#task-{child.task_id}"' in text and f'href="#task-{parent.task_id}"' in text
     assert "acknowledged by alice: restored" in text
@@ -287,6 +286,7 @@ def test_html_shows_delegation_links_acknowledge_and_tainted(
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only  # sqlite-utils on the database file
 def test_docs_sqlite_utils_examples_run_on_a_real_trail(
     make_guard: Callable[..., tg.Guard], clock: Clock, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -38,12 +38,30 @@ def _groups() -> list[tuple[str, list[str]]]:
 
 
 def _modules() -> list[str]:
-    names = [
+    """Every module and package under toolguard (as ``pkgutil.walk_packages`` lists them), found
+    on disk: walking packages imports them, at collection, in every process (psycopg too)."""
+    root = Path(toolguard.__file__).parent
+    names = []
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        inside = all(
+            (root.parent.joinpath(*parts[:depth]) / "__init__.py").is_file()
+            for depth in range(1, len(parts))
+        )
+        if inside and len(parts) > 1 and parts[-1] != "__main__":
+            names.append(".".join(parts))
+    return sorted(names)
+
+
+def test_the_module_list_is_what_walking_the_packages_finds() -> None:
+    walked = [
         info.name
         for info in pkgutil.walk_packages(toolguard.__path__, prefix="toolguard.")
         if not info.name.endswith("__main__")
     ]
-    return sorted(names)
+    assert _modules() == sorted(walked)
 
 
 def test_all_names_exist() -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import _SLOW_MODULE, _deselects_every_slow_test
+from conftest import _POSTGRES_MODULE, _SLOW_MODULE, _deselects_every, _deselects_every_slow_test
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHONPATH = os.pathsep.join(
@@ -70,6 +70,26 @@ def test_only_an_expression_deselecting_every_slow_test_skips_slow_modules(
     assert _deselects_every_slow_test(markexpr) is skips_slow_modules
 
 
+@pytest.mark.parametrize(
+    ("markexpr", "skips_postgres_modules"),
+    [
+        ("not slow and not postgres", True),  # make test-fast
+        ("not postgres", True),
+        ("not slow", False),
+        ("not postgres or slow", False),
+        ("", False),
+    ],
+)
+def test_a_module_marked_postgres_as_a_whole_is_skipped_only_when_no_postgres_test_is_selected(
+    markexpr: str, skips_postgres_modules: bool
+) -> None:
+    assert _deselects_every(markexpr, "postgres") is skips_postgres_modules
+    assert _POSTGRES_MODULE.search("import x\n\npytestmark = pytest.mark.postgres\n")
+    assert not _POSTGRES_MODULE.search("@pytest.mark.postgres\ndef test_one() -> None: ...\n")
+    for file in ("test_store_postgres.py", "test_store_postgres_pipeline.py"):
+        assert _POSTGRES_MODULE.search((ROOT / "tests" / file).read_text(encoding="utf-8"))
+
+
 def _collect(*args: str, plugins: Path | None = None) -> str:
     """``pytest --collect-only -q ARGS`` in a subprocess (with the plugin modules found in the
     folder ``plugins``): its output."""
@@ -96,6 +116,8 @@ def test_the_fast_loop_selects_every_test_not_marked_slow() -> None:
     assert fast == reference
     assert len(fast) > 1000
     assert not any(n.startswith(("tests/test_mcp.py", "tests/test_crash.py")) for n in fast)
+    assert not any(n.startswith("tests/test_store_postgres") for n in fast)
+    assert any(n.startswith("tests/test_store_postgres.py") for n in _ids(_collect()))
 
 
 @pytest.mark.slow
@@ -113,3 +135,42 @@ def test_collecting_the_sdk_tests_imports_no_sdk(tmp_path: Path) -> None:
     )  # fmt: skip
     assert len(_ids(output)) > 40
     assert "SDK-LOADED []" in output, output[-2000:]
+
+
+def test_the_sdk_modules_are_one_unit_of_work_of_loadfile() -> None:
+    # they import the same agent SDKs: on one worker, imported once
+    from conftest import SHARED_WORKER, xdist_scope
+
+    scopes = {xdist_scope(f"{file}::test_x[a::b]") for file in SHARED_WORKER}
+    assert len(scopes) == 1 and len(SHARED_WORKER) == 3
+    assert all((ROOT / file).is_file() for file in SHARED_WORKER)
+    assert xdist_scope("tests/test_cli.py::test_x[a::b]") == "tests/test_cli.py"
+    assert xdist_scope("tests/faults/test_fault_store.py::C::test_y") == (
+        "tests/faults/test_fault_store.py"
+    )
+
+
+@pytest.mark.slow
+def test_the_fast_loop_runs_the_sdk_modules_on_one_worker(tmp_path: Path) -> None:
+    """Through xdist itself: the tests of two SDK modules (two files: one worker each, before)
+    report from the same worker."""
+    (tmp_path / "worker_probe.py").write_text(
+        "import os\n\n"
+        "def pytest_runtest_logreport(report):\n"
+        "    if report.when == 'call':\n"
+        "        print('RAN', report.nodeid.split('::')[0], getattr(report, 'node', None)"
+        " and report.node.gateway.id, flush=True)\n",
+        encoding="utf-8",
+    )
+    path = PYTHONPATH + os.pathsep + str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "worker_probe", "-n", "2",
+         "--dist", "loadfile", "-m", "not slow and not postgres", "-k", "docs_section",
+         "tests/test_openai_agents.py", "tests/test_pydantic_ai.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": path},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ran = [line.split("RAN ", 1)[1].split() for line in done.stdout.splitlines() if "RAN " in line]
+    assert {file for file, _ in ran} == {"tests/test_openai_agents.py", "tests/test_pydantic_ai.py"}
+    assert len({worker for _, worker in ran}) == 1, done.stdout[-2000:]

@@ -19,7 +19,7 @@ from conftest import Clock, make_config, raw_connection
 from langchain_core.tools import tool
 
 import toolguard as tg
-from toolguard.chain import GENESIS, HASHED_FIELDS, event_hash, row_values, values_hash
+from toolguard.chain import GENESIS, HASHED_FIELDS, Event, event_hash, row_values, values_hash
 from toolguard.errors import AuditError
 from toolguard.integrity import DAMAGE_KINDS, Integrity, VerifyReport, sign_checkpoint
 from toolguard.keys import KeyRing, load_args_key
@@ -113,7 +113,7 @@ def test_verify_counts_read_as_words(guard: tg.Guard) -> None:
     with guard.task("process-job", job_id="42"):
         pass
     guard.audit.checkpoint()
-    guard.store.append({"ts": 1.0, "kind": "enable", "identity": "x", "reason": "t"})
+    guard.store.append(Event(ts=1.0, kind="enable", identity="x", reason="t"))
     report = guard.audit.verify()
 
     assert report.summary().startswith("checked 3 events")

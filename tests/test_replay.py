@@ -57,8 +57,9 @@ def _replay(run: Run, config: Path, *extra: str) -> tuple[int, dict[str, Any]]:
 
 
 @pytest.fixture
-def old(tmp_path: Path) -> dict[str, Any]:
-    return make_config(tmp_path)
+def old(tmp_path: Path, store_config: dict[str, str]) -> dict[str, Any]:
+    """The config the trail was recorded under, on the test's backend."""
+    return make_config(tmp_path, **store_config)
 
 
 def _trail(old: dict[str, Any], clock: Clock, calls: list[tuple[str, str, dict[str, Any]]]) -> None:
@@ -224,6 +225,7 @@ def test_redacted_or_cut_arguments_cannot_be_replayed(
     assert "cannot replay" in text.stdout and "redacted in the trail" in text.stdout
 
 
+@pytest.mark.sqlite_only  # compares the database file's bytes and its -wal
 def test_replay_is_pure_and_read_only(
     old: dict[str, Any], clock: Clock, tmp_path: Path, run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -286,6 +288,7 @@ def test_a_hostile_config_exits_2_with_its_location(
     assert no_db.exit_code == EXIT_ERROR and "no audit database" in no_db.output
 
 
+@pytest.mark.sqlite_only  # text in a REAL column: only SQLite's type affinity lets it in
 def test_a_malformed_row_is_a_clean_error(
     old: dict[str, Any], clock: Clock, tmp_path: Path, run: Run
 ) -> None:

@@ -30,6 +30,7 @@ from conftest import BASE_CONFIG, Clock, make_config
 from test_audit import kv_get, kv_set
 
 import toolguard as tg
+from toolguard.chain import Event
 from toolguard.cli import CliContext, main
 
 pytestmark = pytest.mark.slow
@@ -173,14 +174,14 @@ def _trail(tmp_path: Path, clock: Clock) -> tuple[Path, dict[str, str]]:
         ids["jti"] = str(jti)
         guard.revoke(jti=str(jti), reason="leaked in a log")
         guard.store.append(
-            {
-                "ts": clock.now,
-                "kind": "acknowledge",
-                "decision": "acknowledge",
-                "operation": "truncated",
-                "reason": "acknowledged by alice: power cut, restored from backup",
-                "rule": "audit.acknowledge",
-            }
+            Event(
+                ts=clock.now,
+                kind="acknowledge",
+                decision="acknowledge",
+                operation="truncated",
+                reason="acknowledged by alice: power cut, restored from backup",
+                rule="audit.acknowledge",
+            )
         )
         store = guard.config.store_path
     with sqlite3.connect(store) as conn:  # a tainted task (see docs/budgets.md)

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BASE_CONFIG, Clock
+from conftest import BASE_CONFIG, Clock, raw_sql, store_arg
 
 import toolguard as tg
 from toolguard.configcheck import check_config
@@ -36,14 +35,13 @@ def _run(guard: tg.Guard, tool: str, args: dict[str, Any]) -> tg.Credential:
     return credential
 
 
-def _requests(db: Path) -> list[dict[str, Any]]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute(
-            "SELECT kind, tool, decision, reason, rule, jti, resources FROM events"
-            " WHERE kind IN ('request', 'denied') ORDER BY seq"
-        ).fetchall()
-    return [dict(r) for r in rows]
+def _requests(guard: tg.Guard) -> list[dict[str, Any]]:
+    names = ("kind", "tool", "decision", "reason", "rule", "jti", "resources")
+    rows = raw_sql(
+        guard,
+        f"SELECT {', '.join(names)} FROM events WHERE kind IN ('request', 'denied') ORDER BY seq",
+    )
+    return [dict(zip(names, row)) for row in rows]
 
 
 def test_shadow_intent_runs_a_policy_denial_and_records_would_deny(
@@ -55,7 +53,7 @@ def test_shadow_intent_runs_a_policy_denial_and_records_would_deny(
         credential = _run(guard, "kv_set", {"key": "agents:jobs:7:result", "value": "x"})
         claims = guard.verifier().verify(credential.token)
         assert "shadow" not in guard.verifier().verify(allowed.token)
-    rows = _requests(tmp_path / "audit.db")
+    rows = _requests(guard)
     assert [(r["kind"], r["decision"]) for r in rows] == [
         ("request", "allow"),
         ("request", "would_deny"),
@@ -97,7 +95,7 @@ def test_shadow_identity_covers_its_intents(
         _run(guard, "kv_get", {"key": "agents:context:x"})
     with guard.task("process-job", job_id="42"), pytest.raises(tg.PolicyDenied):
         guard.authorize("kv_set", {"key": "agents:jobs:7:result", "value": "x"})  # enforced
-    rows = _requests(tmp_path / "audit.db")
+    rows = _requests(guard)
     assert [(r["kind"], r["decision"]) for r in rows] == [
         ("request", "would_deny"),
         ("denied", "deny"),
@@ -111,7 +109,7 @@ def test_a_tool_outside_the_intent_is_a_would_deny(
     guard = make_guard(clock=clock, intents=_intents(**{"process-job": "shadow"}))
     with guard.task("process-job", job_id="42"):
         _run(guard, "kv_delete", {"key": "agents:jobs:42:x"})
-    (row,) = _requests(tmp_path / "audit.db")
+    (row,) = _requests(guard)
     assert (row["decision"], row["rule"]) == ("would_deny", "intents.process-job.tools")
 
 
@@ -127,7 +125,7 @@ def test_budget_refusals_run_in_shadow_and_spend(
         used = guard.store.task_spent(task.task_id, ["per_tool.kv_set", "max_calls"])
         marks = [guard.verifier().verify(c.token).get("shadow") for c in credentials]
     assert marks == [None] * 5 + ["would_deny"] * 2
-    rows = _requests(tmp_path / "audit.db")
+    rows = _requests(guard)
     assert [r["decision"] for r in rows] == ["allow"] * 5 + ["would_deny"] * 2
     assert rows[5]["rule"] == "intents.process-job.budget.per_tool.kv_set"
     assert "budget 'task.per_tool.kv_set' is exhausted (5 of 5 used)" in rows[5]["reason"]
@@ -149,14 +147,11 @@ def test_identity_rate_refusal_runs_in_shadow_and_counts(
     with guard.task("process-job", job_id="42"):
         for i in range(5):  # 2x of 2 per minute would revoke an enforced identity
             _run(guard, "kv_set", {"key": f"agents:jobs:42:k{i}", "value": "x"})
-    rows = _requests(tmp_path / "audit.db")
+    rows = _requests(guard)
     assert [r["decision"] for r in rows] == ["allow"] * 2 + ["would_deny"] * 3
     assert rows[2]["rule"] == "identities.agent-runner.limits.writes_per_minute"
     assert "(4 of 2 used)" in rows[4]["reason"]  # the would-deny calls are in the window
-    with sqlite3.connect(tmp_path / "audit.db") as conn:
-        assert (
-            conn.execute("SELECT COUNT(*) FROM revocations WHERE by = 'anomaly'").fetchone()[0] == 0
-        )
+    assert raw_sql(guard, "SELECT COUNT(*) FROM revocations WHERE by = 'anomaly'") == [(0,)]
 
 
 @pytest.mark.parametrize(
@@ -175,17 +170,16 @@ def test_what_stays_denied_in_shadow_mode(
     with guard.task("process-job", job_id="42"), pytest.raises(tg.PolicyDenied) as err:
         guard.authorize(tool, args)
     assert err.value.rule == rule
-    (row,) = _requests(tmp_path / "audit.db")
+    (row,) = _requests(guard)
     assert (row["kind"], row["decision"], row["jti"]) == ("denied", "deny", None)
 
 
-def test_path_escape_stays_denied_in_shadow(tmp_path: Path, clock: Clock) -> None:
-    from conftest import make_config
-
-    config = make_config(tmp_path, intents=_intents(**{"process-job": "shadow"}))
-    config["tools"]["read_file"] = {"operation": "read", "resource": "{path}", "kind": "path"}
-    config["intents"]["process-job"]["tools"].append("read_file")
-    guard = tg.Guard(config, clock=clock)
+def test_path_escape_stays_denied_in_shadow(make_guard: Factory, clock: Clock) -> None:
+    intents = _intents(**{"process-job": "shadow"})
+    intents["process-job"]["tools"].append("read_file")
+    tools = copy.deepcopy(BASE_CONFIG["tools"])
+    tools["read_file"] = {"operation": "read", "resource": "{path}", "kind": "path"}
+    guard = make_guard(clock=clock, intents=intents, tools=tools)
     with guard, guard.task("process-job", job_id="42"), pytest.raises(tg.PolicyDenied) as err:
         guard.authorize("read_file", {"path": "agents/../../etc/passwd"})
     assert err.value.rule == "tools.read_file.resource"
@@ -264,20 +258,24 @@ def test_check_refuses_an_unknown_mode(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def shadow_trail(tmp_path: Path, clock: Clock) -> tuple[Path, str]:
-    """A trail with one allowed call, one would_deny call and one denial; (config, task id)."""
+def shadow_trail(make_guard: Factory, tmp_path: Path, clock: Clock) -> tuple[Path, str]:
+    """A trail with one allowed call, one would_deny call and one denial; (config, task id).
+    The config file names the guard's store (a file, or the test's PostgreSQL database)."""
     from conftest import make_config
 
-    config = make_config(tmp_path, intents=_intents(**{"process-job": "shadow"}))
-    path = tmp_path / "toolguard.json"
-    path.write_text(json.dumps(config))
-    with tg.Guard.from_config(path, clock=clock) as guard:
+    intents = _intents(**{"process-job": "shadow"})
+    with make_guard(clock=clock, intents=intents) as guard:
         with guard.task("process-job", job_id="42") as task:
             _run(guard, "kv_get", {"key": "agents:jobs:42:input"})
             _run(guard, "kv_set", {"key": "agents:jobs:7:result", "value": "x"})
             with pytest.raises(tg.PolicyDenied):
                 guard.authorize("kv_nope", {"key": "x"})
         task_id = task.task_id
+        config = make_config(tmp_path, intents=intents, store=guard.config.store)
+        if guard.config.store_location.is_postgres:
+            config["checkpoints"] = guard.config.checkpoints
+    path = tmp_path / "toolguard.json"
+    path.write_text(json.dumps(config))
     return path, task_id
 
 
@@ -319,7 +317,7 @@ def test_tasks_without_shadow_calls_have_no_would_deny_column(
     with guard.task("process-job", job_id="42"):
         _run(guard, "kv_get", {"key": "agents:jobs:42:input"})
     guard.close()
-    out = _cli(clock, "audit", "tasks", "--db", str(tmp_path / "audit.db")).stdout
+    out = _cli(clock, "audit", "tasks", "--db", store_arg(guard)).stdout
     assert "would-deny" not in out
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
+from conftest import store_arg
 from langchain_core.tools import InjectedToolArg, tool
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -62,7 +63,7 @@ def guard(make_guard: Callable[..., tg.Guard]) -> tg.Guard:
 @pytest.fixture
 def auth(guard: tg.Guard) -> ToolGuardAuth:
     verifier = verifier_from(
-        jwks=guard.keys.jwks(), store=guard.config.store_path, issuer=ISS, audience=AUD
+        jwks=guard.keys.jwks(), store=store_arg(guard), issuer=ISS, audience=AUD
     )
     return ToolGuardAuth(verifier)
 
@@ -152,9 +153,7 @@ def test_verifier_from_reads_a_jwks_file_and_pins_its_algorithms(
 ) -> None:
     jwks_file = tmp_path / "jwks.json"
     jwks_file.write_text(json.dumps(guard.keys.jwks()))
-    verifier = verifier_from(
-        jwks=jwks_file, store=str(guard.config.store_path), issuer=ISS, audience=AUD
-    )
+    verifier = verifier_from(jwks=jwks_file, store=store_arg(guard), issuer=ISS, audience=AUD)
 
     assert verifier.algorithms == frozenset({"EdDSA"})
     claims = verifier.verify(_mint(guard), operation="write", resource=KEY)
@@ -164,9 +163,9 @@ def test_verifier_from_reads_a_jwks_file_and_pins_its_algorithms(
 def test_verifier_from_refuses_private_keys_and_empty_jwks(guard: tg.Guard) -> None:
     private = {"keys": [{**guard.keys.jwks()["keys"][0], "d": "AAAA"}]}
     with pytest.raises(CredentialError, match="private or symmetric key material"):
-        verifier_from(jwks=private, store=guard.config.store_path, issuer=ISS, audience=AUD)
+        verifier_from(jwks=private, store=store_arg(guard), issuer=ISS, audience=AUD)
     with pytest.raises(ConfigError, match="holds no keys"):
-        verifier_from(jwks={"keys": []}, store=guard.config.store_path, issuer=ISS, audience=AUD)
+        verifier_from(jwks={"keys": []}, store=store_arg(guard), issuer=ISS, audience=AUD)
 
 
 # -- protect: accepted -----------------------------------------------------------------------------
@@ -516,7 +515,7 @@ def test_middleware_accepts_a_verifier_and_checks_rules_at_start(
 @pytest.fixture
 def kv_client(guard: tg.Guard) -> Iterator[TestClient]:
     verifier = verifier_from(
-        jwks=guard.keys.jwks(), store=guard.config.store_path, issuer=ISS, audience=AUD
+        jwks=guard.keys.jwks(), store=store_arg(guard), issuer=ISS, audience=AUD
     )
     with TestClient(kv_service.create_app(verifier)) as client:
         yield client
@@ -564,7 +563,7 @@ def test_kv_service_serve_end_to_end_with_a_guarded_tool(guard: tg.Guard) -> Non
     tokens: list[str] = []
 
     with kv_service.serve(
-        jwks=guard.keys.jwks(), store_path=str(guard.config.store_path), issuer=ISS
+        jwks=guard.keys.jwks(), store_path=store_arg(guard), issuer=ISS
     ) as base_url:
         assert base_url.startswith("http://127.0.0.1:")
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import toolguard as tg
+from toolguard.chain import Event
 from toolguard.store import PendingOutcome
 
 JOB_KEY = "agents:jobs:42:state"
@@ -25,17 +26,17 @@ def _statements(guard: tg.Guard) -> list[str]:
 
 def _outcome(task: tg.TaskSession, permit: Any, **fields: Any) -> PendingOutcome:
     return PendingOutcome(
-        {
-            "ts": 1_790_000_000.0,
-            "task_id": task.task_id,
-            "identity": task.identity,
-            "intent": task.intent,
-            "kind": "outcome",
-            "tool": "kv_get",
-            "jti": permit.credential.jti,
-            "outcome": "ok",
+        Event(
+            ts=1_790_000_000.0,
+            task_id=task.task_id,
+            identity=task.identity,
+            intent=task.intent,
+            kind="outcome",
+            tool="kv_get",
+            jti=permit.credential.jti,
+            outcome="ok",
             **fields,
-        }
+        )
     )
 
 

@@ -67,7 +67,7 @@ def test_a_postgresql_url_no_longer_becomes_a_sqlite_file(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     url = f"postgresql://tg:{SECRET}@127.0.0.1:1/trail"
-    config = make_config(tmp_path, store=url, busy_timeout="0.5s")
+    config = make_config(tmp_path, store=url, busy_timeout="0.1s")
     guard = tg.Guard(config)
     try:
         with pytest.raises(tg.AuditError) as info:

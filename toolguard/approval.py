@@ -31,16 +31,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from .chain import Event
 from .errors import ApprovalDenied, AuditError, ConfigError, PolicyDenied
 from .intent import ApprovalRule, Call
 from .jcs import CanonicalizationError, canonical_sha256, canonicalize
-from .store.approvals import (
-    ApprovalRecord,
-    decide,
-    find_requests,
-    request_event,
-    unused_approval,
-)
+from .store.approvals import ApprovalRecord, request_event
 from .text import MAX_NAME_CHARS, MAX_REASON_CHARS, check_text, clip, printable
 
 if TYPE_CHECKING:
@@ -274,15 +269,13 @@ class ApprovalGate:
             config=self.config_hash, args_key=self._args_key,
         )  # fmt: skip
 
-    def precheck(
-        self, record: ApprovalRecord, tool: str
-    ) -> Callable[[Any, float], PolicyDenied | None]:
+    def precheck(self, record: ApprovalRecord, tool: str) -> Callable[[float], PolicyDenied | None]:
         """The check of the call's ``request`` transaction: its approval is recorded, unexpired
         and unused (single use), else a denial."""
         store = self.guard.store
 
-        def check(conn: Any, now: float) -> PolicyDenied | None:  # the store's transaction
-            problem = unused_approval(conn, store, record, now)
+        def check(now: float) -> PolicyDenied | None:  # inside the store's transaction
+            problem = store.unused_approval(record, now)
             if problem is None:
                 return None
             return ApprovalDenied(
@@ -309,14 +302,14 @@ class ApprovalGate:
         one (``fresh``)."""
         store = self.guard.store
         for record in reversed(
-            find_requests(store, task_id=session.task_id, correlation_id=call.correlation_id)
+            store.approval_requests(task_id=session.task_id, correlation_id=call.correlation_id)
         ):
             if record.digest != digest:
                 continue
             state = record.state(now)
             if state == "pending":
                 return record, False
-            if state == "approved" and unused_approval(store.conn, store, record, now) is None:
+            if state == "approved" and store.unused_approval(record, now) is None:
                 return record, False
             if record.decision is None:  # past its expiry, never answered: recorded so
                 self._settle(record, None)
@@ -342,19 +335,20 @@ class ApprovalGate:
         reason = redactor.scrub(reason)
         args_value = json.loads(args_json) if args_json else None
         event = request_event(
-            {
-                "ts": now,
-                "task_id": session.task_id,
-                "identity": session.bound.identity,
-                "intent": session.bound.intent,
-                "tool": call.tool,
-                "operation": call.operation,
-                "resources": resources_json,
-                "decision": "hold",
-                "reason": reason,
-                "rule": rule.rule,
-                "correlation_id": call.correlation_id,
-            },
+            Event(
+                ts=now,
+                kind="approval_requested",
+                task_id=session.task_id,
+                identity=session.bound.identity,
+                intent=session.bound.intent,
+                tool=call.tool,
+                operation=call.operation,
+                resources=resources_json,
+                decision="hold",
+                reason=reason,
+                rule=rule.rule,
+                correlation_id=call.correlation_id,
+            ),
             {"request_id": request_id, "digest": digest, "expires_at": expires, "args": args_value},
         )
         store.append(event)
@@ -403,14 +397,14 @@ class ApprovalGate:
         else:
             kind = "approved" if decision.approved else "rejected"
             by, note = decision.by, decision.note
-        result = decide(
-            guard.store, record, kind, by=by, note=note,
+        result = guard.store.decide_approval(
+            record, kind, by=by, note=note,
             reason=decision_reason(kind, by, note), now=now,
         )  # fmt: skip
         found = result.record
         if not result.recorded and found.decision is None:  # past its expiry: expire it now
-            result = decide(
-                guard.store, found, "approval_expired", by="toolguard", note=None,
+            result = guard.store.decide_approval(
+                found, "approval_expired", by="toolguard", note=None,
                 reason=decision_reason("approval_expired", "toolguard", None), now=now,
             )  # fmt: skip
             found = result.record
@@ -461,8 +455,8 @@ class ApprovalGate:
         if not fresh:
             earlier = sum(
                 1
-                for r in find_requests(
-                    self.guard.store, task_id=record.task_id, correlation_id=record.correlation_id
+                for r in self.guard.store.approval_requests(
+                    task_id=record.task_id, correlation_id=record.correlation_id
                 )
                 if r.seq < record.seq
             )
@@ -490,8 +484,8 @@ class ApprovalGate:
         deadline = time.monotonic() + max(0.0, record.expires_at - guard.clock())
         delay = _POLL_FIRST
         while True:
-            for found in find_requests(
-                guard.store, task_id=record.task_id, correlation_id=record.correlation_id
+            for found in guard.store.approval_requests(
+                task_id=record.task_id, correlation_id=record.correlation_id
             ):
                 if found.request_id == record.request_id and found.decision is not None:
                     record.decision, record.by, record.note = found.decision, found.by, found.note

@@ -15,14 +15,15 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .budget import ROLLING_WINDOW, day_start
-from .chain import EVENT_FIELDS
+from .chain import EVENT_FIELDS, Event
 from .integrity import Integrity, VerifyReport
 from .keys import KeyRing, PublicKeySource
-from .store import PruneResult, Store, prune
+from .store import PruneResult, StoreProtocol
+from .text import storable
 
 if TYPE_CHECKING:
     from .config import IdentityLimits
@@ -250,7 +251,7 @@ class AuditLog:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreProtocol,
         *,
         keys: KeyRing | PublicKeySource | None = None,
         checkpoints: str | os.PathLike[str] | None = None,
@@ -643,11 +644,12 @@ class AuditLog:
         records the cut in the ``prunes`` table. ``dry_run`` only reports what would go.
         """
         now = self.store.clock() if now is None else now
-        plan = prune(self.store, before=before, now=now, dry_run=True)
+        plan = self.store.prune(before=before, now=now, dry_run=True)
         if dry_run or plan.removed == 0 or plan.before_seq is None or plan.head_hash is None:
             return plan
         self.integrity.anchor_prune(plan.before_seq, plan.head_hash, now=now)
-        return prune(self.store, before=before, now=now, expect=(plan.before_seq, plan.head_hash))
+        done = self.store.prune(before=before, now=now, expect=(plan.before_seq, plan.head_hash))
+        return replace(done, checkpoints=str(self.integrity.checkpoints_path))
 
 
 def _quota(
@@ -667,7 +669,7 @@ def _quota(
 
 
 def revoke(
-    store: Store,
+    store: StoreProtocol,
     *,
     task_id: str | None = None,
     identity: str | None = None,
@@ -689,28 +691,31 @@ def revoke(
     if disable and identity is None:
         raise ValueError("disable=True goes with identity=")
     scope, value = given[0]
-    event = {
-        "ts": now,
-        "kind": "revoke",
-        "task_id": value if scope == "task" else None,
-        "identity": value if scope == "identity" else None,
-        "jti": value if scope == "jti" else None,
-        "decision": "revoke",
-        "reason": reason + (DISABLED_NOTE if disable else ""),
-        "rule": f"revoke.{scope}",
-    }
+    # the store holds what any backend can: no NUL, no lone surrogate (as in every event)
+    value, reason, by = storable(str(value)), storable(reason), storable(by)
+    event = Event(
+        ts=now,
+        kind="revoke",
+        task_id=value if scope == "task" else None,
+        identity=value if scope == "identity" else None,
+        jti=value if scope == "jti" else None,
+        decision="revoke",
+        reason=reason + (DISABLED_NOTE if disable else ""),
+        rule=f"revoke.{scope}",
+    )
     return store.revoke(
         scope=scope, value=str(value), reason=reason, by=by, now=now, disable=disable, event=event
     )
 
 
-def enable(store: Store, identity: str, *, reason: str = "re-enabled", now: float) -> None:
+def enable(store: StoreProtocol, identity: str, *, reason: str = "re-enabled", now: float) -> None:
     """Allow a disabled identity to start tasks again, with its audit event."""
-    event = {
-        "ts": now,
-        "kind": "enable",
-        "identity": identity,
-        "reason": reason,
-        "rule": "identity.enable",
-    }
+    reason = storable(reason)  # as in every event: no NUL, no lone surrogate
+    event = Event(
+        ts=now,
+        kind="enable",
+        identity=identity,
+        reason=reason,
+        rule="identity.enable",
+    )
     store.set_identity_enabled(identity, reason=reason, now=now, event=event)

@@ -49,8 +49,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from .chain import Event
 from .credentials import Credential, Issuer, MintRequest
 from .errors import ConfigError, CredentialError
+from .httpauth import tls_context
 from .numbers import MAX_DURATION, is_finite_number
 from .redaction import scrub_text
 
@@ -86,8 +88,9 @@ _PURGE_FLOOR = 1024
 class AuditSink(Protocol):
     """Where a provider records audit events: ``guard.store`` (any object with ``append``)."""
 
-    def append(self, event: dict[str, Any]) -> None:
-        """Append one audit event in its own transaction."""
+    def append(self, event: Event) -> None:
+        """Append one audit event (a typed :class:`~toolguard.chain.Event`) in its own
+        transaction."""
         ...
 
 
@@ -214,7 +217,9 @@ class HttpTokenBroker:
                 self._client_form["client_secret"] = client_secret
         self._secrets = tuple(s for s in (client_secret,) if s)
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=timeout)
+        self._client = (
+            client if client is not None else httpx.Client(timeout=timeout, verify=tls_context())
+        )
         self._retrying = Retrying(
             stop=stop_after_attempt(max_attempts),
             wait=wait_random_exponential(multiplier=backoff, max=max_backoff),
@@ -422,16 +427,16 @@ class HttpTokenBroker:
         done = len(entries) - len(failures)
         if done:
             self._append(
-                {
-                    "ts": self._now(),
-                    "task_id": task_id,
-                    "identity": entries[0].identity,
-                    "intent": entries[0].intent,
-                    "kind": "revoke",
-                    "decision": "revoke",
-                    "rule": "broker.revoke",
-                    "reason": f"the token broker revoked {done} credential(s) of this task",
-                }
+                Event(
+                    ts=self._now(),
+                    task_id=task_id,
+                    identity=entries[0].identity,
+                    intent=entries[0].intent,
+                    kind="revoke",
+                    decision="revoke",
+                    rule="broker.revoke",
+                    reason=f"the token broker revoked {done} credential(s) of this task",
+                )
             )
         self._record_failures(failures)
 
@@ -492,13 +497,13 @@ class HttpTokenBroker:
             log.warning("toolguard: broker credential %s not revoked: %s", entry.jti, why)
             self._append(self._revoke_event(entry, "failed", reason))
 
-    def _revoke_event(self, entry: _Issued, decision: str, reason: str) -> dict[str, Any]:
-        return {
-            "ts": self._now(), "task_id": entry.task_id, "identity": entry.identity,
-            "intent": entry.intent, "kind": "revoke", "tool": entry.tool,
-            "operation": entry.operation, "resources": _json_list(entry.resources),
-            "decision": decision, "reason": reason, "rule": "broker.revoke", "jti": entry.jti,
-        }  # fmt: skip
+    def _revoke_event(self, entry: _Issued, decision: str, reason: str) -> Event:
+        return Event(
+            ts=self._now(), task_id=entry.task_id, identity=entry.identity,
+            intent=entry.intent, kind="revoke", tool=entry.tool,
+            operation=entry.operation, resources=_json_list(entry.resources),
+            decision=decision, reason=reason, rule="broker.revoke", jti=entry.jti,
+        )  # fmt: skip
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -543,7 +548,7 @@ class HttpTokenBroker:
             self._issued[issued.jti] = issued
             self._by_task.setdefault(issued.task_id, []).append(issued.jti)
 
-    def _append(self, event: dict[str, Any]) -> None:
+    def _append(self, event: Event) -> None:
         store = self._store
         if store is None:
             return
@@ -552,7 +557,7 @@ class HttpTokenBroker:
         except Exception:
             log.error(
                 "toolguard: could not record a broker revocation event for task %s",
-                event.get("task_id"),
+                event.task_id,
             )
             raise
 
@@ -658,20 +663,20 @@ class StaticSecretProvider:
             return
         count, identity, intent, tools = uses
         self._store.append(
-            {
-                "ts": (self._clock or time.time)(),
-                "task_id": task_id,
-                "identity": identity,
-                "intent": intent,
-                "kind": "revoke",
-                "decision": "not-revocable",
-                "rule": "credentials.static",
-                "tool": ",".join(sorted(tools)),
-                "reason": (
+            Event(
+                ts=(self._clock or time.time)(),
+                task_id=task_id,
+                identity=identity,
+                intent=intent,
+                kind="revoke",
+                decision="not-revocable",
+                rule="credentials.static",
+                tool=",".join(sorted(tools)),
+                reason=(
                     f"{count} call(s) used the static secret from ${self.env} (jit: false); "
                     "toolguard cannot revoke it. Rotate it at the API if it may have leaked"
                 ),
-            }
+            )
         )
 
     def __repr__(self) -> str:

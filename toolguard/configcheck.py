@@ -58,6 +58,7 @@ CODES: dict[str, Severity] = {
     "not-a-mapping": "error",
     "duplicate-key": "error",
     "env-unset": "error",
+    "unstorable": "error",
     "unknown-key": "error",
     "missing": "error",
     "invalid": "error",
@@ -185,6 +186,36 @@ def check_config(
     return checker.run(data, warnings=warnings)
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _unstorable(data: Any, path: Loc) -> list[Issue]:
+    """A NUL or a lone surrogate in any key or text of the config: names, purposes, patterns
+    and the rest reach the audit store, which cannot hold them (PostgreSQL refuses NUL; lone
+    surrogates are not UTF-8). Refused, rather than recorded under another spelling."""
+    found: list[Issue] = []
+    items = (
+        data.items() if isinstance(data, Mapping)
+        else enumerate(data) if isinstance(data, list) else ()
+    )  # fmt: skip
+    for key, value in items:
+        here = (*path, key)
+        if isinstance(key, str) and _UNSTORABLE.search(key):
+            found.append(Issue(here, _UNSTORABLE_MESSAGE, "unstorable", on_key=True))
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                found.append(Issue(here, _UNSTORABLE_MESSAGE, "unstorable"))
+        elif isinstance(value, (Mapping, list)):
+            found.extend(_unstorable(value, here))
+    return found
+
+
+_UNSTORABLE_MESSAGE = (
+    "holds a NUL character (\\x00) or a lone surrogate, which the audit trail cannot record; "
+    "remove it"
+)
+
+
 # -- reading and parsing ------------------------------------------------------------------------
 
 
@@ -234,18 +265,25 @@ _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 def _parse(text: str, suffix: str, checker: _Checker) -> Any:
     """The file's data; its marks (YAML, JSON) and duplicate keys go to ``checker``."""
     if suffix == ".json":
+        twice: list[bool] = []
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            if len({key for key, _ in items}) != len(items):
+                twice.append(True)
+            return dict(items)  # as json.loads: the last value, at the first key's place
+
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=pairs)
         except json.JSONDecodeError as exc:
             checker.add(Issue((), f"not valid JSON: {exc.msg}", "syntax"), (exc.lineno, exc.colno))
             return None
         except RecursionError:
             checker.add(Issue((), "not valid JSON: it nests too deeply", "syntax"), None)
             return None
-        try:  # positions only: a JSON file that YAML cannot read just has none
-            _yaml_marks(text, checker)
-        except Exception:  # any failure only means "no positions"
-            checker.marks = None
+        if twice:  # YAML's reading finds each key written twice, with its position
+            _json_marks(text, checker)
+        else:  # positions only: read (with YAML, ~50 times json's time) if a finding needs one
+            checker.json_text = text
         return data
     if suffix == ".toml":
         if sys.version_info >= (3, 11):
@@ -286,6 +324,15 @@ def _parse(text: str, suffix: str, checker: _Checker) -> Any:
     except yaml.YAMLError as exc:
         checker.add(Issue((), f"not valid YAML: {exc}", "syntax"), None)
     return None
+
+
+def _json_marks(text: str, checker: _Checker) -> None:
+    """The positions (and keys written twice) of a JSON file, read as YAML (a JSON document is
+    one); a JSON file that YAML cannot read just has no positions."""
+    try:
+        _yaml_marks(text, checker)
+    except Exception:  # any failure only means "no positions"
+        checker.marks = None
 
 
 def _yaml_marks(text: str, checker: _Checker) -> Any:
@@ -394,6 +441,8 @@ class _Checker:
         self.file = file
         self.base_dir = base_dir
         self.marks: _Marks | None = None  # set by the YAML/JSON reader
+        self.json_text: str | None = None
+        """A JSON file's text whose positions are read when a finding first needs one."""
         self.found: list[_Found] = []
         self.config: GuardConfig | None = None
         self.data: Any = None
@@ -416,6 +465,8 @@ class _Checker:
             return self.report()
         self.data = data
         for issue in env:
+            self.add(issue)
+        for issue in _unstorable(data, ()):
             self.add(issue)
         self._validate(data)
         sections = {k: data.get(k) for k in ("identities", "tools", "intents")}
@@ -505,6 +556,11 @@ class _Checker:
 
     def _finding(self, f: _Found) -> Finding:
         mark = f.mark
+        if mark is None and self.json_text is not None:
+            text, self.json_text = self.json_text, None
+            scratch = _Checker(self.file, self.base_dir)  # its positions only: no key is twice
+            _json_marks(text, scratch)
+            self.marks = scratch.marks
         if mark is None and self.marks is not None:
             mark = self.marks.find(f.issue.path, on_key=f.issue.on_key)
         return Finding(

@@ -78,6 +78,7 @@ __all__ = [
     "as_provider",
     "issued_token",
     "new_jti",
+    "revocation_source",
 ]
 
 #: Claims every toolguard credential carries; the verifier rejects a token missing any of them.
@@ -584,6 +585,10 @@ class RevocationSource(Protocol):
     delegating tasks from the ``act`` claims, parent first; ``issued_at`` is the token's ``iat``
     (an identity revocation covers the credentials issued before it). Any exception fails
     closed.
+
+    A source may also have a ``source`` attribute: what it reads, in words, without secrets
+    (``"the revocation store /srv/audit.db"``, ``"the revocation feed https://feed/revocations"``);
+    the verifier's fail-closed message names it (see :func:`revocation_source`).
     """
 
     def revoked_reason(
@@ -591,6 +596,15 @@ class RevocationSource(Protocol):
     ) -> str | None:
         """The revocation reason for this credential, or ``None``."""
         ...
+
+
+def revocation_source(revocations: object) -> str:
+    """What a revocation source reads, for a message: its ``source`` attribute when it is a
+    short printable text, else ``"the revocation source <its type>"``."""
+    source = getattr(revocations, "source", None)
+    if isinstance(source, str) and source.strip() and source.isprintable():
+        return source if len(source) <= 300 else source[:300] + "..."
+    return f"the revocation source {type(revocations).__name__}"
 
 
 class Verifier:
@@ -832,7 +846,7 @@ class Verifier:
             )
         except Exception as exc:
             raise CredentialRevoked(
-                "revocation store unavailable; rejecting (fail closed)",
+                f"{revocation_source(self.revocations)} unavailable; rejecting (fail closed)",
                 rule="credential.revocation", **fields,
             ) from exc  # fmt: skip
         if reason is not None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, overload
 
 from .approval import ApprovalGate, Approver, approved_reason, check_approver, held_by
 from .budget import Settlement, Spend, day_key, plan, task_spends
+from .chain import Event
 from .config import GuardConfig, load_config
 from .context import permit_var, task_var
 from .credentials import (
@@ -44,8 +45,9 @@ from .numbers import MAX_COST, check_timestamp, is_finite_number
 from .offload import WriterThread
 from .policy import Decision, decide, derive_call, shadowable
 from .redaction import Redactor
-from .store import PendingOutcome, Store, open_store
+from .store import Denial, PendingOutcome, StoreProtocol, open_store
 from .store.approvals import ApprovalRecord
+from .store.revocations import StoreRevocations
 from .text import (
     MAX_ERROR_CHARS,
     MAX_NAME_CHARS,
@@ -165,7 +167,7 @@ class Guard:
         self.clock: Callable[[], float] = checked
         """The guard's clock; a bad value (nan, inf, not a number) raises AuditError."""
         self.policy = Policy(self.config)
-        self.store = open_store(
+        self.store: StoreProtocol = open_store(
             self.config.store_location,
             pool_size=self.config.store_pool_size,
             durability=self.config.durability,
@@ -467,37 +469,32 @@ class Guard:
         args_json, args_sha = redactor(args)
         resources_json = _stored_resources(redactor, call.resources)
         expires = min(now + self.issuer.ttl, session.deadline)
-        event = {
-            "ts": now,
-            "task_id": session.task_id,
-            "identity": bound.identity,
-            "intent": bound.intent,
-            "kind": "request",
-            "tool": tool,
-            "operation": call.operation,
-            "resources": resources_json,
-            "decision": "allow" if would is None else "would_deny",
-            "reason": would if would is not None or approval is None else approved_reason(approval),
-            "rule": "allow" if would is None else decision.rule,
-            "jti": jti,
-            "correlation_id": cid,
-            "args": args_json,
-            "args_sha256": args_sha,
-            "cost": call.cost or None,
-        }
+        event = Event(
+            ts=now,
+            kind="request",
+            task_id=session.task_id,
+            identity=bound.identity,
+            intent=bound.intent,
+            tool=tool,
+            operation=call.operation,
+            resources=resources_json,
+            decision="allow" if would is None else "would_deny",
+            reason=would if would is not None or approval is None else approved_reason(approval),
+            rule="allow" if would is None else decision.rule,
+            jti=jti,
+            correlation_id=cid,
+            args=args_json,
+            args_sha256=args_sha,
+            cost=call.cost or None,
+        )
 
-        def denied_event(error: PolicyDenied) -> dict[str, Any]:
-            return {
-                **event,
-                "kind": "denied",
-                "decision": "deny",
-                "reason": error.reason,
-                "rule": error.rule,
-                "jti": None,
-            }
+        def denied_event(error: PolicyDenied) -> Event:
+            return event._replace(
+                kind="denied", decision="deny", reason=error.reason, rule=error.rule, jti=None
+            )
 
         provider = self.providers.get(tool, self.issuer)
-        denial = self.store.record_call(
+        recorded = self.store.record_call(
             chain=session.chain,
             identity=bound.identity,
             task_started_at=session.started_at,
@@ -519,7 +516,8 @@ class Guard:
             precheck=None if approval is None else self.approvals.precheck(approval, tool),
             shadow=shadow,
         )
-        if denial is not None:
+        if isinstance(recorded, Denial):
+            denial = recorded
             if denial.ended:  # an on_anomaly revocation ended the identity's tasks
                 try:
                     self._providers_end(denial.ended)
@@ -534,7 +532,7 @@ class Guard:
                     jti, session.task_id, bound.identity, bound.intent, tool, call.operation,
                     call.resources, now, session.deadline,
                     self.policy.tools[tool].rule.audience or bound.audience, session.act,
-                    event["decision"] == "would_deny",
+                    recorded.decision == "would_deny",
                 )
             )  # fmt: skip
         except Exception as exc:  # any provider failure denies the call (fail closed)
@@ -607,19 +605,19 @@ class Guard:
         session = permit.session
         self.store.queue_outcome(
             PendingOutcome(
-                {
-                    "ts": self.clock(),
-                    "task_id": session.task_id,
-                    "identity": session.bound.identity,
-                    "intent": session.bound.intent,
-                    "kind": "outcome",
-                    "tool": call.tool,
-                    "operation": call.operation,
-                    "resources": permit.resources_json,
-                    "jti": permit.credential.jti,
-                    "correlation_id": call.correlation_id,
-                    "outcome": "ok" if error is None else "error",
-                    "error": "; ".join(
+                Event(
+                    ts=self.clock(),
+                    kind="outcome",
+                    task_id=session.task_id,
+                    identity=session.bound.identity,
+                    intent=session.bound.intent,
+                    tool=call.tool,
+                    operation=call.operation,
+                    resources=permit.resources_json,
+                    jti=permit.credential.jti,
+                    correlation_id=call.correlation_id,
+                    outcome="ok" if error is None else "error",
+                    error="; ".join(
                         e
                         for e in (
                             None if error is None else self._describe(error, permit),
@@ -628,9 +626,9 @@ class Guard:
                         if e
                     )
                     or None,
-                    "duration_ms": round(duration_ms, 3),
-                    "cost": cost or None,
-                },
+                    duration_ms=round(duration_ms, 3),
+                    cost=cost or None,
+                ),
                 settle,
                 taint=problem is not None,
             )
@@ -656,9 +654,9 @@ class Guard:
         )
         self.store.queue_outcome(
             PendingOutcome(
-                self._event(
-                    "outcome",
-                    self.clock(),
+                Event(
+                    ts=self.clock(),
+                    kind="outcome",
                     task_id=session.task_id,
                     identity=session.bound.identity,
                     intent=session.bound.intent,
@@ -743,9 +741,9 @@ class Guard:
         redactor = self._redactor(tool)
         args_json, args_sha = redactor(args)
         self.store.append(
-            self._event(
-                "denied",
-                now,
+            Event(
+                ts=now,
+                kind="denied",
                 task_id=session.task_id if session else None,
                 identity=session.bound.identity if session else None,
                 intent=session.bound.intent if session else None,
@@ -769,10 +767,6 @@ class Guard:
     def _describe(self, error: BaseException, permit: Permit) -> str:
         redactor = self._redactor(permit.call.tool)
         return _describe(error, permit.credential, scrub=redactor.scrub)
-
-    @staticmethod
-    def _event(kind: str, now: float, **fields: Any) -> dict[str, Any]:
-        return {"ts": now, "kind": kind, **fields}
 
 
 class CallerCancelled(Exception):
@@ -803,23 +797,6 @@ def _shadow(session: TaskSession) -> bool:
             return False
         s = s.parent
     return True
-
-
-class StoreRevocations:
-    """The store's revocations, as a verifier's revocation source (fail closed on errors)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def revoked_reason(
-        self, *, jti: str, task_id: str, identity: str, chain: Sequence[str], issued_at: float = 0.0
-    ) -> str | None:
-        pending = self.store.pending_ends()
-        if pending and (task_id in pending or not pending.isdisjoint(chain)):
-            return "task ended (its revocation is not yet written to the store)"
-        return self.store.revoked_reason(
-            jti=jti, task_id=task_id, identity=identity, chain=chain, issued_at=issued_at
-        )
 
 
 _list_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

@@ -41,7 +41,7 @@ from .formatting import (
     format_time,
     plural,
 )
-from .store.approvals import ApprovalRecord, find_requests
+from .store.approvals import ApprovalRecord
 from .text import printable
 
 if TYPE_CHECKING:
@@ -861,7 +861,7 @@ def write_html(
         limits_known=budgets is not None,
         children=children,
         window=(start, max(end, start + 60.0)),
-        approvals=[r for r in find_requests(audit.store) if r.state(now) == "pending"],
+        approvals=[r for r in audit.store.approval_requests() if r.state(now) == "pending"],
     )
     out.write(render_html(report))
     return len(tasks)

@@ -29,8 +29,7 @@ from typing import Any, overload
 
 from .errors import UnknownTarget
 from .formatting import plural
-from .store import Store
-from .store.sqlite.queries import credential_rows, identity_seen, last_revocation, live_credentials
+from .store import StoreProtocol, StoreReader
 
 __all__ = [
     "MAX_TARGET",
@@ -232,7 +231,7 @@ def _short(scope: str, given: str) -> UnknownTarget:
     )
 
 
-def resolve_task(store: Store, given: str) -> str:
+def resolve_task(store: StoreReader, given: str) -> str:
     """The full id of a task given by its id or a unique prefix (>= :data:`MIN_PREFIX`)."""
     given = clean_target("task", given)
     if store.task_row(given) is not None:
@@ -243,15 +242,15 @@ def resolve_task(store: Store, given: str) -> str:
     return _unique("task", given, found, str(store.path), "list tasks with `toolguard audit tasks`")
 
 
-def resolve_jti(store: Store, given: str) -> str:
+def resolve_jti(store: StoreReader, given: str) -> str:
     """The full id of a credential the store issued, given by its id or a unique prefix
     (>= :data:`MIN_PREFIX`; the viewer prints the first 8 characters)."""
     given = clean_target("jti", given)
-    if credential_rows(store, given, limit=1):
+    if store.credential_rows(given, limit=1):
         return given
     if len(given) < MIN_PREFIX:
         raise _short("jti", given)
-    found = [str(r["jti"]) for r in credential_rows(store, given, prefix=True, limit=_SHOWN + 1)]
+    found = [str(r["jti"]) for r in store.credential_rows(given, prefix=True, limit=_SHOWN + 1)]
     return _unique(
         "jti",
         given,
@@ -262,10 +261,10 @@ def resolve_jti(store: Store, given: str) -> str:
     )
 
 
-def resolve_identity(store: Store, given: str, known: Collection[str] = ()) -> str:
+def resolve_identity(store: StoreReader, given: str, known: Collection[str] = ()) -> str:
     """An identity's name, exactly, if the config (``known``) or the trail knows it."""
     given = clean_target("identity", given)
-    if given in known or identity_seen(store, given):
+    if given in known or store.identity_seen(given):
         return given
     names = sorted(set(known) | set(store.known_identities()))
     listed = ", ".join(names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
@@ -282,7 +281,7 @@ def resolve_identity(store: Store, given: str, known: Collection[str] = ()) -> s
 # -- acting -------------------------------------------------------------------------------------
 
 
-def _already(store: Store, scope: str, target: str, now: float) -> str | None:
+def _already(store: StoreReader, scope: str, target: str, now: float) -> str | None:
     if scope == "task":
         row = store.task_row(target)
         if row is not None and row.get("ended_at") is not None:
@@ -290,14 +289,14 @@ def _already(store: Store, scope: str, target: str, now: float) -> str | None:
             return f"already revoked: the task ended ({status}) at {at}"
         return None
     if scope == "identity":
-        last = last_revocation(store, "identity", target)
+        last = store.last_revocation("identity", target)
         if last is not None:
             return f"already revoked at {_time(last['ts'])}: {_shown(last['reason'])}"
         return "nothing was live"
-    last = last_revocation(store, "jti", target)
+    last = store.last_revocation("jti", target)
     if last is not None:
         return f"already revoked at {_time(last['ts'])}: {_shown(last['reason'])}"
-    rows = credential_rows(store, target, limit=1)
+    rows = store.credential_rows(target, limit=1)
     if rows:
         row = rows[0]
         task = store.task_row(str(row["task_id"])) if row.get("task_id") else None
@@ -306,7 +305,7 @@ def _already(store: Store, scope: str, target: str, now: float) -> str | None:
             return f"already revoked: its task ended ({status}) at {at}"
         if row.get("expires_at") is not None and float(row["expires_at"]) <= now:
             return f"already expired at {_time(row['expires_at'])}"
-        ident = last_revocation(store, "identity", str(row.get("identity")))
+        ident = store.last_revocation("identity", str(row.get("identity")))
         if ident is not None and float(ident["ts"]) >= float(row.get("issued_at") or 0):
             at = _time(ident["ts"])
             return f"already revoked with its identity at {at}: {_shown(ident['reason'])}"
@@ -326,7 +325,7 @@ def _time(ts: Any) -> str:
 
 
 def revoke_target(
-    store: Store,
+    store: StoreProtocol,
     *,
     task_id: str | None = None,
     identity: str | None = None,
@@ -357,13 +356,13 @@ def revoke_target(
         raise ValueError("a revocation needs a reason (it is recorded in the trail)")
     if scope == "task":
         target = resolve_task(store, value)
-        live = live_credentials(store, now=now, task_id=target)
+        live = store.live_credentials(now=now, task_id=target)
     elif scope == "identity":
         target = resolve_identity(store, value, identities)
-        live = live_credentials(store, now=now, identity=target)
+        live = store.live_credentials(now=now, identity=target)
     else:
         target = resolve_jti(store, value)
-        live = live_credentials(store, now=now, jti=target)
+        live = store.live_credentials(now=now, jti=target)
     already = None if live else _already(store, scope, target, now)
     ended = revoke(
         store,
@@ -398,7 +397,7 @@ def revoke_target(
 
 
 def enable_identity(
-    store: Store,
+    store: StoreProtocol,
     identity: str,
     *,
     reason: str = "re-enabled",

@@ -47,21 +47,18 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .chain import DAMAGE_KINDS, GENESIS, ChainScan, Damage
+from .chain import DAMAGE_KINDS, GENESIS, ChainScan, Damage, Event
 from .errors import AuditError
 from .formatting import plural
 from .keys import KeyRing, PublicKeySource, b64url_decode, b64url_encode, verify_signature
-from .store import Store
-from .store.sqlite.trail import count_after, event_rows, last_prune, read_snapshot, stored_at
+from .store import StoreProtocol, TrailReads
 
 if TYPE_CHECKING:
     from .config import GuardConfig
@@ -278,7 +275,7 @@ class Integrity:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreProtocol,
         *,
         keys: KeyRing | PublicKeySource | None = None,
         checkpoints: str | os.PathLike[str] | None = None,
@@ -427,12 +424,9 @@ class Integrity:
         path = self.store.path
         if str(path) != ":memory:" and not path.exists():
             return None, 0, 0
-        try:
-            conn = self.store.conn
-            row, first, last = stored_at(conn, seq)
-            cut = last_prune(conn)
-        except sqlite3.Error as exc:
-            raise AuditError(f"cannot read the audit database {path}: {exc}") from exc
+        with self.store.read_trail(snapshot=False) as trail:
+            row, first, last = trail.stored_at(seq)
+            cut = trail.last_prune()
         found = row[0] if row is not None and isinstance(row[0], str) else None
         if row is not None and found is None:
             found = repr(row[0])  # a foreign value: it differs
@@ -570,14 +564,14 @@ class Integrity:
         first = problems[0]
         ts = now if now is not None else self.store.clock()
         self.store.append(
-            {
-                "ts": ts,
-                "kind": "acknowledge",
-                "decision": "acknowledge",
-                "operation": ",".join(kinds),
-                "reason": f"acknowledged by {by}: {reason}",
-                "rule": "audit.acknowledge",
-            }
+            Event(
+                ts=ts,
+                kind="acknowledge",
+                decision="acknowledge",
+                operation=",".join(kinds),
+                reason=f"acknowledged by {by}: {reason}",
+                rule="audit.acknowledge",
+            )
         )
         self.store.flush()
         head = self.store.head()
@@ -664,8 +658,8 @@ class Integrity:
             )
         checker = _SignatureChecker(keys, report)
         wanted = {r.seq for r in records if r.type in _ANCHORS}
-        with self._snapshot() as conn:
-            prune = last_prune(conn)
+        with self.store.read_trail() as trail:  # one snapshot: the scan and its side queries
+            prune = trail.last_prune()
             if prune is not None and prune[0] is None:
                 prune = None
                 report.damage.append(
@@ -682,7 +676,7 @@ class Integrity:
                 start_seq, start_hash = 1, GENESIS
             report.first_seq = start_seq
             scan = ChainScan(start_seq, start_hash, wanted)
-            scan.run(event_rows(conn))
+            scan.run(trail.events())
             report.checked = scan.checked
             report.head_seq = scan.head_seq if scan.checked else start_seq - 1
             report.damage.extend(scan.damage)
@@ -694,8 +688,8 @@ class Integrity:
                 self._check_prune(report, records, checker, start_seq, start_hash)
             self._check_checkpoints(report, records, checker, scan.hashes, start_seq, start_hash)
             if report.checked:
-                report.unanchored = count_after(conn, report.anchored_seq)
-            self._anchor_notes(report, conn)
+                report.unanchored = trail.count_after(report.anchored_seq)
+            self._anchor_notes(report, trail)
         for where in bad_lines[:_LISTED_LINES]:
             report.damage.append(
                 Damage(0, "bad-signature", f"{where} is not a readable checkpoint record")
@@ -715,15 +709,6 @@ class Integrity:
         report.damage.sort(key=lambda d: (d.seq == 0, d.seq))
         report.seconds = time.perf_counter() - started
         return report
-
-    @contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        """One read transaction, so the scan and its side queries see the same trail."""
-        try:
-            with read_snapshot(self.store.conn) as conn:
-                yield conn
-        except sqlite3.Error as exc:
-            raise AuditError(f"cannot read the audit database {self.store.path}: {exc}") from exc
 
     def _check_prune(
         self,
@@ -862,7 +847,7 @@ class Integrity:
                 f"{', '.join(unknown)}); pass the retired public keys (--jwks) to use them"
             )
 
-    def _anchor_notes(self, report: VerifyReport, conn: sqlite3.Connection) -> None:
+    def _anchor_notes(self, report: VerifyReport, trail: TrailReads) -> None:
         if not report.checked:
             return
         if not self.checkpoints_path.exists():
@@ -873,7 +858,7 @@ class Integrity:
             )
         elif report.unanchored:
             contradicted = any(d.kind in ("rewritten", "truncated") for d in report.damage)
-            ends = 0 if contradicted else count_after(conn, report.anchored_seq, task_ends=True)
+            ends = 0 if contradicted else trail.count_after(report.anchored_seq, task_ends=True)
             message = (
                 f"{plural(report.unanchored, 'event')} after seq {report.anchored_seq}"
                 f" {'is' if report.unanchored == 1 else 'are'} not anchored "
@@ -954,7 +939,7 @@ def _ack_text(value: str, name: str) -> str:
     return text[:_MAX_ACK_TEXT]
 
 
-def existing_trail(store: Store, checkpoints: str | os.PathLike[str]) -> str | None:
+def existing_trail(store: StoreProtocol, checkpoints: str | os.PathLike[str]) -> str | None:
     """A description of the audit trail already at ``store``/``checkpoints`` (a non-empty
     checkpoint file, or events in the database), or None when there is none."""
     try:
@@ -975,7 +960,7 @@ def existing_trail(store: Store, checkpoints: str | os.PathLike[str]) -> str | N
     return f"the audit trail {path}" if head is not None else None
 
 
-def guard_keys(config: GuardConfig, store: Store) -> KeyRing:
+def guard_keys(config: GuardConfig, store: StoreProtocol) -> KeyRing:
     """The issuer keys of a guard starting on ``store``, after checking that it may continue
     the trail (see :meth:`Integrity.check_continuity`): raises :class:`AuditError` when the
     trail is behind its newest signed checkpoint, that checkpoint is signed by a key the guard

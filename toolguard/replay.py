@@ -40,7 +40,7 @@ from .errors import BudgetExceeded, ConfigError
 from .intent import BoundTask, Call, Policy
 from .policy import Decision, decide, derive_call, shadowable
 from .redaction import REDACTED
-from .store import Store
+from .store import StoreReader
 from .text import PLACEHOLDER
 
 __all__ = ["Change", "Exhaustion", "ReplayReport", "replay"]
@@ -227,7 +227,7 @@ class _Budgets:
 
 
 def replay(
-    store: Store,
+    store: StoreReader,
     config: GuardConfig,
     *,
     since: float,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
+from .chain import Event
 from .context import carry_task, task_var
 from .errors import ConfigError, PolicyDenied, ToolGuardError
 from .intent import BoundTask
@@ -113,17 +114,17 @@ class TaskSession:
                 "deadline": deadline,
                 "tainted": 0,
             },
-            {
-                "ts": now,
-                "task_id": self.task_id,
-                "identity": self.identity,
-                "intent": self.intent,
-                "kind": "task_start",
-                "reason": self.bound.purpose,
-                "rule": f"intents.{self.intent}",
-                "correlation_id": self.parent.task_id if self.parent else None,
-                "args": guard.redactor(dict(self.bound.params))[0],
-            },
+            Event(
+                ts=now,
+                task_id=self.task_id,
+                identity=self.identity,
+                intent=self.intent,
+                kind="task_start",
+                reason=self.bound.purpose,
+                rule=f"intents.{self.intent}",
+                correlation_id=self.parent.task_id if self.parent else None,
+                args=guard.redactor(dict(self.bound.params))[0],
+            ),
             disabled=config_disabled(guard, self.identity),
         )
         self.status = "active"
@@ -165,16 +166,16 @@ class TaskSession:
         if revoked is not None:
             _refuse_resume(guard, task_id, row, f"it was revoked ({revoked})", now)
         guard.store.append(
-            {
-                "ts": now,
-                "task_id": task_id,
-                "identity": bound.identity,
-                "intent": bound.intent,
-                "kind": "task_resume",
-                "decision": "allow",
-                "reason": "the task continues here (it was started by another process or guard)",
-                "rule": f"intents.{bound.intent}",
-            }
+            Event(
+                ts=now,
+                task_id=task_id,
+                identity=bound.identity,
+                intent=bound.intent,
+                kind="task_resume",
+                decision="allow",
+                reason="the task continues here (it was started by another process or guard)",
+                rule=f"intents.{bound.intent}",
+            )
         )
         session.status = "active"
         session.ended_reason = None
@@ -239,17 +240,17 @@ class TaskSession:
                     now=now,
                     reason=why,
                     events=[
-                        {
-                            "ts": now,
-                            "task_id": self.task_id,
-                            "identity": self.identity,
-                            "intent": self.intent,
-                            "kind": "task_end",
-                            "outcome": status,
-                            "reason": why,
-                            "rule": "task.end",
-                            "duration_ms": round((now - self.started_at) * 1000.0, 3),
-                        }
+                        Event(
+                            ts=now,
+                            task_id=self.task_id,
+                            identity=self.identity,
+                            intent=self.intent,
+                            kind="task_end",
+                            outcome=status,
+                            reason=why,
+                            rule="task.end",
+                            duration_ms=round((now - self.started_at) * 1000.0, 3),
+                        )
                     ],
                 )
             finally:
@@ -365,17 +366,17 @@ class TaskSession:
             )
             now = self.guard.clock()
             self.guard.store.append(
-                {
-                    "ts": now,
-                    "task_id": self.task_id,
-                    "identity": self.identity,
-                    "intent": self.intent,
-                    "kind": "denied",
-                    "decision": "deny",
-                    "reason": error.reason,
-                    "rule": error.rule,
-                    "args": self.guard.redactor({"intent": intent, **params})[0],
-                }
+                Event(
+                    ts=now,
+                    task_id=self.task_id,
+                    identity=self.identity,
+                    intent=self.intent,
+                    kind="denied",
+                    decision="deny",
+                    reason=error.reason,
+                    rule=error.rule,
+                    args=self.guard.redactor({"intent": intent, **params})[0],
+                )
             )
             raise error
         return TaskSession(self.guard, bound, parent=self)
@@ -425,16 +426,16 @@ def _refuse_resume(
         f"task {task_id} cannot be resumed: {why}", task_id=task_id, rule="task.resume"
     )
     guard.store.append(
-        {
-            "ts": now,
-            "task_id": task_id,
-            "identity": row["identity"] if row else None,
-            "intent": row["intent"] if row else None,
-            "kind": "denied",
-            "decision": "deny",
-            "reason": error.reason,
-            "rule": error.rule,
-        }
+        Event(
+            ts=now,
+            task_id=task_id,
+            identity=row["identity"] if row else None,
+            intent=row["intent"] if row else None,
+            kind="denied",
+            decision="deny",
+            reason=error.reason,
+            rule=error.rule,
+        )
     )
     raise error
 

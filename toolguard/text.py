@@ -42,6 +42,7 @@ __all__ = [
     "neutral",
     "printable",
     "quote",
+    "storable",
 ]
 
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -115,6 +116,21 @@ def printable(value: object) -> str:
     if text.isascii() and text.isprintable():
         return text
     return UNSAFE.sub(_escape, text)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: str) -> str:
+    """``value`` with the characters no audit store can hold escaped as :func:`printable`
+    does: U+0000 (``\\x00``: PostgreSQL text refuses it) and lone surrogates (``\\udc80``:
+    they are not UTF-8, which both stores write). Every text that reaches the store goes
+    through it (events before they are hashed, revocations, read filters), so SQLite and
+    PostgreSQL record, hash and match the same text. Other control characters are stored as
+    they are (both stores hold them) and escaped on display."""
+    if "\x00" not in value and (value.isascii() or _UNSTORABLE.search(value) is None):
+        return value
+    return _UNSTORABLE.sub(_escape, value)
 
 
 def clip(text: str, limit: int) -> str:

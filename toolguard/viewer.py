@@ -505,6 +505,12 @@ class Viewer:
             "bold",
         )
         self.line(f"the kept chain starts from hash {result.head_hash}")
+        if result.checkpoints is not None:
+            self.line(
+                f"the signed record of the cut is in {result.checkpoints}: keep it, and give it "
+                "to `toolguard audit verify --checkpoints` (with the guards' files), which "
+                "accepts the cut only with it"
+            )
 
     def done(self, text: str) -> None:
         """A confirmation line."""

@@ -20,6 +20,7 @@ from langchain_core.tools import BaseTool, tool
 
 import toolguard as tg
 from toolguard.budget import Settlement, Spend
+from toolguard.chain import Event
 from toolguard.store import PendingOutcome, Store
 
 
@@ -157,17 +158,17 @@ def test_a_poisoned_queued_settlement_is_dropped_and_the_task_end_is_written(
         )
         guard.store.queue_outcome(
             PendingOutcome(
-                {
-                    "ts": clock(),
-                    "task_id": task.task_id,
-                    "identity": "agent-runner",
-                    "intent": "process-job",
-                    "kind": "outcome",
-                    "tool": "meter",
-                    "jti": permit.credential.jti,
-                    "outcome": "ok",
-                    "cost": 1.0,
-                },
+                Event(
+                    ts=clock(),
+                    task_id=task.task_id,
+                    identity="agent-runner",
+                    intent="process-job",
+                    kind="outcome",
+                    tool="meter",
+                    jti=permit.credential.jti,
+                    outcome="ok",
+                    cost=1.0,
+                ),
                 poisoned,
             )
         )

@@ -31,7 +31,7 @@ from ..audit import AuditLog
 from ..durations import parse_duration
 from ..errors import AuditError, ConfigError, ToolGuardError
 from ..keys import KeyRing, PublicKeys
-from ..store import DEFAULT_DB, Store, StoreLocation, open_store, parse_store
+from ..store import DEFAULT_DB, StoreLocation, StoreProtocol, open_store, parse_store
 from ..text import printable
 from ..viewer import Viewer
 
@@ -353,7 +353,7 @@ def _db_source(db_path: str | None, config: GuardConfig | None) -> str:
     return "pass --db PATH or --config FILE, or set TOOLGUARD_DB"
 
 
-def _checked_store(location: StoreLocation, obj: CliContext, source: str = "") -> Store:
+def _checked_store(location: StoreLocation, obj: CliContext, source: str = "") -> StoreProtocol:
     """A read-only store, refused with a clean error when missing or not toolguard's."""
     path = location.display
     if location.path is not None and not location.path.exists():

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..approval import decision_reason, parse_decision
-from ..store.approvals import ApprovalRecord, decide, find_requests
+from ..store.approvals import ApprovalRecord
 from ..text import MAX_NAME_CHARS
 from ._base import (
     EXIT_FINDINGS,
@@ -76,7 +76,7 @@ def list_cmd(db_path: str | None, config_path: Path | None, show_all: bool, as_j
     config = _load(config_path)
     now = obj.clock()
     with _log(db_path, config) as log:
-        records = find_requests(log.store)
+        records = log.store.approval_requests()
     if not show_all:
         records = [r for r in records if r.state(now) == "pending"]
     viewer = obj.viewer()
@@ -96,7 +96,7 @@ def show_cmd(request_id: str, db_path: str | None, config_path: Path | None, as_
     config = _load(config_path)
     now = obj.clock()
     with _log(db_path, config) as log:
-        record = _one(find_requests(log.store), request_id, log.store.path)
+        record = _one(log.store.approval_requests(), request_id, log.store.path)
     viewer = obj.viewer()
     if as_json:
         viewer.json(_json(record, now))
@@ -118,10 +118,10 @@ def _decide(
     config = _load(config_path)
     kind = "approved" if approved else "rejected"
     with _log(db_path, config, write=True) as log:
-        record = _one(find_requests(log.store), request_id, log.store.path)
+        record = _one(log.store.approval_requests(), request_id, log.store.path)
         now = obj.clock()
-        result = decide(
-            log.store, record, kind, by=decision.by, note=decision.note,
+        result = log.store.decide_approval(
+            record, kind, by=decision.by, note=decision.note,
             reason=decision_reason(kind, decision.by, decision.note), now=now,
         )  # fmt: skip
     viewer = obj.viewer()

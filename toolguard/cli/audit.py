@@ -20,7 +20,6 @@ import click
 from .. import audit as audit_mod
 from ..keys import KeyRing, PublicKeys
 from ..numbers import MAX_COUNT
-from ..store.approvals import find_requests
 from ..text import printable
 from ..viewer import plural
 from ._base import (
@@ -102,10 +101,8 @@ def _check_value(
     instead of answering "no tasks match"."""
     if value is None or value in known:
         return
-    from ..store.sqlite.queries import event_kind_used, task_status_used
-
-    used = task_status_used if option == "--status" else event_kind_used
-    if used(log.store, value):
+    used = log.store.task_status_used if option == "--status" else log.store.event_kind_used
+    if used(value):
         return
     raise click.BadParameter(
         f"{value!r} is not a {option[2:]} toolguard records (one of: {', '.join(known)})",
@@ -417,7 +414,7 @@ def summary_cmd(
             spike_factor=spike_factor,
         )
         now = obj.clock()
-        awaiting = [r for r in find_requests(log.store) if r.state(now) == "pending"]
+        awaiting = [r for r in log.store.approval_requests() if r.state(now) == "pending"]
     viewer = obj.viewer()
     if as_json:
         viewer.json(
@@ -720,6 +717,13 @@ def export_cmd(
     type=click.Path(dir_okay=False, path_type=Path),
     help="The issuer's signing key, to sign the record of the cut (default: the config's).",
 )
+@click.option(
+    "--checkpoints",
+    type=click.Path(dir_okay=False, path_type=Path),
+    callback=_local_checkpoints,
+    help="The checkpoint file that gets the signed record of the cut (default: the config's, "
+    "else <db>.checkpoints; for PostgreSQL a file of this host under ./.toolguard).",
+)
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
 def prune_cmd(
@@ -727,6 +731,7 @@ def prune_cmd(
     config_path: Path | None,
     before: float,
     key_file: Path | None,
+    checkpoints: Path | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -749,7 +754,7 @@ def prune_cmd(
             "pruning signs a record of the cut with the issuer's key, so that `audit verify` "
             "accepts it; pass --config or --key-file"
         )
-    with _log(db_path, config, write=not dry_run, keys=keys) as log:
+    with _log(db_path, config, write=not dry_run, keys=keys, checkpoints=checkpoints) as log:
         result = log.prune(before=before, now=obj.clock(), dry_run=dry_run)
     viewer = obj.viewer()
     if as_json:

@@ -1,9 +1,11 @@
 """The store: the only package that speaks SQL (schema, transactions, budgets, queries).
 
-Two backends behind one :class:`Store` API: SQLite (:mod:`toolguard.store.sqlite`, the embedded
-default) and PostgreSQL (:mod:`toolguard.store.postgres`, for fleets; ``pip install
-"agent-toolguard[postgres]"``). :func:`open_store` opens the one a location names
-(:func:`parse_store`).
+Two backends behind one typed interface (:mod:`toolguard.store.protocol`:
+:class:`StoreProtocol`, its read side :class:`StoreReader`, :class:`RevocationChecks`): SQLite
+(:mod:`toolguard.store.sqlite`, the embedded default, :class:`Store`) and PostgreSQL
+(:mod:`toolguard.store.postgres`, for fleets; ``pip install "agent-toolguard[postgres]"``).
+:func:`open_store` opens the one a location names (:func:`parse_store`). Events go in as
+:class:`~toolguard.chain.Event` records.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..location import DEFAULT_DB, StoreLocation, parse_store, redact_url
-from .sqlite.core import Denial, PendingOutcome, Store
+from .protocol import (
+    Denial,
+    PendingOutcome,
+    RevocationChecks,
+    StoreProtocol,
+    StoreReader,
+    TrailReads,
+)
+from .revocations import StoreRevocations
+from .sqlite.core import Store
 from .sqlite.maintenance import PruneResult, prune
 from .sqlite.schema import SCHEMA_VERSION
 
@@ -24,8 +35,13 @@ __all__ = [
     "Denial",
     "PendingOutcome",
     "PruneResult",
+    "RevocationChecks",
     "Store",
     "StoreLocation",
+    "StoreProtocol",
+    "StoreReader",
+    "StoreRevocations",
+    "TrailReads",
     "open_store",
     "parse_store",
     "prune",
@@ -41,7 +57,7 @@ def open_store(
     clock: Callable[[], float] = time.time,
     readonly: bool = False,
     pool_size: int = 4,
-) -> Store:
+) -> StoreProtocol:
     """The store at ``location`` (not opened yet: it connects on first use).
 
     A PostgreSQL location needs the ``postgres`` extra: without psycopg this raises

@@ -20,10 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..chain import Event
 from ..errors import AuditError
 
 if TYPE_CHECKING:
     from .sqlite.core import Store
+    from .sqlite.queries import Queries
 
 __all__ = [
     "APPROVAL_KINDS",
@@ -134,7 +136,7 @@ def _fold(rows: Sequence[Sequence[Any]]) -> list[ApprovalRecord]:
 
 
 def find_requests(
-    store: Store,
+    store: Queries,
     *,
     task_id: str | None = None,
     correlation_id: str | None = None,
@@ -206,38 +208,36 @@ def decide(
             data["note"] = note
         store._append(
             conn,
-            {
-                "ts": now,
-                "task_id": found.task_id,
-                "identity": found.identity,
-                "intent": found.intent,
-                "kind": kind,
-                "tool": found.tool,
-                "operation": found.operation,
-                "resources": json.dumps(found.resources, ensure_ascii=False, separators=(",", ":")),
-                "decision": "allow" if kind == "approved" else "deny",
-                "reason": reason,
-                "rule": found.rule,
-                "correlation_id": found.correlation_id,
-                "args": json.dumps(data, ensure_ascii=False, sort_keys=True),
-            },
+            Event(
+                ts=now,
+                task_id=found.task_id,
+                identity=found.identity,
+                intent=found.intent,
+                kind=kind,
+                tool=found.tool,
+                operation=found.operation,
+                resources=json.dumps(found.resources, ensure_ascii=False, separators=(",", ":")),
+                decision="allow" if kind == "approved" else "deny",
+                reason=reason,
+                rule=found.rule,
+                correlation_id=found.correlation_id,
+                args=json.dumps(data, ensure_ascii=False, sort_keys=True),
+            ),
         )
         found.decision, found.decided_at, found.by, found.note = kind, now, by, note
         return Decided(True, found)
 
 
-def request_event(event: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def request_event(event: Event, extra: Mapping[str, Any]) -> Event:
     """An ``approval_requested`` event: ``event``'s columns, its ``args`` column the request's
     id, digest and expiry with the (redacted) arguments."""
-    return {
-        **event,
-        "kind": "approval_requested",
-        "args": json.dumps(dict(extra), ensure_ascii=False, sort_keys=True),
-    }
+    return event._replace(
+        kind="approval_requested", args=json.dumps(dict(extra), ensure_ascii=False, sort_keys=True)
+    )
 
 
 def unused_approval(
-    conn: sqlite3.Connection, store: Store, record: ApprovalRecord, now: float
+    conn: sqlite3.Connection, store: Queries, record: ApprovalRecord, now: float
 ) -> str | None:
     """Inside the transaction of the call's ``request`` event: None if ``record``'s approval
     is recorded, unexpired and unused (no ``request`` event of its call after it), else why

@@ -49,7 +49,6 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from toolguard.credentials import RevocationSource, Verifier
-from toolguard.engine import StoreRevocations
 from toolguard.errors import (
     ConfigError,
     CredentialError,
@@ -57,7 +56,7 @@ from toolguard.errors import (
     ScopeMismatch,
 )
 from toolguard.keys import PublicKeys
-from toolguard.store import open_store, parse_store
+from toolguard.store import StoreRevocations, open_store, parse_store
 from toolguard.text import PLACEHOLDER
 
 from .feed import FeedError, revocation_app, revocation_app_from_config
@@ -255,11 +254,13 @@ class ToolGuardAuth:
             ) from None
         except CredentialRevoked as exc:
             if exc.rule == "credential.revocation":  # the store could not be read: fail closed
+                feed = isinstance(self.verifier.revocations, RevocationFeed)
+                what = "feed" if feed else "store"
                 raise AuthFailure(
                     503,
                     "temporarily_unavailable",
-                    "the revocation store or feed cannot be read, so no credential is "
-                    "accepted; retry later",
+                    f"the revocation {what} cannot be read, so no credential is accepted; "
+                    "retry later",
                     {"Retry-After": "5"},
                 ) from None
             raise self._invalid(exc) from None

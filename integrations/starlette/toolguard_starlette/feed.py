@@ -1,7 +1,7 @@
 """A signed revocation feed over HTTP, for verifiers that cannot read the audit store.
 
 The **server** (:func:`revocation_app`) runs next to the guards, with read access to the store
-(SQLite file, or any backend behind :class:`toolguard.store.Store`'s public methods). It serves::
+(SQLite or PostgreSQL: any store behind :class:`toolguard.store.StoreReader`). It serves::
 
     GET /revocations   the signed revocation list (below); ETag, If-None-Match -> 304,
                        Cache-Control: no-cache
@@ -20,7 +20,11 @@ It covers every scope the store-backed verifier checks: a credential's ``jti``, 
 every delegating task of its ``act`` chain (``task``), its identity when revoked at or after the
 credential's ``iat`` (``identity``), and the task ends this process has not written yet (when
 the app is given a guard's own store). ``version`` only grows (revocations are never deleted):
-a verifier refuses a list older than the one it holds.
+a verifier refuses a list older than the one it holds. The list itself holds only the
+revocations that can still reject a credential: a task or jti revocation leaves it once every
+credential it can reject has passed its ``exp`` plus the verifiers' leeway, an identity
+revocation once the identity is enabled and its credentials have expired likewise (see
+:func:`revocation_app`), so it stays bounded however many tasks end.
 
 The **client** (:class:`~toolguard_starlette.feed_client.RevocationFeed`, in
 :mod:`toolguard_starlette.feed_client`, or ``verifier_from(..., feed=URL)``) polls the list on a
@@ -58,7 +62,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -71,11 +75,13 @@ from toolguard.keys import (
     b64url_encode,
 )
 from toolguard.numbers import is_finite_number
-from toolguard.store import Store, StoreLocation, open_store
+from toolguard.store import StoreLocation, StoreReader, open_store
 
 __all__ = [
     "FEED_MEDIA_TYPE",
     "FEED_TYP",
+    "DEFAULT_LEEWAY",
+    "DEFAULT_MAX_TTL",
     "DIGEST_CHARS",
     "FeedError",
     "RevocationList",
@@ -95,6 +101,15 @@ FEED_MEDIA_TYPE = "application/toolguard-revocations+jwt"
 """The ``Content-Type`` of ``GET /revocations``; the client accepts no other."""
 
 DIGEST_CHARS = 22  # 16 bytes of SHA-256, base64url
+
+DEFAULT_LEEWAY = 60.0
+"""The verifiers' largest clock leeway the feed allows for by default (the most a
+:class:`~toolguard.credentials.Verifier` accepts): a revoked credential is rejected until its
+``exp`` plus this."""
+
+DEFAULT_MAX_TTL = 300.0
+"""The longest credential lifetime (``exp - iat``) the verifiers accept, by default (the
+verifiers' and the issuer's default ``max_ttl``)."""
 
 
 class FeedError(ToolGuardError):
@@ -138,42 +153,42 @@ class RevocationList:
 
 class _Snapshot:
     """The published content for one state of the store: the claims without ``iat`` as JSON
-    (``{"iss":...}``), its version, and its ETag."""
+    (``{"iss":...}``), its version, its ETag, and until when it holds (the time the next row
+    may leave the list)."""
 
-    __slots__ = ("claims_json", "etag", "marker", "version")
+    __slots__ = ("claims_json", "etag", "marker", "valid_until", "version")
 
-    def __init__(self, marker: object, version: int, claims_json: str) -> None:
+    def __init__(self, marker: object, version: int, claims_json: str, valid_until: float):
         self.marker = marker
         self.version = version
         self.claims_json = claims_json
+        self.valid_until = valid_until
         digest = hashlib.sha256(claims_json.encode()).hexdigest()[:32]
         self.etag = f'"v{version}-{digest}"'
 
 
 class _Publisher:
     """Builds and signs the list. The store is read again only when its revocation marker
-    (or this process's pending task ends) changed; digests of rows already seen are kept."""
+    (or this process's pending task ends) changed, or when a row's last credential has
+    expired (it leaves the list); digests of the rows published last time are kept."""
 
     def __init__(
         self,
-        store: Store,
+        store: StoreReader,
         keys: KeyRing,
         issuer: str,
         clock: Callable[[], float],
         horizon: float | None = None,
+        leeway: float = DEFAULT_LEEWAY,
+        max_ttl: float = DEFAULT_MAX_TTL,
     ) -> None:
         self.store, self.keys, self.issuer, self.clock = store, keys, issuer, clock
         self.horizon = horizon
+        self.leeway = leeway
+        self.max_ttl = max_ttl
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
         self._digests: dict[tuple[str, str], str] = {}
-
-    def _digest(self, scope: str, value: str) -> str:
-        key = (scope, value)
-        found = self._digests.get(key)
-        if found is None:
-            found = self._digests[key] = revocation_digest(scope, value)
-        return found
 
     def snapshot(self) -> _Snapshot:
         """The current content (raises on any store failure)."""
@@ -183,37 +198,64 @@ class _Publisher:
         tick = None if self.horizon is None else int(now // 60)
         marker = (self.store.revocation_marker(), pending, tick)
         with self._lock:
-            if self._snapshot is not None and self._snapshot.marker == marker:
-                return self._snapshot
-            rows = self.store.revocation_rows()
-            digest = self._digest
+            held = self._snapshot
+            if held is not None and held.marker == marker and now < held.valid_until:
+                return held
+            # a credential is accepted while now < exp + leeway: a row matters while one of the
+            # credentials it can reject has exp > now - leeway (read in one statement)
+            life, leeway = self.max_ttl, self.leeway
+            total, rows = self.store.revocation_reach(now - leeway, now - life - leeway)
+            seen, digests = self._digests, {}
+
+            def digest(scope: str, value: str) -> str:
+                key = (scope, value)
+                found = seen.get(key)
+                if found is None:
+                    found = revocation_digest(scope, value)
+                digests[key] = found
+                return found
+
             jtis: dict[str, None] = {}
             tasks: dict[str, None] = {}
             identities: dict[str, float] = {}
+            valid_until = math.inf
             cutoff = -math.inf if self.horizon is None else now - self.horizon
-            for scope, value, ts in rows:
-                if ts < cutoff and scope in ("task", "jti"):
-                    continue  # every credential it could reject has expired (see horizon)
-                if scope == "task":
-                    tasks[digest("task", value)] = None
-                elif scope == "jti":
-                    jtis[digest("jti", value)] = None
+            for scope, value, ts, until, disabled in rows:
+                # it can reject a credential issued before it (a verifier accepts a lifetime of
+                # max_ttl at most) or one the store knows is still valid, until leeway after
+                # either expires; a disabled identity's revocation stays
+                drop_at = max(ts + life, -math.inf if until is None else until) + leeway
+                if scope in ("task", "jti"):
+                    if now >= drop_at or ts < cutoff:
+                        continue  # every credential it could reject has expired
+                    valid_until = min(valid_until, drop_at)
+                    if scope == "task":
+                        tasks[digest("task", value)] = None
+                    else:
+                        jtis[digest("jti", value)] = None
                 elif scope == "identity":
+                    if disabled:  # enabling writes no revocation: look again in a minute
+                        valid_until = min(valid_until, now + 60.0)
+                    elif now >= drop_at:
+                        continue  # enabled, and every credential it could reject has expired
+                    else:
+                        valid_until = min(valid_until, drop_at)
                     key = digest("identity", value)
                     identities[key] = max(ts, identities.get(key, -math.inf))
                 else:  # a scope the feed does not know would be silently dropped: refuse
                     raise FeedError(f"the store holds a revocation of unknown scope {scope[:32]!r}")
             for task_id in sorted(pending):
                 tasks[digest("task", task_id)] = None
+            self._digests = digests
             content = {
                 "iss": self.issuer,
-                "version": len(rows),
+                "version": total,
                 "jti": list(jtis),
                 "task": list(tasks),
                 "identity": identities,
             }
             claims_json = json.dumps(content, separators=(",", ":"), allow_nan=False)
-            self._snapshot = _Snapshot(marker, len(rows), claims_json)
+            self._snapshot = _Snapshot(marker, total, claims_json, valid_until)
             return self._snapshot
 
     def sign(self, snap: _Snapshot) -> bytes:
@@ -231,18 +273,21 @@ class _Publisher:
 
 def revocation_app(
     *,
-    store: Store | StoreLocation | str | os.PathLike[str],
+    store: StoreReader | StoreLocation | str | os.PathLike[str],
     keys: KeyRing,
     issuer: str,
     secret: str | None = None,
     busy_timeout: float = 2.0,
     clock: Callable[[], float] = time.time,
     horizon: float | None = None,
+    leeway: float = DEFAULT_LEEWAY,
+    max_ttl: float = DEFAULT_MAX_TTL,
 ) -> Starlette:
     """The feed app: ``GET /revocations`` (the signed list) and ``GET /jwks.json``.
 
-    ``store`` is a :class:`toolguard.store.Store` (e.g. ``guard.store``: its pending task ends
-    are published too) or the path of the audit database (opened read-only). ``keys`` is the
+    ``store`` is a store (a :class:`toolguard.store.StoreReader`, e.g. ``guard.store``: its
+    pending task ends are published too) or the path or URL of the audit database (opened
+    read-only). ``keys`` is the
     issuer's :class:`~toolguard.keys.KeyRing` (``guard.keys``, or ``KeyRing.load(key_file)``):
     the list is signed with its active key. ``issuer`` is the issuer's name (the ``iss`` the
     verifiers expect). Run it with any ASGI server, or mount it in an app::
@@ -256,27 +301,49 @@ def revocation_app(
     the verifiers as ``feed_secret=``. If the store cannot be read, ``/revocations`` answers
     503 (verifiers keep their last list for their grace period, then fail closed).
 
-    The list grows with every task end and every ``jti`` revocation, and the store never
-    forgets them: past the clients' ``max_bytes`` (16 MiB: roughly 500,000 task ends) every
-    verifier would reject it and fail closed. ``horizon`` (seconds) leaves out task and jti
-    revocations older than that: set it to at least the verifiers' ``max_ttl`` plus their
-    leeway (a credential lives at most ``max_ttl``, so every credential such a row could reject
-    has expired). ``version`` still counts every revocation; identity revocations (one entry
-    per identity) are always kept.
+    The store keeps every revocation (every task end is one), but the list holds only those
+    that can still reject a credential, so it stays bounded however long the store runs: a
+    ``task`` or ``jti`` revocation leaves it once every credential it can reject has expired
+    for every verifier, that is ``leeway`` seconds after the later of (a) the revocation's
+    time plus ``max_ttl`` (a verifier accepts no lifetime longer than its ``max_ttl``, and no
+    credential of a revoked task or jti is minted after its revocation) and (b) the latest
+    ``exp`` among the credentials the store recorded that it can reject (that credential; the
+    task's and its delegated tasks' credentials: this covers clocks that disagree). An
+    ``identity`` revocation stays while the identity is disabled, else leaves likewise (with
+    every credential of the identity). ``max_ttl`` (default :data:`DEFAULT_MAX_TTL`, 300) and
+    ``leeway`` (default :data:`DEFAULT_LEEWAY`, 60, the most a verifier accepts) must be at
+    least the verifiers' own. ``horizon`` (seconds), optional, also leaves out task and jti
+    revocations older than that, whatever their credentials. ``version`` still counts every
+    revocation.
     """
     if horizon is not None and (not is_finite_number(horizon) or not 1 <= horizon <= 10**9):
         raise ConfigError(
             "horizon must be a number of seconds of at least 1 (at least the verifiers' "
             "max_ttl plus their leeway), or None to publish every revocation"
         )
+    if not is_finite_number(max_ttl) or not 0 < max_ttl <= 10**9:
+        raise ConfigError(
+            "max_ttl must be the verifiers' longest accepted credential lifetime in seconds, "
+            f"above 0 (default {DEFAULT_MAX_TTL:g})"
+        )
+    if not is_finite_number(leeway) or not 0 <= leeway <= 3600:
+        raise ConfigError(
+            "leeway must be the verifiers' largest clock leeway, from 0 to 3600 seconds "
+            f"(default {DEFAULT_LEEWAY:g})"
+        )
     if not isinstance(keys, KeyRing):
         raise ConfigError("keys must be the issuer's KeyRing (it signs the revocation list)")
     if not isinstance(issuer, str) or not issuer:
         raise ConfigError("issuer must be the issuer's name, a non-empty string")
     expected = None if secret is None else check_secret(secret).encode()
-    if not isinstance(store, Store):  # a path, sqlite:/// or postgresql:// (parse_store)
-        store = open_store(store, readonly=True, busy_timeout=busy_timeout)
-    publisher = _Publisher(store, keys, issuer, clock, None if horizon is None else float(horizon))
+    if isinstance(store, (StoreLocation, str, os.PathLike)) or not callable(
+        getattr(store, "revocation_reach", None)
+    ):  # a path, sqlite:/// or postgresql:// (parse_store: anything else is a ConfigError)
+        store = open_store(cast(Any, store), readonly=True, busy_timeout=busy_timeout)
+    publisher = _Publisher(
+        store, keys, issuer, clock, None if horizon is None else float(horizon), float(leeway),
+        float(max_ttl),
+    )  # fmt: skip
     jwks = keys.jwks()
 
     def revocations(request: Request) -> Response:
@@ -330,11 +397,12 @@ def revocation_app_from_config(
     secret: str | None = None,
     busy_timeout: float = 2.0,
     horizon: float | None = None,
+    leeway: float = DEFAULT_LEEWAY,
 ) -> Starlette:
     """:func:`revocation_app` for a guard's config file (or mapping): its store (read-only),
     its issuer's name and signing key (``issuer.key``, else ``issuer.key_file``, which must
-    exist: the feed never creates a key); ``secret`` as for :func:`revocation_app`. For an ASGI
-    server's command line::
+    exist: the feed never creates a key), its ``issuer.max_ttl``; ``secret``, ``horizon`` and
+    ``leeway`` as for :func:`revocation_app`. For an ASGI server's command line::
 
         # feed.py
         from toolguard_starlette import revocation_app_from_config
@@ -352,7 +420,8 @@ def revocation_app_from_config(
         keys = KeyRing.load(cfg.resolve_path(issuer.key_file), create=False)
     return revocation_app(
         store=cfg.store_location, keys=keys, issuer=issuer.name, secret=secret,
-        busy_timeout=busy_timeout, horizon=horizon,
+        busy_timeout=busy_timeout, horizon=horizon, leeway=leeway,
+        max_ttl=issuer.effective_max_ttl,
     )  # fmt: skip
 
 

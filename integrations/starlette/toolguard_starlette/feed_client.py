@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from toolguard.errors import ConfigError
+from toolguard.httpauth import tls_context
 from toolguard.keys import (
     ALGORITHMS,
     PublicKeySource,
@@ -116,6 +117,12 @@ class RevocationFeed:
             )
         self._secret = None if secret is None else check_secret(secret)
         self.url = url
+        netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+        if ":" in (parts.hostname or "") and parts.hostname is not None:
+            netloc = f"[{parts.hostname}]" + ("" if parts.port is None else f":{parts.port}")
+        self.source = f"the revocation feed {parts.scheme}://{netloc}{parts.path}"
+        """What it reads, in words, for the verifier's fail-closed message: the feed's address
+        without its query or fragment (they may carry a secret; the URL has no user:pass@)."""
         self.keys = keys
         self.issuer = issuer
         self.algorithms = allowed
@@ -150,8 +157,9 @@ class RevocationFeed:
         if self._secret is not None:
             headers["Authorization"] = f"Bearer {self._secret}"
         return httpx.Client(
-            timeout=self.timeout, follow_redirects=False, trust_env=False, headers=headers
-        )
+            timeout=self.timeout, follow_redirects=False, trust_env=False, headers=headers,
+            verify=tls_context(trust_env=False),
+        )  # fmt: skip
 
     def _after_fork(self) -> None:
         """In a forked child (a pre-forking server's worker), before anything else runs: the

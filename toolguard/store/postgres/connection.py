@@ -1,32 +1,38 @@
 """A psycopg 3 connection that speaks the store's SQL (written for SQLite) on PostgreSQL.
 
 The store's statements are portable SQL except for a few spellings, translated once per
-statement text (cached, so psycopg's automatic prepared statements still apply): ``?``
-placeholders become ``%s``; ``char(31)`` is ``chr(31)``; the column ``by`` (a reserved word)
-is quoted; ``BEGIN IMMEDIATE`` (SQLite's writer lock) is ``BEGIN`` plus the store's writer
-lock, a transaction-scoped advisory lock (:data:`WRITER_LOCK`) that serialises the writers of
-the whole fleet exactly as SQLite's lock serialises those of one host (see docs/audit.md).
+statement text (cached): ``?`` placeholders become ``%s`` (and ``$1``, ``$2``, ... for the
+writer's prepared statements, see :meth:`PgConnection._send_prepared`); ``char(31)`` is
+``chr(31)``; the column ``by`` (a reserved word) is quoted; ``BEGIN IMMEDIATE`` (SQLite's
+writer lock) is ``BEGIN`` plus the store's writer lock, a transaction-scoped advisory lock
+(:data:`WRITER_LOCK`) that serialises the writers of the whole fleet exactly as SQLite's lock
+serialises those of one host (see docs/audit.md).
 
 Every psycopg error is re-raised as the :mod:`sqlite3` error of the same meaning, so the
 store's fail-closed handling (every failure on the write path is an ``AuditError``; an item
 whose values the database refuses is replaced, never retried) is one code path for both
 backends: :class:`psycopg.DataError` and :class:`psycopg.IntegrityError` are the item's fault
 (``sqlite3.DataError``/``IntegrityError``); everything else (connection lost, timeout,
-permission denied, serialization failure) is ``sqlite3.OperationalError``.
+permission denied, serialization failure) is ``sqlite3.OperationalError``. The psycopg error
+is never chained to it (see :func:`sqlite_error`).
 """
 
 from __future__ import annotations
 
+import math
 import re
+import select
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.adapt import Loader
+from psycopg import pq
+from psycopg.adapt import Loader, Transformer
 from psycopg.types.string import StrDumper
 
 from ...location import redact_url
@@ -121,7 +127,13 @@ def _params(values: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def sqlite_error(exc: BaseException, where: str) -> sqlite3.Error:
-    """The :mod:`sqlite3` error of the same meaning as a psycopg error (passwords removed)."""
+    """The :mod:`sqlite3` error of the same meaning as a psycopg error (passwords removed).
+
+    Raise it outside the ``except`` block that caught ``exc`` (or ``from None`` where the
+    caught error is itself already clean): a psycopg error keeps the connection it came from
+    (``pgconn``, with the connection's parameters, its password among them) and must be
+    reachable from no error the store raises, neither as ``__cause__`` nor as ``__context__``.
+    """
     text = redact_url(str(exc).strip() or type(exc).__name__)
     message = f"{text} (PostgreSQL {where})"
     if isinstance(exc, psycopg.IntegrityError):
@@ -170,7 +182,77 @@ def run(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] = (), *, 
             return Rows(None, [])
         return Rows([(c.name,) for c in cur.description], cur.fetchall())
     except psycopg.Error as exc:
-        raise sqlite_error(exc, where) from exc
+        error = sqlite_error(exc, where)
+    raise error  # outside the handler: psycopg's error is neither __cause__ nor __context__
+
+
+_TEXT, _INT8, _FLOAT8 = 25, 20, 701  # parameter type oids
+_SYNC = pq.ExecStatus.PIPELINE_SYNC
+_FATAL = pq.ExecStatus.FATAL_ERROR
+_TUPLES = pq.ExecStatus.TUPLES_OK
+_OK = pq.ConnStatus.OK
+_STALE_PREPARED = frozenset({"26000", "0A000"})
+"""A prepared statement the server no longer has (``DEALLOCATE``, ``DISCARD ALL``, a pooler
+that switched server connections), or whose result type a schema change altered."""
+_MAX_PREPARED = 200
+"""Statements one connection prepares at most (the store has a few dozen); past it, the rest
+are sent unnamed."""
+_OIDS: dict[type, int] = {type(None): 0, str: _TEXT, int: _INT8, float: _FLOAT8}
+"""The parameter type sent for each Python type (``None``: the server infers it, as for
+psycopg's ``None``); a value of any other type is sent by psycopg."""
+
+
+def _text(value: str) -> bytes:
+    if "\x00" in value:
+        raise ValueError("NUL")  # PostgreSQL's text cannot hold it: psycopg refuses it
+    return value.encode("utf-8")  # a lone surrogate: UnicodeEncodeError, a ValueError
+
+
+def _ascii_text(value: str) -> bytes:
+    if not value.isascii():  # a server encoding other than UTF-8: psycopg encodes it
+        raise ValueError("not ASCII")
+    return _text(value)
+
+
+def _int8(value: int) -> bytes:
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("not a bigint")  # psycopg sends it as numeric
+    return b"%d" % value
+
+
+_ENCODERS: dict[type, Callable[[Any], bytes | None]] = {
+    type(None): lambda _: None,
+    str: _text,
+    int: _int8,
+    float: lambda value: _float_text(value),
+}
+_ASCII_ENCODERS = {**_ENCODERS, str: _ascii_text}
+
+_poll = getattr(select, "poll", None)
+_PLACEHOLDER = re.compile(r"%%|%s")
+
+
+@lru_cache(maxsize=1024)
+def _numbered(sql: str) -> bytes:
+    """psycopg's query text (``%s`` placeholders, ``%%``) as the server's (``$1``, ``%``)."""
+    count = 0
+
+    def number(match: re.Match[str]) -> str:
+        nonlocal count
+        if match.group() == "%%":
+            return "%"
+        count += 1
+        return f"${count}"
+
+    return _PLACEHOLDER.sub(number, sql).encode("utf-8")
+
+
+def _float_text(value: float) -> bytes:
+    if value != value:
+        return b"NaN"
+    if value in (math.inf, -math.inf):
+        return b"Infinity" if value > 0 else b"-Infinity"
+    return repr(value).encode()
 
 
 _DEFERRABLE = ("INSERT", "UPDATE", "DELETE", "SAVEPOINT", "RELEASE")
@@ -215,6 +297,18 @@ class PgConnection:
         )
         self.round_trips = 0
         """Requests sent to the server (a pipeline is one); for tests and benchmarks."""
+        self.lock_seconds = 0.0
+        """Time from sending the request that takes the writer lock to the reply to the
+        ``COMMIT`` that releases it, summed over committed transactions: how long this
+        process held the lock, plus its waits for it (for benchmarks)."""
+        self._lock_sent = 0.0
+        self.server_hash = self._utf8 and conn.info.server_version >= 110000
+        """Whether events are hashed by the server (``sha256()``; text sent and hashed as
+        UTF-8), see :data:`toolguard.store.postgres.core._APPEND`."""
+        self._prepared: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        """The statements prepared on this connection: (text, parameter types) -> name."""
+        self._names = 0
+        self._loader = Transformer.from_context(conn)
 
     @property
     def broken(self) -> bool:
@@ -240,9 +334,13 @@ class PgConnection:
                 self._lock_queued = False
                 return Rows(None, [])
             return self._send(translate(sql), ())
-        if word.startswith(("COMMIT", "END")):
-            self._in_tx = False
-        return self._send(translate(sql), _params(params))
+        if not word.startswith(("COMMIT", "END")):
+            return self._send(translate(sql), _params(params))
+        self._in_tx = False
+        try:
+            return self._send(translate(sql), _params(params))
+        finally:
+            self.lock_seconds += time.perf_counter() - self._lock_sent
 
     def _elide(self, release: str) -> bool:
         """``RELEASE x`` whose ``SAVEPOINT x`` is still queued, with no savepoint after it:
@@ -318,9 +416,14 @@ class PgConnection:
         if sql is not None:
             queue.append((sql, params))
         locking, self._lock_queued = self._lock_queued, False
+        if locking:
+            self._lock_sent = time.perf_counter()
         self.round_trips += 1
         cur = self._cursor
         try:
+            encoded = self._encode(queue)
+            if encoded is not None:
+                return self._send_prepared(queue, encoded, rows=sql is not None)
             if len(queue) == 1:
                 cur.execute(queue[0][0], queue[0][1])
             else:
@@ -331,12 +434,119 @@ class PgConnection:
                 return Rows(None, [])
             return Rows([(c.name,) for c in cur.description], cur.fetchall())
         except psycopg.Error as exc:
+            error: sqlite3.Error
             if locking and isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
-                raise sqlite3.OperationalError(
+                error = sqlite3.OperationalError(
                     f"the store's writer lock was not granted within busy_timeout "
                     f"({self.lock_timeout:g}s; raise it or reduce concurrent writers)"
-                ) from exc
-            raise sqlite_error(exc, "write") from exc
+                )
+            else:
+                error = sqlite_error(exc, "write")
+        raise error  # outside the handler (see sqlite_error)
+
+    def _encode(
+        self, queue: Sequence[tuple[str, tuple[Any, ...]]]
+    ) -> list[tuple[tuple[int, ...], list[bytes | None]]] | None:
+        """Every statement's parameter types and text values for :meth:`_send_prepared`, or
+        None when a value is not one of those it sends as psycopg would (``None``, a 64-bit
+        int, a float, text the server takes): psycopg sends those statements (and refuses a
+        bad value with its own error, see :meth:`screened`)."""
+        out: list[tuple[tuple[int, ...], list[bytes | None]]] = []
+        encoders = _ENCODERS if self._utf8 else _ASCII_ENCODERS
+        try:
+            for _, params in queue:
+                kinds = tuple(map(type, params))
+                oids = tuple(map(_OIDS.__getitem__, kinds))  # KeyError: another type
+                out.append((oids, [encoders[k](v) for k, v in zip(kinds, params, strict=True)]))
+        except (KeyError, ValueError):  # ValueError: a value psycopg must send (or refuse)
+            return None
+        return out
+
+    def _send_prepared(
+        self,
+        queue: Sequence[tuple[str, tuple[Any, ...]]],
+        encoded: Sequence[tuple[tuple[int, ...], list[bytes | None]]],
+        *,
+        rows: bool,
+    ) -> Rows:
+        """The queued statements in one pipeline on libpq directly, each a prepared statement
+        of this connection (prepared in the same round trip the first time it is sent with
+        these parameter types); psycopg's per-statement work (query building, dumper lookup,
+        the pipeline's bookkeeping) is what made a call cost twice SQLite's CPU. Raises the
+        psycopg error of the first statement that failed; any other failure (an interrupt
+        halfway) closes the connection, so nothing half-sent is ever used again."""
+        pg = self.raw.pgconn
+        prepared = self._prepared
+        new: list[tuple[tuple[str, tuple[int, ...]], bytes]] = []
+        sent = 0
+        try:
+            pg.enter_pipeline_mode()
+            for (text, _), (oids, values) in zip(queue, encoded, strict=True):
+                key = (text, oids)
+                name = prepared.get(key)
+                if name is None and len(prepared) + len(new) < _MAX_PREPARED:
+                    self._names += 1
+                    name = b"tg_%d" % self._names
+                    pg.send_prepare(name, _numbered(text), oids)
+                    new.append((key, name))
+                    sent += 1
+                if name is not None:
+                    pg.send_query_prepared(name, values)
+                else:  # too many distinct statements: this one unnamed, parsed each time
+                    pg.send_query_params(_numbered(text), values, oids)
+                sent += 1
+            pg.pipeline_sync()
+            while pg.flush():
+                self._wait(write=True)
+            error: psycopg.Error | None = None
+            last: Any = None
+            ends = 0
+            while True:
+                while pg.is_busy():
+                    self._wait(write=False)
+                    pg.consume_input()
+                result = pg.get_result()
+                if result is None:  # the end of one statement's results
+                    ends += 1
+                    if ends > sent:  # pragma: no cover - libpq never does this
+                        raise psycopg.OperationalError("the pipeline's results are out of step")
+                    continue
+                status = result.status
+                if status == _SYNC:
+                    break
+                if status == _FATAL and error is None:
+                    error = pg_errors.error_from_result(result, self.raw.info.encoding)
+                last = result
+            pg.exit_pipeline_mode()
+        except psycopg.Error:
+            if self.raw.pgconn.status != _OK:  # a dropped connection: replaced next time
+                raise
+            self.close()  # out of step with the server: never used again
+            raise
+        except BaseException:
+            self.close()
+            raise
+        if error is not None:
+            if error.sqlstate in _STALE_PREPARED:  # the server dropped or outdated them:
+                prepared.clear()  # this transaction fails closed; the next prepares anew
+            raise error
+        prepared.update(new)
+        if not rows or last is None or last.status != _TUPLES:
+            return Rows(None, [])
+        tx = self._loader
+        tx.set_pgresult(last)
+        names = [(last.fname(i).decode(),) for i in range(last.nfields)]
+        return Rows(names, tx.load_rows(0, last.ntuples, tuple))
+
+    def _wait(self, *, write: bool) -> None:
+        """Until the connection's socket is readable (or writable)."""
+        fd = self.raw.pgconn.socket
+        if _poll is None:  # pragma: no cover - Windows
+            select.select([], [fd], []) if write else select.select([fd], [], [])
+            return
+        poller = _poll()
+        poller.register(fd, select.POLLOUT if write else select.POLLIN)
+        poller.poll()
 
     def close(self) -> None:
         try:

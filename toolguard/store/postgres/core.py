@@ -34,6 +34,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from ...chain import GENESIS, HASHED_FIELDS, REAL_FIELDS, Event, encode_values, event_values
 from ...errors import AuditError
 from ...location import StoreLocation
 from ..sqlite.core import Store
@@ -41,6 +42,33 @@ from .connection import PgConnection, Rows, configure, run, sqlite_error
 from .schema import create_schema, schema_version
 
 __all__ = ["PostgresStore"]
+
+
+def _cast(name: str) -> str:
+    return f"CAST(? AS {'DOUBLE PRECISION' if name in REAL_FIELDS else 'TEXT'})"
+
+
+_APPEND = (
+    f"INSERT INTO events ({', '.join(HASHED_FIELDS)}, prev_hash, hash)"
+    " SELECT h.seq + 1, "
+    + ", ".join(_cast(name) for name in HASHED_FIELDS[1:])
+    + ", h.hash, encode(sha256(convert_to(h.hash || '[' || CAST(h.seq + 1 AS TEXT)"
+    " || CAST(? AS TEXT), 'UTF8')), 'hex')"
+    " FROM (SELECT COALESCE(e.seq, p.seq, 0) AS seq, COALESCE(e.hash, p.hash,"
+    f" '{GENESIS}') AS hash FROM (SELECT 1) AS one"
+    " LEFT JOIN (SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1) AS e ON TRUE"
+    " LEFT JOIN (SELECT before_seq - 1 AS seq, head_hash AS hash FROM prunes"
+    " ORDER BY id DESC LIMIT 1) AS p ON e.seq IS NULL) AS h"
+)
+"""An event appended to the chain by the server: the head (the last event, else the last
+prune's cut, else genesis) read under the writer lock by the INSERT itself, ``seq`` its
+successor, ``hash`` = sha256(prev_hash + canonical JSON) where the client sends the JSON after
+``[seq`` (the values it hashes are the ones it sends; ``seq`` is the array's first element and
+is written as the server writes it, the same digits). Byte for byte what
+:func:`toolguard.chain.values_hash` computes, so ``verify`` recomputes it; no round trip to
+read the head first."""
+
+_SEQ_PREFIX = "[0,"
 
 
 class _ServerName(str):
@@ -159,12 +187,12 @@ class PostgresStore(Store):
             return psycopg.connect(self.location.url, **self._options())
 
         try:
-            conn = connect()
+            return connect()
         except psycopg.Error as exc:
-            raise AuditError(
+            error = AuditError(
                 f"cannot connect to the audit database {self.path}: {sqlite_error(exc, 'connect')}"
-            ) from exc
-        return conn
+            )
+        raise error  # outside the handler: no psycopg error (it holds the password) chained
 
     def pool(self) -> ConnectionPool[Any]:
         """The process's pool of read connections (``store_pool_size``), opened on first use
@@ -194,11 +222,12 @@ class PostgresStore(Store):
         try:
             conn: psycopg.Connection[Any] = pool.getconn()
             return conn
-        except PoolTimeout as exc:
-            raise AuditError(
-                f"cannot read the audit database {self.path}: no connection within busy_timeout "
-                f"({self.busy_timeout:g}s; the server is unreachable, or raise store_pool_size)"
-            ) from exc
+        except PoolTimeout:
+            pass
+        raise AuditError(  # outside the handler: no psycopg error chained
+            f"cannot read the audit database {self.path}: no connection within busy_timeout "
+            f"({self.busy_timeout:g}s; the server is unreachable, or raise store_pool_size)"
+        )
 
     def _ensure_ready(self) -> None:
         if self._ready:
@@ -215,19 +244,23 @@ class PostgresStore(Store):
             else:
                 create_schema(conn, str(self.path))
         except psycopg.Error as exc:
-            raise AuditError(
+            error = AuditError(
                 f"the audit database {self.path} cannot be used: {sqlite_error(exc, 'open')}"
-            ) from exc
+            )
         except Exception as exc:  # sqlite-shaped errors from create_schema
             if isinstance(exc, AuditError):
                 raise
-            raise AuditError(
+            error = AuditError(
                 f"the audit database {self.path} cannot be used: {exc}; check that the role "
                 "may create tables (or run `toolguard db migrate` with one that may)"
-            ) from exc
+            )
+            error.__cause__ = exc  # a sqlite3 error of ours: no psycopg error behind it
+        else:
+            self._ready = True
+            return
         finally:
             conn.close()
-        self._ready = True
+        raise error  # outside the handlers: no psycopg error chained
 
     @property
     def conn(self) -> Any:
@@ -277,6 +310,21 @@ class PostgresStore(Store):
             raise
         if careful and self._local.tx is None:
             self._careful = False
+
+    def _append(self, conn: Any, event: Event) -> None:
+        """Append an event; the server reads the chain head and hashes (see :data:`_APPEND`)
+        when it can (UTF-8 on both ends, PostgreSQL >= 11), else as on SQLite."""
+        if not getattr(conn, "server_hash", False):  # tests may wrap the writer
+            super()._append(conn, event)
+            return
+        values = event_values(0, event)  # exactly what is stored is what is hashed
+        text = encode_values(values)
+        if not text.startswith(_SEQ_PREFIX):  # pragma: no cover - seq is the first field
+            raise AssertionError("the canonical JSON of an event starts with its seq")
+        if not text.isascii():
+            text.encode("utf-8")  # a lone surrogate is refused here, as SQLite's hash refuses it
+        conn.execute(_APPEND, (*values[1:], text[len(_SEQ_PREFIX) - 1 :]))
+        self._local.head = None
 
     def _connect(self) -> Any:  # pragma: no cover - every connection comes from above
         raise AssertionError("PostgresStore opens connections through its pool and writer")

@@ -100,11 +100,14 @@ def create_schema(conn: psycopg.Connection[Any], where: str) -> bool:
         # Another guard created it while this one waited for the lock: the server resolved
         # ``meta`` from its catalog cache of before the wait (an advisory lock does not
         # refresh it). A new transaction sees the schema; anything else is still an error.
+        error, raced = sqlite_error(exc, "schema"), True
+    except psycopg.Error as exc:
+        error, raced = sqlite_error(exc, "schema"), False
+    # outside the handlers: no psycopg error (it holds the password) is chained to ours
+    if raced:
         try:
             if schema_version(conn) == SCHEMA_VERSION:
                 return False
         except psycopg.Error as again:
-            raise sqlite_error(again, "schema") from again
-        raise sqlite_error(exc, "schema") from exc
-    except psycopg.Error as exc:
-        raise sqlite_error(exc, "schema") from exc
+            error = sqlite_error(again, "schema")
+    raise error

@@ -27,14 +27,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ...budget import Settlement, Spend
-from ...chain import GENESIS, HASHED_FIELDS, row_values, values_hash
+from ...budget import Spend
+from ...chain import GENESIS, HASHED_FIELDS, Event, event_values, values_hash
 from ...errors import AuditError, BudgetExceeded, PolicyDenied
 from ...numbers import MAX_COST, is_finite_number, is_timestamp
+from ..approvals import ApprovalRecord, Decided, decide
+from ..protocol import Denial, PendingOutcome
 from .budgets import INSERT_TALLY, Anomaly, Charge, charge, settle
+from .maintenance import PruneResult, prune
 from .queries import Queries
 from .schema import check_pages, create_schema
 from .tasks import TaskBudgets
+from .trail import TrailReader, read_snapshot
 
 log = logging.getLogger("toolguard")
 
@@ -69,24 +73,6 @@ _INSERT_CREDENTIAL = (
 )
 
 
-@dataclass(slots=True)
-class PendingOutcome:
-    """An outcome event waiting for the next transaction, with its budget settlement."""
-
-    event: dict[str, Any]
-    settle: tuple[Settlement, ...] = ()
-    taint: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Denial:
-    """Why the store refused a call inside its transaction (budget or revocation)."""
-
-    error: PolicyDenied
-    ended: Sequence[str] = ()
-    """Active tasks the refusal ended (an ``on_anomaly`` revocation of the identity)."""
-
-
 class _Connection(sqlite3.Connection):
     """A connection that can be weakly referenced: a reader closes when its thread ends."""
 
@@ -108,7 +94,7 @@ class PendingEnd:
     status: str
     now: float
     reason: str
-    events: list[dict[str, Any]]
+    events: list[Event]
 
 
 class Store(Queries):
@@ -352,6 +338,47 @@ class Store(Queries):
         _ = self.conn
         return self
 
+    @contextmanager
+    def read_trail(self, *, snapshot: bool = True) -> Iterator[TrailReader]:
+        """The trail's reads for ``verify`` and the checkpoint checks: in one read transaction
+        (``snapshot``, so a scan and its side queries see the same trail), or on this thread's
+        connection as it is. A database error, in here or in the caller's block, is
+        :class:`AuditError`."""
+        try:
+            if snapshot:
+                with read_snapshot(self.conn) as conn:
+                    yield TrailReader(conn)
+            else:
+                yield TrailReader(self.conn)
+        except sqlite3.Error as exc:
+            raise AuditError(f"cannot read the audit database {self.path}: {exc}") from exc
+
+    def prune(
+        self,
+        *,
+        before: float,
+        now: float,
+        dry_run: bool = False,
+        expect: tuple[int, str] | None = None,
+    ) -> PruneResult:
+        """Remove the events older than ``before`` (:func:`toolguard.store.sqlite.maintenance.
+        prune`, which says how the chain stays verifiable)."""
+        return prune(self, before=before, now=now, dry_run=dry_run, expect=expect)
+
+    def decide_approval(
+        self,
+        record: ApprovalRecord,
+        kind: str,
+        *,
+        by: str,
+        note: str | None,
+        reason: str,
+        now: float,
+    ) -> Decided:
+        """Append the decision ``kind`` of an approval request, unless it was decided already
+        or (for a person's decision) expired (:func:`toolguard.store.approvals.decide`)."""
+        return decide(self, record, kind, by=by, note=note, reason=reason, now=now)
+
     def close(self) -> None:
         """Write pending outcomes and close every connection."""
         try:
@@ -522,12 +549,11 @@ class Store(Queries):
             return int(cut[0]) - 1, str(cut[1])
         return 0, GENESIS
 
-    def _append(self, conn: sqlite3.Connection, event: dict[str, Any]) -> None:
+    def _append(self, conn: sqlite3.Connection, event: Event) -> None:
         local = self._local
         # the head is read once per transaction: we hold the write lock, nobody else appends
         seq, prev = local.head if local.head is not None else self._head(conn)
-        event["seq"] = seq + 1
-        values = row_values(event)  # exactly what is stored is what is hashed
+        values = event_values(seq + 1, event)  # exactly what is stored is what is hashed
         digest = values_hash(prev, values)
         conn.execute(_INSERT_EVENT, (*values, prev, digest))
         local.head = (seq + 1, digest)
@@ -552,7 +578,7 @@ class Store(Queries):
             log.warning(
                 "toolguard: a queued %s of task %s could not be written (%s: %s); %s",
                 "task end" if isinstance(item, PendingEnd) else "outcome",
-                item.task_id if isinstance(item, PendingEnd) else item.event.get("task_id"),
+                item.task_id if isinstance(item, PendingEnd) else _outcome_task(item.event),
                 type(exc).__name__,
                 exc,
                 "writing it without the bad values" if fallback else "dropped",
@@ -586,23 +612,23 @@ class Store(Queries):
                 if not is_finite_number(delta) or abs(delta) > MAX_COST:
                     raise ValueError(f"a settlement of {delta!r} is not a finite cost")
             settle(conn, item.settle, self._tasks, now=self.clock())
-        self._append(conn, item.event)
-        if item.event.get("outcome") == "not-run":  # no credential was issued after all
-            event = item.event
-            identity, jti = event.get("identity"), event.get("jti")
+        event = item.event
+        self._append(conn, event)
+        if event.outcome == "not-run":  # no credential was issued after all
+            identity, jti = event.identity, event.jti
             conn.execute(
                 "DELETE FROM credentials WHERE identity = ? AND tally = 'j' || ?", (identity, jti)
             )
             # an admission-log entry stays (the identity's counts are not refunded), as a
             # row that is no credential; it was written within the hour before this outcome
-            since = f"t{max(0, round((float(event['ts']) - 3600.0) * 1_000_000)):017d}"
+            since = f"t{max(0, round((float(event.ts) - 3600.0) * 1_000_000)):017d}"
             conn.execute(
                 "UPDATE credentials SET jti = NULL, jit = NULL, expires_at = issued_at"
                 " WHERE identity = ? AND tally > ? AND tally < 'u' AND jti = ?",
                 (identity, since, jti),
             )
         if item.taint:
-            conn.execute("UPDATE tasks SET tainted = 1 WHERE task_id = ?", (item.event["task_id"],))
+            conn.execute("UPDATE tasks SET tainted = 1 WHERE task_id = ?", (event.task_id,))
 
     def queue_outcome(self, item: PendingOutcome) -> None:
         """Queue an outcome to ride in the next transaction."""
@@ -615,15 +641,15 @@ class Store(Queries):
             with self._write("outcomes"):
                 pass
 
-    def append(self, event: dict[str, Any]) -> None:
+    def append(self, event: Event) -> None:
         """Append one event (a denial, a note) in its own transaction."""
-        with self._write(event.get("kind", "event")) as conn:
+        with self._write(event.kind if type(event) is Event else "event") as conn:
             self._append(conn, event)
 
     # -- tasks ------------------------------------------------------------------------------
 
     def start_task(
-        self, task: Mapping[str, Any], event: dict[str, Any], *, disabled: str | None = None
+        self, task: Mapping[str, Any], event: Event, *, disabled: str | None = None
     ) -> None:
         """Record a task start. If its identity is disabled (by ``toolguard revoke --identity
         --disable``, or by the config: ``disabled`` says why), record a ``denied`` event
@@ -650,13 +676,9 @@ class Store(Queries):
                 )
                 self._append(
                     conn,
-                    {
-                        **event,
-                        "kind": "denied",
-                        "decision": "deny",
-                        "reason": refused.reason,
-                        "rule": refused.rule,
-                    },
+                    event._replace(
+                        kind="denied", decision="deny", reason=refused.reason, rule=refused.rule
+                    ),
                 )
             else:
                 conn.execute(
@@ -675,7 +697,7 @@ class Store(Queries):
         *,
         status: str,
         now: float,
-        events: Sequence[dict[str, Any]],
+        events: Sequence[Event],
         reason: str,
     ) -> None:
         """Mark a task ended, revoke its credentials (a task revocation), append its events.
@@ -684,7 +706,7 @@ class Store(Queries):
         this process (or :meth:`close`); meanwhile :meth:`pending_ends` lists it, so this
         process's verifiers already reject the task's credentials. Raises :class:`AuditError`.
         """
-        item = PendingEnd(task_id, status, now, reason, [dict(e) for e in events])
+        item = PendingEnd(task_id, status, now, reason, list(events))
         try:
             with self._write("task end") as conn:
                 self._end_task(conn, item)
@@ -709,7 +731,7 @@ class Store(Queries):
             (item.task_id, item.reason, item.now, "task-end"),
         )
         for event in item.events:
-            self._append(conn, dict(event))
+            self._append(conn, event)
 
     def pending_ends(self) -> frozenset[str]:
         """Ids of tasks whose end (and revocation) is not yet written."""
@@ -725,38 +747,39 @@ class Store(Queries):
         identity: str,
         task_started_at: float,
         spends: Sequence[Spend],
-        event: dict[str, Any],
+        event: Event,
         credential: tuple[Any, ...] | None,
         now: float,
-        on_denied: Callable[[PolicyDenied], dict[str, Any]],
+        on_denied: Callable[[PolicyDenied], Event],
         inherited: Sequence[Sequence[Spend]] = (),
-        precheck: Callable[[sqlite3.Connection, float], PolicyDenied | None] | None = None,
+        precheck: Callable[[float], PolicyDenied | None] | None = None,
         shadow: bool = False,
-    ) -> Denial | None:
+    ) -> Denial | Event:
         """The pre-call transaction: revocation check, budgets, the request event, the jti.
 
         ``shadow`` (a task in shadow mode): a budget refusal does not deny the call; every
         budget is spent all the same and the ``request`` event is recorded with decision
         ``would_deny`` and the refusal's reason and rule (unless the policy already made it
-        a ``would_deny``: the first refusal is recorded), set in ``event`` itself. A
-        revocation still denies, and no ``on_anomaly`` revocation is made for a shadow call.
+        a ``would_deny``: the first refusal is recorded). A revocation still denies, and no
+        ``on_anomaly`` revocation is made for a shadow call.
 
         ``inherited`` holds, per ancestor of a delegated task, the ancestor's task budget
         spends: each is charged too (a savepoint undoes every spend if one of them refuses).
 
         Every budget scope is checked and spent here, atomically with the ``request`` event
-        (:class:`toolguard.store.sqlite.budgets.Charge`). Returns a :class:`Denial` (already
-        audited,
-        nothing spent) when a revocation or a budget refuses. When the identity's attempted
-        calls pass its ``on_anomaly`` threshold the identity is revoked in this same
-        transaction (its active tasks end, verifiers reject its credentials) and the call is
-        denied. ``precheck(conn, now)``, run first in the transaction, may refuse the call too
-        (an approval already used, see :mod:`toolguard.store.approvals`).
+        (:class:`toolguard.store.sqlite.budgets.Charge`). Returns the ``request`` event as it
+        was appended (``event``, or in shadow mode its ``would_deny`` variant), or a
+        :class:`Denial` (already audited, nothing spent) when a revocation or a budget
+        refuses. When the identity's attempted calls pass its ``on_anomaly`` threshold the
+        identity is revoked in this same transaction (its active tasks end, verifiers reject
+        its credentials) and the call is denied. ``precheck(now)``, run first in the
+        transaction (the store's reads on this thread are the transaction's), may refuse the
+        call too (an approval already used: :meth:`unused_approval`).
         """
         step = Charge(spends, now)
         with self._write("request") as conn:
             if precheck is not None:
-                refused_first = precheck(conn, now)
+                refused_first = precheck(now)
                 if refused_first is not None:
                     self._append(conn, on_denied(refused_first))
                     return Denial(refused_first)
@@ -778,8 +801,8 @@ class Store(Queries):
                     conn,
                     values[1:],
                     self._tasks,
-                    tool=event.get("tool"),
-                    task_id=event.get("task_id"),
+                    tool=event.tool,
+                    task_id=event.task_id,
                     force=shadow,
                 )
                 if (refused is None or shadow) and inherited:
@@ -788,9 +811,10 @@ class Store(Queries):
                         or refused
                     )
                 if shadow and isinstance(refused, BudgetExceeded):  # spent; it runs
-                    if event.get("decision") != "would_deny":  # the caller reads it back
-                        event.update(decision="would_deny", reason=refused.reason,
-                                     rule=refused.rule)  # fmt: skip
+                    if event.decision != "would_deny":  # the caller reads it back
+                        event = event._replace(
+                            decision="would_deny", reason=refused.reason, rule=refused.rule
+                        )
                     refused = None
                 if isinstance(refused, Anomaly):
                     watch = refused.spend
@@ -801,8 +825,8 @@ class Store(Queries):
                     denial = PolicyDenied(
                         f"identity '{identity}' was revoked ({why}); its tasks have ended and "
                         "no further calls are allowed; an operator must review it",
-                        tool=event.get("tool"),
-                        task_id=event.get("task_id"),
+                        tool=event.tool,
+                        task_id=event.task_id,
                         rule=watch.rule,
                     )
                     self._append(conn, on_denied(denial))
@@ -812,24 +836,24 @@ class Store(Queries):
                         reason=why,
                         by="anomaly",
                         now=now,
-                        event={
-                            "ts": now,
-                            "kind": "revoke",
-                            "identity": identity,
-                            "decision": "revoke",
-                            "reason": why,
-                            "rule": watch.rule,
-                            "correlation_id": event.get("correlation_id"),
-                            "args": json.dumps(
+                        event=Event(
+                            ts=now,
+                            kind="revoke",
+                            identity=identity,
+                            decision="revoke",
+                            reason=why,
+                            rule=watch.rule,
+                            correlation_id=event.correlation_id,
+                            args=json.dumps(
                                 {
-                                    "trigger_task": event.get("task_id"),
+                                    "trigger_task": event.task_id,
                                     "scope": watch.name,
                                     "attempts": refused.attempts,
                                     "threshold": watch.limit,
                                 },
                                 sort_keys=True,
                             ),
-                        },
+                        ),
                     )
                     return Denial(denial, ended)
                 denial = refused
@@ -850,14 +874,14 @@ class Store(Queries):
                 )  # fmt: skip
             elif step.tally is not None:
                 conn.execute(INSERT_TALLY, (identity, step.tally, now, now))
-        return None
+        return event
 
     def _charge_inherited(
         self,
         conn: sqlite3.Connection,
         inherited: Sequence[Sequence[Spend]],
         now: float,
-        event: Mapping[str, Any],
+        event: Event,
         mark: int,
         *,
         force: bool = False,
@@ -870,8 +894,8 @@ class Store(Queries):
             if not spends:
                 continue
             refused = charge(
-                conn, spends, now, self._tasks, tool=event.get("tool"),
-                task_id=event.get("task_id"), force=force,
+                conn, spends, now, self._tasks, tool=event.tool, task_id=event.task_id,
+                force=force,
             )  # fmt: skip
             if refused is not None and not force:
                 conn.execute("ROLLBACK TO toolguard_inherited")
@@ -881,7 +905,7 @@ class Store(Queries):
         conn.execute("RELEASE toolguard_inherited")
         return first
 
-    def _revoked(self, found: str | None, event: Mapping[str, Any]) -> PolicyDenied | None:
+    def _revoked(self, found: str | None, event: Event) -> PolicyDenied | None:
         """The denial for a revocation found by :meth:`record_call` (``reason<US>scope``)."""
         if found is None:
             return None
@@ -889,8 +913,8 @@ class Store(Queries):
         what = "its identity" if scope == "identity" else "the task"
         return PolicyDenied(
             f"{what} was revoked ({reason}); no further calls are allowed in this task",
-            tool=event.get("tool"),
-            task_id=event.get("task_id"),
+            tool=event.tool,
+            task_id=event.task_id,
             rule=f"revocation.{scope}",
         )
 
@@ -905,7 +929,7 @@ class Store(Queries):
         by: str,
         now: float,
         disable: bool = False,
-        event: dict[str, Any],
+        event: Event,
     ) -> list[str]:
         """Record a revocation; returns the ids of the active tasks it ends."""
         with self._write("revoke") as conn:
@@ -963,9 +987,7 @@ class Store(Queries):
         ).fetchall()
         return [r[0] for r in rows]
 
-    def set_identity_enabled(
-        self, identity: str, *, reason: str, now: float, event: dict[str, Any]
-    ) -> None:
+    def set_identity_enabled(self, identity: str, *, reason: str, now: float, event: Event) -> None:
         """Re-enable an identity disabled by ``revoke --identity --disable``."""
         with self._write("enable") as conn:
             conn.execute(
@@ -1027,40 +1049,42 @@ def _fallback(
     if isinstance(item, PendingEnd):
         now = item.now if is_timestamp(item.now) else time.time()
         events = [
-            {
-                **{k: v for k, v in e.items() if k in _END_KEYS},
-                "ts": now,
-                "duration_ms": None,
-                "error": f"the task end could not be written as queued ({why})",
-            }
+            Event(
+                ts=now,
+                kind=e.kind,
+                task_id=e.task_id,
+                identity=e.identity,
+                intent=e.intent,
+                outcome=e.outcome,
+                reason=e.reason,
+                rule=e.rule,
+                error=f"the task end could not be written as queued ({why})",
+            )
             for e in item.events
-            if isinstance(e, Mapping)
+            if isinstance(e, Event)
         ]
         status = item.status if isinstance(item.status, str) else "error"
         return PendingEnd(str(item.task_id), status, now, str(item.reason)[:500], events)
     event = item.event
-    if not isinstance(event, Mapping) or not event.get("task_id"):
+    if not isinstance(event, Event) or not event.task_id:
         return None
-    ts = event.get("ts")
+    ts = event.ts
     return PendingOutcome(
-        {
-            **{k: v for k, v in event.items() if k in _OUTCOME_KEYS},
-            "ts": ts if is_timestamp(ts) else time.time(),
-            "cost": None,
-            "duration_ms": None,
-            "error": "; ".join(
-                str(e)
-                for e in (event.get("error"), f"its settlement could not be written ({why})")
-                if e
+        event._replace(
+            ts=ts if is_timestamp(ts) else time.time(),
+            args=None,
+            args_sha256=None,
+            cost=None,
+            duration_ms=None,
+            error="; ".join(
+                str(e) for e in (event.error, f"its settlement could not be written ({why})") if e
             ),
-        },
+        ),
         (),
         taint=True,
     )
 
 
-_OUTCOME_KEYS = frozenset(
-    {"kind", "task_id", "identity", "intent", "tool", "operation", "resources", "jti"}
-    | {"correlation_id", "outcome", "decision", "reason", "rule"}
-)
-_END_KEYS = frozenset({"kind", "task_id", "identity", "intent", "outcome", "reason", "rule"})
+def _outcome_task(event: Event) -> Any:
+    """The task id of a queued outcome, for a warning (whatever the item holds)."""
+    return event.task_id if isinstance(event, Event) else None

@@ -46,6 +46,9 @@ class PruneResult:
     credentials: int = 0
     """Expired credential ids removed."""
     dry_run: bool = False
+    checkpoints: str | None = None
+    """The checkpoint file that holds the signed record of the cut (None when nothing was
+    removed): ``verify`` needs it to accept the cut."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -56,6 +59,7 @@ class PruneResult:
             "tasks": self.tasks,
             "credentials": self.credentials,
             "dry_run": self.dry_run,
+            "checkpoints": self.checkpoints,
         }
 
 

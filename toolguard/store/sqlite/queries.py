@@ -14,10 +14,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...chain import EVENT_FIELDS
 from ...errors import AuditError
+from ...text import storable
+
+if TYPE_CHECKING:
+    from ..approvals import ApprovalRecord
 
 __all__ = [
     "EVENT_FILTERS",
@@ -108,6 +112,15 @@ def _group_column(by: str) -> str:
         raise ValueError(f"cannot group usage by {by!r}; use one of {sorted(GROUP_KEYS)}") from None
 
 
+def _storable(params: Any) -> Any:
+    """A read's parameters with the text escaped as the store records it
+    (:func:`toolguard.text.storable`): a filter holding NUL or a lone surrogate matches what
+    was recorded for it, on either backend, instead of failing (PostgreSQL refuses NUL)."""
+    if isinstance(params, Mapping):
+        return {k: storable(v) if type(v) is str else v for k, v in params.items()}
+    return [storable(v) if type(v) is str else v for v in params]
+
+
 class Queries:
     """Read-only queries, mixed into :class:`toolguard.store.Store`."""
 
@@ -124,7 +137,7 @@ class Queries:
     ) -> list[dict[str, Any]]:
         """Rows of a read query as dicts. Prefer the named methods below."""
         try:
-            cur = self.conn.execute(sql, params)
+            cur = self.conn.execute(sql, _storable(params))
             names = [d[0] for d in cur.description or ()]
             return [dict(zip(names, row)) for row in cur.fetchall()]
         except sqlite3.Error as exc:
@@ -135,7 +148,7 @@ class Queries:
     ) -> Iterator[tuple[Any, ...]]:
         """Stream the tuples of a read query (for verify and export at millions of rows)."""
         try:
-            cur = self.conn.execute(sql, params)
+            cur = self.conn.execute(sql, _storable(params))
             while rows := cur.fetchmany(batch):
                 yield from rows
         except sqlite3.Error as exc:
@@ -255,6 +268,100 @@ class Queries:
                 "SELECT scope, value, ts FROM revocations ORDER BY id"
             )
         ]
+
+    def revocation_reach(
+        self, since: float, recent: float = float("-inf")
+    ) -> tuple[int, list[tuple[str, str, float, float | None, bool]]]:
+        """The number of revocations, and those that may still reject a credential as
+        ``(scope, value, ts, until, disabled)``, oldest first, read in one statement (one
+        snapshot): what the HTTP revocation feed publishes. ``until`` is the latest
+        ``expires_at`` among the credentials expiring at or after ``since`` that the row can
+        reject (a ``jti`` row: that credential; a ``task`` row: the credentials of the task and
+        of every task delegated from it; an ``identity`` row: every credential of the
+        identity), or None when there is none; ``disabled`` whether an ``identity`` row's
+        identity is disabled now. Left out: ``task`` and ``jti`` rows older than ``recent``
+        without such a credential (so the read costs what the list holds, not the history).
+        A credential is recorded in the transaction that checks the task's revocations, so
+        none of a revoked task or jti can appear after the revocation."""
+        total = 0
+        rows: list[tuple[str, str, float, float | None, bool]] = []
+        for scope, value, ts, until, disabled, _id in self.iter_query(
+            _REVOCATION_REACH, (since, recent)
+        ):
+            if scope is None:  # the count, last
+                total = int(ts)
+                continue
+            rows.append(
+                (
+                    str(scope),
+                    str(value),
+                    float(ts),
+                    None if until is None else float(until),
+                    bool(disabled),
+                )
+            )
+        return total, rows
+
+    # -- incident commands (the functions below) ---------------------------------------------
+
+    def credential_rows(
+        self, jti: str, *, prefix: bool = False, limit: int = 11
+    ) -> list[dict[str, Any]]:
+        """See :func:`credential_rows`."""
+        return credential_rows(self, jti, prefix=prefix, limit=limit)
+
+    def identity_seen(self, identity: str) -> bool:
+        """See :func:`identity_seen`."""
+        return identity_seen(self, identity)
+
+    def live_credentials(
+        self,
+        *,
+        now: float,
+        task_id: str | None = None,
+        identity: str | None = None,
+        jti: str | None = None,
+    ) -> list[str]:
+        """See :func:`live_credentials`."""
+        return live_credentials(self, now=now, task_id=task_id, identity=identity, jti=jti)
+
+    def last_revocation(self, scope: str, value: str) -> dict[str, Any] | None:
+        """See :func:`last_revocation`."""
+        return last_revocation(self, scope, value)
+
+    def task_status_used(self, status: str) -> bool:
+        """See :func:`task_status_used`."""
+        return task_status_used(self, status)
+
+    def event_kind_used(self, kind: str) -> bool:
+        """See :func:`event_kind_used`."""
+        return event_kind_used(self, kind)
+
+    # -- approvals (toolguard.store.approvals) ------------------------------------------------
+
+    def approval_requests(
+        self,
+        *,
+        task_id: str | None = None,
+        correlation_id: str | None = None,
+        request_id: str | None = None,
+    ) -> list[ApprovalRecord]:
+        """Approval requests (oldest first) with their decisions: those of a task (and one
+        call of it), or every one in the trail; ``request_id`` may be a prefix. Inside a write
+        transaction of this thread, read in that transaction."""
+        from ..approvals import find_requests
+
+        return find_requests(
+            self, task_id=task_id, correlation_id=correlation_id, request_id=request_id
+        )
+
+    def unused_approval(self, record: ApprovalRecord, now: float) -> str | None:
+        """None if ``record``'s approval is recorded, unexpired and unused, else why not
+        (:func:`toolguard.store.approvals.unused_approval`). Called by a ``precheck`` of
+        ``record_call``, it reads in the call's transaction."""
+        from ..approvals import unused_approval
+
+        return unused_approval(self.conn, self, record, now)
 
     # -- tasks --------------------------------------------------------------------------------
 
@@ -478,6 +585,33 @@ def identity_seen(queries: Queries, identity: str) -> bool:
         [identity] * 4,
     )
     return bool(rows and rows[0]["seen"])
+
+
+_REVOCATION_REACH = (
+    "WITH RECURSIVE live(task_id, jti, identity, expires) AS ("
+    " SELECT task_id, jti, identity, expires_at FROM credentials"
+    " WHERE jti IS NOT NULL AND expires_at >= ?),"
+    " up(task_id, expires, depth) AS ("
+    " SELECT task_id, expires, 0 FROM live WHERE task_id IS NOT NULL"
+    " UNION ALL SELECT t.parent_id, up.expires, up.depth + 1 FROM up"
+    " JOIN tasks t ON t.task_id = up.task_id WHERE t.parent_id IS NOT NULL AND up.depth < 64),"
+    " by_task(value, expires) AS (SELECT task_id, max(expires) FROM up GROUP BY task_id),"
+    " by_jti(value, expires) AS (SELECT jti, max(expires) FROM live GROUP BY jti),"
+    " by_identity(value, expires) AS (SELECT identity, max(expires) FROM live GROUP BY identity)"
+    " SELECT * FROM (SELECT r.scope, r.value, r.ts, CASE r.scope WHEN 'task' THEN bt.expires"
+    " WHEN 'jti' THEN bj.expires WHEN 'identity' THEN bi.expires END AS until,"
+    " CASE WHEN s.disabled = 1 THEN 1 ELSE 0 END AS disabled, r.id AS id"
+    " FROM revocations r"
+    " LEFT JOIN by_task bt ON r.scope = 'task' AND bt.value = r.value"
+    " LEFT JOIN by_jti bj ON r.scope = 'jti' AND bj.value = r.value"
+    " LEFT JOIN by_identity bi ON r.scope = 'identity' AND bi.value = r.value"
+    " LEFT JOIN identity_state s ON r.scope = 'identity' AND s.identity = r.value"
+    " WHERE r.scope NOT IN ('task', 'jti') OR r.ts >= ?"
+    " OR bt.expires IS NOT NULL OR bj.expires IS NOT NULL"
+    " UNION ALL SELECT NULL, NULL, count(*), NULL, 0, NULL FROM revocations) q"
+    " ORDER BY q.id IS NULL, q.id"
+)
+"""See :meth:`Queries.revocation_reach` (the delegation depth is bounded: 16 in credentials)."""
 
 
 def live_credentials(

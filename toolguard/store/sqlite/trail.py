@@ -12,6 +12,7 @@ from typing import Any
 from ...chain import HASHED_FIELDS
 
 __all__ = [
+    "TrailReader",
     "count_after",
     "event_rows",
     "is_decode_error",
@@ -126,3 +127,30 @@ def read_snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             conn.execute("ROLLBACK")
         except sqlite3.Error:  # pragma: no cover - nothing to undo in a read transaction
             pass
+
+
+class TrailReader:
+    """The reads of the trail that ``verify`` and the checkpoint checks need, on one
+    connection (inside :meth:`Store.read_trail`'s snapshot): no SQL leaves the store."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def events(self) -> Iterator[tuple[Any, ...]]:
+        """Every event as ``(*HASHED_FIELDS, prev_hash, hash)`` in ``seq`` order
+        (:func:`event_rows`: a row that is not valid UTF-8 is read as it is)."""
+        return event_rows(self._conn)
+
+    def last_prune(self) -> tuple[int | None, str] | None:
+        """See :func:`last_prune`."""
+        return last_prune(self._conn)
+
+    def stored_at(self, seq: int) -> tuple[Any, Any, Any]:
+        """See :func:`stored_at`."""
+        return stored_at(self._conn, seq)
+
+    def count_after(self, seq: int, *, task_ends: bool = False) -> int:
+        """See :func:`count_after`."""
+        return count_after(self._conn, seq, task_ends=task_ends)
