@@ -726,3 +726,41 @@ def test_an_http_upstream_going_away_ends_the_task_as_an_error(tmp_path: Path) -
         for process in (proxy, upstream):
             process.terminate()
             process.wait(timeout=10)
+
+
+def test_http_upstream_clients_share_the_process_tls_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each session's client to an HTTPS upstream verifies certificates with the process's one
+    TLS context (built once), not a CA bundle read per session on the event loop."""
+    from toolguard_mcp import proxy as proxy_module
+
+    from toolguard.httpauth import tls_context
+
+    seen: list[Any] = []
+
+    class Stop(Exception):
+        pass
+
+    def client(**kwargs: Any) -> Any:
+        seen.append(kwargs["verify"])
+        raise Stop
+
+    monkeypatch.setattr(proxy_module.httpx, "AsyncClient", client)
+    guard = tg.Guard(write_config(tmp_path))
+    proxy = GuardingProxy(
+        guard, "process-job", Upstream(url="https://mcp.internal/mcp"), params={"job_id": "42"}
+    )
+
+    async def connect() -> None:
+        for _ in range(2):
+            with pytest.raises(Stop):
+                async with proxy._connect(proxy_module._Session(proxy)):
+                    pass
+
+    try:
+        anyio.run(connect)
+    finally:
+        guard.close()
+    assert len(seen) == 2 and seen[0] is seen[1] is tls_context()
+    assert seen[0].verify_mode.name == "CERT_REQUIRED" and seen[0].check_hostname

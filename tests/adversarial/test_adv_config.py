@@ -321,7 +321,7 @@ def test_a_yaml_alias_bomb_is_refused_fast_by_toolguard_check(tmp_path: Path) ->
     assert proc.returncode == 1, proc.stderr
     assert "alias" in proc.stdout and str(file) in proc.stdout
     assert "Traceback" not in proc.stderr
-    assert elapsed < 5.0  # the interpreter's start included; the check itself is milliseconds
+    assert elapsed < 30.0  # a hang guard (start-up included; the check itself is milliseconds)
 
 
 def test_aliases_used_sensibly_still_work(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ from mcp.shared.session import RequestResponder
 from toolguard import AuditError, Guard, PolicyDenied, TaskSession, ToolGuardError
 from toolguard.adapters import DENIED
 from toolguard.context import task_var
+from toolguard.httpauth import tls_context
 from toolguard.scrub import scrub
 
 __all__ = ["CREDENTIAL_META_KEY", "GuardingProxy", "Upstream", "UpstreamToolError"]
@@ -373,6 +374,7 @@ class GuardingProxy(Server[Any, Any]):
         if upstream.url is not None:
             client = httpx.AsyncClient(
                 auth=_BearerPerCall(state.bearer),
+                verify=tls_context(),  # one per process, not the CA bundle read per session
                 follow_redirects=False,
                 timeout=httpx.Timeout(30.0, read=300.0),
             )
