@@ -38,7 +38,7 @@ FAST_TMP ?= $(wildcard /dev/shm)
 
 test-fast: $(STAMP)
 	$(if $(FAST_TMP),TMPDIR=$(FAST_TMP)) PYTHONDONTWRITEBYTECODE= \
-		$(PY) -m pytest -q -m "not slow and not postgres" -n 2 --dist loadfile -o tmp_path_retention_count=1
+		$(PY) -m pytest -q -m "not slow and not postgres" -n auto --dist loadfile -o tmp_path_retention_count=1
 
 check: $(STAMP)
 	$(PY) -m ruff check toolguard integrations tests examples benchmarks
