@@ -509,6 +509,63 @@ def test_middleware_accepts_a_verifier_and_checks_rules_at_start(
         CredentialMiddleware(app, auth=auth, rules=[], unmatched="maybe")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("where", ["protect", "middleware"])
+def test_a_slow_revocation_store_never_holds_the_event_loop(
+    auth: ToolGuardAuth, guard: tg.Guard, where: str
+) -> None:
+    """The store read of an async check runs on a worker thread: while it waits (a slow or
+    unreachable PostgreSQL server waits up to busy_timeout), the loop answers other requests."""
+    import threading
+
+    import anyio
+
+    source = auth.verifier.revocations
+    assert source is not None
+    release, reading = threading.Event(), threading.Event()
+    readers: list[int] = []
+    original = source.revoked_reason
+
+    def slow(**kwargs: Any) -> str | None:
+        readers.append(threading.get_ident())
+        reading.set()
+        assert release.wait(10), "the other request was never answered"
+        return original(**kwargs)
+
+    source.revoked_reason = slow  # type: ignore[method-assign]
+    loop_thread: list[int] = []
+    if where == "protect":
+        app, path, method = _app(auth), f"/kv/{KEY}", "PUT"
+        token = _mint(guard)
+    else:
+        app, path, method = _middleware_app(auth), f"/kv/{KEY}", "GET"
+        token = _mint(guard, operation="read", tool="kv_get")
+
+    async def run() -> tuple[int, int]:
+        loop_thread.append(threading.get_ident())
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            checked: list[int] = []
+
+            async def guarded() -> None:
+                response = await client.request(method, path, headers=_bearer(token))
+                checked.append(response.status_code)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(guarded)
+                with anyio.fail_after(10):
+                    while not reading.is_set():  # the store read has started, and waits
+                        await anyio.sleep(0.001)
+                # served while the read waits (on the loop the read would block this request)
+                other = await client.get("/open" if where == "protect" else "/healthz")
+                release.set()
+            return checked[0], other.status_code
+
+    status, other = anyio.run(run)
+    assert status == 200
+    assert other >= 200  # answered at all (its status is not the point): the loop was free
+    assert readers and readers[0] != loop_thread[0]
+
+
 # -- the example key-value service -----------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, Union, cast
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
@@ -269,6 +270,24 @@ class ToolGuardAuth:
         conn.scope.setdefault("state", {})[CLAIMS_STATE_KEY] = claims
         return claims
 
+    async def acheck(
+        self,
+        conn: HTTPConnection,
+        operation: str,
+        resource: str | None = None,
+        *,
+        tool: str | None = None,
+    ) -> dict[str, Any]:
+        """:meth:`check` for async code: with a store as the revocation source (a database
+        read, over the network for PostgreSQL, which waits up to the store's ``busy_timeout``
+        when the server is slow or gone) the check runs on a worker thread, so the event loop
+        serves other requests meanwhile; with the feed (an in-memory list) or none, inline."""
+        if not isinstance(self.verifier.revocations, StoreRevocations):
+            return self.check(conn, operation, resource, tool=tool)
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.check, conn, operation, resource, tool=tool)
+        )
+
     def require(
         self, operation: str, resource: str | None = "{key}", *, tool: str | None = None
     ) -> Callable[[Request], dict[str, Any]]:
@@ -308,9 +327,11 @@ class ToolGuardAuth:
 
                 @functools.wraps(endpoint)
                 async def protected_async(request: Request) -> Response:
-                    refused = verified(request)
-                    if refused is not None:
-                        return refused
+                    concrete = None if template is None else template.fill(request.path_params)
+                    try:
+                        await self.acheck(request, operation, concrete, tool=tool)
+                    except AuthFailure as failure:
+                        return failure.response()
                     return await cast(Callable[[Request], Awaitable[Response]], endpoint)(request)
 
                 return cast(_E, protected_async)
@@ -450,7 +471,9 @@ class CredentialMiddleware:
             }
             resource = None if compiled.template is None else compiled.template.fill(params)
             try:
-                self.auth.check(conn, compiled.rule.operation, resource, tool=compiled.rule.tool)
+                await self.auth.acheck(
+                    conn, compiled.rule.operation, resource, tool=compiled.rule.tool
+                )
             except AuthFailure as failure:
                 await failure.response()(scope, receive, send)
                 return
