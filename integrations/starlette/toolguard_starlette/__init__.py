@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, Union, cast
 
-import anyio
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
@@ -284,9 +284,7 @@ class ToolGuardAuth:
         serves other requests meanwhile; with the feed (an in-memory list) or none, inline."""
         if not isinstance(self.verifier.revocations, StoreRevocations):
             return self.check(conn, operation, resource, tool=tool)
-        return await anyio.to_thread.run_sync(
-            functools.partial(self.check, conn, operation, resource, tool=tool)
-        )
+        return await run_in_threadpool(self.check, conn, operation, resource, tool=tool)
 
     def require(
         self, operation: str, resource: str | None = "{key}", *, tool: str | None = None
