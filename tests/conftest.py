@@ -207,6 +207,25 @@ class Clock:
         self.now += seconds
 
 
+@pytest.fixture
+def store_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """``(what, thread id)`` of every write transaction a store opens from now on (clear it
+    to start counting later): which thread did the store work (issue 15's async tests)."""
+    import threading
+
+    from toolguard.store import Store
+
+    seen: list[tuple[str, int]] = []
+    original = Store._write
+
+    def spy(self: Store, what: str) -> Any:
+        seen.append((what, threading.get_ident()))
+        return original(self, what)
+
+    monkeypatch.setattr(Store, "_write", spy)
+    return seen
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):

@@ -30,17 +30,9 @@ fm: Any = fake_model()
 
 
 @pytest.fixture
-def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+def writes(store_writes: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """``(what, thread id)`` of every write transaction the store opens."""
-    seen: list[tuple[str, int]] = []
-    original = Store._write
-
-    def spy(self: Store, what: str) -> Any:
-        seen.append((what, threading.get_ident()))
-        return original(self, what)
-
-    monkeypatch.setattr(Store, "_write", spy)
-    return seen
+    return store_writes
 
 
 @pytest.fixture

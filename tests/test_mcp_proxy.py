@@ -568,22 +568,14 @@ def test_parallel_calls_each_get_their_own_decision_and_the_budget_is_exact(
 
 
 def test_the_session_task_start_calls_and_end_write_off_the_event_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, store_writes: list[tuple[str, int]]
 ) -> None:
     """Issue 15: the session's task start (at ``initialize``), its calls and its end are
     written on the guard's writer thread, never on the loop's."""
-    from toolguard.store import Store
-
     config, log = write_config(tmp_path), tmp_path / "upstream.log"
     guard = tg.Guard(config)
-    writes: list[tuple[str, int]] = []
-    original = Store._write
-
-    def spy(self: Store, what: str) -> Any:
-        writes.append((what, threading.get_ident()))
-        return original(self, what)
-
-    monkeypatch.setattr(Store, "_write", spy)
+    writes = store_writes
+    writes.clear()  # from here on
 
     async def body(session: ClientSession) -> None:
         assert not (await session.call_tool("kv_get", {"key": KEY})).isError

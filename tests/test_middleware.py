@@ -679,12 +679,10 @@ def test_middleware_resume_in_another_process_continues_the_task(
 
 
 def test_middleware_async_resume_in_another_process_adopts_the_task_off_the_event_loop(
-    make_guard: Callable[..., tg.Guard], clock: Any, monkeypatch: pytest.MonkeyPatch
+    make_guard: Callable[..., tg.Guard], clock: Any, store_writes: list[tuple[str, int]]
 ) -> None:
     """Issue 15: ``ainvoke`` resuming a run another worker interrupted adopts its task (reads
     the trail, records ``task_resume``) on the guard's writer thread, not on the loop."""
-    from toolguard.store import Store
-
     kv, saver = _Kv(), InMemorySaver()
     config = {"configurable": {"job_id": "42", "thread_id": "moved-async"}}
     here, there = make_guard(clock=clock), make_guard(clock=clock)
@@ -692,14 +690,8 @@ def test_middleware_async_resume_in_another_process_adopts_the_task_off_the_even
     (waiting,) = first.active_tasks
     second = GuardMiddleware(there, intent="process-job")
     agent = _agent(there, rest, kv.tools, middleware=[hitl, second], checkpointer=saver)
-    writes: list[tuple[str, int]] = []
-    original = Store._write
-
-    def spy(self: Store, what: str) -> Any:
-        writes.append((what, threading.get_ident()))
-        return original(self, what)
-
-    monkeypatch.setattr(Store, "_write", spy)
+    writes = store_writes
+    writes.clear()  # from here on
 
     async def main() -> int:
         resume = Command(resume={"decisions": [{"type": "approve"}]})

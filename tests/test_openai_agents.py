@@ -401,9 +401,7 @@ def test_an_audit_error_always_raises_and_nothing_runs(
 async def _run_with_store_locked(guard: tg.Guard, runner: GuardedRunner, agent: Any) -> Any:
     """Start the run's task, then lock the store before the first tool call is audited."""
     # authorize runs on the guard's writer thread (aauthorize), not on this one
-    locker = sqlite3.connect(
-        guard.config.store_path, isolation_level=None, check_same_thread=False
-    )
+    locker = sqlite3.connect(guard.config.store_path, isolation_level=None, check_same_thread=False)
     original = guard.authorize
 
     def authorize(*args: Any, **kwargs: Any) -> Any:
@@ -664,20 +662,12 @@ def test_run_streamed_is_one_task_ended_when_the_stream_ends(guard: tg.Guard) ->
 
 
 def test_arun_streamed_writes_the_task_start_and_end_off_the_event_loop(
-    guard: tg.Guard, monkeypatch: pytest.MonkeyPatch
+    guard: tg.Guard, store_writes: list[tuple[str, int]]
 ) -> None:
     """Issue 15: ``arun_streamed`` writes the task's start on the guard's writer thread, and
     the end (from the run loop's done-callback) goes there too; nothing runs on the loop."""
-    from toolguard.store import Store
-
-    writes: list[tuple[str, int]] = []
-    original = Store._write
-
-    def spy(self: Store, what: str) -> Any:
-        writes.append((what, threading.get_ident()))
-        return original(self, what)
-
-    monkeypatch.setattr(Store, "_write", spy)
+    writes = store_writes
+    writes.clear()  # from here on
     runner = GuardedRunner(guard, "process-job", params=JOB)
     kv = Kv()
     tools = guard_tools(kv.tools, guard)
@@ -1092,21 +1082,13 @@ def test_the_trail_looks_the_same_as_for_a_langchain_guarded_tool(
 
 
 def test_the_runs_store_work_never_runs_on_the_event_loop(
-    guard: tg.Guard, monkeypatch: pytest.MonkeyPatch
+    guard: tg.Guard, store_writes: list[tuple[str, int]]
 ) -> None:
     """The task's start and end and every check are written on the guard's writer thread."""
     import threading
 
-    from toolguard.store import Store
-
-    seen: list[tuple[str, int]] = []
-    original = Store._write
-
-    def spy(self: Store, what: str) -> Any:
-        seen.append((what, threading.get_ident()))
-        return original(self, what)
-
-    monkeypatch.setattr(Store, "_write", spy)
+    seen = store_writes
+    seen.clear()  # from here on
     kv = Kv()
     agent = _agent(
         guard_tools(kv.tools, guard),

@@ -475,9 +475,7 @@ def test_an_audit_error_always_raises_and_nothing_runs(
         params=JOB,
     )
     # authorize runs on the guard's writer thread (aauthorize), not on this one
-    locker = sqlite3.connect(
-        guard.config.store_path, isolation_level=None, check_same_thread=False
-    )
+    locker = sqlite3.connect(guard.config.store_path, isolation_level=None, check_same_thread=False)
     original = guard.authorize
 
     def authorize(*args: Any, **kwargs: Any) -> Any:
@@ -1027,21 +1025,13 @@ def test_the_wheel_holds_the_package(tmp_path: Path) -> None:
 
 
 def test_the_runs_store_work_never_runs_on_the_event_loop(
-    guard: tg.Guard, monkeypatch: pytest.MonkeyPatch
+    guard: tg.Guard, store_writes: list[tuple[str, int]]
 ) -> None:
     """The task's start and end and every check are written on the guard's writer thread."""
     import threading
 
-    from toolguard.store import Store
-
-    seen: list[tuple[str, int]] = []
-    original = Store._write
-
-    def spy(self: Store, what: str) -> Any:
-        seen.append((what, threading.get_ident()))
-        return original(self, what)
-
-    monkeypatch.setattr(Store, "_write", spy)
+    seen = store_writes
+    seen.clear()  # from here on
     kv = Kv()
     script = Script([[_set("call-a", "agents:jobs:42:state", "done")], "finished"])
     agent = GuardedAgent(_agent(guard_toolset(kv.tools, guard), script), guard, "process-job")

@@ -605,17 +605,11 @@ class Guard:
         session = permit.session
         self.store.queue_outcome(
             PendingOutcome(
-                Event(
-                    ts=self.clock(),
-                    kind="outcome",
-                    task_id=session.task_id,
-                    identity=session.bound.identity,
-                    intent=session.bound.intent,
-                    tool=call.tool,
-                    operation=call.operation,
-                    resources=permit.resources_json,
-                    jti=permit.credential.jti,
-                    correlation_id=call.correlation_id,
+                self._outcome_event(
+                    session,
+                    call,
+                    permit.resources_json,
+                    permit.credential.jti,
                     outcome="ok" if error is None else "error",
                     error="; ".join(
                         e
@@ -632,6 +626,25 @@ class Guard:
                 settle,
                 taint=problem is not None,
             )
+        )
+
+    def _outcome_event(
+        self, session: TaskSession, call: Call, resources_json: str, jti: str, **fields: Any
+    ) -> Event:
+        """The ``outcome`` event of a call of ``session`` (``fields``: what it says of it)."""
+        bound = session.bound
+        return Event(
+            ts=self.clock(),
+            kind="outcome",
+            task_id=session.task_id,
+            identity=bound.identity,
+            intent=bound.intent,
+            tool=call.tool,
+            operation=call.operation,
+            resources=resources_json,
+            jti=jti,
+            correlation_id=call.correlation_id,
+            **fields,
         )
 
     def _mint_failed(
@@ -654,17 +667,11 @@ class Guard:
         )
         self.store.queue_outcome(
             PendingOutcome(
-                Event(
-                    ts=self.clock(),
-                    kind="outcome",
-                    task_id=session.task_id,
-                    identity=session.bound.identity,
-                    intent=session.bound.intent,
-                    tool=call.tool,
-                    operation=call.operation,
-                    resources=resources_json,
-                    jti=jti,
-                    correlation_id=call.correlation_id,
+                self._outcome_event(
+                    session,
+                    call,
+                    resources_json,
+                    jti,
                     decision="deny",
                     reason=reason,
                     rule="credentials.provider",

@@ -303,12 +303,7 @@ class Store(Queries):
         new one) and no stale log is left at the path to be applied to the file now there by
         the next opener. When the ``-wal`` at the path is another file, closing would unlink
         it: those connections are kept open, unused, for the life of the process."""
-        with self._conns_lock:
-            conns = list(self._readers)
-            self._readers = weakref.WeakSet()
-            if self._writer is not None and self._writer[0] == os.getpid():
-                conns.append(self._writer[1])
-            self._writer = None
+        conns = self._take_connections()
         try:
             ours = _identity(Path(f"{self.path}-wal"), missing_ok=True) in (None, self._wal)
         except AuditError:
@@ -328,6 +323,17 @@ class Store(Queries):
                 except (ImportError, AttributeError):  # pragma: no cover - not CPython
                     pass
         self._local = _Local()
+
+    def _take_connections(self) -> list[sqlite3.Connection]:
+        """Every open connection of this process (readers, then the writer), forgotten by the
+        store: the caller closes or keeps them."""
+        with self._conns_lock:
+            conns = list(self._readers)
+            self._readers = weakref.WeakSet()
+            if self._writer is not None and self._writer[0] == os.getpid():
+                conns.append(self._writer[1])
+            self._writer = None
+        return conns
 
     def default_checkpoints(self) -> Path:
         """Where this store's signed checkpoints go when none are configured."""
@@ -387,13 +393,7 @@ class Store(Queries):
         finally:
             if self._stale is not None:
                 self._retire()
-            with self._conns_lock:
-                conns = list(self._readers)
-                self._readers = weakref.WeakSet()
-            if self._writer is not None and self._writer[0] == os.getpid():
-                conns.append(self._writer[1])
-            self._writer = None
-            for conn in conns:
+            for conn in self._take_connections():
                 try:
                     conn.close()
                 except sqlite3.Error:  # pragma: no cover - closing is best effort
