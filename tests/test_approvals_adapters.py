@@ -64,6 +64,7 @@ def _check_trail(guard: tg.Guard, approver: Approver) -> None:
     assert guard.audit.verify().ok
 
 
+@pytest.mark.slow
 def test_openai_agents_a_held_call_waits_for_the_approver(
     tmp_path: Path, store_config: dict[str, str]
 ) -> None:
@@ -96,6 +97,7 @@ def _assistant(text: str) -> Any:
     return assistant_message(text)
 
 
+@pytest.mark.slow
 def test_pydantic_ai_a_held_call_waits_for_the_approver(
     tmp_path: Path, store_config: dict[str, str]
 ) -> None:

@@ -79,6 +79,7 @@ def test_shadow_mode_holds_an_out_of_scope_call_of_an_operation_that_needs_appro
     assert guard.audit.verify().ok
 
 
+@pytest.mark.slow
 def test_a_sync_approver_that_hangs_is_bounded_by_approval_ttl(
     make: Callable[..., tg.Guard],
 ) -> None:

@@ -282,6 +282,7 @@ def test_rolling_window_holds_across_a_minute_boundary(
     assert len(guard.audit.events(kind="denied")) == 3
 
 
+@pytest.mark.slow
 def test_rolling_window_admits_exactly_what_a_reference_allows(
     make_guard: Callable[..., tg.Guard],
 ) -> None:
@@ -614,6 +615,7 @@ def _decision(result: Any) -> Any:
     return ("anomaly", result.spend.name, result.spend.limit, result.attempts)
 
 
+@pytest.mark.slow
 @settings(deadline=None, max_examples=60)
 @given(
     shape=st.sampled_from(

@@ -213,9 +213,10 @@ def test_the_examples_are_clean(run: Any, name: str) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"ok: {EXAMPLES / name}: ")
     assert len(result.stdout.splitlines()) == 1
-    assert json.loads(run("check", "--json", "--strict", str(EXAMPLES / name)).stdout)[
-        "problems"
-    ] == []
+    assert (
+        json.loads(run("check", "--json", "--strict", str(EXAMPLES / name)).stdout)["problems"]
+        == []
+    )
 
 
 def test_strict_fails_on_warnings(run: Any, tmp_path: Path) -> None:
@@ -377,7 +378,7 @@ def test_the_base_of_these_tests_is_clean(tmp_path: Path) -> None:
 
 
 def test_a_duplicate_key_is_an_error_and_a_yaml_merge_is_not(tmp_path: Path) -> None:
-    text = _BASE.replace('    tools: [get, put]\n', '    tools: [get, put]\n    tools: [get]\n')
+    text = _BASE.replace("    tools: [get, put]\n", "    tools: [get, put]\n    tools: [get]\n")
     assert (10, "intents.job.tools", "duplicate-key") in _findings(tmp_path, text)
     merged = _BASE.replace(
         '  get: {operation: read, resource: "{key}"}',
@@ -481,6 +482,7 @@ def test_any_damaged_config_gives_a_report_with_positions_in_the_file(
         assert not report.errors and loaded == report.config
 
 
+@pytest.mark.slow
 def test_long_patterns_cannot_keep_the_check_busy(tmp_path: Path) -> None:
     long = "a" * 300_000  # comparing these two pattern by pattern would take 9 * 10^10 steps
     path = tmp_path / "toolguard.yaml"

@@ -190,6 +190,7 @@ COMMANDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", COMMANDS)
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 def test_cli_every_command_runs_with_and_without_json(

@@ -137,6 +137,7 @@ def test_revoke_jti_by_the_viewers_prefix_records_the_full_id(
             guard.verifier().verify(credential.token, operation="read", resource=JOB)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_config", [False, True], ids=["db", "config"])
 @pytest.mark.parametrize(
     ("option", "value", "message"),

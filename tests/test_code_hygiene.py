@@ -90,6 +90,7 @@ def test_no_module_level_cache_is_keyed_by_id() -> None:
                 pytest.fail(f"{path.relative_to(ROOT)}:{node.lineno} keys a module cache by id()")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
@@ -101,6 +102,7 @@ def test_dead_code_stays_removed(name: str) -> None:
     assert not _where(rf"\b{name}\b"), name
 
 
+@pytest.mark.slow
 def test_no_private_name_is_reached_across_modules() -> None:
     # guard._on_task_end, TaskSession._adopt, tools._build, redaction._JWT were
     assert not _where(r"\b(guard|TaskSession)\._(on_task_end|adopt)\b")
@@ -189,6 +191,7 @@ def test_no_sql_outside_the_store() -> None:
     assert not found, found
 
 
+@pytest.mark.slow
 def test_the_store_is_reached_only_through_its_interface() -> None:
     """Outside toolguard/store/, a store is a ``StoreProtocol`` (or one of its sides,
     toolguard/store/protocol.py): nothing reaches its connection, its raw queries or its

@@ -458,6 +458,7 @@ def test_new_jti_has_128_random_bits() -> None:
         assert len(base64.urlsafe_b64decode(jti + "==")) >= 16
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     st.lists(st.text(min_size=1, max_size=12), min_size=5, max_size=5),
@@ -1441,6 +1442,7 @@ def test_verifier_random_input_raises_only_credential_errors(token: object) -> N
     _assert_only_credential_errors(token)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(_b64_segment, _b64_segment, _b64_segment)
 def test_verifier_random_segments_raise_only_credential_errors(a: str, b: str, c: str) -> None:

@@ -368,6 +368,7 @@ def blocker(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     conn.close()
 
 
+@pytest.mark.slow
 @pytest.mark.sqlite_only  # a fault of the SQLite file (PostgreSQL's: test_store_postgres)
 @pytest.mark.parametrize("on_deny", ["message", "raise"])
 def test_locked_database_fails_closed(

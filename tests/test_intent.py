@@ -416,6 +416,7 @@ def test_pattern_covers_is_sound(data: st.DataObject, outer: str, inner: str) ->
         assert _matches(outer, value), (outer, inner, value)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(outer=_patterns, value=st.text(alphabet=_ALPHABET, max_size=6))
 def test_pattern_covers_literal_inner_agrees_with_matching(outer: str, value: str) -> None:

@@ -121,6 +121,7 @@ _json = st.recursive(
 )
 
 
+@pytest.mark.slow
 @given(_json)
 def test_canonical_json_parses_back_to_the_same_value(value: Any) -> None:
     text = canonicalize(value)

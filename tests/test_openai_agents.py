@@ -380,6 +380,7 @@ def test_on_deny_raise_raises_policy_denied(guard: tg.Guard) -> None:
     assert kv.data == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on_deny", ["message", "raise"])
 def test_an_audit_error_always_raises_and_nothing_runs(
     make_guard: Callable[..., tg.Guard], on_deny: Any
@@ -893,6 +894,7 @@ def test_parallel_calls_each_get_their_own_decision_and_credential(guard: tg.Gua
 # -- open-ended arguments --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

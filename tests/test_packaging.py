@@ -309,6 +309,7 @@ def test_the_metapackage_is_the_core_at_this_version_with_both_extras_and_the_co
     assert not META.joinpath("toolguard").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "distribution", sorted(set(PROJECTS) - {"agent-toolguard-core", "agent-toolguard"})
 )

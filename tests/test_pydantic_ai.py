@@ -457,6 +457,7 @@ def test_on_deny_raise_raises_policy_denied(guard: tg.Guard) -> None:
     assert kv.data == {} and len(script.seen) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on_deny", ["message", "raise"])
 @pytest.mark.parametrize("parallel", [False, True])
 def test_an_audit_error_always_raises_and_nothing_runs(
@@ -866,6 +867,7 @@ def test_test_model_calls_every_tool_through_the_guard(guard: tg.Guard) -> None:
 # -- open-ended arguments --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -311,6 +311,7 @@ def test_feed_identity_revocation_covers_credentials_issued_before_it(
     assert _accepts(remote, _mint(guard, identity="agent-runner", task_id="t-c"))
 
 
+@pytest.mark.slow
 def test_feed_task_end_and_delegating_parent_reach_the_remote_verifier(
     guard: tg.Guard, remote: Verifier
 ) -> None:
@@ -344,6 +345,7 @@ def test_feed_carries_a_cli_revocation_to_the_remote_verifier(
     assert took <= FAST_BOUND + SLACK
 
 
+@pytest.mark.slow
 @pytest.mark.sqlite_only  # blocks the SQLite file
 def test_feed_publishes_the_task_ends_its_guard_could_not_write_yet(
     make_guard: Callable[..., tg.Guard], serve: Callable[..., Served]
@@ -434,6 +436,7 @@ def test_feed_with_a_secret_answers_only_clients_that_send_it(
 # -- feed down: grace period, then fail closed, then back ---------------------------------------
 
 
+@pytest.mark.slow
 def test_feed_down_keeps_the_last_list_for_the_grace_period_then_fails_closed(
     guard: tg.Guard, serve: Callable[..., Served], clock: Any
 ) -> None:
@@ -479,6 +482,7 @@ def test_feed_down_keeps_the_last_list_for_the_grace_period_then_fails_closed(
     feed.close()
 
 
+@pytest.mark.slow
 def test_feed_background_thread_recovers_after_the_feed_comes_back(
     guard: tg.Guard, serve: Callable[..., Served]
 ) -> None:
@@ -632,6 +636,7 @@ def test_feed_rejects_a_stale_list_and_one_from_the_future(
     _assert_rejected_and_kept(hostile, guard, "in the future")
 
 
+@pytest.mark.slow
 def test_feed_rejects_a_credential_presented_as_a_list_and_wrong_claims(
     hostile: tuple[Hostile, RevocationFeed, Verifier], guard: tg.Guard
 ) -> None:
@@ -648,6 +653,7 @@ def test_feed_rejects_a_credential_presented_as_a_list_and_wrong_claims(
     _assert_rejected_and_kept(hostile, guard, "list of digests")
 
 
+@pytest.mark.slow
 def test_feed_rejects_non_jws_bodies_and_other_content_types(
     hostile: tuple[Hostile, RevocationFeed, Verifier], guard: tg.Guard
 ) -> None:
@@ -977,6 +983,7 @@ def test_feed_horizon_bounds_the_list_so_it_never_outgrows_max_bytes(guard: tg.G
             revocation_app(store=guard.store, keys=guard.keys, issuer=ISS, leeway=bad)
 
 
+@pytest.mark.slow
 def test_feed_abandons_a_reply_that_drips_its_headers_and_polls_again(guard: tg.Guard) -> None:
     """A slow-loris in the status line and headers: each byte comes within httpx's per-read
     timeout, so without a watchdog one poll hung for the whole drip (10 s here) and no list
@@ -1125,6 +1132,7 @@ def test_feed_identity_revocation_stays_while_the_identity_is_disabled(
     assert _published(app)["identity"] == {}
 
 
+@pytest.mark.slow
 def test_feed_list_stays_bounded_under_churn(
     make_guard: Callable[..., tg.Guard], clock: Any
 ) -> None:
@@ -1177,6 +1185,7 @@ def test_verifier_names_the_feed_it_cannot_read_without_its_secrets(
     assert "revocation store cannot be read" in response.json()["error_description"]
 
 
+@pytest.mark.slow
 def test_feed_a_parent_task_revocation_stays_while_a_delegated_credential_lives(
     make_guard: Callable[..., tg.Guard], clock: Any
 ) -> None:

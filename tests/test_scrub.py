@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from toolguard.scrub import SecretForms, scrub
 _ASCII = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=80)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     secret=_ASCII,

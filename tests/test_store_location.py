@@ -62,6 +62,7 @@ def test_a_password_in_the_query_is_redacted_too() -> None:
     assert SECRET not in shown and "password=***" in shown
 
 
+@pytest.mark.slow
 def test_a_postgresql_url_no_longer_becomes_a_sqlite_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

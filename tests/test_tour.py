@@ -276,6 +276,7 @@ def test_every_command_with_a_config_or_db_option_is_covered() -> None:
     assert taking == set(DISCOVERING)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DISCOVERING))
 def test_a_command_finds_toolguard_yaml_in_the_current_folder(
     name: str, project: tuple[Path, str], monkeypatch: pytest.MonkeyPatch

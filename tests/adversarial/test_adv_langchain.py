@@ -315,6 +315,7 @@ class Custom(Exception):
         return f"failed with {self.secret}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["args", "notes", "cause", "context", "custom-str", "group"])
 @pytest.mark.parametrize("path", ["guard", "middleware"])
 def test_adv_exceptions_never_carry_the_token(adv_guard: tg.Guard, kind: str, path: str) -> None:

@@ -144,6 +144,7 @@ def _assert_a_new_task_runs(guard: tg.Guard, t: dict[str, tg.GuardedTool]) -> No
 # -- report_cost: what a tool reports ---------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", BAD_REPORTED, ids=repr)
 def test_a_bad_reported_cost_fails_the_call_and_the_task_still_ends_revoked(
     setup: tuple[tg.Guard, dict[str, tg.GuardedTool]],
@@ -208,6 +209,7 @@ def _tool_call(name: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"type": "tool_call", "id": "call-1", "name": name, "args": args}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool_name", ["pay", "pay_typed"])
 @pytest.mark.parametrize("bad", BAD_ARGS, ids=repr)
 def test_a_bad_cost_argument_from_the_model_is_an_audited_denial(

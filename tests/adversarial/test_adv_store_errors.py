@@ -196,6 +196,7 @@ def _names(exc: BaseException) -> str:
     return " | ".join(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api", sorted(API))
 def test_adv_store_errors_every_public_api_raises_a_toolguard_error_with_the_path(
     scene: Scene, api: str

@@ -149,6 +149,7 @@ def test_unsafe_resource_is_a_denial(guard: tg.Guard, char: str) -> None:
     assert "contains" in info.value.reason and UNSAFE.search(info.value.reason) is None
 
 
+@pytest.mark.slow
 @settings(
     max_examples=120,
     deadline=None,
@@ -210,6 +211,7 @@ def test_a_megabyte_allowed_resource_is_refused(guard: tg.Guard) -> None:
     assert "characters long (at most 2048)" in info.value.reason
 
 
+@pytest.mark.slow
 def test_megabyte_argument_names_are_cut(guard: tg.Guard) -> None:
     with guard.task("process-job", job_id="42"):
         guard.finish(guard.authorize("kv_get", {"key": JOB_KEY, "n" * 1_000_000: 1}))

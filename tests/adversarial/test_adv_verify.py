@@ -186,6 +186,7 @@ def test_a_deleted_row_is_reported_at_its_seq(template: Path, seq: int) -> None:
         assert report.damage[0].kind in ("deleted", "truncated")
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
