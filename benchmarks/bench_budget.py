@@ -20,20 +20,27 @@ Contention (``--contention``): P processes x T threads call through one database
 seconds (each thread in its own task; ``--with-budgets``: on one identity with every
 per-minute and per-day limit) and the latency of every ``authorize`` (which includes the wait
 for the write lock) is recorded: per process the number of calls, p99 and max, and overall
-p99, p99.9 and max. Any ``AuditError`` (a wait past ``busy_timeout``) is counted. It uses only
+p99, p99.9 and max. Any ``AuditError`` (a wait past ``busy_timeout``) is counted. By default
+every thread calls as fast as it can (a closed loop: the throughput, and the latency at
+saturation); ``--rate R`` offers R calls/s in all instead (an open loop: each thread's calls
+are due at fixed times, and a call's latency counts from when it was due, so a stall also
+counts against the calls it delayed), which gives the latency at a given throughput. It uses only
 the public API, so the same script measures an older toolguard (``PYTHONPATH=<old tree>``).
 
     python benchmarks/bench_budget.py [--rounds 30] [--block 200]
     python benchmarks/bench_budget.py --contention [--with-budgets] [--processes 4 --threads 4]
+                                      [--rate 2500]
 
 Both write their part of ``benchmarks/results/budget.json``.
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import multiprocessing as mp
 import platform
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -184,9 +191,19 @@ def _contention_config(workdir: Path) -> dict[str, Any]:
     return cfg
 
 
-def _hammer(workdir: str, intent: str, threads: int, seconds: float, start: Any, out: Any) -> None:
-    guard = tg.Guard(_contention_config(Path(workdir)))
-    guard.store.open()
+def _hammer(
+    workdir: str,
+    intent: str,
+    threads: int,
+    seconds: float,
+    rate: float,
+    start: Any,
+    out: Any,
+    baseline: bool = False,
+) -> None:
+    guard = None if baseline else tg.Guard(_contention_config(Path(workdir)))
+    if guard is not None:
+        guard.store.open()
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -194,10 +211,32 @@ def _hammer(workdir: str, intent: str, threads: int, seconds: float, start: Any,
     def worker() -> None:
         mine: list[float] = []
         failed = 0
-        with guard.task(intent, job_id="42"):
-            stop = time.perf_counter() + seconds
+        with contextlib.ExitStack() as stack:
+            if guard is not None:
+                stack.enter_context(guard.task(intent, job_id="42"))
+            else:
+                db = sqlite3.connect(str(Path(workdir) / "baseline.db"), isolation_level=None)
+                stack.callback(db.close)
+                db.execute("PRAGMA busy_timeout=5000")
+                db.execute("PRAGMA synchronous=NORMAL")
+            begin = time.perf_counter()
+            stop = begin + seconds
+            period = 1.0 / rate if rate else 0.0
+            n = 0
             while time.perf_counter() < stop:
                 t0 = time.perf_counter()
+                if period:  # open loop: call n is due at begin + n * period, late or not
+                    due = begin + n * period
+                    n += 1
+                    if due > t0:
+                        time.sleep(due - t0)
+                    t0 = due
+                if guard is None:  # the storage alone: one write transaction, no toolguard
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute(_BASELINE_INSERT, (t0, "x" * 400, "y" * 40))
+                    db.execute("COMMIT")
+                    mine.append(time.perf_counter() - t0)
+                    continue
                 try:
                     permit = guard.authorize("kv_set", ARGS)
                 except tg.AuditError:
@@ -215,21 +254,57 @@ def _hammer(workdir: str, intent: str, threads: int, seconds: float, start: Any,
         w.start()
     for w in workers:
         w.join()
-    guard.close()
+    if guard is not None:
+        guard.close()
     out.put((latencies, errors[0]))
 
 
+_BASELINE_INSERT = "INSERT INTO t (ts, a, b) VALUES (?, ?, ?)"
+
+
+def _baseline_db(workdir: Path) -> sqlite3.Connection:
+    """``--sqlite-baseline``: a table written about as much per transaction as a guarded
+    call writes (a row with two indexes: ~5 WAL pages), in WAL mode as the store."""
+    db = sqlite3.connect(str(workdir / "baseline.db"), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, ts REAL, a TEXT, b TEXT)")
+    db.execute("CREATE INDEX t_ts ON t (ts)")
+    db.execute("CREATE INDEX t_b ON t (b, id)")
+    return db
+
+
 def contention(
-    processes: int, threads: int, seconds: float, workdir: Path, *, budgets: bool
+    processes: int,
+    threads: int,
+    seconds: float,
+    workdir: Path,
+    *,
+    budgets: bool,
+    rate: float = 0.0,
+    baseline: bool = False,
 ) -> dict[str, Any]:
     """P processes x T threads on one database; latency of every authorize, per process."""
-    holder = tg.Guard(_contention_config(workdir)).store.open()  # schema and key, held open
+    holder: Any = (  # the schema (and key), held open
+        _baseline_db(workdir) if baseline else tg.Guard(_contention_config(workdir)).store.open()
+    )
     intent = "identity_scopes-job" if budgets else "no_budgets-job"
     ctx = mp.get_context("spawn")
     start = ctx.Event()
     out = ctx.Queue()
     procs = [
-        ctx.Process(target=_hammer, args=(str(workdir), intent, threads, seconds, start, out))
+        ctx.Process(
+            target=_hammer,
+            args=(
+                str(workdir),
+                intent,
+                threads,
+                seconds,
+                rate / (processes * threads),
+                start,
+                out,
+                baseline,
+            ),
+        )
         for _ in range(processes)
     ]
     for p in procs:
@@ -262,7 +337,10 @@ def contention(
         "threads": threads,
         "seconds": seconds,
         "budgets": budgets,
+        "offered_rate": rate or None,
+        "sqlite_baseline": baseline,
         "calls": len(everything),
+        "calls_per_second": round(len(everything) / seconds),
         "audit_errors": sum(e for _, e in results),
         "p99_ms": ms(everything, 0.99),
         "p999_ms": ms(everything, 0.999),
@@ -303,6 +381,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offer this many calls/s in all (open loop; latency counted from each call's due "
+        "time); default: every thread calls as fast as it can",
+    )
+    parser.add_argument(
+        "--sqlite-baseline",
+        action="store_true",
+        help="the same processes and pacing, each call one bare SQLite write transaction "
+        "(no toolguard): what the file system alone gives",
+    )
+    parser.add_argument(
         "--with-budgets",
         action="store_true",
         help="contention on an identity with every per-minute and per-day limit (default: none)",
@@ -317,13 +408,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="toolguard-bench-") as tmp:
         if args.contention:
             result = contention(
-                args.processes, args.threads, args.seconds, Path(tmp), budgets=args.with_budgets
+                args.processes,
+                args.threads,
+                args.seconds,
+                Path(tmp),
+                budgets=args.with_budgets,
+                rate=args.rate,
+                baseline=args.sqlite_baseline,
             )
             result.update(_environment())
-            report["contention_budgets" if args.with_budgets else "contention"] = result
+            key = "contention_budgets" if args.with_budgets else "contention"
+            key = "contention_sqlite_baseline" if args.sqlite_baseline else key
+            report[key + (f"_rate_{args.rate:g}" if args.rate else "")] = result
             print(
                 f"{args.processes} processes x {args.threads} threads, {args.seconds:g}s: "
-                f"{result['calls']} calls, {result['audit_errors']} AuditError; authorize "
+                f"{result['calls']} calls ({result['calls_per_second']}/s"
+                + (f", {args.rate:g}/s offered" if args.rate else "")
+                + f"), {result['audit_errors']} AuditError; authorize "
                 f"latency p99 {result['p99_ms']} ms, p99.9 {result['p999_ms']} ms, "
                 f"max {result['max_ms']} ms"
             )

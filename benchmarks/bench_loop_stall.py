@@ -9,7 +9,9 @@ automatic WAL checkpoint inside it), every coroutine would stall with it. This b
 runs' own Python work, which then dominates the stall), and a
 ticker coroutine that sleeps 1 ms in a loop and records how late each wake-up is (the loop's
 stall). Meanwhile another *process* holds the database's write lock in bursts (``BEGIN
-IMMEDIATE``, ``--hold`` ms, ``COMMIT``, ``--gap`` ms; ``--hold 0`` for no holder).
+IMMEDIATE``, ``--hold`` ms, ``COMMIT``, ``--gap`` ms; ``--hold 0`` for no holder). ``--bare``
+runs the same coroutines with the tool unguarded (no task, no credential, no store work): the
+stalls the agent runs make on their own, the baseline of toolguard's share.
 
     python benchmarks/bench_loop_stall.py [--runs 50] [--calls 20] [--think 20] [--hold 50]
                                           [--gap 20] [--repeat 1]
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -61,6 +64,17 @@ async def _read(key: str) -> str:
 
 
 kv_get = StructuredTool.from_function(coroutine=_read, name="kv_get", description="Read a key.")
+
+
+async def _read_bare(key: str) -> str:
+    """The same tool without a guard (``--bare``): no credential to present."""
+    await asyncio.sleep(0)
+    return f"value of {key} (0)"
+
+
+kv_get_bare = StructuredTool.from_function(
+    coroutine=_read_bare, name="kv_get", description="Read a key."
+)
 
 
 def config(workdir: Path) -> dict[str, Any]:
@@ -321,9 +335,15 @@ def _kind(stack: list[str]) -> str:
 
 
 async def _measure(
-    guard: tg.Guard, runs: int, calls: int, think: float, tracer: Tracer | None = None
+    guard: tg.Guard,
+    runs: int,
+    calls: int,
+    think: float,
+    tracer: Tracer | None = None,
+    *,
+    bare: bool = False,
 ) -> dict[str, Any]:
-    tool = tg.guard(kv_get, guard)
+    tool = kv_get_bare if bare else tg.guard(kv_get, guard)
     on_loop: list[float] = []
     undo = _probe_store(threading.get_ident(), on_loop)
     lateness: list[float] = []
@@ -356,7 +376,7 @@ async def _measure(
                 )
 
     async def run(i: int) -> int:
-        async with guard.task("process-job", job_id="42"):
+        async with contextlib.nullcontext() if bare else guard.task("process-job", job_id="42"):
             for _ in range(calls):
                 await asyncio.sleep(think / 1000.0)  # the model's turn
                 await tool.ainvoke({"key": KEY})
@@ -405,6 +425,11 @@ def main() -> None:
     parser.add_argument("--think", type=float, default=20.0, help="ms of model time per call")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument(
+        "--bare", action="store_true",
+        help="the same runs with the tool unguarded (no task, no store work): the agent's own "
+        "stalls, the baseline of toolguard's share",
+    )  # fmt: skip
+    parser.add_argument(
         "--trace", type=float, nargs="?", const=5.0, default=None, metavar="MS",
         help="attribute every stall longer than MS (5): gc, threads' CPU, stack samples",
     )  # fmt: skip
@@ -445,7 +470,9 @@ def main() -> None:
                 gc.collect()
                 gc.freeze()
             try:
-                report = asyncio.run(_measure(guard, args.runs, args.calls, args.think, tracer))
+                report = asyncio.run(
+                    _measure(guard, args.runs, args.calls, args.think, tracer, bare=args.bare)
+                )
             finally:
                 stop.touch()
                 spans: list[tuple[float, float]] = []
