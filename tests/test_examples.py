@@ -126,6 +126,7 @@ def test_quickstart_trail_verifies_and_holds_no_token(
     assert sorted(p.name for p in workdir.iterdir()) == [
         "args-hmac.key",
         "audit.db",
+        "audit.db-wake",  # the writers' wake-up counter (docs/budgets.md, "Many writers")
         "audit.db.checkpoints",
         "signing-key.pem",
         "toolguard.yaml",

@@ -286,6 +286,10 @@ class PostgresStore(Store):
         self._writer = (os.getpid(), cast(Any, conn))
         return conn
 
+    def _wake(self) -> None:
+        """No wake-up file: the server queues the writers on its lock."""
+        return None
+
     def _sync(self, conn: Any) -> None:
         """After queued outcomes or task ends are written: send them now if the server might
         refuse their values (then the store isolates the bad one, see ``_write_queued``); else

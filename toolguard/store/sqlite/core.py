@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from ...budget import Spend
@@ -39,6 +39,8 @@ from .queries import Queries
 from .schema import check_pages, create_schema
 from .tasks import TaskBudgets
 from .trail import TrailReader, read_snapshot
+from .wake import POLL as WAKE_POLL
+from .wake import Wake
 
 log = logging.getLogger("toolguard")
 
@@ -130,6 +132,7 @@ class Store(Queries):
         self._file: tuple[int, int] | None = None
         self._wal: tuple[int, int] | None = None
         self._stale: str | None = None
+        self._wake_state: Wake | Literal[False] | None = None  # see _wake
 
     # -- connections --------------------------------------------------------------------
 
@@ -416,8 +419,10 @@ class Store(Queries):
         longer (up to 100 ms a try), so under contention a writer that has waited a while keeps
         losing to fresh ones and can starve for seconds. Instead, the threads of one process
         queue on a process lock (one of them at a time competes for the database), and that
-        one tries ``BEGIN IMMEDIATE`` without SQLite's handler, again every 50 to 250 µs
-        (jittered, never slower however long it has waited). See docs/budgets.md.
+        one tries ``BEGIN IMMEDIATE`` without SQLite's handler, and again as soon as the
+        writer holding the lock wakes it (:mod:`.wake`), or 1 ms later if none does; where
+        the wake-up cannot be had, every 50 to 250 µs (jittered, never slower however long
+        it has waited). See docs/budgets.md.
         """
         local = self._local
         if local.tx is not None:
@@ -444,6 +449,7 @@ class Store(Queries):
             raise
         local.tx = conn
         local.head = None
+        wake = self._wake_state or None  # opened by _begin
         with self._pending_lock:
             pending, self._pending = self._pending, []
         try:
@@ -452,6 +458,8 @@ class Store(Queries):
             yield conn
             # the file at the path must still be the one written to: else nothing commits
             self._check_file(wal=True)
+            if wake is not None:
+                wake.bump()  # under the lock: no other writer's count is lost
             conn.execute("COMMIT")
             self._tasks.commit()
         except BaseException as exc:
@@ -472,6 +480,21 @@ class Store(Queries):
             local.tx = None
             local.head = None
             plock.release()
+            if wake is not None:  # the lock is released: the other processes' waiters try
+                wake.wake()
+
+    def _wake(self) -> Wake | None:
+        """The wake-up counter shared by this database's writers (:mod:`.wake`), opened on
+        first use; ``None`` where it cannot be had (the writers then poll)."""
+        state = self._wake_state
+        if state is None:  # the caller holds the process write lock: opened once
+            mode = 0o600
+            try:
+                mode = os.stat(self.path).st_mode & 0o666  # as shared as the database
+            except OSError:
+                pass
+            state = self._wake_state = Wake.open(Path(f"{self.path}-wake"), mode) or False
+        return state or None
 
     def _not_written(self, what: str, exc: sqlite3.Error | None = None) -> AuditError:
         """The error of a write that did not happen: ``exc``, or the lock not granted within
@@ -490,7 +513,9 @@ class Store(Queries):
         """``BEGIN IMMEDIATE`` on the writer (busy_timeout 0: the waits are ours, fair and
         bounded by ``deadline``, else ``busy_timeout`` from the first refusal)."""
         delay = 50e-6
+        wake = self._wake()
         while True:
+            seen = wake.seen() if wake is not None else 0
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 return
@@ -507,6 +532,8 @@ class Store(Queries):
                 deadline = now + self.busy_timeout
             elif now >= deadline:
                 raise self._not_written(what)
+            if wake is not None and wake.wait(seen, min(WAKE_POLL, deadline - now)):
+                continue  # a writer released the lock, or the poll interval passed
             import random  # only under contention
 
             time.sleep(min(delay * (0.5 + random.random()), deadline - now))  # noqa: S311
