@@ -493,7 +493,14 @@ class Store(Queries):
                 mode = os.stat(self.path).st_mode & 0o666  # as shared as the database
             except OSError:
                 pass
-            state = self._wake_state = Wake.open(Path(f"{self.path}-wake"), mode) or False
+            path = Path(f"{self.path}-wake")
+            state = self._wake_state = Wake.open(path, mode) or False
+            if not state:
+                log.debug(
+                    "the writers' wake-up counter %s cannot be used here (see docs/budgets.md, "
+                    "'Many writers'); this process polls for the write lock",
+                    path,
+                )
         return state or None
 
     def _not_written(self, what: str, exc: sqlite3.Error | None = None) -> AuditError:
