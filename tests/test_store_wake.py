@@ -27,12 +27,9 @@ from toolguard.store.sqlite import core as sqlite_core
 from toolguard.store.sqlite import wake as wake_module
 from toolguard.store.sqlite.wake import Wake
 
-pytestmark = [
-    pytest.mark.sqlite_only,
-    pytest.mark.skipif(
-        wake_module._libc() is None, reason="the wake-up counter is a Linux futex (x86-64, arm64)"
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    wake_module._libc() is None, reason="the wake-up counter is a Linux futex (x86-64, arm64)"
+)
 
 HANG = 60.0  # a join's timeout: only a hang reaches it
 
