@@ -8,9 +8,11 @@ context switch per poll. So the writers of one file share a 4-byte counter in a 
 beside it (``<database>-wake``), mapped into each process: a writer adds one to it before its
 ``COMMIT`` and wakes every waiter once it has released the lock (committed or rolled back); a
 waiter sleeps on the counter (a Linux futex, shared between processes through the mapped
-file) until it changes, it is woken or a poll interval passes, then tries again. Measured (benchmarks/README.md, "Budget checks"): with 4
-writer processes the p99 of ``authorize`` fell from 6.4-6.7 ms to 4.0-4.3 ms, and the calls
-per second rose from 2,880-2,970 to 3,157-3,626. It also keeps the ``-wal`` bounded: a polling
+file) until it changes, it is woken or a poll interval passes, then tries again.
+
+Measured (benchmarks/README.md, "Budget checks"): with 4 writer processes the p99 of
+``authorize`` fell from 6.4-6.7 ms to 4.0-4.3 ms, and the calls per second rose from
+2,880-2,970 to 3,157-3,626. It also keeps the ``-wal`` bounded: a polling
 waiter begins a read transaction with each try, and with several busy processes some reader
 was nearly always in the log, so SQLite could seldom start it over (620 MB in 8 s); a
 sleeping waiter holds none (17 MB).
