@@ -33,6 +33,7 @@ import gc
 import json
 import os
 import platform
+import random
 import sqlite3
 import statistics
 import subprocess
@@ -342,6 +343,7 @@ async def _measure(
     tracer: Tracer | None = None,
     *,
     bare: bool = False,
+    jitter: float = 0.0,
 ) -> dict[str, Any]:
     tool = kv_get_bare if bare else tg.guard(kv_get, guard)
     on_loop: list[float] = []
@@ -375,10 +377,13 @@ async def _measure(
                     start, end, {"loop": cpu() - c0, "process": proc() - p0, "writer": w1 - w0}
                 )
 
+    pick = random.Random(1).random  # the same spread in every run
+
     async def run(i: int) -> int:
         async with contextlib.nullcontext() if bare else guard.task("process-job", job_id="42"):
             for _ in range(calls):
-                await asyncio.sleep(think / 1000.0)  # the model's turn
+                spread = 1.0 + jitter * (2.0 * pick() - 1.0) if jitter else 1.0
+                await asyncio.sleep(think * spread / 1000.0)  # the model's turn
                 await tool.ainvoke({"key": KEY})
         return calls
 
@@ -423,6 +428,11 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=50.0, help="ms per burst; 0: no holder")
     parser.add_argument("--gap", type=float, default=20.0, help="ms between bursts")
     parser.add_argument("--think", type=float, default=20.0, help="ms of model time per call")
+    parser.add_argument(
+        "--jitter", type=float, default=0.0, metavar="F",
+        help="each model turn lasts think x a uniform factor in [1-F, 1+F] (default 0: every "
+        "run in step, the worst case for the loop)",
+    )  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument(
         "--bare", action="store_true",
@@ -471,7 +481,15 @@ def main() -> None:
                 gc.freeze()
             try:
                 report = asyncio.run(
-                    _measure(guard, args.runs, args.calls, args.think, tracer, bare=args.bare)
+                    _measure(
+                        guard,
+                        args.runs,
+                        args.calls,
+                        args.think,
+                        tracer,
+                        bare=args.bare,
+                        jitter=args.jitter,
+                    )
                 )
             finally:
                 stop.touch()
@@ -502,6 +520,7 @@ def main() -> None:
         "hold_ms": args.hold,
         "gap_ms": args.gap,
         "think_ms": args.think,
+        "jitter": args.jitter,
         "gc_freeze": args.gc_freeze,
         "switch_interval_ms": sys.getswitchinterval() * 1000.0,
         "load": os.getloadavg(),
