@@ -58,8 +58,7 @@ def test_a_waiter_sleeps_until_another_mapping_of_the_file_wakes_it(tmp_path: Pa
     assert mine is not None and theirs is not None
     seen = mine.seen()
     thread, errors = _in_thread(lambda: mine.wait(seen, HANG * 10))
-    theirs.bump()  # seen through the file by the other mapping
-    theirs.wake()
+    theirs.release()  # seen through the file by the other mapping
     thread.join(HANG)
     assert not thread.is_alive() and not errors
     assert mine.seen() == (seen + 1) & 0xFFFFFFFF
@@ -69,11 +68,43 @@ def test_a_wait_for_a_count_that_already_moved_returns_at_once(tmp_path: Path) -
     wake = Wake.open(tmp_path / "audit.db-wake")
     assert wake is not None
     seen = wake.seen()
-    wake.bump()
+    wake.release()  # nobody sleeps: the counter moves, no system call
     thread, errors = _in_thread(lambda: wake.wait(seen, HANG * 10))
     thread.join(HANG)
     assert not thread.is_alive() and not errors
     assert wake.wait(wake.seen(), 1e-4) is True  # the poll interval passes: try again
+
+
+class _CountingLibc:
+    """The libc of a Wake, recording the futex operation of each system call."""
+
+    def __init__(self, libc: Any) -> None:
+        self.libc = libc
+        self.ops: list[int] = []
+
+    def syscall(self, *args: Any) -> Any:
+        self.ops.append(args[2].value)
+        return self.libc.syscall(*args)
+
+
+def test_a_release_calls_the_kernel_only_when_a_waiter_sleeps(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db-wake"
+    waker, sleeper = Wake.open(path), Wake.open(path)
+    assert waker is not None and sleeper is not None
+    counting = _CountingLibc(waker._libc)
+    waker._libc = counting  # type: ignore[assignment]
+    waker.release()
+    assert counting.ops == []  # a lone writer: no system call
+    seen = sleeper.seen()
+    thread, errors = _in_thread(lambda: sleeper.wait(seen, HANG * 10))
+    guard = time.monotonic() + HANG
+    while waker._sleepers.value == 0 and time.monotonic() < guard:  # until it is asleep
+        time.sleep(0.001)
+    waker.release()
+    thread.join(HANG)
+    assert not thread.is_alive() and not errors
+    assert counting.ops == [wake_module._FUTEX_WAKE]
+    assert waker._sleepers.value == 0  # counted out again
 
 
 def test_only_a_regular_file_of_its_own_size_is_used(tmp_path: Path) -> None:
@@ -133,7 +164,7 @@ def test_a_writer_waiting_for_another_process_is_woken_by_its_commit(
     assert holding.wait(HANG)
     b, b_errors = _in_thread(lambda: waiter.append(_event("after the holder")))
     assert waiting.wait(HANG)  # B found the lock taken and sleeps on the counter
-    release.set()  # A commits, counts it and wakes B
+    release.set()  # A commits, moves the counter and wakes B
     a.join(HANG)
     b.join(HANG)
     try:

@@ -458,8 +458,6 @@ class Store(Queries):
             yield conn
             # the file at the path must still be the one written to: else nothing commits
             self._check_file(wal=True)
-            if wake is not None:
-                wake.bump()  # under the lock: no other writer's count is lost
             conn.execute("COMMIT")
             self._tasks.commit()
         except BaseException as exc:
@@ -481,7 +479,7 @@ class Store(Queries):
             local.head = None
             plock.release()
             if wake is not None:  # the lock is released: the other processes' waiters try
-                wake.wake()
+                wake.release()
 
     def _wake(self) -> Wake | None:
         """The wake-up counter shared by this database's writers (:mod:`.wake`), opened on
