@@ -16,10 +16,10 @@ processes, which costs one poll interval.
 
 Measured (benchmarks/README.md, "Budget checks"): with 4 writer processes the p99 of
 ``authorize`` fell from 5.9-6.7 ms to 3.2-4.3 ms, and the calls per second rose from
-2,880-3,270 to 3,157-4,239; a lone writer's call costs the same. It also keeps the ``-wal`` bounded: a polling
-waiter begins a read transaction with each try, and with several busy processes some reader
-was nearly always in the log, so SQLite could seldom start it over (620 MB in 8 s); a
-sleeping waiter holds none (17 MB).
+2,880-3,270 to 3,157-4,239; a lone writer's call costs the same. It also keeps the ``-wal``
+bounded: a polling waiter begins a read transaction with each try, and with several busy
+processes some reader was nearly always in the log, so SQLite could seldom start it over
+(620 MB in 8 s); a sleeping waiter holds none (17 MB).
 
 It is only a hint: the lock is SQLite's, and a waiter still polls (every 1 ms) for writers
 that do not wake it (another program, a process that died holding the lock). Where the hint
