@@ -76,7 +76,7 @@ class Wake:
         self._futex = ctypes.c_long(futex)
         self._memory = memory  # mapped for the life of this object (a waiter may sleep on it)
         self._word = ctypes.c_uint32.from_buffer(memory)  # the counter (the futex)
-        self._sleepers = ctypes.c_uint32.from_buffer(memory, 4)  # waiters asleep, about
+        self._sleepers = ctypes.c_uint32.from_buffer(memory, 4)  # waiters asleep (roughly)
         self._address = ctypes.c_void_p(ctypes.addressof(self._word))
         self.usable = True
         """False once the kernel refused the futex (then :meth:`wait` reports it)."""
