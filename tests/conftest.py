@@ -383,6 +383,17 @@ def raw_connection(guard: tg.Guard) -> Any:
     return sqlite3.connect(str(location.path), isolation_level=None)
 
 
+def pg_writer(guard: tg.Guard) -> Any:
+    """The PostgreSQL store's writer connection (a ``PgConnection``), once it has written."""
+    from toolguard.store.postgres.connection import PgConnection
+
+    writer: Any = guard.store._writer
+    assert writer is not None
+    conn = writer[1]
+    assert isinstance(conn, PgConnection)
+    return conn
+
+
 def raw_sql(guard: tg.Guard, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Run one statement on the guard's store behind its back (as an attacker or an operator
     with a database client would), on either backend; returns the rows."""

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import make_config
+from conftest import make_config, pg_writer
 
 import toolguard as tg
 from toolguard.chain import Event
@@ -37,20 +37,12 @@ def _count(url: str, sql: str) -> int:
     return int(row[0])
 
 
-def _writer(guard: tg.Guard) -> PgConnection:
-    writer: Any = guard.store._writer
-    assert writer is not None
-    conn = writer[1]
-    assert isinstance(conn, PgConnection)
-    return conn
-
-
 def test_a_guarded_call_is_two_round_trips(pg_url: str, tmp_path: Path) -> None:
     guard = tg.Guard(make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp")))
     try:
         with guard.task("process-job", job_id="42"):
             guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
-            writer = _writer(guard)
+            writer = pg_writer(guard)
             before = writer.round_trips
             for _ in range(4):  # each call also writes the previous call's outcome
                 guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
@@ -180,7 +172,7 @@ def test_a_screened_outcome_the_server_still_refuses_fails_one_call_closed_then_
                 guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
                 guard.store.flush()
             assert "could not be written" in caplog.text
-            writer = _writer(guard)
+            writer = pg_writer(guard)
             trips = writer.round_trips
             guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
             assert writer.round_trips - trips == 2  # back to queueing after a commit

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import make_config
+from conftest import make_config, pg_writer
 from pg_cluster import _free_port
 
 import toolguard as tg
@@ -27,14 +27,6 @@ pytestmark = pytest.mark.postgres
 OUT = "agents:jobs:42:out"
 PASSWORD = "Sup3r-Secret-PW"
 TRICKY = 'é—中文 🙂 "quoted" \\ back/slash'
-
-
-def _writer(guard: tg.Guard) -> PgConnection:
-    writer: Any = guard.store._writer
-    assert writer is not None
-    conn = writer[1]
-    assert isinstance(conn, PgConnection)
-    return conn
 
 
 def _rows(url: str) -> list[dict[str, Any]]:
@@ -66,7 +58,7 @@ def test_events_the_server_hashes_are_byte_for_byte_what_verify_recomputes(
         with guard.task("process-job", job_id="42"):
             for value in (TRICKY, "", "x" * 2000, "plain"):
                 guard.finish(guard.authorize("kv_get", {"key": f"agents:jobs:42:{value}"}))
-            assert _writer(guard).server_hash
+            assert pg_writer(guard).server_hash
     finally:
         guard.close()
     rows = _rows(pg_url)
@@ -113,7 +105,7 @@ def test_statements_are_prepared_once_and_again_after_a_reconnect(
         with guard.task("process-job", job_id="42"):
             for _ in range(3):
                 guard.finish(guard.authorize("kv_get", {"key": OUT}))
-            first = _writer(guard)
+            first = pg_writer(guard)
             names = set(first._prepared.values())
             assert names  # the hot path's statements are prepared...
             for _ in range(3):
@@ -131,7 +123,7 @@ def test_statements_are_prepared_once_and_again_after_a_reconnect(
             with pytest.raises(tg.AuditError, match="could not be written"):
                 guard.authorize("kv_get", {"key": OUT})
             guard.finish(guard.authorize("kv_get", {"key": OUT}))  # reconnected
-            second = _writer(guard)
+            second = pg_writer(guard)
             assert second is not first
             assert second._prepared  # prepared again on the new connection
     finally:
@@ -270,14 +262,14 @@ def test_prepared_statements_the_server_dropped_fail_one_call_closed_then_are_pr
         with guard.task("process-job", job_id="42"):
             guard.finish(guard.authorize("kv_get", {"key": OUT}))
             guard.store.flush()
-            writer = _writer(guard)
+            writer = pg_writer(guard)
             dropped = set(writer._prepared.values())
             writer.raw.execute("DEALLOCATE ALL")  # as DISCARD ALL or a pooler would
             with pytest.raises(tg.AuditError, match="prepared statement"):
                 guard.authorize("kv_get", {"key": OUT})
             assert not dropped & set(writer._prepared.values())  # forgotten
             guard.finish(guard.authorize("kv_get", {"key": OUT}))  # prepared anew, same writer
-            assert _writer(guard) is writer
+            assert pg_writer(guard) is writer
             assert writer._prepared
     finally:
         guard.close()
@@ -293,7 +285,7 @@ def test_a_chain_appended_by_the_client_and_by_the_server_in_turn_verifies(
     try:
         with guard.task("process-job", job_id="42"):
             guard.finish(guard.authorize("kv_get", {"key": OUT}))
-            writer = _writer(guard)
+            writer = pg_writer(guard)
             for server_hash, trips in ((False, 3), (True, 2), (False, 3)):
                 writer.server_hash = server_hash
                 before = writer.round_trips

@@ -121,6 +121,7 @@ def test_only_a_regular_file_of_its_own_size_is_used(tmp_path: Path) -> None:
     assert target.read_bytes() == b"keep" and foreign.read_bytes() == b"not a counter"
     fresh = tmp_path / "fresh-wake"
     assert Wake.open(fresh) is not None and fresh.stat().st_size == 64
+    assert Wake.open(tmp_path / "nul\x00-wake") is None  # never raises
 
 
 def test_the_file_is_as_shared_as_the_database(tmp_path: Path) -> None:
@@ -200,3 +201,42 @@ def test_without_the_counter_writers_poll_and_every_call_still_runs(
         assert not wake_file.exists()
     else:  # the link is left as it was, and what it points to is never written
         assert wake_file.is_symlink() and (tmp_path / "elsewhere").read_bytes() == b""
+
+
+def test_writers_split_by_a_deleted_counter_still_take_turns(tmp_path: Path) -> None:
+    """The counter deleted under a writer that mapped it: the next writer maps a new one, so
+    neither wakes the other; the waiter still gets the lock, by polling, once it is free."""
+    db = tmp_path / "audit.db"
+    holder = Store(db, busy_timeout=HANG).open()
+    holder.append(_event("maps the first counter"))
+    Path(f"{db}-wake").unlink()
+    waiter = Store(db, busy_timeout=HANG).open()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with holder._write("hold"):
+            holding.set()
+            assert release.wait(HANG)
+
+    a, a_errors = _in_thread(hold)
+    assert holding.wait(HANG)
+    b, b_errors = _in_thread(lambda: waiter.append(_event("on a counter of its own")))
+    release.set()
+    a.join(HANG)
+    b.join(HANG)
+    try:
+        assert not a.is_alive() and not b.is_alive()
+        assert not a_errors and not b_errors, a_errors + b_errors
+        theirs, mine = holder._wake(), waiter._wake()
+        assert theirs is not None and mine is not None
+        before = mine.seen()
+        theirs.release()
+        assert mine.seen() == before  # two counters now: the old file's and the new one
+        rows = waiter.event_rows({"kind": "revoke"}, limit=None, newest_first=False)
+        assert [AuditEvent.from_row(r).reason for r in rows] == [
+            "maps the first counter",
+            "on a counter of its own",
+        ]
+    finally:
+        holder.close()
+        waiter.close()

@@ -449,7 +449,7 @@ class Store(Queries):
             raise
         local.tx = conn
         local.head = None
-        wake = self._wake_state or None  # opened by _begin
+        wake = self._wake()  # opened by _begin
         with self._pending_lock:
             pending, self._pending = self._pending, []
         try:

@@ -25,7 +25,10 @@ It is only a hint: the lock is SQLite's, and a waiter still polls (every 1 ms) f
 that do not wake it (another program, a process that died holding the lock). Where the hint
 cannot be had (not Linux on x86-64 or arm64, a file that cannot be created or is not a
 regular 64-byte file, a symlink), :meth:`Wake.open` returns ``None`` and the writers poll as
-before. Nothing secret is in the file, and whoever may write it may write the database.
+before. A file deleted or replaced while writers have it mapped splits them: those that
+opened the old one and those that open the new one no longer wake each other, and poll each
+other every 1 ms. Nothing secret is in the file, and whoever may write it may write the
+database.
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ class Wake:
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(path, flags, mode)
-        except OSError:  # a symlink, a directory, no permission, a read-only folder
+        except (OSError, ValueError):  # a symlink, a directory, no permission, a NUL
             return None
         try:
             info = os.fstat(fd)
