@@ -1,9 +1,11 @@
 """The PostgreSQL store: per-call overhead beside SQLite's, and fleet throughput.
 
 - ``overhead``: a bare LangChain tool against the same tool guarded with the store on SQLite
-  (a file, WAL) and on a local PostgreSQL (one database), median and p99 per call, the
-  client's CPU per call (``time.process_time``: stable on a shared machine, unlike wall time),
-  and for PostgreSQL the round trips per call and how long the writer lock is held per call;
+  (a file, WAL) and on a local PostgreSQL (one database; over TCP, and with the script's own
+  cluster also over its Unix socket, as a guard on the server's host connects), median and
+  p99 per call, the client's CPU per call (``time.process_time``: stable on a shared machine,
+  unlike wall time), and for PostgreSQL the round trips per call and how long the writer lock
+  is held per call;
 - ``fleet``: 1, 2, 4 and 8 writer processes (each its own guard, as hosts are), each calling a
   guarded tool in a loop for ``--seconds`` with identity limits (``requests_per_minute``,
   ``requests_per_day``) set high enough never to trip, so every call spends exact budgets:
@@ -32,6 +34,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from langchain_core.tools import tool
@@ -116,7 +119,13 @@ def _pcts(times: list[float]) -> dict[str, float]:
     }
 
 
-def overhead(base: str, workdir: Path, calls: int) -> dict[str, Any]:
+def _socket_url(base: str, data: Path) -> str:
+    """The script's own cluster through its Unix socket (in ``data``) instead of TCP."""
+    port = base.rsplit(":", 1)[1].split("/", 1)[0]
+    return f"postgresql://postgres@{quote(str(data), safe='')}:{port}/postgres"
+
+
+def overhead(base: str, workdir: Path, calls: int, socket: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     bare = []
     for _ in range(calls):
@@ -124,7 +133,10 @@ def overhead(base: str, workdir: Path, calls: int) -> dict[str, Any]:
         kv_get.invoke({"key": KEY})
         bare.append(time.perf_counter() - t)
     out["bare"] = _pcts(bare)
-    for name, store in (("sqlite", str(workdir / "o.db")), ("postgres", _new_db(base))):
+    stores = [("sqlite", str(workdir / "o.db")), ("postgres", _new_db(base))]
+    if socket:
+        stores.append(("postgres_unix_socket", _new_db(socket)))
+    for name, store in stores:
         guard = tg.Guard(_config(workdir, store, f"overhead-{name}"))
         guarded = tg.guard(kv_get, guard)
         times = []
@@ -151,7 +163,7 @@ def overhead(base: str, workdir: Path, calls: int) -> dict[str, Any]:
             out[name]["round_trips_per_call"] = round((conn.round_trips - trips) / calls, 2)
             if hasattr(conn, "lock_seconds"):  # from the request taking it to the COMMIT's reply
                 out[name]["lock_held_p50_us"] = round(statistics.median(holds) * 1e6, 1)
-    for name in ("sqlite", "postgres"):
+    for name, _ in stores:
         out[name]["overhead_p50_us"] = round(out[name]["p50_us"] - out["bare"]["p50_us"], 1)
     return out
 
@@ -229,8 +241,10 @@ def main() -> None:
     args = parser.parse_args()
     cluster = None
     base = args.url
+    socket = ""
     if not base:
         base, cluster = _start_cluster()
+        socket = _socket_url(base, cluster)
     try:
         with psycopg.connect(base) as conn:
             server = {
@@ -242,7 +256,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             print("per call (µs):", flush=True)
-            over = overhead(base, workdir, args.calls)
+            over = overhead(base, workdir, args.calls, socket)
             for name, row in over.items():
                 print(f"  {name}: {row}")
             print("fleet:", flush=True)

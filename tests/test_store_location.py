@@ -62,6 +62,19 @@ def test_a_password_in_the_query_is_redacted_too() -> None:
     assert SECRET not in shown and "password=***" in shown
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql:///trail?host=/run/postgresql",  # a local server's Unix socket
+        "postgresql://tg@%2Frun%2Fpostgresql/trail",
+        "postgresql://tg@%2Frun%2Fpostgresql:5433/trail",
+    ],
+)
+def test_a_unix_socket_url_is_shown_as_written(url: str) -> None:
+    assert redact_url(url) == url
+    assert parse_store(url).display == url
+
+
 @pytest.mark.slow
 def test_a_postgresql_url_no_longer_becomes_a_sqlite_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

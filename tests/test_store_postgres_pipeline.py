@@ -1,5 +1,6 @@
-"""The PostgreSQL writer's round trips: a guarded call's transaction reaches the server in two
-requests (queued statements ride with the next read, libpq's pipeline mode), and queueing keeps
+"""The PostgreSQL writer's round trips: a guarded call's transaction reaches the server in one
+request (queued statements ride with the next read or the COMMIT, libpq's pipeline mode; the
+call itself is one statement, tests/test_store_postgres_calls.py), and queueing keeps
 every promise: an error of a queued statement fails the transaction (nothing of it stays), a
 queued outcome the server refuses is still replaced alone, the writer lock still bounds waits.
 Also: guards starting together on a new database all get its schema.
@@ -37,7 +38,7 @@ def _count(url: str, sql: str) -> int:
     return int(row[0])
 
 
-def test_a_guarded_call_is_two_round_trips(pg_url: str, tmp_path: Path) -> None:
+def test_a_guarded_call_is_one_round_trip(pg_url: str, tmp_path: Path) -> None:
     guard = tg.Guard(make_config(tmp_path, store=pg_url, checkpoints=str(tmp_path / "cp")))
     try:
         with guard.task("process-job", job_id="42"):
@@ -50,8 +51,8 @@ def test_a_guarded_call_is_two_round_trips(pg_url: str, tmp_path: Path) -> None:
     finally:
         guard.close()
     # BEGIN + lock + the previous outcome (the server reads the chain head and hashes) + the
-    # revocation and budgets read | request event + credential + COMMIT
-    assert per_call == 2
+    # call's statement (revocation and budgets read, request event, credential) + COMMIT
+    assert per_call == 1
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'request'") == 5
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'outcome'") == 5
     verified = CliRunner().invoke(
@@ -175,7 +176,7 @@ def test_a_screened_outcome_the_server_still_refuses_fails_one_call_closed_then_
             writer = pg_writer(guard)
             trips = writer.round_trips
             guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
-            assert writer.round_trips - trips == 2  # back to queueing after a commit
+            assert writer.round_trips - trips == 1  # back to queueing after a commit
     finally:
         guard.close()
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'request'") == 3

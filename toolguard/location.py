@@ -87,7 +87,10 @@ def redact_url(url: str) -> str:
                 [(k, "***" if "password" in k.lower() else v) for k, v in pairs], safe="*"
             )
     fragment = "***" if parts.fragment else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+    shown = urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+    if not netloc:  # postgresql:///db?host=/run/postgresql: keep the empty authority
+        shown = f"{parts.scheme}://{shown[len(parts.scheme) + 1 :]}"
+    return shown
 
 
 def _redact_all_userinfo(prefix: str, rest: str) -> str:

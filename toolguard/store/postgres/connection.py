@@ -59,6 +59,7 @@ _SPECIAL = {
     ),
 }
 _BY = re.compile(r"\bby\b")  # the revocations column; SQL keywords are written in capitals
+_CHAR = re.compile(r"\bchar\(")  # SQLite's char(), not to_char()
 
 
 _COMPARISON = re.compile(r"(?:^|[^<>!=])(?:=|<>|!=|<=|>=|<|>)(?:[^<>=]|$)")
@@ -96,7 +97,7 @@ def translate(sql: str) -> str:
     for i, part in enumerate(parts):
         part = part.replace("%", "%%")
         if i % 2 == 0:  # outside string literals
-            part = part.replace("?", "%s").replace("char(", "chr(")
+            part = _CHAR.sub("chr(", part.replace("?", "%s"))
             part = _BY.sub('"by"', part)
         parts[i] = part
     return "'".join(parts)
@@ -289,6 +290,7 @@ class PgConnection:
         the lock included, runs when executed."""
         self._queue: list[tuple[str, tuple[Any, ...]]] = []
         self._in_tx = False
+        self._at_commit: tuple[str, tuple[Any, ...], Callable[[Rows], None]] | None = None
         self._lock_queued = False
         self._cursor = conn.cursor()  # one for every statement of the writer
         self._utf8 = (  # else only ASCII text is sure to be taken
@@ -304,7 +306,7 @@ class PgConnection:
         self._lock_sent = 0.0
         self.server_hash = self._utf8 and conn.info.server_version >= 110000
         """Whether events are hashed by the server (``sha256()``; text sent and hashed as
-        UTF-8), see :data:`toolguard.store.postgres.core._APPEND`."""
+        UTF-8), see :data:`toolguard.store.postgres.calls.APPEND`."""
         self._prepared: dict[tuple[str, tuple[int, ...]], bytes] = {}
         """The statements prepared on this connection: (text, parameter types) -> name."""
         self._names = 0
@@ -329,6 +331,7 @@ class PgConnection:
             return Rows(None, [])
         if word.startswith("ROLLBACK") and not word.startswith("ROLLBACK TO"):
             self._in_tx = False
+            self._at_commit = None
             queued, self._queue = self._queue, []
             if queued and queued[0][0] == "BEGIN":  # nothing reached the server
                 self._lock_queued = False
@@ -337,10 +340,25 @@ class PgConnection:
         if not word.startswith(("COMMIT", "END")):
             return self._send(translate(sql), _params(params))
         self._in_tx = False
+        at_commit, self._at_commit = self._at_commit, None
         try:
-            return self._send(translate(sql), _params(params))
+            if at_commit is None:
+                return self._send(translate(sql), _params(params))
+            text, values, then = at_commit
+            then(self._send(text, values, commit=translate(sql)))
+            return Rows(None, [])
         finally:
             self.lock_seconds += time.perf_counter() - self._lock_sent
+
+    def read_at_commit(self, sql: str, params: Sequence[Any], then: Callable[[Rows], None]) -> None:
+        """Run ``sql`` last in this write transaction, in the ``COMMIT``'s round trip, and
+        call ``then`` with its rows once the transaction has committed (before the ``COMMIT``
+        returns; not at all if it fails). So a statement that decides and writes (the call's
+        own, :mod:`.calls`) holds the writer lock only while the server runs it: no round trip
+        to the client between the lock and the ``COMMIT``."""
+        if not (self._in_tx and self.pipelined):  # pragma: no cover - the store's writer only
+            raise sqlite3.OperationalError("read_at_commit needs a pipelined write transaction")
+        self._at_commit = (translate(sql), _params(params), then)
 
     def _elide(self, release: str) -> bool:
         """``RELEASE x`` whose ``SAVEPOINT x`` is still queued, with no savepoint after it:
@@ -397,6 +415,7 @@ class PgConnection:
         if self._in_tx:  # pragma: no cover - the store never nests transactions
             raise sqlite3.OperationalError("cannot start a transaction within a transaction")
         self._queue = [("BEGIN", ()), (_LOCK_SQL, (WRITER_LOCK,))]
+        self._at_commit = None
         self._lock_queued = True
         self._in_tx = True
         if not self.pipelined:
@@ -410,11 +429,16 @@ class PgConnection:
                     pass
                 raise
 
-    def _send(self, sql: str | None, params: tuple[Any, ...]) -> Rows:
-        """The queued statements and ``sql`` (if any) in one round trip; ``sql``'s rows."""
+    def _send(self, sql: str | None, params: tuple[Any, ...], *, commit: str = "") -> Rows:
+        """The queued statements, ``sql`` (if any) and ``commit`` (if any) in one round trip;
+        ``sql``'s rows."""
         queue, self._queue = self._queue, []
+        want: int | None = None
         if sql is not None:
+            want = len(queue)
             queue.append((sql, params))
+        if commit:
+            queue.append((commit, ()))
         locking, self._lock_queued = self._lock_queued, False
         if locking:
             self._lock_sent = time.perf_counter()
@@ -423,14 +447,16 @@ class PgConnection:
         try:
             encoded = self._encode(queue)
             if encoded is not None:
-                return self._send_prepared(queue, encoded, rows=sql is not None)
+                return self._send_prepared(queue, encoded, want=want)
             if len(queue) == 1:
                 cur.execute(queue[0][0], queue[0][1])
             else:
+                wanted = cur if want == len(queue) - 1 else self.raw.cursor()
                 with self.raw.pipeline():
-                    for text, values in queue:
-                        cur.execute(text, values)
-            if sql is None or cur.description is None:
+                    for i, (text, values) in enumerate(queue):
+                        (wanted if i == want else cur).execute(text, values)
+                cur = wanted
+            if want is None or cur.description is None:
                 return Rows(None, [])
             return Rows([(c.name,) for c in cur.description], cur.fetchall())
         except psycopg.Error as exc:
@@ -467,7 +493,7 @@ class PgConnection:
         queue: Sequence[tuple[str, tuple[Any, ...]]],
         encoded: Sequence[tuple[tuple[int, ...], list[bytes | None]]],
         *,
-        rows: bool,
+        want: int | None,
     ) -> Rows:
         """The queued statements in one pipeline on libpq directly, each a prepared statement
         of this connection (prepared in the same round trip the first time it is sent with
@@ -478,10 +504,10 @@ class PgConnection:
         pg = self.raw.pgconn
         prepared = self._prepared
         new: list[tuple[tuple[str, tuple[int, ...]], bytes]] = []
-        sent = 0
+        owners: list[int] = []  # per request sent: its statement in the queue (-1: a prepare)
         try:
             pg.enter_pipeline_mode()
-            for (text, _), (oids, values) in zip(queue, encoded, strict=True):
+            for i, ((text, _), (oids, values)) in enumerate(zip(queue, encoded, strict=True)):
                 key = (text, oids)
                 name = prepared.get(key)
                 if name is None and len(prepared) + len(new) < _MAX_PREPARED:
@@ -489,17 +515,18 @@ class PgConnection:
                     name = b"tg_%d" % self._names
                     pg.send_prepare(name, _numbered(text), oids)
                     new.append((key, name))
-                    sent += 1
+                    owners.append(-1)
                 if name is not None:
                     pg.send_query_prepared(name, values)
                 else:  # too many distinct statements: this one unnamed, parsed each time
                     pg.send_query_params(_numbered(text), values, oids)
-                sent += 1
+                owners.append(i)
             pg.pipeline_sync()
             while pg.flush():
                 self._wait(write=True)
             error: psycopg.Error | None = None
-            last: Any = None
+            wanted: Any = None
+            sent = len(owners)
             ends = 0
             while True:
                 while pg.is_busy():
@@ -516,7 +543,8 @@ class PgConnection:
                     break
                 if status == _FATAL and error is None:
                     error = pg_errors.error_from_result(result, self.raw.info.encoding)
-                last = result
+                if ends < sent and owners[ends] == want:
+                    wanted = result
             pg.exit_pipeline_mode()
         except psycopg.Error:
             if self.raw.pgconn.status != _OK:  # a dropped connection: replaced next time
@@ -531,12 +559,12 @@ class PgConnection:
                 prepared.clear()  # this transaction fails closed; the next prepares anew
             raise error
         prepared.update(new)
-        if not rows or last is None or last.status != _TUPLES:
+        if wanted is None or wanted.status != _TUPLES:
             return Rows(None, [])
         tx = self._loader
-        tx.set_pgresult(last)
-        names = [(last.fname(i).decode(),) for i in range(last.nfields)]
-        return Rows(names, tx.load_rows(0, last.ntuples, tuple))
+        tx.set_pgresult(wanted)
+        names = [(wanted.fname(i).decode(),) for i in range(wanted.nfields)]
+        return Rows(names, tx.load_rows(0, wanted.ntuples, tuple))
 
     def _wait(self, *, write: bool) -> None:
         """Until the connection's socket is readable (or writable)."""

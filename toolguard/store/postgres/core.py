@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,41 +35,18 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from ...chain import GENESIS, HASHED_FIELDS, REAL_FIELDS, Event, encode_values, event_values
-from ...errors import AuditError
+from ...budget import Spend
+from ...chain import Event
+from ...errors import AuditError, PolicyDenied
 from ...location import StoreLocation
+from ..protocol import Denial
+from ..sqlite.budgets import Charge
 from ..sqlite.core import Store
+from .calls import APPEND, append_params, call_params
 from .connection import PgConnection, Rows, configure, run, sqlite_error
 from .schema import create_schema, schema_version
 
 __all__ = ["PostgresStore"]
-
-
-def _cast(name: str) -> str:
-    return f"CAST(? AS {'DOUBLE PRECISION' if name in REAL_FIELDS else 'TEXT'})"
-
-
-_APPEND = (
-    f"INSERT INTO events ({', '.join(HASHED_FIELDS)}, prev_hash, hash)"
-    " SELECT h.seq + 1, "
-    + ", ".join(_cast(name) for name in HASHED_FIELDS[1:])
-    + ", h.hash, encode(sha256(convert_to(h.hash || '[' || CAST(h.seq + 1 AS TEXT)"
-    " || CAST(? AS TEXT), 'UTF8')), 'hex')"
-    " FROM (SELECT COALESCE(e.seq, p.seq, 0) AS seq, COALESCE(e.hash, p.hash,"
-    f" '{GENESIS}') AS hash FROM (SELECT 1) AS one"
-    " LEFT JOIN (SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1) AS e ON TRUE"
-    " LEFT JOIN (SELECT before_seq - 1 AS seq, head_hash AS hash FROM prunes"
-    " ORDER BY id DESC LIMIT 1) AS p ON e.seq IS NULL) AS h"
-)
-"""An event appended to the chain by the server: the head (the last event, else the last
-prune's cut, else genesis) read under the writer lock by the INSERT itself, ``seq`` its
-successor, ``hash`` = sha256(prev_hash + canonical JSON) where the client sends the JSON after
-``[seq`` (the values it hashes are the ones it sends; ``seq`` is the array's first element and
-is written as the server writes it, the same digits). Byte for byte what
-:func:`toolguard.chain.values_hash` computes, so ``verify`` recomputes it; no round trip to
-read the head first."""
-
-_SEQ_PREFIX = "[0,"
 
 
 class _ServerName(str):
@@ -316,19 +294,68 @@ class PostgresStore(Store):
             self._careful = False
 
     def _append(self, conn: Any, event: Event) -> None:
-        """Append an event; the server reads the chain head and hashes (see :data:`_APPEND`)
+        """Append an event; the server reads the chain head and hashes (see :data:`.calls.APPEND`)
         when it can (UTF-8 on both ends, PostgreSQL >= 11), else as on SQLite."""
         if not getattr(conn, "server_hash", False):  # tests may wrap the writer
             super()._append(conn, event)
             return
-        values = event_values(0, event)  # exactly what is stored is what is hashed
-        text = encode_values(values)
-        if not text.startswith(_SEQ_PREFIX):  # pragma: no cover - seq is the first field
-            raise AssertionError("the canonical JSON of an event starts with its seq")
-        if not text.isascii():
-            text.encode("utf-8")  # a lone surrogate is refused here, as SQLite's hash refuses it
-        conn.execute(_APPEND, (*values[1:], text[len(_SEQ_PREFIX) - 1 :]))
+        conn.execute(APPEND, append_params(event))
         self._local.head = None
+
+    def record_call(
+        self,
+        *,
+        chain: Sequence[str],
+        identity: str,
+        task_started_at: float,
+        spends: Sequence[Spend],
+        event: Event,
+        credential: tuple[Any, ...] | None,
+        now: float,
+        on_denied: Callable[[PolicyDenied], Event],
+        inherited: Sequence[Sequence[Spend]] = (),
+        precheck: Callable[[float], PolicyDenied | None] | None = None,
+        shadow: bool = False,
+    ) -> Denial | Event:
+        """:meth:`Store.record_call`, its common case in one round trip: the server decides
+        and writes the call in one statement sent with the ``COMMIT`` (:mod:`.calls`), so the
+        writer lock is held only while the server runs it. A call it does not admit (a
+        revocation, a limit reached, anything unusual) is decided again the usual way, in a
+        new transaction; so is a call with an approval to use or ancestors' budgets."""
+        usual = partial(
+            super().record_call, chain=chain, identity=identity,
+            task_started_at=task_started_at, spends=spends, event=event, credential=credential,
+            now=now, on_denied=on_denied, inherited=inherited, precheck=precheck, shadow=shadow,
+        )  # fmt: skip
+        if precheck is not None or inherited:
+            return usual()
+        step = Charge(spends, now)
+        shape = step.shape
+        admitted: list[bool] = []
+        with self._write("request") as conn:
+            at_commit = getattr(conn, "read_at_commit", None)  # tests may wrap the writer
+            if at_commit is None or not getattr(conn, "server_hash", False):
+                return usual()  # joins this transaction
+            news: list[tuple[int, int]] | None = None
+            if shape is not None and shape.task:  # the task's counters: in this process
+                news = self._tasks.fit(conn, shape.task_id, shape.task)
+                if news is None:
+                    return usual()  # a task limit refuses: explained the usual way
+            sql, params = call_params(
+                step, (*chain, identity, task_started_at), event, identity, credential, now
+            )
+
+            def committed(rows: Rows) -> None:
+                row = rows.fetchone()
+                admitted.append(bool(row and row[0]))
+                if admitted[0] and shape is not None and news:
+                    self._tasks.spend(shape.task_id, news)  # committed with the transaction
+
+            at_commit(sql, params, committed)
+            self._local.head = None
+        if admitted and admitted[0]:
+            return event
+        return usual()  # not admitted by the server: decided (and explained) the usual way
 
     def _connect(self) -> Any:  # pragma: no cover - every connection comes from above
         raise AssertionError("PostgresStore opens connections through its pool and writer")

@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -44,7 +45,7 @@ from .wake import Wake
 
 log = logging.getLogger("toolguard")
 
-__all__ = ["Denial", "PendingEnd", "PendingOutcome", "Store"]
+__all__ = ["Denial", "PendingEnd", "PendingOutcome", "Store", "revocation_check"]
 
 _QUARANTINE: list[sqlite3.Connection] = []
 """Connections to a database file that is no longer at its path and whose write-ahead log was
@@ -73,6 +74,18 @@ _INSERT_CREDENTIAL = (
     "INSERT INTO credentials (identity, tally, jti, task_id, tool, operation, issued_at,"
     " expires_at, jit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+@lru_cache(maxsize=16)
+def revocation_check(tasks: int) -> str:
+    """The subquery of a call's revocation check: ``reason<US>scope`` of a revocation of one
+    of ``tasks`` task ids (the task and its ancestors) or of the identity since the task
+    started, else NULL. Parameters: the task ids, the identity, the task's start."""
+    return (
+        "(SELECT COALESCE(reason, '') || char(31) || scope FROM revocations"
+        " WHERE (scope = 'task' AND value IN (?" + ",?" * (tasks - 1) + "))"
+        " OR (scope = 'identity' AND value = ? AND ts >= ?) LIMIT 1)"
+    )
 
 
 class _Connection(sqlite3.Connection):
@@ -816,13 +829,9 @@ class Store(Queries):
                     self._append(conn, on_denied(refused_first))
                     return Denial(refused_first)
             # One read for the revocation check (as ``reason<US>scope``) and every budget.
-            revoked = (
-                "(SELECT COALESCE(reason, '') || char(31) || scope FROM revocations"
-                " WHERE (scope = 'task' AND value IN (?" + ",?" * (len(chain) - 1) + "))"
-                " OR (scope = 'identity' AND value = ? AND ts >= ?) LIMIT 1)"
-            )
             values = conn.execute(
-                step.select(revoked), (*chain, identity, task_started_at, *step.params)
+                step.select(revocation_check(len(chain))),
+                (*chain, identity, task_started_at, *step.params),
             ).fetchone()
             denial = self._revoked(values[0], event)
             if denial is None and inherited:
