@@ -268,6 +268,10 @@ class PostgresStore(Store):
         """No wake-up file: the server queues the writers on its lock."""
         return None
 
+    def _bound_wal(self, conn: Any) -> None:
+        """No write-ahead log file: the server keeps its own."""
+        return None
+
     def _sync(self, conn: Any) -> None:
         """After queued outcomes or task ends are written: send them now if the server might
         refuse their values (then the store isolates the bad one, see ``_write_queued``); else
