@@ -111,6 +111,11 @@ def _new_db(base: str) -> str:
     return base.rsplit("/", 1)[0] + "/" + name
 
 
+def _drop_db(base: str, url: str) -> None:
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {url.rsplit('/', 1)[1]} WITH (FORCE)")  # type: ignore[arg-type]
+
+
 def _pcts(times: list[float]) -> dict[str, float]:
     times = sorted(times)
     return {
@@ -157,6 +162,8 @@ def overhead(base: str, workdir: Path, calls: int, socket: str = "") -> dict[str
                 holds.append(getattr(conn, "lock_seconds", 0.0) - h)
             cpu = time.process_time() - cpu
         guard.close()
+        if name != "sqlite":
+            _drop_db(base, store)
         out[name] = _pcts(times)
         out[name]["client_cpu_us"] = round(cpu / calls * 1e6, 1)
         if conn is not None and hasattr(conn, "round_trips"):
@@ -218,6 +225,7 @@ def fleet(base: str, workdir: Path, seconds: float, writers: list[int]) -> list[
         results = [out.get(timeout=seconds + 120) for _ in procs]
         for p in procs:
             p.join()
+        _drop_db(base, url)  # no autovacuum of it during the next run
         times = [t for r in results for t in r[0]]
         rows.append({
             "writers": n,
