@@ -477,8 +477,6 @@ class Store(Queries):
             self._check_file(wal=True)
             conn.execute("COMMIT")
             self._tasks.commit()
-            if wake is None:  # the writers poll: keep the write-ahead log bounded
-                self._bound_wal(conn)
         except BaseException as exc:
             self._tasks.rollback()
             try:
@@ -493,6 +491,9 @@ class Store(Queries):
             if isinstance(exc, sqlite3.Error):
                 raise self._not_written(what, exc) from exc
             raise
+        else:  # committed (nothing here may put the written items back)
+            if wake is None:  # the writers poll: keep the write-ahead log bounded
+                self._bound_wal(conn)
         finally:
             local.tx = None
             local.head = None
