@@ -15,7 +15,7 @@ The server: ``--url`` (or ``$TOOLGUARD_BENCH_PG``), else a throwaway cluster sta
 machine's PostgreSQL binaries (``fsync=off``: the commit rate of a server whose WAL sits on
 fast storage; say which in a report).
 
-    python benchmarks/bench_postgres.py [--url URL] [--calls 2000] [--seconds 5]
+    python benchmarks/bench_postgres.py [--url URL] [--calls 2000] [--seconds 5] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -240,12 +240,44 @@ def fleet(base: str, workdir: Path, seconds: float, writers: list[int]) -> list[
     return rows
 
 
+def _spread(values: list[float]) -> str:
+    """``median [min-max]`` of one figure over the runs."""
+    return f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """Medians and ranges over the runs: the per-call overhead of each store (and its ratio
+    to SQLite's) and each fleet size's calls/s and p99."""
+    out: dict[str, str] = {}
+    for name in runs[0]["overhead"]:
+        if name == "bare":
+            continue
+        added = [r["overhead"][name]["overhead_p50_us"] for r in runs]
+        out[f"{name} added per call, µs"] = _spread(added)
+        if name != "sqlite":
+            ratios = [
+                r["overhead"][name]["overhead_p50_us"] / r["overhead"]["sqlite"]["overhead_p50_us"]
+                for r in runs
+            ]
+            out[f"{name} / sqlite"] = (
+                f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]"
+            )
+    for i, row in enumerate(runs[0]["fleet"]):
+        n = row["writers"]
+        out[f"{n} writers, calls/s"] = _spread([r["fleet"][i]["calls_per_s"] for r in runs])
+        out[f"{n} writers, p99 µs"] = _spread([r["fleet"][i]["p99_us"] for r in runs])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=os.environ.get("TOOLGUARD_BENCH_PG"))
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--writers", default="1,2,4,8")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of the whole benchmark; medians and ranges"
+    )
     args = parser.parse_args()
     cluster = None
     base = args.url
@@ -253,29 +285,37 @@ def main() -> None:
     if not base:
         base, cluster = _start_cluster()
         socket = _socket_url(base, cluster)
+    runs: list[dict[str, Any]] = []
     try:
         with psycopg.connect(base) as conn:
             server = {
                 name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
                 for name in ("server_version", "fsync", "synchronous_commit")
             }
-        server["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-        print("server:", server, flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
-            print("per call (µs):", flush=True)
-            over = overhead(base, workdir, args.calls, socket)
-            for name, row in over.items():
-                print(f"  {name}: {row}")
-            print("fleet:", flush=True)
-            rows = fleet(base, workdir, args.seconds, [int(w) for w in args.writers.split(",")])
+        for run in range(1, args.repeat + 1):
+            load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"run {run} of {args.repeat}, server: {server}, load: {load}", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:  # checkpoint files of its own
+                workdir = Path(tmp)
+                print("per call (µs):", flush=True)
+                over = overhead(base, workdir, args.calls, socket)
+                for name, row in over.items():
+                    print(f"  {name}: {row}")
+                print("fleet:", flush=True)
+                writers = [int(w) for w in args.writers.split(",")]
+                rows = fleet(base, workdir, args.seconds, writers)
+            runs.append({"load_average": load, "overhead": over, "fleet": rows})
     finally:
         if cluster is not None:
             _stop_cluster(cluster)
+    result: dict[str, Any] = {"server": server, "runs": runs}
+    if len(runs) > 1:
+        result["summary"] = summary(runs)
+        print("over the runs, median [min-max]:")
+        for key, value in result["summary"].items():
+            print(f"  {key}: {value}")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(
-        json.dumps({"server": server, "overhead": over, "fleet": rows}, indent=2) + "\n"
-    )
+    RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":
