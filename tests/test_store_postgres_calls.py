@@ -20,7 +20,7 @@ import pytest
 from conftest import make_config, pg_writer
 
 import toolguard as tg
-from toolguard.store.postgres.connection import PgConnection
+from toolguard.store.postgres.connection import PgConnection, Rows
 
 pytestmark = pytest.mark.postgres
 
@@ -85,12 +85,26 @@ def _both(
     monkeypatch: pytest.MonkeyPatch,
     scenario: Callable[[tg.Guard, Clock, str], list[Any]],
     **identity: Any,
-) -> tuple[list[Any], list[Any]]:
-    """``scenario`` as the store runs it, then decided by the client alone; their results."""
+) -> tuple[list[Any], list[Any], list[bool]]:
+    """``scenario`` as the store runs it, then decided by the client alone: their results,
+    and what the server's statement answered for each call of the first run."""
     out = []
+    admitted: list[bool] = []  # what the server's statement answered, in the first run
+    read_at_commit = PgConnection.read_at_commit
+
+    def counted(self: PgConnection, sql: str, params: Any, then: Any) -> None:
+        def seen(rows: Rows) -> None:
+            row = rows.fetchone()
+            admitted.append(bool(row and row[0]))
+            then(Rows(None, [row] if row else []))
+
+        read_at_commit(self, sql, params, seen)
+
     for url, server in ((pg_url, True), (second_url, False)):
         with monkeypatch.context() as patch:
-            if not server:
+            if server:
+                patch.setattr(PgConnection, "read_at_commit", counted)
+            else:
                 patch.delattr(PgConnection, "read_at_commit")
             clock = Clock()
             guard = _guard(tmp_path, url, "server" if server else "client", clock, **identity)
@@ -99,7 +113,7 @@ def _both(
             finally:
                 guard.close()
         out.append([seen, _trail(url), _log(url)])
-    return out[0], out[1]
+    return out[0], out[1], admitted
 
 
 def _call(guard: tg.Guard, tool: str, key: str = OUT, **extra: Any) -> str:
@@ -137,8 +151,12 @@ def test_the_server_admits_and_logs_exactly_as_the_client_does(
         return seen
 
     limits = {"writes_per_minute": 3, "requests_per_day": 1000, "cost_per_day": 5.0}
-    server, client = _both(tmp_path, pg_url, second_url, monkeypatch, scenario, limits=limits)
+    server, client, admitted = _both(
+        tmp_path, pg_url, second_url, monkeypatch, scenario, limits=limits
+    )
     assert server == client
+    # the log's first call opens it (the client's way); a refusal and the step back, too
+    assert admitted.count(True) == 6
     seen, _, log = server
     assert seen[:3] == ["ran"] * 3 and seen[3].startswith("denied: ")
     assert "writes_per_minute" in seen[3] and seen[4:6] == ["ran", "ran"]
@@ -164,8 +182,11 @@ def test_a_cost_and_the_daily_limits_are_logged_alike(
         return seen
 
     limits = {"requests_per_day": 4, "requests_per_minute": 100, "cost_per_day": 0.025}
-    server, client = _both(tmp_path, pg_url, second_url, monkeypatch, scenario, limits=limits)
+    server, client, admitted = _both(
+        tmp_path, pg_url, second_url, monkeypatch, scenario, limits=limits
+    )
     assert server == client
+    assert admitted == [False, True, False, True, True, False]  # a new log, two refusals
     seen = server[0]
     assert seen[:2] == ["ran", "ran"] and "cost_per_day" in seen[2]
     assert seen[3:5] == ["ran", "ran"] and "requests_per_day" in seen[5]
@@ -192,8 +213,9 @@ def test_a_total_wider_than_its_field_is_written_by_the_client(
             seen.append(_call(guard, "kv_get", key="agents:jobs:42:in"))
         return seen
 
-    server, client = _both(tmp_path, pg_url, second_url, monkeypatch, scenario)
+    server, client, admitted = _both(tmp_path, pg_url, second_url, monkeypatch, scenario)
     assert server == client
+    assert admitted == [False, False]  # a new log, then the total too wide for the server
     assert server[0] == ["ran", "ran"]
     assert server[2][-1][1].split(":")[1] == "10000000000"
 
