@@ -52,6 +52,20 @@ def _in_thread(target: Any) -> tuple[threading.Thread, list[BaseException]]:
     return thread, errors
 
 
+def _holding(store: Store) -> tuple[threading.Thread, list[BaseException], threading.Event]:
+    """A thread that holds ``store``'s write lock (once this returns) until the event is set."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._write("hold"):
+            holding.set()
+            assert release.wait(HANG)
+
+    thread, errors = _in_thread(hold)
+    assert holding.wait(HANG)
+    return thread, errors, release
+
+
 def test_a_waiter_sleeps_until_another_mapping_of_the_file_wakes_it(tmp_path: Path) -> None:
     path = tmp_path / "audit.db-wake"
     mine, theirs = Wake.open(path), Wake.open(path)  # two mappings: two processes
@@ -145,7 +159,7 @@ def test_a_writer_waiting_for_another_process_is_woken_by_its_commit(
     monkeypatch.setattr(sqlite_core, "WAKE_POLL", HANG * 10)
     db = tmp_path / "audit.db"
     holder, waiter = Store(db, busy_timeout=HANG).open(), Store(db, busy_timeout=HANG).open()
-    holding, release, waiting = threading.Event(), threading.Event(), threading.Event()
+    waiting = threading.Event()
     waits: list[int] = []
     original = Wake.wait
 
@@ -155,14 +169,7 @@ def test_a_writer_waiting_for_another_process_is_woken_by_its_commit(
         return original(self, seen, timeout)
 
     monkeypatch.setattr(Wake, "wait", counted)
-
-    def hold() -> None:
-        with holder._write("hold"):
-            holding.set()
-            assert release.wait(HANG)
-
-    a, a_errors = _in_thread(hold)
-    assert holding.wait(HANG)
+    a, a_errors, release = _holding(holder)
     b, b_errors = _in_thread(lambda: waiter.append(_event("after the holder")))
     assert waiting.wait(HANG)  # B found the lock taken and sleeps on the counter
     release.set()  # A commits, moves the counter and wakes B
@@ -211,15 +218,7 @@ def test_writers_split_by_a_deleted_counter_still_take_turns(tmp_path: Path) -> 
     holder.append(_event("maps the first counter"))
     Path(f"{db}-wake").unlink()
     waiter = Store(db, busy_timeout=HANG).open()
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with holder._write("hold"):
-            holding.set()
-            assert release.wait(HANG)
-
-    a, a_errors = _in_thread(hold)
-    assert holding.wait(HANG)
+    a, a_errors, release = _holding(holder)
     b, b_errors = _in_thread(lambda: waiter.append(_event("on a counter of its own")))
     release.set()
     a.join(HANG)

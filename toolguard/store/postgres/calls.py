@@ -153,25 +153,25 @@ def call_statement(
 
 def call_params(
     step: Charge,
-    read: Sequence[Any],
-    event: Event,
+    chain: Sequence[str],
     identity: str,
+    task_started_at: float,
+    event: Event,
     credential: tuple[Any, ...] | None,
     now: float,
 ) -> tuple[str, tuple[Any, ...]]:
-    """:func:`call_statement` for one call and its parameters, in the order of the text.
-    ``read``: the parameters of the revocation check."""
-    shape = step.shape
-    columns = len(step.params) // 2 + 1 if step.params else 0  # (log, log, cut[, log, day])
+    """:func:`call_statement` for one call and its parameters, in the order of the text (the
+    arguments are :meth:`Store.record_call`'s)."""
+    log = step.shape if step.shape is not None and step.shape.log else None  # identity limits
+    columns = 0 if log is None else 3 if log.log_day else 2
     checks: tuple[tuple[bool, int], ...] = ()
-    params: list[Any] = [*read, *step.params]
-    if columns:
-        assert shape is not None
-        _, _, writes, deletes, cost = shape.adds
+    params: list[Any] = [*chain, identity, task_started_at, *step.params]
+    if log is not None:
+        _, _, writes, deletes, cost = log.adds
         now_us = step.now_us
         params += (now_us, writes, deletes, cost, now_us)
-        checks = tuple((c.daily, c.field) for c in shape.checks)
-        for c in shape.checks:
+        checks = tuple((c.daily, c.field) for c in log.checks)
+        for c in log.checks:
             params += (c.amount, float(c.ceiling))
     elif credential is not None:
         params.append("j" + credential[0])
@@ -179,9 +179,9 @@ def call_params(
     if credential is not None:
         jti, task_id, _, tool, operation, issued_at, expires_at, jit = credential
         params += (identity, jti, task_id, tool, operation, issued_at, expires_at, jit)
-    elif columns:
+    elif log is not None:
         params += (identity, now, now)
     sql = call_statement(
-        step.select(revocation_check(len(read) - 2)), columns, checks, credential is not None
+        step.select(revocation_check(len(chain))), columns, checks, credential is not None
     )
     return sql, tuple(params)

@@ -451,7 +451,8 @@ class PgConnection:
             if len(queue) == 1:
                 cur.execute(queue[0][0], queue[0][1])
             else:
-                wanted = cur if want == len(queue) - 1 else self.raw.cursor()
+                last = want is None or want == len(queue) - 1
+                wanted = cur if last else self.raw.cursor()  # the rows of a statement inside
                 with self.raw.pipeline():
                     for i, (text, values) in enumerate(queue):
                         (wanted if i == want else cur).execute(text, values)

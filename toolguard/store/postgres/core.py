@@ -346,7 +346,7 @@ class PostgresStore(Store):
                 if news is None:
                     return usual()  # a task limit refuses: explained the usual way
             sql, params = call_params(
-                step, (*chain, identity, task_started_at), event, identity, credential, now
+                step, chain, identity, task_started_at, event, credential, now
             )
 
             def committed(rows: Rows) -> None:
