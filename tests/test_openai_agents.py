@@ -929,6 +929,44 @@ def test_any_arguments_are_checked_before_the_tool_runs(guard: tg.Guard, raw: st
         assert _events(guard, "request")[-1].correlation_id == "c1"
 
 
+def test_a_hand_made_tool_runs_on_exactly_the_arguments_that_were_checked(
+    guard: tg.Guard,
+) -> None:
+    """A ``FunctionTool`` with its own argument parser: it keeps the first of two repeated keys
+    (``json`` keeps the last, and the policy reads what ``json`` reads) and reads comments. The
+    model's text is never handed to it as it came: it gets the checked object written out
+    again, so a key the policy never saw cannot reach it."""
+    ran: list[Any] = []
+
+    def first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            out.setdefault(key, value)
+        return out
+
+    async def invoke(ctx: Any, input: str) -> str:
+        text = "\n".join(line.split("//")[0] for line in input.splitlines())
+        ran.append(json.loads(text, object_pairs_hook=first_wins).get("key"))
+        return "v"
+
+    kv_get = FunctionTool(
+        name="kv_get",
+        description="Read a key.",
+        params_json_schema={"type": "object", "properties": {"key": {"type": "string"}}},
+        on_invoke_tool=invoke,
+        strict_json_schema=False,
+    )
+    smuggled = '{"key": "agents:jobs:7:secret", "key": "agents:jobs:42:x"}'
+    agent = _agent(
+        guard_tools([kv_get], guard),
+        [[function_call("kv_get", smuggled, call_id="c1")], [assistant_message("ok")]],
+    )
+    GuardedRunner(guard, "process-job", params=JOB).run_sync(agent, "go")
+    assert ran == ["agents:jobs:42:x"]  # the value the policy allowed, not the first one
+    request = _events(guard, "request")[-1]
+    assert request.decision == "allow" and "agents:jobs:7" not in str(request.resources)
+
+
 # -- the example and the docs ----------------------------------------------------------------
 
 

@@ -105,8 +105,9 @@ class GuardedInvoker:
                 # The rule checked is the one of the tool that runs (its name when it was
                 # guarded), never a name the call or a later rename of the tool claims.
                 # (on the guard's writer thread: the event loop never waits for the store)
+                arguments, input = _arguments(input)
                 permit = await self.guard.aauthorize(
-                    self.name, _arguments(input), correlation_id=call_id or None
+                    self.name, arguments, correlation_id=call_id or None
                 )
             except AuditError:
                 raise
@@ -163,16 +164,23 @@ def _recording(impl: Invoke) -> Invoke:
     return run
 
 
-def _arguments(input: str) -> dict[str, Any]:
-    """The arguments the policy and the audit see: the model's JSON object, as the SDK parses
-    it (empty means none); anything else is passed as ``{"input": <raw text>}``."""
+def _arguments(input: str) -> tuple[dict[str, Any], str]:
+    """The arguments the policy and the audit see, and the text the tool is given.
+
+    The model's JSON object is parsed as the SDK parses it (empty means none), and the tool is
+    given that object written out again, not the model's text: whatever parser the tool uses
+    (a hand-made ``FunctionTool`` may keep the first of two repeated keys where ``json`` keeps
+    the last, or read comments, or ``NaN``), it reads exactly the values that were checked.
+    Text that is not a JSON object is checked as ``{"input": <raw text>}`` and passed as it is."""
     if not input:
-        return {}
+        return {}, input
     try:
         parsed = json.loads(input)
     except ValueError:
-        return {"input": input}
-    return parsed if isinstance(parsed, dict) else {"input": input}
+        return {"input": input}, input
+    if not isinstance(parsed, dict):
+        return {"input": input}, input
+    return parsed, json.dumps(parsed)
 
 
 def _reset(token: contextvars.Token[Any]) -> None:
