@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 from conftest import make_config, pg_writer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import toolguard as tg
 from toolguard.store.postgres.connection import PgConnection, Rows
@@ -42,6 +44,7 @@ def _guard(tmp_path: Path, url: str, name: str, clock: Clock, **identity: Any) -
     runner["limits"] = identity.get("limits", runner["limits"])
     intent = config["intents"]["process-job"]
     intent["budget"]["per_tool"] = {"kv_set": 6}
+    intent["ttl"] = identity.get("ttl", intent["ttl"])
     intent["tools"].append("send_email")  # costs 0.01
     intent["allow"]["write"].append("mailto:*")
     runner["allow"]["write"].append("mailto:*")
@@ -218,6 +221,77 @@ def test_a_total_wider_than_its_field_is_written_by_the_client(
     assert admitted == [False, False]  # a new log, then the total too wide for the server
     assert server[0] == ["ran", "ran"]
     assert server[2][-1][1].split(":")[1] == "10000000000"
+
+
+_TABLES = ("events", "tasks", "credentials", "revocations", "identity_state", "budgets",
+           "checkpoints", "prunes")  # fmt: skip
+_STEP = st.sampled_from([0.0, 0.25, 1.0, 7.5, 59.999999, 60.0, 61.0, -3.0, 3600.0, 86_400.0])
+_LIMIT = st.integers(min_value=1, max_value=4)
+
+
+def _empty(*urls: str) -> None:
+    """Every row of the store's tables gone (the schema stays): each example starts anew."""
+    for url in urls:
+        with psycopg.connect(url, autocommit=True) as conn:
+            found = conn.execute("SELECT to_regclass('events') IS NOT NULL").fetchone()
+            if found and found[0]:
+                conn.execute(f"TRUNCATE {', '.join(_TABLES)}")  # type: ignore[arg-type]
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    calls=st.lists(
+        st.tuples(st.sampled_from(["kv_set", "kv_get", "send_email"]), _STEP),
+        min_size=1,
+        max_size=16,
+    ),
+    limits=st.fixed_dictionaries(
+        {},
+        optional={
+            "writes_per_minute": _LIMIT,
+            "requests_per_minute": _LIMIT,
+            "requests_per_day": st.integers(min_value=1, max_value=9),
+            "cost_per_day": st.sampled_from([0.01, 0.025, 0.03, 5.0]),
+        },
+    ),
+)
+def test_any_run_is_admitted_and_logged_alike(
+    tmp_path: Path,
+    pg_url: str,
+    second_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    calls: list[tuple[str, float]],
+    limits: dict[str, Any],
+) -> None:
+    """Any sequence of reads, writes and costly calls, the clock moving by fractions of a
+    second, whole windows, a step back, an hour, a day, against any identity limits: the
+    server's statement and the client's decision agree on every call, reason and log row."""
+    _empty(pg_url, second_url)
+    where = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+
+    def scenario(guard: tg.Guard, clock: Clock, url: str) -> list[Any]:
+        seen: list[Any] = []
+        with guard.task("process-job", job_id="42"):
+            for tool, step in calls:
+                clock.now += step
+                extra = {"to": "ops@example.com"} if tool == "send_email" else {}
+                key = "agents:jobs:42:in" if tool == "kv_get" else OUT
+                seen.append(_call(guard, tool, key=key, **extra))
+        return seen
+
+    where.mkdir()
+    server, client, admitted = _both(
+        where, pg_url, second_url, monkeypatch, scenario, limits=limits, ttl="30d"
+    )
+    assert server == client
+    ran = server[0].count("ran")
+    assert admitted.count(True) <= ran  # every call the server admitted ran
+    if not limits:  # no admission log to open: the server decided every call that ran
+        assert admitted.count(True) == ran
 
 
 def test_a_call_the_server_admits_takes_one_round_trip_and_a_refused_one_more(
