@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import BASE_CONFIG, make_config
 from pg_cluster import Cluster
+from pg_proxy import Proxy
 from toolguard_starlette import verifier_from
 
 import toolguard as tg
@@ -358,3 +360,61 @@ def test_audit_replay_reads_a_postgresql_trail_given_by_url(pg_url: str, tmp_pat
     )
     assert result.exit_code == 1, result.output  # the write would now be denied
     assert [c["tool"] for c in json.loads(result.stdout)["newly_denied"]] == ["kv_set"]
+
+
+@pytest.fixture
+def proxy(pg_url: str) -> Iterator[Proxy]:
+    """The test's database through a proxy that can lose the reply to a ``COMMIT``."""
+    made = Proxy(pg_url)
+    yield made
+    made.close()
+
+
+def _count(url: str, sql: str, *params: Any) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+    return int(row[0]) if row else 0
+
+
+def test_a_commit_whose_reply_is_lost_is_checked_never_written_twice(
+    pg_url: str, tmp_path: Path, proxy: Proxy
+) -> None:
+    """The server commits and the connection drops before its reply arrives: the guard cannot
+    know whether the queued outcomes and the task end in that transaction were written. The
+    call fails closed (its tool does not run); the next transaction, holding the writer lock
+    (so the lost one has ended either way), writes only what the server does not have: no
+    outcome twice, no task end twice, and the trail still verifies."""
+    guard = tg.Guard(_config(tmp_path, proxy.url()))
+    try:
+        task = guard.task("process-job", job_id="42")
+        with (
+            pytest.raises(tg.AuditError, match=r"end of task \w+ could not be recorded"),
+            task,
+        ):
+            first = guard.authorize("kv_set", {"key": OUT, "value": "v"})
+            guard.finish(first)  # its outcome rides with the next call's transaction
+            proxy.lose_next_commit()
+            with pytest.raises(tg.AuditError, match="could not be written"):
+                guard.authorize("kv_set", {"key": OUT, "value": "v"})
+            assert proxy.lost == 1
+            guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+            guard.store.flush()
+            proxy.lose_next_commit()
+        # the task end's reply was lost: it is kept and written with the next transaction
+        assert proxy.lost == 2
+        guard.store.flush()
+    finally:
+        guard.close()
+    outcomes = "SELECT COUNT(*) FROM events WHERE kind = 'outcome' AND jti = %s"
+    assert _count(pg_url, outcomes, first.credential.jti) == 1
+    assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'task_end'") == 1
+    assert (
+        _count(
+            pg_url,
+            "SELECT COUNT(*) FROM revocations WHERE scope = 'task' AND value = %s",
+            task.task_id,
+        )
+        == 1
+    )
+    result = CliRunner().invoke(main, ["audit", "verify", "--db", pg_url])
+    assert result.exit_code == 0, result.output

@@ -297,6 +297,10 @@ class PgConnection:
             conn.info.parameter_status("server_encoding") == "UTF8"
             and conn.info.encoding == "utf-8"
         )
+        self.in_doubt = False
+        """The connection broke while a ``COMMIT`` was on its way or its reply was: that
+        transaction may or may not have committed (the store checks, see
+        :meth:`toolguard.store.postgres.core.PostgresStore._unwritten`)."""
         self.round_trips = 0
         """Requests sent to the server (a pipeline is one); for tests and benchmarks."""
         self.lock_seconds = 0.0
@@ -345,10 +349,15 @@ class PgConnection:
             if at_commit is None:
                 return self._send(translate(sql), _params(params))
             text, values, then = at_commit
-            then(self._send(text, values, commit=translate(sql)))
-            return Rows(None, [])
+            rows = self._send(text, values, commit=translate(sql))
+        except BaseException:
+            # no reply (connection lost, interrupted): the server may have committed
+            self.in_doubt = self.broken
+            raise
         finally:
             self.lock_seconds += time.perf_counter() - self._lock_sent
+        then(rows)
+        return Rows(None, [])
 
     def read_at_commit(self, sql: str, params: Sequence[Any], then: Callable[[Rows], None]) -> None:
         """Run ``sql`` last in this write transaction, in the ``COMMIT``'s round trip, and

@@ -471,6 +471,8 @@ class Store(Queries):
             pending, self._pending = self._pending, []
         try:
             if pending:
+                pending = self._unwritten(conn, pending)
+            if pending:
                 self._write_queued(conn, pending, what)
             yield conn
             # the file at the path must still be the one written to: else nothing commits
@@ -576,6 +578,13 @@ class Store(Queries):
 
             time.sleep(min(delay * (0.5 + random.random()), deadline - now))  # noqa: S311
             delay = min(delay * 2, 250e-6)
+
+    def _unwritten(
+        self, conn: sqlite3.Connection, pending: list[PendingOutcome | PendingEnd]
+    ) -> list[PendingOutcome | PendingEnd]:
+        """The queued items still to write. On SQLite, all: a ``COMMIT`` that fails did not
+        commit (PostgreSQL's store checks after a lost reply)."""
+        return pending
 
     def _write_queued(
         self, conn: sqlite3.Connection, pending: Sequence[PendingOutcome | PendingEnd], what: str

@@ -1,0 +1,115 @@
+"""A TCP proxy in front of a real PostgreSQL server that can lose the reply to a ``COMMIT``.
+
+The fault it makes is the one a network can make and a test cannot get from the server
+alone: the server commits, and the connection drops before its reply reaches the client, so
+the client cannot tell whether the transaction committed. :meth:`Proxy.lose_next_commit`
+arms it: the server's replies are read message by message (type byte, 4-byte length), and the
+first ``CommandComplete`` whose tag is ``COMMIT`` closes both sockets instead of being passed
+on. Clients must not negotiate TLS or GSS encryption (``sslmode=disable&gssencmode=disable``,
+added by :meth:`Proxy.url`), so every server message is framed.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["Proxy"]
+
+
+class Proxy:
+    """Forwards 127.0.0.1:<port> to the server of ``url``; one pair of threads per client."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._url = parts
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = self._listener.getsockname()[1]
+        self._armed = threading.Event()
+        self.lost = 0
+        """How many ``COMMIT`` replies were lost."""
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self) -> str:
+        """The server's URL through this proxy (the same database and user)."""
+        parts = self._url
+        netloc = f"{parts.username}@127.0.0.1:{self.port}" if parts.username else (
+            f"127.0.0.1:{self.port}"
+        )  # fmt: skip
+        query = "&".join(q for q in (parts.query, "sslmode=disable&gssencmode=disable") if q)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+    def lose_next_commit(self) -> None:
+        """The next ``COMMIT`` the server confirms (on any connection) is not confirmed to the
+        client: its connection is closed instead."""
+        self._armed.set()
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for sock in self._open:
+                _close(sock)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self._target)
+            with self._lock:
+                self._open += [client, server]
+            threading.Thread(target=self._upstream, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._downstream, args=(server, client), daemon=True).start()
+
+    @staticmethod
+    def _upstream(client: socket.socket, server: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                server.sendall(data)
+        except OSError:
+            pass
+        _close(server)
+        _close(client)
+
+    def _downstream(self, server: socket.socket, client: socket.socket) -> None:
+        buffer = b""
+        try:
+            while data := server.recv(65536):
+                buffer += data
+                out = b""
+                while len(buffer) >= 5:  # whole messages only: type, length, body
+                    (length,) = struct.unpack("!I", buffer[1:5])
+                    if len(buffer) < 1 + length:
+                        break
+                    message, buffer = buffer[: 1 + length], buffer[1 + length :]
+                    if (
+                        message[:1] == b"C"
+                        and message[5:].rstrip(b"\x00") == b"COMMIT"
+                        and self._armed.is_set()
+                    ):
+                        self._armed.clear()
+                        self.lost += 1
+                        raise OSError("the reply to COMMIT is lost")
+                    out += message
+                if out:
+                    client.sendall(out)
+        except OSError:
+            pass
+        _close(client)
+        _close(server)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
