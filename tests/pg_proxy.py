@@ -5,8 +5,10 @@ alone: the server commits, and the connection drops before its reply reaches the
 the client cannot tell whether the transaction committed. :meth:`Proxy.lose_next_commit`
 arms it: the server's replies are read message by message (type byte, 4-byte length), and the
 first ``CommandComplete`` whose tag is ``COMMIT`` closes both sockets instead of being passed
-on. Clients must not negotiate TLS or GSS encryption (``sslmode=disable&gssencmode=disable``,
-added by :meth:`Proxy.url`), so every server message is framed.
+on. :meth:`Proxy.drop_next_request` makes the other case: the request (with its ``COMMIT``)
+never reaches the server, and the client cannot tell that either. Clients must not negotiate
+TLS or GSS encryption (``sslmode=disable&gssencmode=disable``, added by :meth:`Proxy.url`),
+so every server message is framed.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ class Proxy:
         self._listener.listen(16)
         self.port = self._listener.getsockname()[1]
         self._armed = threading.Event()
+        self._drop = threading.Event()
         self.lost = 0
-        """How many ``COMMIT`` replies were lost."""
+        """How many ``COMMIT`` replies (or requests) were lost."""
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -50,6 +53,11 @@ class Proxy:
         """The next ``COMMIT`` the server confirms (on any connection) is not confirmed to the
         client: its connection is closed instead."""
         self._armed.set()
+
+    def drop_next_request(self) -> None:
+        """The next request a client sends (on any connection) never reaches the server: the
+        connection is closed instead (the server rolls back what it had begun)."""
+        self._drop.set()
 
     def close(self) -> None:
         self._listener.close()
@@ -69,10 +77,13 @@ class Proxy:
             threading.Thread(target=self._upstream, args=(client, server), daemon=True).start()
             threading.Thread(target=self._downstream, args=(server, client), daemon=True).start()
 
-    @staticmethod
-    def _upstream(client: socket.socket, server: socket.socket) -> None:
+    def _upstream(self, client: socket.socket, server: socket.socket) -> None:
         try:
             while data := client.recv(65536):
+                if self._drop.is_set():
+                    self._drop.clear()
+                    self.lost += 1
+                    break
                 server.sendall(data)
         except OSError:
             pass

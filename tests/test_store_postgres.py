@@ -407,6 +407,15 @@ def test_a_commit_whose_reply_is_lost_is_checked_never_written_twice(
         guard.close()
     outcomes = "SELECT COUNT(*) FROM events WHERE kind = 'outcome' AND jti = %s"
     assert _count(pg_url, outcomes, first.credential.jti) == 1
+    # the call whose reply was lost did commit its request: its outcome says it did not run
+    with psycopg.connect(pg_url) as conn:
+        calls = conn.execute(
+            "SELECT r.jti, o.outcome, o.rule FROM events r LEFT JOIN events o"
+            " ON o.kind = 'outcome' AND o.jti = r.jti WHERE r.kind = 'request' ORDER BY r.seq"
+        ).fetchall()
+        live = conn.execute("SELECT jti FROM credentials WHERE jti IS NOT NULL").fetchall()
+    assert [c[1:] for c in calls] == [("ok", None), ("not-run", "store.commit"), ("ok", None)]
+    assert (calls[1][0],) not in live  # its credential row is gone, as for any call not run
     assert _count(pg_url, "SELECT COUNT(*) FROM events WHERE kind = 'task_end'") == 1
     assert (
         _count(
@@ -416,5 +425,33 @@ def test_a_commit_whose_reply_is_lost_is_checked_never_written_twice(
         )
         == 1
     )
+    result = CliRunner().invoke(main, ["audit", "verify", "--db", pg_url])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_transaction_that_never_reached_the_server_leaves_no_outcome_of_its_own(
+    pg_url: str, tmp_path: Path, proxy: Proxy
+) -> None:
+    """The other side of a lost reply: the request with its ``COMMIT`` never arrived, so
+    nothing of it was written. The lookup finds the call's request missing and writes no
+    ``not-run`` outcome for it (an outcome without its request would break the trail's
+    pairs); the earlier call's queued outcome it carried is written once."""
+    guard = tg.Guard(_config(tmp_path, proxy.url()))
+    try:
+        with guard.task("process-job", job_id="42"):
+            first = guard.authorize("kv_set", {"key": OUT, "value": "v"})
+            guard.finish(first)
+            proxy.drop_next_request()
+            with pytest.raises(tg.AuditError, match="could not be written"):
+                guard.authorize("kv_set", {"key": OUT, "value": "v"})
+            assert proxy.lost == 1
+            guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+    finally:
+        guard.close()
+    with psycopg.connect(pg_url) as conn:
+        kinds = conn.execute(
+            "SELECT kind, outcome FROM events WHERE kind IN ('request', 'outcome') ORDER BY seq"
+        ).fetchall()
+    assert kinds == [("request", None), ("outcome", "ok")] * 2
     result = CliRunner().invoke(main, ["audit", "verify", "--db", pg_url])
     assert result.exit_code == 0, result.output

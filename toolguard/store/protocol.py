@@ -55,6 +55,9 @@ class PendingOutcome:
     event: Event
     settle: tuple[Settlement, ...] = ()
     taint: bool = False
+    if_requested: bool = False
+    """Written only if the call's ``request`` is in the trail and has no outcome yet: the
+    ``not-run`` outcome of a call whose transaction's reply was lost (PostgreSQL)."""
 
 
 @dataclass(frozen=True, slots=True)

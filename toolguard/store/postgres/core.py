@@ -311,38 +311,45 @@ class PostgresStore(Store):
         the queue: each is looked up first, and one the server has is not written again (an
         outcome twice, a cost settled twice, a task ended twice). Exact: this transaction holds
         the writer lock, so the one whose reply was lost has committed or rolled back by now.
-        Never retried blindly, as issue 11 asks of a commit whose outcome is unknown."""
-        if not self._doubt:
+        A commit whose outcome is unknown is never retried blindly (docs/deployment.md,
+        "Failing closed")."""
+        if not self._doubt and not any(  # a conditional item is checked whatever the flag
+            type(item) is PendingOutcome and item.if_requested for item in pending
+        ):
             return pending
-        kept = [item for item in pending if not self._written(conn, item)]
+        kept = [item for item in pending if self._still_to_write(conn, item)]
         self._doubt = False  # what is left is known not to be written
         if len(kept) < len(pending):
             log.warning(
-                "toolguard: the reply to a commit on %s was lost; %d queued item(s) it held "
-                "were written and are not written again",
+                "toolguard: the reply to a commit on %s was lost; %d queued item(s) are not "
+                "written (written by it already, or completing a call it did not write)",
                 self.path,
                 len(pending) - len(kept),
             )
         return kept
 
     @staticmethod
-    def _written(conn: Any, item: PendingOutcome | PendingEnd) -> bool:
-        """Whether ``item`` is in the database (an outcome by its call's ids, a task end by
-        its revocation row, which every task end writes)."""
+    def _still_to_write(conn: Any, item: PendingOutcome | PendingEnd) -> bool:
+        """Whether ``item`` is still to be written: a task end whose revocation row (every
+        task end writes one) is not there; an outcome not there (by its call's ids); the
+        ``not-run`` outcome of a call whose own reply was lost, only if that call's request is
+        there (else nothing of the call was written)."""
         if isinstance(item, PendingEnd):
-            row = conn.execute(
+            return not _count(
+                conn,
                 "SELECT COUNT(*) FROM revocations WHERE scope = 'task' AND value = ?"
                 " AND by = 'task-end' AND ts = ?",
                 (item.task_id, item.now),
-            ).fetchone()
-        else:
-            event = item.event
-            row = conn.execute(
-                "SELECT COUNT(*) FROM events WHERE task_id = ? AND kind = ?"
-                " AND jti IS NOT DISTINCT FROM ? AND correlation_id IS NOT DISTINCT FROM ?",
-                (event.task_id, event.kind, event.jti, event.correlation_id),
-            ).fetchone()
-        return bool(row and row[0])
+            )
+        event = item.event
+        ids = (event.task_id, event.jti, event.correlation_id)
+        same_call = (
+            "SELECT COUNT(*) FROM events WHERE task_id = ? AND kind = ?"
+            " AND jti IS NOT DISTINCT FROM ? AND correlation_id IS NOT DISTINCT FROM ?"
+        )
+        if _count(conn, same_call, (ids[0], event.kind, *ids[1:])):
+            return False
+        return not item.if_requested or bool(_count(conn, same_call, (ids[0], "request", *ids[1:])))
 
     def _append(self, conn: Any, event: Event) -> None:
         """Append an event; the server reads the chain head and hashes (see :data:`.calls.APPEND`)
@@ -378,35 +385,50 @@ class PostgresStore(Store):
             task_started_at=task_started_at, spends=spends, event=event, credential=credential,
             now=now, on_denied=on_denied, inherited=inherited, precheck=precheck, shadow=shadow,
         )  # fmt: skip
-        if precheck is not None or inherited:
-            return usual()
-        step = Charge(spends, now)
-        shape = step.shape
-        admitted: list[bool] = []
-        with self._write("request") as conn:
-            at_commit = getattr(conn, "read_at_commit", None)  # tests may wrap the writer
-            if at_commit is None or not getattr(conn, "server_hash", False):
-                return usual()  # joins this transaction
-            news: list[tuple[int, int]] | None = None
-            if shape is not None and shape.task:  # the task's counters: in this process
-                news = self._tasks.fit(conn, shape.task_id, shape.task)
-                if news is None:
-                    return usual()  # a task limit refuses: explained the usual way
-            sql, params = call_params(
-                step, chain, identity, task_started_at, event, credential, now
-            )
+        try:
+            if precheck is not None or inherited:
+                return usual()
+            step = Charge(spends, now)
+            shape = step.shape
+            admitted: list[bool] = []
+            with self._write("request") as conn:
+                at_commit = getattr(conn, "read_at_commit", None)  # tests may wrap the writer
+                if at_commit is None or not getattr(conn, "server_hash", False):
+                    return usual()  # joins this transaction
+                news: list[tuple[int, int]] | None = None
+                if shape is not None and shape.task:  # the task's counters: in this process
+                    news = self._tasks.fit(conn, shape.task_id, shape.task)
+                    if news is None:
+                        return usual()  # a task limit refuses: explained the usual way
+                sql, params = call_params(
+                    step, chain, identity, task_started_at, event, credential, now
+                )
 
-            def committed(rows: Rows) -> None:
-                row = rows.fetchone()
-                admitted.append(bool(row and row[0]))
-                if admitted[0] and shape is not None and news:
-                    self._tasks.spend(shape.task_id, news)  # committed with the transaction
+                def committed(rows: Rows) -> None:
+                    row = rows.fetchone()
+                    admitted.append(bool(row and row[0]))
+                    if admitted[0] and shape is not None and news:
+                        self._tasks.spend(shape.task_id, news)  # committed with the transaction
 
-            at_commit(sql, params, committed)
-            self._local.head = None
-        if admitted and admitted[0]:
-            return event
-        return usual()  # not admitted by the server: decided (and explained) the usual way
+                at_commit(sql, params, committed)
+                self._local.head = None
+            if admitted and admitted[0]:
+                return event
+            return usual()  # not admitted by the server: decided (and explained) the usual way
+        except AuditError:
+            if self._lost_reply():  # its request may be in the trail: complete it
+                self._doubt = True
+                self.queue_outcome(PendingOutcome(_not_run(event, self.clock()), if_requested=True))
+            raise
+
+    def _lost_reply(self) -> bool:
+        """Whether the writer broke with its last ``COMMIT`` unanswered."""
+        writer = self._writer
+        return (
+            writer is not None
+            and writer[0] == os.getpid()
+            and bool(getattr(writer[1], "in_doubt", False))  # tests may wrap the writer
+        )
 
     def _connect(self) -> Any:  # pragma: no cover - every connection comes from above
         raise AssertionError("PostgresStore opens connections through its pool and writer")
@@ -433,3 +455,32 @@ class PostgresStore(Store):
             if pool is not None and pool[0] == os.getpid():
                 pool[1].close(timeout=1.0)
             self._ready = False
+
+
+def _count(conn: Any, sql: str, params: tuple[Any, ...]) -> int:
+    row = conn.execute(sql, params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _not_run(request: Event, now: float) -> Event:
+    """The ``not-run`` outcome of a call whose transaction's ``COMMIT`` got no reply (its tool
+    did not run: the guard failed it closed)."""
+    return Event(
+        ts=now,
+        kind="outcome",
+        task_id=request.task_id,
+        identity=request.identity,
+        intent=request.intent,
+        tool=request.tool,
+        operation=request.operation,
+        resources=request.resources,
+        decision="deny",
+        reason=(
+            "the audit database did not confirm this call's transaction (the connection was "
+            "lost after its COMMIT was sent); the tool did not run"
+        ),
+        rule="store.commit",
+        jti=request.jti,
+        correlation_id=request.correlation_id,
+        outcome="not-run",
+    )
