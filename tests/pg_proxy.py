@@ -34,6 +34,7 @@ class Proxy:
         self.port = self._listener.getsockname()[1]
         self._armed = threading.Event()
         self._drop = threading.Event()
+        self._pass = 0  # requests to pass before the one dropped
         self.lost = 0
         """How many ``COMMIT`` replies (or requests) were lost."""
         self._open: list[socket.socket] = []
@@ -54,9 +55,11 @@ class Proxy:
         client: its connection is closed instead."""
         self._armed.set()
 
-    def drop_next_request(self) -> None:
-        """The next request a client sends (on any connection) never reaches the server: the
-        connection is closed instead (the server rolls back what it had begun)."""
+    def drop_next_request(self, *, after: int = 0) -> None:
+        """The next request a client sends (on any connection), after ``after`` more, never
+        reaches the server: the connection is closed instead (the server rolls back what it
+        had begun). A request is what one ``recv`` brings (libpq sends a pipeline at once)."""
+        self._pass = after
         self._drop.set()
 
     def close(self) -> None:
@@ -81,9 +84,12 @@ class Proxy:
         try:
             while data := client.recv(65536):
                 if self._drop.is_set():
-                    self._drop.clear()
-                    self.lost += 1
-                    break
+                    if self._pass:
+                        self._pass -= 1
+                    else:
+                        self._drop.clear()
+                        self.lost += 1
+                        break
                 server.sendall(data)
         except OSError:
             pass

@@ -455,3 +455,49 @@ def test_a_transaction_that_never_reached_the_server_leaves_no_outcome_of_its_ow
     assert kinds == [("request", None), ("outcome", "ok")] * 2
     result = CliRunner().invoke(main, ["audit", "verify", "--db", pg_url])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("fault", ["reply lost", "request lost"])
+def test_a_task_start_whose_commit_is_unconfirmed_never_stays_active(
+    pg_url: str, tmp_path: Path, proxy: Proxy, fault: str
+) -> None:
+    """A task start whose ``COMMIT`` got no reply: the caller gets ``AuditError`` and never
+    runs the task. If the server had recorded it, the next transaction ends it (``error``,
+    rule ``store.commit``, its revocation written), so it never shows as active; if not,
+    nothing is written for it."""
+    guard = tg.Guard(_config(tmp_path, proxy.url()))
+    try:
+        with guard.task("process-job", job_id="7"):  # the schema and the writer
+            guard.finish(guard.authorize("kv_get", {"key": "agents:jobs:7:in"}))
+        lost = guard.task("process-job", job_id="42")
+        if fault == "reply lost":
+            proxy.lose_next_commit()
+        else:  # the second request: the first reads whether the identity is disabled
+            proxy.drop_next_request(after=1)
+        with pytest.raises(tg.AuditError, match="could not be written"), lost:
+            pass
+        assert proxy.lost == 1
+        with guard.task("process-job", job_id="8"):
+            guard.finish(guard.authorize("kv_get", {"key": "agents:jobs:8:in"}))
+    finally:
+        guard.close()
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute(
+            "SELECT status FROM tasks WHERE task_id = %s", (lost.task_id,)
+        ).fetchall()
+        ends = conn.execute(
+            "SELECT outcome, rule FROM events WHERE kind = 'task_end' AND task_id = %s",
+            (lost.task_id,),
+        ).fetchall()
+        revoked = conn.execute(
+            "SELECT COUNT(*) FROM revocations WHERE scope = 'task' AND value = %s",
+            (lost.task_id,),
+        ).fetchone()
+    if fault == "reply lost":
+        assert rows == [("error",)] and ends == [("error", "store.commit")]
+        assert revoked == (1,)
+    else:
+        assert rows == [] and ends == [] and revoked == (0,)
+    assert _count(pg_url, "SELECT COUNT(*) FROM tasks WHERE status = 'active'") == 0
+    result = CliRunner().invoke(main, ["audit", "verify", "--db", pg_url])
+    assert result.exit_code == 0, result.output

@@ -26,7 +26,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -314,7 +314,8 @@ class PostgresStore(Store):
         A commit whose outcome is unknown is never retried blindly (docs/deployment.md,
         "Failing closed")."""
         if not self._doubt and not any(  # a conditional item is checked whatever the flag
-            type(item) is PendingOutcome and item.if_requested for item in pending
+            item.if_started if isinstance(item, PendingEnd) else item.if_requested
+            for item in pending
         ):
             return pending
         kept = [item for item in pending if self._still_to_write(conn, item)]
@@ -335,11 +336,15 @@ class PostgresStore(Store):
         ``not-run`` outcome of a call whose own reply was lost, only if that call's request is
         there (else nothing of the call was written)."""
         if isinstance(item, PendingEnd):
-            return not _count(
+            if _count(
                 conn,
                 "SELECT COUNT(*) FROM revocations WHERE scope = 'task' AND value = ?"
                 " AND by = 'task-end' AND ts = ?",
                 (item.task_id, item.now),
+            ):
+                return False
+            return not item.if_started or bool(
+                _count(conn, "SELECT COUNT(*) FROM tasks WHERE task_id = ?", (item.task_id,))
             )
         event = item.event
         ids = (event.task_id, event.jti, event.correlation_id)
@@ -419,6 +424,39 @@ class PostgresStore(Store):
             if self._lost_reply():  # its request may be in the trail: complete it
                 self._doubt = True
                 self.queue_outcome(PendingOutcome(_not_run(event, self.clock()), if_requested=True))
+            raise
+
+    def start_task(
+        self, task: Mapping[str, Any], event: Event, *, disabled: str | None = None
+    ) -> None:
+        """:meth:`Store.start_task`; when its ``COMMIT`` got no reply, the task may have been
+        recorded though its caller gets :class:`AuditError` and never runs it: it is ended
+        (``error``, rule ``store.commit``) with the next transaction, if it was."""
+        try:
+            super().start_task(task, event, disabled=disabled)
+        except AuditError:
+            if self._lost_reply():
+                now = self.clock()
+                why = (
+                    "the audit database did not confirm this task's start (the connection was "
+                    "lost after its COMMIT was sent); the task never ran"
+                )
+                end = Event(
+                    ts=now,
+                    task_id=event.task_id,
+                    identity=event.identity,
+                    intent=event.intent,
+                    kind="task_end",
+                    outcome="error",
+                    reason=why,
+                    rule="store.commit",
+                    duration_ms=round((now - event.ts) * 1000.0, 3),
+                )
+                self._doubt = True
+                with self._pending_lock:
+                    self._pending.append(
+                        PendingEnd(str(task["task_id"]), "error", now, why, [end], if_started=True)
+                    )
             raise
 
     def _lost_reply(self) -> bool:

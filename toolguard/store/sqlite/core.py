@@ -114,6 +114,9 @@ class PendingEnd:
     now: float
     reason: str
     events: list[Event]
+    if_started: bool = False
+    """Written only if the task's row is in the store: the end of a task whose start's reply
+    was lost (PostgreSQL)."""
 
 
 class Store(Queries):
