@@ -459,6 +459,18 @@ class PostgresStore(Store):
                     )
             raise
 
+    def _not_written(self, what: str, exc: sqlite3.Error | None = None) -> AuditError:
+        """As on SQLite, and saying so when the ``COMMIT`` was sent and got no reply (the
+        server may have written it: an operator can run a ``revoke`` or ``enable`` again)."""
+        if exc is None or not self._lost_reply():
+            return super()._not_written(what, exc)
+        return AuditError(
+            f"the audit trail {self.path} could not be written, or not confirmed ({what}): "
+            f"{exc}; the connection was lost after its COMMIT was sent, so the server may have "
+            "written it: the next transaction checks what it held, and a `toolguard revoke` or "
+            "`enable` can be run again; no tool ran"
+        )
+
     def _lost_reply(self) -> bool:
         """Whether the writer broke with its last ``COMMIT`` unanswered."""
         writer = self._writer
