@@ -52,6 +52,10 @@ __all__ = ["PostgresStore"]
 log = logging.getLogger("toolguard")
 
 
+class _Unconfirmed(AuditError):
+    """A write whose ``COMMIT`` was sent and got no reply: the server may have written it."""
+
+
 class _ServerName(str):
     """What ``Store.path`` is for a PostgreSQL store: the URL without its password (for
     messages), never a file (``exists`` is True: the server answers, or the read fails)."""
@@ -420,10 +424,9 @@ class PostgresStore(Store):
             if admitted and admitted[0]:
                 return event
             return usual()  # not admitted by the server: decided (and explained) the usual way
-        except AuditError:
-            if self._lost_reply():  # its request may be in the trail: complete it
-                self._doubt = True
-                self.queue_outcome(PendingOutcome(_not_run(event, self.clock()), if_requested=True))
+        except _Unconfirmed:  # its request may be in the trail: complete it
+            self._doubt = True
+            self.queue_outcome(PendingOutcome(_not_run(event, self.clock()), if_requested=True))
             raise
 
     def start_task(
@@ -434,50 +437,47 @@ class PostgresStore(Store):
         (``error``, rule ``store.commit``) with the next transaction, if it was."""
         try:
             super().start_task(task, event, disabled=disabled)
-        except AuditError:
-            if self._lost_reply():
-                now = self.clock()
-                why = (
-                    "the audit database did not confirm this task's start (the connection was "
-                    "lost after its COMMIT was sent); the task never ran"
+        except _Unconfirmed:
+            now = self.clock()
+            why = (
+                "the audit database did not confirm this task's start (the connection was "
+                "lost after its COMMIT was sent); the task never ran"
+            )
+            end = Event(
+                ts=now,
+                task_id=event.task_id,
+                identity=event.identity,
+                intent=event.intent,
+                kind="task_end",
+                outcome="error",
+                reason=why,
+                rule="store.commit",
+                duration_ms=round((now - event.ts) * 1000.0, 3),
+            )
+            self._doubt = True
+            with self._pending_lock:
+                self._pending.append(
+                    PendingEnd(str(task["task_id"]), "error", now, why, [end], if_started=True)
                 )
-                end = Event(
-                    ts=now,
-                    task_id=event.task_id,
-                    identity=event.identity,
-                    intent=event.intent,
-                    kind="task_end",
-                    outcome="error",
-                    reason=why,
-                    rule="store.commit",
-                    duration_ms=round((now - event.ts) * 1000.0, 3),
-                )
-                self._doubt = True
-                with self._pending_lock:
-                    self._pending.append(
-                        PendingEnd(str(task["task_id"]), "error", now, why, [end], if_started=True)
-                    )
             raise
 
     def _not_written(self, what: str, exc: sqlite3.Error | None = None) -> AuditError:
         """As on SQLite, and saying so when the ``COMMIT`` was sent and got no reply (the
-        server may have written it: an operator can run a ``revoke`` or ``enable`` again)."""
-        if exc is None or not self._lost_reply():
+        server may have written it: an operator can run a ``revoke`` or ``enable`` again).
+        Called with the process's write lock held, so the writer is the one that failed."""
+        writer = self._writer
+        if (
+            exc is None
+            or writer is None
+            or writer[0] != os.getpid()
+            or not getattr(writer[1], "in_doubt", False)  # tests may wrap the writer
+        ):
             return super()._not_written(what, exc)
-        return AuditError(
+        return _Unconfirmed(
             f"the audit trail {self.path} could not be written, or not confirmed ({what}): "
             f"{exc}; the connection was lost after its COMMIT was sent, so the server may have "
             "written it: the next transaction checks what it held, and a `toolguard revoke` or "
             "`enable` can be run again; no tool ran"
-        )
-
-    def _lost_reply(self) -> bool:
-        """Whether the writer broke with its last ``COMMIT`` unanswered."""
-        writer = self._writer
-        return (
-            writer is not None
-            and writer[0] == os.getpid()
-            and bool(getattr(writer[1], "in_doubt", False))  # tests may wrap the writer
         )
 
     def _connect(self) -> Any:  # pragma: no cover - every connection comes from above
