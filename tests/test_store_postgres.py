@@ -7,9 +7,10 @@ from __future__ import annotations
 import copy
 import json
 import multiprocessing
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -502,3 +503,95 @@ def test_a_task_start_whose_commit_is_unconfirmed_never_stays_active(
     assert _count(pg_url, "SELECT COUNT(*) FROM tasks WHERE status = 'active'") == 0
     result = CliRunner().invoke(main, ["audit", "verify", "--db", pg_url])
     assert result.exit_code == 0, result.output
+
+
+class _ThenLock:
+    """The store's queue lock, running ``first`` once before ``end_task`` takes it to put its
+    failed end back (another thread's write, between the failure and the put-back)."""
+
+    def __init__(self, real: Any, first: Callable[[], None]) -> None:
+        self.real, self.first = real, first
+
+    def __enter__(self) -> Any:
+        if self.first is not None and sys._getframe(1).f_code.co_name == "end_task":
+            first, self.first = self.first, None
+            first()
+        return self.real.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.real.__exit__(*exc)
+
+
+def test_a_task_end_put_back_after_another_threads_write_is_still_looked_up(
+    pg_url: str, tmp_path: Path, proxy: Proxy
+) -> None:
+    """The task end's reply is lost; before it is put back in the queue, another thread
+    writes (and replaces the broken connection). The end itself carries the doubt, so the
+    next transaction still looks it up: one ``task_end``, one revocation."""
+    guard = tg.Guard(_config(tmp_path, proxy.url()))
+    try:
+        with guard.task("process-job", job_id="8"):
+            late = guard.authorize("kv_get", {"key": "agents:jobs:8:in"})
+        task = guard.task("process-job", job_id="42")
+
+        def another_thread_writes() -> None:
+            guard.finish(late)
+            writer = threading.Thread(target=guard.store.flush)
+            writer.start()
+            writer.join()
+
+        store: Any = guard.store
+        store._pending_lock = _ThenLock(store._pending_lock, another_thread_writes)
+        with pytest.raises(tg.AuditError, match="could not be recorded"), task:
+            guard.finish(guard.authorize("kv_get", {"key": "agents:jobs:42:in"}))
+            guard.store.flush()
+            proxy.lose_next_commit()
+        assert proxy.lost == 1
+        guard.store.flush()
+    finally:
+        guard.close()
+    for sql in (
+        "SELECT COUNT(*) FROM events WHERE kind = 'task_end' AND task_id = %s",
+        "SELECT COUNT(*) FROM revocations WHERE scope = 'task' AND value = %s",
+    ):
+        assert _count(pg_url, sql, task.task_id) == 1, sql
+
+
+def test_a_settlement_the_lost_commit_wrote_still_counts_toward_the_task(
+    pg_url: str, tmp_path: Path, proxy: Proxy
+) -> None:
+    """A call reported a cost above its estimate (its outcome settles +0.8 of a ``max_cost``
+    of 1.0) and the transaction carrying that outcome lost its reply after committing. The
+    outcome is not written again, and the task's counters (rolled back in memory with the
+    lost transaction) are counted again from the trail: the next call is the last one that
+    fits, and the task never spends past its ``max_cost``."""
+    config = _config(tmp_path, proxy.url())
+    config["intents"]["process-job"]["budget"] = {"max_cost": 1.0}
+    config["tools"]["kv_set"]["cost"] = 0.1
+    guard = tg.Guard(config)
+    ran = 0
+    try:
+        with guard.task("process-job", job_id="42"):
+            first = guard.authorize("kv_set", {"key": OUT, "value": "v"})
+            first.actual_cost = 0.9
+            guard.finish(first)
+            proxy.lose_next_commit()
+            with pytest.raises(tg.AuditError, match="server may have written it"):
+                guard.authorize("kv_set", {"key": OUT, "value": "v"})
+            for _ in range(12):
+                try:
+                    guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+                except tg.PolicyDenied as denied:
+                    assert "max_cost" in str(denied)
+                    break
+                ran += 1
+    finally:
+        guard.close()
+    assert ran == 1  # 0.9 + 0.1: the budget is full
+    with psycopg.connect(pg_url) as conn:
+        spent = conn.execute(
+            "SELECT SUM(COALESCE(o.cost, r.cost)) FROM events r JOIN events o"
+            " ON o.kind = 'outcome' AND o.jti = r.jti"
+            " WHERE r.kind = 'request' AND o.outcome <> 'not-run'"
+        ).fetchone()
+    assert spent is not None and spent[0] == pytest.approx(1.0)

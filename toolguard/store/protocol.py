@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..budget import Settlement, Spend
 from ..chain import Event
-from ..errors import PolicyDenied
+from ..errors import AuditError, PolicyDenied
 
 if TYPE_CHECKING:
     from .approvals import ApprovalRecord, Decided
@@ -45,6 +45,7 @@ __all__ = [
     "StoreProtocol",
     "StoreReader",
     "TrailReads",
+    "UnconfirmedWrite",
 ]
 
 
@@ -55,9 +56,17 @@ class PendingOutcome:
     event: Event
     settle: tuple[Settlement, ...] = ()
     taint: bool = False
+    recheck: bool = False
+    """Held by a transaction whose ``COMMIT`` got no reply (:class:`UnconfirmedWrite`): looked
+    up before it is written again."""
     if_requested: bool = False
     """Written only if the call's ``request`` is in the trail and has no outcome yet: the
-    ``not-run`` outcome of a call whose transaction's reply was lost (PostgreSQL)."""
+    ``not-run`` outcome of a call whose own transaction's reply was lost."""
+
+
+class UnconfirmedWrite(AuditError):
+    """A write transaction whose ``COMMIT`` was sent and got no reply (the connection was
+    lost): the server may have written it. Never raised by the SQLite store."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,14 +345,16 @@ class PgConnection:
             return self._send(translate(sql), _params(params))
         self._in_tx = False
         at_commit, self._at_commit = self._at_commit, None
+        self.in_doubt = False
         try:
             if at_commit is None:
                 return self._send(translate(sql), _params(params))
             text, values, then = at_commit
             rows = self._send(text, values, commit=translate(sql))
-        except BaseException:
-            # no reply (connection lost, interrupted): the server may have committed
-            self.in_doubt = self.broken
+        except BaseException as exc:
+            # no reply (connection lost, interrupted): the server may have committed; an
+            # error the server answered with (the connection still up) says it did not
+            self.in_doubt = self.broken or not isinstance(exc, sqlite3.Error)
             raise
         finally:
             self.lock_seconds += time.perf_counter() - self._lock_sent

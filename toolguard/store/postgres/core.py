@@ -40,9 +40,10 @@ from ...budget import Spend
 from ...chain import Event
 from ...errors import AuditError, PolicyDenied
 from ...location import StoreLocation
-from ..protocol import Denial, PendingOutcome
+from ..protocol import Denial, PendingOutcome, UnconfirmedWrite
 from ..sqlite.budgets import Charge
 from ..sqlite.core import PendingEnd, Store
+from ..sqlite.tasks import TaskBudgets
 from .calls import APPEND, append_params, call_params
 from .connection import PgConnection, Rows, configure, run, sqlite_error
 from .schema import create_schema, schema_version
@@ -50,10 +51,6 @@ from .schema import create_schema, schema_version
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("toolguard")
-
-
-class _Unconfirmed(AuditError):
-    """A write whose ``COMMIT`` was sent and got no reply: the server may have written it."""
 
 
 class _ServerName(str):
@@ -145,7 +142,6 @@ class PostgresStore(Store):
         self._pool_lock = threading.Lock()
         self._reads = _PooledReads(self)
         self._careful = False
-        self._doubt = False  # a writer broke with its COMMIT unanswered (see _unwritten)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -266,8 +262,6 @@ class PostgresStore(Store):
             current = cast(PgConnection, writer[1])
             if not current.broken:
                 return current
-            if getattr(current, "in_doubt", False):  # tests may wrap the writer
-                self._doubt = True
             current.close()
         self._ensure_ready()
         conn = PgConnection(self._new_connection(), lock_timeout=self.busy_timeout, pipelined=True)
@@ -310,21 +304,19 @@ class PostgresStore(Store):
     def _unwritten(
         self, conn: Any, pending: list[PendingOutcome | PendingEnd]
     ) -> list[PendingOutcome | PendingEnd]:
-        """The queued items still to write. After a transaction whose ``COMMIT`` got no reply
-        (the connection dropped: it may have committed), the items it held were put back in
-        the queue: each is looked up first, and one the server has is not written again (an
-        outcome twice, a cost settled twice, a task ended twice). Exact: this transaction holds
-        the writer lock, so the one whose reply was lost has committed or rolled back by now.
-        A commit whose outcome is unknown is never retried blindly (docs/deployment.md,
-        "Failing closed")."""
-        if not self._doubt and not any(  # a conditional item is checked whatever the flag
-            item.if_started if isinstance(item, PendingEnd) else item.if_requested
-            for item in pending
-        ):
+        """The queued items still to write. An item held by a transaction whose ``COMMIT`` got
+        no reply (the connection dropped: it may have committed) is marked, and looked up here
+        before it is written again; one the server has is not (an outcome twice, a cost settled
+        twice, a task ended twice). Exact: this transaction holds the writer lock, so the one
+        whose reply was lost has committed or rolled back by now. A commit whose outcome is
+        unknown is never retried blindly (docs/deployment.md, "Failing closed")."""
+        if not any(_unsure(item) for item in pending):
             return pending
-        kept = [item for item in pending if self._still_to_write(conn, item)]
-        self._doubt = False  # what is left is known not to be written
+        kept = [item for item in pending if not _unsure(item) or self._still_to_write(conn, item)]
         if len(kept) < len(pending):
+            # what the skipped items did to this process's task counters was rolled back with
+            # the lost transaction: count every task again from the trail, which has them
+            self._tasks = TaskBudgets()
             log.warning(
                 "toolguard: the reply to a commit on %s was lost; %d queued item(s) are not "
                 "written (written by it already, or completing a call it did not write)",
@@ -424,8 +416,7 @@ class PostgresStore(Store):
             if admitted and admitted[0]:
                 return event
             return usual()  # not admitted by the server: decided (and explained) the usual way
-        except _Unconfirmed:  # its request may be in the trail: complete it
-            self._doubt = True
+        except UnconfirmedWrite:  # its request may be in the trail: complete it
             self.queue_outcome(PendingOutcome(_not_run(event, self.clock()), if_requested=True))
             raise
 
@@ -437,7 +428,7 @@ class PostgresStore(Store):
         (``error``, rule ``store.commit``) with the next transaction, if it was."""
         try:
             super().start_task(task, event, disabled=disabled)
-        except _Unconfirmed:
+        except UnconfirmedWrite:
             now = self.clock()
             why = (
                 "the audit database did not confirm this task's start (the connection was "
@@ -454,26 +445,29 @@ class PostgresStore(Store):
                 rule="store.commit",
                 duration_ms=round((now - event.ts) * 1000.0, 3),
             )
-            self._doubt = True
             with self._pending_lock:
                 self._pending.append(
                     PendingEnd(str(task["task_id"]), "error", now, why, [end], if_started=True)
                 )
             raise
 
+    def _maybe_committed(self) -> bool:
+        """Whether the writer broke (or was interrupted) with its ``COMMIT`` unanswered; with
+        the write lock held, the writer is the one that failed."""
+        writer = self._writer
+        return (
+            writer is not None
+            and writer[0] == os.getpid()
+            and bool(getattr(writer[1], "in_doubt", False))  # tests may wrap the writer
+        )
+
     def _not_written(self, what: str, exc: sqlite3.Error | None = None) -> AuditError:
         """As on SQLite, and saying so when the ``COMMIT`` was sent and got no reply (the
         server may have written it: an operator can run a ``revoke`` or ``enable`` again).
         Called with the process's write lock held, so the writer is the one that failed."""
-        writer = self._writer
-        if (
-            exc is None
-            or writer is None
-            or writer[0] != os.getpid()
-            or not getattr(writer[1], "in_doubt", False)  # tests may wrap the writer
-        ):
+        if exc is None or not self._maybe_committed():
             return super()._not_written(what, exc)
-        return _Unconfirmed(
+        return UnconfirmedWrite(
             f"the audit trail {self.path} could not be written, or not confirmed ({what}): "
             f"{exc}; the connection was lost after its COMMIT was sent, so the server may have "
             "written it: the next transaction checks what it held, and a `toolguard revoke` or "
@@ -505,6 +499,13 @@ class PostgresStore(Store):
             if pool is not None and pool[0] == os.getpid():
                 pool[1].close(timeout=1.0)
             self._ready = False
+
+
+def _unsure(item: PendingOutcome | PendingEnd) -> bool:
+    """Whether ``item`` must be looked up before it is written (see ``_unwritten``)."""
+    if isinstance(item, PendingEnd):
+        return item.recheck or item.if_started
+    return item.recheck or item.if_requested
 
 
 def _count(conn: Any, sql: str, params: tuple[Any, ...]) -> int:

@@ -33,7 +33,7 @@ from ...chain import GENESIS, HASHED_FIELDS, Event, event_values, values_hash
 from ...errors import AuditError, BudgetExceeded, PolicyDenied
 from ...numbers import MAX_COST, is_finite_number, is_timestamp
 from ..approvals import ApprovalRecord, Decided, decide
-from ..protocol import Denial, PendingOutcome
+from ..protocol import Denial, PendingOutcome, UnconfirmedWrite
 from .budgets import INSERT_TALLY, Anomaly, Charge, charge, settle
 from .maintenance import PruneResult, prune
 from .queries import Queries
@@ -114,9 +114,12 @@ class PendingEnd:
     now: float
     reason: str
     events: list[Event]
+    recheck: bool = False
+    """Held by a transaction whose ``COMMIT`` got no reply: looked up before it is written
+    again (see :class:`~toolguard.store.protocol.UnconfirmedWrite`)."""
     if_started: bool = False
     """Written only if the task's row is in the store: the end of a task whose start's reply
-    was lost (PostgreSQL)."""
+    was lost."""
 
 
 class Store(Queries):
@@ -488,13 +491,17 @@ class Store(Queries):
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            error = self._not_written(what, exc) if isinstance(exc, sqlite3.Error) else None
             if pending:
+                if self._maybe_committed():  # looked up before they are written again
+                    for item in pending:
+                        item.recheck = True
                 with self._pending_lock:
                     self._pending[:0] = pending
             if self._stale is not None:
                 self._retire()
-            if isinstance(exc, sqlite3.Error):
-                raise self._not_written(what, exc) from exc
+            if error is not None:
+                raise error from exc
             raise
         else:  # committed (nothing here may put the written items back)
             if wake is None:  # the writers poll: keep the write-ahead log bounded
@@ -581,6 +588,12 @@ class Store(Queries):
 
             time.sleep(min(delay * (0.5 + random.random()), deadline - now))  # noqa: S311
             delay = min(delay * 2, 250e-6)
+
+    def _maybe_committed(self) -> bool:
+        """After a failed transaction, with the write lock held: whether it may have committed
+        all the same (a ``COMMIT`` sent and never answered). Never on SQLite: a ``COMMIT`` that
+        fails did not commit."""
+        return False
 
     def _unwritten(
         self, conn: sqlite3.Connection, pending: list[PendingOutcome | PendingEnd]
@@ -788,6 +801,7 @@ class Store(Queries):
             with self._write("task end") as conn:
                 self._end_task(conn, item)
         except AuditError as exc:
+            item.recheck = isinstance(exc, UnconfirmedWrite)  # maybe written: looked up first
             with self._pending_lock:
                 self._pending.append(item)
             raise AuditError(
