@@ -427,6 +427,7 @@ class PgConnection:
             raise sqlite3.OperationalError("cannot start a transaction within a transaction")
         self._queue = [("BEGIN", ()), (_LOCK_SQL, (WRITER_LOCK,))]
         self._at_commit = None
+        self.in_doubt = False  # of this transaction's COMMIT, once sent
         self._lock_queued = True
         self._in_tx = True
         if not self.pipelined:
