@@ -25,7 +25,7 @@ from toolguard_starlette import verifier_from
 import toolguard as tg
 from toolguard.cli import main
 from toolguard.store import SCHEMA_VERSION
-from toolguard.store.postgres.connection import WRITER_LOCK
+from toolguard.store.postgres.connection import WRITER_LOCK, PgConnection
 
 pytestmark = pytest.mark.postgres
 
@@ -510,12 +510,15 @@ class _ThenLock:
     failed end back (another thread's write, between the failure and the put-back)."""
 
     def __init__(self, real: Any, first: Callable[[], None]) -> None:
-        self.real, self.first = real, first
+        self.real = real
+        self.first: Callable[[], None] | None = first
+        self.fired = False
 
     def __enter__(self) -> Any:
         if self.first is not None and sys._getframe(1).f_code.co_name == "end_task":
             first, self.first = self.first, None
             first()
+            self.fired = True
         return self.real.__enter__()
 
     def __exit__(self, *exc: Any) -> Any:
@@ -541,12 +544,12 @@ def test_a_task_end_put_back_after_another_threads_write_is_still_looked_up(
             writer.join()
 
         store: Any = guard.store
-        store._pending_lock = _ThenLock(store._pending_lock, another_thread_writes)
+        store._pending_lock = hook = _ThenLock(store._pending_lock, another_thread_writes)
         with pytest.raises(tg.AuditError, match="could not be recorded"), task:
             guard.finish(guard.authorize("kv_get", {"key": "agents:jobs:42:in"}))
             guard.store.flush()
             proxy.lose_next_commit()
-        assert proxy.lost == 1
+        assert proxy.lost == 1 and hook.fired
         guard.store.flush()
     finally:
         guard.close()
@@ -595,3 +598,47 @@ def test_a_settlement_the_lost_commit_wrote_still_counts_toward_the_task(
             " WHERE r.kind = 'request' AND o.outcome <> 'not-run'"
         ).fetchone()
     assert spent is not None and spent[0] == pytest.approx(1.0)
+
+
+def test_an_interrupted_commit_is_in_doubt_for_that_transaction_only(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``KeyboardInterrupt`` while the call's ``COMMIT`` is on its way (here before anything
+    reached the server): what it carried is looked up before being written (an earlier call's
+    outcome, written once) and the call's own ``not-run`` outcome is not written (its request
+    is not there). The next transaction starts without the doubt: when it fails before its
+    ``COMMIT`` (the writer lock held elsewhere), its error is a plain one."""
+    guard = tg.Guard(_config(tmp_path, pg_url, busy_timeout=0.3))
+    send = PgConnection._send
+    interrupted: list[bool] = []
+
+    def interrupt(self: PgConnection, sql: Any, params: Any, *, commit: str = "") -> Any:
+        if commit and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return send(self, sql, params, commit=commit)
+
+    try:
+        with guard.task("process-job", job_id="42"):
+            guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+            with monkeypatch.context() as patch:
+                patch.setattr(PgConnection, "_send", interrupt)
+                with pytest.raises(KeyboardInterrupt):
+                    guard.authorize("kv_set", {"key": OUT, "value": "v"})
+            assert interrupted == [True]
+            with psycopg.connect(pg_url, autocommit=True) as holder:
+                holder.execute("BEGIN")
+                holder.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+                with pytest.raises(tg.AuditError) as failed:
+                    guard.authorize("kv_set", {"key": OUT, "value": "v"})
+                holder.execute("ROLLBACK")
+            assert "writer lock was not granted" in str(failed.value)
+            assert "may have written" not in str(failed.value)
+            guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
+    finally:
+        guard.close()
+    with psycopg.connect(pg_url) as conn:
+        kinds = conn.execute(
+            "SELECT kind, outcome FROM events WHERE kind IN ('request', 'outcome') ORDER BY seq"
+        ).fetchall()
+    assert kinds == [("request", None), ("outcome", "ok")] * 2

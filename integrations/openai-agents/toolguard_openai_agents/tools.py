@@ -170,8 +170,9 @@ def _arguments(input: str) -> tuple[dict[str, Any], str]:
     The model's JSON object is parsed as the SDK parses it (empty means none), and the tool is
     given that object written out again, not the model's text: whatever parser the tool uses
     (a hand-made ``FunctionTool`` may keep the first of two repeated keys where ``json`` keeps
-    the last, or read comments, or ``NaN``), it reads exactly the values that were checked.
-    Text that is not a JSON object is checked as ``{"input": <raw text>}`` and passed as it is."""
+    the last), it reads exactly the values that were checked. Text that is not a JSON object
+    (comments, a list, not JSON at all) is checked as ``{"input": <raw text>}`` and passed as
+    it is: a tool whose resource needs an argument is then denied."""
     if not input:
         return {}, input
     try:

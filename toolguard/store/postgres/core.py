@@ -15,7 +15,9 @@ connections replaced (see :mod:`.connection` for how its SQL runs on PostgreSQL)
 
 Fail closed as on SQLite: server unreachable, connection dropped mid-transaction, timeout,
 permission denied: :class:`AuditError`, the transaction rolled back (PostgreSQL undoes a
-transaction whose connection drops), the tool not run.
+transaction whose connection drops), the tool not run. A connection that drops with the
+``COMMIT`` sent and unanswered leaves the transaction in doubt: :class:`UnconfirmedWrite`, and
+what it held is looked up before it is written again (:meth:`PostgresStore._unwritten`).
 """
 
 from __future__ import annotations
@@ -313,10 +315,12 @@ class PostgresStore(Store):
         if not any(_unsure(item) for item in pending):
             return pending
         kept = [item for item in pending if not _unsure(item) or self._still_to_write(conn, item)]
-        if len(kept) < len(pending):
-            # what the skipped items did to this process's task counters was rolled back with
-            # the lost transaction: count every task again from the trail, which has them
+        still = {id(item) for item in kept}
+        if any(item.recheck and id(item) not in still for item in pending):
+            # what the lost transaction did to this process's task counters was rolled back
+            # in memory, though the server has it: count every task again from the trail
             self._tasks = TaskBudgets()
+        if len(kept) < len(pending):
             log.warning(
                 "toolguard: the reply to a commit on %s was lost; %d queued item(s) are not "
                 "written (written by it already, or completing a call it did not write)",
@@ -416,7 +420,10 @@ class PostgresStore(Store):
             if admitted and admitted[0]:
                 return event
             return usual()  # not admitted by the server: decided (and explained) the usual way
-        except UnconfirmedWrite:  # its request may be in the trail: complete it
+        except BaseException:
+            if not self._local.unconfirmed:
+                raise
+            # its request may be in the trail: complete it
             self.queue_outcome(PendingOutcome(_not_run(event, self.clock()), if_requested=True))
             raise
 
@@ -428,7 +435,9 @@ class PostgresStore(Store):
         (``error``, rule ``store.commit``) with the next transaction, if it was."""
         try:
             super().start_task(task, event, disabled=disabled)
-        except UnconfirmedWrite:
+        except BaseException:
+            if not self._local.unconfirmed:
+                raise
             now = self.clock()
             why = (
                 "the audit database did not confirm this task's start (the connection was "

@@ -33,7 +33,7 @@ from ...chain import GENESIS, HASHED_FIELDS, Event, event_values, values_hash
 from ...errors import AuditError, BudgetExceeded, PolicyDenied
 from ...numbers import MAX_COST, is_finite_number, is_timestamp
 from ..approvals import ApprovalRecord, Decided, decide
-from ..protocol import Denial, PendingOutcome, UnconfirmedWrite
+from ..protocol import Denial, PendingOutcome
 from .budgets import INSERT_TALLY, Anomaly, Charge, charge, settle
 from .maintenance import PruneResult, prune
 from .queries import Queries
@@ -102,6 +102,7 @@ class _Local(threading.local):
         self.pid = 0
         self.tx: sqlite3.Connection | None = None
         self.head: tuple[int, str] | None = None
+        self.unconfirmed = False  # this thread's last write transaction may have committed
 
 
 @dataclass(slots=True)
@@ -451,6 +452,7 @@ class Store(Queries):
         if local.tx is not None:
             yield local.tx  # nested: the outer _write commits or rolls back
             return
+        local.unconfirmed = False
         if self._write_lock[0] != os.getpid():  # a forked child gets its own lock
             self._write_lock = (os.getpid(), threading.Lock())
             self._tasks = TaskBudgets()  # and counts its tasks from the trail
@@ -492,8 +494,9 @@ class Store(Queries):
             except sqlite3.Error:
                 pass
             error = self._not_written(what, exc) if isinstance(exc, sqlite3.Error) else None
+            local.unconfirmed = self._maybe_committed()
             if pending:
-                if self._maybe_committed():  # looked up before they are written again
+                if local.unconfirmed:  # looked up before they are written again
                     for item in pending:
                         item.recheck = True
                 with self._pending_lock:
@@ -801,7 +804,7 @@ class Store(Queries):
             with self._write("task end") as conn:
                 self._end_task(conn, item)
         except AuditError as exc:
-            item.recheck = isinstance(exc, UnconfirmedWrite)  # maybe written: looked up first
+            item.recheck = self._local.unconfirmed  # maybe written: looked up first
             with self._pending_lock:
                 self._pending.append(item)
             raise AuditError(
