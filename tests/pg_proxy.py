@@ -32,9 +32,10 @@ class Proxy:
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(16)
         self.port = self._listener.getsockname()[1]
-        self._armed = threading.Event()
-        self._drop = threading.Event()
-        self._pass = 0  # requests to pass before the one dropped
+        # armed faults: the client port they are for (None: any connection), and for a
+        # dropped request how many requests of that connection pass first
+        self._lose: tuple[int | None] | None = None
+        self._drop: tuple[int | None, int] | None = None
         self.lost = 0
         """How many ``COMMIT`` replies (or requests) were lost."""
         self._open: list[socket.socket] = []
@@ -50,17 +51,20 @@ class Proxy:
         query = "&".join(q for q in (parts.query, "sslmode=disable&gssencmode=disable") if q)
         return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
-    def lose_next_commit(self) -> None:
-        """The next ``COMMIT`` the server confirms (on any connection) is not confirmed to the
-        client: its connection is closed instead."""
-        self._armed.set()
+    def lose_next_commit(self, *, on: int | None = None) -> None:
+        """The next ``COMMIT`` the server confirms on the connection whose client port is
+        ``on`` (any connection: None) is not confirmed to the client: the connection is closed
+        instead."""
+        with self._lock:
+            self._lose = (on,)
 
-    def drop_next_request(self, *, after: int = 0) -> None:
-        """The next request a client sends (on any connection), after ``after`` more, never
-        reaches the server: the connection is closed instead (the server rolls back what it
-        had begun). A request is what one ``recv`` brings (libpq sends a pipeline at once)."""
-        self._pass = after
-        self._drop.set()
+    def drop_next_request(self, *, on: int | None = None, after: int = 0) -> None:
+        """The next request the client on port ``on`` (any: None) sends, after ``after``
+        more, never reaches the server: the connection is closed instead (the server rolls
+        back what it had begun). A request is what one ``recv`` brings (libpq sends a
+        pipeline at once)."""
+        with self._lock:
+            self._drop = (on, after)
 
     def close(self) -> None:
         self._listener.close()
@@ -77,26 +81,30 @@ class Proxy:
             server = socket.create_connection(self._target)
             with self._lock:
                 self._open += [client, server]
-            threading.Thread(target=self._upstream, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._downstream, args=(server, client), daemon=True).start()
+            port = client.getpeername()[1]
+            args = (client, server, port)
+            threading.Thread(target=self._upstream, args=args, daemon=True).start()
+            threading.Thread(target=self._downstream, args=args, daemon=True).start()
 
-    def _upstream(self, client: socket.socket, server: socket.socket) -> None:
+    def _upstream(self, client: socket.socket, server: socket.socket, port: int) -> None:
         try:
             while data := client.recv(65536):
-                if self._drop.is_set():
-                    if self._pass:
-                        self._pass -= 1
-                    else:
-                        self._drop.clear()
-                        self.lost += 1
-                        break
+                with self._lock:
+                    drop = self._drop
+                    if drop is not None and drop[0] in (None, port):
+                        if drop[1]:
+                            self._drop = (drop[0], drop[1] - 1)
+                        else:
+                            self._drop = None
+                            self.lost += 1
+                            break
                 server.sendall(data)
         except OSError:
             pass
         _close(server)
         _close(client)
 
-    def _downstream(self, server: socket.socket, client: socket.socket) -> None:
+    def _downstream(self, client: socket.socket, server: socket.socket, port: int) -> None:
         buffer = b""
         try:
             while data := server.recv(65536):
@@ -107,14 +115,14 @@ class Proxy:
                     if len(buffer) < 1 + length:
                         break
                     message, buffer = buffer[: 1 + length], buffer[1 + length :]
-                    if (
-                        message[:1] == b"C"
-                        and message[5:].rstrip(b"\x00") == b"COMMIT"
-                        and self._armed.is_set()
-                    ):
-                        self._armed.clear()
-                        self.lost += 1
-                        raise OSError("the reply to COMMIT is lost")
+                    if message[:1] == b"C" and message[5:].rstrip(b"\x00") == b"COMMIT":
+                        with self._lock:
+                            lose = self._lose is not None and self._lose[0] in (None, port)
+                            if lose:
+                                self._lose = None
+                                self.lost += 1
+                        if lose:
+                            raise OSError("the reply to COMMIT is lost")
                     out += message
                 if out:
                     client.sendall(out)

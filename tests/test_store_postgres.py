@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import multiprocessing
+import socket
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import BASE_CONFIG, make_config
+from conftest import BASE_CONFIG, make_config, pg_writer
 from pg_cluster import Cluster
 from pg_proxy import Proxy
 from toolguard_starlette import verifier_from
@@ -371,6 +372,13 @@ def proxy(pg_url: str) -> Iterator[Proxy]:
     made.close()
 
 
+def _writer_port(guard: tg.Guard) -> int:
+    """The client port of the guard's writer connection (the proxy's faults are armed for it
+    alone, so a read on another connection never takes them)."""
+    with socket.fromfd(pg_writer(guard).raw.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM) as s:
+        return int(s.getsockname()[1])
+
+
 def _count(url: str, sql: str, *params: Any) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
@@ -394,14 +402,14 @@ def test_a_commit_whose_reply_is_lost_is_checked_never_written_twice(
         ):
             first = guard.authorize("kv_set", {"key": OUT, "value": "v"})
             guard.finish(first)  # its outcome rides with the next call's transaction
-            proxy.lose_next_commit()
+            proxy.lose_next_commit(on=_writer_port(guard))
             with pytest.raises(tg.AuditError, match="server may have written it") as lost:
                 guard.authorize("kv_set", {"key": OUT, "value": "v"})
             assert "could not be written, or not confirmed" in str(lost.value)
             assert proxy.lost == 1
             guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
             guard.store.flush()
-            proxy.lose_next_commit()
+            proxy.lose_next_commit(on=_writer_port(guard))
         # the task end's reply was lost: it is kept and written with the next transaction
         assert proxy.lost == 2
         guard.store.flush()
@@ -443,7 +451,7 @@ def test_a_transaction_that_never_reached_the_server_leaves_no_outcome_of_its_ow
         with guard.task("process-job", job_id="42"):
             first = guard.authorize("kv_set", {"key": OUT, "value": "v"})
             guard.finish(first)
-            proxy.drop_next_request()
+            proxy.drop_next_request(on=_writer_port(guard))
             with pytest.raises(tg.AuditError, match="could not be written"):
                 guard.authorize("kv_set", {"key": OUT, "value": "v"})
             assert proxy.lost == 1
@@ -473,9 +481,9 @@ def test_a_task_start_whose_commit_is_unconfirmed_never_stays_active(
             guard.finish(guard.authorize("kv_get", {"key": "agents:jobs:7:in"}))
         lost = guard.task("process-job", job_id="42")
         if fault == "reply lost":
-            proxy.lose_next_commit()
+            proxy.lose_next_commit(on=_writer_port(guard))
         else:  # the second request: the first reads whether the identity is disabled
-            proxy.drop_next_request(after=1)
+            proxy.drop_next_request(on=_writer_port(guard), after=1)
         with pytest.raises(tg.AuditError, match="could not be written"), lost:
             pass
         assert proxy.lost == 1
@@ -548,7 +556,7 @@ def test_a_task_end_put_back_after_another_threads_write_is_still_looked_up(
         with pytest.raises(tg.AuditError, match="could not be recorded"), task:
             guard.finish(guard.authorize("kv_get", {"key": "agents:jobs:42:in"}))
             guard.store.flush()
-            proxy.lose_next_commit()
+            proxy.lose_next_commit(on=_writer_port(guard))
         assert proxy.lost == 1 and hook.fired
         guard.store.flush()
     finally:
@@ -578,7 +586,7 @@ def test_a_settlement_the_lost_commit_wrote_still_counts_toward_the_task(
             first = guard.authorize("kv_set", {"key": OUT, "value": "v"})
             first.actual_cost = 0.9
             guard.finish(first)
-            proxy.lose_next_commit()
+            proxy.lose_next_commit(on=_writer_port(guard))
             with pytest.raises(tg.AuditError, match="server may have written it"):
                 guard.authorize("kv_set", {"key": OUT, "value": "v"})
             for _ in range(12):
