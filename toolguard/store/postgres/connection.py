@@ -298,9 +298,10 @@ class PgConnection:
             and conn.info.encoding == "utf-8"
         )
         self.in_doubt = False
-        """The connection broke while a ``COMMIT`` was on its way or its reply was: that
-        transaction may or may not have committed (the store checks, see
-        :meth:`toolguard.store.postgres.core.PostgresStore._unwritten`)."""
+        """The last ``COMMIT``'s round trip ended without the server's answer (the connection
+        broke, or the process was interrupted): that transaction may or may not have committed
+        (the store checks, see :meth:`toolguard.store.postgres.core.PostgresStore._unwritten`).
+        Reset when the next write transaction begins."""
         self.round_trips = 0
         """Requests sent to the server (a pipeline is one); for tests and benchmarks."""
         self.lock_seconds = 0.0

@@ -594,15 +594,17 @@ class Store(Queries):
 
     def _maybe_committed(self) -> bool:
         """After a failed transaction, with the write lock held: whether it may have committed
-        all the same (a ``COMMIT`` sent and never answered). Never on SQLite: a ``COMMIT`` that
-        fails did not commit."""
+        all the same (a ``COMMIT`` sent and never answered). False on SQLite: a ``COMMIT`` that
+        reports an error has not become visible to any reader (one exception SQLite cannot
+        report: an fsync that fails after the commit frame was written, which a recovery after
+        a crash may replay)."""
         return False
 
     def _unwritten(
         self, conn: sqlite3.Connection, pending: list[PendingOutcome | PendingEnd]
     ) -> list[PendingOutcome | PendingEnd]:
-        """The queued items still to write. On SQLite, all: a ``COMMIT`` that fails did not
-        commit (PostgreSQL's store checks after a lost reply)."""
+        """The queued items still to write. On SQLite, all (see :meth:`_maybe_committed`;
+        PostgreSQL's store looks items up after a lost reply)."""
         return pending
 
     def _write_queued(
