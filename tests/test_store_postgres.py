@@ -379,6 +379,14 @@ def _writer_port(guard: tg.Guard) -> int:
         return int(s.getsockname()[1])
 
 
+def _calls(url: str) -> list[tuple[Any, ...]]:
+    """``(kind, outcome)`` of every ``request`` and ``outcome`` row, in the trail's order."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT kind, outcome FROM events WHERE kind IN ('request', 'outcome') ORDER BY seq"
+        ).fetchall()
+
+
 def _count(url: str, sql: str, *params: Any) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
@@ -458,11 +466,7 @@ def test_a_transaction_that_never_reached_the_server_leaves_no_outcome_of_its_ow
             guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
     finally:
         guard.close()
-    with psycopg.connect(pg_url) as conn:
-        kinds = conn.execute(
-            "SELECT kind, outcome FROM events WHERE kind IN ('request', 'outcome') ORDER BY seq"
-        ).fetchall()
-    assert kinds == [("request", None), ("outcome", "ok")] * 2
+    assert _calls(pg_url) == [("request", None), ("outcome", "ok")] * 2
     result = CliRunner().invoke(main, ["audit", "verify", "--db", pg_url])
     assert result.exit_code == 0, result.output
 
@@ -645,8 +649,4 @@ def test_an_interrupted_commit_is_in_doubt_for_that_transaction_only(
             guard.finish(guard.authorize("kv_set", {"key": OUT, "value": "v"}))
     finally:
         guard.close()
-    with psycopg.connect(pg_url) as conn:
-        kinds = conn.execute(
-            "SELECT kind, outcome FROM events WHERE kind IN ('request', 'outcome') ORDER BY seq"
-        ).fetchall()
-    assert kinds == [("request", None), ("outcome", "ok")] * 2
+    assert _calls(pg_url) == [("request", None), ("outcome", "ok")] * 2
