@@ -346,7 +346,6 @@ class PgConnection:
             return self._send(translate(sql), _params(params))
         self._in_tx = False
         at_commit, self._at_commit = self._at_commit, None
-        self.in_doubt = False
         try:
             if at_commit is None:
                 return self._send(translate(sql), _params(params))

@@ -17,7 +17,7 @@ Fail closed as on SQLite: server unreachable, connection dropped mid-transaction
 permission denied: :class:`AuditError`, the transaction rolled back (PostgreSQL undoes a
 transaction whose connection drops), the tool not run. A connection that drops with the
 ``COMMIT`` sent and unanswered leaves the transaction in doubt: :class:`UnconfirmedWrite`, and
-what it held is looked up before it is written again (:meth:`PostgresStore._unwritten`).
+what it held is looked up before it is written again (:mod:`.doubt`).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from ..sqlite.core import PendingEnd, Store
 from ..sqlite.tasks import TaskBudgets
 from .calls import APPEND, append_params, call_params
 from .connection import PgConnection, Rows, configure, run, sqlite_error
+from .doubt import not_run, start_not_confirmed, still_to_write, unsure
 from .schema import create_schema, schema_version
 
 __all__ = ["PostgresStore"]
@@ -312,9 +313,9 @@ class PostgresStore(Store):
         twice, a task ended twice). Exact: this transaction holds the writer lock, so the one
         whose reply was lost has committed or rolled back by now. A commit whose outcome is
         unknown is never retried blindly (docs/deployment.md, "Failing closed")."""
-        if not any(_unsure(item) for item in pending):
+        if not any(map(unsure, pending)):
             return pending
-        kept = [item for item in pending if not _unsure(item) or self._still_to_write(conn, item)]
+        kept = [item for item in pending if not unsure(item) or still_to_write(conn, item)]
         still = {id(item) for item in kept}
         if any(item.recheck and id(item) not in still for item in pending):
             # what the lost transaction did to this process's task counters was rolled back
@@ -328,33 +329,6 @@ class PostgresStore(Store):
                 len(pending) - len(kept),
             )
         return kept
-
-    @staticmethod
-    def _still_to_write(conn: Any, item: PendingOutcome | PendingEnd) -> bool:
-        """Whether ``item`` is still to be written: a task end whose revocation row (every
-        task end writes one) is not there; an outcome not there (by its call's ids); the
-        ``not-run`` outcome of a call whose own reply was lost, only if that call's request is
-        there (else nothing of the call was written)."""
-        if isinstance(item, PendingEnd):
-            if _count(
-                conn,
-                "SELECT COUNT(*) FROM revocations WHERE scope = 'task' AND value = ?"
-                " AND by = 'task-end' AND ts = ?",
-                (item.task_id, item.now),
-            ):
-                return False
-            return not item.if_started or bool(
-                _count(conn, "SELECT COUNT(*) FROM tasks WHERE task_id = ?", (item.task_id,))
-            )
-        event = item.event
-        ids = (event.task_id, event.jti, event.correlation_id)
-        same_call = (
-            "SELECT COUNT(*) FROM events WHERE task_id = ? AND kind = ?"
-            " AND jti IS NOT DISTINCT FROM ? AND correlation_id IS NOT DISTINCT FROM ?"
-        )
-        if _count(conn, same_call, (ids[0], event.kind, *ids[1:])):
-            return False
-        return not item.if_requested or bool(_count(conn, same_call, (ids[0], "request", *ids[1:])))
 
     def _append(self, conn: Any, event: Event) -> None:
         """Append an event; the server reads the chain head and hashes (see :data:`.calls.APPEND`)
@@ -423,8 +397,7 @@ class PostgresStore(Store):
         except BaseException:
             if not self._local.unconfirmed:
                 raise
-            # its request may be in the trail: complete it
-            self.queue_outcome(PendingOutcome(_not_run(event, self.clock()), if_requested=True))
+            self.queue_outcome(not_run(event, self.clock()))  # if its request is in the trail
             raise
 
     def start_task(
@@ -438,26 +411,9 @@ class PostgresStore(Store):
         except BaseException:
             if not self._local.unconfirmed:
                 raise
-            now = self.clock()
-            why = (
-                "the audit database did not confirm this task's start (the connection was "
-                "lost after its COMMIT was sent); the task never ran"
-            )
-            end = Event(
-                ts=now,
-                task_id=event.task_id,
-                identity=event.identity,
-                intent=event.intent,
-                kind="task_end",
-                outcome="error",
-                reason=why,
-                rule="store.commit",
-                duration_ms=round((now - event.ts) * 1000.0, 3),
-            )
+            end = start_not_confirmed(event, self.clock())  # if the task was recorded
             with self._pending_lock:
-                self._pending.append(
-                    PendingEnd(str(task["task_id"]), "error", now, why, [end], if_started=True)
-                )
+                self._pending.append(end)
             raise
 
     def _maybe_committed(self) -> bool:
@@ -508,39 +464,3 @@ class PostgresStore(Store):
             if pool is not None and pool[0] == os.getpid():
                 pool[1].close(timeout=1.0)
             self._ready = False
-
-
-def _unsure(item: PendingOutcome | PendingEnd) -> bool:
-    """Whether ``item`` must be looked up before it is written (see ``_unwritten``)."""
-    if isinstance(item, PendingEnd):
-        return item.recheck or item.if_started
-    return item.recheck or item.if_requested
-
-
-def _count(conn: Any, sql: str, params: tuple[Any, ...]) -> int:
-    row = conn.execute(sql, params).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _not_run(request: Event, now: float) -> Event:
-    """The ``not-run`` outcome of a call whose transaction's ``COMMIT`` got no reply (its tool
-    did not run: the guard failed it closed)."""
-    return Event(
-        ts=now,
-        kind="outcome",
-        task_id=request.task_id,
-        identity=request.identity,
-        intent=request.intent,
-        tool=request.tool,
-        operation=request.operation,
-        resources=request.resources,
-        decision="deny",
-        reason=(
-            "the audit database did not confirm this call's transaction (the connection was "
-            "lost after its COMMIT was sent); the tool did not run"
-        ),
-        rule="store.commit",
-        jti=request.jti,
-        correlation_id=request.correlation_id,
-        outcome="not-run",
-    )
